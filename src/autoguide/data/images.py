@@ -1,0 +1,78 @@
+"""Pixel conventions shared by every image dataset.
+
+Stored images are uint8 HWC arrays (H, W, C with C in {1, 3}); models see float CHW tensors in
+[-1, 1] (EDM convention): ``x = u / 127.5 - 1`` and back ``u = round((x + 1) * 127.5)`` clipped
+to [0, 255]. The two maps are exact inverses on uint8 values.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+CHANNELS = (1, 3)
+"""Channel counts an image may have (grayscale, RGB)."""
+
+
+def check_uint8_hwc(array: np.ndarray, where: str) -> np.ndarray:
+    """Return ``array`` as uint8 HWC; a 2-D array is taken as one grayscale channel.
+
+    ``where`` names the file/key in the error message.
+    """
+    if array.dtype != np.uint8:
+        raise ValueError(f"{where}: expected uint8 pixels, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in CHANNELS:
+        raise ValueError(
+            f"{where}: expected an image of shape [H, W] or [H, W, C] with C in {CHANNELS}, "
+            f"got shape {tuple(array.shape)}"
+        )
+    return array
+
+
+def uint8_to_float(array: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> float32 CHW tensor in [-1, 1]: ``x = u / 127.5 - 1``."""
+    chw = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return chw.to(torch.float32) / 127.5 - 1
+
+
+def float_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """float CHW tensor in [-1, 1] -> uint8 HWC array: ``u = clip(round((x + 1) * 127.5))``."""
+    if image.ndim != 3:
+        raise ValueError(f"expected a CHW image tensor, got shape {tuple(image.shape)}")
+    u = torch.round((image.detach().to(torch.float32).cpu() + 1) * 127.5).clamp(0, 255)
+    return u.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 HWC image (mode L for 1 channel, RGB for 3)."""
+    array = check_uint8_hwc(array, "encode_png")
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes | str, where: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes or a file path to uint8 HWC.
+
+    Grayscale (L) stays 1 channel; RGB stays 3 channels; other modes are refused with an error
+    naming ``where`` (palette images are converted to RGB, 16-bit or alpha images are refused).
+    """
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            if image.mode == "P":
+                image = image.convert("RGB")
+            if image.mode not in ("L", "RGB"):
+                raise ValueError(
+                    f"{where}: image mode {image.mode!r} is not supported; expected 'L' "
+                    "(grayscale) or 'RGB'"
+                )
+            array = np.asarray(image, dtype=np.uint8)
+    except OSError as error:
+        raise ValueError(f"{where}: cannot decode image: {error}") from error
+    return check_uint8_hwc(array, where)

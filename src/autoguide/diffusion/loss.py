@@ -1,0 +1,45 @@
+"""The EDM2 training loss with learned uncertainty weighting.
+
+Karras et al. 2024 (EDM2), Sec. 5 / eq. 21: ``ln sigma ~ N(P_mean, P_std^2)``,
+``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2``,
+``L = lambda / exp(u(sigma)) * ||D(y + n, sigma) - y||^2 + u(sigma)`` per element,
+averaged over the batch (and elements).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def sample_sigma(n: int, p_mean: float, p_std: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` noise levels with ``ln sigma ~ N(p_mean, p_std^2)`` (EDM log-normal)."""
+    z = torch.randn(n, generator=generator, device=device)
+    return (z * p_std + p_mean).exp()
+
+
+def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM loss weight ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm2_loss(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    p_mean: float,
+    p_std: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean over batch and elements of ``lambda / exp(u) * (D - y)^2 + u``.
+
+    Noise levels and noise come from ``generator`` (on the images' device) so training is
+    reproducible from a seed.
+    """
+    n = images.shape[0]
+    sigma = sample_sigma(n, p_mean, p_std, generator, images.device)
+    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.reshape((-1,) + (1,) * (images.ndim - 1))
+    denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
+    weight = loss_weight(sigma, net.sigma_data).reshape(logvar.shape)
+    per_element = weight / logvar.exp() * (denoised - images) ** 2 + logvar
+    return per_element.mean()

@@ -1,0 +1,6 @@
+"""Model files (safetensors + JSON card) and atomic writes."""
+
+from autoguide.io.atomic import atomic_path, write_text_atomic
+from autoguide.io.model_file import ModelFileError, load_denoiser, read_card, read_model_file, save_model
+
+__all__ = ["ModelFileError", "atomic_path", "load_denoiser", "read_card", "read_model_file", "save_model", "write_text_atomic"]

@@ -1,0 +1,101 @@
+"""Model files: safetensors weights with a JSON card in the safetensors metadata.
+
+A card is enough to rebuild the network: ``{"format": "autoguide-model/1", "network": {...},
+"nimg": int, "ema_std": float | None, "source": str, ...}``. Files are written atomically and
+never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from autoguide.io.atomic import atomic_path
+
+CARD_KEY = "autoguide.card"
+FORMAT = "autoguide-model/1"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, truncated, or not an autoguide model file."""
+
+
+def save_model(path: str | os.PathLike, net_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> None:
+    """Write weights and ``card`` to ``path`` (safetensors), atomically.
+
+    ``card`` must hold ``network`` (the config ``build_network`` takes); ``format`` is filled in.
+    """
+    if "network" not in card:
+        raise ValueError(f"model card for {path} has no 'network' entry (the architecture config)")
+    state = net_or_state_dict.state_dict() if isinstance(net_or_state_dict, torch.nn.Module) else net_or_state_dict
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    full_card = {"format": FORMAT, **dict(card)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={CARD_KEY: json.dumps(full_card, default=_json_default)})
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"model card value {value!r} is not JSON serialisable")
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The card of model file ``path`` (reads only the header)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path} is not a readable safetensors file ({err})") from err
+    if CARD_KEY not in metadata:
+        raise ModelFileError(f"{path} has no '{CARD_KEY}' metadata: not an autoguide model file")
+    try:
+        card = json.loads(metadata[CARD_KEY])
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path}: the model card is not valid JSON ({err})") from err
+    if card.get("format") != FORMAT or "network" not in card:
+        raise ModelFileError(f"{path}: model card has format {card.get('format')!r}, expected {FORMAT!r} with a 'network' entry")
+    return card
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, card)`` of model file ``path``; ``ModelFileError`` naming the file."""
+    card = read_card(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from err
+    return state, card
+
+
+def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the denoiser stored in ``path``: eval mode, no gradients, on ``device``.
+
+    The returned module also carries the card as ``net.card``.
+    """
+    from autoguide.nets import build_network
+
+    state, card = read_model_file(path)
+    net = build_network(card["network"])
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{path}: weights do not match the card's network (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
+    net.card = card
+    return net.eval().requires_grad_(False).to(device)

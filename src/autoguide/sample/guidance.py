@@ -1,0 +1,281 @@
+"""Guidance terms: one small class per negative, all in the Karras convention.
+
+One term with weight ``w``: ``D = D_neg + w (D_pos - D_neg)``; ``w = 1`` is no guidance.
+Several terms: ``D = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` (DESIGN.md). A term may carry
+a noise-level interval ``(sigma_lo, sigma_hi]`` (Kynkäänniemi et al. 2024, "Applying Guidance
+in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models"): outside
+it the term is off and its negative is not evaluated. Other conventions convert at the edges:
+a CFG/PAG/SEG/SAG "scale" ``gamma`` is ``w = 1 + gamma``; SIMS ``omega`` is ``w = 1 + omega``.
+
+A term only says *what* its negative is (``negative()``, a hashable request); the
+``GuidedDenoiser`` decides *how* to evaluate it: requests on the positive network
+(``SameNetwork``) ride in the positive's batched forward, other networks (``OtherNetwork``)
+get one forward each, SAG (``DegradedInput``) needs the positive's output first. Equal
+requests are evaluated once.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from torch import nn
+
+from autoguide.sample.perturb import (
+    BlurredQueries,
+    IdentityAttention,
+    NoisyEmbedding,
+    Perturbation,
+    resolve_attention_blocks,
+)
+
+LabelRule = Literal["same", "null", "random"]
+
+
+@dataclass(frozen=True)
+class SameNetwork:
+    """Negative = the positive network with other labels and/or a perturbation, same input.
+
+    ``labels``: ``same`` (the positive's), ``null`` (all-zeros one-hot, CFG) or ``random`` (an
+    independent uniformly random class per image, drawn once from its seed: ICG).
+    """
+
+    labels: LabelRule = "same"
+    perturbation: Perturbation | None = None
+
+
+@dataclass(frozen=True)
+class OtherNetwork:
+    """Negative = a separate network ``model`` on the same input; ``null_labels``: call it
+    with ``labels=None`` (unconditional / null label) instead of the positive's labels."""
+
+    model: nn.Module
+    null_labels: bool = False
+
+
+@dataclass(frozen=True)
+class DegradedInput:
+    """SAG negative: the positive network on an input whose high-attention regions were blurred.
+
+    With ``x0 = D_pos(x)``, the attention map ``A`` of op ``block`` in that same forward,
+    ``received = mean_heads sum_queries A`` per token, ``M = 1[received > threshold]``
+    (nearest-upsampled to the image), ``x0' = x0 + M (blur(x0) - x0)`` and the re-noised input
+    ``x' = x0' + (x - x0)`` (the predicted noise re-applied): ``D_neg = D(x') + (x - x')``,
+    i.e. the negative's noise prediction ``(x' - D(x')) / sigma`` expressed at ``x``.
+    """
+
+    block: str | None
+    blur_sigma: float
+    threshold: float
+
+
+NegativeRequest = SameNetwork | OtherNetwork | DegradedInput
+
+
+def _check_weight(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuidanceTerm(ABC):
+    """Base of all terms: the optional interval; every term has a Karras ``weight`` field."""
+
+    interval: tuple[float, float] | None = None
+    kind: ClassVar[str]
+    weight: ClassVar[float]  # a dataclass field of every concrete term
+
+    def __post_init__(self) -> None:
+        _check_weight(self.weight, f"{self.kind}: weight")
+        if self.interval is not None:
+            lo, hi = (float(v) for v in self.interval)
+            if not (0 <= lo < hi):
+                raise ValueError(f"{self.kind}: interval must be (sigma_lo, sigma_hi] with 0 <= lo < hi, got {self.interval}")
+            object.__setattr__(self, "interval", (lo, hi))
+
+    @abstractmethod
+    def negative(self) -> NegativeRequest:
+        """What the negative denoiser is."""
+
+    def is_active(self, sigma: float) -> bool:
+        """Whether the term changes ``D`` at noise level ``sigma``: ``w != 1`` and ``sigma`` in
+        ``(sigma_lo, sigma_hi]``."""
+        if self.weight == 1:
+            return False
+        return self.interval is None or self.interval[0] < sigma <= self.interval[1]
+
+    def validate(self, net: nn.Module, conditional: bool) -> None:
+        """Raise ``ValueError`` if the term cannot guide ``net`` (``conditional``: labels given)."""
+        request = self.negative()
+        if isinstance(request, SameNetwork) and request.perturbation is not None:
+            request.perturbation.validate(net)
+        if isinstance(request, OtherNetwork):
+            _check_compatible(request.model, net, self.kind)
+
+
+def _check_compatible(model: nn.Module, net: nn.Module, what: str) -> None:
+    for attr in ("img_channels", "img_resolution"):
+        if getattr(model, attr, None) != getattr(net, attr, None):
+            raise ValueError(
+                f"{what}: the negative model has {attr}={getattr(model, attr, None)} but the main model "
+                f"has {attr}={getattr(net, attr, None)}"
+            )
+
+
+def _require_labels(net: nn.Module, conditional: bool, what: str) -> None:
+    if not (getattr(net, "label_dim", 0) and conditional):
+        raise ValueError(f"{what} needs a class-conditional model (label_dim > 0) and class labels")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Autoguidance(GuidanceTerm):
+    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of
+    Itself"): the negative is a separate ``guide`` (smaller and/or trained shorter, its own
+    EMA) with the same labels; ``D = D_guide + w (D_main - D_guide)``."""
+
+    guide: nn.Module = field(repr=False)
+    weight: float
+    kind: ClassVar[str] = "autoguidance"
+
+    def negative(self) -> OtherNetwork:
+        return OtherNetwork(self.guide)
+
+    def validate(self, net: nn.Module, conditional: bool) -> None:
+        super().validate(net, conditional)
+        if getattr(self.guide, "label_dim", 0) != getattr(net, "label_dim", 0):
+            raise ValueError(
+                f"autoguidance: the guide has label_dim={getattr(self.guide, 'label_dim', 0)} but the main model "
+                f"has label_dim={getattr(net, 'label_dim', 0)}; a guide must share the conditioning"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SIMSNegative(Autoguidance):
+    """SIMS (Alemohammad et al. 2024, "Self-Improving Diffusion Models with Synthetic Data"):
+    the negative is the base model fine-tuned on its own samples,
+    ``s = (1 + omega) s_base - omega s_synthetic``, i.e. autoguidance with ``w = 1 + omega``
+    and the fine-tuned model as the guide."""
+
+    omega: float
+    weight: float = field(init=False)
+    kind: ClassVar[str] = "sims"
+
+    def __post_init__(self) -> None:
+        _check_weight(self.omega, "sims: omega")
+        object.__setattr__(self, "weight", 1.0 + self.omega)
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CFG(GuidanceTerm):
+    """Classifier-free guidance (Ho & Salimans 2022): the negative is the same model with the
+    null label (all-zeros one-hot; needs a model trained with label dropout) or, if
+    ``unconditional`` is given, that separate unconditional model."""
+
+    weight: float
+    unconditional: nn.Module | None = field(default=None, repr=False)
+    kind: ClassVar[str] = "cfg"
+
+    def negative(self) -> SameNetwork | OtherNetwork:
+        if self.unconditional is not None:
+            return OtherNetwork(self.unconditional, null_labels=True)
+        return SameNetwork(labels="null")
+
+    def validate(self, net: nn.Module, conditional: bool) -> None:
+        super().validate(net, conditional)
+        _require_labels(net, conditional, "cfg")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ICG(GuidanceTerm):
+    """Independent condition guidance (Sadat et al. 2024, "No Training, No Problem"): the
+    negative is the same model conditioned on an independent, uniformly random class per
+    image (drawn once per image from its seed)."""
+
+    weight: float
+    kind: ClassVar[str] = "icg"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(labels="random")
+
+    def validate(self, net: nn.Module, conditional: bool) -> None:
+        super().validate(net, conditional)
+        _require_labels(net, conditional, "icg")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TSG(GuidanceTerm):
+    """Time-step guidance (Sadat et al. 2024): the negative is the same model with its
+    noise-level embedding perturbed, ``e + scale * t^exponent * n`` (see ``NoisyEmbedding``)."""
+
+    weight: float
+    scale: float = 1.0
+    exponent: float = 1.0
+    kind: ClassVar[str] = "tsg"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(perturbation=NoisyEmbedding(float(self.scale), float(self.exponent)))
+
+
+def _blocks(blocks) -> tuple[str, ...] | None:
+    return None if blocks is None else (blocks,) if isinstance(blocks, str) else tuple(blocks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PAG(GuidanceTerm):
+    """Perturbed-attention guidance (Ahn et al. 2024): the negative is the same model with the
+    self-attention map of ``blocks`` (default: the bottleneck, ``dec.8x8_in0`` in EDM2)
+    replaced by the identity. PAG scale ``s`` is ``w = 1 + s``."""
+
+    weight: float
+    blocks: tuple[str, ...] | None = None
+    kind: ClassVar[str] = "pag"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(perturbation=IdentityAttention(_blocks(self.blocks)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SEG(GuidanceTerm):
+    """Smoothed energy guidance (Hong 2024): the negative is the same model with the queries of
+    ``blocks`` (default: the bottleneck) blurred over the token grid by a Gaussian of std
+    ``blur_sigma`` tokens; ``inf`` replaces them by their mean. SEG scale ``s`` is ``w = 1 + s``."""
+
+    weight: float
+    blur_sigma: float = 10.0
+    blocks: tuple[str, ...] | None = None
+    kind: ClassVar[str] = "seg"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(perturbation=BlurredQueries(float(self.blur_sigma), _blocks(self.blocks)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAG(GuidanceTerm):
+    """Self-attention guidance (Hong et al. 2023, "Improving Sample Quality of Diffusion Models
+    Using Self-Attention Guidance"): the negative sees the input with the predicted image
+    blurred (std ``blur_sigma`` pixels) where attention of ``block`` (default: the bottleneck)
+    is high, re-noised (see ``DegradedInput``). SAG scale ``s`` is ``w = 1 + s``. Costs one
+    extra forward after the positive's."""
+
+    weight: float
+    blur_sigma: float = 1.0
+    threshold: float = 1.0
+    block: str | None = None
+    kind: ClassVar[str] = "sag"
+
+    def negative(self) -> DegradedInput:
+        return DegradedInput(self.block, float(self.blur_sigma), float(self.threshold))
+
+    def validate(self, net: nn.Module, conditional: bool) -> None:
+        super().validate(net, conditional)
+        resolve_attention_blocks(net, None if self.block is None else [self.block], "sag")
+        if not (0 < self.blur_sigma < math.inf):
+            raise ValueError(f"sag: blur_sigma must be positive and finite, got {self.blur_sigma}")
+
+
+TERMS: dict[str, type[GuidanceTerm]] = {
+    cls.kind: cls for cls in (Autoguidance, SIMSNegative, CFG, ICG, TSG, PAG, SEG, SAG)
+}

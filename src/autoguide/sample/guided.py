@@ -1,0 +1,140 @@
+"""The guided denoiser: one positive network plus any guidance terms, evaluated efficiently.
+
+``D(x, sigma) = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` over the terms active at
+``sigma`` (DESIGN.md; one term: ``D_neg + w (D_pos - D_neg)``).
+
+Evaluation plan at each call:
+1. The negatives of active terms are collected as requests; equal requests are evaluated once.
+2. ``SameNetwork`` requests (CFG with the null label, ICG, TSG, PAG, SEG) are stacked under
+   the positive rows into one batch ``[pos; neg_1; neg_2; ...]`` and evaluated in a single
+   forward; each perturbation hook acts on its own rows only.
+3. ``OtherNetwork`` requests (autoguidance, SIMS, CFG with an unconditional model): one
+   forward of that network each.
+4. ``DegradedInput`` (SAG): its attention map is captured during step 2, then one forward on
+   the degraded input.
+Terms with ``w = 1`` or outside their interval are never evaluated, so with no active term
+``D`` is exactly the positive network's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoguide.sample.blur import gaussian_blur_2d
+from autoguide.sample.guidance import DegradedInput, GuidanceTerm, NegativeRequest, OtherNetwork, SameNetwork
+from autoguide.sample.perturb import attention_ops, capture_attention, default_attention_block
+from autoguide.sample.seeds import SeedStreams
+
+ICG_STREAM = "icg"
+PRECISIONS = ("fp32", "bf16")
+
+
+class GuidedDenoiser:
+    """``D(x, sigma)`` of ``net`` guided by ``terms``, for one batch of images.
+
+    ``labels``: one-hot ``[N, label_dim]`` or ``None``; ``streams``: the images' per-seed random
+    streams (needed by ICG and TSG); ``precision``: ``fp32`` or ``bf16`` (autocast around
+    every network call). Inputs and outputs are float64 (the sampler's state).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        terms: Sequence[GuidanceTerm] = (),
+        labels: torch.Tensor | None = None,
+        streams: SeedStreams | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        for term in terms:
+            if not isinstance(term, GuidanceTerm):
+                raise TypeError(f"guidance terms must be GuidanceTerm instances, got {type(term).__name__}")
+            term.validate(net, conditional=labels is not None)
+        self.net = net
+        self.terms = tuple(terms)
+        self.labels = labels
+        self.streams = streams
+        self.precision = precision
+        self._random_labels: torch.Tensor | None = None
+
+    def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One network forward under the chosen precision, returned as float64."""
+        device_type = x.device.type
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
+        with autocast:
+            return model(x, sigma, labels).to(torch.float64)
+
+    def _labels_for(self, rule: str, n: int) -> torch.Tensor | None:
+        if rule == "same":
+            return self.labels
+        if rule == "null":
+            return torch.zeros_like(self.labels)
+        if self._random_labels is None:
+            if self.streams is None:
+                raise ValueError("ICG draws a random class per image: pass the images' seeds to the sampler")
+            classes = self.streams.randint(ICG_STREAM, self.labels.shape[1], device=self.labels.device)
+            self._random_labels = F.one_hot(classes, self.labels.shape[1]).to(self.labels.dtype)
+        return self._random_labels
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        n = x.shape[0]
+        active = [t for t in self.terms if t.is_active(sigma)]
+        requests: list[NegativeRequest] = list(dict.fromkeys(t.negative() for t in active))
+        in_batch = [r for r in requests if isinstance(r, SameNetwork)]
+        degraded = [r for r in requests if isinstance(r, DegradedInput)]
+        sigma_rows = torch.full((n,), float(sigma), dtype=torch.float64, device=x.device)
+        negatives: dict[NegativeRequest, torch.Tensor] = {}
+
+        batch_labels = None
+        if self.labels is not None:
+            batch_labels = torch.cat([self.labels] + [self._labels_for(r.labels, n) for r in in_batch])
+        captures = {}
+        with ExitStack() as stack:
+            for j, request in enumerate(in_batch, start=1):
+                if request.perturbation is not None:
+                    rows = slice(j * n, (j + 1) * n)
+                    stack.enter_context(request.perturbation.apply(self.net, rows, sigma_rows, self.streams))
+            for request in degraded:
+                block = self._attention_block(request)
+                if block not in captures:
+                    captures[block] = stack.enter_context(capture_attention(self.net, block, slice(0, n)))
+            k = 1 + len(in_batch)
+            out = self._call(self.net, x.repeat(k, *([1] * (x.ndim - 1))), sigma_rows.repeat(k), batch_labels)
+        d_pos = out[:n]
+        for j, request in enumerate(in_batch, start=1):
+            negatives[request] = out[j * n : (j + 1) * n]
+
+        for request in requests:
+            if isinstance(request, OtherNetwork):
+                labels = None if request.null_labels else self.labels
+                negatives[request] = self._call(request.model, x, sigma_rows, labels)
+            elif isinstance(request, DegradedInput):
+                capture = captures[self._attention_block(request)]
+                negatives[request] = self._sag_negative(x, sigma_rows, d_pos, capture, request)
+
+        d = d_pos
+        for term in active:
+            d = d + (term.weight - 1) * (d_pos - negatives[term.negative()])
+        return d
+
+    def _attention_block(self, request: DegradedInput) -> str:
+        return request.block or default_attention_block(list(attention_ops(self.net)))
+
+    def _sag_negative(
+        self, x: torch.Tensor, sigma: torch.Tensor, d_pos: torch.Tensor, capture: dict, request: DegradedInput
+    ) -> torch.Tensor:
+        """``D_neg = D(x') + (x - x')`` with ``x' = x0 + M (blur(x0) - x0) + (x - x0)`` (see ``DegradedInput``)."""
+        n = x.shape[0]
+        h, w = capture["grid_hw"]
+        received = capture["map"].mean(dim=1).sum(dim=1)  # [n, tokens]: attention each token receives
+        mask = (received > request.threshold).to(x.dtype).reshape(n, 1, h, w)
+        mask = F.interpolate(mask, size=x.shape[-2:], mode="nearest")
+        x0_degraded = d_pos + mask * (gaussian_blur_2d(d_pos, request.blur_sigma) - d_pos)
+        x_degraded = x0_degraded + (x - d_pos)
+        return self._call(self.net, x_degraded, sigma, self.labels) + (x - x_degraded)

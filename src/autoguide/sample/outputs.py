@@ -1,0 +1,106 @@
+"""Writers for generated samples: PNG grid, per-image PNGs, ``.npz``, webdataset shards, and a
+scatter plot for 2D toy samples. Every file is written atomically (temp name + rename).
+
+Images are float ``[N, C, H, W]`` in [-1, 1] and are stored as uint8 with the data package's
+convention ``u = clip(round((x + 1) * 127.5), 0, 255)``; 2D samples are ``[N, 2]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoguide.data.images import CHANNELS, encode_png, float_to_uint8
+from autoguide.data.shards import write_shards
+from autoguide.io import atomic_path
+
+FORMATS = ("grid", "png", "npz", "shards")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` of float images ``[N, C, H, W]`` in [-1, 1]."""
+    if images.ndim != 4 or images.shape[1] not in CHANNELS:
+        raise ValueError(
+            f"PNG output needs images [N, C, H, W] with C in {CHANNELS}, got shape {list(images.shape)}; "
+            "use output.formats=[npz] for latents"
+        )
+    return np.stack([float_to_uint8(image) for image in images])
+
+
+def image_names(seeds: Sequence[int], classes: Sequence[int] | None) -> list[str]:
+    """``{seed:06d}``, or ``{seed:06d}-{class:04d}`` when a seed occurs with several classes."""
+    if classes is None or len(set(seeds)) == len(seeds):
+        return [f"{s:06d}" for s in seeds]
+    return [f"{s:06d}-{c:04d}" for s, c in zip(seeds, classes)]
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def tile(images: np.ndarray, cols: int) -> np.ndarray:
+    """Tile uint8 ``[N, H, W, C]`` row by row into ``[rows H, cols W, C]`` (empty cells black)."""
+    n, h, w, c = images.shape
+    rows = math.ceil(n / cols)
+    canvas = np.zeros((rows * cols, h, w, c), dtype=np.uint8)
+    canvas[:n] = images
+    return canvas.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
+def write_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
+    """One PNG with all images, ``cols`` per row (default ``ceil(sqrt(N))``)."""
+    pixels = to_uint8(images)
+    _write_bytes(path, encode_png(tile(pixels, cols or math.ceil(math.sqrt(len(pixels))))))
+
+
+def write_pngs(folder: Path, images: torch.Tensor, names: Sequence[str]) -> None:
+    """One PNG per image, ``folder/<name>.png``."""
+    for name, pixels in zip(names, to_uint8(images)):
+        _write_bytes(folder / f"{name}.png", encode_png(pixels))
+
+
+def write_npz(path: Path, samples: torch.Tensor, seeds: Sequence[int], classes: Sequence[int] | None) -> None:
+    """``.npz`` with ``seeds`` [N], ``labels`` [N] (class index, -1 if unconditional) and either
+    ``images`` (uint8 [N, H, W, C]) for images with 1 or 3 channels or ``samples`` (float32,
+    as generated) otherwise (2D points, latents)."""
+    arrays = {
+        "seeds": np.asarray(seeds, dtype=np.int64),
+        "labels": np.asarray(classes if classes is not None else [-1] * len(seeds), dtype=np.int64),
+    }
+    if samples.ndim == 4 and samples.shape[1] in CHANNELS:
+        arrays["images"] = to_uint8(samples)
+    else:
+        arrays["samples"] = samples.to(torch.float32).numpy()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def write_image_shards(folder: Path, prefix: str, images: torch.Tensor, classes: Sequence[int] | None, maxcount: int) -> list[Path]:
+    """Webdataset shards ``folder/{prefix}-NNNNNN.tar`` (``autoguide.data.shards.write_shards``)."""
+    pixels = to_uint8(images)
+    labels = classes if classes is not None else [None] * len(pixels)
+    return write_shards(zip(pixels, labels), folder, prefix=prefix, maxcount=maxcount)
+
+
+def write_scatter(path: Path, points: torch.Tensor, classes: Sequence[int] | None, title: str = "") -> None:
+    """Scatter plot PNG of 2D samples ``[N, 2]``, coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = points.to(torch.float32).numpy()
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
+    colors = "tab:blue" if classes is None else np.asarray(classes)
+    ax.scatter(points[:, 0], points[:, 1], s=2, c=colors, cmap="tab10", alpha=0.6, linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
