@@ -186,7 +186,7 @@ def test_mlp_denoiser_forward():
 
 @pytest.mark.parametrize(
     "change,key",
-    [({"arch": "resnet"}, "arch"), ({"img_resolution": 20}, "img_resolution"), ({"bogus": 1}, "bogus"), ({"label_dim": -1}, "label_dim")],
+    [({"arch": "resnet"}, "arch"), ({"img_resolution": 18}, "img_resolution"), ({"bogus": 1}, "bogus"), ({"label_dim": -1}, "label_dim")],
 )
 def test_bad_network_config_names_key(change, key):
     with pytest.raises(ValueError, match=key):

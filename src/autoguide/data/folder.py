@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from autoguide.data.images import CHANNELS, decode_image, uint8_to_float
+from autoguide.data.images import CHANNELS, check_square, decode_image, uint8_to_float
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -92,6 +92,7 @@ class ImageFolderDataset(_Uint8ImageDataset):
         if not self.files:
             raise ValueError(f"{self.root}: no {'/'.join(IMAGE_SUFFIXES)} images found")
         self.shape = self._check_headers()
+        check_square(self.shape, str(self.root / self.files[0]))
         if labels_json is not None:
             self.labels = _labels_from_json(Path(labels_json), self.files)
             self.label_dim = int(self.labels.max()) + 1
@@ -150,11 +151,12 @@ class NpzDataset(_Uint8ImageDataset):
             raise FileNotFoundError(f"{self.path}: npz file not found")
         with np.load(self.path, allow_pickle=False) as archive:
             if "images" not in archive:
-                raise KeyError(f"{self.path}: missing key 'images' (found {sorted(archive)})")
+                raise ValueError(f"{self.path}: missing key 'images' (found {sorted(archive)})")
             images = archive["images"]
             labels = archive["labels"] if "labels" in archive else None
         self.images = self._to_nhwc(images, layout)
         self.shape = tuple(self.images.shape[1:])
+        check_square(self.shape, f"{self.path}['images']")
         if labels is None:
             self.labels = np.zeros(len(self.images), dtype=np.int64)
             self.label_dim = 0
@@ -173,7 +175,12 @@ class NpzDataset(_Uint8ImageDataset):
             )
         if layout is None:
             last, first = images.shape[3] in CHANNELS, images.shape[1] in CHANNELS
-            if last == first:
+            if not (last or first):
+                raise ValueError(
+                    f"{where}: shape {images.shape} has no channel axis of size {CHANNELS} "
+                    "at position 3 (NHWC) or 1 (NCHW)"
+                )
+            if last and first:
                 raise ValueError(
                     f"{where}: cannot tell NHWC from NCHW for shape {images.shape}; "
                     "pass layout='NHWC' or layout='NCHW'"

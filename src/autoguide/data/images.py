@@ -72,7 +72,14 @@ def decode_image(data: bytes | str, where: str) -> np.ndarray:
                     f"{where}: image mode {image.mode!r} is not supported; expected 'L' "
                     "(grayscale) or 'RGB'"
                 )
-            array = np.asarray(image, dtype=np.uint8)
+            array = np.array(image, dtype=np.uint8)
     except OSError as error:
         raise ValueError(f"{where}: cannot decode image: {error}") from error
     return check_uint8_hwc(array, where)
+
+
+def check_square(shape: tuple[int, ...], where: str) -> None:
+    """Refuse non-square images (shape H, W, C): the networks take ``img_resolution`` x
+    ``img_resolution`` inputs."""
+    if shape[0] != shape[1]:
+        raise ValueError(f"{where}: images are {shape[0]}x{shape[1]} (HxW); square images are required")

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, IterableDataset
 from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
-from autoguide.data.images import check_uint8_hwc, decode_image, encode_png, uint8_to_float
+from autoguide.data.images import check_square, check_uint8_hwc, decode_image, encode_png, uint8_to_float
 
 IMAGE_KEY = "png"
 LABEL_KEY = "cls"
@@ -182,6 +182,7 @@ class _ShardSet:
         self.label_dim = max(r.label for r in records) + 1 if labeled == {True} else 0
         first = records[0]
         self.shape = decode_image(_read_bytes(first), f"{first.path}:{first.key}").shape
+        check_square(self.shape, f"{first.path}:{first.key}")
         self.records = records
 
     def decode(self, png: bytes, where: str) -> np.ndarray:

@@ -204,6 +204,30 @@ def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
     return state
 
 
+def _accumulate(
+    state: dict[str, torch.Tensor],
+    weights: Sequence[float],
+    sums: list[dict[str, torch.Tensor]],
+    copies: list[dict[str, torch.Tensor]],
+    buffers: frozenset[str],
+) -> None:
+    """``sums[k] += weights[k] * state`` in float64 for averaged tensors; buffers and
+    non-float tensors are copied into ``copies[k]`` (the caller goes forward in time, so
+    the last copy wins). Outputs with weight 0 are untouched."""
+    for key, value in state.items():
+        averaged = value.is_floating_point() and key not in buffers
+        wide = value.to(torch.float64) if averaged else value
+        for k, c in enumerate(weights):
+            if c == 0.0:
+                continue
+            if not averaged:
+                copies[k][key] = value.clone()
+            elif key in sums[k]:
+                sums[k][key].add_(wide, alpha=c)
+            else:
+                sums[k][key] = wide * c
+
+
 def stream_reconstruct(
     snapshots: Sequence[Snapshot],
     coefs: np.ndarray,
@@ -214,8 +238,9 @@ def stream_reconstruct(
     """Yield ``(j, state_dict)`` with ``state_dict = sum_i coefs[i, j] snapshot_i``.
 
     Outputs are built ``batch`` at a time; each pass reads every snapshot with a non-zero
-    coefficient once, one file at a time, and accumulates in float64. Buffer entries and
-    non-float tensors are taken from the latest snapshot with a non-zero coefficient.
+    coefficient once, one file at a time (snapshots in time order), and accumulates in
+    float64. Buffer entries and non-float tensors come from the latest snapshot with a
+    non-zero coefficient.
     """
     n_out = coefs.shape[1]
     passes = math.ceil(n_out / batch)
@@ -236,19 +261,7 @@ def stream_reconstruct(
                     f"{snapshots[i].path}: tensor names, shapes or dtypes differ from "
                     f"{snapshots[rows[0]].path}"
                 )
-            for key, value in state.items():
-                averaged = value.is_floating_point() and key not in buffers
-                wide = value.to(torch.float64) if averaged else None
-                for k, j in enumerate(cols):
-                    c = float(coefs[i, j])
-                    if c == 0.0:
-                        continue
-                    if not averaged:
-                        copies[k][key] = value.clone()
-                    elif key in sums[k]:
-                        sums[k][key].add_(wide, alpha=c)
-                    else:
-                        sums[k][key] = wide * c
+            _accumulate(state, [float(coefs[i, j]) for j in cols], sums, copies, buffers)
             del state
         assert layout is not None
         for k, j in enumerate(cols):

@@ -91,11 +91,15 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -
 
     state, card = read_model_file(path)
     net = build_network(card["network"])
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
         raise ModelFileError(
-            f"{path}: weights do not match the card's network (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]})"
+            f"{path}: weights do not match the card's network (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]})"
         )
+    net.load_state_dict(state)
     net.card = card
     return net.eval().requires_grad_(False).to(device)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoguide.nets.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from autoguide.nets.mp import SILU_RMS, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 
 
 def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -95,12 +95,13 @@ class Block(nn.Module):
             if self.conv_skip is not None:
                 x = self.conv_skip(x)
             x = normalize(x, dim=1)
-        y = self.conv_res0(mp_silu(x))
+        # mp_silu(a) = silu(a) / 0.596 feeds a linear conv: the 1/0.596 is folded into its gain.
+        y = self.conv_res0(F.silu(x), gain=1 / SILU_RMS)
         c = self.emb_linear(emb, gain=self.emb_gain) + 1
-        y = mp_silu(y * c[:, :, None, None].to(y.dtype))
+        y = F.silu(y * c[:, :, None, None].to(y.dtype))
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
-        y = self.conv_res1(y)
+        y = self.conv_res1(y, gain=1 / SILU_RMS)
         if self.flavor == "dec" and self.conv_skip is not None:
             x = self.conv_skip(x)
         x = mp_sum(x, y, t=self.res_balance)
@@ -201,6 +202,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.embed(noise_labels, class_labels)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        if x.device.type == "cpu":  # oneDNN convolutions run about 25% faster on NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for name, block in self.enc.items():
             x = block(x) if name.endswith("_conv") else block(x, emb)

@@ -90,17 +90,14 @@ def write_image_shards(folder: Path, prefix: str, images: torch.Tensor, classes:
 
 def write_scatter(path: Path, points: torch.Tensor, classes: Sequence[int] | None, title: str = "") -> None:
     """Scatter plot PNG of 2D samples ``[N, 2]``, coloured by class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     points = points.to(torch.float32).numpy()
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
-    colors = "tab:blue" if classes is None else np.asarray(classes)
-    ax.scatter(points[:, 0], points[:, 1], s=2, c=colors, cmap="tab10", alpha=0.6, linewidths=0)
+    fig = Figure(figsize=(6, 6), dpi=120)
+    ax = fig.add_subplot()
+    style = {"c": np.asarray(classes), "cmap": "tab10", "vmin": 0, "vmax": 9} if classes is not None else {"c": "tab:blue"}
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6, linewidths=0, **style)
     ax.set_aspect("equal")
     ax.set_title(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Datasets by name, built from a config mapping ``{"name": ..., <that dataset's keys>}``.
+
+| name      | keys (defaults)                                   | item                          |
+|-----------|---------------------------------------------------|-------------------------------|
+| mnist5k   | split ("all"), channels (1)                       | [C, 32, 32], label 0..9       |
+| toy2d     | classes ("AB"), num_samples (65536), data_seed (0)| [2], label A=0 / B=1          |
+| folder    | path, labels_json (null)                          | [C, H, H], label or 0         |
+| npz       | path, layout (null)                               | [C, H, H], label or 0         |
+| shards    | path (folder, brace pattern or list of .tar)      | [C, H, H], label or 0         |
+
+Every dataset has ``label_dim`` (0 when unlabeled), ``img_channels``, ``img_resolution``
+(0 for toy2d) and ``__len__``; items are ``(float32 tensor, int label)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+
+from torch.utils.data import Dataset
+
+from autoguide.data.folder import ImageFolderDataset, NpzDataset
+from autoguide.data.mnist import MNIST5k
+from autoguide.data.shards import IndexedShardDataset
+from autoguide.data.toy2d import Toy2DDataset
+
+BUILDERS: dict[str, Callable[..., Dataset]] = {
+    "mnist5k": lambda split="all", channels=1: MNIST5k(split, channels),
+    "toy2d": lambda classes="AB", num_samples=65536, data_seed=0: Toy2DDataset(
+        classes, num_samples, data_seed
+    ),
+    "folder": lambda path, labels_json=None: ImageFolderDataset(path, labels_json),
+    "npz": lambda path, layout=None: NpzDataset(path, layout),
+    "shards": lambda path: IndexedShardDataset(path),
+}
+
+
+def build_dataset(cfg: Mapping) -> Dataset:
+    """The dataset ``cfg["name"]`` with the remaining keys as its arguments; an unknown name,
+    unknown key or missing key is an error that lists what is accepted."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in BUILDERS:
+        raise ValueError(f"dataset name {name!r} is unknown; expected one of {sorted(BUILDERS)}")
+    builder = BUILDERS[name]
+    accepted = list(inspect.signature(builder).parameters)
+    try:
+        inspect.signature(builder).bind(**cfg)
+    except TypeError as error:
+        raise ValueError(
+            f"dataset {name!r}: {error}; its keys are {accepted} (got {sorted(cfg)})"
+        ) from error
+    return builder(**cfg)

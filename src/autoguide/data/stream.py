@@ -1,0 +1,96 @@
+"""The training stream: an infinite, deterministic sequence of batches that a resumed run
+continues exactly.
+
+Global stream: the concatenation over epochs e = 0, 1, ... of ``randperm(n)`` drawn with a
+generator seeded from ``(seed, e)``; position ``g`` (0-based count of images drawn across all
+ranks) holds dataset index ``perm_{g // n}[g mod n]``. Rank ``r`` of ``W`` takes the strided
+slice ``g = r, r + W, r + 2W, ...`` and starts at ``start_nimg`` (images already seen by all
+ranks together), so its m-th item sits at ``g = start_nimg + r + W m``. After every rank drew
+k images the run has consumed exactly positions ``[start_nimg, start_nimg + W k)``.
+
+Each rank yields whole batches (use ``DataLoader(stream, batch_size=None)``); with several
+loader workers, worker w makes local batches w, w + K, w + 2K, ... and the loader's
+round-robin returns them in order, so the batches do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """``torch.randperm(n)`` with a CPU generator seeded by the 63-bit hash
+    ``SeedSequence([seed, epoch])`` (distinct, well-mixed seeds for every (seed, epoch))."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(state) >> 1)
+    return torch.randperm(n, generator=generator)
+
+
+class TrainStream(IterableDataset):
+    """Infinite batches ``(images [B, ...] float32, labels [B, label_dim] float32 one-hot)`` of
+    ``dataset`` for one rank. With ``label_dim = 0`` (unconditional) labels are the empty
+    tensor [B, 0]; pass ``None`` to the network in that case."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        label_dim: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_nimg: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if start_nimg < 0 or start_nimg % world_size:
+            raise ValueError(
+                f"start_nimg {start_nimg} must be >= 0 and a multiple of world_size {world_size}"
+            )
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.label_dim = label_dim
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_nimg = start_nimg
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def global_positions(self, batch: int) -> range:
+        """Global stream positions of this rank's local batch number ``batch``."""
+        first = self.start_nimg + self.rank + self.world_size * batch * self.batch_size
+        return range(first, first + self.world_size * self.batch_size, self.world_size)
+
+    def dataset_index(self, position: int) -> int:
+        """Dataset index at global stream position ``position``."""
+        n = len(self.dataset)
+        epoch = position // n
+        if epoch not in self._permutations:
+            self._permutations = {epoch: epoch_permutation(n, self.seed, epoch)}
+        return int(self._permutations[epoch][position % n])
+
+    def batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local batch number ``batch`` of this rank."""
+        items = [self.dataset[self.dataset_index(g)] for g in self.global_positions(batch)]
+        images = torch.stack([image for image, _ in items]).to(torch.float32)
+        classes = torch.tensor([label for _, label in items], dtype=torch.long)
+        if not self.label_dim:
+            return images, torch.zeros(len(items), 0)
+        if classes.max() >= self.label_dim:
+            raise ValueError(f"label {int(classes.max())} is out of range for label_dim {self.label_dim}")
+        return images, torch.nn.functional.one_hot(classes, self.label_dim).to(torch.float32)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = get_worker_info()
+        first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for index in itertools.count(first, step):
+            yield self.batch(index)

@@ -1,0 +1,95 @@
+"""Training checkpoints: atomic files, saved every N images and at the end, found for resume.
+
+Files are ``<run>/checkpoints/nimg-{nimg:012d}.ckpt`` (Lightning checkpoints: weights,
+optimizer, loop counters, callback states, ``nimg``). A checkpoint is written to a temporary
+name in the same folder, flushed to disk and renamed, so a run killed at any moment leaves
+either the previous newest checkpoint or the complete new one. Checkpoints are read with
+``torch.load(weights_only=True)``: they hold tensors and plain data only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from autoguide.io import atomic_path
+from autoguide.train.plan import IntervalTrigger, interval_images
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^nimg-(\d{12})\.ckpt$")
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint folder of a run folder."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def checkpoint_path(run_dir: str | os.PathLike, nimg: int) -> Path:
+    """Where the checkpoint at image count ``nimg`` of a run is stored."""
+    return checkpoint_dir(run_dir) / f"nimg-{int(nimg):012d}.ckpt"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(nimg, path)`` of every checkpoint of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file beside the target, fsync, rename; loading is
+    restricted to tensors and plain data (``weights_only=True``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class ImageCheckpoint(Checkpoint):
+    """Save a checkpoint whenever the image count crosses a multiple of ``every_kimg * 1000``
+    and after the last optimizer step; keep the newest ``keep`` (0 = all).
+
+    Being a ``Checkpoint`` callback, Lightning runs it after every other callback, so the
+    saved callback states (e.g. the EMAs) already include the step just taken.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, every_kimg: float, keep: int = 2) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.trigger = IntervalTrigger(interval_images(every_kimg, "train.checkpoint_kimg"))
+        if int(keep) != keep or keep < 0:
+            raise ValueError(f"callbacks.checkpoint.keep={keep!r}: expected an integer >= 0 (0 keeps all)")
+        self.keep = int(keep)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trigger.start(pl_module.nimg)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps):
+            self.save(trainer, int(pl_module.nimg))
+
+    def save(self, trainer: pl.Trainer, nimg: int) -> Path:
+        """Write the checkpoint for ``nimg`` (all ranks must call) and prune old ones."""
+        path = checkpoint_path(self.run_dir, nimg)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero and self.keep:
+            for _, old in list_checkpoints(self.run_dir)[: -self.keep]:
+                old.unlink(missing_ok=True)
+        return path

@@ -1,0 +1,54 @@
+"""A console progress bar counted in kimg (training images / 1000), not epochs or batches."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ProgressBar
+from tqdm.auto import tqdm
+
+
+class ImageProgressBar(ProgressBar):
+    """``[####    ] 12.3/40.0 kimg [elapsed<remaining, loss=..., lr=...]`` on global rank 0,
+    refreshed after every optimizer step; total = optimizer steps x global batch."""
+
+    BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._bar: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        total = trainer.max_steps * pl_module.batch_size / 1000
+        self._bar = tqdm(
+            total=total, initial=pl_module.nimg / 1000, desc="train ", bar_format=self.BAR_FORMAT,
+            file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+        )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._bar is None:
+            return
+        kimg = pl_module.nimg / 1000
+        if kimg != self._bar.n:
+            self._bar.update(kimg - self._bar.n)
+            metrics = self.get_metrics(trainer, pl_module)
+            self._bar.set_postfix(
+                {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")},
+                refresh=True,
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,85 @@
+"""A picture of what the model currently generates, every N images and at the end.
+
+The raw network (not an EMA) samples fixed seeds ``0 .. num_images - 1`` with the shared EDM
+sampler (``autoguide.sample``: deterministic Heun, ``num_steps`` steps), so successive pictures
+differ only by training. Conditional models draw class ``seed mod label_dim``; a grid then
+has one column per class when there are at most 16 classes. Image data gives a PNG grid,
+2D data (``img_resolution == 0``) a scatter plot. Files: ``<out_dir>/nimg-{nimg:012d}.png``;
+only global rank 0 samples and writes; the PNG is also logged to wandb when it is a logger.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from autoguide.sample.batch import generate_images
+from autoguide.sample.outputs import write_grid, write_scatter
+from autoguide.train.plan import IntervalTrigger, interval_images
+
+MAX_CLASS_COLUMNS = 16
+
+
+def sample_labels(num_images: int, label_dim: int) -> list[int] | None:
+    """Class ``i mod label_dim`` for image ``i``; ``None`` for an unconditional model."""
+    return [i % label_dim for i in range(num_images)] if label_dim else None
+
+
+class SampleGridCallback(pl.Callback):
+    """Write ``num_images`` samples of the current network every ``every_kimg`` kimg and at
+    the end of training."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        every_kimg: float,
+        num_images: int = 100,
+        num_steps: int = 32,
+        batch_size: int = 100,
+    ) -> None:
+        super().__init__()
+        for key, value in (("num_images", num_images), ("num_steps", num_steps), ("batch_size", batch_size)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"callbacks.sample_grid.{key}={value!r}: expected a positive integer")
+        self.out_dir = Path(out_dir)
+        self.trigger = IntervalTrigger(interval_images(every_kimg, "train.sample_kimg"))
+        self.num_images = int(num_images)
+        self.num_steps = int(num_steps)
+        self.batch_size = int(batch_size)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trigger.start(pl_module.nimg)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps) and trainer.is_global_zero:
+            path = self.write(pl_module.net, int(pl_module.nimg), precision="bf16" if "bf16" in str(trainer.precision) else "fp32")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+
+    def write(self, net: torch.nn.Module, nimg: int, precision: str = "fp32") -> Path:
+        """Sample with ``net`` (temporarily in eval mode) and write the picture for ``nimg``."""
+        device = next(net.parameters()).device
+        labels = sample_labels(self.num_images, int(net.label_dim))
+        was_training = net.training
+        net.eval()
+        try:
+            samples = generate_images(
+                net, range(self.num_images), labels, batch_size=self.batch_size, device=device,
+                num_steps=self.num_steps, precision=precision,
+            )
+        finally:
+            net.train(was_training)
+        path = self.out_dir / f"nimg-{nimg:012d}.png"
+        title = f"{nimg / 1000:.1f} kimg"
+        if int(net.img_resolution) == 0:
+            write_scatter(path, samples, labels, title=title)
+        else:
+            label_dim = int(net.label_dim)
+            write_grid(path, samples, cols=label_dim if 0 < label_dim <= MAX_CLASS_COLUMNS else None)
+        return path
