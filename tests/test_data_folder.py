@@ -61,9 +61,18 @@ def test_npz_without_labels_and_explicit_layout(tmp_path):
         ({"images": np.zeros((2, 8, 8), np.uint8)}, r"\['images'\].*4 dimensions"),
         ({"images": np.zeros((2, 8, 8, 5), np.uint8)}, r"\['images'\].*no channel axis"),
         ({"pixels": np.zeros((2, 8, 8, 3), np.uint8)}, r"missing key 'images'.*pixels"),
-        ({"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.zeros(3, np.int64)}, r"\['labels'\].*\(2,\)"),
-        ({"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.zeros(2, np.float32)}, r"\['labels'\].*integer"),
-        ({"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.array([0, -1])}, r"\['labels'\].*>= 0"),
+        (
+            {"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.zeros(3, np.int64)},
+            r"\['labels'\].*\(2,\)",
+        ),
+        (
+            {"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.zeros(2, np.float32)},
+            r"\['labels'\].*integer",
+        ),
+        (
+            {"images": np.zeros((2, 8, 8, 3), np.uint8), "labels": np.array([0, -1])},
+            r"\['labels'\].*>= 0",
+        ),
         ({"images": np.zeros((2, 8, 6, 3), np.uint8)}, r"8x6.*square"),
     ],
 )
@@ -81,7 +90,7 @@ def test_npz_missing_file(tmp_path):
 def test_folder_classes_from_subfolders(tmp_path):
     images = _images(6, channels=1)
     names = ["zebra", "ant", "ant", "moth", "zebra", "ant"]
-    for i, (pixels, name) in enumerate(zip(images, names)):
+    for i, (pixels, name) in enumerate(zip(images, names, strict=True)):
         _save_png(tmp_path / name / f"img{i}.png", pixels)
     data = ImageFolderDataset(tmp_path)
     assert data.class_names == ["ant", "moth", "zebra"] and data.label_dim == 3

@@ -4,7 +4,6 @@ import gzip
 import importlib.util
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 

@@ -23,19 +23,27 @@ def open_source(src: Path, labels_json: Path | None) -> ImageFolderDataset | Npz
         return ImageFolderDataset(src, labels_json)
     if src.suffix.lower() == ".npz":
         if labels_json is not None:
-            raise ValueError(f"{src}: --labels-json applies to image folders; npz labels come from key 'labels'")
+            raise ValueError(
+                f"{src}: --labels-json applies to image folders; npz labels come from key 'labels'"
+            )
         return NpzDataset(src)
     raise ValueError(f"{src}: expected an image folder or an .npz file")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m autoguide.data.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m autoguide.data.convert", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("src", type=Path, help="image folder or .npz file")
     parser.add_argument("out_dir", type=Path, help="folder for the .tar shards")
-    parser.add_argument("--maxcount", type=int, default=10000, help="samples per shard (default 10000)")
+    parser.add_argument(
+        "--maxcount", type=int, default=10000, help="samples per shard (default 10000)"
+    )
     parser.add_argument("--prefix", default="data", help="shard name prefix (default 'data')")
     parser.add_argument("--labels-json", type=Path, default=None, help="labels for an image folder")
     args = parser.parse_args(argv)
+    if args.maxcount <= 0:
+        parser.error(f"--maxcount must be positive, got {args.maxcount}")
     try:
         dataset = open_source(args.src, args.labels_json)
     except (OSError, ValueError) as error:

@@ -201,7 +201,9 @@ class NpzDataset(_Uint8ImageDataset):
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{where}: expected an integer dtype, got {labels.dtype}")
         if labels.shape != (n,):
-            raise ValueError(f"{where}: expected shape ({n},) to match 'images', got {labels.shape}")
+            raise ValueError(
+                f"{where}: expected shape ({n},) to match 'images', got {labels.shape}"
+            )
         if n and labels.min() < 0:
             raise ValueError(f"{where}: labels must be >= 0, found {labels.min()}")
         return labels.astype(np.int64)

@@ -27,7 +27,13 @@ from torch.utils.data import Dataset, IterableDataset
 from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
-from autoguide.data.images import check_square, check_uint8_hwc, decode_image, encode_png, uint8_to_float
+from autoguide.data.images import (
+    check_square,
+    check_uint8_hwc,
+    decode_image,
+    encode_png,
+    uint8_to_float,
+)
 
 IMAGE_KEY = "png"
 LABEL_KEY = "cls"
@@ -140,7 +146,9 @@ def read_shard_index(path: str | Path) -> list[ShardRecord]:
         if key in label_bytes:
             text = label_bytes[key].decode("ascii", errors="replace").strip()
             if not text.isdigit():
-                raise ValueError(f"{path}: sample {key!r}: '{LABEL_KEY}' is {text!r}, not an integer >= 0")
+                raise ValueError(
+                    f"{path}: sample {key!r}: '{LABEL_KEY}' is {text!r}, not an integer >= 0"
+                )
             label = int(text)
         image = members[IMAGE_KEY]
         records.append(ShardRecord(path, key, image.offset_data, image.size, label))
@@ -178,7 +186,9 @@ class _ShardSet:
             raise ValueError(f"{self.paths[0]}: the shards hold no samples")
         labeled = {r.label is not None for r in records}
         if len(labeled) > 1:
-            raise ValueError(f"{self.paths[0]}...: some samples have a '{LABEL_KEY}' and some do not")
+            raise ValueError(
+                f"{self.paths[0]}...: some samples have a '{LABEL_KEY}' and some do not"
+            )
         self.label_dim = max(r.label for r in records) + 1 if labeled == {True} else 0
         first = records[0]
         self.shape = decode_image(_read_bytes(first), f"{first.path}:{first.key}").shape

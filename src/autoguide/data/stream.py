@@ -86,7 +86,9 @@ class TrainStream(IterableDataset):
         if not self.label_dim:
             return images, torch.zeros(len(items), 0)
         if classes.max() >= self.label_dim:
-            raise ValueError(f"label {int(classes.max())} is out of range for label_dim {self.label_dim}")
+            raise ValueError(
+                f"label {int(classes.max())} is out of range for label_dim {self.label_dim}"
+            )
         return images, torch.nn.functional.one_hot(classes, self.label_dim).to(torch.float32)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

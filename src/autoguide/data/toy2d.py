@@ -11,8 +11,9 @@ recurses for sign +1, then -1, into ``(depth + 1, pos + dir dist, angle + sign 0
 (1 + 0.2 randn()))``. A tree has 2^7 - 1 = 127 branches, i.e. 1016 components.
 
 Noisy density: ``p_sigma(x) = sum_k w_k N(x; mu_k, C_k + sigma^2 I)`` (weights normalised over
-the selected classes). Score: ``grad log p_sigma(x) = -sum_k r_k(x) (C_k + sigma^2 I)^-1 (x - mu_k)``
-with responsibilities ``r_k``; the exact EDM denoiser is Tweedie's formula
+the selected classes). Score:
+``grad log p_sigma(x) = -sum_k r_k(x) (C_k + sigma^2 I)^-1 (x - mu_k)`` with responsibilities
+``r_k``; the exact EDM denoiser is Tweedie's formula
 ``D(x, sigma) = E[x0 | x] = x + sigma^2 grad log p_sigma(x)``.
 """
 
@@ -35,9 +36,7 @@ CLASS_ANGLES = {"A": math.pi / 4, "B": 5 * math.pi / 4}
 CHUNK = 2048  # rows evaluated at once, bounds memory at CHUNK x num_components
 
 
-def _grow(
-    rng: np.random.RandomState, depth: int, pos: np.ndarray, angle: float, out: list
-) -> None:
+def _grow(rng: np.random.RandomState, depth: int, pos: np.ndarray, angle: float, out: list) -> None:
     """Append the (weight, mean, cov) of the branch at ``(depth, pos, angle)`` and its subtree."""
     if depth >= MAX_DEPTH:
         return
@@ -62,7 +61,7 @@ def _tree_components() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     for name in CLASS_NAMES:
         out: list = []
         _grow(rng, 0, ORIGIN, CLASS_ANGLES[name], out)
-        weights, means, covs = zip(*out)
+        weights, means, covs = zip(*out, strict=True)
         trees[name] = (np.array(weights), np.array(means), np.array(covs))
     return trees
 

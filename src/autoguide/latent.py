@@ -1,0 +1,145 @@
+"""The latent space of the EDM2 ImageNet-512 models: Stable Diffusion's VAE with a fixed
+per-channel standardisation.
+
+EDM2 (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models",
+Sec. 5 and Appendix) trains its img512 models on the 64x64x4 latents of the VAE
+``stabilityai/sd-vae-ft-mse``. A latent ``z_raw`` drawn from the VAE posterior
+``N(mean, std^2)`` is mapped per channel ``c`` to the model's latent
+
+    z = z_raw * scale_c + bias_c,   scale_c = final_std / raw_std_c,   bias_c = final_mean - raw_mean_c * scale_c
+
+with raw_mean (5.81, 3.25, 0.12, -2.15), raw_std (4.17, 4.62, 3.71, 3.28), final_mean 0 and
+final_std 0.5 (= sigma_data). Decoding inverts the map and runs the VAE decoder. As in the
+released pipeline the VAE sees pixels in [0, 1] (the raw statistics were measured that way);
+this module's images use the project convention, float in [-1, 1].
+
+``diffusers`` is an optional extra (``pip install -e ".[latent]"``); the VAE weights come from a
+local folder (``config.json`` + weights, e.g. ``huggingface-cli download stabilityai/sd-vae-ft-mse
+--local-dir vae/sd-vae-ft-mse``), never from the network at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+LATENT_TYPE = "stability_vae"
+SD_VAE_NAME = "stabilityai/sd-vae-ft-mse"
+EDM2_RAW_MEAN = (5.81, 3.25, 0.12, -2.15)
+EDM2_RAW_STD = (4.17, 4.62, 3.71, 3.28)
+EDM2_FINAL_MEAN = 0.0
+EDM2_FINAL_STD = 0.5
+SPEC_KEYS = ("type", "vae_name", "raw_mean", "raw_std", "final_mean", "final_std")
+
+
+def stability_vae_spec(
+    vae_name: str = SD_VAE_NAME,
+    raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+    raw_std: Sequence[float] = EDM2_RAW_STD,
+    final_mean: float = EDM2_FINAL_MEAN,
+    final_std: float = EDM2_FINAL_STD,
+) -> dict[str, Any]:
+    """The ``latent`` entry of a model card for a model trained on these latents."""
+    return {
+        "type": LATENT_TYPE, "vae_name": vae_name, "raw_mean": [float(v) for v in raw_mean],
+        "raw_std": [float(v) for v in raw_std], "final_mean": float(final_mean), "final_std": float(final_std),
+    }
+
+
+def _autoencoder_class() -> type:
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as err:
+        raise ImportError('latent models need diffusers: pip install -e ".[latent]" (or pip install diffusers)') from err
+    return AutoencoderKL
+
+
+class LatentCodec(nn.Module):
+    """Images (float [-1, 1], ``[N, 3, H, W]``) <-> EDM2 latents (``[N, C, H/f, W/f]``) via a VAE.
+
+    ``vae`` is a diffusers ``AutoencoderKL`` (``encode(x).latent_dist``, ``decode(z).sample``).
+    ``scale`` and ``bias`` are computed in float32 from the statistics, as in the release.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+        raw_std: Sequence[float] = EDM2_RAW_STD,
+        final_mean: float = EDM2_FINAL_MEAN,
+        final_std: float = EDM2_FINAL_STD,
+        batch_size: int = 8,
+    ) -> None:
+        super().__init__()
+        channels = int(vae.config.latent_channels)
+        if len(raw_mean) != channels or len(raw_std) != channels:
+            raise ValueError(f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}")
+        if min(raw_std) <= 0 or final_std <= 0:
+            raise ValueError(f"raw_std {list(raw_std)} and final_std {final_std} must be positive")
+        self.vae = vae.eval().requires_grad_(False)
+        self.batch_size = int(batch_size)
+        scale = torch.tensor(final_std, dtype=torch.float32) / torch.tensor(raw_std, dtype=torch.float32)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", torch.tensor(final_mean, dtype=torch.float32) - torch.tensor(raw_mean, dtype=torch.float32) * scale)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], vae_path: str | os.PathLike, batch_size: int = 8) -> LatentCodec:
+        """The codec of card entry ``spec`` with the VAE weights from local folder ``vae_path``."""
+        missing = [k for k in SPEC_KEYS if k not in spec]
+        if missing or spec["type"] != LATENT_TYPE:
+            raise ValueError(f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})")
+        folder = Path(vae_path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"vae_path={folder}: no config.json there; expected a local copy of {spec['vae_name']} "
+                f"(e.g. huggingface-cli download {spec['vae_name']} --local-dir {folder})"
+            )
+        vae = _autoencoder_class().from_pretrained(str(folder), local_files_only=True)
+        return cls(vae, spec["raw_mean"], spec["raw_std"], spec["final_mean"], spec["final_std"], batch_size)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+        """Latents of float images in [-1, 1]: ``(mean + std * eps) * scale + bias``.
+
+        The VAE gets ``(images + 1) / 2`` in [0, 1]; ``sample=False`` uses the posterior mean.
+        """
+        out = []
+        for batch in images.split(self.batch_size):
+            posterior = self.vae.encode((batch.to(torch.float32) + 1) / 2).latent_dist
+            raw = posterior.mean
+            if sample:
+                noise = torch.randn(raw.shape, generator=generator, device=raw.device, dtype=raw.dtype)
+                raw = raw + posterior.std * noise
+            out.append(raw * self.scale[:, None, None] + self.bias[:, None, None])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1] of latents: VAE-decode ``(z - bias) / scale``, clamp to [0, 1], map to [-1, 1]."""
+        out = []
+        for batch in latents.split(self.batch_size):
+            raw = (batch.to(torch.float32) - self.bias[:, None, None]) / self.scale[:, None, None]
+            pixels = self.vae.decode(raw).sample.clamp(0, 1)
+            out.append(pixels * 2 - 1)
+        return torch.cat(out)
+
+
+def load_latent_codec(card: Mapping[str, Any], vae_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> LatentCodec | None:
+    """The codec a model card asks for (``card["latent"]``), or None for pixel-space models.
+
+    A latent model without ``vae_path`` is an error that says where to get the VAE.
+    """
+    spec = card.get("latent")
+    if spec is None:
+        return None
+    if vae_path is None:
+        raise ValueError(
+            f"this model works in the latent space of {spec.get('vae_name', 'a VAE')}: pass vae_path=<local folder of "
+            f"that VAE> (e.g. huggingface-cli download {spec.get('vae_name', SD_VAE_NAME)} --local-dir vae/sd-vae-ft-mse)"
+        )
+    return LatentCodec.from_spec(spec, vae_path).to(device)

@@ -1,0 +1,96 @@
+"""The EDM2 latent codec around a small, randomly initialised diffusers AutoencoderKL (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import AutoencoderKL  # noqa: E402
+
+from autoguide.io import load_denoiser, save_model  # noqa: E402
+from autoguide.latent import LatentCodec, load_latent_codec, stability_vae_spec  # noqa: E402
+from autoguide.nets import build_network  # noqa: E402
+
+SMALL_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+)
+RAW_MEAN = torch.tensor([5.81, 3.25, 0.12, -2.15], dtype=torch.float64)
+RAW_STD = torch.tensor([4.17, 4.62, 3.71, 3.28], dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return AutoencoderKL(**SMALL_VAE).eval().requires_grad_(False)
+
+
+def channelwise(v):
+    return v.to(torch.float32)[None, :, None, None]
+
+
+def test_scale_and_bias_standardise_the_raw_latents(vae):
+    codec = LatentCodec(vae)
+    # z = (z_raw - raw_mean) / raw_std * 0.5 must equal z_raw * scale + bias for any z_raw.
+    z_raw = torch.randn(64, 4, dtype=torch.float64) * RAW_STD + RAW_MEAN
+    expected = (z_raw - RAW_MEAN) / RAW_STD * 0.5
+    assert torch.allclose(z_raw * codec.scale.double() + codec.bias.double(), expected, atol=1e-6)
+    assert codec.scale.dtype == torch.float32
+
+
+def test_decode_inverts_the_standardisation_and_maps_to_minus_one_one(vae):
+    codec = LatentCodec(vae, batch_size=2)
+    z = torch.randn(5, 4, 8, 8)
+    raw = z * channelwise(RAW_STD / 0.5) + channelwise(RAW_MEAN)
+    with torch.no_grad():
+        expected = vae.decode(raw).sample.clamp(0, 1) * 2 - 1
+    images = codec.decode(z)
+    assert images.shape == (5, 3, 16, 16)
+    assert torch.allclose(images, expected, atol=1e-4)
+    assert ((images > -1) & (images < 1)).float().mean() > 0.1  # not all clamped: the check has teeth
+
+
+def test_encode_feeds_zero_one_pixels_and_samples_the_posterior(vae):
+    codec = LatentCodec(vae, batch_size=3)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode((images + 1) / 2).latent_dist
+    mean_latents = (posterior.mean - channelwise(RAW_MEAN)) / channelwise(RAW_STD) * 0.5
+    assert torch.allclose(codec.encode(images, sample=False), mean_latents, atol=1e-4)
+    eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(7))
+    sampled = (posterior.mean + posterior.std * eps - channelwise(RAW_MEAN)) / channelwise(RAW_STD) * 0.5
+    got = codec.encode(images, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(got, sampled, atol=1e-4)
+    assert not torch.allclose(got, mean_latents, atol=1e-4)
+
+
+def test_codec_from_card_and_local_folder(vae, tmp_path):
+    vae.save_pretrained(tmp_path / "vae")
+    card = {"latent": stability_vae_spec()}
+    codec = load_latent_codec(card, tmp_path / "vae")
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(codec.decode(z), LatentCodec(vae).decode(z), atol=1e-5)
+    assert load_latent_codec({"latent": None}, None) is None
+    with pytest.raises(ValueError, match="latent space of stabilityai/sd-vae-ft-mse: pass vae_path="):
+        load_latent_codec(card, None)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_latent_codec(card, tmp_path)
+    with pytest.raises(ValueError, match="expected type 'stability_vae'"):
+        load_latent_codec({"latent": {**stability_vae_spec(), "type": "other"}}, tmp_path / "vae")
+    with pytest.raises(ValueError, match="need 4 values"):
+        LatentCodec(vae, raw_mean=[0.0] * 3, raw_std=[1.0] * 3)
+
+
+def test_latent_model_output_decodes_to_rgb(vae, tmp_path):
+    """The path generate takes for a latent model: denoise latents, then decode to RGB."""
+    cfg = {"arch": "unet", "img_resolution": 8, "img_channels": 4, "label_dim": 0, "model_channels": 16,
+           "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4], "channels_per_head": 16}
+    card = {"network": cfg, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec()}
+    save_model(tmp_path / "m.safetensors", build_network(cfg), card)
+    net = load_denoiser(tmp_path / "m.safetensors")
+    vae.save_pretrained(tmp_path / "vae")
+    codec = load_latent_codec(net.card, tmp_path / "vae")
+    latents = net(torch.randn(3, 4, 8, 8) * 80, torch.tensor(80.0))
+    images = codec.decode(latents)
+    assert images.shape == (3, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
