@@ -36,15 +36,6 @@ def tiny_net(seed: int, label_dim: int = 4) -> nn.Module:
     return net
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and the 2-core test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def net():
     return tiny_net(0)
@@ -330,3 +321,16 @@ def test_bf16_precision_is_close_to_fp32(net, inputs):
     bf16 = GuidedDenoiser(net, [CFG(weight=2.0)], labels, precision="bf16")(x, 1.0)
     assert not torch.equal(fp32, bf16)
     assert (fp32 - bf16).abs().max() < 0.1 * fp32.abs().max()
+
+
+def test_unconditional_model_with_shared_terms(inputs):
+    x, _ = inputs
+    uncond = tiny_net(9, label_dim=0)
+    out = guided(uncond, [PAG(weight=2.0), TSG(weight=1.5, scale=0.5)], None, x, 1.2)
+    d_pos, d_pag = d(uncond, x, 1.2, None), d(swapped(uncond, "dec.4x4_in0", IdentityOp()), x, 1.2, None)
+    alpha = 0.5 * (1.2 / math.sqrt(1.2**2 + 0.25))
+    noise = torch.stack([torch.randn(16, generator=torch.Generator().manual_seed(stream_seed(s, "tsg:0.5:1.0"))) for s in SEEDS])
+    tsg = copy.deepcopy(uncond)
+    tsg.unet.emb_fourier = NoisyFourier(uncond.unet.emb_fourier, alpha * noise)
+    ref = d_pos + 1.0 * (d_pos - d_pag) + 0.5 * (d_pos - d(tsg, x, 1.2, None))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

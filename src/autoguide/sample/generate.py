@@ -24,6 +24,7 @@ from torch import nn
 
 from autoguide.config_dir import config_dir
 from autoguide.io import load_denoiser, write_text_atomic
+from autoguide.latent import load_latent_codec
 from autoguide.sample.batch import generate_images
 from autoguide.sample.config import build_guidance
 from autoguide.sample.distributed import RankInfo, rank_from_env, rank_slice
@@ -93,6 +94,7 @@ def run(cfg: DictConfig) -> Path:
     device = resolve_device(str(cfg.device), info)
     load = ModelLoader(device)
     net = load(str(cfg.model))
+    codec = load_latent_codec(net.card, cfg.get("vae_path"), device)
     terms = build_guidance(cfg.guidance, load)
     if cfg.get("guide") is not None and str(cfg.guide) not in load.models:
         log.warning("guide=%s is unused: no active term needs it (autoguidance with guidance.weight=1 is no guidance)", cfg.guide)
@@ -113,6 +115,8 @@ def run(cfg: DictConfig) -> Path:
         batch_size=int(cfg.batch_size), device=device, progress=bool(cfg.progress) and info.rank == 0,
         precision=str(cfg.precision), **OmegaConf.to_container(cfg.sampler, resolve=True),
     )
+    if codec is not None:  # latent model: decode to RGB in [-1, 1] before writing
+        samples = codec.decode(samples.to(device)).cpu()
     write_outputs(cfg, samples, seeds, classes, info, toy=int(net.img_resolution) == 0)
     log.info("wrote %d samples to %s", len(seeds), out)
     return out

@@ -70,7 +70,7 @@ class GuidedDenoiser:
         with autocast:
             return model(x, sigma, labels).to(torch.float64)
 
-    def _labels_for(self, rule: str, n: int) -> torch.Tensor | None:
+    def _labels_for(self, rule: str) -> torch.Tensor | None:
         if rule == "same":
             return self.labels
         if rule == "null":
@@ -82,34 +82,39 @@ class GuidedDenoiser:
             self._random_labels = F.one_hot(classes, self.labels.shape[1]).to(self.labels.dtype)
         return self._random_labels
 
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        n = x.shape[0]
-        active = [t for t in self.terms if t.is_active(sigma)]
-        requests: list[NegativeRequest] = list(dict.fromkeys(t.negative() for t in active))
-        in_batch = [r for r in requests if isinstance(r, SameNetwork)]
-        degraded = [r for r in requests if isinstance(r, DegradedInput)]
-        sigma_rows = torch.full((n,), float(sigma), dtype=torch.float64, device=x.device)
-        negatives: dict[NegativeRequest, torch.Tensor] = {}
-
-        batch_labels = None
+    def _batched_forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, in_batch: list[SameNetwork], degraded: list[DegradedInput]
+    ) -> tuple[torch.Tensor, dict[NegativeRequest, torch.Tensor], dict[str, dict]]:
+        """One forward of ``[x; x; ...]``: rows ``0..n`` are the positive, block ``j`` the ``j``-th
+        in-batch negative (its labels, its perturbation hooks on its rows only). Returns the
+        positive, the in-batch negatives and the attention captures SAG asked for."""
+        n, k = x.shape[0], 1 + len(in_batch)
+        labels = None
         if self.labels is not None:
-            batch_labels = torch.cat([self.labels] + [self._labels_for(r.labels, n) for r in in_batch])
-        captures = {}
+            labels = torch.cat([self.labels] + [self._labels_for(r.labels) for r in in_batch])
+        captures: dict[str, dict] = {}
         with ExitStack() as stack:
             for j, request in enumerate(in_batch, start=1):
                 if request.perturbation is not None:
                     rows = slice(j * n, (j + 1) * n)
-                    stack.enter_context(request.perturbation.apply(self.net, rows, sigma_rows, self.streams))
+                    stack.enter_context(request.perturbation.apply(self.net, rows, sigma, self.streams))
             for request in degraded:
                 block = self._attention_block(request)
                 if block not in captures:
                     captures[block] = stack.enter_context(capture_attention(self.net, block, slice(0, n)))
-            k = 1 + len(in_batch)
-            out = self._call(self.net, x.repeat(k, *([1] * (x.ndim - 1))), sigma_rows.repeat(k), batch_labels)
-        d_pos = out[:n]
-        for j, request in enumerate(in_batch, start=1):
-            negatives[request] = out[j * n : (j + 1) * n]
+            xs = x if k == 1 else x.repeat(k, *([1] * (x.ndim - 1)))
+            out = self._call(self.net, xs, sigma.repeat(k), labels)
+        negatives = {request: out[j * n : (j + 1) * n] for j, request in enumerate(in_batch, start=1)}
+        return out[:n], negatives, captures
 
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The guided ``D(x, sigma)`` for one noise level ``sigma`` shared by the batch."""
+        active = [t for t in self.terms if t.is_active(sigma)]
+        requests: list[NegativeRequest] = list(dict.fromkeys(t.negative() for t in active))
+        in_batch = [r for r in requests if isinstance(r, SameNetwork)]
+        degraded = [r for r in requests if isinstance(r, DegradedInput)]
+        sigma_rows = torch.full((x.shape[0],), float(sigma), dtype=torch.float64, device=x.device)
+        d_pos, negatives, captures = self._batched_forward(x, sigma_rows, in_batch, degraded)
         for request in requests:
             if isinstance(request, OtherNetwork):
                 labels = None if request.null_labels else self.labels
@@ -117,7 +122,6 @@ class GuidedDenoiser:
             elif isinstance(request, DegradedInput):
                 capture = captures[self._attention_block(request)]
                 negatives[request] = self._sag_negative(x, sigma_rows, d_pos, capture, request)
-
         d = d_pos
         for term in active:
             d = d + (term.weight - 1) * (d_pos - negatives[term.negative()])
