@@ -2,10 +2,7 @@
 gradient accumulation and random batch sizes, snapshot timing and files, resume, rank 0
 only, and post-hoc reconstruction of a directly tracked third EMA."""
 
-import json
-
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -28,10 +25,10 @@ class TinyDiffusion(pl.LightningModule):
     ``training_step`` from a generator seeded by the image count, with a random batch size,
     so a resumed run continues exactly."""
 
-    def __init__(self, batch_sizes=(8, 16, 24), lr=1e-2, record=False):
+    def __init__(self, batch_sizes=(8, 16, 24), lr=1e-2, record=False, network=MLP):
         super().__init__()
         torch.manual_seed(0)
-        self.net = build_network(MLP)
+        self.net = build_network(network)
         self.nimg = 0
         self.pending = 0
         self.batch_sizes = batch_sizes
@@ -158,6 +155,13 @@ def test_fresh_run_refuses_a_folder_with_snapshots(tmp_path):
         trainer(tmp_path, 20, [PowerEMACallback(snapshot_kimg=0.1, out_dir=tmp_path / "p")]).fit(TinyDiffusion())
 
 
+def test_folder_of_another_architecture_is_refused(tmp_path):
+    trainer(tmp_path, 20, [PowerEMACallback(snapshot_kimg=0.1, out_dir=tmp_path / "p")]).fit(TinyDiffusion())
+    other = TinyDiffusion(network={**MLP, "width": 8})
+    with pytest.raises(ValueError, match="different network architecture"):
+        trainer(tmp_path, 20, [PowerEMACallback(snapshot_kimg=0.1, out_dir=tmp_path / "p")]).fit(other)
+
+
 def test_resume_with_other_stds_is_refused(tmp_path):
     t = trainer(tmp_path, 10, [PowerEMACallback(snapshot_kimg=0.1, out_dir=tmp_path / "p")])
     t.fit(TinyDiffusion())
@@ -207,5 +211,5 @@ def test_reconstruction_after_a_short_training_run(tmp_path):
     assert diff / gap < 2e-3
     for k, v in module.net.named_buffers():
         assert torch.equal(rebuilt[k], v)
-    card = json.loads(json.dumps(autoguide.load_denoiser(out).card))
+    card = autoguide.load_denoiser(out).card
     assert card["ema_std"] == 0.075 and card["nimg"] == module.nimg and "reconstruction" in card["source"]

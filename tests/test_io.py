@@ -42,3 +42,17 @@ def test_errors_name_the_file(tmp_path):
     save_model(wrong, net, {"network": {**net.config, "width": 32}})
     with pytest.raises(ModelFileError, match="do not match"):
         load_denoiser(wrong)
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    from autoguide.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -209,10 +209,6 @@ class PowerEMACallback(pl.Callback):
             buffers = [name for name, _ in net.named_buffers() if name in persistent]
             for std, module in self.ema.modules.items():
                 path = self._folder / snapshot_filename(nimg, std)
-                state = {
-                    k: v.detach().to("cpu", copy=True).contiguous()
-                    for k, v in module.state_dict().items()
-                }
                 card = {
                     "format": MODEL_FORMAT,
                     "network": config,
@@ -220,7 +216,7 @@ class PowerEMACallback(pl.Callback):
                     "ema_std": std,
                     "source": f"post-hoc EMA snapshot in {self._folder}",
                 }
-                save_model(path, state, card)
+                save_model(path, module, card)
                 self._entries.append(Snapshot(path, nimg, std))
             self._entries = list(sorted_unique(self._entries))
             write_index(self._folder, config, buffers, self._entries)

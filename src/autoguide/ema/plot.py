@@ -27,6 +27,7 @@ def plot_profiles(
     path = Path(path)
     in_gamma = [sigma_rel_to_gamma(s) for s in in_std]
     tau = np.linspace(0.0, float(out_nimg), 2001)
+    unit, unit_name = (2**20, "Mi") if out_nimg >= 2**20 else (1000, "kimg")
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     colors = [f"C{j % 10}" for j in range(len(out_stds))]
@@ -37,11 +38,11 @@ def plot_profiles(
             for c, t, g in zip(coefs[:, j], in_nimg, in_gamma)
             if c != 0
         )
-        ax.plot(tau / 2**20, target * out_nimg, "--", color=color, lw=1.0)
-        ax.plot(tau / 2**20, rebuilt * out_nimg, "-", color=color, lw=1.2, label=f"std {std:g}")
-    ax.set_xlabel("training images seen (Mi)")
+        ax.plot(tau / unit, target * out_nimg, "--", color=color, lw=1.0)
+        ax.plot(tau / unit, rebuilt * out_nimg, "-", color=color, lw=1.2, label=f"std {std:g}")
+    ax.set_xlabel(f"training images seen ({unit_name})")
     ax.set_ylabel("weight density x T")
-    ax.set_title(f"post-hoc EMA at {out_nimg / 2**20:.3f} Mi: target (dashed), reconstructed (solid)")
+    ax.set_title(f"post-hoc EMA at {out_nimg / unit:g} {unit_name}: target (dashed), reconstructed (solid)")
     ax.legend(fontsize="small")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)

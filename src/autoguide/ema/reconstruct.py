@@ -96,6 +96,16 @@ def parse_nimg(text: str) -> int:
     return int(value)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -206,26 +216,25 @@ def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
 
 def _accumulate(
     state: dict[str, torch.Tensor],
-    weights: Sequence[float],
-    sums: list[dict[str, torch.Tensor]],
+    weights: torch.Tensor,
+    sums: dict[str, torch.Tensor],
     copies: list[dict[str, torch.Tensor]],
     buffers: frozenset[str],
 ) -> None:
-    """``sums[k] += weights[k] * state`` in float64 for averaged tensors; buffers and
-    non-float tensors are copied into ``copies[k]`` (the caller goes forward in time, so
-    the last copy wins). Outputs with weight 0 are untouched."""
+    """``sums[key][k] += weights[k] * state[key]`` (float64, one ``addr_`` per tensor for the
+    whole batch of outputs) for averaged tensors; buffers and non-float tensors are copied
+    into ``copies[k]`` for outputs with a non-zero weight (the caller goes forward in time,
+    so the last copy wins)."""
     for key, value in state.items():
-        averaged = value.is_floating_point() and key not in buffers
-        wide = value.to(torch.float64) if averaged else value
-        for k, c in enumerate(weights):
-            if c == 0.0:
-                continue
-            if not averaged:
-                copies[k][key] = value.clone()
-            elif key in sums[k]:
-                sums[k][key].add_(wide, alpha=c)
-            else:
-                sums[k][key] = wide * c
+        if value.is_floating_point() and key not in buffers:
+            flat = value.reshape(-1).to(torch.float64)
+            if key not in sums:
+                sums[key] = torch.zeros(len(weights), flat.numel(), dtype=torch.float64)
+            sums[key].addr_(weights, flat)
+        else:
+            for k, c in enumerate(weights.tolist()):
+                if c != 0.0:
+                    copies[k][key] = value.clone()
 
 
 def stream_reconstruct(
@@ -247,7 +256,7 @@ def stream_reconstruct(
     for p in range(passes):
         cols = list(range(p * batch, min((p + 1) * batch, n_out)))
         rows = [i for i in range(len(snapshots)) if np.any(coefs[i, cols] != 0)]
-        sums: list[dict[str, torch.Tensor]] = [{} for _ in cols]
+        sums: dict[str, torch.Tensor] = {}
         copies: list[dict[str, torch.Tensor]] = [{} for _ in cols]
         layout: dict[str, tuple[torch.Size, torch.dtype]] | None = None
         bar = tqdm(rows, desc=f"pass {p + 1}/{passes}", unit="snapshot", disable=not progress)
@@ -261,15 +270,16 @@ def stream_reconstruct(
                     f"{snapshots[i].path}: tensor names, shapes or dtypes differ from "
                     f"{snapshots[rows[0]].path}"
                 )
-            _accumulate(state, [float(coefs[i, j]) for j in cols], sums, copies, buffers)
+            weights = torch.from_numpy(np.ascontiguousarray(coefs[i, cols], dtype=np.float64))
+            _accumulate(state, weights, sums, copies, buffers)
             del state
         assert layout is not None
         for k, j in enumerate(cols):
             out = {
-                key: sums[k][key].to(dtype) if key in sums[k] else copies[k][key]
-                for key, (_shape, dtype) in layout.items()
+                key: sums[key][k].view(shape).to(dtype) if key in sums else copies[k][key]
+                for key, (shape, dtype) in layout.items()
             }
-            sums[k], copies[k] = {}, {}
+            copies[k] = {}
             yield j, out
 
 
@@ -313,8 +323,15 @@ def reconstruct(
         hint = (
             f"stds from about {span[0]:g} to {span[1]:g} are representable there"
             if span
-            else "no std is representable there (is the target time a snapshot time?)"
+            else "no std is representable there"
         )
+        times = sorted({s.nimg for s in found.snapshots})
+        if target not in times:
+            after = [t for t in times if t > target][:1]
+            hint += (
+                f"; nimg {target} is not a snapshot time (nearest: "
+                f"{', '.join(str(t) for t in [int(in_nimg.max()), *after])})"
+            )
         raise ValueError(
             f"cannot represent EMA std {', '.join(bad)} at nimg {target} with the stored stds "
             f"{stored} ({len(used)} snapshots up to nimg {int(in_nimg.max())}): the relative "
@@ -367,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, help="default: <run>/reconstructed next to the first folder")
     parser.add_argument("--batch", type=_positive_int, default=8, help="outputs per pass over the snapshots (memory)")
     parser.add_argument(
-        "--max-error", type=float, default=DEFAULT_MAX_ERROR,
+        "--max-error", type=_positive_float, default=DEFAULT_MAX_ERROR,
         help="largest accepted relative L2 error of a reconstructed EMA profile",
     )
     parser.add_argument("--plot", type=Path, help="draw target and reconstructed profiles to this image")
