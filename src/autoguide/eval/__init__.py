@@ -1,0 +1,17 @@
+"""Evaluation: feature extractors (Inception-v3, DINOv2, the project's MNIST classifier),
+Fréchet distance, improved precision/recall, exact 2D-toy metrics, cached reference
+statistics, and the ``autoguide-eval`` / ``autoguide-sweep`` apps (``autoguide.eval.evaluate``,
+``autoguide.eval.sweep``)."""
+
+from autoguide.eval.evaluator import Evaluator, lower_is_better
+from autoguide.eval.features import FeatureExtractor, build_extractor
+from autoguide.eval.frechet import GaussianAccumulator, frechet_distance, gaussian_stats
+from autoguide.eval.manifold_pr import precision_recall
+from autoguide.eval.reference import ReferenceStats, reference_stats
+from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
+
+__all__ = [
+    "Evaluator", "FeatureExtractor", "GaussianAccumulator", "ReferenceStats", "ToyMetricsConfig",
+    "build_extractor", "frechet_distance", "gaussian_stats", "lower_is_better", "precision_recall",
+    "reference_stats", "toy_metrics",
+]

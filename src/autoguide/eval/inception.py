@@ -1,0 +1,74 @@
+"""Inception-v3 pool3 features (2048) as used by FID (Heusel et al. 2017), through
+torch-fidelity's port of the TensorFlow graph ``inception-2015-12-05``
+(``FeatureExtractorInceptionV3``: TF-compatible bilinear resize to 299x299, ``(x - 128) / 128``).
+
+Weights come from a LOCAL file only: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``
+(a plain state dict). torch-fidelity reads it with ``torch.load``; it is constructed here with
+``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` so the file is read by PyTorch's weights-only unpickler,
+never by a general one. torch-fidelity is an optional dependency: it needs a torchvision that
+matches the installed torch, and both are installed without dependencies so the torch
+installation stays untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from autoguide.eval.features import FeatureExtractor, as_rgb, require_file
+
+WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
+INSTALL_HINT = (
+    "Inception-v3 features need torch-fidelity and a torchvision built for the installed torch; "
+    "install both without dependencies so torch is not replaced, e.g. for torch 2.13: "
+    "`pip install --no-deps torch-fidelity==0.4.0 torchvision==0.28.0 "
+    "--extra-index-url https://download.pytorch.org/whl/cpu` (or the CUDA index of your torch build)"
+)
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block every ``torch.load`` uses the weights-only unpickler (PyTorch's
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), whatever its caller asked for."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = previous
+
+
+class InceptionFeatures(FeatureExtractor):
+    """Pool3 features ``[N, 2048]`` of uint8 images ``[N, 1 or 3, H, W]`` (gray repeated to RGB)."""
+
+    name = "inception"
+
+    def __init__(self, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
+        weights = require_file(
+            weights, "Inception-v3 weights",
+            f"download {WEIGHTS_URL} on a machine with internet access and copy it there, or set "
+            "extractors.inception.weights=<file> (it is never downloaded at run time)",
+        )
+        super().__init__(weights, torch.device(device))
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as err:
+            raise ImportError(f"{INSTALL_HINT} ({err})") from err
+        with weights_only_loads():
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+        self.net = net.eval().requires_grad_(False).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise ValueError(f"Inception features need uint8 images, got {images.dtype}")
+        (features,) = self.net(as_rgb(images).contiguous())
+        return features

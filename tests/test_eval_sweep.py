@@ -1,0 +1,124 @@
+"""``autoguide-sweep`` end to end on tiny toy runs built here (post-hoc EMA snapshots written
+with ``autoguide.io.save_model``): the grid, the EMA cache, the best setting and the plots."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import autoguide.eval.ema_cache as ema_cache
+from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
+from autoguide.eval.app import compose_config
+from autoguide.eval.ema_cache import parse_time, target_nimg
+from autoguide.eval.evaluate import run as evaluate
+from autoguide.eval.sweep import run as sweep
+from autoguide.io import read_card, save_model
+from autoguide.nets import build_network
+
+TIMES = (1000, 2000, 3000, 4000)
+STDS = (0.05, 0.10)
+
+
+def make_run(root, width, seed):
+    """A run folder with phema/ snapshots of a tiny 2D MLP (weights drift between snapshots)."""
+    config = {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": width, "depth": 1, "sigma_data": 0.5}
+    torch.manual_seed(seed)
+    net = build_network(config)
+    entries = []
+    for nimg in TIMES:
+        for std in STDS:
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    p.copy_(torch.ones_like(p) if name.endswith("gain") else p + 0.05 * torch.randn_like(p))
+            path = root / "phema" / snapshot_filename(nimg, std)
+            save_model(path, net, {"network": config, "nimg": nimg, "ema_std": std, "source": "test"})
+            entries.append(Snapshot(path, nimg, std))
+    write_index(root / "phema", config, [n for n, _ in net.named_buffers()], entries)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return make_run(root / "main", 16, 0), make_run(root / "guide", 8, 1)
+
+
+def sweep_cfg(runs, out, *extra):
+    main, guide = runs
+    return compose_config("sweep", [
+        f"main.run={main}", f"guides.runs=[{guide}]", "guides.times=[0.5,null]", "grid.weight=[1,2.5]",
+        "grid.main_std=[0.05,0.1]", "grid.guide_std=[0.1]", "grid.interval=[null,[0.5,80]]",
+        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "select=toy_logp", "seeds=0-79",
+        "sampler.num_steps=3", "class_labels=0", "device=cpu", f"output.dir={out}", *extra,
+    ])
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_parse_time():
+    assert parse_time(None) == (None, None)
+    assert parse_time(0.0625) == (None, 0.0625) and parse_time("1/16") == (None, 0.0625)
+    assert parse_time(1) == (None, 1.0) and parse_time(3000) == (3000, None)
+    for bad in (0, -5, 2.5, "x"):
+        with pytest.raises(ValueError):
+            parse_time(bad)
+
+
+def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
+    main, guide = runs
+    best = sweep(sweep_cfg(runs, tmp_path / "a"))
+    rows = read_rows(tmp_path / "a" / "sweep.csv")
+    assert len(rows) == 2 * 2 * 1 * 2 * 2  # main std x guide time x guide std x interval x weight
+    assert {r["guide"] for r in rows} == {"guide@2000", "guide@4000"}  # 0.5 of the last snapshot, and the last
+
+    # EMAs were reconstructed once per (run, std, nimg), into <run>/reconstructed
+    cards = {(p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (main.glob("reconstructed/*"))}
+    cards |= {(p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (guide.glob("reconstructed/*"))}
+    assert cards == {("main", 4000, 0.05), ("main", 4000, 0.1), ("guide", 2000, 0.1), ("guide", 4000, 0.1)}
+
+    # weight 1 is no guidance: one value per main EMA, whatever the guide or interval
+    for std in ("0.05", "0.1"):
+        unguided = {r["toy_logp"] for r in rows if r["weight"] == "1.0" and r["main_std"] == std}
+        assert len(unguided) == 1
+    assert len({r["toy_logp"] for r in rows if r["weight"] == "2.5"}) > 1
+
+    # best = the highest toy_logp of the CSV, and a guided row equals a direct autoguide-eval run
+    top = max(rows, key=lambda r: float(r["toy_logp"]))
+    assert best["toy_logp"] == pytest.approx(float(top["toy_logp"]))
+    assert json.loads((tmp_path / "a" / "best.json").read_text())["toy_logp"] == pytest.approx(best["toy_logp"])
+    row = next(r for r in rows if r["weight"] == "2.5" and r["interval_lo"] == "0.5" and r["guide"] == "guide@2000")
+    direct = evaluate(compose_config("evaluate", [
+        f"model={row['main_model']}", f"guide={row['guide_model']}", "guidance.weight=2.5", "guidance.interval=[0.5,80]",
+        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "seeds=0-79", "sampler.num_steps=3",
+        "class_labels=0", "device=cpu", f"output.dir={tmp_path / 'direct'}", "preview_images=0",
+    ]))
+    assert float(row["toy_logp"]) == pytest.approx(direct["metrics"]["toy_logp"], rel=1e-9)
+
+    for name in ("weight.png", "ema.png"):
+        assert (tmp_path / "a" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second sweep reuses the reconstructions: rebuilding would fail here
+    stamps = {p: p.stat().st_mtime_ns for p in [*main.glob("reconstructed/*"), *guide.glob("reconstructed/*")]}
+    monkeypatch.setattr(ema_cache, "reconstruct", lambda *a, **k: pytest.fail("rebuilt a cached EMA"))
+    again = sweep(sweep_cfg(runs, tmp_path / "b"))
+    assert again["toy_logp"] == pytest.approx(best["toy_logp"])
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_sweep_without_guides_varies_weight_of_configured_guidance(runs, tmp_path):
+    cfg = sweep_cfg(runs, tmp_path, "guidance=cfg", "guides.runs=[]", "grid.interval=[null]", "grid.main_std=[0.1]")
+    sweep(cfg)
+    rows = read_rows(tmp_path / "sweep.csv")
+    assert [(r["guide"], r["weight"], r["guide_model"]) for r in rows] == [("cfg", "1.0", ""), ("cfg", "2.5", "")]
+    assert rows[0]["toy_logp"] != rows[1]["toy_logp"]
+
+
+def test_sweep_errors(runs, tmp_path):
+    with pytest.raises(ValueError, match="select='fd_mnist' is not measured"):
+        sweep(sweep_cfg(runs, tmp_path, "select=fd_mnist"))
+    with pytest.raises(FileNotFoundError, match="no post-hoc EMA snapshots"):
+        target_nimg(tmp_path, None)
