@@ -1,0 +1,100 @@
+"""SIMS stage 4: the auxiliary (negative) model files and their ``pair.json``.
+
+For every budget ``B`` and EMA length ``s`` the fine-tuned model is rebuilt from the
+retraining run's post-hoc EMA snapshots at ``nimg = B`` (``autoguide.ema.reconstruct``) and
+stored as ``b{B:012d}-std{s:.4f}/negative.safetensors`` with its card extended by a ``sims``
+entry (base, budget, iteration, synthetic set). Beside it: the weight-space models
+``weightspace-w{w:.3f}.safetensors`` (``theta_base + w (theta_base - theta_synth)``) and
+``pair.json`` (``autoguide.sims.pair``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoguide.ema.reconstruct import reconstruct
+from autoguide.io import read_model_file, save_model
+from autoguide.sims.pair import PAIR_NAME, SimsPair, write_pair
+from autoguide.sims.records import file_sha256, run_stage
+from autoguide.sims.weightspace import write_weightspace_model
+
+STAGE = "register"
+NEGATIVE_NAME = "negative.safetensors"
+
+
+def pair_folder(folder: Path, budget_nimg: int, ema_std: float) -> Path:
+    """Where the pair for budget ``budget_nimg`` and EMA std ``ema_std`` goes."""
+    return folder / f"b{int(budget_nimg):012d}-std{float(ema_std):.4f}"
+
+
+def weightspace_name(weight: float) -> str:
+    return f"weightspace-w{float(weight):.3f}.safetensors"
+
+
+def register_pairs(
+    folder: Path,
+    positive: Path,
+    phema: Path,
+    budgets: Sequence[int],
+    ema_stds: Sequence[float],
+    weight_space: Sequence[float],
+    iteration: int,
+    root: Path,
+    provenance: Mapping[str, Any],
+) -> list[Path]:
+    """Write every (budget, std) pair under ``folder``; return the output files. ``provenance``
+    goes into the negative's card (``sims`` entry) beside iteration, budget, std and base."""
+    outputs: list[Path] = []
+    scratch = folder / "tmp"
+    for budget in budgets:
+        shutil.rmtree(scratch, ignore_errors=True)
+        rebuilt = reconstruct([phema], list(ema_stds), at_nimg=int(budget), out_dir=scratch, progress=False)
+        for std, path in zip(ema_stds, rebuilt):
+            target = pair_folder(folder, budget, std)
+            state, card = read_model_file(path)
+            sims = {"iteration": iteration, "budget_nimg": int(budget), "ema_std": float(std), "base": str(positive), **provenance}
+            negative = target / NEGATIVE_NAME
+            save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
+            spaces = {}
+            for w in weight_space:
+                spaces[float(w)] = write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims)
+            pair = SimsPair(positive, negative, int(budget), float(std), iteration, spaces)
+            write_pair(target / PAIR_NAME, pair, root)
+            outputs += [negative, *spaces.values(), target / PAIR_NAME]
+        shutil.rmtree(scratch, ignore_errors=True)
+    return outputs
+
+
+def register_stage(
+    folder: Path,
+    positive: Path,
+    retrain_run: Path,
+    budgets: Sequence[int],
+    ema_stds: Sequence[float],
+    weight_space: Sequence[float],
+    iteration: int,
+    root: Path,
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Run (or skip) the register stage; the record's ``info.pairs`` lists the pair files."""
+    if not ema_stds:
+        raise ValueError("register.ema_stds is empty: give the EMA length(s) of the negative model")
+    phema = retrain_run / "phema"
+    spec = {
+        "positive_sha256": file_sha256(positive),
+        "phema_index_sha256": file_sha256(phema / "index.json"),
+        "budgets": [int(b) for b in budgets],
+        "ema_stds": [float(s) for s in ema_stds],
+        "weight_space": [float(w) for w in weight_space],
+        "iteration": iteration,
+    }
+
+    def work():
+        outputs = register_pairs(folder, positive, phema, budgets, ema_stds, weight_space, iteration, root, provenance)
+        pairs = [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]
+        return outputs, {"pairs": pairs}
+
+    return run_stage(folder, STAGE, spec, work)

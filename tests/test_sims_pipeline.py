@@ -1,0 +1,170 @@
+"""End to end: autoguide-sims on MNIST-5k with a tiny network, a fine-tune that is killed and
+resumed, and guided sampling with the registered SIMS negative through autoguide-generate."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from autoguide.config_dir import config_dir
+from autoguide.data.mnist import MNIST5k
+from autoguide.data.shards import IndexedShardDataset
+from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
+from autoguide.io import read_card, read_model_file, save_model
+from autoguide.nets import build_network
+from autoguide.sample import generate as generate_cli
+from autoguide.sims.pair import read_pair
+from autoguide.sims.pipeline import run_sims
+from autoguide.sims.synthesize import verify_manifest
+
+NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],
+           num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
+BASE_NIMG = 32000
+CRASH = '''
+import os
+from pathlib import Path
+import lightning.pytorch as pl
+
+class CrashOnce(pl.Callback):
+    """Kill the training process (no cleanup, like SIGKILL) the first time nimg passes `after`."""
+    def __init__(self, after, marker):
+        self.after, self.marker = after, Path(marker)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.nimg > self.after and not self.marker.exists():
+            self.marker.touch()
+            os._exit(3)
+'''
+
+
+def make_base_run(folder: Path) -> None:
+    """A training run folder as autoguide-train leaves it: config, overrides, EMA snapshots."""
+    torch.manual_seed(0)
+    net = build_network(NET)
+    entries = []
+    for nimg in (BASE_NIMG // 2, BASE_NIMG):
+        for std in (0.05, 0.10):
+            path = folder / "phema" / snapshot_filename(nimg, std)
+            save_model(path, net, {"network": NET, "nimg": nimg, "ema_std": std, "source": "test"})
+            entries.append(Snapshot(path, nimg, std))
+    write_index(folder / "phema", NET, ["unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"], entries)
+    config = {"name": "tiny", "train": {"batch_size": 16, "lr_ref": 0.01, "lr_ref_batches": 1000, "lr_rampup_mi": 0.01},
+              "data": {"name": "mnist5k", "split": "test", "channels": 1, "conditional": True, "seed": 0, "num_workers": 0}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "logs" / "hydra").mkdir(parents=True)
+    overrides = ["experiment=mnist-xs-guide", "logger=none", "train.batch_size=16", f"run_dir={folder}", "data.split=test"]
+    (folder / "logs" / "hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+
+
+def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
+    overrides = [
+        f"out_dir={out}", f"base_run={base_run}", "budget_mi=[0.00006103515625,0.0001220703125]",  # 64 and 128 images
+        "synthesize.num_images=24", "synthesize.real_fraction=0.25", "synthesize.shard_size=16",
+        "synthesize.class_labels=[0,1,2,3,4,5,6,7,8,9]", "synthesize.sampler.num_steps=3", "device=cpu",
+        "register.weight_space=[1.0]",
+        'retrain.overrides=["logger=none","data.num_workers=0","~callbacks.sample_grid","~callbacks.progress_bar",'
+        f'"+callbacks.crash._target_=sims_crash.CrashOnce","+callbacks.crash.after=64","+callbacks.crash.marker={crash}"]',
+    ]
+    with initialize_config_dir(config_dir=str(config_dir() / "sims"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="sims", overrides=overrides), resolve=True)
+
+
+def test_sims_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    (tmp_path / "sims_crash.py").write_text(textwrap.dedent(CRASH))
+    make_base_run(tmp_path / "base_run")
+    out = tmp_path / "sims"
+    cfg = sims_config(out, tmp_path / "base_run", tmp_path / "crashed")
+
+    # First run: base and synthesize complete, the fine-tune is killed after its first checkpoint.
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        run_sims(cfg)
+    run = out / "iter-00" / "retrain"
+    assert (out / "base" / "stage.json").exists() and (out / "iter-00" / "synthesize" / "stage.json").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["nimg-000000000064.ckpt"]
+    assert not (run / "stage.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "base").iterdir(), *(out / "iter-00" / "synthesize" / "shards").iterdir()]}
+
+    # Second run (same command): resumes in the retrain stage, from the checkpoint.
+    summary = run_sims(cfg)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished stages were not redone
+    assert "resuming from" in (run / "logs" / "train.log").read_text() and "nimg-000000000064.ckpt" in (run / "logs" / "train.log").read_text()
+
+    # base: the post-hoc EMA reconstruction at the run's last snapshot
+    base = out / "base" / "ema-000000032000-0.1000.safetensors"
+    assert summary["base"] == str(base) and read_card(base)["nimg"] == BASE_NIMG
+
+    # synthesize: 18 synthetic + 6 real images, shards as the manifest says
+    synth = out / "iter-00" / "synthesize"
+    manifest = verify_manifest(synth)
+    assert (manifest["count"], manifest["num_synthetic"], manifest["num_real"]) == (24, 18, 6)
+    assert [(s["file"], s["count"]) for s in manifest["shards"]] == [
+        ("shards/synth-000000.tar", 16), ("shards/synth-000001.tar", 2), ("shards/real-000000.tar", 6)]
+    assert manifest["source_model"]["sha256"] == json.loads((out / "base" / "stage.json").read_text())["outputs"][base.name]["sha256"]
+    labels = [IndexedShardDataset(str(synth / s["file"]))[i][1] for s in manifest["shards"][:2] for i in range(s["count"])]
+    assert labels == [i % 10 for i in range(18)]
+    real = MNIST5k("test")
+    picked = np.random.RandomState(0).permutation(len(real))[:6]
+    stored = IndexedShardDataset(str(synth / "shards" / "real-000000.tar"))
+    assert all(torch.equal(stored[j][0], real[i][0]) and stored[j][1] == int(real[i][1]) for j, i in enumerate(picked))
+
+    # retrain: trained from the base weights on the shards, at the base run's final learning rate
+    trained = yaml.safe_load((run / "config.yaml").read_text())
+    assert trained["data"]["path"] == str(synth / "shards") and trained["train"]["batch_size"] == 16
+    assert trained["train"]["lr_ref"] == pytest.approx(0.01 / math.sqrt(BASE_NIMG / (1000 * 16)))
+    assert (trained["train"]["lr_ref_batches"], trained["train"]["lr_rampup_mi"]) == (0, 0)
+
+    # register: one pair per budget, the negative at that budget, close to the base it started from
+    base_state, _ = read_model_file(base)
+    pairs = summary["iterations"][0]["pairs"]
+    assert [Path(p).parent.name for p in pairs] == ["b000000000064-std0.1000", "b000000000128-std0.1000"]
+    for path, budget in zip(pairs, (64, 128)):
+        pair = read_pair(path, check_hashes=True)
+        assert pair.positive == base and pair.budget_nimg == budget and set(pair.weight_space) == {1.0}
+        card = read_card(pair.negative)
+        assert (card["nimg"], card["ema_std"], card["sims"]["budget_nimg"], card["network"]) == (budget, 0.1, budget, NET)
+        negative, _ = read_model_file(pair.negative)
+        change = sum((negative[k] - base_state[k]).norm() ** 2 for k in base_state) ** 0.5
+        size = sum(base_state[k].norm() ** 2 for k in base_state) ** 0.5
+        assert 0 < change < 0.2 * size  # fine-tuned from the base, not from a fresh initialisation
+
+    # guided sampling with the SIMS negative, through autoguide-generate and pair.json's overrides
+    pair = read_pair(pairs[-1])
+    for name, overrides in (("sims", pair.generate_overrides(1.5)), ("weightspace", [f"model={pair.weight_space[1.0]}"])):
+        folder = tmp_path / "samples" / name
+        with initialize_config_dir(config_dir=str(config_dir() / "generate"), version_base="1.3"):
+            gen = compose(config_name="generate", overrides=[*overrides, "seeds=0-3", "sampler.num_steps=3", "device=cpu",
+                                                             "output.formats=[npz]", f"output.dir={folder}", "progress=false"])
+        generate_cli.run(gen)
+        images = np.load(folder / "samples.npz")["images"]
+        assert images.shape == (4, 32, 32, 1)
+    cards = json.loads((tmp_path / "samples" / "sims" / "model_cards.json").read_text())
+    assert cards[str(pair.negative)]["sims"]["budget_nimg"] == 128
+
+
+def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        save_model(tmp_path / f"{name}.safetensors", build_network(NET), {"network": NET, "nimg": 10})
+
+    def cli(*overrides):
+        command = [sys.executable, "-m", "autoguide.sims.cli", f"out_dir={tmp_path / 'sims'}", "budget_mi=1", "stop_after=base", *overrides]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    assert cli(f"base={tmp_path / 'a.safetensors'}").returncode == 0
+    record = json.loads((tmp_path / "sims" / "base" / "stage.json").read_text())
+    assert record["info"]["model"] == str(tmp_path / "a.safetensors") and record["outputs"] == {}
+    refused = cli(f"base={tmp_path / 'b.safetensors'}")
+    assert refused.returncode == 2 and "base stage was started with other inputs" in refused.stderr and "model (" in refused.stderr
+    assert "Missing mandatory value: budget_mi" in subprocess.run(
+        [sys.executable, "-m", "autoguide.sims.cli", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True).stderr
