@@ -191,3 +191,12 @@ def test_mlp_denoiser_forward():
 def test_bad_network_config_names_key(change, key):
     with pytest.raises(ValueError, match=key):
         build_network(get_preset("mnist-s") | change)
+
+
+def test_mp_sum_into_equals_mp_sum_of_layer_output():
+    from autoguide.nets.unet import mp_sum_into
+
+    layer = MPConv(8, 8, [3, 3])
+    x, inp = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    for t in (0.3, 0.5):
+        torch.testing.assert_close(mp_sum_into(x, layer, inp, t, gain=1.7), mp_sum(x, layer(inp, gain=1.7), t))

@@ -33,6 +33,16 @@ def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"resample mode must be 'keep', 'down' or 'up', got {mode!r}")
 
 
+def mp_sum_into(x: torch.Tensor, layer: MPConv, inp: torch.Tensor, t: float, gain: float = 1.0) -> torch.Tensor:
+    """``mp_sum(x, layer(inp, gain), t)`` in one pass over the activations.
+
+    ``mp_sum(a, b, t) = (1 - t)/n a + t/n b`` with ``n = sqrt((1 - t)^2 + t^2)``; the linear
+    layer absorbs ``t/n`` into its gain, leaving a single fused ``b' + (1 - t)/n a``.
+    """
+    n = math.sqrt((1 - t) ** 2 + t**2)
+    return torch.add(layer(inp, gain=gain * t / n), x, alpha=(1 - t) / n)
+
+
 class AttentionOp(nn.Module):
     """One self-attention operation: ``softmax(q k^T / sqrt(c)) v`` per head (cosine attention).
 
@@ -101,18 +111,18 @@ class Block(nn.Module):
         y = F.silu(y * c[:, :, None, None].to(y.dtype))
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
-        y = self.conv_res1(y, gain=1 / SILU_RMS)
         if self.flavor == "dec" and self.conv_skip is not None:
             x = self.conv_skip(x)
-        x = mp_sum(x, y, t=self.res_balance)
+        x = mp_sum_into(x, self.conv_res1, y, self.res_balance, gain=1 / SILU_RMS)
         if self.num_heads:
-            x = mp_sum(x, self.attention(x), t=self.attn_balance)
+            x = self.attention(x)
         if self.clip_act is not None:
             x = x.clip(-self.clip_act, self.clip_act)
         return x
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Multi-head cosine self-attention over the pixels of ``x`` (EDM2 Sec. 2.3).
+        """``mp_sum(x, attn_proj(attention(x)), attn_balance)``: multi-head cosine
+        self-attention over the pixels of ``x`` (EDM2 Sec. 2.3).
 
         The ``attn_qkv`` output channels are laid out as ``[head, ch, (q, k, v)]``; q, k and
         v are each normalised over ``ch`` per pixel, then ``attn_op`` mixes the tokens.
@@ -121,7 +131,7 @@ class Block(nn.Module):
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # each [N, heads, ch, tokens]
         y = self.attn_op(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), (h, w))
-        return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
+        return mp_sum_into(x, self.attn_proj, y.transpose(2, 3).reshape(n, c, h, w), self.attn_balance)
 
 
 class UNet(nn.Module):
