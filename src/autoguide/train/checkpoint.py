@@ -86,10 +86,15 @@ class ImageCheckpoint(Checkpoint):
             self.save(trainer, int(pl_module.nimg))
 
     def save(self, trainer: pl.Trainer, nimg: int) -> Path:
-        """Write the checkpoint for ``nimg`` (all ranks must call) and prune old ones."""
+        """Write the checkpoint for ``nimg`` (all ranks must call); then delete checkpoints
+        beyond ``nimg`` (an abandoned continuation, when a run was resumed from an older
+        checkpoint) and all but the newest ``keep``."""
         path = checkpoint_path(self.run_dir, nimg)
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero and self.keep:
-            for _, old in list_checkpoints(self.run_dir)[: -self.keep]:
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            existing = list_checkpoints(self.run_dir)
+            stale = [p for n, p in existing if n > nimg]
+            done = [p for n, p in existing if n <= nimg]
+            for old in stale + (done[: -self.keep] if self.keep else []):
                 old.unlink(missing_ok=True)
         return path

@@ -32,11 +32,6 @@ class BatchPlan:
     per_device: int
     accumulate: int
 
-    @property
-    def images_per_micro_step(self) -> int:
-        """Images consumed by one micro-batch on all devices together (``W b``)."""
-        return self.world_size * self.per_device
-
 
 def batch_plan(batch_size: int, world_size: int, per_device: int | None) -> BatchPlan:
     """Split the global ``batch_size`` over ``world_size`` devices.
@@ -44,11 +39,10 @@ def batch_plan(batch_size: int, world_size: int, per_device: int | None) -> Batc
     ``per_device`` (the largest micro-batch one device takes, ``None`` = no accumulation)
     must divide ``batch_size / world_size``; the quotient is the accumulation count.
     """
-    if int(batch_size) != batch_size or batch_size <= 0:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"train.batch_size={batch_size!r}: expected a positive integer (images per optimizer step, all devices)")
     if world_size <= 0:
         raise ConfigError(f"trainer.devices: world size {world_size} must be positive")
-    batch_size = int(batch_size)
     if batch_size % world_size:
         raise ConfigError(
             f"train.batch_size={batch_size} is not divisible by the world size {world_size} "
@@ -57,9 +51,8 @@ def batch_plan(batch_size: int, world_size: int, per_device: int | None) -> Batc
     local = batch_size // world_size
     if per_device is None:
         per_device = local
-    if int(per_device) != per_device or per_device <= 0:
+    if isinstance(per_device, bool) or not isinstance(per_device, int) or per_device <= 0:
         raise ConfigError(f"train.batch_per_device={per_device!r}: expected a positive integer or null")
-    per_device = int(per_device)
     if local % per_device:
         raise ConfigError(
             f"train.batch_per_device={per_device} does not divide the per-device share {local} of "

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 class ImageProgressBar(ProgressBar):
     """``[####    ] 12.3/40.0 kimg [elapsed<remaining, loss=..., lr=...]`` on global rank 0,
-    refreshed after every optimizer step; total = optimizer steps x global batch."""
+    updated after every optimizer step (redrawn at most every 0.5 s on a terminal, every
+    minute into a log file); total = optimizer steps x global batch."""
 
     BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"
 
@@ -34,6 +35,7 @@ class ImageProgressBar(ProgressBar):
         self._bar = tqdm(
             total=total, initial=pl_module.nimg / 1000, desc="train ", bar_format=self.BAR_FORMAT,
             file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+            mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -41,12 +43,12 @@ class ImageProgressBar(ProgressBar):
             return
         kimg = pl_module.nimg / 1000
         if kimg != self._bar.n:
-            self._bar.update(kimg - self._bar.n)
             metrics = self.get_metrics(trainer, pl_module)
             self._bar.set_postfix(
                 {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")},
-                refresh=True,
+                refresh=False,
             )
+            self._bar.update(kimg - self._bar.n)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:

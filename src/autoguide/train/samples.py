@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from autoguide.sample.batch import generate_images
+from autoguide.sample import generate_images
 from autoguide.sample.outputs import write_grid, write_scatter
 from autoguide.train.plan import IntervalTrigger, interval_images
 

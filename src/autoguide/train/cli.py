@@ -1,0 +1,77 @@
+"""``autoguide-train`` / ``python train.py``: the Hydra entry point of training.
+
+Usage: ``autoguide-train [experiment=<name>] [key=value ...]``; see ``conf/config.yaml``.
+A config error (an unknown group option such as ``net=nope``, a bad value, a network that
+does not fit the data) prints one line naming the key and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from autoguide.config_dir import config_dir
+from autoguide.train.plan import ConfigError
+
+
+def check_group_choices(args: Sequence[str], conf: Path) -> None:
+    """Every ``group=option`` override names an existing ``conf/<group>/<option>.yaml``
+    (Hydra's own message for a missing option is a multi-line listing)."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith(("~", "hydra")) or "." in key or not (conf / key).is_dir():
+            continue
+        options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+        for option in value.split(","):
+            if option not in options and option != "null":
+                raise ConfigError(f"{key}={option}: no such option in {conf / key}; choose one of {', '.join(options)}")
+
+
+def _configure_logging() -> None:
+    """Every log line once, and only global rank 0 writes ``logs/train.log``.
+
+    ``import lightning`` gives the ``lightning`` logger a console handler of its own; Hydra's
+    root handlers (console and ``logs/train.log``) already print every line. The processes of
+    the other ranks (Lightning's DDP launcher starts them with the same Hydra run folder)
+    drop the file handler so that they write nothing into the run folder.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    root = logging.getLogger()
+    if root.handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+    if rank_zero_only.rank != 0:
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def run_task(cfg: DictConfig) -> None:
+    """Train per ``cfg``; a ``ConfigError`` becomes one line on stderr and exit status 2."""
+    from autoguide.train.run import train
+
+    _configure_logging()
+    try:
+        train(cfg)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Parse the command line with Hydra (config tree from ``autoguide.config_dir``) and train."""
+    conf = config_dir()
+    try:
+        check_group_choices(sys.argv[1:], conf)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(run_task)()

@@ -1,0 +1,155 @@
+"""One training job from a resolved Hydra config: run folder, data, model, Trainer, fit, final model.
+
+Run folder ``run_dir``: ``config.yaml`` (the resolved config), ``checkpoints/``, ``phema/``
+(post-hoc EMA snapshots), ``samples/``, ``logs/`` and, at the end, ``final.safetensors`` (the
+raw weights as a model file). ``resume``: ``auto`` continues from the newest checkpoint in
+the run folder (so re-running the same command continues the run), ``never`` refuses a run
+folder that already has checkpoints, anything else is a checkpoint path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from autoguide.data.datamodule import DiffusionDataModule
+from autoguide.io import save_model, write_text_atomic
+from autoguide.train.checkpoint import AtomicCheckpointIO, list_checkpoints
+from autoguide.train.module import DiffusionModule
+from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images, total_steps
+from autoguide.train.validate import check_against_data, check_config
+
+log = logging.getLogger(__name__)
+
+FINAL_MODEL = "final.safetensors"
+RUN_SUBDIRS = ("checkpoints", "phema", "samples", "logs")
+
+
+def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or ``None`` for a fresh start."""
+    existing = list_checkpoints(run_dir)
+    if resume in (None, "never"):
+        if existing:
+            raise ConfigError(
+                f"resume={resume}: run_dir {run_dir} already has checkpoints (newest {existing[-1][1].name}); "
+                "use resume=auto to continue it or choose another run_dir"
+            )
+        return None
+    if resume == "auto":
+        return existing[-1][1] if existing else None
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no such checkpoint file")
+    return path
+
+
+def _instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config group (loggers, callbacks)."""
+    return [hydra.utils.instantiate(conf) for conf in (group or {}).values() if conf and "_target_" in conf]
+
+
+def build_data(cfg: DictConfig) -> DiffusionDataModule:
+    """The datamodule for ``cfg.data``, checked against the network; its per-device
+    ``batch_size`` is set once the world size is known."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg["batch_size"] = cfg.train.batch_size
+    try:
+        datamodule = DiffusionDataModule(data_cfg)
+        info = datamodule.dataset_info()
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        raise ConfigError(f"data: {error}") from None
+    check_against_data(OmegaConf.to_container(cfg.net, resolve=True), data_cfg.get("name", "?"), info)
+    return datamodule
+
+
+def build_trainer(cfg: DictConfig, max_steps: int) -> L.Trainer:
+    """A Trainer for ``max_steps`` optimizer steps with the configured callbacks and loggers."""
+    train = cfg.train
+    if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
+        os.environ["WANDB_MODE"] = "offline"
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        max_steps=max_steps,
+        max_epochs=-1,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=cfg.run_dir,
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=max(1, round(interval_images(train.log_kimg, "train.log_kimg") / train.batch_size)),
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+
+
+@rank_zero_only
+def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    for sub in RUN_SUBDIRS:
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train as ``cfg`` says (continuing a previous run per ``cfg.resume``); returns the path of
+    the final model file. ``ConfigError`` (one line naming the key) for an unusable config."""
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    train_cfg = cfg.train
+    total_nimg = total_images(train_cfg.duration_mi, train_cfg.duration_fraction)
+    max_steps = total_steps(total_nimg, train_cfg.batch_size)
+    ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
+
+    datamodule = build_data(cfg)
+    trainer = build_trainer(cfg, max_steps)
+    plan = batch_plan(train_cfg.batch_size, trainer.world_size, train_cfg.batch_per_device)
+    trainer.accumulate_grad_batches = plan.accumulate
+    datamodule.batch_size = plan.per_device
+    module = DiffusionModule(
+        net=OmegaConf.to_container(cfg.net, resolve=True),
+        batch_size=plan.batch_size,
+        lr_ref=train_cfg.lr_ref,
+        lr_ref_batches=train_cfg.lr_ref_batches,
+        lr_rampup_mi=train_cfg.lr_rampup_mi,
+        P_mean=train_cfg.P_mean,
+        P_std=train_cfg.P_std,
+        cond_drop_prob=train_cfg.cond_drop_prob,
+        seed=cfg.seed,
+    )
+    _prepare_run_dir(cfg, run_dir)
+    if rank_zero_only.rank == 0:
+        log.info(
+            "run %s: %d images = %d steps of %d (%d device(s) x %d per device x %d accumulation)%s",
+            run_dir, total_nimg, max_steps, plan.batch_size, plan.world_size, plan.per_device, plan.accumulate,
+            f", resuming from {ckpt}" if ckpt else "",
+        )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+    final = run_dir / FINAL_MODEL
+    if trainer.is_global_zero:
+        card = {
+            "network": module.net.config,
+            "nimg": module.nimg,
+            "ema_std": None,
+            "source": f"training run {run_dir}: raw weights after {module.nimg} images",
+        }
+        save_model(final, module.net, card)
+        log.info("final model: %s (nimg %d)", final, module.nimg)
+    return final

@@ -1,0 +1,84 @@
+"""Bad training configs fail before training with one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from autoguide.config_dir import config_dir
+from autoguide.train.cli import check_group_choices
+from autoguide.train.plan import ConfigError
+from autoguide.train.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(overrides: list[str]):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.duration_mi=-1"], r"^train\.duration_mi=-1: expected a positive number$"),
+        (["train.duration_fraction=0"], r"^train\.duration_fraction=0"),
+        (["train.batch_size=0"], r"^train\.batch_size=0"),
+        (["train.batch_size=64", "train.batch_per_device=24"], r"^train\.batch_per_device=24 does not divide"),
+        (["trainer=ddp_cpu", "train.batch_size=63"], r"^train\.batch_size=63 is not divisible by the world size 2"),
+        (["train.P_std=0"], r"^train\.P_std=0"),
+        (["train.cond_drop_prob=1.0"], r"^train\.cond_drop_prob=1\.0"),
+        (["train.sample_kimg=0"], r"^train\.sample_kimg=0"),
+        (["+trainer.max_epochs=3"], r"^trainer\.max_epochs is derived by autoguide; set train\.duration_mi"),
+        (["net.img_resolution=30"], r"^net: .*img_resolution=30"),
+        (["net.img_resolution=64"], r"^net\.img_resolution=64 does not match data 'mnist5k', which has 32x32 images$"),
+        (["net=img64-xs"], r"^net\.img_resolution=64 does not match data 'mnist5k'"),
+        (["net.img_channels=3"], r"^net\.img_channels=3 does not match data 'mnist5k', which has 1 channels$"),
+        (["net.label_dim=5"], r"^net\.label_dim=5 does not match data 'mnist5k', which feeds 10 label classes"),
+        (["net.label_dim=0"], r"^net\.label_dim=0 does not match .*set data\.conditional=false"),
+        (["net.label_dim=0", "data.conditional=false", "train.cond_drop_prob=0.1"], r"^train\.cond_drop_prob=0\.1 needs a conditional network"),
+        (["experiment=toy2d-main", "net=mnist-xs"], r"^net\.img_resolution=32 does not match data 'toy2d', which has 2D points$"),
+        (["experiment=mnist-s", "net=toy-mlp"], r"^net\.arch='mlp' takes vectors"),
+        (["data.split=nope"], r"^data: "),
+        (["resume=/no/such/file.ckpt"], r"^resume=/no/such/file\.ckpt: no such checkpoint file$"),
+        (["~experiment"], r"^name is not set"),
+    ],
+)
+def test_config_error_names_the_key(tmp_path, overrides, message):
+    cfg = make_config(overrides + [f"run_dir={tmp_path / 'run'}", "logger=none"])
+    with pytest.raises(ConfigError, match=message) as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists(), "training started"
+
+
+def test_unknown_preset_is_caught_before_hydra():
+    with pytest.raises(ConfigError, match=r"^net=nope: no such option in .*conf/net; choose one of .*mnist-s"):
+        check_group_choices(["train.batch_size=8", "net=nope"], config_dir())
+    with pytest.raises(ConfigError, match=r"^experiment=nope"):
+        check_group_choices(["experiment=mnist-s,nope"], config_dir())
+    check_group_choices(["net=mnist-xs", "debug=null", "net.label_dim=3", "hydra.run.dir=x", "+foo=1"], config_dir())
+    with pytest.raises(MissingConfigException, match="net/nope"):  # compose API: Hydra's own error
+        make_config(["net=nope"])
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["train.duration_mi=-0.5"], "config error: train.duration_mi=-0.5: expected a positive number"),
+        (["net=mnist-q"], "config error: net=mnist-q: no such option in "),
+    ],
+)
+def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "logger=none", f"run_dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), result.stderr

@@ -1,0 +1,78 @@
+"""A run killed with SIGKILL after a checkpoint and resumed (same command, resume=auto) ends
+bit for bit where an uninterrupted run ends: raw weights and post-hoc EMA snapshots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoguide.train.checkpoint import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 80
+BATCH = 64
+CHECKPOINT_STEPS = 20
+
+
+def command(run_dir: Path) -> list[str]:
+    kimg = CHECKPOINT_STEPS * BATCH / 1000
+    return [
+        sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "logger=none",
+        f"run_dir={run_dir}", "net.width=16", "net.depth=2",
+        f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.lr_rampup_mi=0.001", "train.lr_ref_batches=20", "train.cond_drop_prob=0.1",
+        f"train.checkpoint_kimg={kimg}", f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2",
+        "callbacks.checkpoint.keep=0", "hydra.job_logging.root.level=WARNING",
+    ]
+
+
+def run_to_end(run_dir: Path, cwd: Path) -> None:
+    result = subprocess.run(command(run_dir), cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), f"{a.name}: tensor {key} differs"
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_and_resume_is_bit_exact(tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_to_end(straight, tmp_path)
+
+    proc = subprocess.Popen(command(killed), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not list_checkpoints(killed) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = list_checkpoints(killed)
+    assert saved and saved[-1][0] < STEPS * BATCH, "no intermediate checkpoint before the kill"
+    assert not (killed / "final.safetensors").exists()
+
+    run_to_end(killed, tmp_path)  # the same command again: resume=auto
+    assert_identical(straight / "final.safetensors", killed / "final.safetensors")
+    snaps = sorted(p.name for p in (straight / "phema").glob("*.safetensors"))
+    assert snaps == sorted(p.name for p in (killed / "phema").glob("*.safetensors"))
+    assert len(snaps) == 2 * STEPS // CHECKPOINT_STEPS
+    for name in snaps:
+        assert_identical(straight / "phema" / name, killed / "phema" / name)
+    # One checkpoint per interval, the last at the end (keep=0 keeps all).
+    assert [n for n, _ in list_checkpoints(straight)] == [k * CHECKPOINT_STEPS * BATCH for k in range(1, STEPS // CHECKPOINT_STEPS + 1)]
