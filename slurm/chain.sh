@@ -90,19 +90,6 @@ done
 out=$(realpath -m "$out")
 tasks=$(((images + per_task - 1) / per_task))
 
-# submit ROLE SBATCH_ARGS...: submit one job, print "ROLE <id>", leave the id in $job_id.
-submit() {
-    local role=$1
-    shift
-    if ((dry_run)); then
-        job_id="<$role>"
-        echo "$role: sbatch $*"
-    else
-        job_id=$(sbatch --parsable "$@")
-        job_id=${job_id%%;*}  # "id;cluster" on federated clusters
-        echo "$role $job_id"
-    fi
-}
 
 mkdir_unless_dry() { ((dry_run)) || mkdir -p "$@"; }
 mkdir_unless_dry "$out"
@@ -112,14 +99,14 @@ mkdir_unless_dry "$out"
 scripts=$AUTOGUIDE_ROOT/slurm
 # shellcheck disable=SC2086  # OPTIONS and OVERRIDES are split at whitespace on purpose
 {
-submit main --job-name=ag-main --output="$out/slurm-main-%j.out" $sbatch_all $sbatch_train \
+ag_submit main --job-name=ag-main --output="$out/slurm-main-%j.out" $sbatch_all $sbatch_train \
     "$scripts/train.sbatch" $main run_dir="$out/main"
 main_id=$job_id
 
 if [[ -n $guide ]]; then
     after_main=()
     ((serial)) && after_main=(--dependency="afterok:$main_id")
-    submit guide "${after_main[@]}" --job-name=ag-guide --output="$out/slurm-guide-%j.out" \
+    ag_submit guide "${after_main[@]}" --job-name=ag-guide --output="$out/slurm-guide-%j.out" \
         $sbatch_all $sbatch_train "$scripts/train.sbatch" $guide run_dir="$out/guide"
     guide_id=$job_id
     guide_phema=$out/guide/phema
@@ -130,16 +117,16 @@ else
     guide_when=(--at-fraction "$guide_fraction")
 fi
 
-submit reconstruct-main --dependency="afterok:$main_id" --job-name=ag-reconstruct-main \
+ag_submit reconstruct-main --dependency="afterok:$main_id" --job-name=ag-reconstruct-main \
     --output="$out/slurm-reconstruct-main-%j.out" $sbatch_all $sbatch_reconstruct \
     "$scripts/reconstruct.sbatch" "$out/main/phema" --std "$main_std" --out-dir "$out/models/main"
 recon_main_id=$job_id
-submit reconstruct-guide --dependency="afterok:$guide_id" --job-name=ag-reconstruct-guide \
+ag_submit reconstruct-guide --dependency="afterok:$guide_id" --job-name=ag-reconstruct-guide \
     --output="$out/slurm-reconstruct-guide-%j.out" $sbatch_all $sbatch_reconstruct \
     "$scripts/reconstruct.sbatch" "$guide_phema" --std "$guide_std" "${guide_when[@]}" --out-dir "$out/models/guide"
 recon_guide_id=$job_id
 
-submit generate --dependency="afterok:$recon_main_id:$recon_guide_id" --array="0-$((tasks - 1))" \
+ag_submit generate --dependency="afterok:$recon_main_id:$recon_guide_id" --array="0-$((tasks - 1))" \
     --export="ALL,OUT_DIR=$out/generated,SEED_START=0,SEEDS_PER_TASK=$per_task,SEED_COUNT=$images" \
     --job-name=ag-generate --output="$out/slurm-generate-%A_%a.out" $sbatch_all $sbatch_generate \
     "$scripts/generate.sbatch" model="$out/models/main" guide="$out/models/guide" \

@@ -115,6 +115,21 @@ ag_single_model() {
 # from SLURM). trainer.devices / trainer.num_nodes come from the job's layout; the run folder is
 # keyed on the job (run_dir=<runs>/<name>-<job key>) unless OVERRIDES set run_dir, so a requeued
 # job (same job id) continues its own run (resume=auto reads the newest checkpoint there).
+# ag_submit ROLE SBATCH_ARGS...: submit one job, print "ROLE <id>", leave the id in $job_id;
+# with dry_run=1 only print the sbatch command (the chain scripts' --dry-run).
+ag_submit() {
+    local role=$1
+    shift
+    if ((${dry_run:-0})); then
+        job_id="<$role>"
+        echo "$role: sbatch $*"
+    else
+        job_id=$(sbatch --parsable "$@")
+        job_id=${job_id%%;*}  # "id;cluster" on federated clusters
+        echo "$role $job_id"
+    fi
+}
+
 ag_train() {
     ag_refuse_override trainer.devices "the job's --ntasks-per-node sets it (one task per device)" "$@"
     ag_refuse_override trainer.num_nodes "the job's --nodes sets it" "$@"

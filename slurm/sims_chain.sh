@@ -102,19 +102,6 @@ fi
 # ------------------------------------------------------------------------ submit the chain
 (($# > 0)) || die "give the autoguide-sims overrides after -- (at least base=<file> or base_run=<run>, and budget_mi=...)"
 
-# submit ROLE SBATCH_ARGS...: submit one job, print "ROLE <id>", leave the id in $job_id.
-submit() {
-    local role=$1
-    shift
-    if ((dry_run)); then
-        job_id="<$role>"
-        echo "$role: sbatch $*"
-    else
-        job_id=$(sbatch --parsable "$@")
-        job_id=${job_id%%;*}  # "id;cluster" on federated clusters
-        echo "$role $job_id"
-    fi
-}
 
 ((dry_run)) || mkdir -p "$out"
 script=$AUTOGUIDE_ROOT/slurm/sims_chain.sh
@@ -124,17 +111,17 @@ dependency=()
 
 # shellcheck disable=SC2086  # OPTIONS are split at whitespace on purpose
 {
-submit base --job-name=sims-base --ntasks=1 --cpus-per-task=4 --time=02:00:00 \
+ag_submit base --job-name=sims-base --ntasks=1 --cpus-per-task=4 --time=02:00:00 \
     --output="$out/slurm-base-%j.out" "${dependency[@]}" $sbatch_all $sbatch_base \
     "$script" --job base "${common[@]}" -- "$@"
 previous=$job_id
 for ((k = 0; k < iterations; k++)); do
-    submit "synthesize-$k" --job-name="sims-synth-$k" --array="0-$((tasks - 1))" --ntasks=1 --cpus-per-task=4 \
+    ag_submit "synthesize-$k" --job-name="sims-synth-$k" --array="0-$((tasks - 1))" --ntasks=1 --cpus-per-task=4 \
         --gpus-per-node=1 --time=12:00:00 --requeue --output="$out/slurm-synth-$k-%A_%a.out" \
         --dependency="afterok:$previous" $sbatch_all $sbatch_synth \
         "$script" --job synthesize --iteration "$k" "${common[@]}" -- "$@"
     synth=$job_id
-    submit "retrain-$k" --job-name="sims-retrain-$k" --nodes=1 --ntasks-per-node=1 --gpus-per-node=1 \
+    ag_submit "retrain-$k" --job-name="sims-retrain-$k" --nodes=1 --ntasks-per-node=1 --gpus-per-node=1 \
         --cpus-per-task=8 --time=24:00:00 --signal=USR1@120 --requeue --open-mode=append \
         --output="$out/slurm-retrain-$k-%j.out" --dependency="afterok:$synth" $sbatch_all $sbatch_retrain \
         "$script" --job retrain --iteration "$k" "${common[@]}" -- "$@"
