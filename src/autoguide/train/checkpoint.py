@@ -9,8 +9,10 @@ either the previous newest checkpoint or the complete new one. Checkpoints are r
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from autoguide.io import atomic_path
 from autoguide.train.plan import IntervalTrigger, interval_images
+from autoguide.train.preemption import Preempted, SignalFlag, parse_signals, requeue_slurm_job
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^nimg-(\d{12})\.ckpt$")
@@ -63,27 +68,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ImageCheckpoint(Checkpoint):
-    """Save a checkpoint whenever the image count crosses a multiple of ``every_kimg * 1000``
-    and after the last optimizer step; keep the newest ``keep`` (0 = all).
+    """Save a checkpoint whenever the image count crosses a multiple of ``every_kimg * 1000``,
+    after the last optimizer step, and on a preemption signal; keep the newest ``keep`` (0 = all).
 
     Being a ``Checkpoint`` callback, Lightning runs it after every other callback, so the
     saved callback states (e.g. the EMAs) already include the step just taken.
+
+    Preemption (``autoguide.train.preemption``): from ``setup`` to ``teardown`` the signals
+    ``preempt_signals`` only set a flag. At the end of the next optimizer step the ranks agree
+    (one boolean all-reduce per step) and all save a checkpoint; then global rank 0 requeues the
+    SLURM job (when ``requeue`` and inside a SLURM job) and every rank raises ``Preempted``.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, every_kimg: float, keep: int = 2) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        every_kimg: float,
+        keep: int = 2,
+        preempt_signals: Sequence[str] = ("SIGUSR1", "SIGUSR2"),
+        requeue: bool = True,
+    ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.trigger = IntervalTrigger(interval_images(every_kimg, "train.checkpoint_kimg"))
         if int(keep) != keep or keep < 0:
             raise ValueError(f"callbacks.checkpoint.keep={keep!r}: expected an integer >= 0 (0 keeps all)")
         self.keep = int(keep)
+        self.flag = SignalFlag(parse_signals(preempt_signals))
+        self.requeue = bool(requeue)
+        self._step_nimg = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.flag.install()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.flag.restore()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.trigger.start(pl_module.nimg)
+        self._step_nimg = int(pl_module.nimg)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps):
-            self.save(trainer, int(pl_module.nimg))
+        nimg = int(pl_module.nimg)
+        if nimg == self._step_nimg:  # inside gradient accumulation: no step boundary
+            return
+        self._step_nimg = nimg
+        stop = trainer.strategy.reduce_boolean_decision(self.flag.received is not None, all=False)
+        if self.trigger.due(nimg, final=trainer.global_step >= trainer.max_steps) or stop:
+            path = self.save(trainer, nimg)
+        if stop:
+            requeued = requeue_slurm_job() if self.requeue and trainer.is_global_zero else None
+            if trainer.is_global_zero:
+                log.warning("preempted at nimg %d: saved %s; %s", nimg, path,
+                            f"requeued SLURM job {requeued}" if requeued else "not requeued")
+            raise Preempted(nimg, str(path), requeued)
 
     def save(self, trainer: pl.Trainer, nimg: int) -> Path:
         """Write the checkpoint for ``nimg`` (all ranks must call); then delete checkpoints

@@ -8,8 +8,9 @@ does not fit the data) prints one line naming the key and exits with status 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -66,9 +67,28 @@ def run_task(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+# Keep Hydra from writing into the run folder: its config copies and the log file.
+NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "~hydra.job_logging.handlers.file",
+                           "hydra.job_logging.root.handlers=[console]")
+
+
+def launch_rank(env: Mapping[str, str] = os.environ) -> int:
+    """This process's global rank as its launcher tells it before any process group exists:
+    torchrun ``RANK``, srun ``SLURM_PROCID`` (inside a job step), Lightning's DDP launcher
+    ``LOCAL_RANK`` (one node); 0 otherwise."""
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("LOCAL_RANK", 0))
+
+
 def main() -> None:
-    """Parse the command line with Hydra (config tree from ``autoguide.config_dir``) and train."""
+    """Parse the command line with Hydra (config tree from ``autoguide.config_dir``) and train.
+    Only rank 0 lets Hydra write its config copies and ``logs/train.log``."""
     conf = config_dir()
+    if launch_rank() > 0:
+        sys.argv += NON_ZERO_RANK_OVERRIDES
     try:
         check_group_choices(sys.argv[1:], conf)
     except ConfigError as error:

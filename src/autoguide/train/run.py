@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -72,13 +74,43 @@ def build_data(cfg: DictConfig) -> DiffusionDataModule:
     return datamodule
 
 
+WANDB_RUN_ID_FILE = "logs/wandb_run_id"
+
+
+def wandb_run_id(run_dir: str | os.PathLike) -> str:
+    """The wandb run id of a run folder, kept in ``<run>/logs/wandb_run_id`` (created at the
+    first start), so every (re)start of the run logs to the same wandb run."""
+    path = Path(run_dir) / WANDB_RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]
+    write_text_atomic(path, run_id + "\n")
+    return run_id
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The loggers of ``cfg.logger``; a wandb logger resumes the run folder's wandb run (rank 0)."""
+    loggers = []
+    for conf in (cfg.get("logger") or {}).values():
+        if not conf or "_target_" not in conf:
+            continue
+        extra = {}
+        if issubclass(hydra.utils.get_class(conf._target_), WandbLogger):
+            extra = {"id": wandb_run_id(cfg.run_dir) if rank_zero_only.rank == 0 else None, "resume": "allow"}
+        loggers.append(hydra.utils.instantiate(conf, **extra))
+    return loggers
+
+
 def build_trainer(cfg: DictConfig, max_steps: int) -> L.Trainer:
     """A Trainer for ``max_steps`` optimizer steps with the configured callbacks and loggers."""
     train = cfg.train
     if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
         os.environ["WANDB_MODE"] = "offline"
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = build_loggers(cfg)
+    # Signals are handled by ImageCheckpoint (autoguide.train.preemption), not by Lightning's
+    # SLURM plugin, which would save a mid-step hpc_ckpt from inside its handler.
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=max_steps,
@@ -86,7 +118,7 @@ def build_trainer(cfg: DictConfig, max_steps: int) -> L.Trainer:
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=cfg.run_dir,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *slurm],
         log_every_n_steps=max(1, round(interval_images(train.log_kimg, "train.log_kimg") / train.batch_size)),
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),

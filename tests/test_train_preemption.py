@@ -1,0 +1,83 @@
+"""Preemption without a cluster: SIGUSR1 (SLURM's warning signal) or SIGUSR2 (submitit's) makes a
+training process save a checkpoint at the next optimizer step and exit with status 3; rerunning
+the command continues from that checkpoint and ends bit for bit where an uninterrupted run ends.
+(On a cluster the process also requeues its job: tests/test_slurm_cluster.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoguide.train.preemption import EXIT_PREEMPTED, Preempted, SignalFlag, parse_signals, slurm_job_key
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 64
+STEPS = 300
+
+
+def command(run_dir: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "logger=none", f"run_dir={run_dir}",
+        "net.width=16", "net.depth=2", f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.checkpoint_kimg=100000", f"train.snapshot_kimg={10 * BATCH / 1000}", "train.sample_kimg=100000",
+        "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2", "callbacks.progress_bar=null",
+    ]
+
+
+def env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_signal_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path, sig):
+    run_dir, reference = tmp_path / "run", tmp_path / "reference"
+    proc = subprocess.Popen(command(run_dir), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "phema").glob("phema-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    [(name)] = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    stop = int(name[5:17])
+    assert 0 < stop < STEPS * BATCH and stop % BATCH == 0 and not (run_dir / "final.safetensors").exists()
+    assert not list(run_dir.glob("hpc_ckpt_*"))
+
+    subprocess.run(command(run_dir), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=300)
+    subprocess.run(command(reference), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=300)
+    a, b = load_file(str(run_dir / "final.safetensors")), load_file(str(reference / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_signal_flag_records_and_restores():
+    previous = signal.getsignal(signal.SIGUSR1)
+    flag = SignalFlag(parse_signals(["USR1", "SIGUSR2"]))
+    flag.install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag.received == signal.SIGUSR1
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGUSR1) == previous
+
+
+@pytest.mark.parametrize("name", ["SIGKILL", "USR3", "nope"])
+def test_uncatchable_or_unknown_signals_are_refused(name):
+    with pytest.raises(ValueError, match="preempt_signals"):
+        parse_signals([name])
+
+
+def test_job_key_and_exit_status():
+    assert slurm_job_key({"SLURM_JOB_ID": "7"}) == "7"
+    assert slurm_job_key({"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2"}) == "7_2"
+    assert slurm_job_key({}) is None
+    error = Preempted(128, "ckpt", None)
+    assert isinstance(error, SystemExit) and not isinstance(error, Exception) and error.code == EXIT_PREEMPTED
