@@ -34,32 +34,21 @@ def check_group_choices(args: Sequence[str], conf: Path) -> None:
                 raise ConfigError(f"{key}={option}: no such option in {conf / key}; choose one of {', '.join(options)}")
 
 
-def _configure_logging() -> None:
-    """Every log line once, and only global rank 0 writes ``logs/train.log``.
-
-    ``import lightning`` gives the ``lightning`` logger a console handler of its own; Hydra's
-    root handlers (console and ``logs/train.log``) already print every line. The processes of
-    the other ranks (Lightning's DDP launcher starts them with the same Hydra run folder)
-    drop the file handler so that they write nothing into the run folder.
-    """
-    from lightning.pytorch.utilities import rank_zero_only
-
-    root = logging.getLogger()
-    if root.handlers:
+def _log_once() -> None:
+    """``import lightning`` gives the ``lightning`` logger a console handler of its own; with
+    Hydra's root handlers (console and ``logs/train.log``) every line would print twice.
+    (Ranks > 0 get no file handler at all: ``NON_ZERO_RANK_OVERRIDES``.)"""
+    if logging.getLogger().handlers:
         lightning_logger = logging.getLogger("lightning")
         for handler in list(lightning_logger.handlers):
             lightning_logger.removeHandler(handler)
-    if rank_zero_only.rank != 0:
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-            root.removeHandler(handler)
-            handler.close()
 
 
 def run_task(cfg: DictConfig) -> None:
     """Train per ``cfg``; a ``ConfigError`` becomes one line on stderr and exit status 2."""
     from autoguide.train.run import train
 
-    _configure_logging()
+    _log_once()
     try:
         train(cfg)
     except ConfigError as error:
