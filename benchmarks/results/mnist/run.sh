@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# MNIST-5k guidance comparison: one command regenerates every number and picture of
+# benchmarks/results/mnist/{results.md,results.json,grids.png}.
+#
+#   benchmarks/results/mnist/run.sh            # from the repository root (or anywhere)
+#
+# Stages (each skipped when its output exists, so rerunning resumes; delete runs/ to redo):
+#   1. train the MNIST feature classifier (FD / precision / recall features)
+#   2. train the main model mnist-s-cfg (mnist-s + label dropout 0.1) and its
+#      autoguidance guide mnist-xs-guide-cfg (XS, 1/8 of the main run's images)
+#   3. one weight sweep per guidance method with autoguide-sweep (FD-selected), on the same
+#      seeds, random class per seed, the same sampler; unguided = the w = 1 point
+#   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative) + python -m autoguide.sims.compare
+#   5. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
+# results.md is rewritten after every sweep, so the table grows as the stages finish.
+#
+# Sizes are environment variables; the defaults are the ones the committed table used
+# (sized for a shared 2-core CPU). MAIN_FRACTION=1 trains the full mnist-s recipe.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$HERE/../../.."                       # repository root: conf/ and train.py live here
+R="benchmarks/results/mnist/runs"
+mkdir -p "$R/logs"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # one thread per process: the CPU is shared
+
+MAIN_FRACTION="${MAIN_FRACTION:-0.5}"     # main run length as a fraction of the mnist-s recipe
+GUIDE_FRACTION="$(python -c "print($MAIN_FRACTION / 8)")"   # guide: T/8 of the main run
+NUM_IMAGES="${NUM_IMAGES:-250}"           # images per evaluated setting (seeds 0..N-1)
+STEPS="${STEPS:-8}"                      # EDM Heun sampler steps (2 N - 1 network evaluations)
+MAIN_STD="${MAIN_STD:-0.10}"              # post-hoc EMA std of the main model (every row)
+AG_GUIDE_STDS="${AG_GUIDE_STDS:-[0.05]}"
+SIMS_BUDGET_MI="${SIMS_BUDGET_MI:-0.00390625}"   # 4096 images of fine-tuning
+SIMS_IMAGES="${SIMS_IMAGES:-500}"        # synthetic set size
+SIMS_OMEGAS="${SIMS_OMEGAS:-[0.5,1.0]}"
+SKIP_SIMS="${SKIP_SIMS:-0}"
+GRID_SEEDS="${GRID_SEEDS:-2}"                 # seeds per class in each grids.png panel
+CFG_WEIGHTS="${CFG_WEIGHTS:-[1.5,2.0,3.0]}"
+AG_WEIGHTS="${AG_WEIGHTS:-[1.2,1.5,2.0]}"
+PERTURB_WEIGHTS="${PERTURB_WEIGHTS:-[1.5,2.5]}"     # PAG, SEG, ICG, TSG
+
+CLASSIFIER="$R/mnist-classifier.safetensors"
+COMMON=(
+  "seeds=0-$((NUM_IMAGES - 1))" class_labels=random "sampler.num_steps=$STEPS" batch_size=250
+  device=cpu progress=false "cache_dir=$R/cache" "extractors.mnist.path=$CLASSIFIER" metrics=mnist
+)
+TRAIN=(logger=csv "paths.runs_dir=$R" train.checkpoint_kimg=2 '~callbacks.sample_grid')
+
+timed() {  # timed <name> <command...>: run, log to runs/logs/<name>.log, record wall seconds
+  local name="$1"; shift
+  local start=$SECONDS
+  echo "[$(date +%T)] $name: $*"
+  "$@" >"$R/logs/$name.log" 2>&1 || { echo "$name failed; see $R/logs/$name.log" >&2; tail -20 "$R/logs/$name.log" >&2; return 1; }
+  echo "$name $((SECONDS - start))" >>"$R/logs/wall_seconds.txt"
+  echo "[$(date +%T)] $name done in $((SECONDS - start)) s"
+}
+
+report() { python benchmarks/results/mnist/report.py --runs "$R" --grids "${1:-0}" --grid-seeds "$GRID_SEEDS" >/dev/null || echo "report.py failed" >&2; }
+
+# 1. feature classifier
+[ -f "$CLASSIFIER" ] || timed classifier python -m autoguide.eval.mnist_classifier train --out "$CLASSIFIER" --device cpu
+
+# 2. main model and guide, side by side (train.py resumes from the newest checkpoint by itself)
+train_main() {
+  [ -f "$R/mnist-s-cfg/final.safetensors" ] || timed train-main python train.py experiment=mnist-s-cfg "${TRAIN[@]}" \
+    "train.duration_fraction=$MAIN_FRACTION" train.snapshot_kimg=2
+}
+train_guide() {
+  [ -f "$R/mnist-xs-guide-cfg/final.safetensors" ] || timed train-guide python train.py experiment=mnist-xs-guide-cfg "${TRAIN[@]}" \
+    "train.duration_fraction=$GUIDE_FRACTION" train.snapshot_kimg=0.5
+}
+train_main & main_pid=$!
+train_guide
+wait "$main_pid"
+
+# 3. sweeps: sweep <name> <overrides...>; the table is rewritten after each one
+sweep() {
+  local name="$1"; shift
+  [ -f "$R/sweep-$name/best.json" ] || timed "sweep-$name" python -m autoguide.eval.sweep "main.run=$R/mnist-s-cfg" \
+    "grid.main_std=[$MAIN_STD]" "output.dir=$R/sweep-$name" "${COMMON[@]}" "$@"
+  report
+}
+lane_a() {  # unguided and CFG first: the rows the target is measured against
+  sweep unguided guidance=cfg 'grid.weight=[1.0]'
+  sweep cfg guidance=cfg "grid.weight=$CFG_WEIGHTS"
+  sweep pag guidance=pag "grid.weight=$PERTURB_WEIGHTS"
+}
+lane_b() {
+  sweep autoguidance guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" "grid.guide_std=$AG_GUIDE_STDS" \
+    "grid.weight=$AG_WEIGHTS"
+  sweep seg guidance=seg "grid.weight=$PERTURB_WEIGHTS"
+  sweep tsg guidance=tsg "grid.weight=$PERTURB_WEIGHTS"
+}
+lane_sims() {  # 4. SIMS; its base is the same post-hoc EMA of the main run as every other row
+  [ "$SKIP_SIMS" = 1 ] && return 0
+  [ -f "$R/sims/summary.json" ] || timed sims python -m autoguide.sims.cli "out_dir=$R/sims" "base_run=$R/mnist-s-cfg" \
+    "base_ema_std=$MAIN_STD" "budget_mi=[$SIMS_BUDGET_MI]" "synthesize.num_images=$SIMS_IMAGES" \
+    "synthesize.sampler.num_steps=$STEPS" "register.ema_stds=[$MAIN_STD]" 'register.weight_space=[]' device=cpu
+  [ -f "$R/sims/compare/compare.json" ] || timed sims-compare python -m autoguide.sims.compare "sims_dir=$R/sims" \
+    "omega=$SIMS_OMEGAS" "${COMMON[@]}" "output.dir=$R/sims/compare"
+  report
+}
+lane_c() {
+  lane_sims
+  sweep icg guidance=icg "grid.weight=$PERTURB_WEIGHTS"
+}
+lane_a & a_pid=$!
+lane_b & b_pid=$!
+lane_c & c_pid=$!
+status=0
+for pid in "$a_pid" "$b_pid" "$c_pid"; do wait "$pid" || status=1; done
+
+# 5. final table and the image grids
+report 1
+exit "$status"
