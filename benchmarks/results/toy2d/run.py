@@ -1,0 +1,295 @@
+"""Regenerate the toy2d results of the evaluation issue (autoguidance paper, Karras et al. 2024,
+Fig. 1) with one command, from the repository root:
+
+    python benchmarks/results/toy2d/run.py            # reuses finished runs/sweeps in runs/
+    python benchmarks/results/toy2d/run.py --fresh    # deletes runs/ first: everything from scratch
+
+Every step is one of the project's own commands (``train.py``, ``autoguide.eval.sweep``, whose
+post-hoc EMAs come from ``autoguide.ema.reconstruct``); runs and sweeps go to ``runs/`` here.
+
+Headline (the issue's recipe):
+1. train the class-conditional main model (``experiment=toy2d-main``), the unconditional CFG
+   negative (``experiment=toy2d-cfg``: same MLP and schedule, classes A and B, no labels) and the
+   autoguidance guide (``experiment=toy2d-guide``: width 32, trained T/8 of the main run, EMA
+   snapshots every 32 kimg so that its EMAs can be rebuilt post hoc; its ~T/16 point is read from
+   the same run: the EDM2 learning rate depends on the image count only, so the first half of a
+   T/8 run is a T/16 run);
+2. sweep with exact metrics of ``NUM_SEEDS`` class-A samples (the same seeds for every setting):
+   the main EMA length unguided; CFG weight x EMA length of the negative; autoguidance weight x
+   guide EMA length x guide training time;
+3. pick each method's setting by the rule of ``selection.py``.
+
+Recipe variants (tried because the headline misses the target; same rule, smaller grids): guides
+of width 16 / 32 trained to T and read at T/8 ... T; the main run itself read early (width 64,
+less training only); guidance only at low noise levels; and the paper's own toy setup, a main
+model trained on class A alone with a class-A guide.
+
+Writes ``results.json``, ``results.md`` and ``fig1.png`` (``report.py``, ``figure.py``).
+Torch runs single-threaded (``OMP_NUM_THREADS=1``): for this tiny MLP on a shared 2-core machine
+that is several times faster than two threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+RUNS = HERE / "runs"
+sys.path.insert(0, str(HERE))
+
+import figure  # noqa: E402  (this folder's modules)
+import report  # noqa: E402
+import selection  # noqa: E402
+
+NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
+FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
+CLASS_A = 0
+MAIN_STDS = [0.05, 0.10, 0.15]              # representable from the main run's snapshots
+NEGATIVE_STDS = [0.05, 0.10, 0.15]          # EMA lengths of the CFG negative and of the guide
+CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0]
+AG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]
+VARIANT_WEIGHTS = [1.5, 2.0, 3.0, 4.0]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+COMMON = [f"paths.runs_dir={RUNS}", "logger=csv", "seed=0"]
+CONDITIONAL_A = [f"class_labels={CLASS_A}"]
+UNCONDITIONAL_A = ["class_labels=none", "metrics.toy.classes=A"]
+CLASS_A_ONLY = ["data.classes=A", "data.conditional=false", "net.label_dim=0"]
+GUIDE_SNAPSHOTS = "train.snapshot_kimg=32"
+TRAININGS = {
+    "toy2d-main": ["experiment=toy2d-main"],
+    "toy2d-cfg": ["experiment=toy2d-cfg"],
+    "toy2d-guide": ["experiment=toy2d-guide", "train.duration_fraction=0.125", GUIDE_SNAPSHOTS],
+    "guide-w16-full": ["experiment=toy2d-guide", "net.width=16", "train.duration_fraction=1.0", GUIDE_SNAPSHOTS],
+    "guide-w32-full": ["experiment=toy2d-guide", "train.duration_fraction=1.0", GUIDE_SNAPSHOTS],
+    "classA-main": ["experiment=toy2d-main", *CLASS_A_ONLY],
+    "classA-guide": ["experiment=toy2d-guide", *CLASS_A_ONLY, "train.duration_fraction=0.125", GUIDE_SNAPSHOTS],
+}
+SWEEP = [
+    sys.executable, "-m", "autoguide.eval.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
+    "select=toy_logp", "device=cpu", "progress=false", "batch_size=2000",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe variant: an autoguidance sweep of ``guide`` (a run of ``TRAININGS``) read at
+    ``times`` (fractions of that run, null = its end). ``main``: the main run; its unguided
+    reference is the headline one unless ``own_reference`` (then an unguided sweep of that main
+    run over ``MAIN_STDS`` picks it, as in the headline)."""
+
+    tag: str
+    label: str
+    guide: str
+    times: Sequence[str]
+    main: str = "toy2d-main"
+    stds: Sequence[float] = (0.10,)
+    weights: Sequence[float] = tuple(VARIANT_WEIGHTS)
+    intervals: Sequence[str] = ("null",)
+    own_reference: bool = False
+    labels: Sequence[str] = tuple(CONDITIONAL_A)
+
+
+VARIANTS = [
+    Variant("v-w16", "guide width 16, trained to T, read at T/8, T/4, T/2, T", "guide-w16-full", ["0.125", "0.25", "0.5", "null"]),
+    Variant("v-w32", "guide width 32, trained to T, read at T/4, T/2, T", "guide-w32-full", ["0.25", "0.5", "null"]),
+    Variant("v-w64", "guide = the main run itself read early (width 64, less training only): T/8, T/4, T/2", "toy2d-main", ["0.125", "0.25", "0.5"]),
+    Variant("v-interval", "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]", "toy2d-guide",
+            ["null"], weights=(2.0, 3.0, 5.0), intervals=("[0.0,0.1]", "[0.0,1.0]")),
+    Variant("v-classA", "paper's setup: main trained on class A only (width 64, T), guide on class A (width 32, T/16 and T/8)",
+            "classA-guide", ["0.5", "null"], main="classA-main", stds=(0.05, 0.10), weights=(1.25, 1.5, 2.0, 3.0, 4.0),
+            own_reference=True, labels=UNCONDITIONAL_A),
+]
+
+
+def listing(values: Sequence[Any]) -> str:
+    """A Hydra list override value, ``[a,b,c]``."""
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def call(command: list[str], log: Path) -> float:
+    """Run ``command`` in the repository root, output to ``log``; returns its wall time (s)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("+", " ".join(command), flush=True)
+    started = time.time()
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        raise SystemExit(f"command failed (exit {done.returncode}), see {log}: {' '.join(command)}")
+    return round(time.time() - started, 1)
+
+
+def train(name: str, steps: dict[str, Any]) -> Path:
+    """Train run ``name`` unless its final model exists; returns the run folder."""
+    run_dir = RUNS / name
+    command = [sys.executable, "train.py", *TRAININGS[name], *COMMON, f"name={name}"]
+    steps[f"train {name}"] = {"command": " ".join(["python", *command[1:]])}
+    if (run_dir / "final.safetensors").is_file():
+        steps[f"train {name}"]["seconds"] = "cached"
+    else:
+        steps[f"train {name}"]["seconds"] = call(command, RUNS / "logs" / f"train-{name}.log")
+    return run_dir
+
+
+def numeric(value: str) -> Any:
+    """A CSV cell as float when it is a number, None when empty, else the string."""
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def sweep(tag: str, overrides: list[str], steps: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run one ``autoguide.eval.sweep`` into ``runs/sweeps/<tag>`` unless the same command
+    already finished there; returns its rows."""
+    out = RUNS / "sweeps" / tag
+    command = [*SWEEP, *overrides, f"output.dir={out}"]
+    stamp = out / "command.json"
+    steps[f"sweep {tag}"] = {"command": " ".join(["python", *command[1:]])}
+    if (out / "best.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == command:
+        steps[f"sweep {tag}"]["seconds"] = "cached"
+    else:
+        steps[f"sweep {tag}"]["seconds"] = call(command, RUNS / "logs" / f"sweep-{tag}.log")
+        stamp.write_text(json.dumps(command))
+    with (out / "sweep.csv").open() as f:
+        return [unguided_fields({k: numeric(v) for k, v in row.items()}) for row in csv.DictReader(f)]
+
+
+def unguided_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A weight-1 row uses no negative: its guide fields are cleared (the sweep names one)."""
+    if float(row["weight"]) == 1.0:
+        row.update(guide="-", guide_std=None, guide_nimg=None, guide_model=None)
+    return row
+
+
+def cfg_negatives(run_dir: Path) -> tuple[int, dict[float, Path]]:
+    """``(nimg, {std: file})``: post-hoc EMAs ``NEGATIVE_STDS`` of the unconditional run at its
+    end (reconstructed once, cached in ``<run>/reconstructed``)."""
+    from autoguide.eval.ema_cache import ema_models
+
+    return ema_models(run_dir, None, NEGATIVE_STDS)
+
+
+def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    """Unguided, CFG and autoguidance sweeps of the issue's recipe; returns the picks and rows."""
+    main_run = runs["toy2d-main"]
+    unguided = sweep("unguided", [*CONDITIONAL_A, f"main.run={main_run}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
+    reference = selection.unguided_reference(unguided)
+    fixed_main = [*CONDITIONAL_A, f"main.run={main_run}", f"grid.main_std=[{reference['main_std']}]"]
+    cfg_rows = []
+    negative_nimg, negatives = cfg_negatives(runs["toy2d-cfg"])
+    for std, negative in negatives.items():
+        rows = sweep(f"cfg-std{std:.3f}", [*fixed_main, "guidance=cfg", f"guidance.model={negative}", f"grid.weight={listing(CFG_WEIGHTS)}"], steps)
+        negative_fields = {"guide": f"toy2d-cfg@{negative_nimg}", "guide_std": std, "guide_nimg": negative_nimg, "guide_model": str(negative)}
+        cfg_rows += [r if float(r["weight"]) == 1.0 else {**r, **negative_fields} for r in rows]
+    ag_rows = sweep("autoguidance", [
+        *fixed_main, f"guides.runs=[{runs['toy2d-guide']}]", "guides.times=[0.5,null]",
+        f"grid.guide_std={listing(NEGATIVE_STDS)}", f"grid.weight={listing(AG_WEIGHTS)}",
+    ], steps)
+    picks = report.picks(reference, selection.same_main(cfg_rows, reference), selection.same_main(ag_rows, reference))
+    return picks, {"unguided": unguided, "cfg": cfg_rows, "autoguidance": ag_rows}
+
+
+def variant(v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
+    """One recipe variant's sweep, its unguided reference, pick and target check."""
+    rows = []
+    if v.own_reference:
+        rows = sweep(f"{v.tag}-unguided", [*v.labels, f"main.run={runs[v.main]}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
+        reference = selection.unguided_reference(rows)
+    rows += sweep(v.tag, [
+        *v.labels, f"main.run={runs[v.main]}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
+        f"guides.times={listing(v.times)}", f"grid.guide_std={listing(v.stds)}", f"grid.weight={listing(v.weights)}",
+        f"grid.interval={listing(v.intervals)}",
+    ], steps)
+    chosen = selection.pick(selection.same_main(rows, reference), reference)
+    return {"tag": v.tag, "label": v.label, "reference": reference, "pick": chosen, "target": selection.target(reference, chosen), "rows": rows}
+
+
+def samples(row: Mapping[str, Any], kind: str) -> torch.Tensor:
+    """The first ``FIGURE_POINTS`` class-A samples of a sweep row's setting (the same seeds,
+    hence the same points, as in its evaluation)."""
+    from autoguide import load_denoiser
+    from autoguide.sample import CFG, Autoguidance, generate_images
+
+    net = load_denoiser(row["main_model"])
+    terms = []
+    if float(row["weight"]) != 1.0:
+        negative = load_denoiser(row["guide_model"])
+        terms = [Autoguidance(guide=negative, weight=float(row["weight"]))] if kind == "autoguidance" else [
+            CFG(weight=float(row["weight"]), unconditional=negative)
+        ]
+    return generate_images(net, range(FIGURE_POINTS), [CLASS_A] * FIGURE_POINTS, terms, batch_size=FIGURE_POINTS)
+
+
+def make_figure(path: Path, picks: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """fig1.png: exact samples of class A and the picked unguided, CFG and autoguidance settings."""
+    from autoguide.data.toy2d import toy_mixture
+    from autoguide.eval.toy_metrics import ToyMetricsConfig, density_level
+
+    toy = ToyMetricsConfig()
+    exact = toy_mixture("A").sample(FIGURE_POINTS, torch.Generator().manual_seed(0)).numpy()
+    panels = [figure.Panel("(a) ground truth, class A", f"{FIGURE_POINTS} exact samples", exact)]
+    for letter, (label, kind) in zip("bcd", report.FIGURE_ROWS, strict=True):
+        row = picks[label]
+        panels.append(figure.Panel(f"({letter}) {label}", report.short_metrics(row), samples(row, kind).numpy()))
+    level = density_level("A", toy.outlier_quantile, toy.num_density_samples, toy.seed)
+    figure.draw(path, panels, level)
+
+
+def git_head() -> str:
+    """The repository's HEAD commit (and '+changes' when the tree differs from it)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fresh", action="store_true", help="delete runs/ first and redo everything")
+    args = parser.parse_args()
+    if args.fresh and RUNS.exists():
+        shutil.rmtree(RUNS)
+    torch.set_num_threads(1)
+    started = time.time()
+    steps: dict[str, Any] = {}
+
+    runs = {name: train(name, steps) for name in TRAININGS}
+    picks, sweeps = headline(runs, steps)
+    variants = [variant(v, runs, picks["unguided"], steps) for v in VARIANTS]
+    figure_started = time.time()
+    make_figure(HERE / "fig1.png", picks)
+    steps["figure"] = {"seconds": round(time.time() - figure_started, 1)}
+    meta = {
+        "command": "python benchmarks/results/toy2d/run.py" + (" --fresh" if args.fresh else ""),
+        "wall_seconds": round(time.time() - started, 1),
+        "git": git_head(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "num_seeds": NUM_SEEDS,
+        "steps": steps,
+    }
+    report.write(HERE, meta, picks, sweeps, variants)
+    print(json.dumps({"target": picks["target"], "wall_seconds": meta["wall_seconds"]}))
+
+
+if __name__ == "__main__":
+    main()
