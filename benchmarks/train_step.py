@@ -20,7 +20,7 @@ import torch
 
 from autoguide.diffusion import edm2_loss
 from autoguide.nets import build_network
-from autoguide.train.module import ADAM_BETAS, ADAM_EPS
+from autoguide.train.module import EDM2_ADAM_KWARGS
 
 NETWORK = {
     "arch": "unet", "img_resolution": 32, "img_channels": 3, "label_dim": 10,
@@ -42,7 +42,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     net = build_network(NETWORK).to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, betas=ADAM_BETAS, eps=ADAM_EPS)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, **EDM2_ADAM_KWARGS)
     images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
     labels = torch.nn.functional.one_hot(torch.arange(args.batch, device=device) % 10, 10).float()
 

@@ -116,10 +116,12 @@ ag_single_model() {
 # keyed on the job (run_dir=<runs>/<name>-<job key>) unless OVERRIDES set run_dir, so a requeued
 # job (same job id) continues its own run (resume=auto reads the newest checkpoint there).
 # ag_submit ROLE SBATCH_ARGS...: submit one job, print "ROLE <id>", leave the id in $job_id;
-# with dry_run=1 only print the sbatch command (the chain scripts' --dry-run).
+# with dry_run=1 only print the sbatch command (the chain scripts' --dry-run). A job whose
+# dependency fails is cancelled (--kill-on-invalid-dep), not left pending forever.
 ag_submit() {
     local role=$1
     shift
+    set -- --kill-on-invalid-dep=yes "$@"
     if ((${dry_run:-0})); then
         job_id="<$role>"
         echo "$role: sbatch $*"

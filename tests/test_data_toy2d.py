@@ -186,3 +186,46 @@ def test_dataset_items_and_determinism():
     assert torch.equal(Toy2DDataset("AB", 1000, seed=3).points, data.points)
     assert not torch.equal(Toy2DDataset("AB", 1000, seed=4).points, data.points)
     assert set(Toy2DDataset("A", 100, 0).labels.tolist()) == {0}
+
+
+def test_select_is_the_single_class_mixture(ab):
+    """``select(c)`` keeps class c's components with renormalised weights: the same mixture as
+    building class c alone; float32 copies agree with float64 to float32 precision."""
+    for index, name in enumerate("AB"):
+        alone, selected = toy_mixture(name), ab.select(index)
+        torch.testing.assert_close(selected.weights, alone.weights)
+        torch.testing.assert_close(selected.means, alone.means)
+        assert (selected.classes == index).all()
+    assert len(ab.select(None).weights) == len(ab.weights)
+    x = ab.sample(300, torch.Generator().manual_seed(1))
+    single = ab.select(0, torch.float32)
+    assert single.dtype == torch.float32 and single.denoise(x, 0.1).dtype == torch.float32
+    torch.testing.assert_close(single.denoise(x, 0.1).double(), toy_mixture("A").denoise(x, 0.1), atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="no components of class 1"):
+        toy_mixture("A").select(1)
+
+
+def test_dataset_exact_denoiser_follows_the_conditioning(ab):
+    """One-hot rows use their class's posterior mean E[x0 | x, c]; rows of zeros (dropped labels)
+    and ``labels=None`` the dataset's unconditional mixture; checked against float64 per row."""
+    data = Toy2DDataset("AB", 100, seed=0)
+    x = ab.sample(40, torch.Generator().manual_seed(2)).float()
+    sigma = torch.linspace(0.01, 3.0, 40)
+    labels = torch.zeros(40, 2)
+    labels[:15, 0] = 1
+    labels[15:30, 1] = 1
+    out = data.exact_denoiser(x, sigma, labels)
+    assert out.dtype == torch.float32
+    expected = torch.cat(
+        [
+            toy_mixture("A").denoise(x[:15], sigma[:15]),
+            toy_mixture("B").denoise(x[15:30], sigma[15:30]),
+            ab.denoise(x[30:], sigma[30:]),
+        ]
+    )
+    torch.testing.assert_close(out.double(), expected, atol=5e-5, rtol=0)
+    torch.testing.assert_close(data.exact_denoiser(x, sigma, None).double(), ab.denoise(x, sigma), atol=5e-5, rtol=0)
+    a_only = Toy2DDataset("A", 100, seed=0)
+    torch.testing.assert_close(a_only.exact_denoiser(x, sigma, None).double(), toy_mixture("A").denoise(x, sigma), atol=5e-5, rtol=0)
+    with pytest.raises(ValueError, match="label 1 is not a class of this dataset"):
+        a_only.exact_denoiser(x[15:30], sigma[15:30], labels[15:30])

@@ -41,6 +41,32 @@ def test_edm2_loss_matches_hand_computation():
     assert loss.item() == pytest.approx(total / y.numel(), rel=1e-5)
 
 
+def test_edm2_loss_with_exact_target_regresses_the_given_target():
+    """``exact_target`` replaces the clean sample y in (D - y)^2; it receives the noisy input,
+    the noise levels and the labels, and a target equal to y gives the plain loss."""
+    y = torch.randn(4, 1, 2, 2)
+    labels = torch.eye(4)
+    seen = {}
+
+    def shifted(noisy, sigma, given_labels):
+        seen.update(noisy=noisy, sigma=sigma, labels=given_labels)
+        return torch.full_like(noisy, 0.25)
+
+    loss = edm2_loss(FixedDenoiser(), y, labels, -0.8, 1.6, torch.Generator().manual_seed(3), exact_target=shifted)
+    g = torch.Generator().manual_seed(3)
+    sigma = (torch.randn(4, generator=g) * 1.6 - 0.8).exp()
+    noisy = y + torch.randn(y.shape, generator=g) * sigma.reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(seen["noisy"], noisy)
+    torch.testing.assert_close(seen["sigma"], sigma)
+    assert seen["labels"] is labels
+    lam = ((sigma**2 + 0.25) / (sigma * 0.5) ** 2).reshape(-1, 1, 1, 1)
+    expected = (lam / sigma.exp().reshape(-1, 1, 1, 1) * (0.9 * noisy - 0.25) ** 2 + sigma.reshape(-1, 1, 1, 1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    same = edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3), exact_target=lambda n, s, c: y)
+    plain = edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3))
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def test_learning_rate_schedule():
     ref = dict(ref_lr=0.01, ref_batches=70_000, batch_size=2048)
     ramp = 10 * 2**20

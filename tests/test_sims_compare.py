@@ -11,7 +11,7 @@ from autoguide.eval.mnist_classifier import FORMAT, MnistClassifier, save_classi
 from autoguide.io import save_model
 from autoguide.nets import build_network
 from autoguide.sims import compare
-from autoguide.sims.pair import SimsPair, write_pair
+from autoguide.io.sims_pair import SimsPair, write_pair
 from autoguide.sims.weightspace import write_weightspace_model
 
 NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],

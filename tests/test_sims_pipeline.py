@@ -23,7 +23,7 @@ from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
 from autoguide.io import read_card, read_model_file, save_model
 from autoguide.nets import build_network
 from autoguide.sample import generate as generate_cli
-from autoguide.sims.pair import read_pair
+from autoguide.io.sims_pair import read_pair
 from autoguide.sims.pipeline import run_sims
 from autoguide.sims.synthesize import verify_manifest
 

@@ -39,7 +39,7 @@ def test_base_overrides_carried():
 
 
 def test_overrides_compose_to_the_fine_tune_config(tmp_path):
-    settings = RetrainSettings(budgets=(128, 384), lr=0.00123, ema_stds=(0.05, 0.2), overrides=("logger=none", "data.num_workers=0"))
+    settings = RetrainSettings(budgets=(128, 384), lr=0.00123, ema_stds=(0.05, 0.2), overrides=("logger=none", "data.num_workers=0", "train.optimizer.name=SGD", "train.optimizer.kwargs={momentum: 0.5}"))
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
     overrides = training_overrides(tmp_path / "run", "s-sims0", model, NET, tmp_path / "shards", settings,
                                    ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"])
@@ -50,6 +50,7 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
     assert cfg.data.name == "shards" and cfg.data.path == str(tmp_path / "shards") and cfg.data.conditional is True
     assert cfg.data.num_workers == 0 and "split" not in cfg.data
     assert cfg.train.batch_size == 16
+    assert cfg.train.optimizer.name == "SGD" and dict(cfg.train.optimizer.kwargs) == {"momentum": 0.5}
     assert cfg.train.duration_mi * 2**20 * cfg.train.duration_fraction == 384
     assert (cfg.train.lr_ref, cfg.train.lr_ref_batches, cfg.train.lr_rampup_mi) == (0.00123, 0, 0)
     assert round(cfg.train.snapshot_kimg * 1000) == 128 and round(cfg.train.checkpoint_kimg * 1000) == 128

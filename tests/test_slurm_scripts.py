@@ -258,6 +258,7 @@ def test_chain_job_graph(tmp_path):
     assert option(jobs["generate"], "ntasks-per-node") is None and all(option(j, "account") == "me" for j in jobs.values())
     assert option(jobs["reconstruct-main"], "dependency") == "afterok:<main>"
     assert option(jobs["reconstruct-guide"], "dependency") == "afterok:<guide>"
+    assert all(option(j, "kill-on-invalid-dep") == "yes" for j in jobs.values())  # a failed dependency cancels
     recon_guide = jobs["reconstruct-guide"]
     assert recon_guide[recon_guide.index(str(SLURM / "reconstruct.sbatch")):] == [
         str(SLURM / "reconstruct.sbatch"), f"{out}/guide/phema", "--std", "0.1", "--out-dir", f"{out}/models/guide"]

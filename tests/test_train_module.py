@@ -141,3 +141,23 @@ def test_same_seed_same_network_and_nimg_survives_checkpoint_hooks():
     assert b.nimg == 4096
     with pytest.raises(ValueError, match="autoguide_train"):
         b.on_load_checkpoint({})
+
+
+def test_optimizer_is_configurable_and_keeps_the_lr_schedule():
+    """``optimizer`` names any torch.optim class with its arguments; the schedule still sets lr
+    before every step; bad names or arguments are refused at construction."""
+    module = make_module(batch=16, optimizer={"name": "AdamW", "kwargs": {"weight_decay": 0.05, "betas": [0.8, 0.95]}})
+    optimizer = module.configure_optimizers()
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["weight_decay"] == 0.05 and tuple(optimizer.defaults["betas"]) == (0.8, 0.95)
+    module.nimg = 48
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module.on_before_optimizer_step(optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(edm2_lr(48, 16))
+    sgd = make_module(batch=16, optimizer={"name": "SGD", "kwargs": {"momentum": 0.9}}).configure_optimizers()
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    with pytest.raises(ValueError, match="optimizer.name='Adamax2'"):
+        make_module(batch=16, optimizer={"name": "Adamax2"})
+    with pytest.raises(ValueError, match=r"optimizer.kwargs \['momentum'\] do not fit torch.optim.Adam"):
+        make_module(batch=16, optimizer={"name": "Adam", "kwargs": {"momentum": 0.9}})

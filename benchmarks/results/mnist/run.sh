@@ -6,12 +6,18 @@
 #
 # Stages (each skipped when its output exists, so rerunning resumes; delete runs/ to redo):
 #   1. train the MNIST feature classifier (FD / precision / recall features)
-#   2. train the main model mnist-s-cfg (mnist-s + label dropout 0.1) and its
-#      autoguidance guide mnist-xs-guide-cfg (XS, 1/8 of the main run's images)
-#   3. one weight sweep per guidance method with autoguide-sweep (FD-selected), on the same
-#      seeds, random class per seed, the same sampler; unguided = the w = 1 point
-#   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative) + python -m autoguide.sims.compare
-#   5. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
+#   2. train the main model mnist-s-cfg (mnist-s + label dropout 0.1: the default recipe, 33.6 k
+#      images) and the autoguidance guide mnist-xs-guide-cfg (XS, trained to T/2 with snapshots
+#      every 512 images, so that it is read post hoc at T/8, T/4 and T/2)
+#   3. one sweep per guidance method with autoguide-sweep (FD-selected), on the same seeds,
+#      random class per seed, the same sampler; unguided = the w = 1 point. Autoguidance has
+#      four sweeps: the XS guide at T/8, T/4, T/2; the main run itself read at T/8 and T/4 (an
+#      S-size guide with less training); the XS guide with a longer EMA; the T/2 XS guide at
+#      larger weights
+#   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative, weight-space models) +
+#      python -m autoguide.sims.compare
+#   5. heldout.py: every method's pick re-measured on disjoint seeds 1000-1999
+#   6. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
 # results.md is rewritten after every sweep, so the table grows as the stages finish.
 #
 # Sizes are environment variables; the defaults are the ones the committed table used
@@ -23,19 +29,22 @@ R="benchmarks/results/mnist/runs"
 mkdir -p "$R/logs"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # one thread per process: the CPU is shared
 
-MAIN_FRACTION="${MAIN_FRACTION:-0.5}"     # main run length as a fraction of the mnist-s recipe
-GUIDE_FRACTION="$(python -c "print($MAIN_FRACTION / 8)")"   # guide: T/8 of the main run
+MAIN_FRACTION="${MAIN_FRACTION:-1.0}"     # main run length as a fraction of the mnist-s recipe
+GUIDE_FRACTION="$(python -c "print($MAIN_FRACTION / 2)")"   # guide run: to T/2, read at T/8, T/4, T/2
 NUM_IMAGES="${NUM_IMAGES:-250}"           # images per evaluated setting (seeds 0..N-1)
 STEPS="${STEPS:-8}"                      # EDM Heun sampler steps (2 N - 1 network evaluations)
 MAIN_STD="${MAIN_STD:-0.10}"              # post-hoc EMA std of the main model (every row)
-AG_GUIDE_STDS="${AG_GUIDE_STDS:-[0.05]}"
+HELDOUT_SEEDS="${HELDOUT_SEEDS:-1000-1999}" # re-measurement of every pick (disjoint from the sweeps)
 SIMS_BUDGET_MI="${SIMS_BUDGET_MI:-0.00390625}"   # 4096 images of fine-tuning
-SIMS_IMAGES="${SIMS_IMAGES:-500}"        # synthetic set size
+SIMS_IMAGES="${SIMS_IMAGES:-1000}"       # synthetic set size
 SIMS_OMEGAS="${SIMS_OMEGAS:-[0.5,1.0]}"
+SIMS_WEIGHT_SPACE="${SIMS_WEIGHT_SPACE:-[0.5,1.0]}"
 SKIP_SIMS="${SKIP_SIMS:-0}"
 GRID_SEEDS="${GRID_SEEDS:-2}"                 # seeds per class in each grids.png panel
-CFG_WEIGHTS="${CFG_WEIGHTS:-[1.5,2.0,3.0]}"
-AG_WEIGHTS="${AG_WEIGHTS:-[1.2,1.5,2.0]}"
+CFG_WEIGHTS="${CFG_WEIGHTS:-[1.25,1.5,2.0,2.5]}"
+AG_WEIGHTS="${AG_WEIGHTS:-[1.5,2.0]}"
+AG_LONG_EMA_WEIGHTS="${AG_LONG_EMA_WEIGHTS:-[2.0,2.5]}"
+AG_T2_WEIGHTS="${AG_T2_WEIGHTS:-[2.5,3.0]}"           # the T/2 guide's FD still fell from w 1.5 to 2
 PERTURB_WEIGHTS="${PERTURB_WEIGHTS:-[1.5,2.5]}"     # PAG, SEG, ICG, TSG
 
 CLASSIFIER="$R/mnist-classifier.safetensors"
@@ -80,21 +89,27 @@ sweep() {
   report
 }
 lane_a() {  # unguided and CFG first: the rows the target is measured against
-  sweep unguided guidance=cfg 'grid.weight=[1.0]'
+  sweep unguided guidance=cfg 'grid.weight=[1.0]' "grid.main_std=[0.05,$MAIN_STD]"
   sweep cfg guidance=cfg "grid.weight=$CFG_WEIGHTS"
   sweep pag guidance=pag "grid.weight=$PERTURB_WEIGHTS"
-}
-lane_b() {
-  sweep autoguidance guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" "grid.guide_std=$AG_GUIDE_STDS" \
-    "grid.weight=$AG_WEIGHTS"
   sweep seg guidance=seg "grid.weight=$PERTURB_WEIGHTS"
+}
+lane_b() {  # autoguidance: guide size x guide time x guide EMA
+  sweep autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.25,0.5,null]' \
+    'grid.guide_std=[0.05]' "grid.weight=$AG_WEIGHTS"
+  sweep autoguidance-s guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[0.125,0.25]' \
+    'grid.guide_std=[0.05]' "grid.weight=$AG_WEIGHTS"
+  sweep autoguidance-xs-ema guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.5,null]' \
+    'grid.guide_std=[0.1]' "grid.weight=$AG_LONG_EMA_WEIGHTS"
+  sweep autoguidance-xs-t2 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.05]' "grid.weight=$AG_T2_WEIGHTS"
   sweep tsg guidance=tsg "grid.weight=$PERTURB_WEIGHTS"
 }
 lane_sims() {  # 4. SIMS; its base is the same post-hoc EMA of the main run as every other row
   [ "$SKIP_SIMS" = 1 ] && return 0
   [ -f "$R/sims/summary.json" ] || timed sims python -m autoguide.sims.cli "out_dir=$R/sims" "base_run=$R/mnist-s-cfg" \
     "base_ema_std=$MAIN_STD" "budget_mi=[$SIMS_BUDGET_MI]" "synthesize.num_images=$SIMS_IMAGES" \
-    "synthesize.sampler.num_steps=$STEPS" "register.ema_stds=[$MAIN_STD]" 'register.weight_space=[]' device=cpu
+    "synthesize.sampler.num_steps=$STEPS" "register.ema_stds=[$MAIN_STD]" "register.weight_space=$SIMS_WEIGHT_SPACE" device=cpu
   [ -f "$R/sims/compare/compare.json" ] || timed sims-compare python -m autoguide.sims.compare "sims_dir=$R/sims" \
     "omega=$SIMS_OMEGAS" "${COMMON[@]}" "output.dir=$R/sims/compare"
   report
@@ -109,6 +124,7 @@ lane_c & c_pid=$!
 status=0
 for pid in "$a_pid" "$b_pid" "$c_pid"; do wait "$pid" || status=1; done
 
-# 5. final table and the image grids
+# 5. held-out re-measurement of every pick, 6. final table and the image grids
+[ "$status" = 0 ] || exit "$status"
+timed heldout python benchmarks/results/mnist/heldout.py --runs "$R" --seeds "$HELDOUT_SEEDS"
 report 1
-exit "$status"

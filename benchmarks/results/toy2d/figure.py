@@ -1,7 +1,8 @@
 """The four-panel picture after Fig. 1 of the autoguidance paper (Karras et al. 2024): exact
 samples of class A, then the unguided, CFG and autoguidance samples of the main model, each
 over the ground-truth density of class A (filled contours of ``log p_A``) with the outlier level
-``tau_A`` (the 1% quantile of ``log p_A`` over exact samples) drawn as a dashed line.
+``tau_A`` (the 1% quantile of ``log p_A`` over exact samples) drawn as a dashed line; samples
+below that level (the outliers the metric counts) are drawn in blue.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def draw(path: Path, panels: Sequence[Panel], outlier_level: float) -> None:
         ax = fig.add_subplot(1, len(panels), index + 1)
         ax.contourf(xs, ys, np.maximum(logp, LOGP_FLOOR), levels=14, cmap="Greys", alpha=0.3)
         ax.contour(xs, ys, logp, levels=[outlier_level], colors="tab:red", linewidths=0.5, linestyles="dashed", alpha=0.8)
-        ax.scatter(panel.points[:, 0], panel.points[:, 1], s=1.5, c="black", linewidths=0, alpha=0.8)
+        outlier = toy_mixture("A").log_prob(torch.from_numpy(panel.points)).numpy() < outlier_level
+        ax.scatter(panel.points[:, 0], panel.points[:, 1], s=1.5, c=np.where(outlier, "tab:blue", "black"), linewidths=0, alpha=0.8)
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
         ax.set_aspect("equal")

@@ -7,22 +7,21 @@ Fig. 1) with one command, from the repository root:
 Every step is one of the project's own commands (``train.py``, ``autoguide.eval.sweep``, whose
 post-hoc EMAs come from ``autoguide.ema.reconstruct``); runs and sweeps go to ``runs/`` here.
 
-Headline (the issue's recipe):
-1. train the class-conditional main model (``experiment=toy2d-main``), the unconditional CFG
-   negative (``experiment=toy2d-cfg``: same MLP and schedule, classes A and B, no labels) and the
-   autoguidance guide (``experiment=toy2d-guide``: width 32, trained T/8 of the main run, EMA
-   snapshots every 32 kimg so that its EMAs can be rebuilt post hoc; its ~T/16 point is read from
-   the same run: the EDM2 learning rate depends on the image count only, so the first half of a
-   T/8 run is a T/16 run);
+Headline (the issue's recipe, with the paper's toy schedule: 16 Mi images at batch 4096, regressing
+the exact posterior mean of the mixture, ``train.target=exact``):
+1. train the class-conditional main model (``experiment=toy2d-main``, width 64), the
+   unconditional CFG negative (``experiment=toy2d-cfg``: width 32, T/8, classes A and B, no
+   labels, as in the paper) and the autoguidance guide (``experiment=toy2d-guide``: width 32,
+   T/8, EMA snapshots every 128 kimg so that its EMAs can be rebuilt post hoc; its T/16 point is
+   read from the same run: the EDM2 learning rate depends on the image count only, so the first
+   half of a T/8 run is a T/16 run);
 2. sweep with exact metrics of ``NUM_SEEDS`` class-A samples (the same seeds for every setting):
    the main EMA length unguided; CFG weight x EMA length of the negative; autoguidance weight x
    guide EMA length x guide training time;
 3. pick each method's setting by the rule of ``selection.py``.
 
-Recipe variants (tried because the headline misses the target; same rule, smaller grids): guides
-of width 16 / 32 trained to T and read at T/8 ... T; the main run itself read early (width 64,
-less training only); guidance only at low noise levels; and the paper's own toy setup, a main
-model trained on class A alone with a class-A guide.
+Recipe variants (same rule, smaller grids): a width-16 guide (T/8); the main run itself read
+early as the guide (width 64, less training only); guidance only at low noise levels.
 
 Writes ``results.json``, ``results.md`` and ``fig1.png`` (``report.py``, ``figure.py``).
 Torch runs single-threaded (``OMP_NUM_THREADS=1``): for this tiny MLP on a shared 2-core machine
@@ -42,6 +41,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +59,20 @@ import selection  # noqa: E402
 NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
 FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
 CLASS_A = 0
-MAIN_STDS = [0.05, 0.10, 0.15]              # representable from the main run's snapshots
-NEGATIVE_STDS = [0.05, 0.10, 0.15]          # EMA lengths of the CFG negative and of the guide
-CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0]
+MAIN_STDS = [0.02, 0.05]                    # the runs' snapshot EMA lengths
+NEGATIVE_STDS = [0.02, 0.05]                # EMA lengths of the CFG negative and of the guide
+CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0]
 AG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]
 VARIANT_WEIGHTS = [1.5, 2.0, 3.0, 4.0]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 COMMON = [f"paths.runs_dir={RUNS}", "logger=csv", "seed=0"]
 CONDITIONAL_A = [f"class_labels={CLASS_A}"]
-UNCONDITIONAL_A = ["class_labels=none", "metrics.toy.classes=A"]
-CLASS_A_ONLY = ["data.classes=A", "data.conditional=false", "net.label_dim=0"]
-GUIDE_SNAPSHOTS = "train.snapshot_kimg=32"
 TRAININGS = {
     "toy2d-main": ["experiment=toy2d-main"],
     "toy2d-cfg": ["experiment=toy2d-cfg"],
-    "toy2d-guide": ["experiment=toy2d-guide", "train.duration_fraction=0.125", GUIDE_SNAPSHOTS],
-    "guide-w16-full": ["experiment=toy2d-guide", "net.width=16", "train.duration_fraction=1.0", GUIDE_SNAPSHOTS],
-    "guide-w32-full": ["experiment=toy2d-guide", "train.duration_fraction=1.0", GUIDE_SNAPSHOTS],
-    "classA-main": ["experiment=toy2d-main", *CLASS_A_ONLY],
-    "classA-guide": ["experiment=toy2d-guide", *CLASS_A_ONLY, "train.duration_fraction=0.125", GUIDE_SNAPSHOTS],
+    "toy2d-guide": ["experiment=toy2d-guide"],
+    "guide-w16": ["experiment=toy2d-guide", "net.width=16"],
 }
 SWEEP = [
     sys.executable, "-m", "autoguide.eval.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
@@ -89,31 +83,24 @@ SWEEP = [
 @dataclass(frozen=True)
 class Variant:
     """One recipe variant: an autoguidance sweep of ``guide`` (a run of ``TRAININGS``) read at
-    ``times`` (fractions of that run, null = its end). ``main``: the main run; its unguided
-    reference is the headline one unless ``own_reference`` (then an unguided sweep of that main
-    run over ``MAIN_STDS`` picks it, as in the headline)."""
+    ``times`` (fractions of that run, null = its end), with the headline's main model and
+    unguided reference."""
 
     tag: str
     label: str
     guide: str
     times: Sequence[str]
-    main: str = "toy2d-main"
-    stds: Sequence[float] = (0.10,)
+    stds: Sequence[float] = (0.05,)
     weights: Sequence[float] = tuple(VARIANT_WEIGHTS)
     intervals: Sequence[str] = ("null",)
-    own_reference: bool = False
-    labels: Sequence[str] = tuple(CONDITIONAL_A)
 
 
 VARIANTS = [
-    Variant("v-w16", "guide width 16, trained to T, read at T/8, T/4, T/2, T", "guide-w16-full", ["0.125", "0.25", "0.5", "null"]),
-    Variant("v-w32", "guide width 32, trained to T, read at T/4, T/2, T", "guide-w32-full", ["0.25", "0.5", "null"]),
-    Variant("v-w64", "guide = the main run itself read early (width 64, less training only): T/8, T/4, T/2", "toy2d-main", ["0.125", "0.25", "0.5"]),
+    Variant("v-w16", "guide width 16, read at T/16 and T/8", "guide-w16", ["0.5", "null"]),
+    Variant("v-w64", "guide = the main run itself read early (width 64, less training only): T/16, T/8, T/4", "toy2d-main",
+            ["0.0625", "0.125", "0.25"]),
     Variant("v-interval", "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]", "toy2d-guide",
             ["null"], weights=(2.0, 3.0, 5.0), intervals=("[0.0,0.1]", "[0.0,1.0]")),
-    Variant("v-classA", "paper's setup: main trained on class A only (width 64, T), guide on class A (width 32, T/16 and T/8)",
-            "classA-guide", ["0.5", "null"], main="classA-main", stds=(0.05, 0.10), weights=(1.25, 1.5, 2.0, 3.0, 4.0),
-            own_reference=True, labels=UNCONDITIONAL_A),
 ]
 
 
@@ -134,13 +121,28 @@ def call(command: list[str], log: Path) -> float:
     return round(time.time() - started, 1)
 
 
+def training_seconds(run_dir: Path) -> int:
+    """Wall seconds of a finished training run: from the first to the "final model" line of its
+    ``logs/train.log`` (the last invocation, if it was resumed)."""
+    lines = (run_dir / "logs" / "train.log").read_text().splitlines()
+    stamp = lambda line: datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")  # noqa: E731
+    final = [line for line in lines if "final model" in line]
+    return round((stamp(final[-1]) - stamp(lines[0])).total_seconds())
+
+
+def sweep_seconds(out: Path) -> int:
+    """Wall seconds of a finished sweep: the sum of its settings' times in ``sweep.csv``."""
+    with (out / "sweep.csv").open() as f:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(f)))
+
+
 def train(name: str, steps: dict[str, Any]) -> Path:
     """Train run ``name`` unless its final model exists; returns the run folder."""
     run_dir = RUNS / name
     command = [sys.executable, "train.py", *TRAININGS[name], *COMMON, f"name={name}"]
     steps[f"train {name}"] = {"command": " ".join(["python", *command[1:]])}
     if (run_dir / "final.safetensors").is_file():
-        steps[f"train {name}"]["seconds"] = "cached"
+        steps[f"train {name}"]["seconds"] = f"{training_seconds(run_dir)} (earlier)"
     else:
         steps[f"train {name}"]["seconds"] = call(command, RUNS / "logs" / f"train-{name}.log")
     return run_dir
@@ -164,7 +166,7 @@ def sweep(tag: str, overrides: list[str], steps: dict[str, Any]) -> list[dict[st
     stamp = out / "command.json"
     steps[f"sweep {tag}"] = {"command": " ".join(["python", *command[1:]])}
     if (out / "best.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == command:
-        steps[f"sweep {tag}"]["seconds"] = "cached"
+        steps[f"sweep {tag}"]["seconds"] = f"{sweep_seconds(out)} (earlier)"
     else:
         steps[f"sweep {tag}"]["seconds"] = call(command, RUNS / "logs" / f"sweep-{tag}.log")
         stamp.write_text(json.dumps(command))
@@ -208,13 +210,9 @@ def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str,
 
 
 def variant(v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
-    """One recipe variant's sweep, its unguided reference, pick and target check."""
-    rows = []
-    if v.own_reference:
-        rows = sweep(f"{v.tag}-unguided", [*v.labels, f"main.run={runs[v.main]}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
-        reference = selection.unguided_reference(rows)
-    rows += sweep(v.tag, [
-        *v.labels, f"main.run={runs[v.main]}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
+    """One recipe variant's sweep, pick and target check against the headline's unguided reference."""
+    rows = sweep(v.tag, [
+        *CONDITIONAL_A, f"main.run={runs['toy2d-main']}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
         f"guides.times={listing(v.times)}", f"grid.guide_std={listing(v.stds)}", f"grid.weight={listing(v.weights)}",
         f"grid.interval={listing(v.intervals)}",
     ], steps)

@@ -66,14 +66,15 @@ def _tree_components() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return trees
 
 
-def _as_sigma(sigma: float | torch.Tensor, n: int) -> torch.Tensor:
-    """Noise level per row, float64 [n] (a scalar is broadcast)."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+def _as_sigma(sigma: float | torch.Tensor, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Noise level per row [n] in ``dtype`` (a scalar is broadcast)."""
+    sigma = torch.as_tensor(sigma, dtype=dtype)
     return sigma.reshape(-1).expand(n) if sigma.numel() == 1 else sigma.reshape(n)
 
 
 class ToyMixture:
-    """A 2D Gaussian mixture with exact noisy log-density, score and denoiser (all float64).
+    """A 2D Gaussian mixture with exact noisy log-density, score and denoiser (computed in
+    ``dtype``: float64 for metrics; float32 is enough for training targets and twice as fast).
 
     ``weights`` [K] (sum 1), ``means`` [K, 2], ``covs`` [K, 2, 2], ``classes`` [K] (class index
     of each component, A = 0, B = 1).
@@ -85,21 +86,32 @@ class ToyMixture:
         means: torch.Tensor,
         covs: torch.Tensor,
         classes: torch.Tensor,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
-        self.weights = weights.to(torch.float64)
-        self.means = means.to(torch.float64)
-        self.covs = covs.to(torch.float64)
+        self.dtype = dtype
+        self.weights = weights.to(dtype)
+        self.means = means.to(dtype)
+        self.covs = covs.to(dtype)
         self.classes = classes.to(torch.long)
+
+    def select(self, class_index: int | None = None, dtype: torch.dtype | None = None) -> ToyMixture:
+        """The mixture of class ``class_index``'s components only, weights renormalised
+        (``p(x | c)``), or of all components when ``None``; in ``dtype`` (default: this one's)."""
+        keep = slice(None) if class_index is None else self.classes == class_index
+        weights = self.weights[keep]
+        if not len(weights):
+            raise ValueError(f"toy mixture has no components of class {class_index}")
+        return ToyMixture(weights / weights.sum(), self.means[keep], self.covs[keep], self.classes[keep], dtype or self.dtype)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_labels: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``n`` exact samples [n, 2] (float64): pick component k with probability w_k, then
+        """``n`` exact samples [n, 2] (in ``dtype``): pick component k with probability w_k, then
         ``mu_k + L_k z`` with ``L_k L_k^T = C_k``. With ``return_labels`` also their class
         indices [n]."""
         device = self.means.device
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, 2, 1, generator=generator, dtype=torch.float64, device=device)
+        z = torch.randn(n, 2, 1, generator=generator, dtype=self.dtype, device=device)
         x = self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z)[..., 0]
         return (x, self.classes[k]) if return_labels else x
 
@@ -121,8 +133,8 @@ class ToyMixture:
         return torch.log(self.weights) + log_normal, p0, p1
 
     def _chunks(self, x: torch.Tensor, sigma: float | torch.Tensor):
-        x = x.to(torch.float64).reshape(-1, 2)
-        sigma = _as_sigma(sigma, len(x)).to(x.device)
+        x = x.to(self.dtype).reshape(-1, 2)
+        sigma = _as_sigma(sigma, len(x), self.dtype).to(x.device)
         for start in range(0, len(x), CHUNK):
             yield x[start : start + CHUNK], sigma[start : start + CHUNK]
 
@@ -144,9 +156,9 @@ class ToyMixture:
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Exact EDM denoiser ``E[x0 | x] = x + sigma^2 score(x, sigma)`` [n, 2] (Tweedie)."""
-        x64 = x.to(torch.float64).reshape(-1, 2)
-        sigma = _as_sigma(sigma, len(x64)).to(x64.device)
-        return x64 + sigma[:, None] ** 2 * self.score(x64, sigma)
+        x = x.to(self.dtype).reshape(-1, 2)
+        sigma = _as_sigma(sigma, len(x), self.dtype).to(x.device)
+        return x + sigma[:, None] ** 2 * self.score(x, sigma)
 
 
 def toy_mixture(classes: str = "AB") -> ToyMixture:
@@ -199,7 +211,10 @@ class ExactToyDenoiser(torch.nn.Module):
 
 class Toy2DDataset(Dataset):
     """``num_samples`` fixed samples of ``toy_mixture(classes)`` drawn with ``seed``; items are
-    ``(x [2] float32, class index)`` with A = 0, B = 1 (``label_dim = 2``)."""
+    ``(x [2] float32, class index)`` with A = 0, B = 1 (``label_dim = 2``).
+
+    ``exact_denoiser`` gives the training loss the exact target ``E[x0 | x]`` instead of the
+    sample ``x0`` (``train.target=exact``)."""
 
     label_dim = len(CLASS_NAMES)
     img_channels = 2
@@ -208,13 +223,37 @@ class Toy2DDataset(Dataset):
     def __init__(self, classes: str = "AB", num_samples: int = 65536, seed: int = 0) -> None:
         if num_samples <= 0:
             raise ValueError(f"toy2d num_samples must be positive, got {num_samples}")
+        mixture = toy_mixture(classes)
         generator = torch.Generator().manual_seed(seed)
-        x, labels = toy_mixture(classes).sample(num_samples, generator, return_labels=True)
+        x, labels = mixture.sample(num_samples, generator, return_labels=True)
         self.points = x.to(torch.float32)
         self.labels = labels
+        # Training targets per conditioning: -1 = no label (every class of the dataset), else one class.
+        self.target_mixtures = {-1: mixture.select(None, torch.float32)}
+        for index in labels.unique().tolist():
+            self.target_mixtures[index] = mixture.select(index, torch.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.points[index], int(self.labels[index])
+
+    def exact_denoiser(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``E[x0 | x, c]`` [N, 2] (float32 arithmetic, returned in ``x``'s dtype), the posterior
+        mean of the training distribution: per row of one-hot ``labels`` [N, 2] that class's
+        mixture; rows of zeros (dropped labels) and ``labels=None`` the mixture of all this
+        dataset's classes."""
+        x, sigma = x.detach(), sigma.detach().reshape(-1)
+        if labels is None or not labels.numel():
+            return self.target_mixtures[-1].denoise(x, sigma).to(x.dtype)
+        conditioning = torch.where(labels.sum(1) > 0, labels.argmax(1), -1)
+        out = torch.empty_like(x)
+        for index in conditioning.unique().tolist():
+            if index not in self.target_mixtures:
+                raise ValueError(f"toy2d: label {index} is not a class of this dataset ({sorted(self.target_mixtures)})")
+            rows = conditioning == index
+            out[rows] = self.target_mixtures[index].denoise(x[rows], sigma[rows]).to(x.dtype)
+        return out

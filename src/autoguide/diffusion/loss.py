@@ -4,12 +4,24 @@ Karras et al. 2024 (EDM2), Sec. 5 / eq. 21: ``ln sigma ~ N(P_mean, P_std^2)``,
 ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2``,
 ``L = lambda / exp(u(sigma)) * ||D(y + n, sigma) - y||^2 + u(sigma)`` per element,
 averaged over the batch (and elements).
+
+Where the data distribution is known in closed form (the 2D toy), the regression target ``y``
+can be replaced by the exact posterior mean ``E[y | y + n]``: the minimiser is the same
+(``E[y | y + n]`` is what the denoiser learns either way), but the target's variance is zero.
+Weighted by ``1 / sigma^2`` this is the exact score-matching loss
+``sigma^2 ||s_net - grad log p_sigma||^2`` that the autoguidance paper trains its toy models with
+(Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", Sec. 3, Fig. 1),
+since ``D = x + sigma^2 s``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+ExactTarget = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def sample_sigma(n: int, p_mean: float, p_std: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -30,16 +42,20 @@ def edm2_loss(
     p_mean: float,
     p_std: float,
     generator: torch.Generator | None = None,
+    exact_target: ExactTarget | None = None,
 ) -> torch.Tensor:
     """Mean over batch and elements of ``lambda / exp(u) * (D - y)^2 + u``.
 
     Noise levels and noise come from ``generator`` (on the images' device) so training is
-    reproducible from a seed.
+    reproducible from a seed. ``exact_target(x_noisy, sigma, labels)``, when given, replaces
+    ``y`` by the exact ``E[y | x_noisy]`` of the data distribution.
     """
     n = images.shape[0]
     sigma = sample_sigma(n, p_mean, p_std, generator, images.device)
     noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.reshape((-1,) + (1,) * (images.ndim - 1))
-    denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
+    noisy = images + noise
+    target = images if exact_target is None else exact_target(noisy, sigma, labels)
+    denoised, logvar = net(noisy, sigma, labels, return_logvar=True)
     weight = loss_weight(sigma, net.sigma_data).reshape(logvar.shape)
-    per_element = weight / logvar.exp() * (denoised - images) ** 2 + logvar
+    per_element = weight / logvar.exp() * (denoised - target) ** 2 + logvar
     return per_element.mean()

@@ -39,6 +39,7 @@ from autoguide.sample.distributed import rank_from_env
 from autoguide.sample.generate import ModelLoader, resolve_device, write_outputs
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
+from autoguide.sample.pair_config import apply_pair
 from autoguide.sample.seeds import parse_seeds
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def write_preview(cfg: DictConfig, net: nn.Module, terms: Sequence[GuidanceTerm]
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report."""
     device = resolve_device(str(cfg.device), rank_from_env())
+    apply_pair(cfg)
     load = ModelLoader(device)
     net = load(str(cfg.model))
     metrics = plain(cfg.metrics)

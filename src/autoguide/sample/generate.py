@@ -38,6 +38,7 @@ from autoguide.sample.outputs import (
     write_pngs,
     write_scatter,
 )
+from autoguide.sample.pair_config import apply_pair
 from autoguide.sample.seeds import parse_seeds
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> Path:
     """Generate this rank's images as configured; returns the output folder."""
     info = rank_from_env()
     device = resolve_device(str(cfg.device), info)
+    apply_pair(cfg)
     load = ModelLoader(device)
     net = load(str(cfg.model))
     codec = load_latent_codec(net.card, cfg.get("vae_path"), device)

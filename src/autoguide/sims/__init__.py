@@ -9,7 +9,7 @@ outputs other tools read: ``pair.json`` (``pair.read_pair``), the synthetic set'
 ``theta_base + w' (theta_base - theta_synth)`` (``weightspace``).
 """
 
-from autoguide.sims.pair import SimsPair, read_pair
+from autoguide.io.sims_pair import SimsPair, read_pair
 from autoguide.sims.synthesize import verify_manifest
 from autoguide.sims.weightspace import extrapolate
 

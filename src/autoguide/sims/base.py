@@ -13,7 +13,8 @@ from pathlib import Path
 from autoguide.ema.reconstruct import reconstruct
 from autoguide.io import read_card
 from autoguide.sims.base_run import BaseRun
-from autoguide.sims.records import file_sha256, run_stage
+from autoguide.io.digest import file_sha256
+from autoguide.sims.records import run_stage
 
 STAGE = "base"
 

@@ -33,7 +33,7 @@ from autoguide.io import write_text_atomic
 from autoguide.sample.config import build_guidance
 from autoguide.sample.distributed import rank_from_env
 from autoguide.sample.generate import ModelLoader, resolve_device
-from autoguide.sims.pair import read_pair
+from autoguide.io.sims_pair import read_pair
 from autoguide.sims.pipeline import SUMMARY_NAME
 
 log = logging.getLogger(__name__)

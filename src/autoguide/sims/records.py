@@ -27,26 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from autoguide.io import write_text_atomic
+from autoguide.io.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
 SPEC_NAME = "spec.json"
 RECORD_NAME = "stage.json"
 RECORD_FORMAT = "autoguide-sims-stage/1"
-_CHUNK = 1 << 22
 
 
 class SpecConflict(ValueError):
     """A stage folder already belongs to a run with other inputs."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str | os.PathLike) -> dict[str, Any]:

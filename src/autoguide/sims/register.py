@@ -5,7 +5,7 @@ retraining run's post-hoc EMA snapshots at ``nimg = B`` (``autoguide.ema.reconst
 stored as ``b{B:012d}-std{s:.4f}/negative.safetensors`` with its card extended by a ``sims``
 entry (base, budget, iteration, synthetic set). Beside it: the weight-space models
 ``weightspace-w{w:.3f}.safetensors`` (``theta_base + w (theta_base - theta_synth)``) and
-``pair.json`` (``autoguide.sims.pair``).
+``pair.json`` (``autoguide.io.sims_pair``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from autoguide.ema.reconstruct import reconstruct
 from autoguide.io import read_model_file, save_model
-from autoguide.sims.pair import PAIR_NAME, SimsPair, write_pair
-from autoguide.sims.records import file_sha256, run_stage
+from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
+from autoguide.io.digest import file_sha256
+from autoguide.sims.records import run_stage
 from autoguide.sims.weightspace import write_weightspace_model
 
 STAGE = "register"

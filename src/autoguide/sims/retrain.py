@@ -10,7 +10,8 @@ overrides, then the user's ``retrain.overrides``, then these, which SIMS manages
   the image count starts at 0, so budgets and EMA lengths are relative to the fine-tune;
 - ``train.duration_mi = max(B) / 2**20``; learning rate ``retrain.lr`` (default: the base
   run's final rate) with decay ``retrain.lr_ref_batches`` and warm-up ``retrain.lr_rampup_mi``
-  (default 0 and 0: constant), a fresh Adam;
+  (default 0 and 0: constant), a fresh optimizer (``train.optimizer``: EDM2's Adam unless the
+  base recipe or ``retrain.overrides`` name another ``torch.optim`` class);
 - post-hoc EMA snapshots (``retrain.ema_stds``) every ``gcd(B)`` images, so that every budget
   is a snapshot time; checkpoints every ``retrain.checkpoint_kimg`` (default the same).
 

@@ -39,7 +39,8 @@ from autoguide.sample.config import build_guidance
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
 from autoguide.sample.outputs import to_uint8
-from autoguide.sims.records import canonical, file_sha256, fingerprint, run_stage, spec_digest, unchanged
+from autoguide.io.digest import file_sha256
+from autoguide.sims.records import canonical, fingerprint, run_stage, spec_digest, unchanged
 
 log = logging.getLogger(__name__)
 

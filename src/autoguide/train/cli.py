@@ -3,6 +3,10 @@
 Usage: ``autoguide-train [experiment=<name>] [key=value ...]``; see ``conf/config.yaml``.
 A config error (an unknown group option such as ``net=nope``, a bad value, a network that
 does not fit the data) prints one line naming the key and exits with status 2.
+
+In a Hydra multirun (``-m``) every sweep point trains in its own folder,
+``<run_dir>/<its overrides>`` (e.g. ``runs/toy2d-main/seed=1``), unless the command line sets
+``run_dir``; a requeued or re-run point has the same overrides and so finds its checkpoints.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from autoguide.config_dir import config_dir
 from autoguide.train.plan import ConfigError
@@ -44,11 +48,35 @@ def _log_once() -> None:
             lightning_logger.removeHandler(handler)
 
 
+def sweep_point_folder(task_overrides: Sequence[str]) -> str:
+    """The folder name of one multirun point: its overrides except ``paths.*`` (which place the
+    folder) joined by commas, with ``/`` replaced, e.g. ``seed=1,train.lr_ref=0.005``;
+    ``default`` when nothing is left."""
+    kept = [o for o in task_overrides if not o.lstrip("+~").startswith("paths.")]
+    return ",".join(sorted(kept)).replace("/", "_") or "default"
+
+
+def separate_sweep_points(cfg: DictConfig) -> None:
+    """In a multirun without a ``run_dir`` override, give this point ``<run_dir>/<overrides>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN or any(o.lstrip("+~").split("=")[0] == "run_dir" for o in overrides):
+        return
+    with open_dict(cfg):
+        cfg.run_dir = str(Path(cfg.run_dir) / sweep_point_folder(overrides))
+
+
 def run_task(cfg: DictConfig) -> None:
     """Train per ``cfg``; a ``ConfigError`` becomes one line on stderr and exit status 2."""
     from autoguide.train.run import train
 
     _log_once()
+    separate_sweep_points(cfg)
     try:
         train(cfg)
     except ConfigError as error:

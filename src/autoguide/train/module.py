@@ -7,12 +7,16 @@ Main models, autoguidance guides and SIMS-retrained models differ only in config
 - loss ``L = lambda(sigma) / exp(u(sigma)) * ||D(y + n, sigma) - y||^2 + u(sigma)`` with
   ``ln sigma ~ N(P_mean, P_std^2)`` (``autoguide.diffusion.edm2_loss``); forced weight
   normalisation happens inside the network's training forward;
-- Adam with betas (0.9, 0.99), eps 1e-8; before every optimizer step the learning rate is
+- Adam with betas (0.9, 0.99), eps 1e-8 (or any ``torch.optim`` class with its arguments,
+  ``optimizer``); before every optimizer step the learning rate is
   set from the image count, ``alpha = alpha_ref / sqrt(max(nimg / (t_ref B), 1)) *
   min(nimg / rampup, 1)`` (``autoguide.diffusion.learning_rate``), and non-finite gradient
   entries are replaced by zero;
 - optional label dropout for classifier-free guidance: each label is replaced by the null
-  label (all zeros) with probability ``cond_drop_prob``.
+  label (all zeros) with probability ``cond_drop_prob``;
+- ``target="exact"`` regresses the data's exact posterior mean ``E[y | y + n]`` instead of the
+  sample ``y`` (datasets with a closed-form distribution, i.e. the 2D toy; see
+  ``autoguide.diffusion.loss``).
 
 ``nimg`` is the global number of training images after the latest optimizer step; it is
 stored in the Lightning checkpoint. Every micro-batch reseeds the global RNG from
@@ -22,6 +26,7 @@ noise, dropout masks and label drops as an uninterrupted one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +35,36 @@ import numpy as np
 import torch
 
 from autoguide.diffusion import edm2_loss, learning_rate
+from autoguide.diffusion.loss import ExactTarget
 from autoguide.nets import build_network
 from autoguide.train.plan import MI
 
 CHECKPOINT_KEY = "autoguide_train"
-ADAM_BETAS = (0.9, 0.99)
-ADAM_EPS = 1e-8
+EDM2_ADAM_KWARGS = {"betas": (0.9, 0.99), "eps": 1e-8}
+DEFAULT_OPTIMIZER = {"name": "Adam", "kwargs": EDM2_ADAM_KWARGS}
+TARGETS = ("data", "exact")
+
+
+def resolve_optimizer(spec: Mapping[str, Any] | None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``(torch.optim class, its keyword arguments)`` for ``{"name": ..., "kwargs": ...}``.
+
+    ``kwargs`` None means EDM2's betas (0.9, 0.99) and eps 1e-8 for Adam and AdamW, torch's
+    defaults for any other class; ``lr`` may not be given (the schedule sets it). ``ValueError``
+    names the bad key."""
+    spec = dict(spec or DEFAULT_OPTIMIZER)
+    name = spec.get("name")
+    cls = getattr(torch.optim, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+        raise ValueError(f"optimizer.name={name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'")
+    kwargs = spec.get("kwargs")
+    kwargs = dict(EDM2_ADAM_KWARGS if name in ("Adam", "AdamW") else {}) if kwargs is None else dict(kwargs)
+    if "lr" in kwargs:
+        raise ValueError("optimizer.kwargs.lr: the learning rate comes from train.lr_ref and its schedule; remove it")
+    try:
+        inspect.signature(cls).bind(None, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"optimizer.kwargs {sorted(kwargs)} do not fit torch.optim.{name}: {error}") from None
+    return cls, kwargs
 
 
 def step_seed(seed: int, rank: int, nimg: int) -> int:
@@ -56,6 +85,10 @@ class DiffusionModule(L.LightningModule):
         lr_rampup_mi: linear warm-up length in Mi images (0: none).
         P_mean, P_std: log-normal noise-level distribution of the loss.
         cond_drop_prob: probability of training a sample with the null label.
+        target: ``data`` (regress the training sample) or ``exact`` (regress the exact
+            ``E[y | y + n]`` from the datamodule's dataset's ``exact_denoiser``).
+        optimizer: ``{"name": <torch.optim class>, "kwargs": {...} or None}``
+            (``resolve_optimizer``); default EDM2's Adam.
         seed: seeds the network initialisation and, with rank and image count, every step.
     """
 
@@ -69,6 +102,8 @@ class DiffusionModule(L.LightningModule):
         P_mean: float,
         P_std: float,
         cond_drop_prob: float = 0.0,
+        target: str = "data",
+        optimizer: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -80,6 +115,10 @@ class DiffusionModule(L.LightningModule):
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)
         self.cond_drop_prob = float(cond_drop_prob)
+        if target not in TARGETS:
+            raise ValueError(f"target={target!r}: expected one of {TARGETS}")
+        self.target = target
+        self.optimizer_cls, self.optimizer_kwargs = resolve_optimizer(optimizer)
         self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -102,11 +141,22 @@ class DiffusionModule(L.LightningModule):
             labels = labels * keep.unsqueeze(1).to(labels.dtype)
         return labels
 
+    def _exact_target(self) -> ExactTarget | None:
+        """The dataset's ``exact_denoiser`` when ``target="exact"``, else ``None``."""
+        if self.target != "exact":
+            return None
+        dataset = self.trainer.datamodule.dataset
+        if not hasattr(dataset, "exact_denoiser"):
+            raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
+        return dataset.exact_denoiser
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         torch.manual_seed(step_seed(self.seed, self.global_rank, self.nimg + self._step_images))
         self._step_images += images.shape[0] * self.trainer.world_size
-        loss = edm2_loss(self.net, images, self._conditioning(labels), self.P_mean, self.P_std)
+        loss = edm2_loss(
+            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target()
+        )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         return loss
 
@@ -131,7 +181,7 @@ class DiffusionModule(L.LightningModule):
         self._step_images = 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.lr_ref, betas=ADAM_BETAS, eps=ADAM_EPS)
+        return self.optimizer_cls(self.net.parameters(), lr=self.lr_ref, **self.optimizer_kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"nimg": self.nimg}

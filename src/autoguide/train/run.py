@@ -71,6 +71,11 @@ def build_data(cfg: DictConfig) -> DiffusionDataModule:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         raise ConfigError(f"data: {error}") from None
     check_against_data(OmegaConf.to_container(cfg.net, resolve=True), data_cfg.get("name", "?"), info)
+    if cfg.train.get("target", "data") == "exact" and not hasattr(datamodule.dataset, "exact_denoiser"):
+        raise ConfigError(
+            f"train.target=exact needs a dataset whose distribution is known in closed form (toy2d); "
+            f"data {data_cfg.get('name', '?')!r} has no exact denoiser"
+        )
     return datamodule
 
 
@@ -159,6 +164,8 @@ def train(cfg: DictConfig) -> Path:
         P_mean=train_cfg.P_mean,
         P_std=train_cfg.P_std,
         cond_drop_prob=train_cfg.cond_drop_prob,
+        target=train_cfg.target,
+        optimizer=OmegaConf.to_container(train_cfg.optimizer, resolve=True),
         seed=cfg.seed,
     )
     _prepare_run_dir(cfg, run_dir)

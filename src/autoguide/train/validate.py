@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.nets import validate_network_config
+from autoguide.train.module import TARGETS, resolve_optimizer
 from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images
 
 MANAGED_TRAINER_KEYS = {
@@ -53,6 +54,12 @@ def check_train(train: Mapping[str, Any]) -> None:
     _number(train, "P_mean", -math.inf)
     _number(train, "P_std", 0, low_open=True)
     _number(train, "cond_drop_prob", 0, 1, high_open=True)
+    if train.get("target", "data") not in TARGETS:
+        raise ConfigError(f"train.target={train.get('target')!r}: expected one of {list(TARGETS)}")
+    try:
+        resolve_optimizer(train.get("optimizer"))
+    except ValueError as error:
+        raise ConfigError(f"train.{error}") from None
     for key in INTERVAL_KEYS:
         interval_images(train.get(key), f"train.{key}")
 

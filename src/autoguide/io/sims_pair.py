@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoguide.io import write_text_atomic
-from autoguide.sims.records import file_sha256
+from autoguide.io.atomic import write_text_atomic
+from autoguide.io.digest import file_sha256
 
 PAIR_NAME = "pair.json"
 PAIR_FORMAT = "autoguide-sims-pair/1"
