@@ -51,6 +51,7 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
     assert cfg.data.num_workers == 0 and "split" not in cfg.data
     assert cfg.train.batch_size == 16
     assert cfg.train.optimizer.name == "SGD" and dict(cfg.train.optimizer.kwargs) == {"momentum": 0.5}
+    assert cfg.train.target == "data"
     assert cfg.train.duration_mi * 2**20 * cfg.train.duration_fraction == 384
     assert (cfg.train.lr_ref, cfg.train.lr_ref_batches, cfg.train.lr_rampup_mi) == (0.00123, 0, 0)
     assert round(cfg.train.snapshot_kimg * 1000) == 128 and round(cfg.train.checkpoint_kimg * 1000) == 128
@@ -89,3 +90,15 @@ def test_check_snapshots(tmp_path):
     assert [f.name for f in files] == ["s64-0.05", "s64-0.1", "s128-0.05", "s128-0.1", "index.json"]
     with pytest.raises(ValueError, match=r"\(100, 0.05\).*callbacks.phema"):
         check_snapshots(tmp_path, RetrainSettings(budgets=(64, 100), lr=1e-3, ema_stds=(0.05, 0.1)))
+
+
+def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
+    """A toy base trained with ``train.target=exact`` is fine-tuned on synthetic shards, which
+    have no closed-form target: SIMS sets ``train.target=data``."""
+    settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
+    overrides = training_overrides(tmp_path / "run", "toy-sims0", tmp_path / "m.safetensors", NET, tmp_path / "shards", settings,
+                                   ["experiment=toy2d-main"])
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        base = compose(config_name="config", overrides=["experiment=toy2d-main"])
+        cfg = compose(config_name="config", overrides=overrides)
+    assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"

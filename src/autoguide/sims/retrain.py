@@ -4,7 +4,8 @@ The fine-tune is an ordinary ``autoguide-train`` run in the stage folder, starte
 process (so multi-GPU strategies launch as for any run): the base run's command-line
 overrides, then the user's ``retrain.overrides``, then these, which SIMS manages:
 
-- ``data=shards`` on the synthetic shards, conditional iff the network is;
+- ``data=shards`` on the synthetic shards, conditional iff the network is, regressing the
+  samples themselves (``train.target=data``, also for a base trained on exact toy targets);
 - the network of the initial model's card, whose weights ``callbacks.init_from``
   (``InitFromModel``) loads, and which refuses a batch size that does not divide the budgets;
   the image count starts at 0, so budgets and EMA lengths are relative to the fine-tune;
@@ -44,7 +45,7 @@ TRAIN_COMMAND = (sys.executable, "-c", "from autoguide.train.cli import main; ma
 MANAGED_KEYS = (
     "name", "run_dir", "resume", "data", "data.path", "data.conditional", "callbacks.phema.stds",
     "train.duration_mi", "train.duration_fraction", "train.lr_ref", "train.lr_ref_batches", "train.lr_rampup_mi",
-    "train.snapshot_kimg", "train.checkpoint_kimg", "train.sample_kimg",
+    "train.snapshot_kimg", "train.checkpoint_kimg", "train.sample_kimg", "train.target",
 )
 """Training keys SIMS sets itself (other ``data.*`` keys, such as ``data.num_workers``, may be
 overridden in ``retrain.overrides``)."""
@@ -174,6 +175,7 @@ def training_overrides(
         "train.snapshot_kimg": every_kimg,
         "train.checkpoint_kimg": settings.checkpoint_kimg or every_kimg,
         "train.sample_kimg": max(settings.budgets) / 1000,
+        "train.target": "data",  # the synthetic set is samples: no closed-form target
     }
     mine = [f"data={managed.pop('data')}"] + [f"++{k}={hydra_value(v)}" for k, v in managed.items()]
     return [*carried_base_overrides(base_overrides), *settings.overrides, *mine]
