@@ -142,3 +142,7 @@ def test_multirun_points_train_in_their_own_folders(tmp_path):
     first, second = (read_model_file(tmp_path / "toy2d-main" / f / "final.safetensors")[0] for f in folders)
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # different seeds, separate runs
     assert sweep_point_folder(["paths.runs_dir=/x"]) == "default" and sweep_point_folder(["data.path=/a/b", "seed=2"]) == "data.path=_a_b,seed=2"
+    long = [f"+tag{i}=" + "x" * 40 for i in range(10)]
+    name = sweep_point_folder(long)
+    assert len(name.encode()) <= 200 and name.startswith("+tag0=") and name == sweep_point_folder(long[::-1])
+    assert name != sweep_point_folder([*long[:-1], "+tag9=" + "y" * 40])

@@ -6,7 +6,7 @@ first use (PEP 562), so ``import autoguide.data.toy2d`` does not pull in Lightni
 webdataset.
 """
 
-import importlib
+from autoguide.lazy import lazy_getattr
 
 _EXPORTS = {
     "DiffusionDataModule": "datamodule",
@@ -28,8 +28,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'autoguide.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"autoguide.data.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -17,8 +17,8 @@ from typing import Any
 
 from autoguide.ema.reconstruct import reconstruct
 from autoguide.io import read_model_file, save_model
-from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
 from autoguide.io.digest import file_sha256
+from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
 from autoguide.sims.records import run_stage
 from autoguide.sims.weightspace import write_weightspace_model
 

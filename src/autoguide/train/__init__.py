@@ -5,7 +5,7 @@ atomic checkpoints with exact resume, sample pictures, and the Hydra entry point
 helpers (``autoguide.train.plan``) do not pull in Lightning.
 """
 
-import importlib
+from autoguide.lazy import lazy_getattr
 
 _EXPORTS = {
     "DiffusionModule": "module",
@@ -14,8 +14,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'autoguide.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"autoguide.train.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

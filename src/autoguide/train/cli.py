@@ -11,6 +11,7 @@ In a Hydra multirun (``-m``) every sweep point trains in its own folder,
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -48,12 +49,20 @@ def _log_once() -> None:
             lightning_logger.removeHandler(handler)
 
 
+MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
+
+
 def sweep_point_folder(task_overrides: Sequence[str]) -> str:
     """The folder name of one multirun point: its overrides except ``paths.*`` (which place the
     folder) joined by commas, with ``/`` replaced, e.g. ``seed=1,train.lr_ref=0.005``;
-    ``default`` when nothing is left."""
+    ``default`` when nothing is left. A name longer than ``MAX_FOLDER_NAME`` bytes keeps its
+    start and ends in a hash of the whole, so it stays unique and the same on every rerun."""
     kept = [o for o in task_overrides if not o.lstrip("+~").startswith("paths.")]
-    return ",".join(sorted(kept)).replace("/", "_") or "default"
+    name = ",".join(sorted(kept)).replace("/", "_") or "default"
+    if len(name.encode()) <= MAX_FOLDER_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name.encode()[: MAX_FOLDER_NAME - 17].decode(errors="ignore") + "-" + digest
 
 
 def separate_sweep_points(cfg: DictConfig) -> None:

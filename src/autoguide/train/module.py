@@ -26,7 +26,6 @@ noise, dropout masks and label drops as an uninterrupted one.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,36 +36,10 @@ import torch
 from autoguide.diffusion import edm2_loss, learning_rate
 from autoguide.diffusion.loss import ExactTarget
 from autoguide.nets import build_network
+from autoguide.train.optim import TARGETS, resolve_optimizer
 from autoguide.train.plan import MI
 
 CHECKPOINT_KEY = "autoguide_train"
-EDM2_ADAM_KWARGS = {"betas": (0.9, 0.99), "eps": 1e-8}
-DEFAULT_OPTIMIZER = {"name": "Adam", "kwargs": EDM2_ADAM_KWARGS}
-TARGETS = ("data", "exact")
-
-
-def resolve_optimizer(spec: Mapping[str, Any] | None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """``(torch.optim class, its keyword arguments)`` for ``{"name": ..., "kwargs": ...}``.
-
-    ``kwargs`` None means EDM2's betas (0.9, 0.99) and eps 1e-8 for Adam and AdamW, torch's
-    defaults for any other class; ``lr`` may not be given (the schedule sets it). ``ValueError``
-    names the bad key."""
-    spec = dict(spec or DEFAULT_OPTIMIZER)
-    name = spec.get("name")
-    cls = getattr(torch.optim, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
-        raise ValueError(f"optimizer.name={name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'")
-    kwargs = spec.get("kwargs")
-    kwargs = dict(EDM2_ADAM_KWARGS if name in ("Adam", "AdamW") else {}) if kwargs is None else dict(kwargs)
-    if "lr" in kwargs:
-        raise ValueError("optimizer.kwargs.lr: the learning rate comes from train.lr_ref and its schedule; remove it")
-    try:
-        inspect.signature(cls).bind(None, **kwargs)
-    except TypeError as error:
-        raise ValueError(f"optimizer.kwargs {sorted(kwargs)} do not fit torch.optim.{name}: {error}") from None
-    return cls, kwargs
-
-
 def step_seed(seed: int, rank: int, nimg: int) -> int:
     """A 63-bit seed that is a well-mixed function of ``(seed, rank, nimg)``
     (numpy ``SeedSequence``), for the micro-batch starting at global image ``nimg``."""
@@ -118,6 +91,7 @@ class DiffusionModule(L.LightningModule):
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: expected one of {TARGETS}")
         self.target = target
+        self._exact_target: ExactTarget | None = None  # set by on_fit_start for target="exact"
         self.optimizer_cls, self.optimizer_kwargs = resolve_optimizer(optimizer)
         self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
@@ -141,21 +115,21 @@ class DiffusionModule(L.LightningModule):
             labels = labels * keep.unsqueeze(1).to(labels.dtype)
         return labels
 
-    def _exact_target(self) -> ExactTarget | None:
-        """The dataset's ``exact_denoiser`` when ``target="exact"``, else ``None``."""
-        if self.target != "exact":
-            return None
-        dataset = self.trainer.datamodule.dataset
-        if not hasattr(dataset, "exact_denoiser"):
-            raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
-        return dataset.exact_denoiser
+    def on_fit_start(self) -> None:
+        """Look up the regression target once: the datamodule's dataset's ``exact_denoiser``
+        when ``target="exact"`` (else it stays ``None``: the sample itself)."""
+        if self.target == "exact":
+            dataset = self.trainer.datamodule.dataset
+            if not hasattr(dataset, "exact_denoiser"):
+                raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
+            self._exact_target = dataset.exact_denoiser
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         torch.manual_seed(step_seed(self.seed, self.global_rank, self.nimg + self._step_images))
         self._step_images += images.shape[0] * self.trainer.world_size
         loss = edm2_loss(
-            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target()
+            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         return loss

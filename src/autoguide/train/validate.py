@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.nets import validate_network_config
-from autoguide.train.module import TARGETS, resolve_optimizer
+from autoguide.train.optim import TARGETS, resolve_optimizer
 from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images
 
 MANAGED_TRAINER_KEYS = {

@@ -1,0 +1,25 @@
+"""Lazy package exports: names resolve to their submodule's objects, unknown names raise
+AttributeError, and importing the light packages does not import Lightning."""
+
+import subprocess
+import sys
+
+import pytest
+
+from autoguide.lazy import lazy_getattr
+
+
+def test_lazy_getattr_imports_on_first_use():
+    getattr_ = lazy_getattr("autoguide.train", {"ConfigError": "plan"})
+    from autoguide.train.plan import ConfigError
+
+    assert getattr_("ConfigError") is ConfigError
+    with pytest.raises(AttributeError, match="module 'autoguide.train' has no attribute 'train'"):
+        getattr_("train")
+
+
+def test_packages_do_not_import_lightning_until_needed():
+    code = ("import sys, autoguide.data, autoguide.train; autoguide.data.toy_mixture; autoguide.train.ConfigError; "
+            "import autoguide.train.validate; print('lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
