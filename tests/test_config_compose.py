@@ -15,7 +15,7 @@ from autoguide.train.validate import check_config
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 GUIDES = {  # guide: (main run, network preset, share of the main run's duration)
     "mnist-xs-guide": ("mnist-s", "mnist-xs", 1 / 8),
-    "toy2d-guide": ("toy2d-main", "toy-mlp", 1 / 8),
+    "toy2d-guide": ("toy2d-main", "toy-energy", 1 / 8),
     "img64-xs-guide": ("img64-s", "img64-xs", 1 / 8),
     "img512-xs-guide": ("img512-s", "img512-xs", 1 / 16),
     "img512-m-guide": ("img512-xxl", "img512-m", 1 / 3.5),

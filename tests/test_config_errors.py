@@ -33,6 +33,7 @@ def make_config(overrides: list[str]):
         (["trainer=ddp_cpu", "train.batch_size=63"], r"^train\.batch_size=63 is not divisible by the world size 2"),
         (["train.P_std=0"], r"^train\.P_std=0"),
         (["train.cond_drop_prob=1.0"], r"^train\.cond_drop_prob=1\.0"),
+        (["train.loss_weighting=fixed"], r"^train\.loss_weighting='fixed': expected one of \['learned', 'edm'\]"),
         (["train.optimizer.name=Adamm"], r"^train\.optimizer\.name='Adamm': expected a torch\.optim optimizer class"),
         (["train.optimizer.name=SGD", "train.optimizer.kwargs={betas: [0.9, 0.9]}"], r"^train\.optimizer\.kwargs \['betas'\] do not fit torch\.optim\.SGD"),
         (["+train.optimizer.kwargs.lr=0.1"], r"^train\.optimizer\.kwargs\.lr: the learning rate comes from train\.lr_ref"),

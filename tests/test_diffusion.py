@@ -67,6 +67,23 @@ def test_edm2_loss_with_exact_target_regresses_the_given_target():
     assert same.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
+def test_edm_weighting_drops_the_learned_uncertainty():
+    """weighting="edm": mean of lambda(sigma) (D - y)^2 (Karras et al. 2022), u(sigma) unused."""
+    y = torch.randn(4, 1, 2, 2)
+    loss = edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3), weighting="edm")
+    g = torch.Generator().manual_seed(3)
+    sigma = (torch.randn(4, generator=g) * 1.6 - 0.8).exp().double()
+    noise = torch.randn(y.shape, generator=g).double()
+    yd = y.double()
+    total = sum(
+        ((sigma[i] ** 2 + 0.25) / (sigma[i] * 0.5) ** 2 * (0.9 * (yd[i] + noise[i] * sigma[i]) - yd[i]) ** 2).sum().item()
+        for i in range(4)
+    )
+    assert loss.item() == pytest.approx(total / y.numel(), rel=1e-5)
+    with pytest.raises(ValueError, match="weighting='none'"):
+        edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, weighting="none")
+
+
 def test_learning_rate_schedule():
     ref = dict(ref_lr=0.01, ref_batches=70_000, batch_size=2048)
     ramp = 10 * 2**20

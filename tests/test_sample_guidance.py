@@ -116,6 +116,18 @@ def swapped(net, block, op):
 SIGMAS = [0.3, 2.5]
 
 
+
+def test_cfg_single_class_model_with_separate_unconditional_model(inputs):
+    """The paper's toy CFG: a label-free model of one class against an unconditional model."""
+    x, _ = inputs
+    single_class, uncond = tiny_net(6, label_dim=0), tiny_net(5, label_dim=0)
+    out = guided(single_class, [CFG(weight=1.7, unconditional=uncond)], None, x, 1.0)
+    ref = karras(d(single_class, x, 1.0, None), d(uncond, x, 1.0, None), 1.7)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="cfg needs a class-conditional model"):
+        GuidedDenoiser(single_class, [CFG(weight=1.7)], None)
+
+
 @pytest.mark.parametrize("sigma", SIGMAS)
 def test_cfg_null_label(net, inputs, sigma):
     x, labels = inputs

@@ -240,7 +240,7 @@ def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
     cpu = " ".join(CPU_JOB)
     result = subprocess.run(
         ["bash", str(SLURM / "chain.sh"), "--out", str(out), "--main", f"experiment=toy2d-main {tiny}",
-         "--guide", f"experiment=toy2d-guide {tiny}", "--main-std", "0.02", "--guide-std", "0.05", "--weight", "2",
+         "--guide", f"experiment=toy2d-guide {tiny}", "--main-std", "0.01", "--guide-std", "0.05", "--weight", "2",
          "--images", "10", "--images-per-task", "4", "--generate", "output.formats=[npz] sampler.num_steps=4 batch_size=4",
          "--train-sbatch", cpu, "--reconstruct-sbatch", cpu, "--generate-sbatch", cpu],
         env=job_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60,
@@ -262,7 +262,7 @@ def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
     assert started("generate") >= max(ended("reconstruct-main"), ended("reconstruct-guide"))
 
     models = {}
-    for role, std in (("main", 0.02), ("guide", 0.05)):
+    for role, std in (("main", 0.01), ("guide", 0.05)):
         [path] = (out / "models" / role).glob("*.safetensors")
         card = read_card(path)
         assert card["ema_std"] == pytest.approx(std)

@@ -27,6 +27,8 @@ def command(run_dir: Path) -> list[str]:
     return [
         sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "logger=none",
         f"run_dir={run_dir}", "net.width=16", "net.depth=2",
+        # class-conditional (both trees, labels) so that label dropout's randomness is resumed too
+        "data.classes=AB", "data.conditional=true", "net.label_dim=2",
         f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
         "train.lr_rampup_mi=0.001", "train.lr_ref_batches=20", "train.cond_drop_prob=0.1",
         f"train.checkpoint_kimg={kimg}", f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000",

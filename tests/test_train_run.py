@@ -68,7 +68,7 @@ def test_toy2d_run_scatter_and_rerun_continues(tmp_path):
     base = ["experiment=toy2d-main", "logger=none", "net.width=8", "net.depth=1", "callbacks.sample_grid.num_images=64"]
     train(make_config(base + tiny(run, batch=32, steps=4, checkpoint_steps=2)))
     assert [n for n, _ in list_checkpoints(run)] == [64, 128]
-    assert read_card(run / "final.safetensors")["network"]["arch"] == "mlp"
+    assert read_card(run / "final.safetensors")["network"]["arch"] == "energy_mlp"
     plot = Image.open(run / "samples" / "nimg-000000000128.png")
     assert plot.size[0] > 200 and plot.size[1] > 200
 

@@ -6,6 +6,8 @@ the selection (the minimum over a grid of noisy estimates) and biased high by th
 ``autoguide-eval`` on disjoint seeds (default 1000-1999: four times as many, none used in any
 sweep) into ``runs/heldout-<method>/metrics.json``; ``report.py`` shows both and judges the
 target on the held-out numbers. Finished methods are skipped, so rerunning resumes.
+``--prefix refine`` does the same for the 1,000-image sweeps of stage 6 (``runs/refine-*``), into
+``runs/heldout-refine-<method>``.
 
     python benchmarks/results/mnist/heldout.py --runs benchmarks/results/mnist/runs --seeds 1000-1999
 """
@@ -13,7 +15,9 @@ target on the held-out numbers. Finished methods are skipped, so rerunning resum
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,9 +32,34 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402  (this folder's module)
 
 
-def evaluate_pick(runs: Path, method: str, row: dict, seeds: str, classifier: Path) -> None:
-    """``autoguide-eval`` of one picked setting into ``runs/heldout-<method>``."""
-    out = runs / f"heldout-{method}"
+#: What makes two evaluations the same measurement (the output folder does not).
+SAME_MEASUREMENT = ("model", "guidance", "sampler", "seeds", "class_labels", "precision", "metrics", "seed_sets")
+
+
+def measurement(config: dict) -> dict:
+    """The ``SAME_MEASUREMENT`` part of an evaluation config (the metrics' cache folder aside)."""
+    settings = {k: config.get(k) for k in SAME_MEASUREMENT}
+    settings["metrics"] = {k: v for k, v in (settings["metrics"] or {}).items() if k != "cache_dir"}
+    return settings
+
+
+def same_measurement(cfg, out: Path) -> Path | None:
+    """Another ``heldout-*`` folder next to ``out`` whose finished evaluation is the same
+    measurement as ``cfg`` (the sampler is deterministic per seed, so its metrics are this
+    pick's), or None."""
+    wanted = measurement(OmegaConf.to_container(cfg, resolve=True))
+    for folder in sorted(out.parent.glob("heldout-*")):
+        config, metrics = folder / "evaluate.yaml", folder / "metrics.json"
+        if folder != out and metrics.is_file() and config.is_file():
+            if measurement(OmegaConf.to_container(OmegaConf.load(config), resolve=True)) == wanted:
+                return folder
+    return None
+
+
+def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> None:
+    """``autoguide-eval`` of one picked setting into ``out`` (``runs/heldout-[<prefix>-]<method>``);
+    an identical finished measurement in a sibling folder is copied instead of repeated."""
+    runs = out.parent
     overrides = [
         f"model={row['main_model']}", f"seeds={seeds}", f"class_labels={row['class_labels']}", "batch_size=250",
         "device=cpu", "progress=false", f"cache_dir={runs / 'cache'}", f"extractors.mnist.path={classifier}",
@@ -41,7 +70,16 @@ def evaluate_pick(runs: Path, method: str, row: dict, seeds: str, classifier: Pa
         cfg.sampler = OmegaConf.create(row["sampler"])
         cfg.guidance = OmegaConf.create({"kind": "none"} if method == "unguided" else row["guidance"])
     print(f"{method}: {OmegaConf.to_container(cfg.guidance)}", flush=True)
-    evaluate.run(cfg)
+    done = same_measurement(cfg, out)
+    if done is None:
+        evaluate.run(cfg)
+        return
+    print(f"{method}: the same measurement is {done}; copied", flush=True)
+    staging = Path(tempfile.mkdtemp(dir=runs, prefix=f".{out.name}."))
+    for name in ("evaluate.yaml", "metrics.json"):
+        shutil.copy2(done / name, staging / name)
+    (staging / "copied_from.txt").write_text(f"{done.name}\n")
+    staging.rename(out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -49,13 +87,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--seeds", default="1000-1999", help="held-out seeds (disjoint from the sweeps')")
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every finished one)")
+    parser.add_argument("--prefix", default="sweep", choices=["sweep", "refine"],
+                        help="whose picks: the stage-3 sweeps (sweep-*) or the 1,000-image ones (refine-*)")
     args = parser.parse_args(argv)
-    rows = report.collect(args.runs)
+    rows = report.collect(args.runs, args.prefix)
     for method in args.methods or list(rows):
         if method not in rows:
             raise SystemExit(f"method {method!r} has no finished sweep in {args.runs}; finished: {sorted(rows)}")
-        if not (args.runs / f"heldout-{method}" / "metrics.json").is_file():
-            evaluate_pick(args.runs, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors")
+        out = report.heldout_folder(args.runs, method, args.prefix)
+        if not (out / "metrics.json").is_file():
+            evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def sweep_folders(runs: Path, method: str) -> list[Path]:
-    """The finished sweep folders of ``method``: ``sweep-<method>``, and for autoguidance also
-    ``sweep-autoguidance-<guide>`` (one sweep per guide run)."""
-    pattern = f"sweep-{method}-*" if method == "autoguidance" else f"sweep-{method}"
-    folders = sorted(runs.glob(pattern)) + ([runs / f"sweep-{method}"] if method == "autoguidance" else [])
+def sweep_folders(runs: Path, method: str, prefix: str = "sweep") -> list[Path]:
+    """The finished sweep folders of ``method``: ``<prefix>-<method>``, and for autoguidance also
+    ``<prefix>-autoguidance-<guide>`` (one sweep per guide run). ``prefix``: ``sweep`` (stage 3)
+    or ``refine`` (stage 6, 1,000 images per setting)."""
+    pattern = f"{prefix}-{method}-*" if method == "autoguidance" else f"{prefix}-{method}"
+    folders = sorted(runs.glob(pattern)) + ([runs / f"{prefix}-{method}"] if method == "autoguidance" else [])
     return [f for f in folders if (f / "best.json").is_file()]
 
 
@@ -70,9 +71,9 @@ def guide_name(model: str) -> str:
     return Path(model).parent.parent.name if model else ""
 
 
-def sweep_row(runs: Path, method: str) -> dict[str, Any] | None:
+def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] | None:
     """The best row over the method's sweeps plus every setting tried, or None if none finished."""
-    folders = sweep_folders(runs, method)
+    folders = sweep_folders(runs, method, prefix)
     if not folders:
         return None
     tried = [
@@ -138,9 +139,15 @@ def sims_lines(runs: Path) -> list[str]:
     return lines + [""]
 
 
-def heldout(runs: Path, method: str) -> dict[str, Any] | None:
+def heldout_folder(runs: Path, method: str, prefix: str = "sweep") -> Path:
+    """Where ``heldout.py`` re-measures the pick of ``<prefix>-<method>``: ``heldout-<method>``
+    (stage 3 picks) or ``heldout-<prefix>-<method>``."""
+    return runs / (f"heldout-{method}" if prefix == "sweep" else f"heldout-{prefix}-{method}")
+
+
+def heldout(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] | None:
     """``heldout.py``'s re-measurement of a method's pick: metrics, seeds and image count."""
-    path = runs / f"heldout-{method}" / "metrics.json"
+    path = heldout_folder(runs, method, prefix) / "metrics.json"
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -149,14 +156,16 @@ def heldout(runs: Path, method: str) -> dict[str, Any] | None:
             "seconds": sum(s["seconds"] for s in report["sets"])}
 
 
-def collect(runs: Path) -> dict[str, dict[str, Any]]:
-    """Every finished method's pick (``sweep`` metrics) with its held-out re-measurement if any."""
-    rows = {m: sweep_row(runs, m) for m in METHODS if m != "sims"}
-    rows["sims"] = sims_row(runs)
+def collect(runs: Path, prefix: str = "sweep") -> dict[str, dict[str, Any]]:
+    """Every finished method's pick (``<prefix>-*`` sweep metrics) with its held-out
+    re-measurement if any; SIMS (its own compare) belongs to the ``sweep`` stage."""
+    rows = {m: sweep_row(runs, m, prefix) for m in METHODS if m != "sims"}
+    if prefix == "sweep":
+        rows["sims"] = sims_row(runs)
     rows = {m: r for m, r in rows.items() if r is not None}
     for method, row in rows.items():
         row["sweep_metrics"] = {m: row[m] for m in METRICS}
-        row["heldout"] = heldout(runs, method)
+        row["heldout"] = heldout(runs, method, prefix)
     return rows
 
 
@@ -165,15 +174,16 @@ def judged(row: dict[str, Any]) -> dict[str, float]:
     return row["heldout"] or row["sweep_metrics"]
 
 
-def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain sentences: the issue's target and every method that does not beat unguided FD."""
+def verdict(rows: dict[str, dict[str, Any]], stage: str = "") -> list[str]:
+    """Plain sentences: the issue's target and every method that does not beat unguided FD;
+    ``stage`` names which picks ``rows`` are (added to "on the ... FDs")."""
     lines = []
     base = rows.get("unguided")
     if base is None:
         return ["No unguided row yet."]
     ag, cfg = rows.get("autoguidance"), rows.get("cfg")
     held = all(r["heldout"] is not None for r in (base, ag, cfg) if r is not None)
-    where = "held-out" if held else "sweep (selection-biased)"
+    where = ("held-out" if held else "sweep (selection-biased)") + " FDs" + stage
     fd = (lambda r: judged(r)["fd_mnist"]) if held else (lambda r: r["sweep_metrics"]["fd_mnist"])
     if ag is not None:
         reduction = 1 - fd(ag) / fd(base)
@@ -182,7 +192,7 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
         met = "MET" if met_fd and met_cfg else "NOT MET"
         cfg_text = "no CFG row yet" if cfg is None else f"best CFG FD {fd(cfg):.2f}"
         lines.append(
-            f"**Target {met}** (on the {where} FDs). Autoguidance lowers FD by {100 * reduction:.1f}% against unguided "
+            f"**Target {met}** (on the {where}). Autoguidance lowers FD by {100 * reduction:.1f}% against unguided "
             f"(target >= {100 * TARGET_REDUCTION:.0f}%: {'yes' if met_fd else 'no'}) and "
             f"{'beats' if met_cfg else 'does not beat'} the best CFG ({cfg_text})."
         )
@@ -221,20 +231,13 @@ def tried_text(row: dict[str, Any]) -> str:
     return "; ".join(one(t) for t in row["tried"])
 
 
-def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
+def table_lines(rows: dict[str, dict[str, Any]], methods: Sequence[str]) -> list[str]:
+    """One table row per method: its pick, held-out metrics, FD change vs unguided, sweep FD and
+    every setting tried."""
     base = rows.get("unguided")
-    out = ["# MNIST-5k: guidance methods compared", "",
-           "Generated by `benchmarks/results/mnist/run.sh` (do not edit by hand; rerun it).", ""]
-    out += ["## Setup", ""] + [f"- {line}" for line in info["setup"]] + [""]
-    out += ["## Results", "",
-            "Best swept setting per method, chosen by FD (lower is better) on the sweep's seeds, then "
-            "re-measured once on held-out seeds (`heldout.py`). FD / precision / recall on the "
-            "penultimate features of the project's MNIST classifier, against all 5,000 MNIST-5k digits. "
-            "ΔFD is relative to unguided, on the held-out FDs. *Tried* lists "
-            "`weight[/guide EMA std/guide run@images]: sweep FD` of every setting.", "",
-            "| method | best setting | FD held-out | ΔFD | precision | recall | FD sweep | tried |",
-            "|---|---|---|---|---|---|---|---|"]
-    for method in METHODS:
+    out = ["| method | best setting | FD held-out | ΔFD | precision | recall | FD sweep | tried |",
+           "|---|---|---|---|---|---|---|---|"]
+    for method in methods:
         row = rows.get(method)
         if row is None:
             out.append(f"| {TITLES[method]} | not run | | | | | | |")
@@ -248,7 +251,43 @@ def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
             cells = [f"{held['fd_mnist']:.2f}", delta, f"{held['precision_mnist']:.3f}", f"{held['recall_mnist']:.3f}"]
         out.append(f"| {TITLES[method]} | {setting_text(row)} | {' | '.join(cells)} | "
                    f"{row['sweep_metrics']['fd_mnist']:.2f} | {tried_text(row)} |")
-    out += ["", "## Verdict", ""] + [f"- {line}" for line in verdict(rows)] + [""]
+    return out
+
+
+def target_rows_measured(rows: dict[str, dict[str, Any]]) -> bool:
+    """Whether unguided, CFG and autoguidance all have a held-out FD in ``rows``."""
+    return all(rows.get(m) is not None and rows[m]["heldout"] is not None for m in ("unguided", "cfg", "autoguidance"))
+
+
+def final_verdict(rows: dict[str, dict[str, Any]], refined: dict[str, dict[str, Any]]) -> list[str]:
+    """The verdict on the 1,000-image picks once their held-out FDs exist, else on stage 3's."""
+    if target_rows_measured(refined):
+        return verdict(refined, " of the 1,000-image picks")
+    return verdict(rows)
+
+
+def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
+    base = rows.get("unguided")
+    out = ["# MNIST-5k: guidance methods compared", "",
+           "Generated by `benchmarks/results/mnist/run.sh` (do not edit by hand; rerun it).", ""]
+    out += ["## Setup", ""] + [f"- {line}" for line in info["setup"]] + [""]
+    out += ["## Results", "",
+            "Best swept setting per method, chosen by FD (lower is better) on the sweep's seeds, then "
+            "re-measured once on held-out seeds (`heldout.py`). FD / precision / recall on the "
+            "penultimate features of the project's MNIST classifier, against all 5,000 MNIST-5k digits. "
+            "ΔFD is relative to unguided, on the held-out FDs. *Tried* lists "
+            "`weight[/guide EMA std/guide run@images]: sweep FD` of every setting.", "",
+            *table_lines(rows, METHODS)]
+    refined = info.get("refined") or {}
+    if refined:
+        out += ["", "## Target check with 1,000 images per setting", "",
+                "The 250-image sweep FDs above are dominated by their small-sample bias and reorder the methods "
+                "between sweep and held-out seeds, so the target's methods are swept once more (`run.sh` stage 6): "
+                f"unguided, CFG and the most promising autoguidance guides, 1,000 images per setting on seeds "
+                f"{next(iter(refined.values()))['seeds']} (selection), each pick re-measured on the held-out seeds. "
+                "*FD sweep* and *tried* are on the selection seeds.", "",
+                *table_lines(refined, [m for m in METHODS if m in refined])]
+    out += ["", "## Verdict", ""] + [f"- {line}" for line in final_verdict(rows, refined)] + [""]
     if base is not None:
         n = len(parse_seeds(base["seeds"]))
         held = base["heldout"]
@@ -277,12 +316,15 @@ def wall_times(runs: Path) -> dict[str, int]:
         if line.strip():
             name, seconds = line.split()
             times[name] = times.get(name, 0) + int(seconds)
-    for folder in sorted(runs.glob("sweep-*")):
+    for folder in sorted([*runs.glob("sweep-*"), *runs.glob("refine-*")]):
         if (folder / "sweep.csv").is_file():
             times[folder.name] = round(sum(float(r["seconds"]) for r in read_csv(folder / "sweep.csv")))
     for folder in sorted(runs.glob("heldout-*")):
+        if (folder / "copied_from.txt").is_file():
+            continue  # heldout.py copied an identical earlier measurement: no time of its own
         method = folder.name.removeprefix("heldout-")
-        row = heldout(runs, method)
+        prefix = "refine" if method.startswith("refine-") else "sweep"
+        row = heldout(runs, method.removeprefix("refine-"), prefix)
         if row is not None:
             times[folder.name] = round(row["seconds"])
     return times
@@ -359,13 +401,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--grid-seeds", type=int, default=3, help="seeds per class in each panel")
     args = parser.parse_args(argv)
     rows = collect(args.runs)
-    info: dict[str, Any] = {"setup": setup_lines(args.runs, rows), "wall": wall_times(args.runs), "runs": args.runs}
+    refined = collect(args.runs, "refine")
+    info: dict[str, Any] = {"setup": setup_lines(args.runs, rows), "wall": wall_times(args.runs), "runs": args.runs,
+                            "refined": refined}
     if args.grids and rows:
-        info["grids"] = sample_grids(rows, HERE / "grids.png", args.grid_seeds)
+        # the target's methods as picked with 1,000 images where that stage ran
+        info["grids"] = sample_grids({**rows, **refined}, HERE / "grids.png", args.grid_seeds)
     elif (HERE / "grids.png").is_file():
         info["grids"] = "(from the previous run with --grids 1)"
     results = {"target": {"fd_reduction_vs_unguided": TARGET_REDUCTION, "beat_best_cfg": True},
-               "verdict": verdict(rows), "rows": rows, **info}
+               "verdict": final_verdict(rows, refined), "rows": rows, **info}
     write_atomic(HERE / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     write_atomic(HERE / "results.md", markdown(rows, info))
     print((HERE / "results.md").read_text())

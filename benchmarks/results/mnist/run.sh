@@ -17,7 +17,10 @@
 #   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative, weight-space models) +
 #      python -m autoguide.sims.compare
 #   5. heldout.py: every method's pick re-measured on disjoint seeds 1000-1999
-#   6. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
+#   6. the target check with less selection noise: unguided, CFG and autoguidance (its most
+#      promising guides from stage 3) swept again with 1,000 images per setting on seeds
+#      2000-2999 (refine-*), each pick re-measured on the held-out seeds (heldout-refine-*)
+#   7. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
 # results.md is rewritten after every sweep, so the table grows as the stages finish.
 #
 # Sizes are environment variables; the defaults are the ones the committed table used
@@ -35,6 +38,7 @@ NUM_IMAGES="${NUM_IMAGES:-250}"           # images per evaluated setting (seeds 
 STEPS="${STEPS:-8}"                      # EDM Heun sampler steps (2 N - 1 network evaluations)
 MAIN_STD="${MAIN_STD:-0.10}"              # post-hoc EMA std of the main model (every row)
 HELDOUT_SEEDS="${HELDOUT_SEEDS:-1000-1999}" # re-measurement of every pick (disjoint from the sweeps)
+REFINE_SEEDS="${REFINE_SEEDS:-2000-2999}"   # stage 6 selection seeds (disjoint from both)
 SIMS_BUDGET_MI="${SIMS_BUDGET_MI:-0.00390625}"   # 4096 images of fine-tuning
 SIMS_IMAGES="${SIMS_IMAGES:-1000}"       # synthetic set size
 SIMS_OMEGAS="${SIMS_OMEGAS:-[0.5,1.0,1.5,2.0]}"
@@ -48,10 +52,11 @@ AG_T2_WEIGHTS="${AG_T2_WEIGHTS:-[2.5,3.0]}"           # the T/2 guide's FD still
 PERTURB_WEIGHTS="${PERTURB_WEIGHTS:-[1.5,2.5]}"     # PAG, SEG, ICG, TSG
 
 CLASSIFIER="$R/mnist-classifier.safetensors"
-COMMON=(
-  "seeds=0-$((NUM_IMAGES - 1))" class_labels=random "sampler.num_steps=$STEPS" batch_size=250
+SAMPLING=(
+  class_labels=random "sampler.num_steps=$STEPS" batch_size=250
   device=cpu progress=false "cache_dir=$R/cache" "extractors.mnist.path=$CLASSIFIER" metrics=mnist
 )
+COMMON=("seeds=0-$((NUM_IMAGES - 1))" "${SAMPLING[@]}")   # SIMS compare: the sweeps' seeds
 TRAIN=(logger=csv "paths.runs_dir=$R" train.checkpoint_kimg=2 '~callbacks.sample_grid')
 
 timed() {  # timed <name> <command...>: run, log to runs/logs/<name>.log, record wall seconds
@@ -82,10 +87,14 @@ train_guide
 wait "$main_pid"
 
 # 3. sweeps: sweep <name> <overrides...>; the table is rewritten after each one
+run_sweep() {  # run_sweep <stage: sweep|refine> <name> <seeds=...> <overrides...>, unless finished
+  local stage="$1" name="$2" seeds="$3"; shift 3
+  [ -f "$R/$stage-$name/best.json" ] || timed "$stage-$name" python -m autoguide.eval.sweep "main.run=$R/mnist-s-cfg" \
+    "grid.main_std=[$MAIN_STD]" "output.dir=$R/$stage-$name" "$seeds" "${SAMPLING[@]}" "$@"
+}
 sweep() {
   local name="$1"; shift
-  [ -f "$R/sweep-$name/best.json" ] || timed "sweep-$name" python -m autoguide.eval.sweep "main.run=$R/mnist-s-cfg" \
-    "grid.main_std=[$MAIN_STD]" "output.dir=$R/sweep-$name" "${COMMON[@]}" "$@"
+  run_sweep sweep "$name" "seeds=0-$((NUM_IMAGES - 1))" "$@"
   report
 }
 lane_a() {  # unguided and CFG first: the rows the target is measured against
@@ -124,9 +133,37 @@ lane_c & c_pid=$!
 status=0
 for pid in "$a_pid" "$b_pid" "$c_pid"; do wait "$pid" || status=1; done
 
-# 5. held-out re-measurement of every pick, 6. final table and the image grids
+# 5. held-out re-measurement of every pick
 [ "$status" = 0 ] || exit "$status"
 # (each evaluation's time is in its own report, runs/heldout-<method>/metrics.json)
 python benchmarks/results/mnist/heldout.py --runs "$R" --seeds "$HELDOUT_SEEDS" >>"$R/logs/heldout.log" 2>&1 \
   || { echo "heldout.py failed; see $R/logs/heldout.log" >&2; exit 1; }
+
+# 6. the target's methods again, 1,000 images per setting (selection noise of 250-image FDs
+#    reordered the methods), picks re-measured on the held-out seeds
+refine() {
+  local name="$1"; shift
+  run_sweep refine "$name" "seeds=$REFINE_SEEDS" "$@"
+}
+refine_lane_a() {
+  refine unguided guidance=cfg 'grid.weight=[1.0]'
+  refine cfg guidance=cfg "grid.weight=${REFINE_CFG_WEIGHTS:-[1.25,1.5]}"
+}
+refine_lane_b() {
+  refine autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' "grid.weight=${REFINE_AG_WEIGHTS:-[1.5,2.0,2.5]}"
+  # FD still fell from w 2 to 1.5 above: the same guide at w 1.25, and with the shorter EMA at w 1.5
+  refine autoguidance-xs-low guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.25]'
+  refine autoguidance-xs-ema05 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.05]' 'grid.weight=[1.5]'
+}
+refine_lane_a & refine_a_pid=$!
+refine_lane_b || status=1
+wait "$refine_a_pid" || status=1
+[ "$status" = 0 ] || exit "$status"
+python benchmarks/results/mnist/heldout.py --runs "$R" --seeds "$HELDOUT_SEEDS" --prefix refine >>"$R/logs/heldout.log" 2>&1 \
+  || { echo "heldout.py --prefix refine failed; see $R/logs/heldout.log" >&2; exit 1; }
+
+# 7. final tables and the image grids
 report 1

@@ -121,10 +121,11 @@ def markdown(meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping
         "metrics of `autoguide.eval.toy_metrics`: mean ground-truth log-density `toy_logp` (exact samples: "
         "about 1.35), share of outliers `toy_outliers` (below the 1% quantile of log p_A over exact samples, "
         "so exact samples score 1%), precision and recall (k = 3) against exact samples. "
-        "Main model: `toy2d-main` (class-conditional MLP, width 64, 16 Mi images at batch 4096, trained "
-        "against the exact posterior mean, as the paper's toy). "
-        "CFG negative: `toy2d-cfg` (width 32, T/8, unconditional, classes A and B: the paper's CFG negative). "
-        "Autoguidance guide: `toy2d-guide` (width 32) trained T/8, read at T/8 and at T/16. "
+        "Models as in the paper's toy: energy-parametrised MP-MLPs (`net=toy-energy`: the network outputs "
+        "log p, the denoiser is x + sigma^2 grad log p), 16 Mi samples at batch 4096, trained against the "
+        "exact posterior mean. Main model: `toy2d-main` (class A only, i.e. p(x | A), width 64). "
+        "CFG negative: `toy2d-cfg` (width 32, T/8, classes A and B without labels, i.e. p(x): the paper's "
+        "CFG negative). Autoguidance guide: `toy2d-guide` (class A, width 32) trained T/8, read at T/8 and at T/16. "
         "EMA lengths are rebuilt post hoc; `std` is the EMA's relative standard deviation; "
         "`guide` is `<run>@<nimg>`.",
         "",

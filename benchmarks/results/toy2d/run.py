@@ -7,14 +7,14 @@ Fig. 1) with one command, from the repository root:
 Every step is one of the project's own commands (``train.py``, ``autoguide.eval.sweep``, whose
 post-hoc EMAs come from ``autoguide.ema.reconstruct``); runs and sweeps go to ``runs/`` here.
 
-Headline (the issue's recipe, with the paper's toy schedule: 16 Mi images at batch 4096, regressing
-the exact posterior mean of the mixture, ``train.target=exact``):
-1. train the class-conditional main model (``experiment=toy2d-main``, width 64), the
-   unconditional CFG negative (``experiment=toy2d-cfg``: width 32, T/8, classes A and B, no
-   labels, as in the paper) and the autoguidance guide (``experiment=toy2d-guide``: width 32,
-   T/8, EMA snapshots every 128 kimg so that its EMAs can be rebuilt post hoc; its T/16 point is
-   read from the same run: the EDM2 learning rate depends on the image count only, so the first
-   half of a T/8 run is a T/16 run);
+Headline (the issue's recipe, built as the paper's toy: energy-parametrised MP-MLPs, 16 Mi samples
+at batch 4096, regressing the exact posterior mean of the mixture, ``train.target=exact``):
+1. train the main model of class A (``experiment=toy2d-main``: p(x | A), width 64), the
+   CFG negative (``experiment=toy2d-cfg``: p(x) over classes A and B, width 32, T/8, as in the
+   paper) and the autoguidance guide (``experiment=toy2d-guide``: class A, width 32, T/8, EMA
+   snapshots every 128 kimg so that its EMAs can be rebuilt post hoc; its T/16 point is read from
+   the same run: the EDM2 learning rate depends on the image count only, so the first half of a
+   T/8 run is a T/16 run);
 2. sweep with exact metrics of ``NUM_SEEDS`` class-A samples (the same seeds for every setting):
    the main EMA length unguided; CFG weight x EMA length of the negative; autoguidance weight x
    guide EMA length x guide training time;
@@ -58,16 +58,16 @@ import selection  # noqa: E402
 
 NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
 FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
-CLASS_A = 0
-MAIN_STDS = [0.02, 0.05]                    # the runs' snapshot EMA lengths
-NEGATIVE_STDS = [0.02, 0.05]                # EMA lengths of the CFG negative and of the guide
+MAIN_STDS = [0.01, 0.05]                    # the runs' snapshot EMA lengths (0.01: the paper's)
+NEGATIVE_STDS = [0.01, 0.05]                # EMA lengths of the CFG negative and of the guide
 CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0]
 AG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]
 VARIANT_WEIGHTS = [1.5, 2.0, 3.0, 4.0]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 COMMON = [f"paths.runs_dir={RUNS}", "logger=csv", "seed=0"]
-CONDITIONAL_A = [f"class_labels={CLASS_A}"]
+# The main model is p(x | A) (no labels): its samples are measured against class A's tree.
+CLASS_A = ["class_labels=none", "metrics.toy.classes=A"]
 TRAININGS = {
     "toy2d-main": ["experiment=toy2d-main"],
     "toy2d-cfg": ["experiment=toy2d-cfg"],
@@ -192,9 +192,9 @@ def cfg_negatives(run_dir: Path) -> tuple[int, dict[float, Path]]:
 def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
     """Unguided, CFG and autoguidance sweeps of the issue's recipe; returns the picks and rows."""
     main_run = runs["toy2d-main"]
-    unguided = sweep("unguided", [*CONDITIONAL_A, f"main.run={main_run}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
+    unguided = sweep("unguided", [*CLASS_A, f"main.run={main_run}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
     reference = selection.unguided_reference(unguided)
-    fixed_main = [*CONDITIONAL_A, f"main.run={main_run}", f"grid.main_std=[{reference['main_std']}]"]
+    fixed_main = [*CLASS_A, f"main.run={main_run}", f"grid.main_std=[{reference['main_std']}]"]
     cfg_rows = []
     negative_nimg, negatives = cfg_negatives(runs["toy2d-cfg"])
     for std, negative in negatives.items():
@@ -212,7 +212,7 @@ def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str,
 def variant(v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
     """One recipe variant's sweep, pick and target check against the headline's unguided reference."""
     rows = sweep(v.tag, [
-        *CONDITIONAL_A, f"main.run={runs['toy2d-main']}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
+        *CLASS_A, f"main.run={runs['toy2d-main']}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
         f"guides.times={listing(v.times)}", f"grid.guide_std={listing(v.stds)}", f"grid.weight={listing(v.weights)}",
         f"grid.interval={listing(v.intervals)}",
     ], steps)
@@ -221,8 +221,8 @@ def variant(v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], 
 
 
 def samples(row: Mapping[str, Any], kind: str) -> torch.Tensor:
-    """The first ``FIGURE_POINTS`` class-A samples of a sweep row's setting (the same seeds,
-    hence the same points, as in its evaluation)."""
+    """The first ``FIGURE_POINTS`` samples of a sweep row's setting (the same seeds, hence the
+    same points, as in its evaluation)."""
     from autoguide import load_denoiser
     from autoguide.sample import CFG, Autoguidance, generate_images
 
@@ -233,7 +233,7 @@ def samples(row: Mapping[str, Any], kind: str) -> torch.Tensor:
         terms = [Autoguidance(guide=negative, weight=float(row["weight"]))] if kind == "autoguidance" else [
             CFG(weight=float(row["weight"]), unconditional=negative)
         ]
-    return generate_images(net, range(FIGURE_POINTS), [CLASS_A] * FIGURE_POINTS, terms, batch_size=FIGURE_POINTS)
+    return generate_images(net, range(FIGURE_POINTS), None, terms, batch_size=FIGURE_POINTS)
 
 
 def make_figure(path: Path, picks: Mapping[str, Mapping[str, Any] | None]) -> None:

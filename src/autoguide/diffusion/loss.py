@@ -12,6 +12,11 @@ Weighted by ``1 / sigma^2`` this is the exact score-matching loss
 ``sigma^2 ||s_net - grad log p_sigma||^2`` that the autoguidance paper trains its toy models with
 (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", Sec. 3, Fig. 1),
 since ``D = x + sigma^2 s``.
+
+``weighting="edm"`` drops the learned uncertainty: ``L = lambda ||D - y||^2`` (Karras et al. 2022,
+eq. 2 / Table 1), which for ``sigma << sd`` is that score-matching loss. The learned ``u(sigma)``
+equalises the loss across noise levels; where targets are exact and the error concentrates at
+low noise (the toy) that moves the gradient to the levels that are already fitted.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ def edm2_loss(
     p_std: float,
     generator: torch.Generator | None = None,
     exact_target: ExactTarget | None = None,
+    weighting: str = "learned",
 ) -> torch.Tensor:
-    """Mean over batch and elements of ``lambda / exp(u) * (D - y)^2 + u``.
+    """Mean over batch and elements of ``lambda / exp(u) * (D - y)^2 + u`` (``weighting="learned"``)
+    or of ``lambda * (D - y)^2`` (``weighting="edm"``).
 
     Noise levels and noise come from ``generator`` (on the images' device) so training is
     reproducible from a seed. ``exact_target(x_noisy, sigma, labels)``, when given, replaces
@@ -57,5 +64,11 @@ def edm2_loss(
     target = images if exact_target is None else exact_target(noisy, sigma, labels)
     denoised, logvar = net(noisy, sigma, labels, return_logvar=True)
     weight = loss_weight(sigma, net.sigma_data).reshape(logvar.shape)
+    if weighting == "edm":
+        # 0 * u keeps the uncertainty head in the graph with zero gradient: DDP expects every
+        # parameter to take part in the loss.
+        return (weight * (denoised - target) ** 2).mean() + 0 * logvar.mean()
+    if weighting != "learned":
+        raise ValueError(f"weighting={weighting!r}: expected 'learned' or 'edm'")
     per_element = weight / logvar.exp() * (denoised - target) ** 2 + logvar
     return per_element.mean()

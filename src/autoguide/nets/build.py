@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from autoguide.nets.energy import EnergyDenoiser
 from autoguide.nets.mlp import MLP
 from autoguide.nets.precond import Precond
 from autoguide.nets.unet import UNet
@@ -16,6 +17,8 @@ UNET_KEYS = {
     "clip_act", "sigma_data", "logvar_channels",
 }
 MLP_KEYS = {"arch", "img_channels", "label_dim", "width", "depth", "label_balance", "sigma_data", "logvar_channels"}
+ENERGY_KEYS = {"arch", "img_channels", "label_dim", "width", "depth", "sigma_data", "logvar_channels"}
+ARCHS = ("unet", "mlp", "energy_mlp")
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
@@ -41,13 +44,15 @@ def validate_network_config(cfg: Mapping[str, Any]) -> None:
             )
     elif arch == "mlp":
         _check_keys(cfg, MLP_KEYS, {"img_channels", "label_dim"})
+    elif arch == "energy_mlp":
+        _check_keys(cfg, ENERGY_KEYS, {"img_channels", "label_dim"})
     else:
-        raise ValueError(f"network config: arch must be 'unet' or 'mlp', got {arch!r}")
+        raise ValueError(f"network config: arch must be one of {list(ARCHS)}, got {arch!r}")
     if int(cfg["label_dim"]) < 0:
         raise ValueError(f"network config: label_dim must be >= 0, got {cfg['label_dim']}")
 
 
-def build_network(cfg: Mapping[str, Any]) -> Precond:
+def build_network(cfg: Mapping[str, Any]) -> Precond | EnergyDenoiser:
     """Build the preconditioned denoiser described by ``cfg`` (see docs/interfaces.md)."""
     cfg = {k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v) for k, v in cfg.items()}
     validate_network_config(cfg)
@@ -58,6 +63,8 @@ def build_network(cfg: Mapping[str, Any]) -> Precond:
         sigma_data=float(cfg.get("sigma_data", 0.5)),
         logvar_channels=int(cfg.get("logvar_channels", 128)),
     )
+    if cfg["arch"] == "energy_mlp":
+        return EnergyDenoiser(width=int(cfg.get("width", 64)), depth=int(cfg.get("depth", 4)), **common)
     if cfg["arch"] == "mlp":
         backbone = MLP(
             dim=common["img_channels"],

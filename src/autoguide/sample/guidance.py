@@ -172,7 +172,9 @@ class SIMSNegative(Autoguidance):
 class CFG(GuidanceTerm):
     """Classifier-free guidance (Ho & Salimans 2022): the negative is the same model with the
     null label (all-zeros one-hot; needs a model trained with label dropout) or, if
-    ``unconditional`` is given, that separate unconditional model."""
+    ``unconditional`` is given, that separate unconditional model. With a separate model the
+    main model may also be a model of one class without labels: the autoguidance paper's toy
+    guides p(x | A), trained on class A alone, with p(x) trained on both classes."""
 
     weight: float
     unconditional: nn.Module | None = field(default=None, repr=False)
@@ -185,7 +187,8 @@ class CFG(GuidanceTerm):
 
     def validate(self, net: nn.Module, conditional: bool) -> None:
         super().validate(net, conditional)
-        _require_labels(net, conditional, "cfg")
+        if self.unconditional is None:
+            _require_labels(net, conditional, "cfg")
 
 
 @dataclass(frozen=True, kw_only=True)

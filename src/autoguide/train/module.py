@@ -36,7 +36,7 @@ import torch
 from autoguide.diffusion import edm2_loss, learning_rate
 from autoguide.diffusion.loss import ExactTarget
 from autoguide.nets import build_network
-from autoguide.train.optim import TARGETS, resolve_optimizer
+from autoguide.train.optim import LOSS_WEIGHTINGS, TARGETS, resolve_optimizer
 from autoguide.train.plan import MI
 
 CHECKPOINT_KEY = "autoguide_train"
@@ -60,6 +60,7 @@ class DiffusionModule(L.LightningModule):
         cond_drop_prob: probability of training a sample with the null label.
         target: ``data`` (regress the training sample) or ``exact`` (regress the exact
             ``E[y | y + n]`` from the datamodule's dataset's ``exact_denoiser``).
+        loss_weighting: ``learned`` (EDM2's uncertainty-weighted loss) or ``edm`` (fixed lambda).
         optimizer: ``{"name": <torch.optim class>, "kwargs": {...} or None}``
             (``resolve_optimizer``); default EDM2's Adam.
         seed: seeds the network initialisation and, with rank and image count, every step.
@@ -76,6 +77,7 @@ class DiffusionModule(L.LightningModule):
         P_std: float,
         cond_drop_prob: float = 0.0,
         target: str = "data",
+        loss_weighting: str = "learned",
         optimizer: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -91,6 +93,9 @@ class DiffusionModule(L.LightningModule):
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: expected one of {TARGETS}")
         self.target = target
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={loss_weighting!r}: expected one of {LOSS_WEIGHTINGS}")
+        self.loss_weighting = loss_weighting
         self._exact_target: ExactTarget | None = None  # set by on_fit_start for target="exact"
         self.optimizer_cls, self.optimizer_kwargs = resolve_optimizer(optimizer)
         self.seed = int(seed)
@@ -129,7 +134,8 @@ class DiffusionModule(L.LightningModule):
         torch.manual_seed(step_seed(self.seed, self.global_rank, self.nimg + self._step_images))
         self._step_images += images.shape[0] * self.trainer.world_size
         loss = edm2_loss(
-            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target
+            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target,
+            weighting=self.loss_weighting,
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         return loss

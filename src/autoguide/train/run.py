@@ -165,6 +165,7 @@ def train(cfg: DictConfig) -> Path:
         P_std=train_cfg.P_std,
         cond_drop_prob=train_cfg.cond_drop_prob,
         target=train_cfg.target,
+        loss_weighting=train_cfg.loss_weighting,
         optimizer=OmegaConf.to_container(train_cfg.optimizer, resolve=True),
         seed=cfg.seed,
     )

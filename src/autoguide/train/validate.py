@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.nets import validate_network_config
-from autoguide.train.optim import TARGETS, resolve_optimizer
+from autoguide.train.optim import LOSS_WEIGHTINGS, TARGETS, resolve_optimizer
 from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images
 
 MANAGED_TRAINER_KEYS = {
@@ -30,6 +30,8 @@ MANAGED_TRAINER_KEYS = {
     "default_root_dir": "run_dir",
     "plugins": "autoguide's atomic checkpoint plugin",
 }
+#: Network architectures that take vectors [N, dim] (the 2D toy) rather than images.
+VECTOR_ARCHS = ("mlp", "energy_mlp")
 INTERVAL_KEYS = ("log_kimg", "checkpoint_kimg", "sample_kimg", "snapshot_kimg")
 
 
@@ -56,6 +58,8 @@ def check_train(train: Mapping[str, Any]) -> None:
     _number(train, "cond_drop_prob", 0, 1, high_open=True)
     if train.get("target", "data") not in TARGETS:
         raise ConfigError(f"train.target={train.get('target')!r}: expected one of {list(TARGETS)}")
+    if train.get("loss_weighting", "learned") not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"train.loss_weighting={train.get('loss_weighting')!r}: expected one of {list(LOSS_WEIGHTINGS)}")
     try:
         resolve_optimizer(train.get("optimizer"))
     except ValueError as error:
@@ -104,10 +108,10 @@ def check_against_data(net: Mapping[str, Any], data_name: str, info: Mapping[str
     """The network takes the data's samples and labels (``info`` from
     ``DiffusionDataModule.dataset_info``)."""
     where = f"data {data_name!r}"
-    if net.get("arch") == "mlp":
+    if net.get("arch") in VECTOR_ARCHS:
         if info["img_resolution"] != 0:
             raise ConfigError(
-                f"net.arch='mlp' takes vectors, but {where} has {info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
+                f"net.arch={net['arch']!r} takes vectors, but {where} has {info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
             )
     elif int(net["img_resolution"]) != info["img_resolution"]:
         got = "2D points" if info["img_resolution"] == 0 else f"{info['img_resolution']}x{info['img_resolution']} images"
