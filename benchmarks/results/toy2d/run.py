@@ -20,8 +20,9 @@ at batch 4096, regressing the exact posterior mean of the mixture, ``train.targe
    guide EMA length x guide training time;
 3. pick each method's setting by the rule of ``selection.py``.
 
-Recipe variants (same rule, smaller grids): a width-16 guide (T/8); the main run itself read
-early as the guide (width 64, less training only); guidance only at low noise levels.
+Recipe variants (same rule, smaller grids): a width-16 guide (T/8); a width-32 guide trained to
+T/4; the main run itself read early as the guide (width 64, less training only); guidance only at
+low noise levels.
 
 Writes ``results.json``, ``results.md`` and ``fig1.png`` (``report.py``, ``figure.py``).
 Torch runs single-threaded (``OMP_NUM_THREADS=1``): for this tiny MLP on a shared 2-core machine
@@ -73,6 +74,7 @@ TRAININGS = {
     "toy2d-cfg": ["experiment=toy2d-cfg"],
     "toy2d-guide": ["experiment=toy2d-guide"],
     "guide-w16": ["experiment=toy2d-guide", "net.width=16"],
+    "guide-t4": ["experiment=toy2d-guide", "train.duration_fraction=0.25"],
 }
 SWEEP = [
     sys.executable, "-m", "autoguide.eval.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
@@ -97,6 +99,8 @@ class Variant:
 
 VARIANTS = [
     Variant("v-w16", "guide width 16, read at T/16 and T/8", "guide-w16", ["0.5", "null"]),
+    Variant("v-t4", "guide width 32 trained longer: read at T/8 and T/4", "guide-t4", ["0.5", "null"],
+            stds=(0.01,), weights=(1.5, 1.75, 2.0, 2.5)),
     Variant("v-w64", "guide = the main run itself read early (width 64, less training only): T/16, T/8, T/4", "toy2d-main",
             ["0.0625", "0.125", "0.25"]),
     Variant("v-interval", "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]", "toy2d-guide",
