@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 ExactTarget = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+LOSS_WEIGHTINGS = ("learned", "edm")
+"""``learned``: EDM2's ``lambda / exp(u) (D - y)^2 + u``; ``edm``: ``lambda (D - y)^2``."""
 
 
 def sample_sigma(n: int, p_mean: float, p_std: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -57,6 +59,8 @@ def edm2_loss(
     reproducible from a seed. ``exact_target(x_noisy, sigma, labels)``, when given, replaces
     ``y`` by the exact ``E[y | x_noisy]`` of the data distribution.
     """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}: expected one of {LOSS_WEIGHTINGS}")
     n = images.shape[0]
     sigma = sample_sigma(n, p_mean, p_std, generator, images.device)
     noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.reshape((-1,) + (1,) * (images.ndim - 1))
@@ -68,7 +72,5 @@ def edm2_loss(
         # 0 * u keeps the uncertainty head in the graph with zero gradient: DDP expects every
         # parameter to take part in the loss.
         return (weight * (denoised - target) ** 2).mean() + 0 * logvar.mean()
-    if weighting != "learned":
-        raise ValueError(f"weighting={weighting!r}: expected 'learned' or 'edm'")
     per_element = weight / logvar.exp() * (denoised - target) ** 2 + logvar
     return per_element.mean()

@@ -13,7 +13,7 @@ With the learned gain ``g = 0`` at initialisation the density is the Gaussian N(
 and ``D`` is the EDM skip connection ``sd^2 / (sigma^2 + sd^2) x``. ``c`` is the one-hot label
 scaled by ``sqrt(label_dim)`` (unit magnitude; all zeros = the null label), absent when
 ``label_dim = 0``. The EDM2 uncertainty head ``u(sigma)`` is the same as :class:`Precond`'s, so the
-model trains with the same learned loss weighting (``autoguide.diffusion.loss``).
+model trains with either loss weighting of ``autoguide.diffusion.loss`` (``train.loss_weighting``).
 
 The score is obtained by automatic differentiation, also under ``torch.no_grad`` / inference mode
 (sampling); during training the gradient graph is kept (``create_graph``) so that the loss can be
@@ -100,7 +100,7 @@ class EnergyDenoiser(nn.Module):
         shape = x.shape
         keep_graph = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            # Inference-mode tensors cannot enter autograd; outside training a detached clone is used.
+            # Inference-mode tensors cannot enter autograd: clone them outside inference mode.
             flat, sigma, labels = (t.clone() if t is not None and t.is_inference() else t for t in self._inputs(x, sigma, labels))
             point = flat if keep_graph and flat.requires_grad else flat.detach().requires_grad_(True)
             log_p = self._log_density(point, sigma, labels)

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from autoguide.diffusion import edm2_loss, learning_rate
-from autoguide.diffusion.loss import ExactTarget
+from autoguide.diffusion.loss import LOSS_WEIGHTINGS, ExactTarget
 from autoguide.nets import build_network
-from autoguide.train.optim import LOSS_WEIGHTINGS, TARGETS, resolve_optimizer
+from autoguide.train.optim import TARGETS, resolve_optimizer
 from autoguide.train.plan import MI
 
 CHECKPOINT_KEY = "autoguide_train"

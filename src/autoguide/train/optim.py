@@ -1,5 +1,5 @@
 """Training choices that configs name and that are checked before Lightning is imported: the
-optimizer (any ``torch.optim`` class), the loss target and the loss weighting.
+optimizer (any ``torch.optim`` class) and the loss target.
 
 EDM2 (Karras et al. 2024) trains with Adam, betas (0.9, 0.99), eps 1e-8; the learning rate is
 never part of the optimizer's arguments because the EDM2 schedule sets it before every step.
@@ -17,9 +17,6 @@ EDM2_ADAM_KWARGS = {"betas": (0.9, 0.99), "eps": 1e-8}
 DEFAULT_OPTIMIZER = {"name": "Adam", "kwargs": EDM2_ADAM_KWARGS}
 TARGETS = ("data", "exact")
 """Loss targets: the training sample, or the data's exact posterior mean (closed-form data only)."""
-LOSS_WEIGHTINGS = ("learned", "edm")
-"""Loss weightings: EDM2's ``lambda(sigma) / exp(u(sigma))`` with the learned uncertainty ``u``
-(plus ``u``), or EDM's fixed ``lambda(sigma)`` alone (``autoguide.diffusion.loss``)."""
 
 
 def resolve_optimizer(spec: Mapping[str, Any] | None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

@@ -13,8 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.diffusion.loss import LOSS_WEIGHTINGS
 from autoguide.nets import validate_network_config
-from autoguide.train.optim import LOSS_WEIGHTINGS, TARGETS, resolve_optimizer
+from autoguide.train.optim import TARGETS, resolve_optimizer
 from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images
 
 MANAGED_TRAINER_KEYS = {
