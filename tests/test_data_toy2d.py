@@ -9,6 +9,7 @@ import torch
 from scipy.special import logsumexp, softmax
 from scipy.stats import multivariate_normal
 
+from autoguide.data import toy2d
 from autoguide.data.toy2d import ExactToyDenoiser, Toy2DDataset, toy_mixture
 
 ORIGIN = np.array([0.0030, 0.0325])
@@ -147,6 +148,19 @@ def test_per_row_sigma_matches_scalar_sigma(ab, points):
     per_row = ab.denoise(points, sigmas)
     for i, s in enumerate(sigmas):
         torch.testing.assert_close(per_row[i], ab.denoise(points[i : i + 1], s.item())[0])
+
+
+def test_chunking_does_not_change_results(ab, monkeypatch):
+    """Rows are evaluated in cache-sized chunks on the CPU (CHUNK rows elsewhere); any chunking
+    gives the same log-density, score and denoiser."""
+    x = ab.sample(300, torch.Generator().manual_seed(4))
+    sigma = torch.linspace(0.01, 2.0, 300, dtype=torch.float64)
+    assert ab.rows_per_chunk(torch.device("cpu")) == max(1, toy2d.CPU_CHUNK_ELEMENTS // len(ab.weights))
+    assert ab.rows_per_chunk(torch.device("meta")) == toy2d.CHUNK
+    chunked = (ab.log_prob(x, sigma), ab.score(x, sigma), ab.denoise(x, sigma))
+    monkeypatch.setattr(toy2d, "CPU_CHUNK_ELEMENTS", 7 * len(ab.weights))  # 7 rows: a ragged last chunk
+    for got, expected in zip((ab.log_prob(x, sigma), ab.score(x, sigma), ab.denoise(x, sigma)), chunked):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_samples_follow_the_mixture(ab):
