@@ -6,7 +6,9 @@ features (``autoguide-sweep``'s ``best.json``; SIMS: ``python -m autoguide.sims.
 ``compare.json``; autoguidance: the best of every ``sweep-autoguidance*`` folder, one per guide
 run). "Unguided" is the ``w = 1`` point. ``heldout.py`` then re-measures each pick on disjoint,
 larger seed sets (``runs/heldout-<method>/metrics.json``); where those exist they are the
-numbers the table ranks and the target is judged on. The FD change is
+numbers the table ranks and the target is judged on. Stage 6 of ``run.sh`` sweeps the target's
+methods again with 1,000 images per setting (``refine-*``, picks re-measured into
+``heldout-refine-<method>``); once those three held-out FDs exist the verdict uses them. The FD change is
 ``(FD_method - FD_unguided) / FD_unguided``. The issue's target: autoguidance lowers FD by at
 least 30% against unguided and beats the best CFG row.
 
