@@ -5,7 +5,8 @@ the selection (the minimum over a grid of noisy estimates) and biased high by th
 (FD grows like 1/N at a fixed distribution). This script evaluates each pick once more with
 ``autoguide-eval`` on disjoint seeds (default 1000-1999: four times as many, none used in any
 sweep) into ``runs/heldout-<method>/metrics.json``; ``report.py`` shows both and judges the
-target on the held-out numbers. Finished methods are skipped, so rerunning resumes.
+target on the held-out numbers. A method whose pick was already measured is skipped, so
+rerunning resumes; one whose pick changed (more sweeps finished) is measured again.
 ``--prefix refine`` does the same for the 1,000-image sweeps of stage 6 (``runs/refine-*``), into
 ``runs/heldout-refine-<method>``.
 
@@ -21,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autoguide.eval import evaluate
 from autoguide.eval.app import compose_config
@@ -43,22 +44,25 @@ def measurement(config: dict) -> dict:
     return settings
 
 
-def same_measurement(cfg, out: Path) -> Path | None:
-    """Another ``heldout-*`` folder next to ``out`` whose finished evaluation is the same
-    measurement as ``cfg`` (the sampler is deterministic per seed, so its metrics are this
-    pick's), or None."""
-    wanted = measurement(OmegaConf.to_container(cfg, resolve=True))
+def measurement_of(folder: Path) -> dict | None:
+    """The measurement a finished evaluation folder holds, or None if it has not finished."""
+    config, metrics = folder / "evaluate.yaml", folder / "metrics.json"
+    if not (metrics.is_file() and config.is_file()):
+        return None
+    return measurement(OmegaConf.to_container(OmegaConf.load(config), resolve=True))
+
+
+def same_measurement(wanted: dict, out: Path) -> Path | None:
+    """Another ``heldout-*`` folder next to ``out`` whose finished evaluation is the measurement
+    ``wanted`` (the sampler is deterministic per seed, so its metrics are this pick's), or None."""
     for folder in sorted(out.parent.glob("heldout-*")):
-        config, metrics = folder / "evaluate.yaml", folder / "metrics.json"
-        if folder != out and metrics.is_file() and config.is_file():
-            if measurement(OmegaConf.to_container(OmegaConf.load(config), resolve=True)) == wanted:
-                return folder
+        if folder != out and measurement_of(folder) == wanted:
+            return folder
     return None
 
 
-def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> None:
-    """``autoguide-eval`` of one picked setting into ``out`` (``runs/heldout-[<prefix>-]<method>``);
-    an identical finished measurement in a sibling folder is copied instead of repeated."""
+def pick_config(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> DictConfig:
+    """The ``autoguide-eval`` config that measures one picked setting into ``out``."""
     runs = out.parent
     overrides = [
         f"model={row['main_model']}", f"seeds={seeds}", f"class_labels={row['class_labels']}", "batch_size=250",
@@ -69,13 +73,39 @@ def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Pat
     with open_dict(cfg):
         cfg.sampler = OmegaConf.create(row["sampler"])
         cfg.guidance = OmegaConf.create({"kind": "none"} if method == "unguided" else row["guidance"])
+    return cfg
+
+
+def supersede(out: Path) -> Path:
+    """Move the finished measurement of an earlier pick out of the way, to
+    ``runs/superseded/<name>-<n>`` (kept, but no longer read by ``report.py``)."""
+    parent = out.parent / "superseded"
+    parent.mkdir(exist_ok=True)
+    n = 1
+    while (parent / f"{out.name}-{n}").exists():
+        n += 1
+    return out.rename(parent / f"{out.name}-{n}")
+
+
+def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> None:
+    """``autoguide-eval`` of one picked setting into ``out`` (``runs/heldout-[<prefix>-]<method>``),
+    unless ``out`` already holds that measurement. A finished measurement of another setting (the
+    pick changed after more sweeps finished) is superseded; an identical finished measurement in
+    a sibling folder is copied instead of repeated."""
+    cfg = pick_config(out, method, row, seeds, classifier)
+    wanted = measurement(OmegaConf.to_container(cfg, resolve=True))
+    held = measurement_of(out)
+    if held == wanted:
+        return
+    if held is not None:
+        print(f"{method}: the pick changed; {out.name} moved to {supersede(out)}", flush=True)
     print(f"{method}: {OmegaConf.to_container(cfg.guidance)}", flush=True)
-    done = same_measurement(cfg, out)
+    done = same_measurement(wanted, out)
     if done is None:
         evaluate.run(cfg)
         return
     print(f"{method}: the same measurement is {done}; copied", flush=True)
-    staging = Path(tempfile.mkdtemp(dir=runs, prefix=f".{out.name}."))
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     for name in ("evaluate.yaml", "metrics.json"):
         shutil.copy2(done / name, staging / name)
     (staging / "copied_from.txt").write_text(f"{done.name}\n")
@@ -95,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if method not in rows:
             raise SystemExit(f"method {method!r} has no finished sweep in {args.runs}; finished: {sorted(rows)}")
         out = report.heldout_folder(args.runs, method, args.prefix)
-        if not (out / "metrics.json").is_file():
-            evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors")
+        evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def sweep_folders(runs: Path, method: str, prefix: str = "sweep") -> list[Path]:
-    """The finished sweep folders of ``method``: ``<prefix>-<method>``, and for autoguidance also
-    ``<prefix>-autoguidance-<guide>`` (one sweep per guide run). ``prefix``: ``sweep`` (stage 3)
-    or ``refine`` (stage 6, 1,000 images per setting)."""
-    pattern = f"{prefix}-{method}-*" if method == "autoguidance" else f"{prefix}-{method}"
-    folders = sorted(runs.glob(pattern)) + ([runs / f"{prefix}-{method}"] if method == "autoguidance" else [])
+    """The finished sweep folders of ``method``: ``<prefix>-<method>`` and ``<prefix>-<method>-<part>``
+    (e.g. one autoguidance sweep per guide run, or more weights added to a grid later).
+    ``prefix``: ``sweep`` (stage 3) or ``refine`` (stage 6, 1,000 images per setting)."""
+    folders = [runs / f"{prefix}-{method}", *sorted(runs.glob(f"{prefix}-{method}-*"))]
     return [f for f in folders if (f / "best.json").is_file()]
+
+
+def interval(lo: Any, hi: Any) -> list[float] | None:
+    """A guidance interval ``[sigma_lo, sigma_hi]`` from a sweep row's cells (None or "": always)."""
+    return None if lo in (None, "") else [float(lo), float(hi)]
+
+
+def interval_text(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f", sigma in ({bounds[0]:g}, {bounds[1]:g}]"
 
 
 def guide_name(model: str) -> str:
@@ -81,6 +90,7 @@ def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] 
     tried = [
         {"weight": float(r["weight"]), "main_std": float(r["main_std"]), "guide_std": None if r["guide_std"] == "" else float(r["guide_std"]),
          "guide_nimg": None if r["guide_nimg"] == "" else int(r["guide_nimg"]), "guide_run": guide_name(r["guide_model"]),
+         "interval": interval(r.get("interval_lo"), r.get("interval_hi")),
          **{m: float(r[m]) for m in METRICS}, "seconds": float(r["seconds"])}
         for folder in folders for r in read_csv(folder / "sweep.csv")
     ]
@@ -89,10 +99,12 @@ def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] 
     config = yaml.safe_load((folder / "sweep.yaml").read_text())
     guidance = dict(config["guidance"])
     guidance["weight"] = float(best["weight"])
+    guidance["interval"] = interval(best.get("interval_lo"), best.get("interval_hi"))
     if best.get("guide_model"):
         guidance["model"] = best["guide_model"]
     return {
-        "method": method, "weight": float(best["weight"]), "guide_std": best.get("guide_std"),
+        "method": method, "weight": float(best["weight"]), "guide_std": best.get("guide_std"), "interval": guidance["interval"],
+        "main_std": float(best["main_std"]), "main_stds_tried": sorted({t["main_std"] for t in tried}),
         "main_model": best["main_model"], "main_nimg": best["main_nimg"], "guide_model": best.get("guide_model"),
         "guide_nimg": best.get("guide_nimg"), **{m: float(best[m]) for m in METRICS},
         "guidance": guidance, "tried": tried, "sampler": config["sampler"], "seeds": config["seeds"],
@@ -208,29 +220,31 @@ def verdict(rows: dict[str, dict[str, Any]], stage: str = "") -> list[str]:
 
 
 def setting_text(row: dict[str, Any]) -> str:
+    main = f"main EMA {row['main_std']:g}" if len(row.get("main_stds_tried", [])) > 1 else ""
     if row["method"] == "unguided":
-        return "w = 1"
+        return main or "w = 1"
     if row["method"] == "sims":
         return f"omega {row['omega']:g} (w {row['weight']:g}), budget {row['budget_nimg']} img, neg. EMA {row['ema_std']}"
     text = f"w {row['weight']:g}"
     if row.get("guide_std") is not None:
         text += f", guide `{guide_name(row['guide_model'])}` @ {row['guide_nimg']} img, EMA {row['guide_std']:g}"
-    return text
+    return text + interval_text(row.get("interval")) + (f", {main}" if main else "")
 
 
 def tried_text(row: dict[str, Any]) -> str:
-    main_stds = {t.get("main_std") for t in row["tried"]}
-
+    """Every setting tried with its sweep FD, best first; the main EMA is named where it is not the pick's."""
     def one(t: dict[str, Any]) -> str:
         if "omega" in t:
             return f"omega {t['omega']:g}: {t['fd_mnist']:.1f}"
-        key = f"{t['weight']:g}" + (f" (main EMA {t['main_std']:g})" if len(main_stds) > 1 else "")
+        other_main = t.get("main_std") not in (None, row.get("main_std"))
+        key = f"{t['weight']:g}" + (f" (main EMA {t['main_std']:g})" if other_main else "")
         if t.get("guide_std") is not None:
             key += f"/{t['guide_std']:g}"
         if t.get("guide_run"):
             key += f"/{t['guide_run'].removeprefix('mnist-').removesuffix('-cfg')}@{t['guide_nimg']}"
+        key += interval_text(t.get("interval"))
         return f"{key}: {t['fd_mnist']:.1f}"
-    return "; ".join(one(t) for t in row["tried"])
+    return "; ".join(one(t) for t in sorted(row["tried"], key=lambda t: t["fd_mnist"]))
 
 
 def table_lines(rows: dict[str, dict[str, Any]], methods: Sequence[str]) -> list[str]:
@@ -278,15 +292,18 @@ def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
             "re-measured once on held-out seeds (`heldout.py`). FD / precision / recall on the "
             "penultimate features of the project's MNIST classifier, against all 5,000 MNIST-5k digits. "
             "ΔFD is relative to unguided, on the held-out FDs. *Tried* lists "
-            "`weight[/guide EMA std/guide run@images]: sweep FD` of every setting.", "",
+            "`weight[ (main EMA, where not the pick's)][/guide EMA std/guide run@images][, sigma interval]: sweep FD` "
+            "of every setting, best first.", "",
             *table_lines(rows, METHODS)]
     refined = info.get("refined") or {}
     if refined:
         out += ["", "## Target check with 1,000 images per setting", "",
                 "The 250-image sweep FDs above are dominated by their small-sample bias and reorder the methods "
                 "between sweep and held-out seeds, so the target's methods are swept once more (`run.sh` stage 6): "
-                f"unguided, CFG and the most promising autoguidance guides, 1,000 images per setting on seeds "
-                f"{next(iter(refined.values()))['seeds']} (selection), each pick re-measured on the held-out seeds. "
+                f"unguided, CFG and autoguidance, 1,000 images per setting on seeds "
+                f"{next(iter(refined.values()))['seeds']} (selection): around each stage-3 pick (weight, main EMA, "
+                "guidance interval, for CFG and autoguidance alike) and, for autoguidance, the other guides "
+                "(guide size, training time and EMA); each pick re-measured on the held-out seeds. "
                 "*FD sweep* and *tried* are on the selection seeds.", "",
                 *table_lines(refined, [m for m in METHODS if m in refined])]
     out += ["", "## Verdict", ""] + [f"- {line}" for line in final_verdict(rows, refined)] + [""]
@@ -385,7 +402,7 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
         # image i = seed i, class i % 10: row = class, column = i // 10
         panel = grid.reshape(seeds_per_class, 10, h, w).permute(1, 2, 0, 3).reshape(10 * h, seeds_per_class * w)
         ax.imshow(panel.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{TITLES[method]}\n{setting_text(row)}\nFD {judged(row)['fd_mnist']:.1f}", fontsize=8)
+        ax.set_title(f"{TITLES[method]}\n{textwrap.fill(setting_text(row), 30)}\nFD {judged(row)['fd_mnist']:.1f}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".grids.", suffix=".png")

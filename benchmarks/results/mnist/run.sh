@@ -8,7 +8,8 @@
 #   1. train the MNIST feature classifier (FD / precision / recall features)
 #   2. train the main model mnist-s-cfg (mnist-s + label dropout 0.1: the default recipe, 33.6 k
 #      images) and the autoguidance guide mnist-xs-guide-cfg (XS, trained to T/2 with snapshots
-#      every 512 images, so that it is read post hoc at T/8, T/4 and T/2)
+#      every 512 images, so that it is read post hoc at T/8, T/4 and T/2), then the same guide
+#      continued to T in its own folder mnist-xs-guide-cfg-full (a guide with less capacity only)
 #   3. one sweep per guidance method with autoguide-sweep (FD-selected), on the same seeds,
 #      random class per seed, the same sampler; unguided = the w = 1 point. Autoguidance has
 #      four sweeps: the XS guide at T/8, T/4, T/2; the main run itself read at T/8 and T/4 (an
@@ -17,9 +18,11 @@
 #   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative, weight-space models) +
 #      python -m autoguide.sims.compare
 #   5. heldout.py: every method's pick re-measured on disjoint seeds 1000-1999
-#   6. the target check with less selection noise: unguided, CFG and autoguidance (its most
-#      promising guides from stage 3) swept again with 1,000 images per setting on seeds
-#      2000-2999 (refine-*), each pick re-measured on the held-out seeds (heldout-refine-*)
+#   6. the target check with less selection noise: unguided, CFG and autoguidance swept again
+#      with 1,000 images per setting on seeds 2000-2999 (refine-*): around each pick of stage 3
+#      (weights, main EMA, guidance interval) and, for autoguidance, the other guides (XS at T,
+#      T/2, T/4, T/8; S at T/4; guide EMA 0.05 / 0.1 / 0.15); each pick re-measured on the
+#      held-out seeds (heldout-refine-*)
 #   7. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
 # results.md is rewritten after every sweep, so the table grows as the stages finish.
 #
@@ -82,8 +85,20 @@ train_guide() {
   [ -f "$R/mnist-xs-guide-cfg/final.safetensors" ] || timed train-guide python train.py experiment=mnist-xs-guide-cfg "${TRAIN[@]}" \
     "train.duration_fraction=$GUIDE_FRACTION" train.snapshot_kimg=0.5
 }
+train_guide_full() {  # the same XS guide continued from T/2 to T (less capacity, the main's training time):
+  # a copy of the T/2 run's snapshots and newest checkpoint, resumed in its own folder
+  local src="$R/mnist-xs-guide-cfg" dst="$R/mnist-xs-guide-cfg-full"
+  [ -f "$dst/final.safetensors" ] && return 0
+  if [ ! -d "$dst" ]; then
+    rm -rf "$dst.partial" && mkdir -p "$dst.partial/checkpoints" && cp -r "$src/phema" "$dst.partial/" \
+      && cp "$(ls "$src"/checkpoints/nimg-*.ckpt | tail -1)" "$dst.partial/checkpoints/" && mv "$dst.partial" "$dst"
+  fi
+  timed train-guide-full python train.py experiment=mnist-xs-guide-cfg name=mnist-xs-guide-cfg-full "${TRAIN[@]}" \
+    "train.duration_fraction=$MAIN_FRACTION" train.snapshot_kimg=0.5
+}
 train_main & main_pid=$!
 train_guide
+train_guide_full
 wait "$main_pid"
 
 # 3. sweeps: sweep <name> <overrides...>; the table is rewritten after each one
@@ -148,15 +163,40 @@ refine() {
 refine_lane_a() {
   refine unguided guidance=cfg 'grid.weight=[1.0]'
   refine cfg guidance=cfg "grid.weight=${REFINE_CFG_WEIGHTS:-[1.25,1.5]}"
+  # the same search around each method's pick: main EMA, finer weights, a guidance interval
+  # ((0.28, 5.42], the guidance-interval paper's EDM2 range) for CFG and autoguidance alike
+  refine unguided-std15 guidance=cfg 'grid.weight=[1.0]' 'grid.main_std=[0.15]'
+  refine cfg-fine guidance=cfg 'grid.weight=[1.125,1.375]'
+  refine cfg-interval guidance=cfg 'grid.weight=[1.5,2.0]' 'grid.interval=[[0.28,5.42]]'
+  refine autoguidance-xs-interval guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[2.0,2.5]' 'grid.interval=[[0.28,5.42]]'
 }
 refine_lane_b() {
   refine autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
     'grid.guide_std=[0.1]' "grid.weight=${REFINE_AG_WEIGHTS:-[1.5,2.0,2.5]}"
-  # FD still fell from w 2 to 1.5 above: the same guide at w 1.25, and with the shorter EMA at w 1.5
+  # FD still fell from w 2 to 1.5 above: the same guide at w 1.25 and 1.75, and with the shorter EMA at w 1.5
   refine autoguidance-xs-low guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
     'grid.guide_std=[0.1]' 'grid.weight=[1.25]'
+  refine autoguidance-xs-mid guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.75]'
   refine autoguidance-xs-ema05 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
     'grid.guide_std=[0.05]' 'grid.weight=[1.5]'
+  # other guides: the XS guide at T (capacity only), T/4 and T/8; the main run at T/4 (training only);
+  # a longer guide EMA; a longer main EMA
+  refine autoguidance-xs-full guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg-full]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+  refine autoguidance-xs-t4 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.5]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
+  refine autoguidance-xs-t8 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.25]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.25,1.5]'
+  refine autoguidance-s-t4 guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[0.25]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
+  refine autoguidance-xs-gstd15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.15]' 'grid.weight=[1.5,2.0]'
+  refine autoguidance-xs-t8-gstd15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.25]' \
+    'grid.guide_std=[0.15]' 'grid.weight=[1.25]'
+  refine autoguidance-xs-std15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5]' 'grid.main_std=[0.15]'
 }
 refine_lane_a & refine_a_pid=$!
 refine_lane_b || status=1

@@ -164,7 +164,7 @@ def markdown(meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping
         "|---|---|---|",
         steps,
     ]
-    columns = ["main_std", "guide", "guide_std", "weight", "interval_hi", *METRICS]
+    columns = ["main_std", "guide", "guide_std", "weight", "interval_lo", "interval_hi", *METRICS]
     for name, rows in [*sweeps.items(), *((v["tag"], v["rows"]) for v in variants)]:
         lines += ["", f"## Sweep: {name} ({len(rows)} settings)", "", *table(rows, columns)]
     return "\n".join(lines) + "\n"

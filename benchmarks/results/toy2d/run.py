@@ -22,7 +22,7 @@ at batch 4096, regressing the exact posterior mean of the mixture, ``train.targe
 
 Recipe variants (same rule, smaller grids): a width-16 guide (T/8); a width-32 guide trained to
 T/4; the main run itself read early as the guide (width 64, less training only); guidance only at
-low noise levels.
+low noise levels, or only at high ones.
 
 Writes ``results.json``, ``results.md`` and ``fig1.png`` (``report.py``, ``figure.py``).
 Torch runs single-threaded (``OMP_NUM_THREADS=1``): for this tiny MLP on a shared 2-core machine
@@ -105,6 +105,8 @@ VARIANTS = [
             ["0.0625", "0.125", "0.25"]),
     Variant("v-interval", "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]", "toy2d-guide",
             ["null"], weights=(2.0, 3.0, 5.0), intervals=("[0.0,0.1]", "[0.0,1.0]")),
+    Variant("v-interval-high", "headline guide (width 32, T/8), guidance only for sigma >= 0.1, 0.3 or 1", "toy2d-guide",
+            ["null"], stds=(0.01,), weights=(2.0, 3.0), intervals=("[0.1,80.0]", "[0.3,80.0]", "[1.0,80.0]")),
 ]
 
 
