@@ -66,7 +66,7 @@ def test_a_pick_with_an_interval_carries_it_to_the_measurement_and_the_text(tmp_
     row = report.collect(tmp_path, "refine")["cfg"]
     assert row["guidance"]["interval"] == [0.28, 5.42] and row["guidance"]["weight"] == 2.0
     assert report.setting_text(row) == "w 2, sigma in (0.28, 5.42]"
-    assert report.tried_text(row) == "1.25: 30.0; 2, sigma in (0.28, 5.42]: 29.0"
+    assert report.tried_text(row) == "2, sigma in (0.28, 5.42]: 29.0; 1.25: 30.0"   # best first
 
 
 def test_verdict_needs_both_the_cut_and_beating_cfg(tmp_path):
