@@ -8,7 +8,7 @@ sweep) into ``runs/heldout-<method>/metrics.json``; ``report.py`` shows both and
 target on the held-out numbers. A method whose pick was already measured is skipped, so
 rerunning resumes; one whose pick changed (more sweeps finished) is measured again.
 ``--prefix refine`` does the same for the 1,000-image sweeps of stage 6 (``runs/refine-*``), into
-``runs/heldout-refine-<method>``.
+``runs/heldout-refine-<method>``; ``--prefix variant-main2x`` for stage 7's (the 2x main).
 
     python benchmarks/results/mnist/heldout.py --runs benchmarks/results/mnist/runs --seeds 1000-1999
 """
@@ -117,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--seeds", default="1000-1999", help="held-out seeds (disjoint from the sweeps')")
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every finished one)")
-    parser.add_argument("--prefix", default="sweep", choices=["sweep", "refine"],
-                        help="whose picks: the stage-3 sweeps (sweep-*) or the 1,000-image ones (refine-*)")
+    parser.add_argument("--prefix", default="sweep", choices=report.STAGES,
+                        help="whose picks: the stage-3 sweeps (sweep-*), the 1,000-image ones (refine-*) or "
+                             "those with the 2x main (variant-main2x-*)")
     args = parser.parse_args(argv)
     rows = report.collect(args.runs, args.prefix)
     for method in args.methods or list(rows):

@@ -8,7 +8,9 @@ run). "Unguided" is the ``w = 1`` point. ``heldout.py`` then re-measures each pi
 larger seed sets (``runs/heldout-<method>/metrics.json``); where those exist they are the
 numbers the table ranks and the target is judged on. Stage 6 of ``run.sh`` sweeps the target's
 methods again with 1,000 images per setting (``refine-*``, picks re-measured into
-``heldout-refine-<method>``); once those three held-out FDs exist the verdict uses them. The FD change is
+``heldout-refine-<method>``); once those three held-out FDs exist the verdict uses them. Stage 7
+(``variant-main2x-*``) repeats that comparison with the main model trained twice as long, shown
+as a variant. The FD change is
 ``(FD_method - FD_unguided) / FD_unguided``. The issue's target: autoguidance lowers FD by at
 least 30% against unguided and beats the best CFG row.
 
@@ -42,6 +44,10 @@ TITLES = {
     "pag": "PAG", "seg": "SEG", "icg": "ICG", "tsg": "TSG", "sims": "SIMS",
 }
 METRICS = ["fd_mnist", "precision_mnist", "recall_mnist"]
+#: Sweep stages of run.sh, as folder prefixes: 250-image sweeps, 1,000-image sweeps around the
+#: picks, and the same 1,000-image comparison with the main model trained twice as long.
+VARIANT = "variant-main2x"
+STAGES = ("sweep", "refine", VARIANT)
 TARGET_REDUCTION = 0.30
 
 
@@ -63,7 +69,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def sweep_folders(runs: Path, method: str, prefix: str = "sweep") -> list[Path]:
     """The finished sweep folders of ``method``: ``<prefix>-<method>`` and ``<prefix>-<method>-<part>``
     (e.g. one autoguidance sweep per guide run, or more weights added to a grid later).
-    ``prefix``: ``sweep`` (stage 3) or ``refine`` (stage 6, 1,000 images per setting)."""
+    ``prefix``: one of ``STAGES``."""
     folders = [runs / f"{prefix}-{method}", *sorted(runs.glob(f"{prefix}-{method}-*"))]
     return [f for f in folders if (f / "best.json").is_file()]
 
@@ -307,6 +313,15 @@ def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
                 "*FD sweep* and *tried* are on the selection seeds.", "",
                 *table_lines(refined, [m for m in METHODS if m in refined])]
     out += ["", "## Verdict", ""] + [f"- {line}" for line in final_verdict(rows, refined)] + [""]
+    variant = info.get("variant") or {}
+    if variant:
+        out += ["## Variant: the main model trained twice as long", "",
+                "`run.sh` stage 7: `mnist-s-cfg-2x` is the main run continued from T to 2T in its own folder; "
+                "unguided, CFG and autoguidance (the XS guide at T/2 and T, the 1x main itself) with the same "
+                "1,000-image selection seeds, sampler and main EMA as stage 6, picks re-measured on the held-out "
+                "seeds. Only these three methods were run on it; the verdict above stays on the default recipe.", "",
+                *table_lines(variant, [m for m in METHODS if m in variant]), "",
+                *[f"- {line}" for line in verdict(variant, " with the 2x main")], ""]
     if base is not None:
         n = len(parse_seeds(base["seeds"]))
         held = base["heldout"]
@@ -335,15 +350,15 @@ def wall_times(runs: Path) -> dict[str, int]:
         if line.strip():
             name, seconds = line.split()
             times[name] = times.get(name, 0) + int(seconds)
-    for folder in sorted([*runs.glob("sweep-*"), *runs.glob("refine-*")]):
+    for folder in sorted(f for stage in STAGES for f in runs.glob(f"{stage}-*")):
         if (folder / "sweep.csv").is_file():
             times[folder.name] = round(sum(float(r["seconds"]) for r in read_csv(folder / "sweep.csv")))
     for folder in sorted(runs.glob("heldout-*")):
         if (folder / "copied_from.txt").is_file():
             continue  # heldout.py copied an identical earlier measurement: no time of its own
         method = folder.name.removeprefix("heldout-")
-        prefix = "refine" if method.startswith("refine-") else "sweep"
-        row = heldout(runs, method.removeprefix("refine-"), prefix)
+        prefix = next((p for p in STAGES[1:] if method.startswith(f"{p}-")), "sweep")
+        row = heldout(runs, method.removeprefix(f"{prefix}-"), prefix)
         if row is not None:
             times[folder.name] = round(row["seconds"])
     return times
@@ -422,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = collect(args.runs)
     refined = collect(args.runs, "refine")
     info: dict[str, Any] = {"setup": setup_lines(args.runs, rows), "wall": wall_times(args.runs), "runs": args.runs,
-                            "refined": refined}
+                            "refined": refined, "variant": collect(args.runs, VARIANT)}
     if args.grids and rows:
         # the target's methods as picked with 1,000 images where that stage ran
         info["grids"] = sample_grids({**rows, **refined}, HERE / "grids.png", args.grid_seeds)

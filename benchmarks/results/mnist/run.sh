@@ -23,7 +23,9 @@
 #      (weights, main EMA, guidance interval) and, for autoguidance, the other guides (XS at T,
 #      T/2, T/4, T/8; S at T/4; guide EMA 0.05 / 0.1 / 0.15); each pick re-measured on the
 #      held-out seeds (heldout-refine-*)
-#   7. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
+#   7. a variant: the main model trained twice as long (mnist-s-cfg-2x), with unguided, CFG and
+#      autoguidance compared as in stage 6 (variant-main2x-*, heldout-variant-main2x-*)
+#   8. report.py: results.md, results.json and grids.png (same seeds and classes per panel)
 # results.md is rewritten after every sweep, so the table grows as the stages finish.
 #
 # Sizes are environment variables; the defaults are the ones the committed table used
@@ -85,17 +87,18 @@ train_guide() {
   [ -f "$R/mnist-xs-guide-cfg/final.safetensors" ] || timed train-guide python train.py experiment=mnist-xs-guide-cfg "${TRAIN[@]}" \
     "train.duration_fraction=$GUIDE_FRACTION" train.snapshot_kimg=0.5
 }
-train_guide_full() {  # the same XS guide continued from T/2 to T (less capacity, the main's training time):
-  # a copy of the T/2 run's snapshots and newest checkpoint, resumed in its own folder
-  local src="$R/mnist-xs-guide-cfg" dst="$R/mnist-xs-guide-cfg-full"
+continue_run() {  # continue_run <from run> <to run> <fraction> <overrides...>: <from run>'s snapshots and newest
+  # checkpoint copied into its own folder <to run> and trained on to <fraction> of the recipe
+  local src="$R/$1" dst="$R/$2" fraction="$3"; shift 3
   [ -f "$dst/final.safetensors" ] && return 0
   if [ ! -d "$dst" ]; then
     rm -rf "$dst.partial" && mkdir -p "$dst.partial/checkpoints" && cp -r "$src/phema" "$dst.partial/" \
       && cp "$(ls "$src"/checkpoints/nimg-*.ckpt | tail -1)" "$dst.partial/checkpoints/" && mv "$dst.partial" "$dst"
   fi
-  timed train-guide-full python train.py experiment=mnist-xs-guide-cfg name=mnist-xs-guide-cfg-full "${TRAIN[@]}" \
-    "train.duration_fraction=$MAIN_FRACTION" train.snapshot_kimg=0.5
+  timed "train-$2" python train.py "name=$2" "${TRAIN[@]}" "train.duration_fraction=$fraction" "$@"
 }
+# the same XS guide continued from T/2 to T (less capacity, the main's training time)
+train_guide_full() { continue_run mnist-xs-guide-cfg mnist-xs-guide-cfg-full "$MAIN_FRACTION" experiment=mnist-xs-guide-cfg train.snapshot_kimg=0.5; }
 train_main & main_pid=$!
 train_guide
 train_guide_full
@@ -205,5 +208,31 @@ wait "$refine_a_pid" || status=1
 python benchmarks/results/mnist/heldout.py --runs "$R" --seeds "$HELDOUT_SEEDS" --prefix refine >>"$R/logs/heldout.log" 2>&1 \
   || { echo "heldout.py --prefix refine failed; see $R/logs/heldout.log" >&2; exit 1; }
 
-# 7. final tables and the image grids
+# 7. variant: the main model trained twice as long (the main run continued from T to 2T), the
+#    target's three methods on stage 6's seeds; the guides: the XS guide at T/2 and T, the 1x main
+continue_run mnist-s-cfg mnist-s-cfg-2x "$(python -c "print(2 * $MAIN_FRACTION)")" experiment=mnist-s-cfg train.snapshot_kimg=2
+variant() {
+  local name="$1"; shift
+  run_sweep variant-main2x "$name" "seeds=$REFINE_SEEDS" "main.run=$R/mnist-s-cfg-2x" "$@"
+}
+variant_lane_a() {
+  variant unguided guidance=cfg 'grid.weight=[1.0]'
+  variant cfg guidance=cfg 'grid.weight=[1.25,1.5]'
+  variant autoguidance-s guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+}
+variant_lane_b() {
+  variant autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+  variant autoguidance-xs-full guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg-full]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+}
+variant_lane_a & variant_a_pid=$!
+variant_lane_b || status=1
+wait "$variant_a_pid" || status=1
+[ "$status" = 0 ] || exit "$status"
+python benchmarks/results/mnist/heldout.py --runs "$R" --seeds "$HELDOUT_SEEDS" --prefix variant-main2x >>"$R/logs/heldout.log" 2>&1 \
+  || { echo "heldout.py --prefix variant-main2x failed; see $R/logs/heldout.log" >&2; exit 1; }
+
+# 8. final tables and the image grids
 report 1
