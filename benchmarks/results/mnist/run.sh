@@ -218,14 +218,17 @@ variant() {
 variant_lane_a() {
   variant unguided guidance=cfg 'grid.weight=[1.0]'
   variant cfg guidance=cfg 'grid.weight=[1.25,1.5]'
+  variant cfg-fine guidance=cfg 'grid.weight=[1.125]'                 # FD rose from 1.25 to 1.5
   variant autoguidance-s guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
 }
 variant_lane_b() {
   variant autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
     'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
   variant autoguidance-xs-full guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg-full]" 'guides.times=[null]' \
     'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
+  variant autoguidance-xs-low guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
+    'grid.guide_std=[0.1]' 'grid.weight=[1.25]'                       # FD rose from 1.5 to 2
 }
 variant_lane_a & variant_a_pid=$!
 variant_lane_b || status=1
