@@ -163,6 +163,11 @@ refine() {
   local name="$1"; shift
   run_sweep refine "$name" "seeds=$REFINE_SEEDS" "$@"
 }
+ag() {  # ag <refine|variant> <name> <guide run> <guide time> <guide EMA std> <weights> [overrides...]
+  local stage="$1" name="$2" guide="$3" time="$4" std="$5" weights="$6"; shift 6
+  "$stage" "$name" guidance=autoguidance "guides.runs=[$R/$guide]" "guides.times=[$time]" "grid.guide_std=[$std]" \
+    "grid.weight=$weights" "$@"
+}
 refine_lane_a() {
   refine unguided guidance=cfg 'grid.weight=[1.0]'
   refine cfg guidance=cfg "grid.weight=${REFINE_CFG_WEIGHTS:-[1.25,1.5]}"
@@ -171,35 +176,23 @@ refine_lane_a() {
   refine unguided-std15 guidance=cfg 'grid.weight=[1.0]' 'grid.main_std=[0.15]'
   refine cfg-fine guidance=cfg 'grid.weight=[1.125,1.375]'
   refine cfg-interval guidance=cfg 'grid.weight=[1.5,2.0]' 'grid.interval=[[0.28,5.42]]'
-  refine autoguidance-xs-interval guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[2.0,2.5]' 'grid.interval=[[0.28,5.42]]'
+  ag refine autoguidance-xs-interval mnist-xs-guide-cfg null 0.1 '[2.0,2.5]' 'grid.interval=[[0.28,5.42]]'
 }
 refine_lane_b() {
-  refine autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' "grid.weight=${REFINE_AG_WEIGHTS:-[1.5,2.0,2.5]}"
+  ag refine autoguidance-xs mnist-xs-guide-cfg null 0.1 "${REFINE_AG_WEIGHTS:-[1.5,2.0,2.5]}"
   # FD still fell from w 2 to 1.5 above: the same guide at w 1.25 and 1.75, and with the shorter EMA at w 1.5
-  refine autoguidance-xs-low guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.25]'
-  refine autoguidance-xs-mid guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.75]'
-  refine autoguidance-xs-ema05 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.05]' 'grid.weight=[1.5]'
+  ag refine autoguidance-xs-low mnist-xs-guide-cfg null 0.1 '[1.25]'
+  ag refine autoguidance-xs-mid mnist-xs-guide-cfg null 0.1 '[1.75]'
+  ag refine autoguidance-xs-ema05 mnist-xs-guide-cfg null 0.05 '[1.5]'
   # other guides: the XS guide at T (capacity only), T/4 and T/8; the main run at T/4 (training only);
   # a longer guide EMA; a longer main EMA
-  refine autoguidance-xs-full guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg-full]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
-  refine autoguidance-xs-t4 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.5]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
-  refine autoguidance-xs-t8 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.25]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.25,1.5]'
-  refine autoguidance-s-t4 guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[0.25]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
-  refine autoguidance-xs-gstd15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.15]' 'grid.weight=[1.5,2.0]'
-  refine autoguidance-xs-t8-gstd15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[0.25]' \
-    'grid.guide_std=[0.15]' 'grid.weight=[1.25]'
-  refine autoguidance-xs-std15 guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5]' 'grid.main_std=[0.15]'
+  ag refine autoguidance-xs-full mnist-xs-guide-cfg-full null 0.1 '[1.5,2.0]'
+  ag refine autoguidance-xs-t4 mnist-xs-guide-cfg 0.5 0.1 '[1.5]'
+  ag refine autoguidance-xs-t8 mnist-xs-guide-cfg 0.25 0.1 '[1.25,1.5]'
+  ag refine autoguidance-s-t4 mnist-s-cfg 0.25 0.1 '[1.5]'
+  ag refine autoguidance-xs-gstd15 mnist-xs-guide-cfg null 0.15 '[1.5,2.0]'
+  ag refine autoguidance-xs-t8-gstd15 mnist-xs-guide-cfg 0.25 0.15 '[1.25]'
+  ag refine autoguidance-xs-std15 mnist-xs-guide-cfg null 0.1 '[1.5]' 'grid.main_std=[0.15]'
 }
 refine_lane_a & refine_a_pid=$!
 refine_lane_b || status=1
@@ -219,16 +212,12 @@ variant_lane_a() {
   variant unguided guidance=cfg 'grid.weight=[1.0]'
   variant cfg guidance=cfg 'grid.weight=[1.25,1.5]'
   variant cfg-fine guidance=cfg 'grid.weight=[1.125]'                 # FD rose from 1.25 to 1.5
-  variant autoguidance-s guidance=autoguidance "guides.runs=[$R/mnist-s-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5]'
+  ag variant autoguidance-s mnist-s-cfg null 0.1 '[1.5]'
 }
 variant_lane_b() {
-  variant autoguidance-xs guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
-  variant autoguidance-xs-full guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg-full]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.5,2.0]'
-  variant autoguidance-xs-low guidance=autoguidance "guides.runs=[$R/mnist-xs-guide-cfg]" 'guides.times=[null]' \
-    'grid.guide_std=[0.1]' 'grid.weight=[1.25]'                       # FD rose from 1.5 to 2
+  ag variant autoguidance-xs mnist-xs-guide-cfg null 0.1 '[1.5,2.0]'
+  ag variant autoguidance-xs-full mnist-xs-guide-cfg-full null 0.1 '[1.5,2.0]'
+  ag variant autoguidance-xs-low mnist-xs-guide-cfg null 0.1 '[1.25]'   # FD rose from 1.5 to 2
 }
 variant_lane_a & variant_a_pid=$!
 variant_lane_b || status=1
