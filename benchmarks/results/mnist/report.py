@@ -80,6 +80,7 @@ def interval(lo: Any, hi: Any) -> list[float] | None:
 
 
 def interval_text(bounds: list[float] | None) -> str:
+    """``, sigma in (lo, hi]`` for a guidance interval; nothing when guidance is always on."""
     return "" if bounds is None else f", sigma in ({bounds[0]:g}, {bounds[1]:g}]"
 
 
@@ -110,7 +111,7 @@ def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] 
         guidance["model"] = best["guide_model"]
     return {
         "method": method, "weight": float(best["weight"]), "guide_std": best.get("guide_std"), "interval": guidance["interval"],
-        "main_std": float(best["main_std"]), "main_stds_tried": sorted({t["main_std"] for t in tried}),
+        "main_std": float(best["main_std"]),
         "main_model": best["main_model"], "main_nimg": best["main_nimg"], "guide_model": best.get("guide_model"),
         "guide_nimg": best.get("guide_nimg"), **{m: float(best[m]) for m in METRICS},
         "guidance": guidance, "tried": tried, "sampler": config["sampler"], "seeds": config["seeds"],
@@ -226,7 +227,8 @@ def verdict(rows: dict[str, dict[str, Any]], stage: str = "") -> list[str]:
 
 
 def setting_text(row: dict[str, Any]) -> str:
-    main = f"main EMA {row['main_std']:g}" if len(row.get("main_stds_tried", [])) > 1 else ""
+    several_mains = len({t.get("main_std") for t in row["tried"]}) > 1
+    main = f"main EMA {row['main_std']:g}" if several_mains else ""
     if row["method"] == "unguided":
         return main or "w = 1"
     if row["method"] == "sims":
