@@ -13,6 +13,8 @@ import torch
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.app import compose_config
 from autoguide.eval.evaluate import format_seeds, run, set_seeds
+from autoguide.eval.evaluator import fd_infinity_settings
+from autoguide.eval.frechet import frechet_distance_infinity
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
 from autoguide.io import load_denoiser, save_model
@@ -30,12 +32,17 @@ MNIST_NET = {
 }
 
 
-def direct_fd(classifier, images):
-    """FD of ``images`` (float, [-1, 1]) against the MNIST-5k test split, by hand: uint8
-    rounding, the classifier's features, numpy statistics and scipy's sqrtm."""
+def features_by_hand(classifier, images):
+    """Classifier features of ``images`` (float, [-1, 1], uint8-rounded) and of the MNIST-5k test split."""
     with torch.no_grad():
         gen = classifier.features(torch.round((images.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1).double().numpy()
         real = classifier.features(MNIST5k("test").images).double().numpy()
+    return gen, real
+
+
+def direct_fd(classifier, images):
+    """FD of ``images`` against the MNIST-5k test split, by hand: numpy statistics and scipy's sqrtm."""
+    gen, real = features_by_hand(classifier, images)
     s1, s2 = np.cov(gen, rowvar=False), np.cov(real, rowvar=False)
     return np.sum((gen.mean(0) - real.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
 
@@ -93,7 +100,8 @@ def test_toy_model_refuses_image_metrics(toy_model, tmp_path):
         run(cfg)
 
 
-def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path):
+@pytest.mark.parametrize("fd_infinity", [None, (3, 0.5)])
+def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path, fd_infinity):
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
     classifier = MnistClassifier(feature_dim=24).eval()  # fewer features than images: regular covariances
@@ -102,6 +110,7 @@ def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path):
         f"model={model}", "sampler.num_steps=3", "seeds=0-63", "chunk_images=40", "device=cpu",
         f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", "preview_images=0",
         f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
+        *([f"metrics.fd_infinity={{points:{fd_infinity[0]},min_fraction:{fd_infinity[1]}}}"] if fd_infinity else []),
     ])
     report = run(cfg)
     metrics = report["metrics"]
@@ -110,7 +119,11 @@ def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path):
     seeds, classes = class_labels("random", list(range(64)), 10)
     images = batch.generate_images(load_denoiser(model), seeds, classes, num_steps=3)
     assert metrics["fd_mnist"] == pytest.approx(direct_fd(classifier, images), rel=1e-4)
-    assert set(metrics) == {"fd_mnist", "precision_mnist", "recall_mnist"}
+    assert set(metrics) == {"fd_mnist", "precision_mnist", "recall_mnist", *(["fd_inf_mnist"] if fd_infinity else [])}
+    if fd_infinity:  # the extrapolation on the same features (subsets of 32, 48, 64 images)
+        gen, real = features_by_hand(classifier, images)
+        expected = frechet_distance_infinity(gen, real.mean(0), np.cov(real, rowvar=False), *fd_infinity)
+        assert metrics["fd_inf_mnist"] == pytest.approx(expected, rel=1e-4)
     assert 0 <= metrics["precision_mnist"] <= 1 and 0 <= metrics["recall_mnist"] <= 1
     assert report["feature_networks"]["mnist"]["reference_images"] == 500
     assert len(list((tmp_path / "cache" / "refs").glob("mnist5k-*-mnist-*.npz"))) == 1
@@ -157,3 +170,12 @@ def test_latent_models_are_decoded_before_measuring(tmp_path, monkeypatch):
     latents = batch.generate_images(load_denoiser(tmp_path / "latent.safetensors"), list(range(40)), class_labels("random", list(range(40)), 10)[1], num_steps=2)
     assert report["metrics"]["fd_mnist"] == pytest.approx(direct_fd(classifier, latents[:, :1]), rel=1e-4)
     assert (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_fd_infinity_settings_name_the_bad_value():
+    assert fd_infinity_settings(None) is None
+    assert fd_infinity_settings({"points": 15, "min_fraction": 0.2}) == {"points": 15, "min_fraction": 0.2}
+    with pytest.raises(ValueError, match="exactly the keys points and min_fraction"):
+        fd_infinity_settings({"points": 3})
+    with pytest.raises(ValueError, match="got 1 and 0.5"):
+        fd_infinity_settings({"points": 1, "min_fraction": 0.5})

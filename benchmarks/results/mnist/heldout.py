@@ -40,7 +40,8 @@ SAME_MEASUREMENT = ("model", "guidance", "sampler", "seeds", "class_labels", "pr
 def measurement(config: dict) -> dict:
     """The ``SAME_MEASUREMENT`` part of an evaluation config (the metrics' cache folder aside)."""
     settings = {k: config.get(k) for k in SAME_MEASUREMENT}
-    settings["metrics"] = {k: v for k, v in (settings["metrics"] or {}).items() if k != "cache_dir"}
+    # an unset option (null) is the same measurement as a config written before the option existed
+    settings["metrics"] = {k: v for k, v in (settings["metrics"] or {}).items() if k != "cache_dir" and v is not None}
     return settings
 
 
@@ -53,18 +54,21 @@ def measurement_of(folder: Path) -> dict | None:
 
 
 def same_measurement(wanted: dict, out: Path) -> Path | None:
-    """Another ``heldout-*`` folder next to ``out`` whose finished evaluation is the measurement
-    ``wanted`` (the sampler is deterministic per seed, so its metrics are this pick's), or None."""
-    for folder in sorted(out.parent.glob("heldout-*")):
+    """Another folder of ``out``'s family (``heldout-*`` or ``final-*``) next to it whose finished
+    evaluation is the measurement ``wanted`` (the sampler is deterministic per seed, so its
+    metrics are this pick's), or None."""
+    for folder in sorted(out.parent.glob(f"{out.name.split('-')[0]}-*")):
         if folder != out and measurement_of(folder) == wanted:
             return folder
     return None
 
 
-def pick_config(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> DictConfig:
-    """The ``autoguide-eval`` config that measures one picked setting into ``out``."""
+def pick_config(out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()) -> DictConfig:
+    """The ``autoguide-eval`` config that measures one picked setting into ``out``;
+    ``fd_infinity``: ``(points, min_fraction)`` to report ``fd_inf_mnist`` too, or empty."""
     runs = out.parent
-    overrides = [
+    extra = [f"metrics.fd_infinity={{points:{fd_infinity[0]},min_fraction:{fd_infinity[1]}}}"] if fd_infinity else []
+    overrides = [*extra,
         f"model={row['main_model']}", f"seeds={seeds}", f"class_labels={row['class_labels']}", "batch_size=250",
         "device=cpu", "progress=false", f"cache_dir={runs / 'cache'}", f"extractors.mnist.path={classifier}",
         "metrics=mnist", "preview_images=0", f"output.dir={out}",
@@ -87,12 +91,12 @@ def supersede(out: Path) -> Path:
     return out.rename(parent / f"{out.name}-{n}")
 
 
-def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path) -> None:
+def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()) -> None:
     """``autoguide-eval`` of one picked setting into ``out`` (``runs/heldout-[<prefix>-]<method>``),
     unless ``out`` already holds that measurement. A finished measurement of another setting (the
     pick changed after more sweeps finished) is superseded; an identical finished measurement in
     a sibling folder is copied instead of repeated."""
-    cfg = pick_config(out, method, row, seeds, classifier)
+    cfg = pick_config(out, method, row, seeds, classifier, fd_infinity)
     wanted = measurement(OmegaConf.to_container(cfg, resolve=True))
     held = measurement_of(out)
     if held == wanted:
@@ -120,13 +124,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prefix", default="sweep", choices=report.STAGES,
                         help="whose picks: the stage-3 sweeps (sweep-*), the 1,000-image ones (refine-*) or "
                              "those with the 2x main (variant-main2x-*)")
+    parser.add_argument("--family", default="heldout", choices=("heldout", "final"),
+                        help="output folders <family>-[<prefix>-]<method>: final for stage 8's 5,000-image measurement")
+    parser.add_argument("--fd-infinity", nargs=2, metavar=("POINTS", "MIN_FRACTION"), default=(),
+                        help="also measure fd_inf_mnist (FD extrapolated to infinitely many images)")
     args = parser.parse_args(argv)
     rows = report.collect(args.runs, args.prefix)
     for method in args.methods or list(rows):
         if method not in rows:
             raise SystemExit(f"method {method!r} has no finished sweep in {args.runs}; finished: {sorted(rows)}")
-        out = report.heldout_folder(args.runs, method, args.prefix)
-        evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors")
+        out = report.heldout_folder(args.runs, method, args.prefix, args.family)
+        evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors", args.fd_infinity)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,33 @@ def test_supersede_keeps_the_earlier_measurement(tmp_path):
     make_heldout(tmp_path, "heldout-refine-autoguidance", 27.0)
     assert heldout.supersede(tmp_path / "heldout-refine-autoguidance").name == "heldout-refine-autoguidance-2"
     assert not list(tmp_path.glob("heldout-*"))    # report.py and same_measurement no longer see either
+
+
+def make_final(runs: Path, name: str, fd: float, fd_inf: float) -> None:
+    """A stage-8 measurement: 5,000 images with FD and FD_inf."""
+    folder = runs / name
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({
+        "metrics": {"fd_mnist": fd, "fd_inf_mnist": fd_inf, "precision_mnist": 0.5, "recall_mnist": 0.9},
+        "sets": [{"seeds": "3000-7999", "images": 5000, "seconds": 2.0}]}))
+    (folder / "evaluate.yaml").write_text(yaml.safe_dump({"metrics": {"fd_infinity": {"points": 15, "min_fraction": 0.2}}}))
+
+
+def test_the_final_measurement_is_judged_on_both_fds(tmp_path):
+    make_sweep(tmp_path / "refine-unguided", [(1.0, 40.0)])
+    make_sweep(tmp_path / "refine-cfg", [(1.25, 30.0)])
+    make_sweep(tmp_path / "refine-autoguidance-a", [(1.5, 29.0)], guide="runs/a/reconstructed/ema.safetensors")
+    for method, fd in (("unguided", 40.0), ("cfg", 27.0), ("autoguidance", 27.5)):
+        make_heldout(tmp_path, f"heldout-refine-{method}", fd)
+    # 5,000 images: AG -30.0% and below CFG (met); FD_inf: AG -25% (not met), below CFG
+    for method, fd, fd_inf in (("unguided", 30.0, 20.0), ("cfg", 22.0, 16.0), ("autoguidance", 21.0, 15.0)):
+        make_final(tmp_path, f"final-refine-{method}", fd, fd_inf)
+    refined = report.collect(tmp_path, "refine")
+    assert refined["autoguidance"]["final"]["fd_inf_mnist"] == 15.0
+    lines = report.final_verdict({}, refined, {})
+    assert lines[0].startswith("**Target NOT MET** (on the held-out FDs of the 1,000-image picks)")
+    assert lines[1].startswith("**Target MET** (on the 5,000-image FDs, default recipe)") and "30.0%" in lines[1]
+    assert lines[2].startswith("**Target NOT MET** (on the FD_inf, default recipe)") and "25.0%" in lines[2] and " beats" in lines[2]
+    table = report.final_lines(refined, "default recipe")
+    assert "| Autoguidance | w 1.5, guide `a` @ 100 img, EMA 0.1 | 27.50 | 21.00 | -30.0% | 15.00 | -25.0% | 0.500 | 0.900 |" in table
+    assert report.wall_times(tmp_path)["final-refine-cfg"] == 2

@@ -2,7 +2,9 @@
 statistics), then applied to any number of sample sets.
 
 Image samples: for every configured extractor ``e``, ``fd_<e>`` (Fréchet distance of the
-feature Gaussians) and, if enabled, ``precision_<e>`` / ``recall_<e>`` (k-NN manifolds, k = 3)
+feature Gaussians), if enabled ``fd_inf_<e>`` (FD extrapolated to infinitely many samples,
+Chong & Forsyth 2020; ``metrics.fd_infinity``: ``points`` and ``min_fraction``) and
+``precision_<e>`` / ``recall_<e>`` (k-NN manifolds, k = 3)
 against the reference features. 2D toy samples: the exact metrics of
 ``autoguide.eval.toy_metrics``. Metric directions: ``fd_*`` and ``toy_outliers`` are better
 when lower, everything else when higher (``lower_is_better``).
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from autoguide.eval.features import FeatureExtractor, build_extractor, extract, images_to_uint8
-from autoguide.eval.frechet import frechet_distance, gaussian_stats
+from autoguide.eval.frechet import frechet_distance, frechet_distance_infinity, gaussian_stats
 from autoguide.eval.manifold_pr import precision_recall
 from autoguide.eval.reference import ReferenceStats, reference_stats
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
@@ -38,8 +40,10 @@ def best_value(metric: str, values: Iterable[float]) -> float:
 
 def metric_names(metrics: Mapping[str, Any]) -> list[str]:
     """Names of the metrics the ``metrics`` config measures, in report order."""
-    pr = ("precision", "recall") if (metrics.get("features") and metrics["precision_recall"]) else ()
-    names = [f"{kind}_{name}" for name in metrics.get("features") or [] for kind in ("fd", *pr)]
+    features = metrics.get("features") or []
+    pr = ("precision", "recall") if (features and metrics["precision_recall"]) else ()
+    fd_inf = ("fd_inf",) if (features and metrics.get("fd_infinity") is not None) else ()
+    names = [f"{kind}_{name}" for name in features for kind in ("fd", *fd_inf, *pr)]
     return names + (["toy_logp", "toy_outliers", "toy_precision", "toy_recall"] if metrics.get("toy") is not None else [])
 
 
@@ -52,13 +56,26 @@ def check_model(net: torch.nn.Module, metrics: Mapping[str, Any]) -> None:
         raise ValueError("metrics.toy is set, but the model makes images; use image metrics (e.g. metrics=mnist)")
 
 
+def fd_infinity_settings(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``metrics.fd_infinity`` checked: null, or exactly ``points`` (>= 2) and ``min_fraction`` in (0, 1)."""
+    if config is None:
+        return None
+    if not isinstance(config, Mapping) or set(config) != {"points", "min_fraction"}:
+        raise ValueError(f"metrics.fd_infinity must be null or have exactly the keys points and min_fraction, got {config!r}")
+    points, min_fraction = int(config["points"]), float(config["min_fraction"])
+    if points < 2 or not 0 < min_fraction < 1:
+        raise ValueError(f"metrics.fd_infinity: points must be >= 2 and min_fraction in (0, 1), got {points} and {min_fraction}")
+    return {"points": points, "min_fraction": min_fraction}
+
+
 class Evaluator:
     """``evaluator(chunks) -> {metric: value}`` for chunks ``(samples, class indices or None)``.
 
     ``metrics``: the ``metrics`` config: ``toy`` (``ToyMetricsConfig`` keys, or null) and
     ``features`` (extractor names); with features also ``reference`` (a dataset config),
-    ``precision_recall``, ``k``, ``max_reference_features``, ``batch_size``, ``num_workers``
-    and ``cache_dir``. ``extractors``: the ``extractors`` config (each network's files).
+    ``precision_recall``, ``k``, ``max_reference_features``, ``batch_size``, ``num_workers``,
+    ``cache_dir`` and optionally ``fd_infinity`` (null, or ``points`` and ``min_fraction``).
+    ``extractors``: the ``extractors`` config (each network's files).
     """
 
     def __init__(self, metrics: Mapping[str, Any], extractors: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
@@ -80,6 +97,7 @@ class Evaluator:
         self.batch_size = int(metrics["batch_size"])
         self.precision_recall = bool(metrics["precision_recall"])
         self.k = int(metrics["k"])
+        self.fd_infinity = fd_infinity_settings(metrics.get("fd_infinity"))
         for e in self.extractors:
             self.references[e.name] = reference_stats(
                 metrics["reference"], e, Path(str(metrics["cache_dir"])), int(metrics["max_reference_features"]),
@@ -123,6 +141,8 @@ class Evaluator:
         reference = self.references[name]
         mu, sigma = gaussian_stats(generated)
         results = {f"fd_{name}": frechet_distance(mu, sigma, reference.mu, reference.sigma)}
+        if self.fd_infinity is not None:
+            results[f"fd_inf_{name}"] = frechet_distance_infinity(generated, reference.mu, reference.sigma, **self.fd_infinity)
         if self.precision_recall:
             real = reference.features
             precision, recall = precision_recall(real, generated[: len(real)], self.k, self.device)

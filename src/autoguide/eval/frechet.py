@@ -8,6 +8,13 @@ The trace of the matrix square root is computed without forming ``(S_1 S_2)^(1/2
 ``S_1 S_2`` is similar to the symmetric PSD matrix ``M = S_1^(1/2) S_2 S_1^(1/2)``, so
 ``tr (S_1 S_2)^(1/2) = sum_i sqrt(lambda_i(M))``, with both square roots from symmetric
 eigendecompositions (tiny negative eigenvalues from round-off are clipped to 0). All in float64.
+
+FD estimated from ``N`` samples is biased upward, to first order by ``k / N`` with ``k`` depending
+on the two distributions (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score
+and where to find them"), so FDs of sets with different diversity are not comparable at small
+``N``. ``frechet_distance_infinity`` extrapolates to ``N -> infinity`` as that paper does: FD
+on random subsets of ``N_i`` rows, ``N_i`` evenly spaced up to ``N``, a least-squares line
+``FD(N_i) = FD_inf + k / N_i``, and its intercept ``FD_inf``.
 """
 
 from __future__ import annotations
@@ -74,3 +81,36 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     trace_sqrt = np.sqrt(np.clip(cross, 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def subset_sizes(num_rows: int, points: int, min_fraction: float, dim: int) -> np.ndarray:
+    """``points`` subset sizes evenly spaced from ``min_fraction * num_rows`` to ``num_rows``.
+
+    Every size must exceed the feature dimension ``dim`` (smaller sets give singular
+    covariances, where FD is far from its ``1 / N`` regime)."""
+    if points < 2:
+        raise ValueError(f"fd_infinity.points must be >= 2 (a line needs two sizes), got {points}")
+    if not 0 < min_fraction < 1:
+        raise ValueError(f"fd_infinity.min_fraction must be in (0, 1), got {min_fraction}")
+    sizes = np.unique(np.linspace(min_fraction * num_rows, num_rows, points).round().astype(int))
+    if sizes[0] <= dim:
+        raise ValueError(
+            f"fd_infinity: the smallest subset has {sizes[0]} rows ({min_fraction} x {num_rows} samples), not more "
+            f"than the feature dimension {dim}; generate more samples or raise fd_infinity.min_fraction"
+        )
+    return sizes
+
+
+def frechet_distance_infinity(
+    features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, points: int = 15, min_fraction: float = 0.2, seed: int = 0
+) -> float:
+    """``FD_inf`` of ``features [N, D]`` against ``N(mu_ref, sigma_ref)`` (Chong & Forsyth 2020).
+
+    For each size ``N_i`` of ``subset_sizes``, FD of a random subset (without replacement, the
+    generator seeded by ``seed``; the whole set at ``N_i = N``); then the intercept of the
+    least-squares fit ``FD(N_i) = FD_inf + k / N_i``."""
+    x = np.asarray(features, dtype=np.float64)
+    sizes = subset_sizes(len(x), points, min_fraction, x.shape[1])
+    rng = np.random.default_rng(seed)
+    values = [frechet_distance(*gaussian_stats(x[rng.permutation(len(x))[:n]]), mu_ref, sigma_ref) for n in sizes]
+    return float(np.polyfit(1.0 / sizes, values, 1)[1])
