@@ -179,3 +179,18 @@ def test_fd_infinity_settings_name_the_bad_value():
         fd_infinity_settings({"points": 3})
     with pytest.raises(ValueError, match="got 1 and 0.5"):
         fd_infinity_settings({"points": 1, "min_fraction": 0.5})
+
+
+def test_too_few_images_for_fd_infinity_fail_before_sampling(tmp_path, monkeypatch):
+    # 40 images, subsets from 20: not above the 24 features; refused before any image is made
+    model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
+    classifier = MnistClassifier(feature_dim=24).eval()
+    save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
+    cfg = compose_config("evaluate", [
+        f"model={model}", "seeds=0-39", "device=cpu", f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
+        "preview_images=0", f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
+        "metrics.fd_infinity={points:3,min_fraction:0.5}",
+    ])
+    monkeypatch.setattr("autoguide.eval.evaluate.sample_chunks", lambda *a, **k: pytest.fail("sampled before the check"))
+    with pytest.raises(ValueError, match="feature dimension 24"):
+        run(cfg)

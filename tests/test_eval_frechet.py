@@ -130,9 +130,11 @@ def test_fd_infinity_recovers_an_exact_line():
 
 
 def test_fd_infinity_errors_name_the_setting():
-    with pytest.raises(ValueError, match="feature dimension 64"):
+    with pytest.raises(ValueError, match=r"feature dimension 64, got \[40, 80, 120, 160, 200\]"):
         subset_sizes(200, 5, 0.2, 64)
     with pytest.raises(ValueError, match="points must be >= 2"):
         subset_sizes(1000, 1, 0.2, 4)
-    with pytest.raises(ValueError, match="min_fraction"):
+    with pytest.raises(ValueError, match="min_fraction in \\(0, 1\\), got 5 and 1.5"):
         subset_sizes(1000, 5, 1.5, 4)
+    with pytest.raises(ValueError, match="need two sizes"):  # 3 samples: every size rounds to 3
+        subset_sizes(3, 5, 0.9, 1)

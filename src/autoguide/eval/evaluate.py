@@ -125,6 +125,7 @@ def evaluate_model(
     num_sets = int(cfg.seed_sets)
     if num_sets < 1:
         raise ValueError(f"seed_sets must be >= 1, got {num_sets}")
+    evaluator.check_images(len(seeds))
     options = sampler_options(cfg)
     codec = latent_codec(net, cfg.get("vae_path"), device)
     sets = []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from autoguide.eval.features import FeatureExtractor, build_extractor, extract, images_to_uint8
-from autoguide.eval.frechet import frechet_distance, frechet_distance_infinity, gaussian_stats
+from autoguide.eval.frechet import check_fd_infinity, frechet_distance, frechet_distance_infinity, gaussian_stats, subset_sizes
 from autoguide.eval.manifold_pr import precision_recall
 from autoguide.eval.reference import ReferenceStats, reference_stats
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
@@ -63,8 +63,7 @@ def fd_infinity_settings(config: Mapping[str, Any] | None) -> dict[str, Any] | N
     if not isinstance(config, Mapping) or set(config) != {"points", "min_fraction"}:
         raise ValueError(f"metrics.fd_infinity must be null or have exactly the keys points and min_fraction, got {config!r}")
     points, min_fraction = int(config["points"]), float(config["min_fraction"])
-    if points < 2 or not 0 < min_fraction < 1:
-        raise ValueError(f"metrics.fd_infinity: points must be >= 2 and min_fraction in (0, 1), got {points} and {min_fraction}")
+    check_fd_infinity(points, min_fraction)
     return {"points": points, "min_fraction": min_fraction}
 
 
@@ -90,6 +89,7 @@ class Evaluator:
             raise ValueError(f"metrics.features names {unknown}, but extractors has only {sorted(extractors)}")
         self.extractors: list[FeatureExtractor] = [build_extractor(n, extractors[n], self.device) for n in names]
         self.references: dict[str, ReferenceStats] = {}
+        self.fd_infinity = fd_infinity_settings(metrics.get("fd_infinity"))
         if not names:
             return
         if metrics.get("reference") is None:
@@ -97,7 +97,6 @@ class Evaluator:
         self.batch_size = int(metrics["batch_size"])
         self.precision_recall = bool(metrics["precision_recall"])
         self.k = int(metrics["k"])
-        self.fd_infinity = fd_infinity_settings(metrics.get("fd_infinity"))
         for e in self.extractors:
             self.references[e.name] = reference_stats(
                 metrics["reference"], e, Path(str(metrics["cache_dir"])), int(metrics["max_reference_features"]),
@@ -116,6 +115,12 @@ class Evaluator:
             }
             for e in self.extractors
         }
+
+    def check_images(self, count: int) -> None:
+        """Refuse, before any sampling, a set of ``count`` images too small for ``fd_inf``'s subsets."""
+        if self.fd_infinity is not None:
+            for reference in self.references.values():
+                subset_sizes(count, dim=len(reference.mu), **self.fd_infinity)
 
     def __call__(self, chunks: Iterable[SampleChunk]) -> dict[str, float]:
         features: dict[str, list[np.ndarray]] = {e.name: [] for e in self.extractors}

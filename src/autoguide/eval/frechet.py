@@ -83,20 +83,25 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
+def check_fd_infinity(points: int, min_fraction: float) -> None:
+    """Refuse ``fd_infinity`` settings that cannot define a line: ``points >= 2``, ``0 < min_fraction < 1``."""
+    if points < 2 or not 0 < min_fraction < 1:
+        raise ValueError(
+            f"fd_infinity: points must be >= 2 (a line needs two sizes) and min_fraction in (0, 1), got {points} and {min_fraction}"
+        )
+
+
 def subset_sizes(num_rows: int, points: int, min_fraction: float, dim: int) -> np.ndarray:
     """``points`` subset sizes evenly spaced from ``min_fraction * num_rows`` to ``num_rows``.
 
     Every size must exceed the feature dimension ``dim`` (smaller sets give singular
     covariances, where FD is far from its ``1 / N`` regime)."""
-    if points < 2:
-        raise ValueError(f"fd_infinity.points must be >= 2 (a line needs two sizes), got {points}")
-    if not 0 < min_fraction < 1:
-        raise ValueError(f"fd_infinity.min_fraction must be in (0, 1), got {min_fraction}")
+    check_fd_infinity(points, min_fraction)
     sizes = np.unique(np.linspace(min_fraction * num_rows, num_rows, points).round().astype(int))
-    if sizes[0] <= dim:
+    if sizes[0] <= dim or len(sizes) < 2:
         raise ValueError(
-            f"fd_infinity: the smallest subset has {sizes[0]} rows ({min_fraction} x {num_rows} samples), not more "
-            f"than the feature dimension {dim}; generate more samples or raise fd_infinity.min_fraction"
+            f"fd_infinity: the subsets of {num_rows} samples ({min_fraction} x {num_rows} to {num_rows}) need two sizes "
+            f"above the feature dimension {dim}, got {sizes.tolist()}; generate more samples or raise fd_infinity.min_fraction"
         )
     return sizes
 
