@@ -114,9 +114,9 @@ def test_fd_infinity_removes_the_small_sample_bias():
     assert abs(extrapolated - exact) < 0.25 * bias
 
 
-def test_fd_infinity_recovers_an_exact_line():
-    # features whose subsets all have one FD would give slope 0 and that FD; here check the fit
-    # itself: the intercept of FD(N_i) against 1 / N_i, recomputed by hand from the same subsets.
+def test_fd_infinity_is_the_intercept_of_a_line_through_subset_fds():
+    # the sizes by hand (5 evenly spaced from 300 to 600), the subsets as documented (seeded
+    # permutations, one per size), FD of each, and the intercept of an lstsq line in 1 / N_i.
     rng = np.random.default_rng(3)
     x = rng.standard_normal((600, 4))
     mu, sigma = np.ones(4), np.eye(4) * 2
