@@ -60,7 +60,7 @@ def write_snapshots(folder: Path, files: int) -> int:
 
 def child(folder: Path, stds: list[float], out_dir: Path, batch: int) -> None:
     """Run one reconstruction; print JSON with seconds and peak RSS before/after."""
-    from autoguide.ema.reconstruct import reconstruct
+    from autoguide.ema.posthoc import reconstruct
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def child(folder: Path, stds: list[float], out_dir: Path, batch: int) -> None:
 
 
 def main() -> None:
-    from autoguide.ema.reconstruct import parse_stds
+    from autoguide.apps.reconstruct import parse_stds
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshots", default="16,64", help="snapshot-file counts to compare")

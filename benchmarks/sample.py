@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from autoguide.nets import build_network, get_preset
-from autoguide.sample import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, edm_sampler
+from autoguide.config import get_preset
+from autoguide.nets import build_network
+from autoguide.sample import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler
 
 SHARED_TERMS = {
     "cfg": lambda: CFG(weight=2.0),
@@ -85,7 +86,9 @@ def main() -> None:
     t_guide = best_time(forward(guide), device, args.repeats)
 
     def sample(terms):
-        return lambda: edm_sampler(net, noise, labels, terms, seeds=seeds, num_steps=args.steps, precision=args.precision)
+        streams = SeedStreams(seeds)
+        denoise = GuidedDenoiser(net, terms, onehot, streams, args.precision)
+        return lambda: edm_sampler(denoise, noise, SamplerSettings(num_steps=args.steps), streams)
 
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations)")

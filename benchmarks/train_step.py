@@ -20,7 +20,7 @@ import torch
 
 from autoguide.diffusion import edm2_loss
 from autoguide.nets import build_network
-from autoguide.train.optim import EDM2_ADAM_KWARGS
+from autoguide.train.settings import EDM2_ADAM_KWARGS
 
 NETWORK = {
     "arch": "unet", "img_resolution": 32, "img_channels": 3, "label_dim": 10,

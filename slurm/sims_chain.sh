@@ -70,7 +70,7 @@ for key in out_dir iterations stop_after iteration synthesize.task synthesize.nu
     ag_refuse_override "$key" "slurm/sims_chain.sh sets it (see --help)" "$@"
 done
 out=$(realpath -m "$out")
-sims=("$AUTOGUIDE_PYTHON" -m autoguide.sims.cli "out_dir=$out" "iterations=$iterations")
+sims=("$AUTOGUIDE_PYTHON" -m autoguide.apps.sims "out_dir=$out" "iterations=$iterations")
 
 # ------------------------------------------------------------------ inside a job: run one stage
 if [[ -n $job ]]; then

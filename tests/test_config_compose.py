@@ -5,12 +5,11 @@ Hydra's output folder."""
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from autoguide.config_dir import config_dir
-from autoguide.train.plan import total_images
-from autoguide.train.validate import check_config
+from autoguide.config import compose, config_dir
+from autoguide.units import MI
+from autoguide.train.validate import run_settings
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 GUIDES = {  # guide: (main run, network preset, share of the main run's duration)
@@ -23,8 +22,7 @@ GUIDES = {  # guide: (main run, network preset, share of the main run's duration
 
 
 def make_config(overrides: list[str], hydra: bool = False):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
+    return compose("train", overrides, return_hydra_config=hydra)
 
 
 def plain(cfg, key):
@@ -46,7 +44,7 @@ def test_the_expected_experiments_exist():
 @pytest.mark.parametrize("debug", [None, "fast"])
 def test_experiment_composes_and_passes_checks(experiment, debug):
     cfg = make_config([f"experiment={experiment}"] + ([f"debug={debug}"] if debug else []))
-    check_config(cfg)
+    run_settings(cfg)
     assert cfg.name == experiment
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert not [k for k in all_keys(resolved) if "epoch" in k.lower()]
@@ -71,7 +69,7 @@ def test_guide_inherits_main_run_and_trains_a_fraction(guide):
     for key in ("batch_size", "duration_mi", "P_mean", "P_std", "lr_ref_batches", "lr_rampup_mi", "cond_drop_prob"):
         assert g.train[key] == main.train[key], key
     assert g.train.duration_fraction == share and main.train.duration_fraction == 1
-    assert total_images(g.train.duration_mi, g.train.duration_fraction) == round(share * total_images(main.train.duration_mi))
+    assert round(g.train.duration_mi * g.train.duration_fraction * MI) == round(share * main.train.duration_mi * MI)
     # the inheritance is live: overriding the main run's duration moves the guide's with it
     assert make_config([f"experiment={guide}", "train.duration_mi=64"]).train.duration_mi == 64
     if guide != "toy2d-guide":

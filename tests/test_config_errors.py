@@ -7,26 +7,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from autoguide.config_dir import config_dir
-from autoguide.train.cli import check_group_choices
-from autoguide.train.plan import ConfigError
+from autoguide.config import compose, config_dir
+from autoguide.apps.hydra_app import check_group_choices
+from autoguide.settings import ConfigError
 from autoguide.train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(overrides: list[str]):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose("train", overrides)
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.duration_mi=-1"], r"^train\.duration_mi=-1: expected a positive number$"),
+        (["train.duration_mi=-1"], r"^train\.duration_mi=-1(\.0)?: expected a positive number$"),
         (["train.duration_fraction=0"], r"^train\.duration_fraction=0"),
         (["train.batch_size=0"], r"^train\.batch_size=0"),
         (["train.batch_size=64", "train.batch_per_device=24"], r"^train\.batch_per_device=24 does not divide"),

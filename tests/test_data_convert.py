@@ -12,7 +12,7 @@ from autoguide.data.shards import IndexedShardDataset
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "autoguide.data.convert", *map(str, args)],
+        [sys.executable, "-m", "autoguide.apps.convert", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

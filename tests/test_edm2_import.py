@@ -23,10 +23,11 @@ from safetensors import safe_open
 
 from autoguide.io import load_denoiser, read_model_file, save_model
 from autoguide.io.edm2_export import export_edm2
-from autoguide.io.edm2_export import main as export_main
+from autoguide.apps.export_edm2 import main as export_main
 from autoguide.io.edm2_import import EDM2ImportError, import_edm2, read_edm2_pickle, release_nimg_and_std
-from autoguide.io.edm2_import import main as import_main
-from autoguide.nets import AttentionOp, build_network, get_preset
+from autoguide.apps.import_edm2 import main as import_main
+from autoguide.config import get_preset
+from autoguide.nets import AttentionOp, build_network
 
 TINY = {
     "arch": "unet", "img_resolution": 16, "img_channels": 4, "label_dim": 10, "model_channels": 16,

@@ -11,10 +11,10 @@ import autoguide
 from autoguide.diffusion import edm2_loss
 from autoguide.ema.callback import PowerEMACallback
 from autoguide.ema.power import sigma_rel_to_gamma
-from autoguide.ema.reconstruct import reconstruct
+from autoguide.ema.posthoc import reconstruct
 from autoguide.ema.snapshots import read_index, write_index
 from autoguide.io import read_model_file
-from autoguide.nets import build_network
+from autoguide.nets import build_network, config_dict
 
 MLP = {"arch": "mlp", "img_channels": 2, "label_dim": 0, "width": 16, "depth": 2}
 
@@ -102,7 +102,7 @@ def test_emas_and_snapshots_with_accumulation_and_random_batches(tmp_path):
     expected_times = sorted(set(crossing) | {times[-1]})
     index = read_index(tmp_path / "phema")
     assert [(e.nimg, e.std) for e in index.entries] == [(t, s) for t in expected_times for s in (0.05, 0.1)]
-    assert index.network == MLP
+    assert index.network == config_dict(MLP)
     assert set(index.buffers) == {k for k, _ in module.net.named_buffers()}
     for entry in index.entries[::5]:
         net = autoguide.load_denoiser(entry.path)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import autoguide
-from autoguide.ema import reconstruct as rec
+import autoguide.ema.posthoc as posthoc
+from autoguide.apps import reconstruct as rec
 from autoguide.ema.power import solve_coefficients
 from autoguide.ema.snapshots import Snapshot, read_index, snapshot_filename, write_index
 from autoguide.ema.tracker import PowerEMA
@@ -148,7 +149,7 @@ def test_plot_and_dry_run(run, tmp_path, capsys):
 def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
     alive: list[weakref.ref] = []
     peak = []
-    original = rec._load_snapshot
+    original = posthoc._load_snapshot
 
     def tracked(snap):
         peak.append(sum(r() is not None for r in alive))
@@ -156,7 +157,7 @@ def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
         alive.extend(weakref.ref(v) for v in state.values())
         return state
 
-    monkeypatch.setattr(rec, "_load_snapshot", tracked)
+    monkeypatch.setattr(posthoc, "_load_snapshot", tracked)
     cli(run, "--std", "0.06,0.08,0.1,0.12", "--out-dir", tmp_path, "--batch", 2)
     assert len(peak) == 2 * 32 and max(peak) == 0
 
@@ -204,7 +205,7 @@ def test_module_entry_point(run, tmp_path):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "autoguide.ema.reconstruct", str(run), "--std", "0.31", "--dry-run"],
+        [sys.executable, "-m", "autoguide.apps.reconstruct", str(run), "--std", "0.31", "--dry-run"],
         capture_output=True, text=True,
     )
     assert done.returncode == 2 and "outside the power-EMA range" in done.stderr

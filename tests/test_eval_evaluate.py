@@ -11,8 +11,10 @@ import scipy.linalg
 import torch
 
 from autoguide.data.mnist import MNIST5k
-from autoguide.eval.app import compose_config
-from autoguide.eval.evaluate import format_seeds, run, set_seeds
+from autoguide.config import compose as compose_config
+from autoguide.apps.evaluate import run
+from autoguide.eval.evaluate import EvalPlan
+from autoguide.sample.seeds import format_seeds
 from autoguide.eval.evaluator import fd_infinity_settings
 from autoguide.eval.frechet import frechet_distance_infinity
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
@@ -59,8 +61,8 @@ def save_net(path, config, seed=0):
 
 
 def test_seed_helpers():
-    assert set_seeds([0, 1, 2, 7], 0) == [0, 1, 2, 7]
-    assert set_seeds([0, 1, 2, 7], 2) == [16, 17, 18, 23]
+    assert EvalPlan(seeds=[0, 1, 2, 7]).set_seeds(0) == [0, 1, 2, 7]
+    assert EvalPlan(seeds=[0, 1, 2, 7]).set_seeds(2) == [16, 17, 18, 23]
     assert format_seeds([7, 0, 1, 2, 9, 10]) == "0-2,7,9-10"
     assert format_seeds([5]) == "5"
 
@@ -71,7 +73,7 @@ def toy_model(tmp_path_factory):
 
 
 def toy_cfg(model, out, *extra):
-    return compose_config("evaluate", [
+    return compose_config("eval", [
         f"model={model}", "metrics=toy2d", "metrics.toy.num_density_samples=2000", "sampler.num_steps=4",
         "seeds=0-149", "class_labels=0", "device=cpu", f"output.dir={out}", "preview_images=16", *extra,
     ])
@@ -95,7 +97,7 @@ def test_toy_report_matches_direct_computation(toy_model, tmp_path):
 
 
 def test_toy_model_refuses_image_metrics(toy_model, tmp_path):
-    cfg = compose_config("evaluate", [f"model={toy_model}", "metrics=mnist", "device=cpu", f"output.dir={tmp_path}"])
+    cfg = compose_config("eval", [f"model={toy_model}", "metrics=mnist", "device=cpu", f"output.dir={tmp_path}"])
     with pytest.raises(ValueError, match="metrics=toy2d"):
         run(cfg)
 
@@ -106,7 +108,7 @@ def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path, fd_inf
     torch.manual_seed(1)
     classifier = MnistClassifier(feature_dim=24).eval()  # fewer features than images: regular covariances
     save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    cfg = compose_config("evaluate", [
+    cfg = compose_config("eval", [
         f"model={model}", "sampler.num_steps=3", "seeds=0-63", "chunk_images=40", "device=cpu",
         f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", "preview_images=0",
         f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
@@ -135,7 +137,7 @@ def test_cli_runs(toy_model, tmp_path):
         f"model={toy_model}", "metrics=toy2d", "metrics.toy.num_density_samples=1000", "sampler.num_steps=2",
         "seeds=0-49", "class_labels=1", "device=cpu", f"output.dir={out}", "output.formats=[]",
     ]
-    done = subprocess.run([sys.executable, "-m", "autoguide.eval.evaluate", *args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "autoguide.apps.evaluate", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "metrics.json").read_text())
     assert report["class_labels"] == 1 and report["sets"][0]["seeds"] == "0-49"
@@ -150,18 +152,18 @@ class GrayCodec(torch.nn.Module):
 
 
 def test_latent_models_are_decoded_before_measuring(tmp_path, monkeypatch):
-    import autoguide.eval.evaluate as evaluate_module
+    import autoguide.latent as latent_module
 
     asked = []
-    monkeypatch.setattr(evaluate_module, "load_latent_codec", lambda card, vae_path, device: asked.append((card, vae_path)) or GrayCodec())
-    evaluate_module._codec.cache_clear()
+    monkeypatch.setattr(latent_module, "load_latent_codec", lambda card, vae_path, device: asked.append((card, vae_path)) or GrayCodec())
+    latent_module._cached_codec.cache_clear()
     torch.manual_seed(0)
     net = build_network({**MNIST_NET, "img_channels": 4})
     spec = {"type": "stability_vae", "vae_name": "test"}
     save_model(tmp_path / "latent.safetensors", net, {"network": net.config, "nimg": 0, "ema_std": None, "source": "test", "latent": spec})
     classifier = MnistClassifier(feature_dim=16).eval()
     save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    report = run(compose_config("evaluate", [
+    report = run(compose_config("eval", [
         f"model={tmp_path / 'latent.safetensors'}", "vae_path=/vae", "sampler.num_steps=2", "seeds=0-39", "device=cpu",
         f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", "preview_images=4",
         f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test", "metrics.precision_recall=false",
@@ -186,7 +188,7 @@ def test_too_few_images_for_fd_infinity_fail_before_sampling(tmp_path, monkeypat
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
     classifier = MnistClassifier(feature_dim=24).eval()
     save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    cfg = compose_config("evaluate", [
+    cfg = compose_config("eval", [
         f"model={model}", "seeds=0-39", "device=cpu", f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
         "preview_images=0", f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
         "metrics.fd_infinity={points:3,min_fraction:0.5}",

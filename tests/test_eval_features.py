@@ -10,7 +10,9 @@ import torch
 
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.dinov2 import DinoV2Features
-from autoguide.eval.features import FeatureExtractor, as_rgb, build_extractor, file_sha256, images_to_uint8
+from autoguide.eval.extractors import build_extractor
+from autoguide.eval.features import FeatureExtractor, as_rgb, images_to_uint8
+from autoguide.io import file_sha256
 from autoguide.eval.reference import reference_stats
 
 TEST_SPLIT = {"name": "mnist5k", "split": "test", "channels": 1}

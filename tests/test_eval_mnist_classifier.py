@@ -14,11 +14,11 @@ from autoguide.eval.mnist_classifier import (
     MnistFeatures,
     accuracy,
     load_classifier,
-    main,
     random_shift,
     save_classifier,
     train,
 )
+from autoguide.apps.mnist_classifier import main
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_random_shift_moves_pixels_and_fills_background():
 
 
 def test_errors_say_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mnist_classifier train --out"):
+    with pytest.raises(FileNotFoundError, match="mnist-classifier train --out"):
         MnistFeatures(tmp_path / "missing.safetensors")
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"x": json.dumps({})})
     with pytest.raises(ValueError, match="not an MNIST feature classifier"):

@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-import autoguide.eval.ema_cache as ema_cache
+from autoguide.ema.posthoc import PosthocEMA, parse_time
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
-from autoguide.eval.app import compose_config
-from autoguide.eval.ema_cache import parse_time, target_nimg
-from autoguide.eval.evaluate import run as evaluate
-from autoguide.eval.sweep import run as sweep
+from autoguide.config import compose as compose_config
+from autoguide.apps.evaluate import run as evaluate
+from autoguide.apps.sweep import run as sweep
 from autoguide.io import read_card, save_model
 from autoguide.nets import build_network
 
@@ -91,7 +90,7 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
     assert best["toy_logp"] == pytest.approx(float(top["toy_logp"]))
     assert json.loads((tmp_path / "a" / "best.json").read_text())["toy_logp"] == pytest.approx(best["toy_logp"])
     row = next(r for r in rows if r["weight"] == "2.5" and r["interval_lo"] == "0.5" and r["guide"] == "guide@2000")
-    direct = evaluate(compose_config("evaluate", [
+    direct = evaluate(compose_config("eval", [
         f"model={row['main_model']}", f"guide={row['guide_model']}", "guidance.weight=2.5", "guidance.interval=[0.5,80]",
         "metrics=toy2d", "metrics.toy.num_density_samples=2000", "seeds=0-79", "sampler.num_steps=3",
         "class_labels=0", "device=cpu", f"output.dir={tmp_path / 'direct'}", "preview_images=0",
@@ -103,7 +102,7 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
 
     # a second sweep reuses the reconstructions: rebuilding would fail here
     stamps = {p: p.stat().st_mtime_ns for p in [*main.glob("reconstructed/*"), *guide.glob("reconstructed/*")]}
-    monkeypatch.setattr(ema_cache, "reconstruct", lambda *a, **k: pytest.fail("rebuilt a cached EMA"))
+    monkeypatch.setattr(PosthocEMA, "write", lambda *a, **k: pytest.fail("rebuilt a cached EMA"))
     again = sweep(sweep_cfg(runs, tmp_path / "b"))
     assert again["toy_logp"] == pytest.approx(best["toy_logp"])
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
@@ -121,4 +120,4 @@ def test_sweep_errors(runs, tmp_path):
     with pytest.raises(ValueError, match="select='fd_mnist' is not measured"):
         sweep(sweep_cfg(runs, tmp_path, "select=fd_mnist"))
     with pytest.raises(FileNotFoundError, match="no post-hoc EMA snapshots"):
-        target_nimg(tmp_path, None)
+        PosthocEMA(tmp_path).nimg(None)

@@ -5,7 +5,8 @@ import torch
 
 from autoguide import load_denoiser
 from autoguide.io import ModelFileError, read_card, save_model
-from autoguide.nets import build_network, get_preset
+from autoguide.config import get_preset
+from autoguide.nets import build_network
 
 
 def test_round_trip(tmp_path):

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from autoguide.nets import (
-    MPConv, MPFourier, build_network, get_preset, mp_cat, mp_silu, mp_sum, normalize, precond_coefficients,
+    MPConv, MPFourier, build_network, mp_cat, mp_silu, mp_sum, normalize, precond_coefficients,
 )
-from autoguide.nets.presets import preset_names
+from autoguide.config import get_preset
+from autoguide.config import group_options
 
 
 def rms(x: torch.Tensor) -> float:
@@ -94,7 +95,7 @@ def test_preset_parameter_counts_match_edm2(name, count):
 
 
 def test_every_preset_builds():
-    names = preset_names()
+    names = group_options("net")
     for expected in ["mnist-xs", "mnist-s", "mnist-m", "toy-mlp", "img64-xs", "img64-xl", "img512-xxl"]:
         assert expected in names
     for name in names:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autoguide.diffusion.loss import edm2_loss
-from autoguide.nets import build_network, get_preset
+from autoguide.config import get_preset
+from autoguide.nets import build_network
 from autoguide.sample.perturb import NoisyEmbedding
 
 ENERGY = {"arch": "energy_mlp", "img_channels": 2, "label_dim": 2, "width": 16, "depth": 2}

@@ -8,15 +8,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from autoguide.config_dir import config_dir
+from autoguide.config import compose
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
 from autoguide.sample import Autoguidance, generate_images
-from autoguide.sample.generate import run
+from autoguide.apps.generate import run
 
 TINY = dict(
     arch="unet", img_resolution=8, img_channels=3, label_dim=3, model_channels=16, channel_mult=[1, 2],
@@ -46,8 +45,7 @@ def files(tmp_path_factory):
 
 
 def config(overrides):
-    with initialize_config_dir(str(config_dir() / "generate"), version_base="1.3"):
-        return compose("generate", overrides=overrides)
+    return compose("generate", overrides)
 
 
 def test_outputs_records_and_agreement_with_the_python_api(files, tmp_path, monkeypatch):
@@ -120,7 +118,7 @@ def test_config_errors_name_the_key(files, tmp_path):
 def test_command_line_entry_point(files, tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "autoguide.sample.generate", f"model={files['main']}", f"guide={files['guide']}",
+        [sys.executable, "-m", "autoguide.apps.generate", f"model={files['main']}", f"guide={files['guide']}",
          "guidance.weight=1.8", "guidance.interval=[0.1,10]", "seeds=0-1", f"output.dir={out}", *FAST],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

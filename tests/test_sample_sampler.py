@@ -10,8 +10,13 @@ from torch import nn
 from autoguide.diffusion import edm_sigma_steps
 from autoguide.data.toy2d import ExactToyDenoiser, toy_mixture
 from autoguide.nets import build_network
-from autoguide.sample import edm_sampler, generate_images, seed_noise
+from autoguide.sample import GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler, generate_images, seed_noise
 from autoguide.sample.guidance import ICG, TSG, Autoguidance, CFG
+
+
+def sample(denoise, noise, seeds=None, **fields):
+    """``edm_sampler`` with the sampler fields given by name and the seeds' streams."""
+    return edm_sampler(denoise, noise, SamplerSettings(**fields), None if seeds is None else SeedStreams(seeds))
 
 
 class GaussianDenoiser(nn.Module):
@@ -41,7 +46,7 @@ def test_heun_and_euler_follow_the_exact_ode():
     exact = ode_solution(noise, 0.3, 0.6)
 
     def error(num_steps, solver):
-        return (edm_sampler(net, noise, num_steps=num_steps, solver=solver) - exact).abs().max().item()
+        return (sample(net, noise, num_steps=num_steps, solver=solver) - exact).abs().max().item()
 
     heun32, heun64, euler32, euler64 = error(32, "heun"), error(64, "heun"), error(32, "euler"), error(64, "euler")
     assert heun32 < 0.05 and euler32 > 4 * heun32
@@ -51,7 +56,7 @@ def test_heun_and_euler_follow_the_exact_ode():
 
 def test_evaluation_count_heun_uses_euler_on_the_last_step():
     net = GaussianDenoiser(0.0, 1.0)
-    edm_sampler(net, torch.zeros(1, 2), num_steps=8)
+    sample(net, torch.zeros(1, 2), num_steps=8)
     assert len(net.calls) == 2 * 8 - 1
     assert net.calls[0] == pytest.approx(80.0) and net.calls[-1] == pytest.approx(0.002)
 
@@ -60,22 +65,22 @@ def test_churn_keeps_the_distribution_and_needs_seeds():
     net = GaussianDenoiser(mu=0.5, s=0.4)
     seeds = list(range(2000))
     noise = seed_noise(seeds, [2]).double()
-    x = edm_sampler(net, noise, seeds=seeds, num_steps=32, S_churn=40, S_min=0.05, S_max=50)
+    x = sample(net, noise, seeds=seeds, num_steps=32, S_churn=40, S_min=0.05, S_max=50)
     assert (x - ode_solution(noise, 0.5, 0.4)).abs().mean() > 0.05  # churn changed the paths
     assert abs(x.mean() - 0.5) < 0.03 and abs(x.std() - 0.4) < 0.03
-    again = edm_sampler(net, noise[:7], seeds=seeds[:7], num_steps=32, S_churn=40, S_min=0.05, S_max=50)
+    again = sample(net, noise[:7], seeds=seeds[:7], num_steps=32, S_churn=40, S_min=0.05, S_max=50)
     torch.testing.assert_close(again, x[:7], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="seeds"):
-        edm_sampler(net, noise, num_steps=4, S_churn=10)
+        sample(net, noise, num_steps=4, S_churn=10)
 
 
 def test_weight_one_gives_exactly_the_unguided_sample():
     main, guide = GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9)
     noise = torch.randn(16, 2, dtype=torch.float64)
-    plain = edm_sampler(main, noise, num_steps=12)
-    assert torch.equal(edm_sampler(main, noise, guidance=[Autoguidance(guide=guide, weight=1.0)], num_steps=12), plain)
+    plain = sample(GuidedDenoiser(main), noise, num_steps=12)
+    assert torch.equal(sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=1.0)]), noise, num_steps=12), plain)
     assert not guide.calls
-    assert not torch.equal(edm_sampler(main, noise, guidance=[Autoguidance(guide=guide, weight=2.0)], num_steps=12), plain)
+    assert not torch.equal(sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0)]), noise, num_steps=12), plain)
 
 
 class ManualGuided(nn.Module):
@@ -101,12 +106,12 @@ def test_interval_switches_guidance_off_outside():
     noise = torch.randn(16, 2, dtype=torch.float64)
     grid = edm_sigma_steps(16, 0.002, 80.0, 7.0).tolist()
     lo, hi = grid[10], grid[4]  # boundaries hit exactly: (lo, hi] is open at lo, closed at hi
-    out = edm_sampler(main, noise, guidance=[Autoguidance(guide=guide, weight=2.5, interval=(lo, hi))], num_steps=16)
+    out = sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.5, interval=(lo, hi))]), noise, num_steps=16)
     # the guide is evaluated exactly at the evaluation sigmas inside (lo, hi]
     evaluated = main.calls
     assert guide.calls == [s for s in evaluated if lo < s <= hi]
     assert 0 < len(guide.calls) < len(evaluated)
-    ref = edm_sampler(ManualGuided(GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9), 2.5, lo, hi), noise, num_steps=16)
+    ref = sample(GuidedDenoiser(ManualGuided(GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9), 2.5, lo, hi)), noise, num_steps=16)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from autoguide.sample.blur import gaussian_blur_2d, gaussian_kernel, gaussian_kernel_size, reflect_indices
 from autoguide.sample.config import build_guidance, term_keys
-from autoguide.sample.distributed import RankInfo, rank_from_env, rank_slice
+from autoguide.runtime import RankInfo, rank_from_env, rank_slice
 from autoguide.sample.guidance import CFG, PAG, SEG, SIMSNegative, Autoguidance
 from autoguide.sample.labels import as_one_hot, class_labels
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
@@ -94,7 +94,12 @@ def test_label_policies():
 def test_rank_from_env_and_slices():
     assert rank_from_env({}) == RankInfo(0, 1, 0)
     assert rank_from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}) == RankInfo(2, 4, 0)
-    assert rank_from_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}) == RankInfo(5, 8, 1)
+    srun_step = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}
+    assert rank_from_env(srun_step) == RankInfo(5, 8, 1)
+    # a batch script (no job step) is one process whatever --ntasks says
+    assert rank_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}) == RankInfo(0, 1, 0)
+    # Lightning's one-node launcher gives ranks 1.. only LOCAL_RANK and WORLD_SIZE
+    assert rank_from_env({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == RankInfo(1, 2, 1)
     with pytest.raises(ValueError, match="outside"):
         rank_from_env({"RANK": "4", "WORLD_SIZE": "4"})
     parts = [list(range(10))[rank_slice(10, RankInfo(r, 3))] for r in range(3)]

@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from autoguide.config_dir import config_dir
+from autoguide.apps import sims_compare as compare
+from autoguide.config import compose
 from autoguide.eval.mnist_classifier import FORMAT, MnistClassifier, save_classifier
 from autoguide.io import save_model
 from autoguide.nets import build_network
-from autoguide.sims import compare
 from autoguide.io.sims_pair import SimsPair, write_pair
 from autoguide.sims.weightspace import write_weightspace_model
 
@@ -41,11 +40,10 @@ def test_compare_rows(tmp_path):
     torch.manual_seed(0)
     classifier = MnistClassifier()
     save_classifier(tmp_path / "clf.safetensors", classifier, {"format": FORMAT, "arch": classifier.arch})
-    overrides = [compare.search_path_override(), f"sims_dir={tmp_path}", "omega=[0.0,2.0]", "seeds=0-7", "sampler.num_steps=2",
+    overrides = [f"sims_dir={tmp_path}", "omega=[0.0,2.0]", "seeds=0-7", "sampler.num_steps=2",
                  "sampler.solver=euler", "device=cpu", f"extractors.mnist.path={tmp_path / 'clf.safetensors'}",
                  "metrics.reference.split=test", f"metrics.cache_dir={tmp_path / 'refs'}"]
-    with initialize_config_dir(config_dir=str(config_dir() / "sims"), version_base="1.3"):
-        cfg = compose(config_name="compare", overrides=overrides)
+    cfg = compose("sims_compare", overrides)
     report = compare.run(cfg)
     rows = {(r["method"], r["omega"], r["weight"]): r for r in report["rows"]}
     assert sorted(rows, key=str) == sorted([("unguided", None, None), ("sims", 0.0, None), ("sims", 2.0, None),

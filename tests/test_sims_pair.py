@@ -112,17 +112,17 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
     import numpy as np
     from omegaconf import open_dict
 
-    from autoguide.eval.app import compose_config
-    from autoguide.sample.generate import run as generate_run
+    from autoguide.config import compose as compose_config
+    from autoguide.apps.generate import run as generate_run
     from autoguide.sample.outputs import to_uint8
-    from autoguide.sample.pair_config import apply_pair
+    from autoguide.apps.common import apply_pair
 
     _model_pair(tmp_path)
     pair_path = tmp_path / "pair.json"
     write_pair(pair_path, SimsPair(tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 64, 0.1, 0), tmp_path)
 
     def config(*overrides):
-        cfg = compose_config("evaluate", [f"pair={pair_path}", "seeds=0-3", "sampler.num_steps=3", "device=cpu",
+        cfg = compose_config("eval", [f"pair={pair_path}", "seeds=0-3", "sampler.num_steps=3", "device=cpu",
                                           "progress=false", f"output.dir={tmp_path / 'out'}", "output.formats=[npz]", *overrides])
         with open_dict(cfg):
             cfg.pop("metrics")

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from autoguide.config_dir import config_dir
+from autoguide.config import compose
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
 from autoguide.io import read_card, read_model_file, save_model
-from autoguide.nets import build_network
-from autoguide.sample import generate as generate_cli
+from autoguide.nets import build_network, network_config
+from autoguide.apps import generate as generate_cli
 from autoguide.io.sims_pair import read_pair
 from autoguide.sims.pipeline import run_sims
 from autoguide.sims.synthesize import verify_manifest
@@ -74,8 +73,7 @@ def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
         'retrain.overrides=["logger=none","data.num_workers=0","~callbacks.sample_grid","~callbacks.progress_bar",'
         f'"+callbacks.crash._target_=sims_crash.CrashOnce","+callbacks.crash.after=64","+callbacks.crash.marker={crash}"]',
     ]
-    with initialize_config_dir(config_dir=str(config_dir() / "sims"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="sims", overrides=overrides), resolve=True)
+    return OmegaConf.to_container(compose("sims", overrides), resolve=True)
 
 
 def test_sims_end_to_end(tmp_path, monkeypatch):
@@ -132,7 +130,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
         pair = read_pair(path, check_hashes=True)
         assert pair.positive == base and pair.budget_nimg == budget and set(pair.weight_space) == {1.0}
         card = read_card(pair.negative)
-        assert (card["nimg"], card["ema_std"], card["sims"]["budget_nimg"], card["network"]) == (budget, 0.1, budget, NET)
+        assert (card["nimg"], card["ema_std"], card["sims"]["budget_nimg"], network_config(card["network"])) == (budget, 0.1, budget, network_config(NET))
         negative, _ = read_model_file(pair.negative)
         change = sum((negative[k] - base_state[k]).norm() ** 2 for k in base_state) ** 0.5
         size = sum(base_state[k].norm() ** 2 for k in base_state) ** 0.5
@@ -142,9 +140,8 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     pair = read_pair(pairs[-1])
     for name, overrides in (("sims", pair.generate_overrides(1.5)), ("weightspace", [f"model={pair.weight_space[1.0]}"])):
         folder = tmp_path / "samples" / name
-        with initialize_config_dir(config_dir=str(config_dir() / "generate"), version_base="1.3"):
-            gen = compose(config_name="generate", overrides=[*overrides, "seeds=0-3", "sampler.num_steps=3", "device=cpu",
-                                                             "output.formats=[npz]", f"output.dir={folder}", "progress=false"])
+        gen = compose("generate", [*overrides, "seeds=0-3", "sampler.num_steps=3", "device=cpu",
+                                   "output.formats=[npz]", f"output.dir={folder}", "progress=false"])
         generate_cli.run(gen)
         images = np.load(folder / "samples.npz")["images"]
         assert images.shape == (4, 32, 32, 1)
@@ -158,7 +155,7 @@ def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
         save_model(tmp_path / f"{name}.safetensors", build_network(NET), {"network": NET, "nimg": 10})
 
     def cli(*overrides):
-        command = [sys.executable, "-m", "autoguide.sims.cli", f"out_dir={tmp_path / 'sims'}", "budget_mi=1", "stop_after=base", *overrides]
+        command = [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'sims'}", "budget_mi=1", "stop_after=base", *overrides]
         return subprocess.run(command, capture_output=True, text=True)
 
     assert cli(f"base={tmp_path / 'a.safetensors'}").returncode == 0
@@ -167,4 +164,4 @@ def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
     refused = cli(f"base={tmp_path / 'b.safetensors'}")
     assert refused.returncode == 2 and "base stage was started with other inputs" in refused.stderr and "model (" in refused.stderr
     assert "Missing mandatory value: budget_mi" in subprocess.run(
-        [sys.executable, "-m", "autoguide.sims.cli", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True).stderr
+        [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True).stderr

@@ -3,15 +3,16 @@ real training config tree), weight initialisation from a model file, snapshot ch
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from autoguide.config_dir import config_dir
+from autoguide.config import compose
 from autoguide.ema.snapshots import Snapshot, write_index
 from autoguide.io import save_model
-from autoguide.nets import build_network
+from autoguide.nets import build_network, config_dict
 from autoguide.sims.init_callback import InitFromModel
 from autoguide.sims.retrain import RetrainSettings, budgets_from_mi, carried_base_overrides, check_snapshots, training_overrides
 from autoguide.train.module import DiffusionModule
+from autoguide.train.settings import TrainSettings
 
 NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],
            num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
@@ -43,9 +44,8 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
     overrides = training_overrides(tmp_path / "run", "s-sims0", model, NET, tmp_path / "shards", settings,
                                    ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"])
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    assert dict(cfg.net) == {**NET, "channel_mult": [1, 2], "attn_resolutions": []}
+    cfg = compose("train", overrides)
+    assert OmegaConf.to_container(cfg.net) == config_dict(NET)
     assert cfg.run_dir == str(tmp_path / "run") and cfg.name == "s-sims0" and cfg.resume == "auto"
     assert cfg.data.name == "shards" and cfg.data.path == str(tmp_path / "shards") and cfg.data.conditional is True
     assert cfg.data.num_workers == 0 and "split" not in cfg.data
@@ -65,7 +65,9 @@ def test_init_from_model_loads_the_weights(tmp_path):
     torch.manual_seed(1)
     source = build_network(NET)
     save_model(tmp_path / "m.safetensors", source, {"network": NET})
-    module = DiffusionModule(net=NET, batch_size=4, lr_ref=1e-3, lr_ref_batches=0, lr_rampup_mi=0, P_mean=-0.8, P_std=1.6, seed=7)
+    recipe = TrainSettings(batch_size=4, duration_mi=1, lr_ref=1e-3, lr_ref_batches=0, P_mean=-0.8, P_std=1.6,
+                           log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1)
+    module = DiffusionModule(NET, recipe, seed=7)
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     InitFromModel(str(tmp_path / "m.safetensors")).setup(None, module, "validate")  # only at fit
     assert all(torch.equal(before[k], v) for k, v in module.net.state_dict().items())
@@ -73,7 +75,7 @@ def test_init_from_model_loads_the_weights(tmp_path):
     for key, value in source.state_dict().items():
         assert torch.equal(module.net.state_dict()[key], value), key
     assert not torch.equal(before["unet.out_conv.weight"], module.net.state_dict()["unet.out_conv.weight"])
-    other = DiffusionModule(net={**NET, "model_channels": 16}, batch_size=4, lr_ref=1e-3, lr_ref_batches=0, lr_rampup_mi=0, P_mean=-0.8, P_std=1.6)
+    other = DiffusionModule({**NET, "model_channels": 16}, recipe)
     with pytest.raises(ValueError, match="differs from the training config"):
         InitFromModel(str(tmp_path / "m.safetensors")).setup(None, other, "fit")
     InitFromModel(str(tmp_path / "m.safetensors"), budgets=[8, 16]).setup(None, module, "fit")  # batch 4 divides both
@@ -98,7 +100,6 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
     overrides = training_overrides(tmp_path / "run", "toy-sims0", tmp_path / "m.safetensors", NET, tmp_path / "shards", settings,
                                    ["experiment=toy2d-main"])
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        base = compose(config_name="config", overrides=["experiment=toy2d-main"])
-        cfg = compose(config_name="config", overrides=overrides)
+    base = compose("train", ["experiment=toy2d-main"])
+    cfg = compose("train", overrides)
     assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"

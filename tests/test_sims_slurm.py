@@ -6,9 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 
-from autoguide.config_dir import config_dir
+from autoguide.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "sims_chain.sh"
@@ -63,9 +62,8 @@ def test_chain_submits_dependent_jobs(tmp_path):
 def _job_command(tmp_path, *args, **env):
     subprocess.run(["bash", str(SCRIPT), *args], env=_env(tmp_path, **env), check=True, capture_output=True, text=True)
     argv = json.loads((tmp_path / "python.json").read_text())
-    assert argv[:2] == ["-m", "autoguide.sims.cli"]
-    with initialize_config_dir(config_dir=str(config_dir() / "sims"), version_base="1.3"):
-        return compose(config_name="sims", overrides=argv[2:])
+    assert argv[:2] == ["-m", "autoguide.apps.sims"]
+    return compose("sims", argv[2:])
 
 
 def test_jobs_run_autoguide_sims(tmp_path):

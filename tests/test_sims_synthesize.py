@@ -12,12 +12,12 @@ from autoguide.data.shards import IndexedShardDataset
 from autoguide.io import save_model
 from autoguide.nets import build_network
 from autoguide.sample.batch import generate_images
-from autoguide.sample.generate import ModelLoader
+from autoguide.runtime import ModelLoader
+from autoguide.sample.seeds import format_seeds
 from autoguide.sims.synthesize import (
     SynthesisSettings,
     check_label_coverage,
     plan_chunks,
-    seed_ranges,
     synthesize_stage,
     verify_manifest,
 )
@@ -64,7 +64,7 @@ def test_plan_chunks():
     assert [k for c in chunks[:2] for k in c.classes] == [0, 1, 2, 0, 1, 2, 0]
     picked = np.random.RandomState(3).permutation(20)[:3].tolist()
     assert list(chunks[2].items) == picked and list(chunks[2].classes) == [i % 3 for i in picked]
-    assert seed_ranges([3, 4, 5, 9, 11, 12]) == "3-5,9,11-12"
+    assert format_seeds([3, 4, 5, 9, 11, 12]) == "3-5,9,11-12"
     with pytest.raises(ValueError, match="real data"):
         plan_chunks(_settings(real_fraction=0.5), 3, None)
     with pytest.raises(ValueError, match="no image of class 2"):

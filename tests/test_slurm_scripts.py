@@ -200,7 +200,7 @@ def test_generation_tasks_cover_the_seed_range_once(tmp_path):
     assert seeds == ["seeds=100-103", "seeds=104-107", "seeds=108-109"]
     dirs = [next(a for a in c if a.startswith("output.dir=")) for c in calls]
     assert dirs == [f"output.dir={tmp_path}/out/seeds-{s.split('=')[1]}" for s in seeds]
-    assert all(c[1:3] == ["-m", "autoguide.sample.generate"] and "model=m.safetensors" in c for c in calls)
+    assert all(c[1:3] == ["-m", "autoguide.apps.generate"] and "model=m.safetensors" in c for c in calls)
 
 
 def test_generation_resolves_model_folders(tmp_path):
@@ -304,13 +304,9 @@ def test_chain_rejects_bad_arguments(tmp_path, args, message):
 # ----------------------------------------------------------------------- submitit launcher
 def test_submitit_launcher_follows_the_trainer_layout():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
-    from hydra import compose, initialize_config_dir
+    from autoguide.config import compose
 
-    from autoguide.config_dir import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "experiment=toy2d-main", "trainer=ddp_cpu"],
-                      return_hydra_config=True)
+    cfg = compose("train", ["hydra/launcher=slurm", "experiment=toy2d-main", "trainer=ddp_cpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.nodes) == (2, 1)

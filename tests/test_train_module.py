@@ -13,6 +13,7 @@ import torch
 
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.train.module import DiffusionModule, step_seed
+from autoguide.train.settings import OptimizerSettings, TrainSettings
 
 TOY_NET = {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": 8, "depth": 1}
 LR_REF, T_REF, RAMPUP_IMG = 0.01, 3, 40
@@ -25,13 +26,15 @@ def edm2_lr(nimg: int, batch: int) -> float:
     return LR_REF * decay * warmup
 
 
-def make_module(batch: int, **overrides) -> DiffusionModule:
-    kwargs = dict(
-        net=TOY_NET, batch_size=batch, lr_ref=LR_REF, lr_ref_batches=T_REF,
-        lr_rampup_mi=RAMPUP_IMG / 2**20, P_mean=-1.0, P_std=1.2, seed=3,
+def make_module(batch: int, net: dict = TOY_NET, optimizer: dict | None = None, **overrides) -> DiffusionModule:
+    recipe = dict(
+        batch_size=batch, lr_ref=LR_REF, lr_ref_batches=T_REF, lr_rampup_mi=RAMPUP_IMG / 2**20, P_mean=-1.0, P_std=1.2,
+        duration_mi=1, log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1,
     )
-    kwargs.update(overrides)
-    return DiffusionModule(**kwargs)
+    recipe.update(overrides)
+    if optimizer is not None:
+        recipe["optimizer"] = OptimizerSettings(**optimizer)
+    return DiffusionModule(net, TrainSettings(**recipe), seed=3)
 
 
 class StepRecorder(L.Callback):

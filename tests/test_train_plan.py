@@ -1,19 +1,24 @@
 """Image-counted training plan: batch split over devices and accumulation, duration in steps,
-interval triggers."""
+interval triggers; the recipe's values checked once by ``TrainSettings``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from autoguide.train.plan import (
-    ConfigError,
-    IntervalTrigger,
-    batch_plan,
-    crossed,
-    interval_images,
-    total_images,
-    total_steps,
+from autoguide.settings import ConfigError
+from autoguide.train.plan import IntervalTrigger, batch_plan, crossed
+from autoguide.train.settings import TrainSettings
+
+RECIPE = TrainSettings(
+    batch_size=32, duration_mi=1, lr_ref=0.01, lr_ref_batches=0, P_mean=-0.4, P_std=1.0,
+    log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1,
 )
+
+
+def recipe(**changes) -> TrainSettings:
+    return dataclasses.replace(RECIPE, **changes)
 
 
 @pytest.mark.parametrize(
@@ -44,33 +49,33 @@ def test_batch_plan_splits_global_batch(batch, world, per_device, expected):
 )
 def test_batch_plan_errors_name_the_key(batch, world, per_device, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        batch_plan(batch, world, per_device)
+        recipe(batch_size=batch, batch_per_device=per_device).batch_plan(world)
 
 
 def test_duration_in_images_and_steps():
-    assert total_images(1) == 1048576
-    assert total_images(0.125) == 131072
-    assert total_images(2048, 0.0625) == 128 * 1048576  # a guide at T/16
-    assert total_images(0.0003) == 315  # round(0.0003 * 2**20)
-    assert total_steps(315, 32) == 10  # ceil: the last step passes the target
-    assert total_steps(320, 32) == 10
-    assert total_steps(321, 32) == 11
+    assert recipe(duration_mi=1).total_nimg == 1048576
+    assert recipe(duration_mi=0.125).total_nimg == 131072
+    assert recipe(duration_mi=2048, duration_fraction=0.0625).total_nimg == 128 * 1048576  # a guide at T/16
+    assert recipe(duration_mi=0.0003).total_nimg == 315  # round(0.0003 * 2**20)
+    assert recipe(duration_mi=0.0003).total_steps == 10  # ceil: the last step passes the target
+    assert recipe(duration_mi=320 / 2**20).total_steps == 10
+    assert recipe(duration_mi=321 / 2**20).total_steps == 11
 
 
 @pytest.mark.parametrize("value", [-1, 0, float("nan"), float("inf"), "1", True])
 def test_duration_must_be_positive_number(value):
     with pytest.raises(ConfigError, match=r"train\.duration_mi"):
-        total_images(value)
+        recipe(duration_mi=value)
     with pytest.raises(ConfigError, match=r"train\.duration_fraction"):
-        total_images(1.0, value)
+        recipe(duration_fraction=value)
 
 
 def test_intervals_in_kimg():
-    assert interval_images(16, "k") == 16000
-    assert interval_images(8388.608, "k") == 8 * 2**20
-    assert interval_images(0.0001, "k") == 1
+    assert recipe(log_kimg=16).interval_images("log_kimg") == 16000
+    assert recipe(snapshot_kimg=8388.608).interval_images("snapshot_kimg") == 8 * 2**20
+    assert recipe(checkpoint_kimg=0.0001).interval_images("checkpoint_kimg") == 1
     with pytest.raises(ConfigError, match=r"train\.sample_kimg=-2"):
-        interval_images(-2, "train.sample_kimg")
+        recipe(sample_kimg=-2)
 
 
 def test_crossed_counts_multiples_passed():

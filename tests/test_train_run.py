@@ -8,20 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from autoguide.config_dir import config_dir
+from autoguide.config import compose
 from autoguide.io import read_card, read_model_file
 from autoguide.train.checkpoint import list_checkpoints
-from autoguide.train.plan import ConfigError
+from autoguide.settings import ConfigError
 from autoguide.train.run import train
 
 
 def make_config(overrides: list[str]):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose("train", overrides)
 
 
 def tiny(run_dir: Path, batch: int, steps: int, checkpoint_steps: int) -> list[str]:
@@ -128,7 +126,7 @@ def test_multirun_points_train_in_their_own_folders(tmp_path):
     import subprocess
     import sys
 
-    from autoguide.train.cli import sweep_point_folder
+    from autoguide.apps.train import sweep_point_folder
 
     repo = Path(__file__).resolve().parents[1]
     settings = ["experiment=toy2d-main", "logger=none", "net.width=8", "net.depth=1", "~callbacks.sample_grid",

@@ -20,6 +20,8 @@ local folder (``config.json`` + weights, e.g. ``huggingface-cli download stabili
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -143,3 +145,17 @@ def load_latent_codec(card: Mapping[str, Any], vae_path: str | os.PathLike | Non
             f"that VAE> (e.g. huggingface-cli download {spec.get('vae_name', SD_VAE_NAME)} --local-dir vae/sd-vae-ft-mse)"
         )
     return LatentCodec.from_spec(spec, vae_path).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_codec(spec_json: str, vae_path: str | None, device: str) -> LatentCodec | None:
+    return load_latent_codec({"latent": json.loads(spec_json)}, vae_path, device)
+
+
+def codec_for(net: nn.Module, vae_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> LatentCodec | None:
+    """The VAE codec of a latent model (its card's ``latent`` entry), loaded once per (spec,
+    VAE folder, device) and kept for later calls; ``None`` for pixel and 2D models."""
+    spec = getattr(net, "card", {}).get("latent")
+    if spec is None:
+        return None
+    return _cached_codec(json.dumps(spec, sort_keys=True), None if vae_path is None else str(vae_path), str(device))

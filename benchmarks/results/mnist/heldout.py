@@ -25,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autoguide.eval import evaluate
-from autoguide.eval.app import compose_config
+from autoguide.config import compose as compose_config
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -73,7 +73,7 @@ def pick_config(out: Path, method: str, row: dict, seeds: str, classifier: Path,
         "device=cpu", "progress=false", f"cache_dir={runs / 'cache'}", f"extractors.mnist.path={classifier}",
         "metrics=mnist", "preview_images=0", f"output.dir={out}",
     ]
-    cfg = compose_config("evaluate", overrides)
+    cfg = compose_config("eval", overrides)
     with open_dict(cfg):
         cfg.sampler = OmegaConf.create(row["sampler"])
         cfg.guidance = OmegaConf.create({"kind": "none"} if method == "unguided" else row["guidance"])

@@ -2,7 +2,7 @@
 ``grids.png`` (called by ``run.sh``; rerunning it only rereads the run folder).
 
 Every method's row is the best setting of its sweep by FD on the project's MNIST classifier
-features (``autoguide-sweep``'s ``best.json``; SIMS: ``python -m autoguide.sims.compare``'s
+features (``autoguide-sweep``'s ``best.json``; SIMS: ``python -m autoguide.apps.sims_compare``'s
 ``compare.json``; autoguidance: the best of every ``sweep-autoguidance*`` folder, one per guide
 run). "Unguided" is the ``w = 1`` point. ``heldout.py`` then re-measures each pick on disjoint,
 larger seed sets (``runs/heldout-<method>/metrics.json``); where those exist they are the
@@ -139,14 +139,14 @@ def sims_row(runs: Path) -> dict[str, Any] | None:
 
 
 def sims_lines(runs: Path) -> list[str]:
-    """The SIMS comparison (``python -m autoguide.sims.compare``): unguided base, SIMS-guided at
+    """The SIMS comparison (``python -m autoguide.apps.sims_compare``): unguided base, SIMS-guided at
     every omega, and the weight-space models, all on the sweep seeds."""
     path = runs / "sims" / "compare" / "compare.json"
     if not path.is_file():
         return []
     report = json.loads(path.read_text())
     lines = ["## SIMS: unguided base vs SIMS-guided vs weight-space", "",
-             "From `python -m autoguide.sims.compare` on the SIMS folder (`runs/sims`, written by `autoguide-sims`), "
+             "From `python -m autoguide.apps.sims_compare` on the SIMS folder (`runs/sims`, written by `autoguide-sims`), "
              "on the sweep seeds. SIMS-guided: `D = D_base + omega (D_base - D_synth)`; weight-space: one model "
              "`theta_base + w' (theta_base - theta_synth)`.", "",
              "| method | budget (images) | negative EMA | omega / w' | FD | precision | recall |", "|---|---|---|---|---|---|---|"]
@@ -468,7 +468,7 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
 
     from autoguide.sample import generate_images
     from autoguide.sample.config import build_guidance
-    from autoguide.sample.generate import ModelLoader
+    from autoguide.runtime import ModelLoader
 
     seeds = list(range(10 * seeds_per_class))
     classes = [s % 10 for s in seeds]

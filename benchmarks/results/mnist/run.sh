@@ -16,7 +16,7 @@
 #      S-size guide with less training); the XS guide with a longer EMA; the T/2 XS guide at
 #      larger weights
 #   4. SIMS: autoguide-sims (synthetic set, fine-tune, negative, weight-space models) +
-#      python -m autoguide.sims.compare
+#      python -m autoguide.apps.sims_compare
 #   5. heldout.py: every method's pick re-measured on disjoint seeds 1000-1999
 #   6. the target check with less selection noise: unguided, CFG and autoguidance swept again
 #      with 1,000 images per setting on seeds 2000-2999 (refine-*): around each pick of stage 3
@@ -81,7 +81,7 @@ timed() {  # timed <name> <command...>: run, log to runs/logs/<name>.log, record
 report() { python benchmarks/results/mnist/report.py --runs "$R" --grids "${1:-0}" --grid-seeds "$GRID_SEEDS" >/dev/null || echo "report.py failed" >&2; }
 
 # 1. feature classifier
-[ -f "$CLASSIFIER" ] || timed classifier python -m autoguide.eval.mnist_classifier train --out "$CLASSIFIER" --device cpu
+[ -f "$CLASSIFIER" ] || timed classifier autoguide-mnist-classifier train --out "$CLASSIFIER" --device cpu
 
 # 2. main model and guide, side by side (train.py resumes from the newest checkpoint by itself)
 train_main() {
@@ -112,7 +112,7 @@ wait "$main_pid"
 # 3. sweeps: sweep <name> <overrides...>; the table is rewritten after each one
 run_sweep() {  # run_sweep <stage: sweep|refine> <name> <seeds=...> <overrides...>, unless finished
   local stage="$1" name="$2" seeds="$3"; shift 3
-  [ -f "$R/$stage-$name/best.json" ] || timed "$stage-$name" python -m autoguide.eval.sweep "main.run=$R/mnist-s-cfg" \
+  [ -f "$R/$stage-$name/best.json" ] || timed "$stage-$name" python -m autoguide.apps.sweep "main.run=$R/mnist-s-cfg" \
     "grid.main_std=[$MAIN_STD]" "output.dir=$R/$stage-$name" "$seeds" "${SAMPLING[@]}" "$@"
 }
 sweep() {
@@ -139,10 +139,10 @@ lane_b() {  # autoguidance: guide size x guide time x guide EMA
 }
 lane_sims() {  # 4. SIMS; its base is the same post-hoc EMA of the main run as every other row
   [ "$SKIP_SIMS" = 1 ] && return 0
-  [ -f "$R/sims/summary.json" ] || timed sims python -m autoguide.sims.cli "out_dir=$R/sims" "base_run=$R/mnist-s-cfg" \
+  [ -f "$R/sims/summary.json" ] || timed sims python -m autoguide.apps.sims "out_dir=$R/sims" "base_run=$R/mnist-s-cfg" \
     "base_ema_std=$MAIN_STD" "budget_mi=[$SIMS_BUDGET_MI]" "synthesize.num_images=$SIMS_IMAGES" \
     "synthesize.sampler.num_steps=$STEPS" "register.ema_stds=[$MAIN_STD]" "register.weight_space=$SIMS_WEIGHT_SPACE" device=cpu
-  [ -f "$R/sims/compare/compare.json" ] || timed sims-compare python -m autoguide.sims.compare "sims_dir=$R/sims" \
+  [ -f "$R/sims/compare/compare.json" ] || timed sims-compare python -m autoguide.apps.sims_compare "sims_dir=$R/sims" \
     "omega=$SIMS_OMEGAS" "${COMMON[@]}" "output.dir=$R/sims/compare"
   report
 }

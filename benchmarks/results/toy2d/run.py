@@ -4,8 +4,8 @@ Fig. 1) with one command, from the repository root:
     python benchmarks/results/toy2d/run.py            # reuses finished runs/sweeps in runs/
     python benchmarks/results/toy2d/run.py --fresh    # deletes runs/ first: everything from scratch
 
-Every step is one of the project's own commands (``train.py``, ``autoguide.eval.sweep``, whose
-post-hoc EMAs come from ``autoguide.ema.reconstruct``); runs and sweeps go to ``runs/`` here.
+Every step is one of the project's own commands (``train.py``, ``autoguide-sweep``, whose
+post-hoc EMAs come from ``autoguide.ema.PosthocEMA``); runs and sweeps go to ``runs/`` here.
 
 Headline (the issue's recipe, built as the paper's toy: energy-parametrised MP-MLPs, 16 Mi samples
 at batch 4096, regressing the exact posterior mean of the mixture, ``train.target=exact``):
@@ -77,7 +77,7 @@ TRAININGS = {
     "guide-t4": ["experiment=toy2d-guide", "train.duration_fraction=0.25"],
 }
 SWEEP = [
-    sys.executable, "-m", "autoguide.eval.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
+    sys.executable, "-m", "autoguide.apps.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
     "select=toy_logp", "device=cpu", "progress=false", "batch_size=2000",
 ]
 
@@ -165,7 +165,7 @@ def numeric(value: str) -> Any:
 
 
 def sweep(tag: str, overrides: list[str], steps: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run one ``autoguide.eval.sweep`` into ``runs/sweeps/<tag>`` unless the same command
+    """Run one ``autoguide-sweep`` into ``runs/sweeps/<tag>`` unless the same command
     already finished there; returns its rows."""
     out = RUNS / "sweeps" / tag
     command = [*SWEEP, *overrides, f"output.dir={out}"]
@@ -190,9 +190,9 @@ def unguided_fields(row: dict[str, Any]) -> dict[str, Any]:
 def cfg_negatives(run_dir: Path) -> tuple[int, dict[float, Path]]:
     """``(nimg, {std: file})``: post-hoc EMAs ``NEGATIVE_STDS`` of the unconditional run at its
     end (reconstructed once, cached in ``<run>/reconstructed``)."""
-    from autoguide.eval.ema_cache import ema_models
+    from autoguide.ema import PosthocEMA
 
-    return ema_models(run_dir, None, NEGATIVE_STDS)
+    return PosthocEMA(run_dir).cached(NEGATIVE_STDS)
 
 
 def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:

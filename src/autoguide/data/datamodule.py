@@ -33,10 +33,11 @@ class DiffusionDataModule(L.LightningDataModule):
     ``start_nimg`` (images already seen by all ranks together) is where the stream starts.
     Inside a Trainer it is read from the LightningModule's ``nimg`` attribute when the loader
     is built (after Lightning restored a checkpoint), so a resume needs no extra call;
-    outside a Trainer set the attribute directly.
+    outside a Trainer set the attribute directly. ``dataset``: the dataset of ``cfg`` if it
+    was already built.
     """
 
-    def __init__(self, cfg: Mapping, start_nimg: int = 0) -> None:
+    def __init__(self, cfg: Mapping, start_nimg: int = 0, dataset: Dataset | None = None) -> None:
         super().__init__()
         cfg = dict(cfg)
         if cfg.get("batch_size") is None:
@@ -47,6 +48,8 @@ class DiffusionDataModule(L.LightningDataModule):
         self.conditional = bool(cfg.pop("conditional", False))
         self.dataset_cfg = cfg
         self.start_nimg = start_nimg
+        if dataset is not None:  # already built from this config (e.g. when the run was checked)
+            self.__dict__["dataset"] = dataset
 
     @functools.cached_property
     def dataset(self) -> Dataset:

@@ -40,12 +40,18 @@ def uint8_to_float(array: np.ndarray) -> torch.Tensor:
     return chw.to(torch.float32) / 127.5 - 1
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [-1, 1] -> uint8 (same shape and layout, on the CPU):
+    ``u = clip(round((x + 1) * 127.5), 0, 255)``, the one rounding rule of the project."""
+    u = torch.round((images.detach().to(torch.float32).cpu() + 1) * 127.5).clamp(0, 255)
+    return u.to(torch.uint8)
+
+
 def float_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """float CHW tensor in [-1, 1] -> uint8 HWC array: ``u = clip(round((x + 1) * 127.5))``."""
+    """float CHW tensor in [-1, 1] -> uint8 HWC array (``quantize``)."""
     if image.ndim != 3:
         raise ValueError(f"expected a CHW image tensor, got shape {tuple(image.shape)}")
-    u = torch.round((image.detach().to(torch.float32).cpu() + 1) * 127.5).clamp(0, 255)
-    return u.to(torch.uint8).permute(1, 2, 0).numpy()
+    return quantize(image).permute(1, 2, 0).numpy()
 
 
 def encode_png(array: np.ndarray) -> bytes:

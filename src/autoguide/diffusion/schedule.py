@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from autoguide.units import MI
 
-def learning_rate(nimg: float, ref_lr: float, ref_batches: float, batch_size: int, rampup_img: float = 10 * 2**20) -> float:
+
+def learning_rate(nimg: float, ref_lr: float, ref_batches: float, batch_size: int, rampup_img: float = 10 * MI) -> float:
     """``ref_lr / sqrt(max(nimg / (ref_batches * batch_size), 1)) * min(nimg / rampup_img, 1)``.
 
     ``ref_batches = 0`` disables the decay; ``rampup_img = 0`` disables the warm-up.

@@ -1,13 +1,12 @@
 """Post-hoc EMA (Karras et al. 2024, EDM2, Sec. 3): power-function EMA math, the tracker,
-the Lightning snapshot callback and reconstruction of any EMA length afterwards.
+the Lightning snapshot callback, and "the EMA of length s at time t of run R" rebuilt from the
+snapshots (``PosthocEMA``, into memory or to files, cached).
 
-``PowerEMACallback`` is imported on first use so that the math and the reconstruction CLI
-do not pull in Lightning.
+``PowerEMACallback`` is imported on first use so that the math and the reconstruction do not
+pull in Lightning.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from autoguide.ema.power import (
     MAX_SIGMA_REL,
@@ -19,17 +18,13 @@ from autoguide.ema.power import (
     sigma_rel_to_gamma,
     solve_coefficients,
 )
+from autoguide.ema.posthoc import PosthocEMA, reconstruct
 from autoguide.ema.tracker import PowerEMA
+from autoguide.lazy import lazy_getattr
 
 __all__ = [
-    "MAX_SIGMA_REL", "PowerEMA", "PowerEMACallback", "ema_beta", "gamma_to_sigma_rel",
-    "power_profile", "profile_error", "profile_inner", "sigma_rel_to_gamma", "solve_coefficients",
+    "MAX_SIGMA_REL", "PosthocEMA", "PowerEMA", "PowerEMACallback", "ema_beta", "gamma_to_sigma_rel",
+    "power_profile", "profile_error", "profile_inner", "reconstruct", "sigma_rel_to_gamma", "solve_coefficients",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "PowerEMACallback":
-        from autoguide.ema.callback import PowerEMACallback
-
-        return PowerEMACallback
-    raise AttributeError(f"module 'autoguide.ema' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {"PowerEMACallback": "callback"})

@@ -10,7 +10,6 @@ batch size and any update spacing give the same profile.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,14 +28,11 @@ from autoguide.ema.snapshots import (
 )
 from autoguide.ema.tracker import PowerEMA
 from autoguide.io import save_model
+from autoguide.nets import network_config
+from autoguide.settings import interval_images
+from autoguide.units import KIMG, MI
 
 CHECKPOINT_KEY = "autoguide_phema"
-MODEL_FORMAT = "autoguide-model/1"
-
-
-def _as_json(value: Any) -> Any:
-    """The value as it reads back from JSON (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(value))
 
 
 class PowerEMACallback(pl.Callback):
@@ -46,7 +42,7 @@ class PowerEMACallback(pl.Callback):
         stds: relative EMA stds (``sigma_rel``) to track from the first step; EDM2 stores
             0.050 and 0.100 and reconstructs anything in between and somewhat beyond.
         snapshot_kimg: write a snapshot of every tracked EMA each time the image count
-            crosses a multiple of ``snapshot_kimg * 1000`` (and once at the end of
+            crosses a multiple of ``snapshot_kimg`` kimg (and once at the end of
             training). Default 8 Mi images, as in EDM2.
         out_dir: snapshot folder; default ``<trainer.default_root_dir>/phema``.
 
@@ -62,7 +58,7 @@ class PowerEMACallback(pl.Callback):
     def __init__(
         self,
         stds: Sequence[float] = (0.050, 0.100),
-        snapshot_kimg: float = 8 * 2**20 / 1000,
+        snapshot_kimg: float = 8 * MI / KIMG,
         out_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
@@ -70,9 +66,7 @@ class PowerEMACallback(pl.Callback):
         names = {snapshot_filename(0, s) for s in self.stds}
         if len(names) != len(self.stds):
             raise ValueError(f"EMA stds {list(self.stds)} must differ in their first 4 decimals")
-        self.snapshot_nimg = round(float(snapshot_kimg) * 1000)
-        if self.snapshot_nimg <= 0:
-            raise ValueError(f"snapshot_kimg must be > 0, got {snapshot_kimg!r}")
+        self.snapshot_nimg = interval_images(snapshot_kimg, "callbacks.phema.snapshot_kimg")
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.ema: PowerEMA | None = None
         self._restored: dict[str, Any] | None = None
@@ -173,7 +167,7 @@ class PowerEMACallback(pl.Callback):
         if not (folder / "index.json").exists():
             return []
         index = read_index(folder)
-        if _as_json(index.network) != _as_json(net.config):
+        if network_config(index.network) != network_config(net.config):
             raise ValueError(
                 f"{folder / 'index.json'}: snapshots of a different network architecture; "
                 "use a fresh out_dir for this run"
@@ -204,13 +198,12 @@ class PowerEMACallback(pl.Callback):
         nimg = self.ema.nimg
         if trainer.is_global_zero:
             net = self._net(pl_module)
-            config = _as_json(net.config)
+            config = net.config
             persistent = set(net.state_dict())
             buffers = [name for name, _ in net.named_buffers() if name in persistent]
             for std, module in self.ema.modules.items():
                 path = self._folder / snapshot_filename(nimg, std)
                 card = {
-                    "format": MODEL_FORMAT,
                     "network": config,
                     "nimg": nimg,
                     "ema_std": std,

@@ -9,6 +9,7 @@ import numpy as np
 
 from autoguide.ema.power import power_profile, sigma_rel_to_gamma
 from autoguide.io import atomic_path
+from autoguide.units import KIMG, MI
 
 
 def plot_profiles(
@@ -27,7 +28,7 @@ def plot_profiles(
     path = Path(path)
     in_gamma = [sigma_rel_to_gamma(s) for s in in_std]
     tau = np.linspace(0.0, float(out_nimg), 2001)
-    unit, unit_name = (2**20, "Mi") if out_nimg >= 2**20 else (1000, "kimg")
+    unit, unit_name = (MI, "Mi") if out_nimg >= MI else (KIMG, "kimg")
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     colors = [f"C{j % 10}" for j in range(len(out_stds))]

@@ -105,6 +105,24 @@ def _as_vector(name: str, values, length: int | None = None) -> np.ndarray:
     return arr
 
 
+def _normal_equations(t: np.ndarray, g: np.ndarray, t_out: float, g_out: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(G, b)`` of the least-squares fit of target profile ``(t_out, g_out)`` by the profiles
+    ``(t_i, g_i)``: ``G_ik = <p_i, p_k>``, ``b_i = <p_i, p_target>`` (``profile_inner``)."""
+    gram = profile_inner(t[:, None], g[:, None], t[None, :], g[None, :])
+    return gram, profile_inner(t, g, t_out, g_out)
+
+
+def _checked(in_nimg, in_std, out_nimg, out_std) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four arguments as float64 vectors of matching lengths, stds as exponents gamma."""
+    in_nimg = _as_vector("in_nimg", in_nimg)
+    in_std = _as_vector("in_std", in_std, len(in_nimg))
+    out_nimg = _as_vector("out_nimg", out_nimg)
+    out_std = _as_vector("out_std", out_std, len(out_nimg))
+    in_gamma = np.array([sigma_rel_to_gamma(s) for s in in_std])
+    out_gamma = np.array([sigma_rel_to_gamma(s) for s in out_std])
+    return in_nimg, in_gamma, out_nimg, out_gamma
+
+
 def solve_coefficients(in_nimg, in_std, out_nimg, out_std) -> np.ndarray:
     """Least-squares coefficients that rebuild target power EMAs from stored snapshots.
 
@@ -116,28 +134,17 @@ def solve_coefficients(in_nimg, in_std, out_nimg, out_std) -> np.ndarray:
     to sum to 1 so constant parameters are reproduced exactly (EDM2 Sec. 3.2).
     Coefficients may be negative. Returns ``[n_in, n_out]``; excluded snapshots get 0.
     """
-    in_nimg = _as_vector("in_nimg", in_nimg)
-    in_std = _as_vector("in_std", in_std, len(in_nimg))
-    out_nimg = _as_vector("out_nimg", out_nimg)
-    out_std = _as_vector("out_std", out_std, len(out_nimg))
-    in_gamma = np.array([sigma_rel_to_gamma(s) for s in in_std])
-    out_gamma = np.array([sigma_rel_to_gamma(s) for s in out_std])
-
+    in_nimg, in_gamma, out_nimg, out_gamma = _checked(in_nimg, in_std, out_nimg, out_std)
     coefs = np.zeros((len(in_nimg), len(out_nimg)), dtype=np.float64)
     for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma)):
         use = (in_nimg > 0) & (in_nimg <= t_out)
         if not use.any():
-            raise ValueError(
-                f"no snapshot with 0 < nimg <= {t_out:g} to reconstruct std {out_std[j]:g} from"
-            )
-        t, g = in_nimg[use], in_gamma[use]
-        gram = profile_inner(t[:, None], g[:, None], t[None, :], g[None, :])
-        rhs = profile_inner(t, g, t_out, g_out)
-        x = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+            raise ValueError(f"no snapshot with 0 < nimg <= {t_out:g} to reconstruct std {gamma_to_sigma_rel(g_out):g} from")
+        x = np.linalg.lstsq(*_normal_equations(in_nimg[use], in_gamma[use], t_out, g_out), rcond=None)[0]
         total = x.sum()
         if not abs(total) > 1e-12:
             raise ValueError(
-                f"reconstruction of std {out_std[j]:g} at nimg {t_out:g} is degenerate "
+                f"reconstruction of std {gamma_to_sigma_rel(g_out):g} at nimg {t_out:g} is degenerate "
                 f"(coefficients sum to {total:g})"
             )
         coefs[use, j] = x / total
@@ -150,19 +157,13 @@ def profile_error(in_nimg, in_std, out_nimg, out_std, coefs: np.ndarray) -> np.n
     Computed in closed form from the inner products: ``c^T G c - 2 c^T b + <p_j, p_j>``.
     This is the measure of whether a target std is representable by the stored snapshots.
     """
-    in_nimg = _as_vector("in_nimg", in_nimg)
-    in_std = _as_vector("in_std", in_std, len(in_nimg))
-    out_nimg = _as_vector("out_nimg", out_nimg)
-    out_std = _as_vector("out_std", out_std, len(out_nimg))
+    in_nimg, in_gamma, out_nimg, out_gamma = _checked(in_nimg, in_std, out_nimg, out_std)
     coefs = np.asarray(coefs, dtype=np.float64).reshape(len(in_nimg), len(out_nimg))
-    in_gamma = np.array([sigma_rel_to_gamma(s) for s in in_std])
     errors = np.zeros(len(out_nimg))
-    for j, (t_out, s_out) in enumerate(zip(out_nimg, out_std)):
-        g_out = sigma_rel_to_gamma(s_out)
+    for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma)):
         use = coefs[:, j] != 0
-        t, g, c = in_nimg[use], in_gamma[use], coefs[use, j]
-        gram = profile_inner(t[:, None], g[:, None], t[None, :], g[None, :])
-        rhs = profile_inner(t, g, t_out, g_out)
+        c = coefs[use, j]
+        gram, rhs = _normal_equations(in_nimg[use], in_gamma[use], t_out, g_out)
         target = profile_inner(t_out, g_out, t_out, g_out)
         sq = c @ gram @ c - 2.0 * c @ rhs + target
         errors[j] = math.sqrt(max(float(sq), 0.0) / float(target))

@@ -1,10 +1,11 @@
 """Evaluation: feature extractors (Inception-v3, DINOv2, the project's MNIST classifier),
 Fréchet distance, improved precision/recall, exact 2D-toy metrics, cached reference
-statistics, and the ``autoguide-eval`` / ``autoguide-sweep`` apps (``autoguide.eval.evaluate``,
-``autoguide.eval.sweep``)."""
+statistics, model evaluation over seed sets (``evaluate``) and guidance sweeps (``sweep``);
+the apps ``autoguide-eval`` / ``autoguide-sweep`` sit on top (``autoguide.apps``)."""
 
 from autoguide.eval.evaluator import Evaluator, lower_is_better
-from autoguide.eval.features import FeatureExtractor, build_extractor
+from autoguide.eval.extractors import build_extractor
+from autoguide.eval.features import FeatureExtractor
 from autoguide.eval.frechet import GaussianAccumulator, frechet_distance, gaussian_stats
 from autoguide.eval.manifold_pr import precision_recall
 from autoguide.eval.reference import ReferenceStats, reference_stats

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoguide.eval.features import FeatureExtractor, build_extractor, extract, images_to_uint8
+from autoguide.eval.extractors import build_extractor
+from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import check_fd_infinity, frechet_distance, frechet_distance_infinity, gaussian_stats, subset_sizes
 from autoguide.eval.manifold_pr import precision_recall
 from autoguide.eval.reference import ReferenceStats, reference_stats

@@ -13,17 +13,15 @@ The file is a safetensors file; its card (JSON in the metadata under
 ``autoguide.mnist_classifier``) holds the architecture, the training settings and the test
 accuracy. Written atomically.
 
-    python -m autoguide.eval.mnist_classifier train --out ~/.cache/autoguide/mnist-classifier.safetensors
-    python -m autoguide.eval.mnist_classifier test ~/.cache/autoguide/mnist-classifier.safetensors
+    autoguide-mnist-classifier train --out ~/.cache/autoguide/mnist-classifier.safetensors
+    autoguide-mnist-classifier test ~/.cache/autoguide/mnist-classifier.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +39,7 @@ from autoguide.io import atomic_path
 
 CARD_KEY = "autoguide.mnist_classifier"
 FORMAT = "autoguide-mnist-classifier/1"
-TRAIN_COMMAND = "python -m autoguide.eval.mnist_classifier train --out {path}"
+TRAIN_COMMAND = "autoguide-mnist-classifier train --out {path}"
 
 
 class MnistClassifier(nn.Module):
@@ -166,42 +164,3 @@ class MnistFeatures(FeatureExtractor):
             raise ValueError(f"MNIST features need images [N, 1 or 3, {RESOLUTION}, {RESOLUTION}], got {list(images.shape)}")
         x = images.to(torch.float32).mean(1, keepdim=True) / 127.5 - 1
         return self.net.features(x)
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m autoguide.eval.mnist_classifier {train,test}``."""
-    parser = argparse.ArgumentParser(prog="python -m autoguide.eval.mnist_classifier", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("train", help="train on the MNIST-5k train split and save")
-    fit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
-    fit.add_argument("--steps", type=int, default=3000)
-    fit.add_argument("--batch-size", type=int, default=128)
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--shift", type=int, default=2, help="largest random shift in pixels (augmentation)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--device", default="auto", help="auto | cpu | cuda:0 ...")
-    check = commands.add_parser("test", help="print the card and re-measure the test accuracy")
-    check.add_argument("path", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            net, card = train(args.steps, args.batch_size, args.lr, args.shift, args.seed, _device(args.device))
-            save_classifier(args.out, net, card)
-            print(json.dumps(card, indent=2))
-            print(f"wrote {args.out}: test accuracy {card['test_accuracy']:.4f} on {card['test_images']} held-out images")
-        else:
-            net, card = load_classifier(args.path)
-            test_set = MNIST5k("test")
-            print(json.dumps(card, indent=2))
-            print(f"test accuracy {accuracy(net, test_set.images, test_set.labels):.4f} on {len(test_set)} held-out images")
-    except (FileNotFoundError, ValueError) as err:
-        print(f"mnist_classifier: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
-
-
-if __name__ == "__main__":
-    main()

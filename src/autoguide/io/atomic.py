@@ -1,12 +1,18 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename (text, JSON,
+CSV, or anything a writer puts at the temporary path)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -40,3 +46,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def json_text(value: Any) -> str:
+    """Strict, indented JSON of ``value``: non-finite floats (``sampler.S_max = inf``) become
+    strings, other non-JSON values their ``str``."""
+
+    def ready(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, Mapping):
+            return {k: ready(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [ready(x) for x in v]
+        return v
+
+    return json.dumps(ready(value), indent=2, default=str, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Write ``json_text(value)`` to ``path`` atomically."""
+    write_text_atomic(path, json_text(value))
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str]) -> None:
+    """Write ``rows`` as CSV with the columns ``fieldnames`` (other keys ignored) atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())

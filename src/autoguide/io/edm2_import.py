@@ -21,11 +21,8 @@ Release names carry the training length and the EMA length: ``<name>-<kimg:07d>-
 
 from __future__ import annotations
 
-import argparse
 import collections
-import hashlib
 import io
-import json
 import os
 import pickle
 import re
@@ -38,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoguide.io.digest import file_sha256
 from autoguide.io.model_file import save_model
 
 
@@ -508,14 +506,6 @@ def release_nimg_and_std(name: str) -> tuple[int | None, float | None]:
     return nimg, float(match[2])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_edm2(
     pkl_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -527,7 +517,7 @@ def import_edm2(
     ``nimg`` / ``ema_std`` default to the values in the release file name (else null).
     The weights must match the rebuilt config exactly (names and shapes), or nothing is written.
     """
-    from autoguide.nets import build_network
+    from autoguide.nets import build_network, config_dict
 
     pkl_path = Path(pkl_path)
     data = read_edm2_pickle(pkl_path)
@@ -553,33 +543,11 @@ def import_edm2(
         )
     name_nimg, name_std = release_nimg_and_std(pkl_path.name)
     card = {
-        "network": cfg,
+        "network": config_dict(cfg),
         "nimg": nimg if nimg is not None else name_nimg,
         "ema_std": ema_std if ema_std is not None else name_std,
-        "source": f"EDM2 release pickle {pkl_path.name} (sha256 {_sha256(pkl_path)})",
+        "source": f"EDM2 release pickle {pkl_path.name} (sha256 {file_sha256(pkl_path)})",
         "latent": latent,
     }
     save_model(out_path, state, card)
     return card
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point ``autoguide-import-edm2 FILE.pkl OUT [--nimg N] [--ema-std S]``."""
-    parser = argparse.ArgumentParser(
-        prog="autoguide-import-edm2",
-        description="Convert a released EDM2 network pickle into an autoguide model file without running its code.",
-    )
-    parser.add_argument("pkl", help="EDM2 network pickle, e.g. edm2-img512-xs-0134217-0.125.pkl")
-    parser.add_argument("out", help="output model file (.safetensors)")
-    parser.add_argument("--nimg", type=int, default=None, help="training images seen (default: from the file name)")
-    parser.add_argument("--ema-std", type=float, default=None, help="EMA relative std (default: from the file name)")
-    args = parser.parse_args(argv)
-    try:
-        card = import_edm2(args.pkl, args.out, nimg=args.nimg, ema_std=args.ema_std)
-    except EDM2ImportError as err:
-        parser.exit(1, f"autoguide-import-edm2: error: {err}\n")
-    print(json.dumps({"out": str(args.out), **card}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,13 @@
-"""EDM2 networks: magnitude-preserving layers, the UNet, the toy MLP and preconditioning."""
+"""EDM2 networks: magnitude-preserving layers, the UNet, the toy MLPs and preconditioning."""
 
-from autoguide.nets.build import build_network, validate_network_config
+from autoguide.nets.build import build_network
+from autoguide.nets.config import EnergyMLPConfig, MLPConfig, NetworkConfig, UNetConfig, config_dict, network_config
 from autoguide.nets.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 from autoguide.nets.precond import Precond, precond_coefficients
-from autoguide.nets.presets import PRESETS, get_preset
 from autoguide.nets.unet import AttentionOp, Block, UNet
 
 __all__ = [
-    "AttentionOp", "Block", "MPConv", "MPFourier", "PRESETS", "Precond", "UNet", "build_network",
-    "get_preset", "mp_cat", "mp_silu", "mp_sum", "normalize", "precond_coefficients",
-    "validate_network_config",
+    "AttentionOp", "Block", "EnergyMLPConfig", "MLPConfig", "MPConv", "MPFourier", "NetworkConfig", "Precond", "UNet",
+    "UNetConfig", "build_network", "config_dict", "mp_cat", "mp_silu", "mp_sum", "network_config", "normalize",
+    "precond_coefficients",
 ]

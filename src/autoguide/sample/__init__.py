@@ -2,20 +2,20 @@
 
 Python API
 ----------
-``edm_sampler(net, noise, labels=None, guidance=(), *, seeds=None, num_steps=32,
-sigma_min=0.002, sigma_max=80, rho=7, solver="heun", S_churn=0, S_min=0, S_max=inf,
-S_noise=1, precision="fp32") -> Tensor``
-    EDM sampling (Karras et al. 2022, Alg. 2; Heun with Euler on the last step, or Euler)
-    from unit-variance ``noise [N, ...]``. ``labels``: class indices ``[N]``, one-hot
-    ``[N, label_dim]`` or ``None``. ``seeds``: one per image; required when anything else is
-    random (churn, ICG, TSG) — each image's randomness comes from its own seed.
-    ``precision="bf16"`` runs the networks under bf16 autocast (meant for CUDA).
-
-``generate_images(net, seeds, labels=None, guidance=(), batch_size=64, device="cpu",
-progress=False, **sampler_kwargs) -> Tensor``
+``generate_images(net, seeds, labels=None, guidance=(), *, sampler=None, batch_size=64,
+device="cpu", precision="fp32", progress=False, **sampler_fields) -> Tensor``
     ``[len(seeds), C, R, R]`` (or ``[len(seeds), C]`` for 2D models), float32 on the CPU,
-    image ``i`` from the noise of seed ``seeds[i]``; the result does not depend on
-    ``batch_size``. ``net`` and guidance models must already be on ``device``.
+    image ``i`` from the noise of seed ``seeds[i]`` and class ``labels[i]`` (indices ``[N]``,
+    one-hot ``[N, label_dim]`` or ``None``); the result does not depend on ``batch_size``. It
+    builds the guided denoiser of each batch and integrates it with ``edm_sampler``. ``sampler``
+    is a ``SamplerSettings`` (EDM's Heun sampler by default; ``num_steps=8`` etc. set single
+    fields); ``precision="bf16"`` runs the networks under bf16 autocast. ``net`` and guidance
+    models must already be on ``device``.
+
+``edm_sampler(denoise, noise, settings=None, streams=None) -> Tensor``
+    The EDM ODE/SDE solver (Karras et al. 2022, Alg. 2; Heun with Euler on the last step, or
+    Euler; stochastic churn) over any callable ``denoise(x, sigma)``; ``streams`` (the images'
+    ``SeedStreams``) give the churn noise.
 
 ``GuidedDenoiser(net, guidance, labels, streams, precision)(x, sigma) -> D``
     The guided denoiser itself, e.g. to plot guided predictions.
@@ -45,7 +45,7 @@ Example::
     images = generate_images(net, range(64), labels=None if not net.label_dim else [0] * 64,
                              guidance=[Autoguidance(guide=guide, weight=2.2)], device="cuda")
 
-Command line: ``autoguide-generate`` (``autoguide.sample.generate``, config ``conf/generate/``).
+Command line: ``autoguide-generate`` (``autoguide.apps.generate``, config ``conf/generate.yaml``).
 """
 
 from autoguide.sample.batch import generate_images, sample_shape
@@ -53,8 +53,9 @@ from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.sampler import edm_sampler
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
+from autoguide.sample.settings import SamplerSettings
 
 __all__ = [
     "CFG", "ICG", "PAG", "SAG", "SEG", "TSG", "Autoguidance", "GuidanceTerm", "GuidedDenoiser", "SIMSNegative",
-    "SeedStreams", "edm_sampler", "generate_images", "parse_seeds", "sample_shape", "seed_noise",
+    "SamplerSettings", "SeedStreams", "edm_sampler", "generate_images", "parse_seeds", "sample_shape", "seed_noise",
 ]

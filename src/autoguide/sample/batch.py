@@ -1,17 +1,22 @@
-"""Generate many images in batches: seeds -> per-seed noise -> ``edm_sampler``."""
+"""Generate many images in batches: seeds -> per-seed noise -> the guided denoiser ->
+``edm_sampler``."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from autoguide.sample.guidance import GuidanceTerm
+from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.labels import as_one_hot
 from autoguide.sample.sampler import edm_sampler
-from autoguide.sample.seeds import seed_noise
+from autoguide.sample.seeds import SeedStreams, seed_noise
+from autoguide.sample.settings import SamplerSettings
 
 
 def sample_shape(net: nn.Module) -> tuple[int, ...]:
@@ -25,19 +30,25 @@ def generate_images(
     seeds: Sequence[int],
     labels: torch.Tensor | Sequence[int] | None = None,
     guidance: Sequence[GuidanceTerm] = (),
+    *,
+    sampler: SamplerSettings | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
     progress: bool = False,
-    **sampler_kwargs,
+    **sampler_fields: Any,
 ) -> torch.Tensor:
     """Samples ``[len(seeds), *sample_shape(net)]`` (float32, on the CPU), image ``i`` from seed
-    ``seeds[i]`` and class ``labels[i]`` (indices ``[N]``, one-hot ``[N, label_dim]`` or ``None``).
+    ``seeds[i]`` and class ``labels[i]`` (indices ``[N]``, one-hot ``[N, label_dim]`` or ``None``),
+    guided by ``guidance``.
 
-    ``net`` and the guidance models must already be on ``device``. Batches are cut from the
-    seed list; since every image draws its randomness from its own seed, the result does not
-    depend on ``batch_size``. ``sampler_kwargs`` go to ``edm_sampler`` (``num_steps``,
-    ``solver``, ``S_churn``, ``precision``, ...).
+    ``sampler``: the ODE settings (default EDM's Heun sampler); keyword arguments name single
+    fields of it (``num_steps=8``) on top. ``net`` and the guidance models must already be on
+    ``device``; ``precision`` (``fp32`` or ``bf16``) is the networks' autocast. Batches are cut
+    from the seed list; since every image draws its randomness from its own seed, the result
+    does not depend on ``batch_size``.
     """
+    settings = dataclasses.replace(sampler or SamplerSettings(), **sampler_fields)
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -48,8 +59,9 @@ def generate_images(
         for start in range(0, len(seeds), batch_size):
             batch_seeds = seeds[start : start + batch_size]
             batch_labels = None if one_hot is None else one_hot[start : start + batch_size].to(device)
-            noise = seed_noise(batch_seeds, shape, device)
-            x = edm_sampler(net, noise, batch_labels, guidance, seeds=batch_seeds, **sampler_kwargs)
+            streams = SeedStreams(batch_seeds)
+            denoise = GuidedDenoiser(net, guidance, batch_labels, streams, precision)
+            x = edm_sampler(denoise, seed_noise(batch_seeds, shape, device), settings, streams)
             outputs.append(x.cpu())
             bar.update(len(batch_seeds))
     return torch.cat(outputs)

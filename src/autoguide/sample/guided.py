@@ -29,9 +29,9 @@ from autoguide.sample.blur import gaussian_blur_2d
 from autoguide.sample.guidance import DegradedInput, GuidanceTerm, NegativeRequest, OtherNetwork, SameNetwork
 from autoguide.sample.perturb import attention_ops, capture_attention, default_attention_block
 from autoguide.sample.seeds import SeedStreams
+from autoguide.sample.settings import PRECISIONS
 
 ICG_STREAM = "icg"
-PRECISIONS = ("fp32", "bf16")
 
 
 class GuidedDenoiser:

@@ -9,16 +9,61 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from autoguide.data.images import CHANNELS, encode_png, float_to_uint8
+from autoguide.data.images import CHANNELS, encode_png, quantize
 from autoguide.data.shards import write_shards
 from autoguide.io import atomic_path
+from autoguide.settings import ConfigError
 
 FORMATS = ("grid", "png", "npz", "shards")
+TOY_FORMATS = ("grid", "npz")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSettings:
+    """Where and how generated samples are written (the ``output`` config node): ``dir``,
+    ``formats`` (any of ``FORMATS``; 2D samples take ``grid``, a scatter plot, and ``npz``),
+    ``grid_cols`` (images per grid row, None: ``ceil(sqrt(N))``), ``shard_size`` (images per
+    webdataset shard)."""
+
+    dir: str
+    formats: tuple[str, ...] = ("grid",)
+    grid_cols: int | None = None
+    shard_size: int = 10000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(self.formats))
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown:
+            raise ConfigError(f"output.formats: unknown format(s) {unknown}; valid: {list(FORMATS)}")
+
+
+def write_outputs(
+    output: OutputSettings, samples: torch.Tensor, seeds: Sequence[int], classes: Sequence[int] | None,
+    suffix: str = "", title: str = "",
+) -> None:
+    """Write ``samples`` (images ``[N, C, H, W]`` in [-1, 1], or 2D points ``[N, 2]``) in every
+    format of ``output``; ``suffix`` tells the files of one process apart (``-rank003``)."""
+    out = Path(output.dir)
+    toy = samples.ndim == 2
+    if toy and set(output.formats) - set(TOY_FORMATS):
+        raise ConfigError(f"output.formats={list(output.formats)}: png and shards need images; 2D samples take {list(TOY_FORMATS)} (grid is a scatter plot)")
+    if "grid" in output.formats:
+        if toy:
+            write_scatter(out / f"scatter{suffix}.png", samples, classes, title=title)
+        else:
+            write_grid(out / f"grid{suffix}.png", samples, output.grid_cols)
+    if "png" in output.formats:
+        write_pngs(out / "images", samples, image_names(seeds, classes))
+    if "npz" in output.formats:
+        write_npz(out / f"samples{suffix}.npz", samples, seeds, classes)
+    if "shards" in output.formats:
+        write_image_shards(out / "shards", f"samples{suffix}", samples, classes, output.shard_size)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -28,7 +73,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
             f"PNG output needs images [N, C, H, W] with C in {CHANNELS}, got shape {list(images.shape)}; "
             "use output.formats=[npz] for latents"
         )
-    return np.stack([float_to_uint8(image) for image in images])
+    return quantize(images).permute(0, 2, 3, 1).numpy()
 
 
 def image_names(seeds: Sequence[int], classes: Sequence[int] | None) -> list[str]:

@@ -54,6 +54,20 @@ def parse_seeds(spec: int | str | Iterable[int | str]) -> list[int]:
     return seeds
 
 
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Compact inclusive ranges, ``[0, 1, 2, 7]`` -> ``"0-2,7"`` (sorted; ``parse_seeds`` reads it back)."""
+    parts, ordered = [], sorted(seeds)
+    start = prev = ordered[0]
+    for s in [*ordered[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
 def stream_seed(seed: int, name: str) -> int:
     """The seed of stream ``name`` of image seed ``seed`` (``seed`` itself for ``noise``)."""
     if name == NOISE_STREAM:

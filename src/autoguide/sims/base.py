@@ -1,7 +1,7 @@
 """SIMS stage 1: the base model.
 
 Either a given model file (recorded with its SHA-256, not copied) or a post-hoc EMA
-reconstruction (``autoguide.ema.reconstruct``) from a training run's ``phema/`` snapshots at
+reconstruction (``autoguide.ema.PosthocEMA``) from a training run's ``phema/`` snapshots at
 EMA std ``ema_std`` and time ``at_nimg`` (default: the last snapshot), written into the
 stage folder.
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoguide.ema.reconstruct import reconstruct
-from autoguide.io import read_card
+from autoguide.ema.posthoc import PosthocEMA
+from autoguide.io import file_sha256, read_card
 from autoguide.sims.base_run import BaseRun
-from autoguide.io.digest import file_sha256
 from autoguide.sims.records import run_stage
 
 STAGE = "base"
@@ -35,7 +34,7 @@ def base_stage(folder: Path, model: str | Path | None, run: BaseRun | None, ema_
     spec = {"run": str(run.folder), "phema_index_sha256": file_sha256(index), "ema_std": float(ema_std), "at_nimg": at_nimg}
 
     def work():
-        (path,) = reconstruct([run.phema], [float(ema_std)], at_nimg=at_nimg, out_dir=folder, progress=False)
+        (path,) = PosthocEMA(run.phema).write([float(ema_std)], at_nimg, out_dir=folder)
         return [path], {"model": path.name}
 
     record = run_stage(folder, STAGE, spec, work)

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from autoguide.diffusion import learning_rate
-from autoguide.train.plan import MI
+from autoguide.units import MI
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_PATH = "logs/hydra/overrides.yaml"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 
 from autoguide.io import read_model_file
-from autoguide.sims.records import canonical
+from autoguide.nets import network_config
 
 
 class InitFromModel(pl.Callback):
@@ -36,7 +36,7 @@ class InitFromModel(pl.Callback):
             raise ValueError(f"SIMS budgets {uneven} (images) are not multiples of train.batch_size={batch}; change budget_mi or the batch size")
         state, card = read_model_file(self.path)
         net = pl_module.net
-        if canonical(card["network"]) != canonical(net.config):
+        if network_config(card["network"]) != network_config(net.config):
             raise ValueError(
                 f"callbacks.init_from.path={self.path}: its network {card['network']} differs from the "
                 f"training config's net {net.config}"

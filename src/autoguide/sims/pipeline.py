@@ -30,8 +30,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from autoguide.io import read_card, write_text_atomic
-from autoguide.sample.distributed import rank_from_env
-from autoguide.sample.generate import ModelLoader, resolve_device
+from autoguide.runtime import ModelLoader, resolve_device
 from autoguide.sims.base import base_stage
 from autoguide.sims.base_run import BaseRun, read_base_run
 from autoguide.sims.register import NEGATIVE_NAME, pair_folder, register_stage
@@ -151,7 +150,7 @@ def run_sims(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     register = cfg["register"]
     if base_run is None and not any(o.startswith("experiment=") for o in retrain.overrides):
         log.warning("retrain: no base_run and no experiment= in retrain.overrides: the fine-tune starts from the training config's defaults")
-    load = ModelLoader(resolve_device(str(cfg["device"]), rank_from_env()))
+    load = ModelLoader(resolve_device(str(cfg["device"])))
     task, num_tasks = int(cfg["synthesize"]["task"]), int(cfg["synthesize"]["num_tasks"])
     name = f"{base_run.config.get('name', 'base')}-sims" if base_run else "sims"
     source, done = base, []

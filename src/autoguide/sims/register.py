@@ -1,7 +1,7 @@
 """SIMS stage 4: the auxiliary (negative) model files and their ``pair.json``.
 
 For every budget ``B`` and EMA length ``s`` the fine-tuned model is rebuilt from the
-retraining run's post-hoc EMA snapshots at ``nimg = B`` (``autoguide.ema.reconstruct``) and
+retraining run's post-hoc EMA snapshots at ``nimg = B`` (``autoguide.ema.PosthocEMA``, in memory) and
 stored as ``b{B:012d}-std{s:.4f}/negative.safetensors`` with its card extended by a ``sims``
 entry (base, budget, iteration, synthetic set). Beside it: the weight-space models
 ``weightspace-w{w:.3f}.safetensors`` (``theta_base + w (theta_base - theta_synth)``) and
@@ -10,14 +10,12 @@ entry (base, budget, iteration, synthetic set). Beside it: the weight-space mode
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoguide.ema.reconstruct import reconstruct
-from autoguide.io import read_model_file, save_model
-from autoguide.io.digest import file_sha256
+from autoguide.ema.posthoc import PosthocEMA
+from autoguide.io import file_sha256, save_model
 from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
 from autoguide.sims.records import run_stage
 from autoguide.sims.weightspace import write_weightspace_model
@@ -49,23 +47,17 @@ def register_pairs(
     """Write every (budget, std) pair under ``folder``; return the output files. ``provenance``
     goes into the negative's card (``sims`` entry) beside iteration, budget, std and base."""
     outputs: list[Path] = []
-    scratch = folder / "tmp"
+    snapshots = PosthocEMA(phema)
     for budget in budgets:
-        shutil.rmtree(scratch, ignore_errors=True)
-        rebuilt = reconstruct([phema], list(ema_stds), at_nimg=int(budget), out_dir=scratch, progress=False)
-        for std, path in zip(ema_stds, rebuilt):
+        for std, state, card in snapshots.models(list(ema_stds), int(budget)):
             target = pair_folder(folder, budget, std)
-            state, card = read_model_file(path)
             sims = {"iteration": iteration, "budget_nimg": int(budget), "ema_std": float(std), "base": str(positive), **provenance}
             negative = target / NEGATIVE_NAME
             save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
-            spaces = {}
-            for w in weight_space:
-                spaces[float(w)] = write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims)
+            spaces = {float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims) for w in weight_space}
             pair = SimsPair(positive, negative, int(budget), float(std), iteration, spaces)
             write_pair(target / PAIR_NAME, pair, root)
             outputs += [negative, *spaces.values(), target / PAIR_NAME]
-        shutil.rmtree(scratch, ignore_errors=True)
     return outputs
 
 

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from autoguide.ema.snapshots import INDEX_NAME, read_index
+from autoguide.nets import config_dict
 from autoguide.sims.records import file_sha256, run_stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "retrain"
-TRAIN_COMMAND = (sys.executable, "-c", "from autoguide.train.cli import main; main()")
+TRAIN_COMMAND = (sys.executable, "-m", "autoguide.apps.train")
 """``autoguide-train`` in the running interpreter (also where the console script is not installed)."""
 MANAGED_KEYS = (
     "name", "run_dir", "resume", "data", "data.path", "data.conditional", "callbacks.phema.stds",
@@ -162,7 +163,7 @@ def training_overrides(
         "data": "shards",
         "data.path": str(shards),
         "data.conditional": bool(network.get("label_dim")),
-        **{f"net.{k}": v for k, v in network.items()},
+        **{f"net.{k}": v for k, v in config_dict(network).items()},
         "callbacks.init_from": {
             "_target_": "autoguide.sims.init_callback.InitFromModel", "path": str(init_model), "budgets": list(settings.budgets),
         },
@@ -225,7 +226,7 @@ def retrain_stage(
         "lr_rampup_mi": settings.lr_rampup_mi,
         "ema_stds": list(settings.ema_stds),
         "checkpoint_kimg": settings.checkpoint_kimg,
-        "network": dict(network),
+        "network": config_dict(network),
         "base_overrides": carried_base_overrides(base_overrides),
         "overrides": [o for o in settings.overrides if override_key(o) not in RESOURCE_KEYS],
     }

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,11 @@ from autoguide.sample.batch import generate_images
 from autoguide.sample.config import build_guidance
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
+from autoguide.sample.seeds import format_seeds
+from autoguide.sample.settings import GenerationSettings, SamplerSettings
 from autoguide.sample.outputs import to_uint8
 from autoguide.io.digest import file_sha256
+from autoguide.settings import from_mapping, to_dict
 from autoguide.sims.records import canonical, fingerprint, run_stage, spec_digest, unchanged
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,12 @@ class SynthesisSettings:
     shard_size: int = 10000
     batch_size: int = 256
     precision: str = "fp32"
-    sampler: Mapping[str, Any] | None = None
+    sampler: SamplerSettings | Mapping[str, Any] = field(default_factory=SamplerSettings)
     guidance: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.sampler, Mapping):
+            object.__setattr__(self, "sampler", from_mapping(SamplerSettings, self.sampler, "synthesize.sampler"))
         if int(self.num_images) != self.num_images or self.num_images < 1:
             raise ValueError(f"synthesize.num_images={self.num_images!r}: expected a positive integer")
         if not 0.0 <= self.real_fraction < 1.0:
@@ -76,6 +81,12 @@ class SynthesisSettings:
             raise ValueError(f"synthesize.shard_size={self.shard_size!r}: expected a positive integer")
         if self.class_labels == "all":
             raise ValueError("synthesize.class_labels=all: would make label_dim images per seed; use random, an index or a list")
+        GenerationSettings(sampler=self.sampler, batch_size=self.batch_size, precision=self.precision)  # checks the values
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """How the synthetic images are generated."""
+        return GenerationSettings(sampler=self.sampler, batch_size=self.batch_size, precision=self.precision)
 
     @property
     def num_real(self) -> int:
@@ -178,7 +189,7 @@ def synthetic_pixels(net: nn.Module, terms: Sequence[GuidanceTerm], chunk: Chunk
     """Sample the chunk's seeds with the shared sampler."""
     images = generate_images(
         net, chunk.items, None if chunk.classes is None else list(chunk.classes), terms,
-        batch_size=settings.batch_size, device=device, precision=settings.precision, **dict(settings.sampler or {}),
+        device=device, **settings.generation.options(),
     )
     return to_uint8(images)
 
@@ -200,7 +211,7 @@ def synthesis_spec(settings: SynthesisSettings, source: Path, real_data: Mapping
         "class_labels": settings.class_labels,
         "shard_size": settings.shard_size,
         "precision": settings.precision,
-        "sampler": dict(settings.sampler or {}),
+        "sampler": to_dict(settings.sampler),
         "guidance": dict(settings.guidance or {"kind": "none"}),
     })
 
@@ -238,17 +249,6 @@ def make_chunks(
     return [c for c in chunks if chunk_done(folder, c, digest) is None]
 
 
-def seed_ranges(items: Sequence[int]) -> str:
-    """Seeds as ``lo-hi`` runs joined by commas (the generation CLI's ``seeds`` syntax)."""
-    runs: list[list[int]] = []
-    for s in items:
-        if runs and s == runs[-1][1] + 1:
-            runs[-1][1] = s
-        else:
-            runs.append([s, s])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
-
-
 def write_manifest(folder: Path, chunks: Sequence[Chunk], digest: str, spec: Mapping[str, Any], source: Path, label_dim: int) -> dict[str, Any]:
     """Write ``manifest.json`` describing the complete set and return it."""
     shards = []
@@ -257,7 +257,7 @@ def write_manifest(folder: Path, chunks: Sequence[Chunk], digest: str, spec: Map
         if side is None:
             raise RuntimeError(f"{_shard(folder, chunk)}: chunk is not complete; cannot write the manifest")
         entry = {"file": side["file"], "kind": chunk.kind, "count": side["count"], "sha256": side["shard"]["sha256"]}
-        entry["seeds" if chunk.kind == "synthetic" else "real_indices"] = seed_ranges(chunk.items) if chunk.kind == "synthetic" else list(chunk.items)
+        entry["seeds" if chunk.kind == "synthetic" else "real_indices"] = format_seeds(chunk.items) if chunk.kind == "synthetic" else list(chunk.items)
         if chunk.classes is not None:
             entry["class_counts"] = np.bincount(chunk.classes, minlength=label_dim).tolist()
         shards.append(entry)
@@ -297,11 +297,6 @@ def verify_manifest(folder: Path) -> dict[str, Any]:
     if total != manifest["count"] or manifest["count"] != manifest["num_synthetic"] + manifest["num_real"]:
         raise ValueError(f"{path}: count {manifest['count']} disagrees with the shards ({total}) or with num_synthetic + num_real")
     return manifest
-
-
-def shard_paths(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
-    """Absolute paths of the set's shards, in manifest order."""
-    return [str((folder / entry["file"]).resolve()) for entry in manifest["shards"]]
 
 
 def check_label_coverage(chunks: Sequence[Chunk], label_dim: int) -> None:

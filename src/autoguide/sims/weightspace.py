@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from autoguide.io import read_model_file, save_model
-from autoguide.nets import build_network
-from autoguide.sims.records import canonical
+from autoguide.nets import build_network, network_config
 
 
 def extrapolate(base: Mapping[str, torch.Tensor], synth: Mapping[str, torch.Tensor], weight: float, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
@@ -53,7 +52,7 @@ def write_weightspace_model(path: Path, base_path: Path, synth_path: Path, weigh
     """Write the model ``theta_base + weight (theta_base - theta_synth)`` to ``path``."""
     base, base_card = read_model_file(base_path)
     synth, synth_card = read_model_file(synth_path)
-    if canonical(base_card["network"]) != canonical(synth_card["network"]):
+    if network_config(base_card["network"]) != network_config(synth_card["network"]):
         raise ValueError(f"{synth_path}: its network differs from the base model {base_path}; weight-space SIMS needs one architecture")
     card = {
         "network": base_card["network"],

@@ -1,15 +1,16 @@
-"""Training: the one LightningModule for every model role, image-counted schedules,
-atomic checkpoints with exact resume, sample pictures, and the Hydra entry point.
+"""Training: the one LightningModule for every model role, the typed recipe (``TrainSettings``),
+image-counted schedules, atomic checkpoints with exact resume, sample pictures, and the run
+itself (``train``, driven by the ``autoguide-train`` app).
 
 ``DiffusionModule`` and ``train`` are imported on first use (PEP 562) so that the light
-helpers (``autoguide.train.plan``) do not pull in Lightning.
+helpers (``autoguide.train.settings``, ``autoguide.train.plan``) do not pull in Lightning.
 """
 
 from autoguide.lazy import lazy_getattr
 
 _EXPORTS = {
     "DiffusionModule": "module",
-    "ConfigError": "plan",
+    "TrainSettings": "settings",
     "train": "run",
 }
 __all__ = sorted(_EXPORTS)

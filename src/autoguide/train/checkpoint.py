@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from autoguide.io import atomic_path
-from autoguide.train.plan import IntervalTrigger, interval_images
+from autoguide.settings import interval_images
+from autoguide.train.plan import IntervalTrigger
 from autoguide.train.preemption import Preempted, SignalFlag, parse_signals, requeue_slurm_job
 
 log = logging.getLogger(__name__)

@@ -33,13 +33,16 @@ import lightning as L
 import numpy as np
 import torch
 
-from autoguide.diffusion import edm2_loss, learning_rate
-from autoguide.diffusion.loss import LOSS_WEIGHTINGS, ExactTarget
-from autoguide.nets import build_network
-from autoguide.train.optim import TARGETS, resolve_optimizer
-from autoguide.train.plan import MI
+from autoguide.diffusion import edm2_loss
+from autoguide.diffusion.loss import ExactTarget
+from autoguide.nets import NetworkConfig, build_network, config_dict, network_config
+from autoguide.settings import to_dict
+from autoguide.train.settings import TrainSettings, check_conditioning
+from autoguide.units import KIMG
 
 CHECKPOINT_KEY = "autoguide_train"
+
+
 def step_seed(seed: int, rank: int, nimg: int) -> int:
     """A 63-bit seed that is a well-mixed function of ``(seed, rank, nimg)``
     (numpy ``SeedSequence``), for the micro-batch starting at global image ``nimg``."""
@@ -47,83 +50,43 @@ def step_seed(seed: int, rank: int, nimg: int) -> int:
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``self.net`` (built from the network config ``net``) with the EDM2 recipe.
+    """Trains ``self.net`` (built from the network config ``net``) with the EDM2 recipe of
+    ``train`` (``autoguide.train.settings.TrainSettings``: global batch, learning-rate
+    schedule, noise levels, label dropout, target, loss weighting, optimizer). ``seed`` seeds
+    the network initialisation and, with rank and image count, every step."""
 
-    Args:
-        net: network config for ``autoguide.nets.build_network``.
-        batch_size: global batch in images per optimizer step (all devices, all
-            accumulation rounds); ``nimg`` grows by this much per step.
-        lr_ref: reference learning rate ``alpha_ref``.
-        lr_ref_batches: ``t_ref`` in optimizer steps of ``batch_size`` images (0: no decay).
-        lr_rampup_mi: linear warm-up length in Mi images (0: none).
-        P_mean, P_std: log-normal noise-level distribution of the loss.
-        cond_drop_prob: probability of training a sample with the null label.
-        target: ``data`` (regress the training sample) or ``exact`` (regress the exact
-            ``E[y | y + n]`` from the datamodule's dataset's ``exact_denoiser``).
-        loss_weighting: ``learned`` (EDM2's uncertainty-weighted loss) or ``edm`` (fixed lambda).
-        optimizer: ``{"name": <torch.optim class>, "kwargs": {...} or None}``
-            (``resolve_optimizer``); default EDM2's Adam.
-        seed: seeds the network initialisation and, with rank and image count, every step.
-    """
-
-    def __init__(
-        self,
-        net: Mapping[str, Any],
-        batch_size: int,
-        lr_ref: float,
-        lr_ref_batches: float,
-        lr_rampup_mi: float,
-        P_mean: float,
-        P_std: float,
-        cond_drop_prob: float = 0.0,
-        target: str = "data",
-        loss_weighting: str = "learned",
-        optimizer: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, net: NetworkConfig | Mapping[str, Any], train: TrainSettings, seed: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.batch_size = int(batch_size)
-        self.lr_ref = float(lr_ref)
-        self.lr_ref_batches = float(lr_ref_batches)
-        self.rampup_img = float(lr_rampup_mi) * MI
-        self.P_mean = float(P_mean)
-        self.P_std = float(P_std)
-        self.cond_drop_prob = float(cond_drop_prob)
-        if target not in TARGETS:
-            raise ValueError(f"target={target!r}: expected one of {TARGETS}")
-        self.target = target
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting={loss_weighting!r}: expected one of {LOSS_WEIGHTINGS}")
-        self.loss_weighting = loss_weighting
+        net = network_config(net)
+        check_conditioning(net, train)
+        self.save_hyperparameters({"net": config_dict(net), "train": to_dict(train), "seed": int(seed)})
+        self.settings = train
+        self.batch_size = train.batch_size
         self._exact_target: ExactTarget | None = None  # set by on_fit_start for target="exact"
-        self.optimizer_cls, self.optimizer_kwargs = resolve_optimizer(optimizer)
         self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.net = build_network(dict(net))
-        if self.cond_drop_prob and not self.net.label_dim:
-            raise ValueError(f"cond_drop_prob={cond_drop_prob} needs a conditional network (label_dim > 0)")
+            self.net = build_network(net)
         self.nimg = 0
         self._step_images = 0
 
     def learning_rate(self) -> float:
         """The learning rate of the next optimizer step (from the current ``nimg``)."""
-        return learning_rate(self.nimg, self.lr_ref, self.lr_ref_batches, self.batch_size, self.rampup_img)
+        return self.settings.learning_rate(self.nimg)
 
     def _conditioning(self, labels: torch.Tensor) -> torch.Tensor | None:
         """One-hot labels for the network: ``None`` when unconditional, with label dropout."""
         if not self.net.label_dim:
             return None
-        if self.cond_drop_prob > 0:
-            keep = torch.rand(labels.shape[0], device=labels.device) >= self.cond_drop_prob
+        if self.settings.cond_drop_prob > 0:
+            keep = torch.rand(labels.shape[0], device=labels.device) >= self.settings.cond_drop_prob
             labels = labels * keep.unsqueeze(1).to(labels.dtype)
         return labels
 
     def on_fit_start(self) -> None:
         """Look up the regression target once: the datamodule's dataset's ``exact_denoiser``
         when ``target="exact"`` (else it stays ``None``: the sample itself)."""
-        if self.target == "exact":
+        if self.settings.target == "exact":
             dataset = self.trainer.datamodule.dataset
             if not hasattr(dataset, "exact_denoiser"):
                 raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
@@ -134,12 +97,11 @@ class DiffusionModule(L.LightningModule):
         torch.manual_seed(step_seed(self.seed, self.global_rank, self.nimg + self._step_images))
         self._step_images += images.shape[0] * self.trainer.world_size
         loss = edm2_loss(
-            self.net, images, self._conditioning(labels), self.P_mean, self.P_std, exact_target=self._exact_target,
-            weighting=self.loss_weighting,
+            self.net, images, self._conditioning(labels), self.settings.P_mean, self.settings.P_std,
+            exact_target=self._exact_target, weighting=self.settings.loss_weighting,
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         return loss
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         lr = self.learning_rate()
         for group in optimizer.param_groups:
@@ -148,7 +110,7 @@ class DiffusionModule(L.LightningModule):
             if param.grad is not None:
                 torch.nan_to_num(param.grad, nan=0.0, posinf=0.0, neginf=0.0, out=param.grad)
         self.log("train/lr", lr, on_step=True, prog_bar=True)
-        self.log("train/kimg", self.nimg / 1000, on_step=True)
+        self.log("train/kimg", self.nimg / KIMG, on_step=True)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -161,7 +123,8 @@ class DiffusionModule(L.LightningModule):
         self._step_images = 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_cls(self.net.parameters(), lr=self.lr_ref, **self.optimizer_kwargs)
+        optimizer_cls, kwargs = self.settings.optimizer.resolve()
+        return optimizer_cls(self.net.parameters(), lr=self.settings.lr_ref, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"nimg": self.nimg}

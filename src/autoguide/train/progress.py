@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
+from autoguide.units import KIMG
+
 
 class ImageProgressBar(ProgressBar):
     """``[####    ] 12.3/40.0 kimg [elapsed<remaining, loss=..., lr=...]`` on global rank 0,
@@ -31,9 +33,9 @@ class ImageProgressBar(ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        total = trainer.max_steps * pl_module.batch_size / 1000
+        total = trainer.max_steps * pl_module.batch_size / KIMG
         self._bar = tqdm(
-            total=total, initial=pl_module.nimg / 1000, desc="train ", bar_format=self.BAR_FORMAT,
+            total=total, initial=pl_module.nimg / KIMG, desc="train ", bar_format=self.BAR_FORMAT,
             file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
             mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
@@ -41,7 +43,7 @@ class ImageProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._bar is None:
             return
-        kimg = pl_module.nimg / 1000
+        kimg = pl_module.nimg / KIMG
         if kimg != self._bar.n:
             metrics = self.get_metrics(trainer, pl_module)
             self._bar.set_postfix(

@@ -23,13 +23,15 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.io import save_model, write_text_atomic
 from autoguide.train.checkpoint import AtomicCheckpointIO, list_checkpoints
 from autoguide.train.module import DiffusionModule
-from autoguide.train.plan import ConfigError, batch_plan, interval_images, total_images, total_steps
-from autoguide.train.validate import check_against_data, check_config
+from autoguide.settings import ConfigError
+from autoguide.train.settings import TrainSettings
+from autoguide.train.validate import RunSettings, check_against_data, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +62,21 @@ def _instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
     return [hydra.utils.instantiate(conf) for conf in (group or {}).values() if conf and "_target_" in conf]
 
 
-def build_data(cfg: DictConfig) -> DiffusionDataModule:
-    """The datamodule for ``cfg.data``, checked against the network; its per-device
-    ``batch_size`` is set once the world size is known."""
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg["batch_size"] = cfg.train.batch_size
+def check_data(settings: RunSettings, data_cfg: dict[str, Any]) -> Dataset:
+    """The dataset of ``data_cfg``, checked against the network and the loss target."""
+    name = data_cfg.get("name", "?")
     try:
-        datamodule = DiffusionDataModule(data_cfg)
+        datamodule = DiffusionDataModule({**data_cfg, "batch_size": 1})  # the batch is not used here
         info = datamodule.dataset_info()
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         raise ConfigError(f"data: {error}") from None
-    check_against_data(OmegaConf.to_container(cfg.net, resolve=True), data_cfg.get("name", "?"), info)
-    if cfg.train.get("target", "data") == "exact" and not hasattr(datamodule.dataset, "exact_denoiser"):
+    check_against_data(settings.net, name, info)
+    if settings.train.target == "exact" and not hasattr(datamodule.dataset, "exact_denoiser"):
         raise ConfigError(
             f"train.target=exact needs a dataset whose distribution is known in closed form (toy2d); "
-            f"data {data_cfg.get('name', '?')!r} has no exact denoiser"
+            f"data {name!r} has no exact denoiser"
         )
-    return datamodule
+    return datamodule.dataset
 
 
 WANDB_RUN_ID_FILE = "logs/wandb_run_id"
@@ -106,9 +106,8 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, max_steps: int) -> L.Trainer:
-    """A Trainer for ``max_steps`` optimizer steps with the configured callbacks and loggers."""
-    train = cfg.train
+def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
+    """A Trainer for the run's optimizer steps with the configured callbacks and loggers."""
     if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
         os.environ["WANDB_MODE"] = "offline"
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -118,13 +117,13 @@ def build_trainer(cfg: DictConfig, max_steps: int) -> L.Trainer:
     slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
-        max_steps=max_steps,
+        max_steps=train.total_steps,
         max_epochs=-1,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=cfg.run_dir,
         plugins=[AtomicCheckpointIO(), *slurm],
-        log_every_n_steps=max(1, round(interval_images(train.log_kimg, "train.log_kimg") / train.batch_size)),
+        log_every_n_steps=max(1, round(train.interval_images("log_kimg") / train.batch_size)),
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         limit_val_batches=0,
@@ -143,38 +142,22 @@ def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 def train(cfg: DictConfig) -> Path:
     """Train as ``cfg`` says (continuing a previous run per ``cfg.resume``); returns the path of
     the final model file. ``ConfigError`` (one line naming the key) for an unusable config."""
-    check_config(cfg)
+    settings = run_settings(cfg)
     run_dir = Path(cfg.run_dir)
-    train_cfg = cfg.train
-    total_nimg = total_images(train_cfg.duration_mi, train_cfg.duration_fraction)
-    max_steps = total_steps(total_nimg, train_cfg.batch_size)
     ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
-
-    datamodule = build_data(cfg)
-    trainer = build_trainer(cfg, max_steps)
-    plan = batch_plan(train_cfg.batch_size, trainer.world_size, train_cfg.batch_per_device)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    dataset = check_data(settings, data_cfg)
+    trainer = build_trainer(cfg, settings.train)
+    plan = settings.train.batch_plan(trainer.world_size)
     trainer.accumulate_grad_batches = plan.accumulate
-    datamodule.batch_size = plan.per_device
-    module = DiffusionModule(
-        net=OmegaConf.to_container(cfg.net, resolve=True),
-        batch_size=plan.batch_size,
-        lr_ref=train_cfg.lr_ref,
-        lr_ref_batches=train_cfg.lr_ref_batches,
-        lr_rampup_mi=train_cfg.lr_rampup_mi,
-        P_mean=train_cfg.P_mean,
-        P_std=train_cfg.P_std,
-        cond_drop_prob=train_cfg.cond_drop_prob,
-        target=train_cfg.target,
-        loss_weighting=train_cfg.loss_weighting,
-        optimizer=OmegaConf.to_container(train_cfg.optimizer, resolve=True),
-        seed=cfg.seed,
-    )
+    datamodule = DiffusionDataModule({**data_cfg, "batch_size": plan.per_device}, dataset=dataset)
+    module = DiffusionModule(settings.net, settings.train, settings.seed)
     _prepare_run_dir(cfg, run_dir)
     if rank_zero_only.rank == 0:
         log.info(
             "run %s: %d images = %d steps of %d (%d device(s) x %d per device x %d accumulation)%s",
-            run_dir, total_nimg, max_steps, plan.batch_size, plan.world_size, plan.per_device, plan.accumulate,
-            f", resuming from {ckpt}" if ckpt else "",
+            run_dir, settings.train.total_nimg, settings.train.total_steps, plan.batch_size, plan.world_size,
+            plan.per_device, plan.accumulate, f", resuming from {ckpt}" if ckpt else "",
         )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):

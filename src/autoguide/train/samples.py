@@ -20,7 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from autoguide.sample import generate_images
 from autoguide.sample.outputs import write_grid, write_scatter
-from autoguide.train.plan import IntervalTrigger, interval_images
+from autoguide.settings import interval_images
+from autoguide.train.plan import IntervalTrigger
+from autoguide.units import KIMG
 
 MAX_CLASS_COLUMNS = 16
 
@@ -76,7 +78,7 @@ class SampleGridCallback(pl.Callback):
         finally:
             net.train(was_training)
         path = self.out_dir / f"nimg-{nimg:012d}.png"
-        title = f"{nimg / 1000:.1f} kimg"
+        title = f"{nimg / KIMG:.1f} kimg"
         if int(net.img_resolution) == 0:
             write_scatter(path, samples, labels, title=title)
         else:

@@ -1,0 +1,38 @@
+"""``autoguide-sims``: the SIMS loop (``conf/sims.yaml``; ``autoguide.sims.pipeline``).
+
+    autoguide-sims out_dir=runs/sims base_run=runs/mnist-s 'budget_mi=[0.01,0.02]'
+
+Re-running the same command resumes at the first incomplete stage. A stage folder that was
+started with other inputs is refused with one line naming the changed keys (exit status 2).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.settings import ConfigError
+from autoguide.sims.pipeline import run_sims
+from autoguide.sims.records import SpecConflict
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> None:
+    """Run the stages ``cfg`` asks for and log where the pairs are."""
+    summary = run_sims(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    if summary is not None:
+        for entry in summary["iterations"]:
+            for pair in entry["pairs"]:
+                log.info("iteration %d: %s", entry["iteration"], pair)
+
+
+def main() -> None:
+    """Console entry point ``autoguide-sims``."""
+    run_hydra_app("sims", run, errors=(SpecConflict, ConfigError), prefix="autoguide-sims: error")
+
+
+if __name__ == "__main__":
+    main()

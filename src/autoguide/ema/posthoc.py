@@ -1,0 +1,399 @@
+"""Post-hoc EMA: "the EMA of length ``s`` at time ``t`` of run ``R``", rebuilt from the run's
+snapshots (Karras et al. 2024, EDM2, Sec. 3.2), into memory or to model files, with a cache.
+
+``PosthocEMA(folders)`` reads a run's snapshot folder(s) (``phema/``; several for a run split
+over folders). For a target std ``s`` at time ``T`` the weights are ``sum_i c_i theta_i`` over the
+snapshots ``theta_i`` with ``0 < nimg_i <= T``, ``c = power.solve_coefficients(...)``; a std
+whose profile the snapshots reproduce worse than ``max_error`` (relative L2 error,
+``power.profile_error``) is refused, naming the stds that are representable there. Snapshots are
+streamed: one snapshot file is in memory at a time and a pass accumulates its outputs in float64
+(``batch`` outputs plus one snapshot, whatever the number of snapshots). Buffers and non-float
+tensors come from the latest contributing snapshot. Outputs are ordinary autoguide model files.
+
+- ``PosthocEMA.models(stds, time)``: ``(std, state_dict, card)`` in memory;
+- ``PosthocEMA.write(stds, time, out_dir)``: model files ``ema-{nimg:012d}-{std:.4f}.safetensors``;
+- ``PosthocEMA.cached(stds, time)``: files in ``<run>/reconstructed/``, built only where missing.
+
+Times (``EmaTime``): ``None`` is the last snapshot; a number ``t <= 1`` or a string ``"1/16"`` a
+fraction of the last snapshot's nimg (the nearest snapshot time); a larger integer an image count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
+from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index
+from autoguide.io import ModelFileError, read_card, read_model_file, save_model
+from autoguide.nets import network_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ERROR = 0.05
+STD_TOLERANCE = 1e-9
+RECONSTRUCTED_DIR = "reconstructed"
+EmaTime = int | float | str | None
+
+
+@dataclass(frozen=True)
+class SnapshotSet:
+    """Snapshots of one architecture, merged from one or more snapshot folders."""
+
+    network: dict[str, Any]
+    buffers: frozenset[str]
+    snapshots: tuple[Snapshot, ...]  # sorted by (nimg, std)
+
+
+def collect_snapshots(folders: Sequence[Path]) -> SnapshotSet:
+    """Read the indexes of ``folders``; refuse mixed architectures and duplicated snapshots."""
+    indexes = [read_index(Path(f)) for f in folders]
+    first = indexes[0]
+    for index in indexes[1:]:
+        if network_config(index.network) != network_config(first.network):
+            raise ValueError(
+                f"{index.folder / 'index.json'}: network architecture differs from "
+                f"{first.folder / 'index.json'}; snapshots of different architectures cannot be mixed"
+            )
+        if set(index.buffers) != set(first.buffers):
+            raise ValueError(
+                f"{index.folder / 'index.json'}: buffer list differs from "
+                f"{first.folder / 'index.json'}"
+            )
+    seen: dict[tuple[int, float], Path] = {}
+    for index in indexes:
+        for entry in index.entries:
+            key = (entry.nimg, entry.std)
+            if key in seen:
+                raise ValueError(
+                    f"snapshot nimg={entry.nimg} std={entry.std:g} appears twice: {seen[key]} "
+                    f"and {entry.path}; remove one of them (e.g. the abandoned part of a resumed run)"
+                )
+            seen[key] = entry.path
+    snapshots = tuple(
+        sorted((e for i in indexes for e in i.entries), key=lambda e: (e.nimg, e.std))
+    )
+    if not snapshots:
+        raise ValueError(f"no snapshots listed in {', '.join(str(f) for f in folders)}")
+    return SnapshotSet(first.network, frozenset(first.buffers), snapshots)
+
+
+def check_snapshot_files(snapshots: Sequence[Snapshot], network: dict[str, Any]) -> None:
+    """Header-only check of every file: present, not truncated, and its card agrees with the
+    index (architecture, nimg, ema_std). Errors name the file."""
+    expected = network_config(network)
+    for snap in snapshots:
+        card = read_card(snap.path)
+        if network_config(card["network"]) != expected:
+            raise ValueError(
+                f"{snap.path}: network architecture differs from the snapshot index; "
+                "snapshots of different architectures cannot be mixed"
+            )
+        std = card.get("ema_std")
+        if card.get("nimg") != snap.nimg or std is None or abs(float(std) - snap.std) > 1e-12:
+            raise ValueError(
+                f"{snap.path}: card says nimg={card.get('nimg')} ema_std={std}, "
+                f"index says nimg={snap.nimg} std={snap.std:g}"
+            )
+
+
+def fraction(text: str) -> float:
+    """``1/16`` or ``0.0625``; must lie in (0, 1]."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a fraction: {text!r} (use e.g. 1/16 or 0.25)") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {text!r}")
+    return value
+
+
+def parse_time(value: EmaTime) -> tuple[int | None, float | None]:
+    """``(at_nimg, at_fraction)`` of a time: None -> the last snapshot; ``t <= 1`` or ``"a/b"``
+    -> a fraction of it; an integer > 1 -> an image count."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        try:
+            return None, fraction(value)
+        except ValueError as err:
+            raise ValueError(f"EMA time {value!r}: {err}") from None
+    if value <= 0:
+        raise ValueError(f"EMA time must be positive, got {value!r}")
+    if value <= 1:
+        return None, float(value)
+    if value != int(value):
+        raise ValueError(f"EMA time {value!r}: an image count must be an integer (fractions are <= 1)")
+    return int(value), None
+
+
+def resolve_target_nimg(snapshots: Sequence[Snapshot], time: EmaTime = None) -> int:
+    """The image count ``time`` means (``parse_time``): the snapshot time nearest a fraction of
+    the last snapshot's nimg, an image count (never beyond the last snapshot), or the last."""
+    at_nimg, at_fraction = parse_time(time)
+    times = sorted({s.nimg for s in snapshots})
+    last = times[-1]
+    if at_fraction is not None:
+        wanted = at_fraction * last
+        return min(times, key=lambda t: (abs(t - wanted), t))
+    if at_nimg is None:
+        return last
+    if at_nimg > last:
+        raise ValueError(
+            f"nimg {at_nimg} is beyond the last snapshot (nimg {last}); post-hoc EMA "
+            "can only rebuild times the stored snapshots cover"
+        )
+    return at_nimg
+
+
+def representable_range(
+    in_nimg: np.ndarray, in_std: np.ndarray, target_nimg: int, max_error: float
+) -> tuple[float, float] | None:
+    """Smallest and largest std on a 0.005 grid whose profile error is within ``max_error``."""
+    grid = np.round(np.arange(0.005, MAX_SIGMA_REL, 0.005), 3)
+    coefs = solve_coefficients(in_nimg, in_std, np.full(len(grid), target_nimg), grid)
+    errors = profile_error(in_nimg, in_std, np.full(len(grid), target_nimg), grid, coefs)
+    ok = grid[errors <= max_error]
+    return (float(ok.min()), float(ok.max())) if ok.size else None
+
+
+def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
+    state, _card = read_model_file(snap.path)
+    return state
+
+
+def _accumulate(
+    state: dict[str, torch.Tensor],
+    weights: torch.Tensor,
+    sums: dict[str, torch.Tensor],
+    copies: list[dict[str, torch.Tensor]],
+    buffers: frozenset[str],
+) -> None:
+    """``sums[key][k] += weights[k] * state[key]`` (float64, one ``addr_`` per tensor for the
+    whole batch of outputs) for averaged tensors; buffers and non-float tensors are copied
+    into ``copies[k]`` for outputs with a non-zero weight (the caller goes forward in time,
+    so the last copy wins)."""
+    for key, value in state.items():
+        if value.is_floating_point() and key not in buffers:
+            flat = value.reshape(-1).to(torch.float64)
+            if key not in sums:
+                sums[key] = torch.zeros(len(weights), flat.numel(), dtype=torch.float64)
+            sums[key].addr_(weights, flat)
+        else:
+            for k, c in enumerate(weights.tolist()):
+                if c != 0.0:
+                    copies[k][key] = value.clone()
+
+
+def stream_reconstruct(
+    snapshots: Sequence[Snapshot],
+    coefs: np.ndarray,
+    buffers: frozenset[str],
+    batch: int,
+    progress: bool = True,
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(j, state_dict)`` with ``state_dict = sum_i coefs[i, j] snapshot_i``.
+
+    Outputs are built ``batch`` at a time; each pass reads every snapshot with a non-zero
+    coefficient once, one file at a time (snapshots in time order), and accumulates in
+    float64. Buffer entries and non-float tensors come from the latest snapshot with a
+    non-zero coefficient.
+    """
+    n_out = coefs.shape[1]
+    passes = math.ceil(n_out / batch)
+    for p in range(passes):
+        cols = list(range(p * batch, min((p + 1) * batch, n_out)))
+        rows = [i for i in range(len(snapshots)) if np.any(coefs[i, cols] != 0)]
+        sums: dict[str, torch.Tensor] = {}
+        copies: list[dict[str, torch.Tensor]] = [{} for _ in cols]
+        layout: dict[str, tuple[torch.Size, torch.dtype]] | None = None
+        bar = tqdm(rows, desc=f"pass {p + 1}/{passes}", unit="snapshot", disable=not progress)
+        for i in bar:
+            state = _load_snapshot(snapshots[i])
+            found = {k: (v.shape, v.dtype) for k, v in state.items()}
+            if layout is None:
+                layout = found
+            elif found != layout:
+                raise ValueError(
+                    f"{snapshots[i].path}: tensor names, shapes or dtypes differ from "
+                    f"{snapshots[rows[0]].path}"
+                )
+            weights = torch.from_numpy(np.ascontiguousarray(coefs[i, cols], dtype=np.float64))
+            _accumulate(state, weights, sums, copies, buffers)
+            del state
+        assert layout is not None
+        for k, j in enumerate(cols):
+            out = {
+                key: sums[key][k].view(shape).to(dtype) if key in sums else copies[k][key]
+                for key, (shape, dtype) in layout.items()
+            }
+            copies[k] = {}
+            yield j, out
+
+
+@dataclass(frozen=True)
+class Solution:
+    """How the EMAs ``stds`` at ``nimg`` are rebuilt: the snapshots used, their coefficients
+    ``[len(used), len(stds)]`` and each profile's relative error."""
+
+    nimg: int
+    stds: tuple[float, ...]
+    used: tuple[Snapshot, ...]
+    coefs: np.ndarray
+    errors: np.ndarray
+
+    @property
+    def in_nimg(self) -> np.ndarray:
+        return np.array([s.nimg for s in self.used], dtype=np.float64)
+
+    @property
+    def in_std(self) -> np.ndarray:
+        return np.array([s.std for s in self.used], dtype=np.float64)
+
+
+def snapshot_folder(run: str | os.PathLike) -> Path:
+    """``<run>/phema`` of a run folder, or ``run`` itself if it holds the snapshot index."""
+    run = Path(run).expanduser()
+    for folder in (run / "phema", run):
+        if (folder / INDEX_NAME).is_file():
+            return folder
+    raise FileNotFoundError(f"{run}: no post-hoc EMA snapshots ({run / 'phema' / INDEX_NAME} does not exist)")
+
+
+def ema_filename(nimg: int, std: float) -> str:
+    """``ema-{nimg:012d}-{std:.4f}.safetensors``."""
+    return f"ema-{int(nimg):012d}-{float(std):.4f}.safetensors"
+
+
+class PosthocEMA:
+    """Every EMA the snapshots of one run can rebuild; ``folders`` are snapshot folders (or run
+    folders holding ``phema/``), several for a run whose snapshots were split."""
+
+    def __init__(self, folders: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+        self.folders = [snapshot_folder(f) for f in folders]
+        self.found = collect_snapshots(self.folders)
+
+    @property
+    def network(self) -> dict[str, Any]:
+        return self.found.network
+
+    def nimg(self, time: EmaTime = None) -> int:
+        """The snapshot time that ``time`` means for this run."""
+        return resolve_target_nimg(self.found.snapshots, time)
+
+    def solve(self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR) -> Solution:
+        """Coefficients and profile errors of the EMAs ``stds`` at ``time``; refuses (naming
+        the stds, the time and what is representable there) a profile error above ``max_error``
+        and missing, truncated or mismatched snapshot files."""
+        target = self.nimg(time)
+        used = tuple(s for s in self.found.snapshots if 0 < s.nimg <= target)
+        check_snapshot_files(used, self.found.network)
+        in_nimg = np.array([s.nimg for s in used], dtype=np.float64)
+        in_std = np.array([s.std for s in used], dtype=np.float64)
+        out_std = np.array(stds, dtype=np.float64)
+        out_nimg = np.full(len(out_std), float(target))
+        coefs = solve_coefficients(in_nimg, in_std, out_nimg, out_std)
+        errors = profile_error(in_nimg, in_std, out_nimg, out_std, coefs)
+        bad = [f"{s:g} (error {e:.3g})" for s, e in zip(out_std, errors) if e > max_error]
+        if bad:
+            span = representable_range(in_nimg, in_std, target, max_error)
+            hint = f"stds from about {span[0]:g} to {span[1]:g} are representable there" if span else "no std is representable there"
+            times = sorted({s.nimg for s in self.found.snapshots})
+            if target not in times:
+                after = [t for t in times if t > target][:1]
+                hint += f"; nimg {target} is not a snapshot time (nearest: {', '.join(str(t) for t in [int(in_nimg.max()), *after])})"
+            raise ValueError(
+                f"cannot represent EMA std {', '.join(bad)} at nimg {target} with the stored stds "
+                f"{sorted(set(in_std.tolist()))} ({len(used)} snapshots up to nimg {int(in_nimg.max())}): the relative "
+                f"profile error exceeds the maximum {max_error:g}; {hint}"
+            )
+        return Solution(target, tuple(float(s) for s in stds), used, coefs, errors)
+
+    def card(self, solution: Solution, j: int) -> dict[str, Any]:
+        """The model card of output ``j`` of ``solution``."""
+        return {
+            "network": self.found.network,
+            "nimg": solution.nimg,
+            "ema_std": solution.stds[j],
+            "source": (
+                f"post-hoc EMA reconstruction from {len(solution.used)} snapshots in "
+                f"{', '.join(str(f) for f in self.folders)} (profile error {solution.errors[j]:.2e})"
+            ),
+        }
+
+    def models(
+        self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8,
+        progress: bool = False,
+    ) -> Iterator[tuple[float, dict[str, torch.Tensor], dict[str, Any]]]:
+        """``(std, state_dict, card)`` of every EMA ``stds`` at ``time``, rebuilt in memory."""
+        solution = self.solve(stds, time, max_error)
+        for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
+            yield solution.stds[j], state, self.card(solution, j)
+
+    def write(
+        self, stds: Sequence[float], time: EmaTime = None, out_dir: str | os.PathLike | None = None,
+        max_error: float = DEFAULT_MAX_ERROR, batch: int = 8, progress: bool = False,
+    ) -> list[Path]:
+        """Model files of the EMAs ``stds`` at ``time`` in ``out_dir`` (default
+        ``<run>/reconstructed``), in the order of ``stds``."""
+        return list(self.write_solution(self.solve(stds, time, max_error), out_dir, batch, progress))
+
+    def write_solution(
+        self, solution: Solution, out_dir: str | os.PathLike | None = None, batch: int = 8, progress: bool = False
+    ) -> Iterator[Path]:
+        """Write the EMAs of ``solution`` (``solve``) as model files, yielding each path once written."""
+        out = Path(out_dir) if out_dir is not None else self.default_dir
+        for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
+            path = out / ema_filename(solution.nimg, solution.stds[j])
+            save_model(path, state, self.card(solution, j))
+            yield path
+
+    @property
+    def default_dir(self) -> Path:
+        """``<run>/reconstructed``: beside the (first) snapshot folder."""
+        return self.folders[0].resolve().parent / RECONSTRUCTED_DIR
+
+    def cached(
+        self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8
+    ) -> tuple[int, dict[float, Path]]:
+        """``(nimg, {std: model file})``: the files in ``<run>/reconstructed`` whose cards say
+        that nimg and std, the missing ones rebuilt first (in one pass over the snapshots)."""
+        nimg = self.nimg(time)
+        found = self._lookup(stds, nimg)
+        missing = [s for s, p in found.items() if p is None]
+        if missing:
+            log.info("reconstructing %s at nimg %d, std %s -> %s", self.folders, nimg, missing, self.default_dir)
+            self.write(missing, nimg, max_error=max_error, batch=batch)
+            found = self._lookup(stds, nimg)
+        return nimg, found
+
+    def _lookup(self, stds: Sequence[float], nimg: int) -> dict[float, Path | None]:
+        by_std: dict[float, Path] = {}
+        for path in sorted(self.default_dir.glob("*.safetensors")) if self.default_dir.is_dir() else []:
+            try:
+                card = read_card(path)
+            except ModelFileError as err:
+                log.warning("ignoring %s: %s", path, err)
+                continue
+            if card.get("nimg") == nimg and card.get("ema_std") is not None:
+                by_std[float(card["ema_std"])] = path
+        return {s: next((p for c, p in by_std.items() if abs(c - s) <= STD_TOLERANCE), None) for s in stds}
+
+
+def reconstruct(
+    folders: str | os.PathLike | Sequence[str | os.PathLike], stds: Sequence[float], time: EmaTime = None,
+    out_dir: str | os.PathLike | None = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8, progress: bool = False,
+) -> list[Path]:
+    """``PosthocEMA(folders).write(stds, time, out_dir, ...)``: model files of the EMAs ``stds``."""
+    return PosthocEMA(folders).write(stds, time, out_dir, max_error, batch, progress)
