@@ -14,6 +14,7 @@ from autoguide.nets import build_network
 from autoguide.sample.batch import generate_images
 from autoguide.runtime import ModelLoader
 from autoguide.sample.seeds import format_seeds
+from autoguide.sample.settings import GenerationSettings, SamplerSettings
 from autoguide.sims.synthesize import (
     SynthesisSettings,
     check_label_coverage,
@@ -53,7 +54,8 @@ def model(tmp_path_factory):
 
 
 def _settings(**kw):
-    return SynthesisSettings(**{"num_images": 10, "shard_size": 4, "batch_size": 3, "class_labels": [0, 1, 2], "sampler": SAMPLER, **kw})
+    generation = GenerationSettings(batch_size=3, sampler=SamplerSettings(**SAMPLER))
+    return SynthesisSettings(**{"num_images": 10, "shard_size": 4, "class_labels": [0, 1, 2], "generation": generation, **kw})
 
 
 def test_plan_chunks():

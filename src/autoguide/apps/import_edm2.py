@@ -5,8 +5,8 @@ pickle as an autoguide model file, read without running any of its code
 from __future__ import annotations
 
 import argparse
-import json
 
+from autoguide.apps.cli import json_command
 from autoguide.io.edm2_import import EDM2ImportError, import_edm2
 
 
@@ -20,12 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="output model file (.safetensors)")
     parser.add_argument("--nimg", type=int, default=None, help="training images seen (default: from the file name)")
     parser.add_argument("--ema-std", type=float, default=None, help="EMA relative std (default: from the file name)")
-    args = parser.parse_args(argv)
-    try:
-        card = import_edm2(args.pkl, args.out, nimg=args.nimg, ema_std=args.ema_std)
-    except EDM2ImportError as err:
-        parser.exit(1, f"autoguide-import-edm2: error: {err}\n")
-    print(json.dumps({"out": str(args.out), **card}, indent=2))
+    json_command(
+        parser, argv, lambda a: {"out": str(a.out), **import_edm2(a.pkl, a.out, nimg=a.nimg, ema_std=a.ema_std)}, (EDM2ImportError,)
+    )
 
 
 if __name__ == "__main__":

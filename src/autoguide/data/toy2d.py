@@ -208,11 +208,7 @@ class ExactToyDenoiser(torch.nn.Module):
         self.register_buffer("classes", mixture.classes)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        sigma: float | torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_logvar: bool = False,
+        self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None, return_logvar: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         mixture = ToyMixture(self.weights, self.means, self.covs, self.classes)
         d = mixture.denoise(x, sigma).to(x.dtype)

@@ -66,15 +66,13 @@ class UNetConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MLPConfig:
-    """The magnitude-preserving MLP denoiser for 2D data (``autoguide.nets.mlp``)."""
+class _VectorNetConfig:
+    """What both 2D-data networks take: ``width`` x ``depth`` magnitude-preserving layers."""
 
-    arch: str = "mlp"
     img_channels: int
     label_dim: int
     width: int = 64
     depth: int = 4
-    label_balance: float = 0.5
     sigma_data: float = 0.5
     logvar_channels: int = 128
 
@@ -83,20 +81,19 @@ class MLPConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EnergyMLPConfig:
+class MLPConfig(_VectorNetConfig):
+    """The magnitude-preserving MLP denoiser for 2D data (``autoguide.nets.mlp``)."""
+
+    arch: str = "mlp"
+    label_balance: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnergyMLPConfig(_VectorNetConfig):
     """The energy-parametrised MLP for 2D data (``autoguide.nets.energy``): labels enter the
     first layer, so it has no label balance."""
 
     arch: str = "energy_mlp"
-    img_channels: int
-    label_dim: int
-    width: int = 64
-    depth: int = 4
-    sigma_data: float = 0.5
-    logvar_channels: int = 128
-
-    def __post_init__(self) -> None:
-        _check_common(self)
 
 
 NetworkConfig = UNetConfig | MLPConfig | EnergyMLPConfig

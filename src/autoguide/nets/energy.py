@@ -91,11 +91,7 @@ class EnergyDenoiser(nn.Module):
             return self._log_density(*self._inputs(x, sigma, labels))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        sigma: float | torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_logvar: bool = False,
+        self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None, return_logvar: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         keep_graph = torch.is_grad_enabled()

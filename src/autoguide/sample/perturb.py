@@ -105,6 +105,15 @@ def _registered(handles: Iterator[torch.utils.hooks.RemovableHandle]) -> Iterato
             handle.remove()
 
 
+def _hook_attention(net: nn.Module, blocks: Sequence[str] | None, what: str, hook: Any, pre: bool = False):
+    """Register ``hook`` (with kwargs; a forward pre-hook if ``pre``) on the attention ops of
+    ``blocks``; a context manager that removes it."""
+    ops = attention_ops(net)
+    names = resolve_attention_blocks(net, blocks, what)
+    register = "register_forward_pre_hook" if pre else "register_forward_hook"
+    return _registered(getattr(ops[b], register)(hook, with_kwargs=True) for b in names)
+
+
 def _blur_tokens(x: torch.Tensor, grid_hw: tuple[int, int], sigma: float) -> torch.Tensor:
     """Blur ``x [N, heads, tokens, ch]`` over its ``(H, W)`` token grid."""
     n, heads, tokens, ch = x.shape
@@ -128,9 +137,7 @@ class IdentityAttention:
             out[rows] = _attention_args(args, kwargs)["v"][rows].to(out.dtype)
             return out
 
-        ops = attention_ops(net)
-        blocks = resolve_attention_blocks(net, self.blocks, "PAG")
-        return _registered(ops[b].register_forward_hook(hook, with_kwargs=True) for b in blocks)
+        return _hook_attention(net, self.blocks, "PAG", hook)
 
 
 @dataclass(frozen=True)
@@ -154,9 +161,7 @@ class BlurredQueries:
                 return (q, *args[1:]), kwargs
             return args, {**kwargs, "q": q}
 
-        ops = attention_ops(net)
-        blocks = resolve_attention_blocks(net, self.blocks, "SEG")
-        return _registered(ops[b].register_forward_pre_hook(hook, with_kwargs=True) for b in blocks)
+        return _hook_attention(net, self.blocks, "SEG", hook, pre=True)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from torch.utils.data import Dataset
 
 from autoguide.io import read_card, write_text_atomic
 from autoguide.runtime import ModelLoader, resolve_device
+from autoguide.sample.settings import GenerationSettings, SamplerSettings
+from autoguide.settings import from_mapping
 from autoguide.sims.base import base_stage
 from autoguide.sims.base_run import BaseRun, read_base_run
 from autoguide.sims.register import NEGATIVE_NAME, pair_folder, register_stage
@@ -98,9 +100,12 @@ class RealData:
 
 def synthesis_settings(cfg: Mapping[str, Any], real: RealData) -> SynthesisSettings:
     """The ``synthesize`` group as settings; ``num_images: null`` = the real set's size."""
-    keys = ("real_fraction", "real_seed", "first_seed", "class_labels", "shard_size", "batch_size", "precision", "sampler", "guidance")
+    keys = ("real_fraction", "real_seed", "first_seed", "class_labels", "shard_size", "guidance")
+    generation = GenerationSettings(
+        sampler=from_mapping(SamplerSettings, cfg["sampler"], "synthesize.sampler"), batch_size=cfg["batch_size"], precision=cfg["precision"],
+    )
     num = cfg.get("num_images")
-    return SynthesisSettings(num_images=len(real.dataset) if num is None else int(num), **{k: cfg[k] for k in keys})
+    return SynthesisSettings(num_images=len(real.dataset) if num is None else int(num), generation=generation, **{k: cfg[k] for k in keys})
 
 
 def retrain_settings(cfg: Mapping[str, Any], base_run: BaseRun | None, base_nimg: int | None) -> RetrainSettings:

@@ -33,34 +33,6 @@ def weightspace_name(weight: float) -> str:
     return f"weightspace-w{float(weight):.3f}.safetensors"
 
 
-def register_pairs(
-    folder: Path,
-    positive: Path,
-    phema: Path,
-    budgets: Sequence[int],
-    ema_stds: Sequence[float],
-    weight_space: Sequence[float],
-    iteration: int,
-    root: Path,
-    provenance: Mapping[str, Any],
-) -> list[Path]:
-    """Write every (budget, std) pair under ``folder``; return the output files. ``provenance``
-    goes into the negative's card (``sims`` entry) beside iteration, budget, std and base."""
-    outputs: list[Path] = []
-    snapshots = PosthocEMA(phema)
-    for budget in budgets:
-        for std, state, card in snapshots.models(list(ema_stds), int(budget)):
-            target = pair_folder(folder, budget, std)
-            sims = {"iteration": iteration, "budget_nimg": int(budget), "ema_std": float(std), "base": str(positive), **provenance}
-            negative = target / NEGATIVE_NAME
-            save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
-            spaces = {float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims) for w in weight_space}
-            pair = SimsPair(positive, negative, int(budget), float(std), iteration, spaces)
-            write_pair(target / PAIR_NAME, pair, root)
-            outputs += [negative, *spaces.values(), target / PAIR_NAME]
-    return outputs
-
-
 def register_stage(
     folder: Path,
     positive: Path,
@@ -86,8 +58,19 @@ def register_stage(
     }
 
     def work():
-        outputs = register_pairs(folder, positive, phema, budgets, ema_stds, weight_space, iteration, root, provenance)
-        pairs = [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]
-        return outputs, {"pairs": pairs}
+        """Every (budget, std) pair: the negative (its card's ``sims`` entry: iteration, budget,
+        std, base and ``provenance``), the weight-space models and ``pair.json``."""
+        outputs: list[Path] = []
+        snapshots = PosthocEMA(phema)
+        for budget in budgets:
+            for std, state, card in snapshots.models(list(ema_stds), int(budget)):
+                target = pair_folder(folder, budget, std)
+                sims = {"iteration": iteration, "budget_nimg": int(budget), "ema_std": float(std), "base": str(positive), **provenance}
+                negative = target / NEGATIVE_NAME
+                save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
+                spaces = {float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims) for w in weight_space}
+                write_pair(target / PAIR_NAME, SimsPair(positive, negative, int(budget), float(std), iteration, spaces), root)
+                outputs += [negative, *spaces.values(), target / PAIR_NAME]
+        return outputs, {"pairs": [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]}
 
     return run_stage(folder, STAGE, spec, work)

@@ -39,10 +39,10 @@ from autoguide.sample.config import build_guidance
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
 from autoguide.sample.seeds import format_seeds
-from autoguide.sample.settings import GenerationSettings, SamplerSettings
+from autoguide.sample.settings import GenerationSettings
 from autoguide.sample.outputs import to_uint8
 from autoguide.io.digest import file_sha256
-from autoguide.settings import from_mapping, to_dict
+from autoguide.settings import to_dict
 from autoguide.sims.records import canonical, fingerprint, run_stage, spec_digest, unchanged
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,20 @@ KINDS = {"synthetic": "synth", "real": "real"}
 class SynthesisSettings:
     """What to synthesize (the ``synthesize`` config group, with ``num_images`` resolved)."""
 
+    #: images in the set, of which round(real_fraction * n) real ones (a subset drawn with real_seed)
     num_images: int
     real_fraction: float = 0.0
     real_seed: int = 0
+    #: synthetic image i comes from seed first_seed + i, its class from the class_labels policy
     first_seed: int = 0
     class_labels: Any = "random"
+    #: images per shard (and per resumable chunk)
     shard_size: int = 10000
-    batch_size: int = 256
-    precision: str = "fp32"
-    sampler: SamplerSettings | Mapping[str, Any] = field(default_factory=SamplerSettings)
+    #: how the synthetic images are sampled (sampler, batch, precision) and guided (a guidance term)
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(batch_size=256))
     guidance: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.sampler, Mapping):
-            object.__setattr__(self, "sampler", from_mapping(SamplerSettings, self.sampler, "synthesize.sampler"))
         if int(self.num_images) != self.num_images or self.num_images < 1:
             raise ValueError(f"synthesize.num_images={self.num_images!r}: expected a positive integer")
         if not 0.0 <= self.real_fraction < 1.0:
@@ -81,12 +81,6 @@ class SynthesisSettings:
             raise ValueError(f"synthesize.shard_size={self.shard_size!r}: expected a positive integer")
         if self.class_labels == "all":
             raise ValueError("synthesize.class_labels=all: would make label_dim images per seed; use random, an index or a list")
-        GenerationSettings(sampler=self.sampler, batch_size=self.batch_size, precision=self.precision)  # checks the values
-
-    @property
-    def generation(self) -> GenerationSettings:
-        """How the synthetic images are generated."""
-        return GenerationSettings(sampler=self.sampler, batch_size=self.batch_size, precision=self.precision)
 
     @property
     def num_real(self) -> int:
@@ -210,8 +204,8 @@ def synthesis_spec(settings: SynthesisSettings, source: Path, real_data: Mapping
         "first_seed": settings.first_seed,
         "class_labels": settings.class_labels,
         "shard_size": settings.shard_size,
-        "precision": settings.precision,
-        "sampler": to_dict(settings.sampler),
+        "precision": settings.generation.precision,
+        "sampler": to_dict(settings.generation.sampler),
         "guidance": dict(settings.guidance or {"kind": "none"}),
     })
 
