@@ -201,3 +201,43 @@ def test_mp_sum_into_equals_mp_sum_of_layer_output():
     x, inp = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     for t in (0.3, 0.5):
         torch.testing.assert_close(mp_sum_into(x, layer, inp, t, gain=1.7), mp_sum(x, layer(inp, gain=1.7), t))
+
+
+def paper_block(block, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """EDM2's block written out unfused (docs/design.md, "EDM2 network"): mp_silu and mp_sum as
+    functions, attention as an explicit softmax; eval mode (no dropout)."""
+    from autoguide.nets.unet import resample
+
+    x = resample(x, block.resample_mode)
+    if block.flavor == "enc":
+        if block.conv_skip is not None:
+            x = block.conv_skip(x)
+        x = normalize(x, dim=1)
+    y = block.conv_res0(mp_silu(x))
+    y = mp_silu(y * (block.emb_linear(emb, gain=block.emb_gain) + 1)[:, :, None, None])
+    y = block.conv_res1(y)
+    if block.flavor == "dec" and block.conv_skip is not None:
+        x = block.conv_skip(x)
+    x = mp_sum(x, y, block.res_balance)
+    if block.num_heads:
+        n, c, h, w = x.shape
+        q, k, v = normalize(block.attn_qkv(x).reshape(n, block.num_heads, -1, 3, h * w), dim=2).unbind(3)
+        weights = torch.softmax(torch.einsum("nhcq,nhck->nhqk", q, k) / q.shape[2] ** 0.5, dim=3)
+        attended = torch.einsum("nhqk,nhck->nhcq", weights, v).reshape(n, c, h, w)
+        x = mp_sum(x, block.attn_proj(attended), block.attn_balance)
+    return x.clip(-block.clip_act, block.clip_act)
+
+
+@pytest.mark.parametrize(("flavor", "resample_mode", "cin", "cout", "attention"), [
+    ("enc", "keep", 32, 32, True), ("enc", "down", 16, 32, False), ("dec", "keep", 48, 32, True), ("dec", "up", 32, 32, False),
+])
+def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, attention):
+    from autoguide.nets import Block
+
+    torch.manual_seed(0)
+    block = Block(cin, cout, 24, flavor, resample_mode, attention=attention, channels_per_head=16).eval()
+    with torch.no_grad():
+        block.emb_gain.fill_(0.7)
+    x, emb = torch.randn(3, cin, 8, 8), torch.randn(3, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb), paper_block(block, x, emb), rtol=1e-5, atol=1e-5)

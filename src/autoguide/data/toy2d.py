@@ -1,7 +1,7 @@
 """The 2D toy of the autoguidance paper (Karras et al. 2024, Fig. 1): a Gaussian mixture shaped
 like two trees (classes A and B) with exact density, score and denoiser at every noise level.
 
-Construction (DESIGN.md, "The 2D toy"), with one numpy ``RandomState(2)`` shared by both trees,
+Construction (docs/design.md, "The 2D toy distribution"), with one numpy ``RandomState(2)`` shared by both trees,
 class A grown first, then class B. A branch at ``(depth, pos, angle)`` with ``depth < 7`` draws
 ``dist = 0.292 * 0.8^depth * (1 + 0.2 randn())``, sets ``thick = 0.2 * 0.8^depth / dist``,
 ``size = scale * dist * 0.06``, ``dir = (cos angle, sin angle)`` and places 8 components at

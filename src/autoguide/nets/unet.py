@@ -100,6 +100,14 @@ class Block(nn.Module):
             self.attn_op = AttentionOp()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The block in EDM2's form (docs/design.md, "EDM2 network")::
+
+            y = conv_res1(mp_silu(conv_res0(mp_silu(x)) * (emb_linear(emb, emb_gain) + 1)))
+            x = mp_sum(x, y, res_balance)
+
+        computed with the two ``1 / 0.596`` of ``mp_silu`` folded into the gains of the linear
+        layers after them and ``mp_sum`` fused into ``conv_res1`` (``mp_sum_into``); equal to
+        the unfused form by ``tests/test_nets.py::test_block_forward_equals_the_paper_form``."""
         x = resample(x, self.resample_mode)
         if self.flavor == "enc":
             if self.conv_skip is not None:

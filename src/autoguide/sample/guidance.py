@@ -1,7 +1,7 @@
 """Guidance terms: one small class per negative, all in the Karras convention.
 
 One term with weight ``w``: ``D = D_neg + w (D_pos - D_neg)``; ``w = 1`` is no guidance.
-Several terms: ``D = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` (DESIGN.md). A term may carry
+Several terms: ``D = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` (docs/design.md, "Conventions"). A term may carry
 a noise-level interval ``(sigma_lo, sigma_hi]`` (Kynkäänniemi et al. 2024, "Applying Guidance
 in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models"): outside
 it the term is off and its negative is not evaluated. Other conventions convert at the edges:

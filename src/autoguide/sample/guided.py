@@ -1,7 +1,7 @@
 """The guided denoiser: one positive network plus any guidance terms, evaluated efficiently.
 
 ``D(x, sigma) = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` over the terms active at
-``sigma`` (DESIGN.md; one term: ``D_neg + w (D_pos - D_neg)``).
+``sigma`` (docs/design.md, "Conventions"; one term: ``D_neg + w (D_pos - D_neg)``).
 
 Evaluation plan at each call:
 1. The negatives of active terms are collected as requests; equal requests are evaluated once.

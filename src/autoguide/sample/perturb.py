@@ -5,7 +5,7 @@ a context manager that registers forward hooks on the network, perturbs only bat
 ``rows`` (so the perturbed negative rides in the same forward as the positive rows) and
 removes every hook on exit, leaving the network exactly as it was.
 
-Hook points (docs/interfaces.md): the attention ops ``net.attention_ops()`` (``forward(q, k, v,
+Hook points (docs/design.md, "Contracts between parts"): the attention ops ``net.attention_ops()`` (``forward(q, k, v,
 grid_hw)``, q/k/v ``[N, heads, tokens, ch]``) and the Fourier noise embedding
 ``net.backbone.emb_fourier`` (``net.unet.emb_fourier`` for the UNet).
 

@@ -1,6 +1,6 @@
 """Per-image seeds and random streams.
 
-DESIGN.md, "Randomness": every image draws all of its randomness (initial noise, churn noise,
+docs/design.md, "Conventions" (randomness): every image draws all of its randomness (initial noise, churn noise,
 the random class of ICG, the embedding noise of TSG, ...) from its own seed, so an image
 depends on its seed only, never on the batch it was drawn in or on the number of processes.
 
