@@ -1,26 +1,26 @@
-"""Benchmark the guided sampler: images/s per guidance term and the guided/unguided time ratio
-next to the ideal ratio.
+"""Benchmark the guided sampler: the time of each guidance term relative to unguided sampling,
+next to its ideal ratio, measured interleaved (every variant once per round, A B C A B C ...,
+medians over the rounds) so that a drift of the machine cannot favour one.
 
 Ideal ratio = 1 + (cost of the term's extra forward) / (cost of the main forward): for
-autoguidance ``1 + t_guide / t_main`` (forward times measured here at the same batch size);
-for terms on the main network (CFG, ICG, TSG, PAG, SEG, SAG) ``2`` — they add a main forward's
-worth of rows (SAG: a sequential main forward). Batched terms can beat 2 on a GPU that is not
-saturated by one batch. Networks are presets with random weights (timing only).
+autoguidance ``1 + t_guide / t_main`` (forward times measured here, interleaved too); for terms
+on the main network (CFG, ICG, TSG, PAG, SEG, SAG) ``2`` -- they add one main forward's worth of
+rows per evaluation. Networks are presets with random weights (timing only).
 
-    python benchmarks/sample.py --net mnist-s --guide mnist-xs --batch 16 --steps 8
-    python benchmarks/sample.py --net img64-s --guide img64-xs --batch 64 --device cuda --precision bf16
+    python benchmarks/sample.py --net mnist-s --guide mnist-xs --batch 16 --steps 8 --rounds 7
+    python benchmarks/sample.py --net img512-s --guide img512-xs --batch 64 --device cuda --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from autoguide.config import get_preset
 from autoguide.nets import build_network
 from autoguide.sample import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler
+from harness import autocast, interleave, median, timed
 
 SHARED_TERMS = {
     "cfg": lambda: CFG(weight=2.0),
@@ -30,24 +30,6 @@ SHARED_TERMS = {
     "seg": lambda: SEG(weight=2.0),
     "sag": lambda: SAG(weight=2.0),
 }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_time(fn, device: torch.device, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def build(preset: str, device: torch.device) -> torch.nn.Module:
@@ -63,7 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="sampler steps (Heun: 2 steps - 1 evaluations)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -72,39 +54,42 @@ def main() -> None:
     seeds = list(range(args.batch))
     noise = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.arange(args.batch) % net.label_dim if net.label_dim else None
-    sigma = torch.ones(args.batch, device=device)
     onehot = None if labels is None else torch.nn.functional.one_hot(labels, net.label_dim).float().to(device)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    sigma = torch.ones(args.batch, device=device)
 
     def forward(model):
         def call():
-            with torch.no_grad(), torch.autocast(**autocast):
+            with torch.no_grad(), autocast(device, args.precision):
                 model(noise, sigma, onehot)
-        return call
-
-    t_main = best_time(forward(net), device, args.repeats)
-    t_guide = best_time(forward(guide), device, args.repeats)
+        return lambda: timed(call, device)
 
     def sample(terms):
-        streams = SeedStreams(seeds)
-        denoise = GuidedDenoiser(net, terms, onehot, streams, args.precision)
-        return lambda: edm_sampler(denoise, noise, SamplerSettings(num_steps=args.steps), streams)
+        def call():
+            streams = SeedStreams(seeds)
+            edm_sampler(GuidedDenoiser(net, terms, onehot, streams, args.precision), noise, SamplerSettings(num_steps=args.steps), streams)
+        return lambda: timed(call, device)
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations)")
-    print(f"forward: main {args.net} {t_main * 1e3:.1f} ms, guide {args.guide} {t_guide * 1e3:.1f} ms")
-    t_plain = best_time(sample([]), device, args.repeats)
-    print(f"{'term':<14}{'images/s':>10}{'ratio':>8}{'ideal':>8}")
-    print(f"{'unguided':<14}{args.batch / t_plain:>10.2f}{1.0:>8.2f}{1.0:>8.2f}")
-    for name in args.terms.split(","):
-        if name == "autoguidance":
-            terms, ideal = [Autoguidance(guide=guide, weight=2.0)], 1 + t_guide / t_main
-        elif name in SHARED_TERMS:
-            terms, ideal = [SHARED_TERMS[name]()], 2.0
-        else:
-            raise SystemExit(f"--terms: unknown term {name!r}; valid: autoguidance, {', '.join(SHARED_TERMS)}")
-        t = best_time(sample(terms), device, args.repeats)
-        print(f"{name:<14}{args.batch / t:>10.2f}{t / t_plain:>8.2f}{ideal:>8.2f}")
+    names = args.terms.split(",")
+    unknown = [n for n in names if n != "autoguidance" and n not in SHARED_TERMS]
+    if unknown:
+        raise SystemExit(f"--terms: unknown term(s) {unknown}; valid: autoguidance, {', '.join(SHARED_TERMS)}")
+    timers = {"forward main": forward(net), "forward guide": forward(guide), "unguided": sample([])}
+    for name in names:
+        timers[name] = sample([Autoguidance(guide=guide, weight=2.0)] if name == "autoguidance" else [SHARED_TERMS[name]()])
+    for timer in timers.values():  # warm-up
+        timer()
+    times = {name: median(values) for name, values in interleave(timers, args.rounds).items()}
+
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {torch.get_num_threads()} threads), "
+          f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations), "
+          f"{args.rounds} interleaved rounds, medians")
+    print(f"forward: main {args.net} {times['forward main'] * 1e3:.1f} ms, guide {args.guide} {times['forward guide'] * 1e3:.1f} ms")
+    print(f"{'term':<16}{'images/s':>10}{'ratio':>8}{'ideal':>8}{'excess':>9}")
+    print(f"{'unguided':<16}{args.batch / times['unguided']:>10.2f}{1.0:>8.2f}{1.0:>8.2f}")
+    for name in names:
+        ideal = 1 + times["forward guide"] / times["forward main"] if name == "autoguidance" else 2.0
+        ratio = times[name] / times["unguided"]
+        print(f"{name:<16}{args.batch / times[name]:>10.2f}{ratio:>8.2f}{ideal:>8.2f}{ratio / ideal - 1:>+9.1%}")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,24 @@
-"""Training throughput and peak memory of one EDM2 training step (forward, loss, backward,
-Adam) of the reference-sized UNet: model_channels 64, channel_mult (1, 2, 3, 4), 3 blocks per
-level, attention at 16x16 and 8x8, 32x32x3 inputs, 10 classes, batch 16, fp32 on the CPU.
+"""The training step and the eval forward of the benchmark UNet (model_channels 64,
+channel_mult (1, 2, 3, 4), 3 blocks per level, attention at 16x16 and 8x8, 32x32x3 inputs, 10
+classes), every variant side by side in one run: each variant in its own process, the steps
+interleaved (A B C A B C ...), medians, and each variant's speed-up over eager fp32.
 
-    python benchmarks/train_step.py [--steps 5] [--warmup 2] [--batch 16] [--device cpu] [--threads N]
+    python benchmarks/train_step.py [--variants eager,compile] [--precision fp32,bf16] [--channels-last]
+        [--baseline-src /path/to/older/checkout/src] [--rounds 5] [--batch 16] [--eval-batch 64] [--threads N]
 
-Prints seconds per Adam step (wall clock and process CPU time), images per second and peak
-memory (process peak RSS on the CPU, peak allocated CUDA memory on a GPU). The step is the one ``DiffusionModule`` takes:
-``autoguide.diffusion.edm2_loss`` with EDM2's P_mean/P_std, non-finite gradients zeroed,
-Adam with betas (0.9, 0.99) and eps 1e-8.
+``--baseline-src`` adds the eager fp32 step and forward of another checkout of autoguide (e.g.
+``git worktree add /tmp/before <commit>``: ``/tmp/before/src``), and every ratio is then also
+given against it. The training step: ``harness.training_step`` (loss, backward, non-finite
+gradients zeroed, Adam, two post-hoc EMAs); the eval forward: one no-grad denoiser call.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
+import itertools
+import json
 
-import torch
-
-from autoguide.diffusion import edm2_loss
-from autoguide.nets import build_network
-from autoguide.train.settings import EDM2_ADAM_KWARGS
+from harness import interleave, median, workers
 
 NETWORK = {
     "arch": "unet", "img_resolution": 32, "img_channels": 3, "label_dim": 10,
@@ -30,50 +28,51 @@ NETWORK = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--variants", default="eager,compile", help="comma-separated: eager, compile")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="each variant with channels-last (NHWC) and with NCHW activations and weights (default: the code's choice, NHWC)")
+    parser.add_argument("--baseline-src", default=None, help="src folder of another checkout to compare against (eager fp32)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument("--eval-batch", type=int, default=64, help="eval forward batch")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the medians here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    net = build_network(NETWORK).to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, **EDM2_ADAM_KWARGS)
-    images = torch.rand(args.batch, 3, 32, 32, device=device) * 2 - 1
-    labels = torch.nn.functional.one_hot(torch.arange(args.batch, device=device) % 10, 10).float()
+    jobs = {"train": args.batch, "eval": args.eval_batch}
+    base = {"network": NETWORK, "jobs": jobs, "warmup": args.warmup, "threads": args.threads}
+    specs = {}
+    if args.baseline_src:
+        specs["baseline eager fp32"] = ({**base}, args.baseline_src)
+    layouts = ["channels_last", "contiguous_format"] if args.channels_last else [None]
+    for variant, precision, layout in itertools.product(args.variants.split(","), args.precision.split(","), layouts):
+        name = f"{variant} {precision}" + {"channels_last": " NHWC", "contiguous_format": " NCHW", None: ""}[layout]
+        specs[name] = ({**base, "compile": variant == "compile", "precision": precision, "memory_format": layout}, None)
 
-    def step() -> None:
-        loss = edm2_loss(net, images, labels, -0.8, 1.6)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in net.parameters():
-            torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0, out=p.grad)
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
-        step()
-    per_step = (time.perf_counter() - start) / args.steps
-    cpu_per_step = (time.process_time() - cpu_start) / args.steps
-
-    if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB peak CUDA memory allocated"
-    else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB peak process RSS"
-    params = sum(p.numel() for p in net.parameters())
-    print(f"UNet {params / 1e6:.2f} M params, batch {args.batch}, 32x32x3, fp32 on {device} ({torch.get_num_threads()} threads)")
-    print(f"{per_step:.3f} s/step, {args.batch / per_step:.1f} images/s, {peak}")
-    print(f"process CPU time {cpu_per_step:.3f} s/step (on a busy machine, the cost without waiting for cores)")
+    with workers(specs) as started:
+        threads = {w.ready["threads"] for w in started.values()}
+        timers = {(name, job): (lambda w=w, j=job: w(j)) for name, w in started.items() for job in jobs}
+        times = interleave(timers, args.rounds)
+    medians = {key: median(values) for key, values in times.items()}
+    reference = "eager fp32" if "eager fp32" in specs else next(n for n in specs if n.startswith("eager fp32"))
+    print(f"UNet {NETWORK['model_channels']} ch, 32x32x3, train batch {args.batch}, eval batch {args.eval_batch}, "
+          f"{args.rounds} interleaved rounds, {threads} thread(s); seconds are medians")
+    header = f"{'variant':<32}{'train s':>10}{'eval s':>10}{'train x':>10}{'eval x':>10}"
+    if args.baseline_src:
+        header += f"{'train x base':>14}{'eval x base':>13}"
+    print(header)
+    for name in specs:
+        row = f"{name:<32}{medians[name, 'train']:>10.3f}{medians[name, 'eval']:>10.3f}"
+        row += f"{medians[reference, 'train'] / medians[name, 'train']:>10.2f}{medians[reference, 'eval'] / medians[name, 'eval']:>10.2f}"
+        if args.baseline_src:
+            base_name = "baseline eager fp32"
+            row += f"{medians[base_name, 'train'] / medians[name, 'train']:>14.2f}{medians[base_name, 'eval'] / medians[name, 'eval']:>13.2f}"
+        print(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{name}|{job}": value for (name, job), value in medians.items()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def make_config(overrides: list[str]):
         (["train.target=exact"], r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); data 'mnist5k' has no exact denoiser$"),
         (["train.sample_kimg=0"], r"^train\.sample_kimg=0"),
         (["+trainer.max_epochs=3"], r"^trainer\.max_epochs is derived by autoguide; set train\.duration_mi"),
+        (["trainer.precision=16-mixed"], r"^trainer\.precision='16-mixed': expected one of \['32-true', '32', 'bf16-mixed'\]"),
         (["net.img_resolution=30"], r"^net: .*img_resolution=30"),
         (["net.img_resolution=64"], r"^net\.img_resolution=64 does not match data 'mnist5k', which has 32x32 images$"),
         (["net=img64-xs"], r"^net\.img_resolution=64 does not match data 'mnist5k'"),

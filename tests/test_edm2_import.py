@@ -28,6 +28,7 @@ from autoguide.io.edm2_import import EDM2ImportError, import_edm2, read_edm2_pic
 from autoguide.apps.import_edm2 import main as import_main
 from autoguide.config import get_preset
 from autoguide.nets import AttentionOp, build_network
+from autoguide.nets.unet import HookPoint
 
 TINY = {
     "arch": "unet", "img_resolution": 16, "img_channels": 4, "label_dim": 10, "model_channels": 16,
@@ -111,7 +112,7 @@ def reference_tree(fake, module, init_kwargs=None):
     name = type(module).__name__
     params = {k: torch.nn.Parameter(v.detach().half(), requires_grad=False) for k, v in module._parameters.items()}
     buffers = {k: v.half() for k, v in module._buffers.items()}
-    children = {k: reference_tree(fake, v) for k, v in module._modules.items() if not isinstance(v, AttentionOp)}
+    children = {k: reference_tree(fake, v) for k, v in module._modules.items() if not isinstance(v, (AttentionOp, HookPoint))}
     state = module_state(params, buffers, children)
     state.update({a: getattr(module, a) for a in REFERENCE_ATTRS[name]})
     state.update(_init_args=(), _init_kwargs=init_kwargs or {})

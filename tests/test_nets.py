@@ -241,3 +241,33 @@ def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, a
     x, emb = torch.randn(3, cin, 8, 8), torch.randn(3, 24)
     with torch.no_grad():
         torch.testing.assert_close(block(x, emb), paper_block(block, x, emb), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [[], [3, 3], [1, 1]])
+@pytest.mark.parametrize("gain", [1.0, 0.37, "tensor"])
+def test_mp_conv_training_forward_and_gradient_equal_the_paper_form(kernel, gain):
+    """The fused training forward (one reduction, ``_NormalizedWeight``) against autograd through
+    EDM2's form: ``w <- normalize(w)`` in place, then ``normalize(w) * gain / sqrt(fan_in)``."""
+    torch.manual_seed(1)
+    layer = MPConv(6, 5, kernel).train()
+    reference = MPConv(6, 5, kernel).train()
+    reference.load_state_dict(layer.state_dict())
+    gain_value = torch.tensor(0.8, requires_grad=True) if gain == "tensor" else gain
+    gain_ref = torch.tensor(0.8, requires_grad=True) if gain == "tensor" else gain
+    x = torch.randn(4, 6, *([5, 5] if kernel else []))
+
+    def paper(conv, g):
+        with torch.no_grad():
+            conv.weight.copy_(normalize(conv.weight))
+        w = normalize(conv.weight) * (g / conv.weight[0].numel() ** 0.5)
+        return x @ w.t() if not kernel else torch.nn.functional.conv2d(x, w, padding=kernel[-1] // 2)
+
+    out, expected = layer(x, gain=gain_value), paper(reference, gain_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.weight, reference.weight, rtol=0, atol=0)  # the forced normalisation
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-6)
+    if gain == "tensor":
+        torch.testing.assert_close(gain_value.grad, gain_ref.grad, rtol=1e-4, atol=1e-6)

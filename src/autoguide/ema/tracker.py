@@ -62,11 +62,12 @@ class PowerEMA:
         net_params = [p.detach() for p in net.parameters()]
         net_buffers = list(net.buffers())
         for gamma, ema in zip(self.gammas, self.modules.values()):
-            weight = 1.0 - ema_beta(nimg, dt, gamma)
-            for p_ema, p_net in zip(ema.parameters(), net_params, strict=True):
-                p_ema.lerp_(p_net, weight)
-            for b_ema, b_net in zip(ema.buffers(), net_buffers, strict=True):
-                b_ema.copy_(b_net)
+            ema_params, ema_buffers = list(ema.parameters()), list(ema.buffers())
+            if len(ema_params) != len(net_params) or len(ema_buffers) != len(net_buffers):
+                raise ValueError("the network's parameters or buffers changed since the EMAs were made")
+            torch._foreach_lerp_(ema_params, net_params, 1.0 - ema_beta(nimg, dt, gamma))  # one kernel for all tensors
+            if ema_buffers:
+                torch._foreach_copy_(ema_buffers, net_buffers)
         self.nimg = nimg
         return True
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoguide.nets.mp import MPConv, MPFourier
-from autoguide.nets.unet import AttentionOp
+from autoguide.nets.unet import AttentionOp, Block
 
 
 def precond_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
@@ -91,12 +91,12 @@ class Precond(nn.Module):
         logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(shape)
         return d_x, logvar.to(torch.float32)
 
+    def blocks(self) -> dict[str, Block]:
+        """Every UNet block by name, e.g. ``{"enc.16x16_block0": block, "dec.8x8_in0": ...}``
+        (``enc.``/``dec.`` + the reference key); empty for the MLP."""
+        return {f"{part}.{name}": block for part in ("enc", "dec") for name, block in getattr(self.backbone, part, {}).items()
+                if isinstance(block, Block)}
+
     def attention_ops(self) -> dict[str, AttentionOp]:
         """Every self-attention op by block name, e.g. ``{"dec.16x16_block1": op, ...}``."""
-        ops = {}
-        for part in ("enc", "dec"):
-            for name, block in getattr(self.backbone, part, {}).items():
-                op = getattr(block, "attn_op", None)
-                if op is not None:
-                    ops[f"{part}.{name}"] = op
-        return ops
+        return {name: block.attn_op for name, block in self.blocks().items() if block.num_heads}

@@ -43,6 +43,15 @@ def mp_sum_into(x: torch.Tensor, layer: MPConv, inp: torch.Tensor, t: float, gai
     return torch.add(layer(inp, gain=gain * t / n), x, alpha=(1 - t) / n)
 
 
+class HookPoint(nn.Module):
+    """The identity on its last argument: a named place in a forward where a perturbation hook
+    (``autoguide.sample.perturb``) can replace a value for some rows of the batch. No
+    parameters, so the state dict does not see it."""
+
+    def forward(self, *values: torch.Tensor) -> torch.Tensor:
+        return values[-1]
+
+
 class AttentionOp(nn.Module):
     """One self-attention operation: ``softmax(q k^T / sqrt(c)) v`` per head (cosine attention).
 
@@ -98,6 +107,8 @@ class Block(nn.Module):
             self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1])
             self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1])
             self.attn_op = AttentionOp()
+        self.branch_point = HookPoint()  # the residual branch where dropout acts: (y) -> y
+        self.output_point = HookPoint()  # the block's output: (x before the branch, output) -> output
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The block in EDM2's form (docs/design.md, "EDM2 network")::
@@ -119,14 +130,15 @@ class Block(nn.Module):
         y = F.silu(y * c[:, :, None, None].to(y.dtype))
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
+        y = self.branch_point(y)
         if self.flavor == "dec" and self.conv_skip is not None:
             x = self.conv_skip(x)
-        x = mp_sum_into(x, self.conv_res1, y, self.res_balance, gain=1 / SILU_RMS)
+        out = mp_sum_into(x, self.conv_res1, y, self.res_balance, gain=1 / SILU_RMS)
         if self.num_heads:
-            x = self.attention(x)
+            out = self.attention(out)
         if self.clip_act is not None:
-            x = x.clip(-self.clip_act, self.clip_act)
-        return x
+            out = F.hardtanh(out, -self.clip_act, self.clip_act)  # = clip, with a one-pass backward
+        return self.output_point(x, out)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """``mp_sum(x, attn_proj(attention(x)), attn_balance)``: multi-head cosine
@@ -136,10 +148,16 @@ class Block(nn.Module):
         v are each normalised over ``ch`` per pixel, then ``attn_op`` mixes the tokens.
         """
         n, c, h, w = x.shape
-        qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
-        q, k, v = normalize(qkv, dim=2).unbind(3)  # each [N, heads, ch, tokens]
-        y = self.attn_op(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), (h, w))
-        return mp_sum_into(x, self.attn_proj, y.transpose(2, 3).reshape(n, c, h, w), self.attn_balance)
+        # attn_qkv's output channels are (head, ch, q/k/v) in EDM2's layout; its rows reordered
+        # to (q/k/v, head, ch) make each of q, k, v a contiguous run of channels per pixel
+        weight = self.attn_qkv.used_weight().reshape(self.num_heads, -1, 3, c).permute(2, 0, 1, 3).reshape(3 * c, c)
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view when x is channels-last
+        qkv = (pixels @ weight.t().to(x.dtype)).reshape(n, h * w, 3, self.num_heads, -1)
+        q, k, v = normalize(qkv, dim=4).permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, tokens, ch]
+        y = self.attn_op(q, k, v, (h, w))
+        # back to [N, C, H, W], channels-last in memory
+        y = y.permute(0, 2, 1, 3).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return mp_sum_into(x, self.attn_proj, y, self.attn_balance)
 
 
 class UNet(nn.Module):
@@ -208,6 +226,18 @@ class UNet(nn.Module):
                     cin, cout, cemb, "dec", attention=res in attn_resolutions, **block_kwargs
                 )
         self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
+        self.set_memory_format(torch.channels_last)
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> UNet:
+        """Lay out activations and convolution weights in ``memory_format``: channels-last
+        (NHWC, the default) lets oneDNN and cuDNN run the convolutions without reordering their
+        operands on every call; ``torch.contiguous_format`` is the NCHW of the reference code.
+        The values, names and shapes of the parameters are the same either way."""
+        self.memory_format = memory_format
+        for param in self.parameters():
+            if param.ndim == 4:
+                param.data = param.data.contiguous(memory_format=memory_format)
+        return self
 
     def embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         """Embedding: ``mp_silu(mp_sum(emb_noise(fourier(c_noise)), emb_label(onehot sqrt(L)), 0.5))``."""
@@ -219,9 +249,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.embed(noise_labels, class_labels)
-        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        if x.device.type == "cpu":  # oneDNN convolutions run about 25% faster on NHWC
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1).contiguous(memory_format=self.memory_format)
         skips = []
         for name, block in self.enc.items():
             x = block(x) if name.endswith("_conv") else block(x, emb)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoguide.sample.guidance import GuidanceTerm
+from autoguide.nets.compile import compile_network
+from autoguide.sample.guidance import DegradedInput, GuidanceTerm, OtherNetwork
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.labels import as_one_hot
 from autoguide.sample.sampler import edm_sampler
@@ -43,12 +44,21 @@ def generate_images(
     guided by ``guidance``.
 
     ``sampler``: the ODE settings (default EDM's Heun sampler); keyword arguments name single
-    fields of it (``num_steps=8``) on top. ``net`` and the guidance models must already be on
+    fields of it (``num_steps=8``) on top; with ``sampler.compile`` the networks (main and
+    guides) are compiled in place first. ``net`` and the guidance models must already be on
     ``device``; ``precision`` (``fp32`` or ``bf16``) is the networks' autocast. Batches are cut
     from the seed list; since every image draws its randomness from its own seed, the result
     does not depend on ``batch_size``.
     """
     settings = dataclasses.replace(sampler or SamplerSettings(), **sampler_fields)
+    if settings.compile:
+        if any(isinstance(t.negative(), DegradedInput) for t in guidance):
+            raise ValueError(
+                "sampler.compile=true cannot run SAG: its negative reads the attention map out of the positive's "
+                "forward through a hook with a side effect, which compiled code does not replay; sample SAG uncompiled"
+            )
+        for model in dict.fromkeys([net, *(t.negative().model for t in guidance if isinstance(t.negative(), OtherNetwork))]):
+            compile_network(model)
     seeds = [int(s) for s in seeds]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -21,7 +21,8 @@ SOLVERS = ("heun", "euler")
 @dataclass(frozen=True, kw_only=True)
 class SamplerSettings:
     """How ``autoguide.sample.edm_sampler`` integrates (defaults: EDM's deterministic Heun
-    sampler with 32 levels from 80 to 0.002, rho 7)."""
+    sampler with 32 levels from 80 to 0.002, rho 7); ``compile``: run the networks through
+    ``torch.compile`` (``autoguide.nets.compile_network``) when generating."""
 
     num_steps: int = 32
     sigma_min: float = 0.002
@@ -32,6 +33,7 @@ class SamplerSettings:
     S_min: float = 0.0
     S_max: float = math.inf
     S_noise: float = 1.0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         positive_int(self.num_steps, "sampler.num_steps")

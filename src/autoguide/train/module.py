@@ -35,8 +35,9 @@ import torch
 
 from autoguide.diffusion import edm2_loss
 from autoguide.diffusion.loss import ExactTarget
-from autoguide.nets import NetworkConfig, build_network, config_dict, network_config
+from autoguide.nets import NetworkConfig, build_network, compile_network, config_dict, network_config
 from autoguide.settings import to_dict
+from autoguide.train.gradients import FlatGradients
 from autoguide.train.settings import TrainSettings, check_conditioning
 from autoguide.units import KIMG
 
@@ -85,12 +86,15 @@ class DiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Look up the regression target once: the datamodule's dataset's ``exact_denoiser``
-        when ``target="exact"`` (else it stays ``None``: the sample itself)."""
+        when ``target="exact"`` (else it stays ``None``: the sample itself); compile the network
+        if ``train.compile``."""
         if self.settings.target == "exact":
             dataset = self.trainer.datamodule.dataset
             if not hasattr(dataset, "exact_denoiser"):
                 raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
             self._exact_target = dataset.exact_denoiser
+        if self.settings.compile:  # after the callbacks' on_fit_start: the EMA copies stay plain modules
+            compile_network(self.net)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -102,13 +106,15 @@ class DiffusionModule(L.LightningModule):
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         return loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        self.gradients.zero_()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         lr = self.learning_rate()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        for param in self.net.parameters():
-            if param.grad is not None:
-                torch.nan_to_num(param.grad, nan=0.0, posinf=0.0, neginf=0.0, out=param.grad)
+        self.gradients.clean_()
         self.log("train/lr", lr, on_step=True, prog_bar=True)
         self.log("train/kimg", self.nimg / KIMG, on_step=True)
 
@@ -123,7 +129,9 @@ class DiffusionModule(L.LightningModule):
         self._step_images = 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer_cls, kwargs = self.settings.optimizer.resolve()
+        """The optimizer, over gradients that live in one flat buffer (``FlatGradients``)."""
+        self.gradients = FlatGradients(self.net.parameters())
+        optimizer_cls, kwargs = self.settings.optimizer.resolve(self.gradients.buffer.device)
         return optimizer_cls(self.net.parameters(), lr=self.settings.lr_ref, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

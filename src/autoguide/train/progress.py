@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,6 +24,7 @@ class ImageProgressBar(ProgressBar):
         super().__init__()
         self._enabled = True
         self._bar: tqdm | None = None
+        self._postfix_time = -float("inf")
 
     def disable(self) -> None:
         self._enabled = False
@@ -44,13 +46,17 @@ class ImageProgressBar(ProgressBar):
         if self._bar is None:
             return
         kimg = pl_module.nimg / KIMG
-        if kimg != self._bar.n:
+        if kimg == self._bar.n:
+            return
+        now = time.monotonic()
+        if now - self._postfix_time >= self._bar.mininterval:  # reading the loss waits for the device: not every step
+            self._postfix_time = now
             metrics = self.get_metrics(trainer, pl_module)
             self._bar.set_postfix(
                 {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")},
                 refresh=False,
             )
-            self._bar.update(kimg - self._bar.n)
+        self._bar.update(kimg - self._bar.n)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:

@@ -46,14 +46,19 @@ class OptimizerSettings:
     def __post_init__(self) -> None:
         self.resolve()
 
-    def resolve(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-        """``(optimizer class, its keyword arguments)``; ``ConfigError`` naming the bad key."""
+    def resolve(self, device: torch.device | None = None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        """``(optimizer class, its keyword arguments)``; ``ConfigError`` naming the bad key.
+        On a CPU or CUDA ``device`` Adam and AdamW run their fused kernel (one pass over every
+        parameter) unless ``kwargs`` choose ``fused`` or ``foreach`` themselves."""
         cls = getattr(torch.optim, str(self.name), None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ConfigError(f"train.optimizer.name={self.name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'")
         if "lr" in self.kwargs:
             raise ConfigError("train.optimizer.kwargs.lr: the learning rate comes from train.lr_ref and its schedule; remove it")
-        kwargs = {**(EDM2_ADAM_KWARGS if self.name in ("Adam", "AdamW") else {}), **self.kwargs}
+        adam = self.name in ("Adam", "AdamW")
+        kwargs = {**(EDM2_ADAM_KWARGS if adam else {}), **self.kwargs}
+        if adam and device is not None and device.type in ("cpu", "cuda") and not {"fused", "foreach"} & set(kwargs):
+            kwargs["fused"] = True
         try:
             inspect.signature(cls).bind(None, **kwargs)
         except TypeError as error:
@@ -72,7 +77,9 @@ class TrainSettings:
     ``P_mean``, ``P_std``: the loss's noise levels; ``cond_drop_prob``: label dropout to the
     null label (for CFG); ``target``: ``data`` or ``exact`` (E[x0 | x], toy2d only);
     ``loss_weighting``: ``learned`` (EDM2) or ``edm`` (lambda alone); the ``*_kimg`` intervals
-    of metrics, checkpoints, sample grids and post-hoc EMA snapshots.
+    of metrics, checkpoints, sample grids and post-hoc EMA snapshots; ``compile``: run the
+    network's forward through ``torch.compile`` (``autoguide.nets.compile_network``; off by
+    default: on a CPU the compilation takes longer than a short run gains).
     """
 
     batch_size: int
@@ -92,6 +99,7 @@ class TrainSettings:
     checkpoint_kimg: float
     sample_kimg: float
     snapshot_kimg: float
+    compile: bool = False
 
     def __post_init__(self) -> None:
         positive_int(self.batch_size, "train.batch_size", "a positive integer (images per optimizer step, all devices)")

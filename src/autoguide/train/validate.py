@@ -32,6 +32,10 @@ MANAGED_TRAINER_KEYS = {
     "plugins": "autoguide's atomic checkpoint plugin",
 }
 RESUME_WORDS = ("auto", "never")
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+"""Training precisions: float32, or bf16 autocast with float32 weights, optimizer state and EMAs
+(docs/design.md, "Precision and speed"). fp16 would need loss scaling, which the non-finite
+gradient clean-up of EDM2 would hide from the scaler; bf16-true would average EMAs in bf16."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,14 @@ class RunSettings:
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:
-    """Trainer keys that autoguide derives itself must not be set by hand."""
+    """Trainer keys that autoguide derives itself must not be set by hand; the precision is one
+    of ``PRECISIONS``."""
     for key in trainer:
         if key in MANAGED_TRAINER_KEYS:
             raise ConfigError(f"trainer.{key} is derived by autoguide; set {MANAGED_TRAINER_KEYS[key]} instead")
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)")
 
 
 def check_resume(resume: Any) -> None:

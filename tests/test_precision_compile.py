@@ -1,0 +1,92 @@
+"""Training precision and compilation on the CPU: bf16-mixed keeps weights, optimizer state and
+EMAs in float32 and ends within a stated tolerance of float32's loss; a compiled run gives the
+same losses as an eager one and their checkpoints resume in each other; compiled sampling keeps
+the guidance hooks (PAG, SEG, TSG) and refuses SAG."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoguide.config import compose
+from autoguide.io import read_model_file
+from autoguide.nets import build_network, is_compiled
+from autoguide.sample import PAG, SAG, SEG, TSG, generate_images
+from autoguide.train.checkpoint import list_checkpoints
+from autoguide.train.run import train
+
+BF16_LOSS_TOLERANCE = 0.03
+"""bf16-mixed vs float32 from the same seed: relative difference of the mean loss over the last
+steps (the same batches and noise, so only the arithmetic differs)."""
+
+
+def run(run_dir: Path, steps: int, *extra: str, batch: int = 16) -> list[float]:
+    """Train (or continue to) ``steps`` steps of the MNIST recipe with the XS network; the loss of
+    every step of this start."""
+    cfg = compose("train", [
+        "debug=fast", "net=mnist-xs", f"run_dir={run_dir}", f"train.batch_size={batch}",
+        f"train.duration_mi={steps * batch / 2**20}", f"train.log_kimg={batch / 1000}", f"train.checkpoint_kimg={steps * batch / 2000}",
+        "train.snapshot_kimg=1000", "train.sample_kimg=1000", "callbacks.sample_grid.num_steps=2", *extra,
+    ])
+    train(cfg)
+    newest = max(run_dir.glob("logs/csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    with open(newest) as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("steps", [pytest.param(24, id="24-steps"), pytest.param(300, id="300-steps", marks=pytest.mark.slow)])
+def test_bf16_mixed_training_on_the_cpu_stays_float32_and_close_to_float32(tmp_path, steps):
+    fp32 = run(tmp_path / "fp32", steps, batch=8)
+    bf16 = run(tmp_path / "bf16", steps, "trainer.precision=bf16-mixed", batch=8)
+    assert len(fp32) == len(bf16) == steps and all(math.isfinite(v) for v in bf16)
+    tail = steps // 3
+    tail32, tail16 = sum(fp32[-tail:]) / tail, sum(bf16[-tail:]) / tail
+    assert abs(tail16 - tail32) / tail32 < BF16_LOSS_TOLERANCE, (tail32, tail16)
+    weights, _ = read_model_file(tmp_path / "bf16" / "final.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.float32} and all(torch.isfinite(v).all() for v in weights.values())
+    ema, _ = read_model_file(next((tmp_path / "bf16" / "phema").glob("*.safetensors")))
+    assert {v.dtype for v in ema.values()} == {torch.float32}
+    (_, checkpoint), = list_checkpoints(tmp_path / "bf16")[-1:]
+    state = torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["state"]
+    assert {t.dtype for s in state.values() for k, t in s.items() if k != "step"} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_path):
+    eager = run(tmp_path / "eager", 5)
+    compiled = run(tmp_path / "compiled", 5, "train.compile=true")
+    for a, b in zip(eager, compiled, strict=True):
+        assert abs(a - b) <= 1e-4 * abs(a), (eager, compiled)
+    assert read_model_file(tmp_path / "compiled" / "final.safetensors")[0].keys() == read_model_file(tmp_path / "eager" / "final.safetensors")[0].keys()
+    # a compiled run's checkpoint continues eagerly, and an eager one compiled
+    assert len(run(tmp_path / "compiled", 8)) == 3
+    assert len(run(tmp_path / "eager", 8, "train.compile=true")) == 3
+    a = read_model_file(tmp_path / "compiled" / "final.safetensors")[0]
+    b = read_model_file(tmp_path / "eager" / "final.safetensors")[0]
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+
+
+TINY = dict(arch="unet", img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2],
+            num_blocks=1, attn_resolutions=[4], channels_per_head=8)
+
+
+@pytest.mark.slow
+def test_compiled_sampling_keeps_the_guidance_hooks():
+    torch.manual_seed(0)
+    net = build_network(TINY).eval().requires_grad_(False)
+    for p in net.parameters():
+        if p.ndim == 0:
+            p.data.fill_(0.8)
+    seeds, labels = list(range(6)), [0, 1, 2, 3, 0, 1]
+    terms = {"none": [], "pag": [PAG(weight=2.0)], "seg": [SEG(weight=2.0)], "tsg": [TSG(weight=1.5)]}
+    eager = {k: generate_images(net, seeds, labels, t, num_steps=3) for k, t in terms.items()}
+    for name, guidance in terms.items():
+        torch.testing.assert_close(generate_images(net, seeds, labels, guidance, num_steps=3, compile=True), eager[name], rtol=0, atol=1e-3)
+    assert is_compiled(net) and not any(k.startswith("_orig_mod") for k in net.state_dict())
+    assert not torch.allclose(eager["pag"], eager["none"], atol=1e-3)  # the hooks act
+    with pytest.raises(ValueError, match="cannot run SAG"):
+        generate_images(net, seeds, labels, [SAG(weight=1.5)], num_steps=3, compile=True)
