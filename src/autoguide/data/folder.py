@@ -77,10 +77,12 @@ class ImageFolderDataset(_Uint8ImageDataset):
     subfolders of ``root``, the sorted names of the first-level subfolders are the classes
     0, 1, ...; images directly in ``root`` then are an error. Without either, the data is
     unlabeled (``label_dim = 0``). Image headers are checked up front: one shared size and
-    mode (L or RGB).
+    mode (L or RGB). ``same_size=False`` (sources of preprocessing, e.g. ImageNet for
+    ``autoguide-encode``) skips that pass: images may differ in size (``shape`` is None) and
+    each is checked when read.
     """
 
-    def __init__(self, root: str | Path, labels_json: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, labels_json: str | Path | None = None, same_size: bool = True) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: image folder not found")
@@ -91,8 +93,9 @@ class ImageFolderDataset(_Uint8ImageDataset):
         )
         if not self.files:
             raise ValueError(f"{self.root}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-        self.shape = self._check_headers()
-        check_square(self.shape, str(self.root / self.files[0]))
+        self.shape = self._check_headers() if same_size else None
+        if same_size:
+            check_square(self.shape, str(self.root / self.files[0]))
         if labels_json is not None:
             self.labels = _labels_from_json(Path(labels_json), self.files)
             self.label_dim = int(self.labels.max()) + 1
@@ -131,6 +134,10 @@ class ImageFolderDataset(_Uint8ImageDataset):
                     f"{shape} of {self.root / self.files[0]}"
                 )
         return shape
+
+    def where(self, index: int) -> str:
+        """The file of item ``index`` (for error messages)."""
+        return str(self.root / self.files[index])
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         path = self.root / self.files[index]
@@ -207,6 +214,10 @@ class NpzDataset(_Uint8ImageDataset):
         if n and labels.min() < 0:
             raise ValueError(f"{where}: labels must be >= 0, found {labels.min()}")
         return labels.astype(np.int64)
+
+    def where(self, index: int) -> str:
+        """Item ``index`` of the archive (for error messages)."""
+        return f"{self.path}['images'][{index}]"
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         return self.images[index], int(self.labels[index])
