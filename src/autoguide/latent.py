@@ -32,6 +32,7 @@ from torch import nn
 
 from autoguide.io.atomic import write_json_atomic
 from autoguide.io.digest import file_sha256
+from autoguide.io.records import load_json
 
 LATENT_TYPE = "stability_vae"
 SD_VAE_NAME = "stabilityai/sd-vae-ft-mse"
@@ -142,10 +143,7 @@ def read_run_latent(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(run_dir) / RUN_LATENT_FILE
     if not path.is_file():
         return None
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the run's latent space: {error}") from error
+    spec = load_json(path, "run's latent space")
     if not isinstance(spec, dict) or spec.get("type") != LATENT_TYPE:
         raise ValueError(f"{path}: expected a latent entry of type {LATENT_TYPE!r}, got {spec!r}")
     return spec

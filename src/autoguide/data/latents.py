@@ -36,7 +36,6 @@ is the one the latents were made with; each error names the file.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +47,7 @@ from torch.utils.data import Dataset
 
 from autoguide.data.shards import ShardRecord, read_member, read_shard_index
 from autoguide.io.digest import file_sha256
+from autoguide.io.records import load_json
 from autoguide.latent import (
     EDM2_FINAL_MEAN,
     EDM2_FINAL_STD,
@@ -89,10 +89,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             f"{file}: no latent-set manifest; encode the images with autoguide-encode (a set gets its "
             "manifest when every shard is written)"
         )
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file}: cannot read the latent-set manifest: {error}") from error
+    manifest = load_json(file, "latent-set manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ValueError(f"{file}: format {found!r}, expected {FORMAT!r} (a manifest written by autoguide-encode)")

@@ -67,6 +67,14 @@ def read_json(path: str | os.PathLike) -> Any:
         return None
 
 
+def load_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value in ``path``; ``ValueError`` ``"{path}: cannot read the {what}: ..."``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the {what}: {error}") from error
+
+
 def bind_spec_file(path: str | os.PathLike, spec: Mapping[str, Any], what: str, remedy: str) -> None:
     """Bind ``path`` to ``spec``: write the canonical JSON when the file is missing or
     unreadable; ``SpecConflict`` naming the changed keys when it holds another spec
