@@ -1,6 +1,8 @@
 """Shared test settings."""
 
+import importlib
 import os
+from types import ModuleType
 
 import pytest
 import torch
@@ -16,6 +18,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REQUIRE_SLURM = os.environ.get("AUTOGUIDE_REQUIRE_SLURM") == "1"
+"""Set in CI (``.ci/run``): a SLURM cluster or plugin that is missing fails the slurm tests
+instead of skipping them."""
+
+
+def skip_unless_slurm(reason: str) -> None:
+    """Skip a SLURM test for ``reason``, or fail it when SLURM is required."""
+    if REQUIRE_SLURM:
+        pytest.fail(f"AUTOGUIDE_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
+def import_slurm_plugin(name: str) -> ModuleType:
+    """``importlib.import_module(name)``, or ``skip_unless_slurm`` if it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_unless_slurm(f"{name} is not installed (pip install -e '.[slurm]')")
 
 
 # --- Latent data: a tiny random SD-VAE stand-in and MNIST digits as 3-channel 64x64 images ---

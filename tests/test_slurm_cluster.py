@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from autoguide.io import read_card
+from conftest import import_slurm_plugin, skip_unless_slurm
 from test_distributed import check_ranks, probe_env, train_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -64,14 +65,14 @@ def _ready() -> bool:
 def cluster() -> None:
     """A SLURM controller that answers; starts the local cluster when possible, else skips."""
     if shutil.which("sbatch") is None:
-        pytest.skip("sbatch not found: no SLURM client tools (apt-get install slurm-wlm munge; slurm/local-cluster.sh start)")
+        skip_unless_slurm("sbatch not found: no SLURM client tools (apt-get install slurm-wlm munge; slurm/local-cluster.sh start)")
     if not _ready():
         has_daemon = shutil.which("slurmctld") is not None or Path("/usr/sbin/slurmctld").exists()
         if os.geteuid() != 0 or not has_daemon:
-            pytest.skip("no SLURM controller answers `scontrol ping`, and slurm/local-cluster.sh needs root and slurmctld")
+            skip_unless_slurm("no SLURM controller answers `scontrol ping`, and slurm/local-cluster.sh needs root and slurmctld")
         result = subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True, timeout=180)
         if result.returncode != 0 or not _ready():
-            pytest.skip(f"slurm/local-cluster.sh start failed: {result.stderr.strip()[-500:]}")
+            skip_unless_slurm(f"slurm/local-cluster.sh start failed: {result.stderr.strip()[-500:]}")
 
 
 def job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -190,7 +191,7 @@ def test_sbatch_training_requeues_on_usr1_and_resumes(cluster, tmp_path, referen
 
 
 def test_submitit_sweep_requeues_on_usr2_and_resumes(cluster, tmp_path, reference_run):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
+    import_slurm_plugin("hydra_plugins.hydra_submitit_launcher")
     name = f"ag-test-{uuid.uuid4().hex[:8]}"
     run_dir = tmp_path / "run"
     command = [

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import import_slurm_plugin
+
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SCRIPTS = ["common.sh", "chain.sh", "local-cluster.sh", "train.sbatch", "train-multinode.sbatch",
@@ -330,7 +332,7 @@ def test_chain_rejects_bad_arguments(tmp_path, args, message):
 
 # ----------------------------------------------------------------------- submitit launcher
 def test_submitit_launcher_follows_the_trainer_layout():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
+    import_slurm_plugin("hydra_plugins.hydra_submitit_launcher")
     from autoguide.config import compose
 
     cfg = compose("train", ["hydra/launcher=slurm", "experiment=toy2d-main", "trainer=ddp_cpu"], return_hydra_config=True)

@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL after a checkpoint and resumed (same command, resume=auto) ends
-bit for bit where an uninterrupted run ends: raw weights and post-hoc EMA snapshots."""
+"""A run killed with SIGKILL after a checkpoint and resumed at once (same command, resume=auto,
+no clean-up: its stale claim on the run folder is recognised) ends bit for bit where an
+uninterrupted run ends: raw weights and post-hoc EMA snapshots."""
 
 from __future__ import annotations
 
@@ -68,8 +69,10 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     saved = list_checkpoints(killed)
     assert saved and saved[-1][0] < STEPS * BATCH, "no intermediate checkpoint before the kill"
     assert not (killed / "final.safetensors").exists()
+    assert (killed / ".autoguide-claim.json").is_file(), "the killed run's claim stays behind"
 
-    run_to_end(killed, tmp_path)  # the same command again: resume=auto
+    run_to_end(killed, tmp_path)  # the same command again: resume=auto, the stale claim taken over
+    assert not (killed / ".autoguide-claim.json").exists(), "a finished run gives its claim back"
     assert_identical(straight / "final.safetensors", killed / "final.safetensors")
     snaps = sorted(p.name for p in (straight / "phema").glob("*.safetensors"))
     assert snaps == sorted(p.name for p in (killed / "phema").glob("*.safetensors"))

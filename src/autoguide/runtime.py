@@ -63,6 +63,14 @@ def rank_from_env(env: Mapping[str, str] = os.environ) -> RankInfo:
     return info
 
 
+def slurm_job_key(env: Mapping[str, str] = os.environ) -> str | None:
+    """The job ``scontrol`` takes: ``<array job>_<task>`` inside an array, else the job id;
+    ``None`` outside SLURM."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
 def rank_slice(n: int, info: RankInfo) -> slice:
     """Contiguous share of ``n`` items for ``info.rank``; shares differ in size by at most one."""
     return slice(n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size)

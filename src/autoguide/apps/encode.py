@@ -17,6 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from autoguide.apps.cli import json_command
+from autoguide.claim import FolderBusy
 from autoguide.data.encode import EncodeSettings, encode_dataset
 from autoguide.data.latents import DTYPES
 from autoguide.io.records import SpecConflict
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers reading and cropping images (default 4)")
     parser.add_argument("--part", default=None, help="I/K: write shard range I of K (default: the launcher's rank)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    json_command(parser, argv, run, (ValueError, FileNotFoundError, SpecConflict))
+    json_command(parser, argv, run, (ValueError, FileNotFoundError, SpecConflict, FolderBusy))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point ``autoguide-eval``."""
-    run_hydra_app("eval", run, errors=(ValueError, FileNotFoundError), prefix="autoguide-eval: error")
+    run_hydra_app("eval", run, errors={ValueError: "autoguide-eval: error", FileNotFoundError: "autoguide-eval: error"})
 
 
 if __name__ == "__main__":

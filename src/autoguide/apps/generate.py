@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> Path:
 
 def main() -> None:
     """Console entry point ``autoguide-generate``."""
-    run_hydra_app("generate", run, errors=(ValueError, FileNotFoundError), prefix="autoguide-generate: error")
+    run_hydra_app("generate", run, errors={ValueError: "autoguide-generate: error", FileNotFoundError: "autoguide-generate: error"})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +41,24 @@ def exit_with(error: Exception, prefix: str) -> None:
     sys.exit(EXIT_CONFIG_ERROR)
 
 
-def run_hydra_app(
-    config_name: str,
-    task: Callable[[DictConfig], Any],
-    errors: tuple[type[Exception], ...] = (ConfigError,),
-    prefix: str = "config error",
-) -> None:
-    """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``."""
+def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any], errors: Mapping[type[Exception], str] | None = None) -> None:
+    """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``; ``errors``
+    maps exception types to the prefix of their one-line message (default: a ``ConfigError``
+    is a ``config error``)."""
     import hydra
 
+    errors = dict(errors or {ConfigError: "config error"})
     conf = config_dir()
     register_schemas()
     try:
         check_group_choices(sys.argv[1:], conf)
     except ConfigError as error:
-        exit_with(error, prefix)
+        exit_with(error, errors.get(ConfigError, "config error"))
 
     def guarded(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
-        except errors as error:
-            exit_with(error, prefix)
+        except tuple(errors) as error:
+            exit_with(error, next(prefix for kind, prefix in errors.items() if isinstance(error, kind)))
 
     hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(guarded)()

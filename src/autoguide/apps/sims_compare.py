@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point ``autoguide-sims-compare``."""
-    run_hydra_app("sims_compare", run, errors=(ValueError, FileNotFoundError), prefix="autoguide-sims-compare: error")
+    run_hydra_app("sims_compare", run, errors={ValueError: "autoguide-sims-compare: error", FileNotFoundError: "autoguide-sims-compare: error"})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoguide.apps.common import evaluation, plain
 from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.claim import FolderBusy
 from autoguide.eval.sweep import SETTING_KEYS, SweepSettings, run_sweep
 from autoguide.io import write_text_atomic
 from autoguide.runtime import resolve_device
@@ -54,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point ``autoguide-sweep``."""
-    run_hydra_app("sweep", run, errors=(ValueError, FileNotFoundError), prefix="autoguide-sweep: error")
+    run_hydra_app("sweep", run, errors={ValueError: "autoguide-sweep: error", FileNotFoundError: "autoguide-sweep: error", FolderBusy: "autoguide-sweep: error"})
 
 
 if __name__ == "__main__":

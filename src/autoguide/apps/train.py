@@ -8,7 +8,9 @@ one line naming the key and exits with status 2.
 In a Hydra multirun (``-m``) every sweep point trains in its own folder,
 ``<run_dir>/<its overrides>`` (e.g. ``runs/toy2d-main/seed=1``), unless the command line sets
 ``run_dir``; a requeued or re-run point has the same overrides and so finds its checkpoints.
-Only rank 0 lets Hydra write its config copies and ``logs/train.log`` into the run folder.
+Only rank 0 lets Hydra write its config copies and ``logs/train.log`` into the run folder,
+and only after it claimed the folder (``autoguide.claim``): a second process on the same run
+folder is refused, before it writes anything, with one line naming the holder (exit status 2).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.apps.hydra_app import exit_with, run_hydra_app
+from autoguide.claim import FolderBusy, claim_folder
+from autoguide.config import compose
 from autoguide.runtime import rank_from_env
+from autoguide.settings import ConfigError
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "~hydra.job_logging.handlers.file",
@@ -76,11 +81,34 @@ def task(cfg: DictConfig) -> Path:
     return train(cfg)
 
 
+NO_JOB_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
+"""Command-line flags after which Hydra writes no run folder (a multirun's points claim theirs in ``train``)."""
+
+
+def claim_hydra_output(args: Sequence[str]) -> None:
+    """Claim the folder Hydra is about to write (``hydra.run.dir``, the run folder) before it
+    writes its config copies and log there. A command line that does not compose is left for
+    Hydra to report."""
+    if any(arg.split("=")[0] in NO_JOB_FLAGS for arg in args):
+        return
+    try:
+        cfg = compose("train", [a for a in args if not a.startswith("-")], return_hydra_config=True)
+        folder = Path(cfg.hydra.run.dir)
+    except Exception:  # noqa: BLE001 - Hydra itself reports a command line that does not compose
+        return
+    claim_folder(folder)  # held until the process exits
+
+
 def main() -> None:
     """Console entry point ``autoguide-train``."""
     if rank_from_env().rank > 0:
         sys.argv += NON_ZERO_RANK_OVERRIDES
-    run_hydra_app("train", task)
+    else:
+        try:
+            claim_hydra_output(sys.argv[1:])
+        except FolderBusy as error:
+            exit_with(error, "autoguide-train: error")
+    run_hydra_app("train", task, errors={ConfigError: "config error", FolderBusy: "autoguide-train: error"})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ atomically. A shard is complete iff its record matches the inputs and the shard 
 so a killed run continues at the first incomplete shard and never rewrites a complete one.
 ``encode.json`` binds the folder to its inputs (another VAE, source, resolution, dtype or shard
 size is refused). A process with part ``(rank, world_size)`` (torchrun, ``srun``, a SLURM array
-task) writes the contiguous shard range ``runtime.rank_slice(num_shards, part)``; whichever
-process finds every shard complete writes ``manifest.json``.
+task) claims the folder for its part (``autoguide.claim``, role ``part-<rank>-of-<world_size>``:
+two processes never encode the same part at once) and writes the contiguous shard range
+``runtime.rank_slice(num_shards, part)``; whichever process finds every shard complete writes
+``manifest.json``. Shards are bit-identical for equal inputs on the same machine and thread
+count (floating point differs across hardware); the manifest records what was written.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from autoguide.claim import claim_folder
 from autoguide.data.convert import open_source, source_kind
 from autoguide.data.images import adm_center_crop, uint8_to_float
 from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes
@@ -298,10 +302,10 @@ def encode_dataset(
     identity = vae_identity(vae_path, settings.vae_name)
     vae = load_vae(vae_path, settings.vae_name).to(device)
     plan = encode_plan(images, source, vae, identity, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bind_spec_file(out_dir / SPEC_NAME, plan, "this latent set", f"Use another output folder, or delete {out_dir} to encode again")
-    encoder = LatentEncoder(images, vae, plan, out_dir, settings, torch.device(device))
-    return {"num_images": len(images), "latent_shape": plan["latent_shape"], **encoder.run(part, progress)}
+    with claim_folder(out_dir, role=f"part-{part.rank}-of-{part.world_size}"):
+        bind_spec_file(out_dir / SPEC_NAME, plan, "this latent set", f"Use another output folder, or delete {out_dir} to encode again")
+        encoder = LatentEncoder(images, vae, plan, out_dir, settings, torch.device(device))
+        return {"num_images": len(images), "latent_shape": plan["latent_shape"], **encoder.run(part, progress)}
 
 
 def num_shards(num_images: int, shard_size: int) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from autoguide.claim import claim_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
 from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index
 from autoguide.io import ModelFileError, read_card, read_model_file, save_model
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ERROR = 0.05
 STD_TOLERANCE = 1e-9
 RECONSTRUCTED_DIR = "reconstructed"
+CACHE_WAIT_S = 1800.0
 EmaTime = int | float | str | None
 
 
@@ -358,12 +360,14 @@ class PosthocEMA:
     def write_solution(
         self, solution: Solution, out_dir: str | os.PathLike | None = None, batch: int = 8, progress: bool = False
     ) -> Iterator[Path]:
-        """Write the EMAs of ``solution`` (``solve``) as model files, yielding each path once written."""
+        """Write the EMAs of ``solution`` (``solve``) as model files into ``out_dir``, claimed
+        first (``autoguide.claim``), yielding each path once written."""
         out = Path(out_dir) if out_dir is not None else self.default_dir
-        for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
-            path = out / ema_filename(solution.nimg, solution.stds[j])
-            save_model(path, state, self.card(solution, j))
-            yield path
+        with claim_folder(out):
+            for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
+                path = out / ema_filename(solution.nimg, solution.stds[j])
+                save_model(path, state, self.card(solution, j))
+                yield path
 
     @property
     def default_dir(self) -> Path:
@@ -374,14 +378,16 @@ class PosthocEMA:
         self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8
     ) -> tuple[int, dict[float, Path]]:
         """``(nimg, {std: model file})``: the files in ``<run>/reconstructed`` whose cards say
-        that nimg and std, the missing ones rebuilt first (in one pass over the snapshots)."""
+        that nimg and std, the missing ones rebuilt first (in one pass over the snapshots). Another
+        process rebuilding there (a parallel sweep) is waited for, up to ``CACHE_WAIT_S``."""
         nimg = self.nimg(time)
-        found = self._lookup(stds, nimg)
-        missing = [s for s, p in found.items() if p is None]
-        if missing:
-            log.info("reconstructing %s at nimg %d, std %s -> %s", self.folders, nimg, missing, self.default_dir)
-            self.write(missing, nimg, max_error=max_error, batch=batch)
+        with claim_folder(self.default_dir, wait_s=CACHE_WAIT_S):
             found = self._lookup(stds, nimg)
+            missing = [s for s, p in found.items() if p is None]
+            if missing:
+                log.info("reconstructing %s at nimg %d, std %s -> %s", self.folders, nimg, missing, self.default_dir)
+                self.write(missing, nimg, max_error=max_error, batch=batch)
+                found = self._lookup(stds, nimg)
         return nimg, found
 
     def _lookup(self, stds: Sequence[float], nimg: int) -> dict[float, Path | None]:

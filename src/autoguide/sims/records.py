@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoguide.claim import claim_folder
 from autoguide.io import write_text_atomic
 from autoguide.io.digest import file_sha256
 from autoguide.io.records import SpecConflict, bind_spec_file, canonical, fingerprint, read_json, spec_digest, unchanged
@@ -85,10 +86,17 @@ def clear_record(folder: Path) -> None:
 StageWork = Callable[[], "tuple[Sequence[Path], Mapping[str, Any]] | None"]
 
 
-def run_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork) -> dict[str, Any] | None:
-    """Skip the stage if ``folder`` holds a complete record for ``spec``; else bind the folder,
-    drop any stale record, run ``work`` and record its ``(outputs, info)``. ``work`` returns
-    ``None`` when it did only part of the stage (e.g. one array task): no record then."""
+def run_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork, role: str | None = None) -> dict[str, Any] | None:
+    """Claim the stage folder (``autoguide.claim``; ``role`` names one of several processes
+    that split a stage, e.g. an array task), then skip the stage if ``folder`` holds a complete
+    record for ``spec``; else bind the folder, drop any stale record, run ``work`` and record
+    its ``(outputs, info)``. ``work`` returns ``None`` when it did only part of the stage (e.g.
+    one array task): no record then."""
+    with claim_folder(folder, role):
+        return _run_claimed_stage(folder, stage, spec, work)
+
+
+def _run_claimed_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork) -> dict[str, Any] | None:
     record = complete_record(folder, stage, spec)
     if record is not None:
         log.info("%s: complete in %s, skipping", stage, folder)

@@ -331,6 +331,7 @@ def synthesize_stage(
         shutil.rmtree(folder / "tmp", ignore_errors=True)
         return [folder / MANIFEST_NAME, *(folder / s["file"] for s in manifest["shards"])], {"count": manifest["count"]}
 
-    if run_stage(folder, STAGE, spec, work) is None:
+    role = None if num_tasks == 1 else f"task{task}-of-{num_tasks}"
+    if run_stage(folder, STAGE, spec, work, role) is None:
         return None
     return verify_manifest(folder)

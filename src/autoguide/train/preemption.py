@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from autoguide.runtime import slurm_job_key
+
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 3
@@ -58,14 +60,6 @@ def parse_signals(names: Sequence[str], key: str = "callbacks.checkpoint.preempt
             raise ValueError(f"{key}: {name!r} is not a catchable signal name (e.g. SIGUSR1)")
         found.append(signal.Signals[text])
     return tuple(found)
-
-
-def slurm_job_key(env: Mapping[str, str] = os.environ) -> str | None:
-    """The job ``scontrol requeue`` takes: ``<array job>_<task>`` inside an array, else the job
-    id; ``None`` outside SLURM."""
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or None
 
 
 def requeue_slurm_job(env: Mapping[str, str] = os.environ) -> str | None:

@@ -9,6 +9,7 @@ folder that already has checkpoints, anything else is a checkpoint path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -25,11 +26,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from autoguide.claim import claim_folder
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.io import save_model, write_text_atomic
 from autoguide.latent import write_run_latent
 from autoguide.train.checkpoint import AtomicCheckpointIO, list_checkpoints
 from autoguide.train.module import DiffusionModule
+from autoguide.runtime import rank_from_env
 from autoguide.settings import ConfigError
 from autoguide.train.settings import TrainSettings
 from autoguide.train.validate import RunSettings, check_against_data, check_against_main, main_model, run_settings
@@ -150,9 +153,21 @@ def train(cfg: DictConfig) -> Path:
     the final model file. ``ConfigError`` (one line naming the key) for an unusable config."""
     settings = run_settings(cfg)
     run_dir = Path(cfg.run_dir)
-    ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     dataset = check_data(settings, data_cfg, main_model(cfg))
+    with claim_run_dir(run_dir):
+        return _train(cfg, settings, run_dir, data_cfg, dataset)
+
+
+def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run folder's claim (``autoguide.claim``) on rank 0, before anything is written; other
+    ranks of a distributed run write nothing there and take none."""
+    return claim_folder(run_dir) if rank_from_env().rank == 0 else contextlib.nullcontext()
+
+
+def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict[str, Any], dataset: Dataset) -> Path:
+    """The run itself, once the run folder is claimed."""
+    ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
     latent = getattr(dataset, "latent_spec", None)
     trainer = build_trainer(cfg, settings.train)
     plan = settings.train.batch_plan(trainer.world_size)

@@ -1,0 +1,165 @@
+"""One writer per folder (``autoguide.claim``): a second writer is refused with the holder named,
+stale claims (dead pid, earlier run of the same SLURM job, expired heartbeat) are taken over,
+children inherit their parent's claim, and the apps claim before they write."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autoguide.claim import FolderBusy, claim_folder, lease_path, read_holder
+from autoguide.ema.snapshots import read_index
+from autoguide.io import read_card
+from autoguide.sims.records import run_stage
+from autoguide.train.checkpoint import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def claim_in_child(folder: Path, env: dict[str, str] | None = None, role: str | None = None) -> subprocess.CompletedProcess:
+    """Try to claim ``folder`` from another process; prints CLAIMED or the FolderBusy message."""
+    code = textwrap.dedent(f"""
+        from autoguide.claim import FolderBusy, claim_folder
+        try:
+            claim_folder({str(folder)!r}, {role!r})
+            print("CLAIMED")
+        except FolderBusy as error:
+            print("BUSY", error)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def write_lease(folder: Path, **fields) -> Path:
+    now = time.time()
+    record = {"format": "autoguide-claim/1", "host": socket.gethostname(), "pid": os.getpid(), "token": "t" * 32,
+              "job": None, "restart": 0, "since": now, "heartbeat": now, "command": "test", **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = lease_path(folder)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    return {"AUTOGUIDE_CLAIMS": "", "SLURM_JOB_ID": "", "SLURM_RESTART_COUNT": ""}
+
+
+def test_second_writer_is_refused_naming_the_holder_until_released(tmp_path):
+    claim = claim_folder(tmp_path / "run")
+    try:
+        holder = read_holder(lease_path(tmp_path / "run"))
+        assert holder.pid == os.getpid() and holder.host == socket.gethostname()
+        other = claim_in_child(tmp_path / "run", clean_env())
+        assert other.stdout.startswith("BUSY") and f"pid {os.getpid()}" in other.stdout and str(tmp_path / "run") in other.stdout
+        assert claim_folder(tmp_path / "run") is claim  # the same process: the same claim
+        claim.release()
+        assert lease_path(tmp_path / "run").exists(), "still held by the first claim_folder"
+    finally:
+        claim.release()
+    assert not lease_path(tmp_path / "run").exists()
+    assert claim_in_child(tmp_path / "run", clean_env()).stdout.startswith("CLAIMED")
+
+
+def test_children_inherit_the_claim_and_roles_are_separate(tmp_path):
+    with claim_folder(tmp_path / "stage"):
+        assert claim_in_child(tmp_path / "stage").stdout.startswith("CLAIMED")  # our environment: a child
+        assert claim_in_child(tmp_path / "stage", clean_env()).stdout.startswith("BUSY")
+        assert claim_in_child(tmp_path / "stage", clean_env(), role="task1-of-2").stdout.startswith("CLAIMED")
+
+
+def test_stale_claims_are_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    write_lease(tmp_path / "a", pid=int(dead))  # this host, a process that ended
+    assert claim_in_child(tmp_path / "a", clean_env()).stdout.startswith("CLAIMED")
+
+    # an earlier run of the same SLURM job (a requeue) on another host
+    write_lease(tmp_path / "b", host="elsewhere", job="4242", restart=0)
+    assert claim_in_child(tmp_path / "b", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("CLAIMED")
+    write_lease(tmp_path / "c", host="elsewhere", job="4242", restart=1)
+    assert claim_in_child(tmp_path / "c", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("BUSY")
+
+    # another host: busy while its heartbeat is fresh, taken over once it expired
+    write_lease(tmp_path / "d", host="elsewhere")
+    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("BUSY")
+    write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 3600)
+    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("CLAIMED")
+    assert not list(tmp_path.glob("d/.*stale*")), "the replaced lease is removed"
+
+
+def test_heartbeat_keeps_the_lease_fresh_and_waiting_gets_it(tmp_path):
+    claim = claim_folder(tmp_path / "r", heartbeat_s=0.1)
+    first = read_holder(claim.path).heartbeat
+    time.sleep(0.5)
+    assert read_holder(claim.path).heartbeat > first
+    claim.release()
+    write_lease(tmp_path / "w", host="elsewhere")
+    with pytest.raises(FolderBusy, match="elsewhere"):
+        claim_folder(tmp_path / "w", wait_s=0.3)
+    claim_folder(tmp_path / "w", wait_s=0.3, lease_s=0.1).release()  # expired during the wait
+
+
+def test_a_sims_stage_in_use_is_refused(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, time
+        from autoguide.claim import claim_folder
+        with claim_folder({str(tmp_path / 'synthesize')!r}):
+            print("HELD", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **clean_env()})
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
+            run_stage(tmp_path / "synthesize", "synthesize", {"a": 1}, lambda: pytest.fail("ran the stage"))
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
+TOY = [
+    "experiment=toy2d-main", "logger=none", "net.width=16", "net.depth=2", "train.batch_size=64",
+    f"train.duration_mi={400 * 64 / 2**20}", "train.checkpoint_kimg=1.28", "train.snapshot_kimg=0.64",
+    "train.sample_kimg=1000", "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2",
+    "callbacks.checkpoint.keep=3", "hydra.job_logging.root.level=WARNING",
+]
+
+
+@pytest.mark.timeout(600)
+def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp_path):
+    """Two ``python train.py`` on one run folder: the second exits non-zero within 30 s naming
+    the first (host, pid); the first finishes normally. Meanwhile a reader always sees an
+    index and a checkpoint list whose files are complete."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(REPO / "train.py"), *TOY, f"run_dir={run_dir}"]
+    env = {**os.environ, **clean_env()}
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "phema" / "index.json").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = subprocess.run([*args, "seed=7"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+        assert second.returncode != 0 and time.monotonic() - started < 30
+        message = second.stderr.strip().splitlines()
+        assert len(message) == 1 and f"pid {first.pid}" in message[0] and socket.gethostname() in message[0], second.stderr
+        assert "seed=7" not in (run_dir / "logs" / "hydra" / "overrides.yaml").read_text(), "the second wrote Hydra's files"
+        readings = 0
+        while first.poll() is None:  # a reader: everything the index and checkpoint list name is complete
+            for entry in read_index(run_dir / "phema").entries:
+                assert read_card(entry.path)["nimg"] == entry.nimg
+            for _, path in list_checkpoints(run_dir):
+                if path.exists():  # old checkpoints are pruned (keep=3) while we read
+                    assert path.stat().st_size > 0
+            readings += 1
+        assert readings > 0
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert (run_dir / "final.safetensors").is_file() and not lease_path(run_dir).exists()
