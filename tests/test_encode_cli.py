@@ -20,6 +20,7 @@ from conftest import tiny_vae  # noqa: E402
 from autoguide.data.encode import EncodeSettings, encode_dataset  # noqa: E402
 
 ARGS = ["--resolution", "64", "--shard-size", "20", "--batch", "1", "--workers", "0", "--dtype", "float16"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the test process (conftest); tiny convolutions, shared cores
 
 
 def command(src: Path, out: Path, vae: Path) -> list[str]:
@@ -36,7 +37,7 @@ def test_killed_encoder_continues_at_the_first_incomplete_shard(latent_assets, t
     assert straight["shards"] == 10
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(latent_assets["src"], out, vae), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command(latent_assets["src"], out, vae), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_THREAD)
     deadline = time.monotonic() + 120
     while not (out / "parts" / "latents-000000.json").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -45,14 +46,15 @@ def test_killed_encoder_continues_at_the_first_incomplete_shard(latent_assets, t
     assert proc.returncode == -signal.SIGKILL, "the encoder ended before it could be killed"
     assert not (out / "manifest.json").exists()
     first = (out / "latents-000000.tar").stat()
-    done_before = sorted(p.name for p in out.glob("latents-*.tar"))
+    done_before = sorted(f"{p.stem}.tar" for p in (out / "parts").glob("latents-*.json"))  # complete: shard and record
     assert 1 <= len(done_before) < 10
 
-    rerun = subprocess.run(command(latent_assets["src"], out, vae), capture_output=True, text=True, timeout=240)
+    rerun = subprocess.run(command(latent_assets["src"], out, vae), capture_output=True, text=True, timeout=240, env=ONE_THREAD)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)
     assert summary["written"] == [f"latents-{k:06d}.tar" for k in range(10) if f"latents-{k:06d}.tar" not in done_before]
     assert summary["images_per_second"] > 0 and "img/s" in rerun.stderr  # the progress bar
+    assert "took over the claim" in rerun.stderr  # the killed process's claim on its part
     again = (out / "latents-000000.tar").stat()
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # never rewritten
     for k in range(10):

@@ -91,6 +91,7 @@ def test_manifest_describes_the_set(latent_assets):
     assert manifest["vae"]["folder"] == "vae2" and manifest["vae"]["weights_sha256"] == file_sha256(latent_assets["vae2"] / "diffusion_pytorch_model.safetensors")
     assert manifest["preprocessing"]["crop"] == "adm-center" and manifest["dtype"] == "float32"
     assert [s["count"] for s in manifest["shards"]] == [64, 64, 64, 8]
+    assert all(s["size"] == (latent_assets["set32"] / s["file"]).stat().st_size for s in manifest["shards"])
     assert all(s["sha256"] == file_sha256(latent_assets["set32"] / s["file"]) for s in manifest["shards"])
     data = build_dataset({"name": "latents", "path": str(latent_assets["set32"]), "vae_path": str(latent_assets["vae2"])})
     assert (len(data), data.img_channels, data.img_resolution, data.label_dim) == (200, 4, 32, 10)
@@ -135,6 +136,23 @@ def test_truncated_shard_is_refused(latent_assets, tmp_path, verify):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(ValueError, match="latents-000001.tar: (its SHA-256 differs|cannot read the shard|holds)"):
         LatentShardDataset(folder, verify=verify)
+
+
+def test_changed_shards_are_hashed_and_untouched_ones_are_not_read(latent_assets, tmp_path, monkeypatch):
+    folder = copy_set(latent_assets, tmp_path)  # copy2 keeps sizes and modification times
+    shard = folder / "latents-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[5000] ^= 1  # one bit, same size: the modification time changes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="latents-000002.tar: its SHA-256 differs"):
+        LatentShardDataset(folder)
+    shutil.rmtree(folder / "parts")  # without the encoder's records every shard is hashed
+    with pytest.raises(ValueError, match="latents-000002.tar: its SHA-256 differs"):
+        LatentShardDataset(folder)
+    import autoguide.io.records as records
+
+    monkeypatch.setattr(records, "file_sha256", lambda path: pytest.fail(f"{path} was hashed"))
+    assert len(LatentShardDataset(latent_assets["set32"])) == 200  # size and mtime as recorded: not read
 
 
 def test_latents_of_another_shape_are_refused(latent_assets, tmp_path):

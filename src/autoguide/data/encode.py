@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from autoguide.claim import claim_folder
 from autoguide.data.convert import open_source, source_kind
 from autoguide.data.images import adm_center_crop, uint8_to_float
-from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes
+from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes, shard_record_path
 from autoguide.data.shards import LABEL_KEY, encode_label, shard_name, write_tar
 from autoguide.io.atomic import write_json_atomic
 from autoguide.io.records import bind_spec_file, fingerprint, read_json, spec_digest, unchanged
@@ -47,7 +47,6 @@ from autoguide.latent import SD_VAE_NAME, downsampling, load_vae, vae_identity
 from autoguide.runtime import RankInfo, rank_slice
 
 SPEC_NAME = "encode.json"
-PARTS_DIR = "parts"
 CROP = "adm-center"
 
 
@@ -170,13 +169,9 @@ def plan_shards(num_images: int, shard_size: int) -> list[ShardPlan]:
     return [ShardPlan(k, first, min(shard_size, num_images - first)) for k, first in enumerate(range(0, num_images, shard_size))]
 
 
-def _record_path(out_dir: Path, shard: ShardPlan) -> Path:
-    return out_dir / PARTS_DIR / f"{Path(shard.file).stem}.json"
-
-
 def shard_record(out_dir: Path, shard: ShardPlan, digest: str) -> dict[str, Any] | None:
     """The shard's record if it is complete for the inputs ``digest``, else ``None``."""
-    record = read_json(_record_path(out_dir, shard))
+    record = read_json(shard_record_path(out_dir, shard.file))
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in {"spec": digest, **asdict(shard)}.items()):
         return None
     return record if unchanged(out_dir / shard.file, record.get("shard", {})) else None
@@ -213,7 +208,7 @@ class LatentEncoder:
             "spec": self.digest, **asdict(shard), "file": shard.file, "shard": fingerprint(self.out_dir / shard.file),
             "sums": shard_sums(stored, self.channels),
         }
-        write_json_atomic(_record_path(self.out_dir, shard), record)
+        write_json_atomic(shard_record_path(self.out_dir, shard.file), record)
         return record
 
     def run(self, part: RankInfo, progress: bool = True) -> dict[str, Any]:
@@ -249,7 +244,10 @@ class LatentEncoder:
             return None
         manifest = {
             **self.plan,
-            "shards": [{"file": r["file"], "first": r["first"], "count": r["count"], "sha256": r["shard"]["sha256"]} for r in records],
+            "shards": [
+                {"file": r["file"], "first": r["first"], "count": r["count"], "size": r["shard"]["size"], "sha256": r["shard"]["sha256"]}
+                for r in records
+            ],
             "stats": combined_stats([r["sums"] for r in records]),
         }
         if read_json(self.out_dir / MANIFEST_NAME) != manifest:

@@ -5,7 +5,7 @@ Folder layout::
 
     <set>/manifest.json            what the set is (below); written once every shard is complete
     <set>/latents-000000.tar ...   WebDataset shards: <key>.npy (+ <key>.cls for labeled data)
-    <set>/encode.json, parts/      the encoder's inputs and per-shard records (resuming)
+    <set>/encode.json, parts/      the encoder's inputs and per-shard records (resuming, fingerprints)
 
 Sample ``<key>.npy`` (key = the image's index in the source, ``%09d``) is one ``.npy`` array
 ``[2C, h, w]`` (float16 or float32): the posterior mean (channels ``0..C-1``) and std
@@ -16,7 +16,7 @@ count: what the latents were made from, so reference statistics can be computed 
 source images), ``vae`` (hub name, folder name, SHA-256 of ``config.json`` and of the weights),
 ``preprocessing`` (ADM center crop to ``resolution``; the VAE sees ``uint8 / 255``), ``dtype``,
 ``latent_shape`` ``[C, h, w]``, ``label_dim``, ``num_images``, ``shard_size``, ``shards`` (file,
-first image, count, SHA-256 each) and ``stats`` (per-channel ``raw_mean``/``raw_std`` of the
+first image, count, size, SHA-256 each) and ``stats`` (per-channel ``raw_mean``/``raw_std`` of the
 latents ``mean + std * eps`` over the whole set, exact expectations from the stored arrays).
 
 Reading (``LatentShardDataset``): random access by tar member offsets like the image shards.
@@ -28,9 +28,11 @@ Item ``index`` read at global stream position ``g`` of a run with data seed ``s`
 so every read draws a fresh latent that depends only on ``(s, g)`` (``data.stream.TrainStream``
 passes the position; a resumed run reads the same latents). ``standardize``: ``edm2`` uses
 EDM2's constants (``autoguide.latent``), ``dataset`` the manifest's ``stats``. Opening a set
-checks, before any training step: the manifest, every shard's SHA-256 (``verify``), sample
-counts, labels, the shape and dtype of the arrays, and (with ``vae_path``) that the run's VAE
-is the one the latents were made with; each error names the file.
+checks, before any training step: the manifest, every shard's SHA-256 (``verify``; a shard
+whose size and modification time still match the encoder's record in ``parts/`` is not read
+again, the rule of ``io.records.unchanged``, so every rank of a large run can open the set
+quickly), sample counts, labels, the shape and dtype of the arrays, and (with ``vae_path``)
+that the run's VAE is the one the latents were made with; each error names the file.
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from autoguide.data.shards import ShardRecord, read_member, read_shard_index
-from autoguide.io.digest import file_sha256
-from autoguide.io.records import load_json
+from autoguide.io.records import load_json, read_json, unchanged
 from autoguide.latent import (
     EDM2_FINAL_MEAN,
     EDM2_FINAL_STD,
@@ -61,6 +62,7 @@ from autoguide.latent import (
 
 FORMAT = "autoguide-latents/1"
 MANIFEST_NAME = "manifest.json"
+PARTS_DIR = "parts"
 LATENT_KEY = "npy"
 PREFIX = "latents"
 DTYPES = ("float16", "float32")
@@ -131,6 +133,21 @@ def check_vae(manifest: Mapping[str, Any], file: Path, vae_path: str | os.PathLi
         )
 
 
+def shard_record_path(folder: Path, shard_file: str) -> Path:
+    """The encoder's record of shard ``shard_file``: ``parts/<shard name>.json``."""
+    return folder / PARTS_DIR / f"{Path(shard_file).stem}.json"
+
+
+def shard_intact(folder: Path, entry: Mapping[str, Any]) -> bool:
+    """Whether the shard of manifest ``entry`` holds the bytes the manifest hashed: its size and
+    modification time match the encoder's record (then it is not read), else its SHA-256 does."""
+    record = read_json(shard_record_path(folder, entry["file"]))
+    recorded = record.get("shard") if isinstance(record, dict) else None
+    if not isinstance(recorded, dict) or recorded.get("sha256") != entry["sha256"]:
+        recorded = {"sha256": entry["sha256"], "size": entry["size"]}
+    return unchanged(folder / entry["file"], recorded)
+
+
 def _npy_header(dtype: str, shape: list[int]) -> bytes:
     """The header bytes every sample's ``.npy`` member starts with."""
     return npy_bytes(np.zeros(shape, dtype=dtype))[: -int(np.prod(shape)) * np.dtype(dtype).itemsize]
@@ -176,7 +193,7 @@ class LatentShardDataset(Dataset):
             shard = self.folder / entry["file"]
             if not shard.is_file():
                 raise FileNotFoundError(f"{shard}: shard listed in {self.manifest_file} is missing")
-            if verify and file_sha256(shard) != entry["sha256"]:
+            if verify and not shard_intact(self.folder, entry):
                 raise ValueError(f"{shard}: its SHA-256 differs from {self.manifest_file} (the shard is truncated or was changed)")
             records = read_shard_index(shard, LATENT_KEY)
             if len(records) != entry["count"]:
