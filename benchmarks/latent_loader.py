@@ -1,7 +1,7 @@
 """Is the latent loader fast enough? Latent samples per second of the training loader (1 and 4
 workers) next to the training rate of ``img512-xs`` at batch 32 on the same machine, as a ratio.
 
-    python benchmarks/latent_loader.py [--images 2048] [--batches 60] [--train-steps 1] [--warmup 0]
+    python benchmarks/latent_loader.py [--images 512] [--batches 60] [--train-steps 1] [--warmup 0]
     python benchmarks/latent_loader.py --set data/img512-latents      # an existing latent set
 
 The set: ``--images`` random 64x64 RGB images encoded by ``autoguide.data.encode`` with a
@@ -39,13 +39,14 @@ from autoguide.train.settings import EDM2_ADAM_KWARGS
 BATCH = 32
 
 
-def vae(blocks: int, widths: list[int], layers: int, norm_groups: int):
+def vae(blocks: int, widths: list[int], layers: int, norm_groups: int, attention: bool = True):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
         block_out_channels=widths, layers_per_block=layers, latent_channels=4, norm_num_groups=norm_groups, sample_size=512,
+        mid_block_add_attention=attention,
     ).eval()
 
 
@@ -53,9 +54,14 @@ def build_set(folder: Path, images: int) -> tuple[Path, float]:
     """A latent set of ``images`` random images with the ImageNet-512 latent layout; encode images/s."""
     pixels = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
     np.savez(folder / "images.npz", images=pixels, labels=np.arange(images) % 1000)
-    vae(1, [32], 1, 8).save_pretrained(folder / "vae")
-    settings = EncodeSettings(resolution=64, shard_size=1000, batch_size=64, dtype="float16", num_classes=1000)
-    summary = encode_dataset(folder / "images.npz", folder / "latents", folder / "vae", settings, progress=False)
+    vae(1, [32], 1, 8, attention=False).save_pretrained(folder / "vae")
+    settings = EncodeSettings(resolution=64, shard_size=128, batch_size=64, dtype="float16", num_classes=1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread is fastest, more only wait on a shared machine
+    try:
+        summary = encode_dataset(folder / "images.npz", folder / "latents", folder / "vae", settings, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return folder / "latents", summary["images_per_second"]
 
 
@@ -109,9 +115,9 @@ def sd_vae_rate(images: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=None, help="an existing latent set (default: build one)")
-    parser.add_argument("--images", type=int, default=2048, help="images of the built set")
+    parser.add_argument("--images", type=int, default=512, help="images of the built set (the loader cycles through it)")
     parser.add_argument("--batches", type=int, default=60, help="timed loader batches of 32")
-    parser.add_argument("--train-steps", type=int, default=1, help="timed Adam steps of img512-xs at batch 32")
+    parser.add_argument("--train-steps", type=int, default=1, help="timed Adam steps of img512-xs at batch 32 (0: loader only)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (a CPU step of batch 32 takes minutes)")
     parser.add_argument("--micro-batch", type=int, default=8, help="images per forward/backward (accumulated to 32)")
     parser.add_argument("--sd-images", type=int, default=4, help="512x512 images for the SD-VAE encode rate (0: skip)")
@@ -127,12 +133,14 @@ def main() -> None:
         shape = [2 * dataset.img_channels, dataset.img_resolution, dataset.img_resolution]
         print(f"latent set {path}: {len(dataset)} images, stored {dataset.dtype.name} {shape}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
         if encode_rate:
-            print(f"encode (tiny VAE, 64x64 images -> 64x64x4): {encode_rate:.0f} images/s")
+            print(f"encode (tiny VAE, 64x64 images -> 64x64x4, 1 thread): {encode_rate:.0f} images/s")
         if args.sd_images:
             print(f"encode (SD-VAE architecture, 512x512 -> 64x64x4, CPU, {torch.get_num_threads()} threads): {sd_vae_rate(args.sd_images):.2f} images/s")
         rates = {w: loader_rate(dataset, w, args.batches) for w in (1, 4)}
     for workers, rate in rates.items():
         print(f"loader, {workers} worker(s): {rate:.0f} latent samples/s")
+    if args.train_steps == 0:
+        return
     train = train_rate(args.train_steps, args.warmup, args.micro_batch)
     print(f"training img512-xs, batch {BATCH}, fp32 CPU ({torch.get_num_threads()} threads): {train:.3f} images/s ({BATCH / train:.1f} s/step)")
     for workers, rate in rates.items():

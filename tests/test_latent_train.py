@@ -222,3 +222,12 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
         from autoguide.train.validate import main_model
 
         main_model(compose("train", ["experiment=img512-xs-guide-for-imported"]))
+
+
+def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
+    cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}"])
+    with pytest.raises(ConfigError, match="net.img_resolution=64 does not match data 'latents', which has 32x32 images"):
+        check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})
+    cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"])
+    with pytest.raises(ConfigError, match="net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"):
+        check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})

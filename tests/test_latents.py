@@ -196,3 +196,18 @@ def test_bad_images_are_refused_naming_the_file(latent_assets, tmp_path, mode, s
     with pytest.raises(ValueError, match=message):
         encode_dataset(folder, tmp_path / "out", latent_assets["vae2"], SETTINGS, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_convert_rgb_takes_grayscale_and_cmyk_as_edm2_does(latent_assets, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    gray = np.random.default_rng(1).integers(0, 256, (70, 64), dtype=np.uint8)
+    Image.fromarray(gray).save(folder / "a.png")
+    Image.new("CMYK", (64, 64), (10, 20, 30, 40)).save(folder / "b.jpg")
+    settings = EncodeSettings(resolution=64, shard_size=64, batch_size=16, convert_rgb=True)
+    encode_dataset(folder, tmp_path / "out", latent_assets["vae2"], settings, progress=False)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["preprocessing"]["convert_rgb"] is True and manifest["num_images"] == 2
+    reference = build_reference_dataset({"name": "latents", "path": str(tmp_path / "out")})
+    pixels = reference.read_uint8(0)[0]
+    assert np.array_equal(pixels, adm_center_crop(np.repeat(gray[:, :, None], 3, axis=2), 64, "x"))

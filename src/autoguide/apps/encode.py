@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     """Encode as ``args`` say; returns the summary."""
     settings = EncodeSettings(
         resolution=args.resolution, shard_size=args.shard_size, batch_size=args.batch, dtype=args.dtype,
-        num_classes=args.num_classes, vae_name=args.vae_name, workers=args.workers,
+        num_classes=args.num_classes, vae_name=args.vae_name, workers=args.workers, convert_rgb=args.convert_rgb,
     )
     part = parse_part(args.part)
     device = resolve_device(args.device, part)
@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="storage type of mean and std (default float16)")
     parser.add_argument("--num-classes", type=int, default=None, help="label_dim of the set (default: the source's class count)")
     parser.add_argument("--labels-json", default=None, help="labels of an image folder: JSON {relative path: class}")
+    parser.add_argument("--convert-rgb", action="store_true", help="make grayscale/CMYK/... images RGB instead of refusing them (EDM2's tool does)")
     parser.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:0, ...")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers reading and cropping images (default 4)")
     parser.add_argument("--part", default=None, help="I/K: write shard range I of K (default: the launcher's rank)")

@@ -29,15 +29,16 @@ def source_kind(src: Path) -> str:
 
 
 def open_source(
-    src: Path, labels_json: Path | None = None, shards: bool = False, same_size: bool = True
+    src: Path, labels_json: Path | None = None, shards: bool = False, same_size: bool = True, convert_rgb: bool = False
 ) -> ImageFolderDataset | NpzDataset | IndexedShardDataset:
     """The dataset stored at ``src`` (a folder or an ``.npz`` file; with ``shards`` also image
-    shards). ``same_size=False`` lets the images of a folder differ in size."""
+    shards). ``same_size=False`` lets the images of a folder differ in size; ``convert_rgb``
+    reads a folder's images as RGB."""
     kind = source_kind(src)
     if kind != "folder" and labels_json is not None:
         raise ValueError(f"{src}: a labels JSON applies to image folders; {kind} carry their own labels")
     if kind == "folder":
-        return ImageFolderDataset(src, labels_json, same_size)
+        return ImageFolderDataset(src, labels_json, same_size, convert_rgb)
     if kind == "npz":
         return NpzDataset(src)
     if not shards:

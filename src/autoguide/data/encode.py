@@ -22,7 +22,6 @@ count (floating point differs across hardware); the manifest records what was wr
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -54,7 +53,8 @@ CROP = "adm-center"
 class EncodeSettings:
     """How to encode: crop ``resolution``, images per shard and per VAE batch, storage
     ``dtype``, the class count ``num_classes`` (None: the source's), the VAE's hub name (for
-    the record and messages), DataLoader ``workers`` that read and crop the images."""
+    the record and messages), DataLoader ``workers`` that read and crop the images, and
+    ``convert_rgb`` (grayscale, CMYK, ... images made RGB instead of refused)."""
 
     resolution: int = 512
     shard_size: int = 1000
@@ -63,6 +63,7 @@ class EncodeSettings:
     num_classes: int | None = None
     vae_name: str = SD_VAE_NAME
     workers: int = 0
+    convert_rgb: bool = False
 
     def __post_init__(self) -> None:
         for key in ("resolution", "shard_size", "batch_size"):
@@ -81,14 +82,16 @@ class CroppedImages(Dataset):
     """The images of ``source`` (a dataset with ``read_uint8`` and ``where``), ADM
     center-cropped to ``resolution``: items ``(uint8 CHW, label)`` with ``pixels="uint8"``
     (what the encoder feeds the VAE), ``(float32 CHW in [-1, 1], label)`` with ``"float"``
-    (reference statistics). Errors name the image's file."""
+    (reference statistics). ``convert_rgb``: grayscale arrays get three equal channels (a
+    folder source converts while decoding). Errors name the image's file."""
 
-    def __init__(self, source: Dataset, resolution: int, pixels: str = "float") -> None:
+    def __init__(self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False) -> None:
         if pixels not in ("uint8", "float"):
             raise ValueError(f"pixels={pixels!r}: expected 'uint8' or 'float'")
         self.source = source
         self.resolution = resolution
         self.pixels = pixels
+        self.convert_rgb = convert_rgb
         self.label_dim = source.label_dim
         self.img_channels, self.img_resolution = 3, resolution
 
@@ -98,6 +101,8 @@ class CroppedImages(Dataset):
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         """The cropped pixels (uint8 HWC) and the label of image ``index``."""
         pixels, label = self.source.read_uint8(index)
+        if self.convert_rgb and pixels.ndim == 3 and pixels.shape[2] == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
         return adm_center_crop(pixels, self.resolution, self.source.where(index)), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -107,18 +112,20 @@ class CroppedImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label
 
 
-def open_images(path: str | os.PathLike, labels_json: str | os.PathLike | None = None) -> Dataset:
+def open_images(path: str | os.PathLike, labels_json: str | os.PathLike | None = None, convert_rgb: bool = False) -> Dataset:
     """The source images at ``path`` (folder of any sizes, ``.npz`` or image shards)."""
-    return open_source(Path(path), None if labels_json is None else Path(labels_json), shards=True, same_size=False)
+    labels = None if labels_json is None else Path(labels_json)
+    return open_source(Path(path), labels, shards=True, same_size=False, convert_rgb=convert_rgb)
 
 
 def source_images(manifest: Mapping[str, Any], pixels: str = "float") -> CroppedImages:
     """The preprocessed images a latent set was encoded from (its manifest's ``source`` and
     ``preprocessing``), e.g. for reference statistics in pixel space."""
-    source = manifest["source"]
+    source, preprocessing = manifest["source"], manifest["preprocessing"]
     if not Path(source["path"]).exists():
         raise FileNotFoundError(f"{source['path']}: the source images of this latent set are gone (moved or deleted)")
-    images = CroppedImages(open_images(source["path"], source["labels_json"]), manifest["preprocessing"]["resolution"], pixels)
+    rgb = preprocessing["convert_rgb"]
+    images = CroppedImages(open_images(source["path"], source["labels_json"], rgb), preprocessing["resolution"], pixels, rgb)
     if len(images) != manifest["num_images"]:
         raise ValueError(f"{source['path']}: holds {len(images)} images now, the latent set was made from {manifest['num_images']}")
     return images
@@ -272,7 +279,9 @@ def encode_plan(
         "format": FORMAT,
         "source": dict(source),
         "vae": dict(identity),
-        "preprocessing": {"crop": CROP, "resolution": settings.resolution, "vae_input": "uint8 / 255"},
+        "preprocessing": {
+            "crop": CROP, "resolution": settings.resolution, "convert_rgb": settings.convert_rgb, "vae_input": "uint8 / 255",
+        },
         "dtype": settings.dtype,
         "latent_shape": [int(vae.config.latent_channels), side, side],
         "label_dim": label_dim,
@@ -291,7 +300,7 @@ def encode_dataset(
     the set and in this part, those written now, images, seconds, images/s, the manifest path
     (``None`` while other parts are missing)."""
     src, out_dir = Path(src).resolve(), Path(out_dir)
-    images = CroppedImages(open_images(src, labels_json), settings.resolution, "uint8")
+    images = CroppedImages(open_images(src, labels_json, settings.convert_rgb), settings.resolution, "uint8", settings.convert_rgb)
     if not len(images):
         raise ValueError(f"{src}: no images to encode")
     source = {
@@ -304,8 +313,3 @@ def encode_dataset(
         bind_spec_file(out_dir / SPEC_NAME, plan, "this latent set", f"Use another output folder, or delete {out_dir} to encode again")
         encoder = LatentEncoder(images, vae, plan, out_dir, settings, torch.device(device))
         return {"num_images": len(images), "latent_shape": plan["latent_shape"], **encoder.run(part, progress)}
-
-
-def num_shards(num_images: int, shard_size: int) -> int:
-    """Shards of a set of ``num_images`` (for splitting the work, e.g. the SLURM array size)."""
-    return math.ceil(num_images / shard_size)

@@ -79,11 +79,14 @@ class ImageFolderDataset(_Uint8ImageDataset):
     unlabeled (``label_dim = 0``). Image headers are checked up front: one shared size and
     mode (L or RGB). ``same_size=False`` (sources of preprocessing, e.g. ImageNet for
     ``autoguide-encode``) skips that pass: images may differ in size (``shape`` is None) and
-    each is checked when read.
+    each is checked when read. ``convert_rgb``: every image is read as RGB (``decode_image``).
     """
 
-    def __init__(self, root: str | Path, labels_json: str | Path | None = None, same_size: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, labels_json: str | Path | None = None, same_size: bool = True, convert_rgb: bool = False
+    ) -> None:
         self.root = Path(root)
+        self.convert_rgb = convert_rgb
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: image folder not found")
         self.files = sorted(
@@ -119,7 +122,7 @@ class ImageFolderDataset(_Uint8ImageDataset):
         shape = None
         for name in self.files:
             with Image.open(self.root / name) as image:
-                mode = "RGB" if image.mode == "P" else image.mode
+                mode = "RGB" if image.mode == "P" or self.convert_rgb else image.mode
                 if mode not in ("L", "RGB"):
                     raise ValueError(
                         f"{self.root / name}: image mode {image.mode!r} is not supported; "
@@ -141,7 +144,7 @@ class ImageFolderDataset(_Uint8ImageDataset):
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         path = self.root / self.files[index]
-        return decode_image(str(path), str(path)), int(self.labels[index])
+        return decode_image(str(path), str(path), self.convert_rgb), int(self.labels[index])
 
 
 class NpzDataset(_Uint8ImageDataset):

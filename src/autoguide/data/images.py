@@ -63,15 +63,17 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes | str, where: str) -> np.ndarray:
+def decode_image(data: bytes | str, where: str, convert_rgb: bool = False) -> np.ndarray:
     """Decode PNG/JPEG bytes or a file path to uint8 HWC.
 
     Grayscale (L) stays 1 channel; RGB stays 3 channels; other modes are refused with an error
     naming ``where`` (palette images are converted to RGB, 16-bit or alpha images are refused).
+    ``convert_rgb``: every image becomes RGB (PIL's ``convert("RGB")``, what EDM2's dataset tool
+    does with ImageNet's few grayscale and CMYK JPEGs).
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            if image.mode == "P":
+            if image.mode == "P" or (convert_rgb and image.mode != "RGB"):
                 image = image.convert("RGB")
             if image.mode not in ("L", "RGB"):
                 raise ValueError(
@@ -104,7 +106,10 @@ def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarr
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-        raise ValueError(f"{where}: the image has {channels} channel(s), not RGB; convert it to RGB first")
+        raise ValueError(
+            f"{where}: the image has {channels} channel(s), not RGB; convert it to RGB first "
+            "(or encode with --convert-rgb, as EDM2's dataset tool does)"
+        )
     height, width = pixels.shape[:2]
     if min(height, width) < resolution:
         raise ValueError(f"{where}: the image is {height}x{width} (HxW), smaller than the {resolution}x{resolution} crop")

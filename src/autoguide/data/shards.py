@@ -245,7 +245,7 @@ class IndexedShardDataset(Dataset):
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         """The stored pixels (uint8 HWC) and the label of item ``index``."""
         record = self.shard_set.records[index]
-        return self.shard_set.decode(read_member(record), f"{record.path}:{record.key}"), record.label or 0
+        return self.shard_set.decode(read_member(record), self.where(index)), record.label or 0
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pixels, label = self.read_uint8(index)
