@@ -18,6 +18,7 @@ GUIDES = {  # guide: (main run, network preset, share of the main run's duration
     "img64-xs-guide": ("img64-s", "img64-xs", 1 / 8),
     "img512-xs-guide": ("img512-s", "img512-xs", 1 / 16),
     "img512-m-guide": ("img512-xxl", "img512-m", 1 / 3.5),
+    "img512-xs-guide-for-imported": ("img512-s", "img512-xs", 1 / 16),
 }
 
 

@@ -121,3 +121,15 @@ def test_sweep_errors(runs, tmp_path):
         sweep(sweep_cfg(runs, tmp_path, "select=fd_mnist"))
     with pytest.raises(FileNotFoundError, match="no post-hoc EMA snapshots"):
         PosthocEMA(tmp_path).nimg(None)
+
+
+def test_sweep_with_a_fixed_main_model(runs, tmp_path):
+    """``main.model``: one main file (an imported release) against the guide runs' EMAs."""
+    main, guide = runs
+    (main_file,) = PosthocEMA(main).write([0.07], out_dir=tmp_path / "main")
+    best = sweep(sweep_cfg(runs, tmp_path / "out", "main.run=null", f"main.model={main_file}", "grid.interval=[null]"))
+    rows = read_rows(tmp_path / "out" / "sweep.csv")
+    assert {(r["main_model"], r["main_std"], r["main_nimg"]) for r in rows} == {(str(main_file), "0.07", "4000")}
+    assert len(rows) == 2 * 2 and best["main_model"] == str(main_file)  # guide time x weight
+    with pytest.raises(ValueError, match="set exactly one of main.run"):
+        sweep(sweep_cfg(runs, tmp_path / "both", f"main.model={main_file}"))

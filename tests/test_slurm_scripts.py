@@ -23,7 +23,7 @@ from conftest import import_slurm_plugin
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SCRIPTS = ["common.sh", "chain.sh", "local-cluster.sh", "train.sbatch", "train-multinode.sbatch",
-           "reconstruct.sbatch", "generate.sbatch"]
+           "reconstruct.sbatch", "generate.sbatch", "encode.sbatch"]
 TRAIN_SCRIPTS = ["train.sbatch", "train-multinode.sbatch"]
 
 RECORDER = """#!/usr/bin/env python3
@@ -87,9 +87,10 @@ def test_training_scripts_ask_for_a_signal_and_requeue(name):
     assert int(options["ntasks-per-node"]) == int(options["gpus-per-node"])  # one task per GPU
 
 
-def test_generation_script_is_an_array():
-    assert sbatch_options("generate.sbatch")["array"] == "0-0"
-    assert "%A_%a" in sbatch_options("generate.sbatch")["output"]
+@pytest.mark.parametrize("name", ["generate.sbatch", "encode.sbatch"])
+def test_array_scripts_are_arrays(name):
+    assert sbatch_options(name)["array"] == "0-0"
+    assert "%A_%a" in sbatch_options(name)["output"]
 
 
 # ------------------------------------------------------------------------------ common.sh
@@ -220,6 +221,32 @@ def test_generation_resolves_model_folders(tmp_path):
 def test_generation_refuses_what_the_array_sets(tmp_path, arg):
     result = run_generate(tmp_path, 0, ["model=m", arg])
     assert result.returncode == 2 and arg in result.stderr and not recorded(tmp_path)
+
+
+# ---------------------------------------------------------------------------- encoding array
+def run_encode(tmp_path: Path, task: int, args: list[str], **env_extra: str) -> subprocess.CompletedProcess:
+    env = clean_env(tmp_path, SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID=str(task), SLURM_JOB_ID=str(70 + task), **env_extra)
+    return subprocess.run(["bash", str(SLURM / "encode.sbatch"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_encoding_task_i_of_k_encodes_part_i(tmp_path):
+    args = ["imagenet/train", "data/img512-latents", "--vae", "vae/sd-vae-ft-mse"]
+    for task in range(3):
+        assert run_encode(tmp_path, task, args, SLURM_ARRAY_TASK_COUNT="3").returncode == 0
+    assert run_encode(tmp_path, 5, args, SLURM_ARRAY_TASK_COUNT="1", PARTS="8").returncode == 0  # one task rerun
+    calls = recorded(tmp_path)
+    assert [c[1:3] for c in calls] == [["-m", "autoguide.apps.encode"]] * 4 and all(c[3:7] == args for c in calls)
+    assert [c[-3:] for c in calls] == [["--part", p, "--no-progress"] for p in ("0/3", "1/3", "2/3", "5/8")]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["src", "out", "--vae", "v", "--part", "0/2"], {}, "do not pass '--part'"),
+    (["src"], {}, "usage: sbatch --array"),
+    (["src", "out", "--vae", "v"], {"SLURM_ARRAY_TASK_COUNT": "2", "PARTS": "2"}, "outside PARTS=2"),
+])
+def test_encoding_refuses_bad_arrays(tmp_path, args, env, message):
+    result = run_encode(tmp_path, 3, args, **env)
+    assert result.returncode == 2 and message in result.stderr and not recorded(tmp_path)
 
 
 # ------------------------------------------------------------------------------- the chain

@@ -30,6 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoguide.io.atomic import write_json_atomic
+from autoguide.io.digest import file_sha256
+from autoguide.io.records import load_json
+
 LATENT_TYPE = "stability_vae"
 SD_VAE_NAME = "stabilityai/sd-vae-ft-mse"
 EDM2_RAW_MEAN = (5.81, 3.25, 0.12, -2.15)
@@ -37,6 +41,8 @@ EDM2_RAW_STD = (4.17, 4.62, 3.71, 3.28)
 EDM2_FINAL_MEAN = 0.0
 EDM2_FINAL_STD = 0.5
 SPEC_KEYS = ("type", "vae_name", "raw_mean", "raw_std", "final_mean", "final_std")
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+RUN_LATENT_FILE = "latent.json"
 
 
 def stability_vae_spec(
@@ -53,12 +59,94 @@ def stability_vae_spec(
     }
 
 
+def standardisation(
+    raw_mean: Sequence[float], raw_std: Sequence[float], final_mean: float = EDM2_FINAL_MEAN, final_std: float = EDM2_FINAL_STD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, bias)`` per channel, float32 as in the release: ``scale = final_std / raw_std``,
+    ``bias = final_mean - raw_mean * scale`` (``z = z_raw * scale + bias``)."""
+    if len(raw_mean) != len(raw_std):
+        raise ValueError(f"raw_mean and raw_std need one value per latent channel, got {len(raw_mean)} and {len(raw_std)}")
+    if min(raw_std) <= 0 or final_std <= 0:
+        raise ValueError(f"raw_std {list(raw_std)} and final_std {final_std} must be positive")
+    scale = torch.tensor(final_std, dtype=torch.float32) / torch.tensor(raw_std, dtype=torch.float32)
+    return scale, torch.tensor(final_mean, dtype=torch.float32) - torch.tensor(raw_mean, dtype=torch.float32) * scale
+
+
+def same_latent_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, rel: float = 1e-4) -> bool:
+    """Whether two card ``latent`` entries describe the same latent space: both pixel space
+    (``None``), or the same type and statistics within ``rel`` (imported cards keep 6 digits)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.get("type") != b.get("type"):
+        return False
+    values = [(x, y) for k in ("raw_mean", "raw_std") for x, y in zip(a[k], b[k], strict=False)]
+    values += [(a[k], b[k]) for k in ("final_mean", "final_std")]
+    return len(a["raw_mean"]) == len(b["raw_mean"]) and all(abs(x - y) <= rel * max(abs(x), abs(y), 1.0) for x, y in values)
+
+
 def _autoencoder_class() -> type:
     try:
         from diffusers import AutoencoderKL
     except ImportError as err:
         raise ImportError('latent models need diffusers: pip install -e ".[latent]" (or pip install diffusers)') from err
     return AutoencoderKL
+
+
+def _vae_files(vae_path: str | os.PathLike, vae_name: str) -> tuple[Path, Path]:
+    """``(config.json, weights)`` of a local diffusers VAE folder; ``FileNotFoundError`` saying
+    how to get one when either is missing."""
+    folder = Path(vae_path)
+    get = f"expected a local copy of {vae_name} (e.g. huggingface-cli download {vae_name} --local-dir {folder})"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"vae_path={folder}: no config.json there; {get}")
+    if not (folder / VAE_WEIGHTS).is_file():
+        raise FileNotFoundError(f"vae_path={folder}: no {VAE_WEIGHTS} there (weights are read from safetensors only); {get}")
+    return folder / "config.json", folder / VAE_WEIGHTS
+
+
+def load_vae(vae_path: str | os.PathLike, vae_name: str = SD_VAE_NAME) -> nn.Module:
+    """The diffusers ``AutoencoderKL`` in local folder ``vae_path`` (``config.json`` and
+    safetensors weights; nothing is downloaded), in eval mode without gradients."""
+    _vae_files(vae_path, vae_name)
+    vae = _autoencoder_class().from_pretrained(str(vae_path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+    return vae.eval().requires_grad_(False)
+
+
+def vae_identity(vae_path: str | os.PathLike, vae_name: str = SD_VAE_NAME) -> dict[str, str]:
+    """What identifies a local VAE: its hub ``name``, the ``folder`` name and the SHA-256 of its
+    ``config.json`` and of its weights file (the hashes decide whether two VAEs are the same)."""
+    config, weights = _vae_files(vae_path, vae_name)
+    return {
+        "name": vae_name, "folder": Path(vae_path).resolve().name, "config_sha256": file_sha256(config),
+        "weights_file": weights.name, "weights_sha256": file_sha256(weights),
+    }
+
+
+def same_vae(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ``vae_identity`` records name the same VAE (equal config and weights hashes)."""
+    return all(a.get(k) == b.get(k) for k in ("config_sha256", "weights_sha256"))
+
+
+def downsampling(vae: nn.Module) -> int:
+    """How many pixels a latent pixel covers per side: 2 per down block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def write_run_latent(run_dir: str | os.PathLike, spec: Mapping[str, Any]) -> None:
+    """Record in a training run folder the latent space its models work in
+    (``<run>/latent.json``); post-hoc EMA reconstructions copy it into their cards."""
+    write_json_atomic(Path(run_dir) / RUN_LATENT_FILE, dict(spec))
+
+
+def read_run_latent(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``latent`` entry recorded in a run folder, ``None`` for a pixel-space run."""
+    path = Path(run_dir) / RUN_LATENT_FILE
+    if not path.is_file():
+        return None
+    spec = load_json(path, "run's latent space")
+    if not isinstance(spec, dict) or spec.get("type") != LATENT_TYPE:
+        raise ValueError(f"{path}: expected a latent entry of type {LATENT_TYPE!r}, got {spec!r}")
+    return spec
 
 
 class LatentCodec(nn.Module):
@@ -81,13 +169,11 @@ class LatentCodec(nn.Module):
         channels = int(vae.config.latent_channels)
         if len(raw_mean) != channels or len(raw_std) != channels:
             raise ValueError(f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}")
-        if min(raw_std) <= 0 or final_std <= 0:
-            raise ValueError(f"raw_std {list(raw_std)} and final_std {final_std} must be positive")
+        scale, bias = standardisation(raw_mean, raw_std, final_mean, final_std)
         self.vae = vae.eval().requires_grad_(False)
         self.batch_size = int(batch_size)
-        scale = torch.tensor(final_std, dtype=torch.float32) / torch.tensor(raw_std, dtype=torch.float32)
         self.register_buffer("scale", scale)
-        self.register_buffer("bias", torch.tensor(final_mean, dtype=torch.float32) - torch.tensor(raw_mean, dtype=torch.float32) * scale)
+        self.register_buffer("bias", bias)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], vae_path: str | os.PathLike, batch_size: int = 8) -> LatentCodec:
@@ -95,13 +181,7 @@ class LatentCodec(nn.Module):
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing or spec["type"] != LATENT_TYPE:
             raise ValueError(f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})")
-        folder = Path(vae_path)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"vae_path={folder}: no config.json there; expected a local copy of {spec['vae_name']} "
-                f"(e.g. huggingface-cli download {spec['vae_name']} --local-dir {folder})"
-            )
-        vae = _autoencoder_class().from_pretrained(str(folder), local_files_only=True)
+        vae = load_vae(vae_path, spec["vae_name"])
         return cls(vae, spec["raw_mean"], spec["raw_std"], spec["final_mean"], spec["final_std"], batch_size)
 
     @torch.no_grad()

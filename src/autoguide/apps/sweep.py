@@ -3,6 +3,7 @@
 
     autoguide-sweep main.run=runs/mnist-s 'guides.runs=[runs/mnist-xs-guide]' metrics=mnist \\
         'grid.weight=[1,1.5,2,2.5]' 'grid.main_std=[0.05,0.1]' 'grid.guide_std=[0.05,0.1]'
+    autoguide-sweep main.model=models/img512-s-0.070.safetensors 'guides.runs=[runs/img512-xs-guide-for-imported]' ...
 
 Writes ``sweep.csv``, ``weight.png``, ``ema.png``, ``best.json`` and ``sweep.yaml`` (the
 resolved config) into ``output.dir``; prints the best row.
@@ -33,7 +34,8 @@ def _items(value: Any) -> tuple:
 def sweep_settings(cfg: DictConfig) -> SweepSettings:
     """The ``main``, ``guides``, ``grid``, ``select`` and ``reconstruct`` nodes."""
     return SweepSettings(
-        main_run=str(cfg.main.run), main_time=plain(cfg.main.time),
+        main_run=None if cfg.main.run is None else str(cfg.main.run), main_time=plain(cfg.main.time),
+        main_model=None if cfg.main.get("model") is None else str(cfg.main.model),
         guide_runs=tuple(str(r) for r in _items(cfg.guides.runs or [])), guide_times=_items(cfg.guides.times),
         weight=_items(cfg.grid.weight), main_std=_items(cfg.grid.main_std), guide_std=_items(cfg.grid.guide_std),
         interval=tuple(None if i is None else tuple(i) for i in _items(cfg.grid.interval)),

@@ -2,7 +2,8 @@
 
 The source is a folder (see ``ImageFolderDataset``: class subfolders, or a labels JSON) or an
 ``.npz`` file (keys ``images``, optional ``labels``). Pixels are copied losslessly (PNG);
-labels become ``cls`` entries (none for unlabeled data).
+labels become ``cls`` entries (none for unlabeled data). ``open_source`` also opens image
+shards (a ``.tar`` file or a folder of them), the third kind of source ``autoguide-encode`` reads.
 """
 
 from __future__ import annotations
@@ -10,18 +11,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoguide.data.folder import ImageFolderDataset, NpzDataset
-from autoguide.data.shards import write_shards
+from autoguide.data.shards import IndexedShardDataset, write_shards
+
+SOURCE_KINDS = ("folder", "npz", "shards")
 
 
-def open_source(src: Path, labels_json: Path | None = None) -> ImageFolderDataset | NpzDataset:
-    """The dataset stored at ``src`` (a folder or an ``.npz`` file)."""
+def source_kind(src: Path) -> str:
+    """``folder`` (images), ``npz`` or ``shards`` (a ``.tar`` file, or a folder whose files are
+    all ``.tar``); anything else is an error naming ``src``."""
     if src.is_dir():
-        return ImageFolderDataset(src, labels_json)
-    if src.suffix.lower() == ".npz":
-        if labels_json is not None:
-            raise ValueError(f"{src}: a labels JSON applies to image folders; npz labels come from key 'labels'")
+        files = [p for p in src.iterdir() if p.is_file()]
+        return "shards" if files and all(p.suffix.lower() == ".tar" for p in files) else "folder"
+    kinds = {".npz": "npz", ".tar": "shards"}
+    if src.is_file() and src.suffix.lower() in kinds:
+        return kinds[src.suffix.lower()]
+    raise ValueError(f"{src}: expected an image folder or an .npz file (or image shards, .tar)")
+
+
+def open_source(
+    src: Path, labels_json: Path | None = None, shards: bool = False, same_size: bool = True, convert_rgb: bool = False
+) -> ImageFolderDataset | NpzDataset | IndexedShardDataset:
+    """The dataset stored at ``src`` (a folder or an ``.npz`` file; with ``shards`` also image
+    shards). ``same_size=False`` lets the images of a folder differ in size; ``convert_rgb``
+    reads a folder's images as RGB."""
+    kind = source_kind(src)
+    if kind != "folder" and labels_json is not None:
+        raise ValueError(f"{src}: a labels JSON applies to image folders; {kind} carry their own labels")
+    if kind == "folder":
+        return ImageFolderDataset(src, labels_json, same_size, convert_rgb)
+    if kind == "npz":
         return NpzDataset(src)
-    raise ValueError(f"{src}: expected an image folder or an .npz file")
+    if not shards:
+        raise ValueError(f"{src}: expected an image folder or an .npz file")
+    return IndexedShardDataset(src)
 
 
 def convert_to_shards(

@@ -77,11 +77,16 @@ class ImageFolderDataset(_Uint8ImageDataset):
     subfolders of ``root``, the sorted names of the first-level subfolders are the classes
     0, 1, ...; images directly in ``root`` then are an error. Without either, the data is
     unlabeled (``label_dim = 0``). Image headers are checked up front: one shared size and
-    mode (L or RGB).
+    mode (L or RGB). ``same_size=False`` (sources of preprocessing, e.g. ImageNet for
+    ``autoguide-encode``) skips that pass: images may differ in size (``shape`` is None) and
+    each is checked when read. ``convert_rgb``: every image is read as RGB (``decode_image``).
     """
 
-    def __init__(self, root: str | Path, labels_json: str | Path | None = None) -> None:
+    def __init__(
+        self, root: str | Path, labels_json: str | Path | None = None, same_size: bool = True, convert_rgb: bool = False
+    ) -> None:
         self.root = Path(root)
+        self.convert_rgb = convert_rgb
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: image folder not found")
         self.files = sorted(
@@ -91,8 +96,9 @@ class ImageFolderDataset(_Uint8ImageDataset):
         )
         if not self.files:
             raise ValueError(f"{self.root}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-        self.shape = self._check_headers()
-        check_square(self.shape, str(self.root / self.files[0]))
+        self.shape = self._check_headers() if same_size else None
+        if same_size:
+            check_square(self.shape, str(self.root / self.files[0]))
         if labels_json is not None:
             self.labels = _labels_from_json(Path(labels_json), self.files)
             self.label_dim = int(self.labels.max()) + 1
@@ -116,7 +122,7 @@ class ImageFolderDataset(_Uint8ImageDataset):
         shape = None
         for name in self.files:
             with Image.open(self.root / name) as image:
-                mode = "RGB" if image.mode == "P" else image.mode
+                mode = "RGB" if image.mode == "P" or self.convert_rgb else image.mode
                 if mode not in ("L", "RGB"):
                     raise ValueError(
                         f"{self.root / name}: image mode {image.mode!r} is not supported; "
@@ -132,9 +138,13 @@ class ImageFolderDataset(_Uint8ImageDataset):
                 )
         return shape
 
+    def where(self, index: int) -> str:
+        """The file of item ``index`` (for error messages)."""
+        return str(self.root / self.files[index])
+
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         path = self.root / self.files[index]
-        return decode_image(str(path), str(path)), int(self.labels[index])
+        return decode_image(str(path), str(path), self.convert_rgb), int(self.labels[index])
 
 
 class NpzDataset(_Uint8ImageDataset):
@@ -207,6 +217,10 @@ class NpzDataset(_Uint8ImageDataset):
         if n and labels.min() < 0:
             raise ValueError(f"{where}: labels must be >= 0, found {labels.min()}")
         return labels.astype(np.int64)
+
+    def where(self, index: int) -> str:
+        """Item ``index`` of the archive (for error messages)."""
+        return f"{self.path}['images'][{index}]"
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         return self.images[index], int(self.labels[index])

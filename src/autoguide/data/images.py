@@ -63,15 +63,17 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes | str, where: str) -> np.ndarray:
+def decode_image(data: bytes | str, where: str, convert_rgb: bool = False) -> np.ndarray:
     """Decode PNG/JPEG bytes or a file path to uint8 HWC.
 
     Grayscale (L) stays 1 channel; RGB stays 3 channels; other modes are refused with an error
     naming ``where`` (palette images are converted to RGB, 16-bit or alpha images are refused).
+    ``convert_rgb``: every image becomes RGB (PIL's ``convert("RGB")``, what EDM2's dataset tool
+    does with ImageNet's few grayscale and CMYK JPEGs).
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            if image.mode == "P":
+            if image.mode == "P" or (convert_rgb and image.mode != "RGB"):
                 image = image.convert("RGB")
             if image.mode not in ("L", "RGB"):
                 raise ValueError(
@@ -91,3 +93,31 @@ def check_square(shape: tuple[int, ...], where: str) -> None:
         raise ValueError(
             f"{where}: images are {shape[0]}x{shape[1]} (HxW); square images are required"
         )
+
+
+def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarray:
+    """ADM's (Dhariwal & Nichol 2021) ImageNet preprocessing, as EDM2's dataset tool does it
+    for ImageNet-512: while the short side is at least ``2 * resolution`` halve the image with
+    a BOX filter, then resize with BICUBIC so the short side is ``resolution``, then cut the
+    central ``resolution`` x ``resolution`` square. Input and output are uint8 HWC RGB.
+
+    An image that is not RGB or whose short side is below ``resolution`` (it would have to be
+    enlarged) is an error naming ``where``.
+    """
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+        raise ValueError(
+            f"{where}: the image has {channels} channel(s), not RGB; convert it to RGB first "
+            "(or encode with --convert-rgb, as EDM2's dataset tool does)"
+        )
+    height, width = pixels.shape[:2]
+    if min(height, width) < resolution:
+        raise ValueError(f"{where}: the image is {height}x{width} (HxW), smaller than the {resolution}x{resolution} crop")
+    image = Image.fromarray(pixels)
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+    array = np.asarray(image)
+    top, left = (array.shape[0] - resolution) // 2, (array.shape[1] - resolution) // 2
+    return np.ascontiguousarray(array[top : top + resolution, left : left + resolution])

@@ -7,9 +7,14 @@
 | folder    | path, labels_json (null)                          | [C, H, H], label or 0         |
 | npz       | path, layout (null)                               | [C, H, H], label or 0         |
 | shards    | path (folder, brace pattern or list of .tar)      | [C, H, H], label or 0         |
+| latents   | path (set folder or manifest), standardize ("edm2"), vae_path (null), verify (true) | [C, h, h] latent, label or 0 |
 
 Every dataset has ``label_dim`` (0 when unlabeled), ``img_channels``, ``img_resolution``
-(0 for toy2d) and ``__len__``; items are ``(float32 tensor, int label)``.
+(0 for toy2d) and ``__len__``; items are ``(float32 tensor, int label)``. ``latents`` items are
+random draws (``stochastic``; ``autoguide.data.latents``).
+
+``build_reference_dataset`` gives the images a metric compares against: the dataset itself,
+except for a latent set, whose reference is its source images, preprocessed as for encoding.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Mapping
 from torch.utils.data import Dataset
 
 from autoguide.data.folder import ImageFolderDataset, NpzDataset
+from autoguide.data.latents import LatentShardDataset, read_manifest
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.data.toy2d import Toy2DDataset
@@ -32,6 +38,7 @@ BUILDERS: dict[str, Callable[..., Dataset]] = {
     "folder": lambda path, labels_json=None: ImageFolderDataset(path, labels_json),
     "npz": lambda path, layout=None: NpzDataset(path, layout),
     "shards": lambda path: IndexedShardDataset(path),
+    "latents": lambda path, standardize="edm2", vae_path=None, verify=True: LatentShardDataset(path, standardize, vae_path, verify),
 }
 
 
@@ -51,3 +58,15 @@ def build_dataset(cfg: Mapping) -> Dataset:
             f"dataset {name!r}: {error}; its keys are {accepted} (got {sorted(cfg)})"
         ) from error
     return builder(**cfg)
+
+
+def build_reference_dataset(cfg: Mapping) -> Dataset:
+    """The images of dataset ``cfg`` in pixel space: ``build_dataset(cfg)``, or for ``latents``
+    the set's source images, center-cropped as they were for encoding (float CHW in [-1, 1])."""
+    if cfg.get("name") != "latents":
+        return build_dataset(cfg)
+    from autoguide.data.encode import source_images
+
+    if "path" not in cfg:
+        raise ValueError(f"dataset 'latents': missing key 'path' (got {sorted(cfg)})")
+    return source_images(read_manifest(cfg["path"]))

@@ -44,16 +44,15 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def _write_one_shard(path: Path, samples: list[tuple[str, np.ndarray, int | None]]) -> None:
-    """Write ``samples`` (key, uint8 HWC, label or None) to ``path`` atomically."""
+def write_tar(path: Path, records: Iterable[dict[str, bytes | str]]) -> None:
+    """Write WebDataset ``records`` (``{"__key__": key, extension: bytes, ...}``) to the tar
+    ``path`` atomically (temp name in the same folder, fsync, ``os.replace``), with fixed member
+    metadata (mtime 0, no user or group), so equal records give byte-identical files."""
     temp = path.with_name(f".{path.name}.tmp")
     try:
         with open(temp, "wb") as stream:
             writer = wds.TarWriter(stream, encoder=False, mtime=0, user="", group="")
-            for key, image, label in samples:
-                record = {"__key__": key, IMAGE_KEY: encode_png(image)}
-                if label is not None:
-                    record[LABEL_KEY] = str(label).encode("ascii")
+            for record in records:
                 writer.write(record)
             writer.close()
             stream.flush()
@@ -61,6 +60,21 @@ def _write_one_shard(path: Path, samples: list[tuple[str, np.ndarray, int | None
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def encode_label(label: int) -> bytes:
+    """The ``cls`` member of a label: its decimal ASCII text."""
+    return str(label).encode("ascii")
+
+
+def _write_one_shard(path: Path, samples: list[tuple[str, np.ndarray, int | None]]) -> None:
+    """Write ``samples`` (key, uint8 HWC, label or None) to ``path`` atomically."""
+    records = []
+    for key, image, label in samples:
+        records.append({"__key__": key, IMAGE_KEY: encode_png(image)})
+        if label is not None:
+            records[-1][LABEL_KEY] = encode_label(label)
+    write_tar(path, records)
 
 
 def write_shards(
@@ -105,7 +119,8 @@ def write_shards(
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One sample of a shard: where its PNG bytes lie and its label (None if unlabeled)."""
+    """One sample of a shard: where its data member's bytes lie (the PNG of an image shard)
+    and its label (None if unlabeled)."""
 
     path: str
     key: str
@@ -114,11 +129,12 @@ class ShardRecord:
     label: int | None
 
 
-def read_shard_index(path: str | Path) -> list[ShardRecord]:
-    """The samples of one shard in file order (member headers are read, PNG data skipped).
+def read_shard_index(path: str | Path, data_key: str = IMAGE_KEY) -> list[ShardRecord]:
+    """The samples of one shard in file order (member headers are read, the data skipped).
 
     Members group into samples by key = the member path up to the first dot of its base name
-    (the WebDataset rule); every sample needs a ``png`` member.
+    (the WebDataset rule); every sample needs a ``data_key`` member (``png`` for image shards),
+    whose place the record gives.
     """
     path = str(path)
     grouped: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -140,8 +156,8 @@ def read_shard_index(path: str | Path) -> list[ShardRecord]:
         raise ValueError(f"{path}: cannot read the shard: {error}") from error
     records = []
     for key, members in grouped.items():
-        if IMAGE_KEY not in members:
-            raise ValueError(f"{path}: sample {key!r} has no '{IMAGE_KEY}' member")
+        if data_key not in members:
+            raise ValueError(f"{path}: sample {key!r} has no '{data_key}' member")
         label = None
         if key in label_bytes:
             text = label_bytes[key].decode("ascii", errors="replace").strip()
@@ -150,8 +166,8 @@ def read_shard_index(path: str | Path) -> list[ShardRecord]:
                     f"{path}: sample {key!r}: '{LABEL_KEY}' is {text!r}, not an integer >= 0"
                 )
             label = int(text)
-        image = members[IMAGE_KEY]
-        records.append(ShardRecord(path, key, image.offset_data, image.size, label))
+        data = members[data_key]
+        records.append(ShardRecord(path, key, data.offset_data, data.size, label))
     return records
 
 
@@ -191,7 +207,7 @@ class _ShardSet:
             )
         self.label_dim = max(r.label for r in records) + 1 if labeled == {True} else 0
         first = records[0]
-        self.shape = decode_image(_read_bytes(first), f"{first.path}:{first.key}").shape
+        self.shape = decode_image(read_member(first), f"{first.path}:{first.key}").shape
         check_square(self.shape, f"{first.path}:{first.key}")
         self.records = records
 
@@ -203,7 +219,8 @@ class _ShardSet:
         return pixels
 
 
-def _read_bytes(record: ShardRecord) -> bytes:
+def read_member(record: ShardRecord) -> bytes:
+    """The bytes of ``record``'s data member."""
     with open(record.path, "rb") as stream:
         stream.seek(record.offset)
         return stream.read(record.size)
@@ -220,10 +237,19 @@ class IndexedShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shard_set.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def where(self, index: int) -> str:
+        """Shard and key of item ``index`` (for error messages)."""
         record = self.shard_set.records[index]
-        pixels = self.shard_set.decode(_read_bytes(record), f"{record.path}:{record.key}")
-        return uint8_to_float(pixels), record.label or 0
+        return f"{record.path}:{record.key}"
+
+    def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
+        """The stored pixels (uint8 HWC) and the label of item ``index``."""
+        record = self.shard_set.records[index]
+        return self.shard_set.decode(read_member(record), self.where(index)), record.label or 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels, label = self.read_uint8(index)
+        return uint8_to_float(pixels), label
 
 
 class ShardDataset(IterableDataset):

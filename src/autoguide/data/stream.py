@@ -11,6 +11,11 @@ k images the run has consumed exactly positions ``[start_nimg, start_nimg + W k)
 Each rank yields whole batches (use ``DataLoader(stream, batch_size=None)``); with several
 loader workers, worker w makes local batches w, w + K, w + 2K, ... and the loader's
 round-robin returns them in order, so the batches do not depend on the number of workers.
+
+A dataset whose items are random draws (``stochastic = True``, e.g. the latent dataset, which
+draws ``mean + std * eps`` per read) is read with ``dataset.read(index, item_seed(seed, g))``:
+its randomness is a function of the data seed and the global position only, never of the
+global RNG, the rank, the worker or the number of processes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
     generator = torch.Generator().manual_seed(int(state) >> 1)
     return torch.randperm(n, generator=generator)
+
+
+ITEM_DRAW = 1  # spawn key of the per-item draws, apart from the epoch permutations
+
+
+def item_seed(seed: int, position: int) -> int:
+    """A 63-bit seed for the random draw of the item at global stream position ``position``
+    (``SeedSequence([seed, position], spawn_key=(ITEM_DRAW,))``)."""
+    sequence = np.random.SeedSequence([int(seed), int(position)], spawn_key=(ITEM_DRAW,))
+    return int(sequence.generate_state(1, np.uint64)[0] >> 1)
 
 
 class TrainStream(IterableDataset):
@@ -78,9 +93,17 @@ class TrainStream(IterableDataset):
             self._permutations = {epoch: epoch_permutation(n, self.seed, epoch)}
         return int(self._permutations[epoch][position % n])
 
+    def item(self, position: int) -> tuple[torch.Tensor, int]:
+        """The item at global stream position ``position`` (drawn from ``item_seed`` if the
+        dataset is stochastic)."""
+        index = self.dataset_index(position)
+        if getattr(self.dataset, "stochastic", False):
+            return self.dataset.read(index, item_seed(self.seed, position))
+        return self.dataset[index]
+
     def batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Local batch number ``batch`` of this rank."""
-        items = [self.dataset[self.dataset_index(g)] for g in self.global_positions(batch)]
+        items = [self.item(g) for g in self.global_positions(batch)]
         images = torch.stack([image for image, _ in items]).to(torch.float32)
         classes = torch.tensor([label for _, label in items], dtype=torch.long)
         if not self.label_dim:

@@ -14,6 +14,9 @@ tensors come from the latest contributing snapshot. Outputs are ordinary autogui
 - ``PosthocEMA.write(stds, time, out_dir)``: model files ``ema-{nimg:012d}-{std:.4f}.safetensors``;
 - ``PosthocEMA.cached(stds, time)``: files in ``<run>/reconstructed/``, built only where missing.
 
+Cards of rebuilt models carry the run's latent space (``latent``, from ``<run>/latent.json``)
+when the run trained a latent model, so they decode like the run's final model.
+
 Times (``EmaTime``): ``None`` is the last snapshot; a number ``t <= 1`` or a string ``"1/16"`` a
 fraction of the last snapshot's nimg (the nearest snapshot time); a larger integer an image count.
 """
@@ -37,6 +40,7 @@ from autoguide.claim import claim_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
 from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index
 from autoguide.io import ModelFileError, read_card, read_model_file, save_model
+from autoguide.latent import read_run_latent
 from autoguide.nets import network_config
 
 log = logging.getLogger(__name__)
@@ -285,6 +289,7 @@ class PosthocEMA:
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         self.folders = [snapshot_folder(f) for f in folders]
         self.found = collect_snapshots(self.folders)
+        self.latent = read_run_latent(self.folders[0].resolve().parent)
 
     @property
     def network(self) -> dict[str, Any]:
@@ -332,6 +337,7 @@ class PosthocEMA:
                 f"post-hoc EMA reconstruction from {len(solution.used)} snapshots in "
                 f"{', '.join(str(f) for f in self.folders)} (profile error {solution.errors[j]:.2e})"
             ),
+            **({"latent": self.latent} if self.latent is not None else {}),
         }
 
     def models(

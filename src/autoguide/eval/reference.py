@@ -9,6 +9,10 @@ most ``max_features`` rows is kept (drawn with ``RandomState(0)``). Cache file:
 with arrays ``mu``, ``sigma``, ``features`` (float32), ``num_images`` and, for checking,
 ``dataset`` (the config as JSON) and ``extractor_sha256``. A file whose stored keys or image
 count disagree with the current dataset is recomputed; every write is atomic.
+
+The statistics of a latent set (``name: latents``) are those of its source images, center-cropped
+as for encoding (``autoguide.data.registry.build_reference_dataset``): samples of latent models
+are measured in pixels, after decoding.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from autoguide.data.registry import build_dataset
+from autoguide.data.registry import build_reference_dataset
 from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import GaussianAccumulator
 from autoguide.io import atomic_path
@@ -91,7 +95,7 @@ def reference_stats(
     """Cached statistics of the dataset ``dataset_cfg`` (``autoguide.data.registry``) under
     ``extractor``; computed and written on the first call."""
     dataset_cfg = dict(dataset_cfg)
-    dataset = build_dataset(dataset_cfg)
+    dataset = build_reference_dataset(dataset_cfg)
     path = cache_path(cache_dir, dataset_cfg, max_features, extractor)
     dataset_json = json.dumps(dataset_cfg, sort_keys=True)
     cached = _load(path, dataset_json, extractor.sha256, len(dataset))

@@ -1,7 +1,8 @@
 """Guidance sweeps: evaluate a grid of settings and name the best one.
 
 Axes: guidance weight, main EMA std, guide EMA std, guide run ("size") x guide time, and the
-guidance interval. Post-hoc EMAs are rebuilt once per (run, std, nimg) and then reused from
+guidance interval. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
+e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per (run, std, nimg) and then reused from
 ``<run>/reconstructed`` (``autoguide.ema.PosthocEMA.cached``). Settings without an active
 guidance term (weight 1) give the same samples whatever the guide, so they are evaluated once
 per main model.
@@ -24,7 +25,7 @@ from typing import Any
 from autoguide.ema.posthoc import DEFAULT_MAX_ERROR, EmaTime, PosthocEMA
 from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row, plot_ema, plot_weight
-from autoguide.io import write_csv_atomic, write_json_atomic
+from autoguide.io import read_card, write_csv_atomic, write_json_atomic
 from autoguide.runtime import ModelLoader
 from autoguide.sample.config import build_guidance
 from autoguide.settings import ConfigError
@@ -37,11 +38,13 @@ FILE_KEYS = ["main_model", "guide_model", "seconds"]
 
 @dataclass(frozen=True, kw_only=True)
 class SweepSettings:
-    """The grid: the main run (``main_run`` at ``main_time``) and its EMA stds, the guide runs
-    at every guide time and their EMA stds, the weights and intervals; ``select`` names the
-    metric that picks the best row; ``max_error``/``batch`` go to the EMA reconstruction."""
+    """The grid: the main run (``main_run`` at ``main_time``) and its EMA stds, or one main
+    model file (``main_model``); the guide runs at every guide time and their EMA stds, the
+    weights and intervals; ``select`` names the metric that picks the best row;
+    ``max_error``/``batch`` go to the EMA reconstruction."""
 
-    main_run: str
+    main_run: str | None = None
+    main_model: str | None = None
     main_time: EmaTime = None
     guide_runs: tuple[str, ...] = ()
     guide_times: tuple[EmaTime, ...] = (None,)
@@ -52,6 +55,18 @@ class SweepSettings:
     select: str
     max_error: float = DEFAULT_MAX_ERROR
     batch: int = 8
+
+    def __post_init__(self) -> None:
+        if (self.main_run is None) == (self.main_model is None):
+            raise ConfigError("main: set exactly one of main.run (a training run) and main.model (a model file)")
+
+
+def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, Path]]:
+    """``(nimg, {main EMA std: model file})``: the run's post-hoc EMAs, or the one main file."""
+    if settings.main_model is None:
+        return PosthocEMA(settings.main_run).cached(settings.main_std, settings.main_time, settings.max_error, settings.batch)
+    card = read_card(settings.main_model)
+    return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
 
 def guidance_config(term: Mapping[str, Any], weight: float, interval: Sequence[float] | None, guide: Path | None) -> dict[str, Any]:
@@ -84,7 +99,7 @@ def run_sweep(settings: SweepSettings, term: Mapping[str, Any], evaluation: Eval
     names = evaluation.metric_names()
     if settings.select not in names:
         raise ConfigError(f"select={settings.select!r} is not measured here; the metrics are {names}")
-    main_nimg, main_models = PosthocEMA(settings.main_run).cached(settings.main_std, settings.main_time, settings.max_error, settings.batch)
+    main_nimg, main_models = main_axis(settings)
     guides = guide_axis(settings, term)
     rows: list[dict[str, Any]] = []
     for main_std, main_file in main_models.items():

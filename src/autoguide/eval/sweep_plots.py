@@ -57,6 +57,11 @@ def plot_weight(path: Path, rows: Sequence[Row], metric: str) -> None:
     _save(fig, path)
 
 
+def _std_label(std: float | None) -> str:
+    """An EMA std as a tick label; ``-`` for none (a model file without one)."""
+    return "-" if std is None else f"{std:g}"
+
+
 def plot_ema(path: Path, rows: Sequence[Row], metric: str) -> None:
     """Heat maps of ``metric`` over (main EMA std, guide EMA std), one per guide, each cell the
     best over weights and intervals; the best cell of each map is framed."""
@@ -68,8 +73,7 @@ def plot_ema(path: Path, rows: Sequence[Row], metric: str) -> None:
     for index, guide in enumerate(guides):
         ax = fig.add_subplot(1, len(guides), index + 1)
         cells = best_by([r for r in rows if r["guide"] == guide], metric, ["main_std", "guide_std"])
-        main_stds = sorted({k[0] for k in cells})
-        guide_stds = sorted({k[1] for k in cells}, key=lambda s: (s is None, s))
+        main_stds, guide_stds = (sorted({k[i] for k in cells}, key=lambda s: (s is None, s)) for i in (0, 1))
         values = np.full((len(guide_stds), len(main_stds)), np.nan)
         for (m, g), row in cells.items():
             values[guide_stds.index(g), main_stds.index(m)] = float(row[metric])
@@ -78,8 +82,8 @@ def plot_ema(path: Path, rows: Sequence[Row], metric: str) -> None:
             ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=7, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
         best = np.unravel_index(np.nanargmin(values) if lower_is_better(metric) else np.nanargmax(values), values.shape)
         ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-        ax.set_xticks(range(len(main_stds)), [f"{s:g}" for s in main_stds])
-        ax.set_yticks(range(len(guide_stds)), ["-" if s is None else f"{s:g}" for s in guide_stds])
+        ax.set_xticks(range(len(main_stds)), [_std_label(s) for s in main_stds])
+        ax.set_yticks(range(len(guide_stds)), [_std_label(s) for s in guide_stds])
         ax.set_xlabel("main EMA std")
         ax.set_ylabel("guide EMA std")
         ax.set_title(f"{guide}: {metric} (best over weights)", fontsize=9)

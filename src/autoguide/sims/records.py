@@ -18,10 +18,8 @@ checkpoints). Files are written atomically (``autoguide.io``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 from autoguide.claim import claim_folder
 from autoguide.io import write_text_atomic
 from autoguide.io.digest import file_sha256
+from autoguide.io.records import SpecConflict, bind_spec_file, canonical, fingerprint, read_json, spec_digest, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -36,69 +35,18 @@ SPEC_NAME = "spec.json"
 RECORD_NAME = "stage.json"
 RECORD_FORMAT = "autoguide-sims-stage/1"
 
-
-class SpecConflict(ValueError):
-    """A stage folder already belongs to a run with other inputs."""
-
-
-def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"sha256", "size", "mtime_ns"}`` of a file."""
-    stat = os.stat(path)
-    return {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def unchanged(path: str | os.PathLike, recorded: Mapping[str, Any]) -> bool:
-    """Whether the file still matches its ``fingerprint``: same size, and the same
-    modification time or else the same SHA-256."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return False
-    if stat.st_size != recorded.get("size"):
-        return False
-    return stat.st_mtime_ns == recorded.get("mtime_ns") or file_sha256(path) == recorded.get("sha256")
-
-
-def canonical(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples -> lists, keys -> str), for comparisons."""
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def spec_digest(spec: Mapping[str, Any]) -> str:
-    """Short SHA-256 of the canonical JSON of ``spec`` (identifies one set of stage inputs)."""
-    return hashlib.sha256(json.dumps(canonical(spec), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two canonical specs differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+__all__ = [
+    "SpecConflict", "bind_spec", "canonical", "clear_record", "complete_record", "file_sha256", "fingerprint",
+    "run_stage", "spec_digest", "unchanged", "write_record",
+]
 
 
 def bind_spec(folder: Path, stage: str, spec: Mapping[str, Any]) -> None:
     """Create ``folder`` and bind it to ``spec``; ``SpecConflict`` if it holds another spec."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / SPEC_NAME
-    wanted = canonical(spec)
-    found = _read_json(path) if path.exists() else None
-    if found is None:
-        write_text_atomic(path, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
-        return
-    if found != wanted:
-        changed = _differences(found, wanted)
-        raise SpecConflict(
-            f"{path}: this {stage} stage was started with other inputs; changed: "
-            f"{'; '.join(changed[:8])}. Use a new out_dir, or delete {folder} to redo the stage"
-        )
+    bind_spec_file(
+        folder / SPEC_NAME, spec, f"this {stage} stage", f"Use a new out_dir, or delete {folder} to redo the stage"
+    )
 
 
 def complete_record(folder: Path, stage: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -110,7 +58,7 @@ def complete_record(folder: Path, stage: str, spec: Mapping[str, Any]) -> dict[s
     if not (folder / SPEC_NAME).exists():
         return None
     bind_spec(folder, stage, spec)
-    record = _read_json(folder / RECORD_NAME)
+    record = read_json(folder / RECORD_NAME)
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         return None
     if record.get("stage") != stage or record.get("spec") != canonical(spec):

@@ -29,12 +29,13 @@ from torch.utils.data import Dataset
 from autoguide.claim import claim_folder
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.io import save_model, write_text_atomic
+from autoguide.latent import write_run_latent
 from autoguide.train.checkpoint import AtomicCheckpointIO, list_checkpoints
 from autoguide.train.module import DiffusionModule
 from autoguide.runtime import rank_from_env
 from autoguide.settings import ConfigError
 from autoguide.train.settings import TrainSettings
-from autoguide.train.validate import RunSettings, check_against_data, run_settings
+from autoguide.train.validate import RunSettings, check_against_data, check_against_main, main_model, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ def _instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
     return [hydra.utils.instantiate(conf) for conf in (group or {}).values() if conf and "_target_" in conf]
 
 
-def check_data(settings: RunSettings, data_cfg: dict[str, Any]) -> Dataset:
-    """The dataset of ``data_cfg``, checked against the network and the loss target."""
+def check_data(settings: RunSettings, data_cfg: dict[str, Any], main_file: str | None = None) -> Dataset:
+    """The dataset of ``data_cfg``, checked against the network, the loss target and the main
+    model a guide is trained for (``main_file``)."""
     name = data_cfg.get("name", "?")
     try:
         datamodule = DiffusionDataModule({**data_cfg, "batch_size": 1})  # the batch is not used here
@@ -74,6 +76,8 @@ def check_data(settings: RunSettings, data_cfg: dict[str, Any]) -> Dataset:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         raise ConfigError(f"data: {error}") from None
     check_against_data(settings.net, name, info)
+    if main_file is not None:
+        check_against_main(main_file, name, info, getattr(datamodule.dataset, "latent_spec", None))
     if settings.train.target == "exact" and not hasattr(datamodule.dataset, "exact_denoiser"):
         raise ConfigError(
             f"train.target=exact needs a dataset whose distribution is known in closed form (toy2d); "
@@ -136,10 +140,12 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
 
 
 @rank_zero_only
-def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+def _prepare_run_dir(cfg: DictConfig, run_dir: Path, latent: dict[str, Any] | None = None) -> None:
     for sub in RUN_SUBDIRS:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if latent is not None:  # the latent space of the run's models, for their cards (latent.json)
+        write_run_latent(run_dir, latent)
 
 
 def train(cfg: DictConfig) -> Path:
@@ -148,7 +154,7 @@ def train(cfg: DictConfig) -> Path:
     settings = run_settings(cfg)
     run_dir = Path(cfg.run_dir)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    dataset = check_data(settings, data_cfg)
+    dataset = check_data(settings, data_cfg, main_model(cfg))
     with claim_run_dir(run_dir):
         return _train(cfg, settings, run_dir, data_cfg, dataset)
 
@@ -162,12 +168,13 @@ def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
 def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict[str, Any], dataset: Dataset) -> Path:
     """The run itself, once the run folder is claimed."""
     ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
+    latent = getattr(dataset, "latent_spec", None)
     trainer = build_trainer(cfg, settings.train)
     plan = settings.train.batch_plan(trainer.world_size)
     trainer.accumulate_grad_batches = plan.accumulate
     datamodule = DiffusionDataModule({**data_cfg, "batch_size": plan.per_device}, dataset=dataset)
     module = DiffusionModule(settings.net, settings.train, settings.seed)
-    _prepare_run_dir(cfg, run_dir)
+    _prepare_run_dir(cfg, run_dir, latent)
     if rank_zero_only.rank == 0:
         log.info(
             "run %s: %d images = %d steps of %d (%d device(s) x %d per device x %d accumulation)%s",
@@ -187,6 +194,7 @@ def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict
             "nimg": module.nimg,
             "ema_std": None,
             "source": f"training run {run_dir}: raw weights after {module.nimg} images",
+            **({"latent": latent} if latent is not None else {}),
         }
         save_model(final, module.net, card)
         log.info("final model: %s (nimg %d)", final, module.nimg)

@@ -6,10 +6,14 @@ differ only by training. Conditional models draw class ``seed mod label_dim``; a
 has one column per class when there are at most 16 classes. Image data gives a PNG grid,
 2D data (``img_resolution == 0``) a scatter plot. Files: ``<out_dir>/nimg-{nimg:012d}.png``;
 only global rank 0 samples and writes; the PNG is also logged to wandb when it is a logger.
+Latent data (a dataset with a ``latent_spec``): the samples are decoded to pixels with the VAE
+in ``vae_path``; without one the grid shows the first three latent channels (with a note in
+the log, once).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from autoguide.latent import load_latent_codec
 from autoguide.sample import generate_images
 from autoguide.sample.outputs import write_grid, write_scatter
 from autoguide.settings import interval_images
@@ -25,6 +30,7 @@ from autoguide.train.plan import IntervalTrigger
 from autoguide.units import KIMG
 
 MAX_CLASS_COLUMNS = 16
+log = logging.getLogger(__name__)
 
 
 def sample_labels(num_images: int, label_dim: int) -> list[int] | None:
@@ -43,6 +49,7 @@ class SampleGridCallback(pl.Callback):
         num_images: int = 100,
         num_steps: int = 32,
         batch_size: int = 100,
+        vae_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("num_images", num_images), ("num_steps", num_steps), ("batch_size", batch_size)):
@@ -53,9 +60,27 @@ class SampleGridCallback(pl.Callback):
         self.num_images = int(num_images)
         self.num_steps = int(num_steps)
         self.batch_size = int(batch_size)
+        self.vae_path = vae_path
+        self.latent: dict[str, Any] | None = None  # the data's latent space, read at the start of training
+        self._codec: torch.nn.Module | None = None
+        self._noted = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.trigger.start(pl_module.nimg)
+        self.latent = getattr(getattr(trainer.datamodule, "dataset", None), "latent_spec", None)
+
+    def to_pixels(self, samples: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Samples as images: latents decoded with the VAE (or their first three channels)."""
+        if self.latent is None:
+            return samples
+        if self.vae_path is None:
+            if not self._noted:
+                log.info("sample grids show the first three latent channels; set vae_path=<VAE folder> to decode them")
+                self._noted = True
+            return samples[:, :3].clamp(-1, 1)
+        if self._codec is None:
+            self._codec = load_latent_codec({"latent": self.latent}, self.vae_path, device)
+        return self._codec.decode(samples.to(device)).cpu()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps) and trainer.is_global_zero:
@@ -77,6 +102,7 @@ class SampleGridCallback(pl.Callback):
             )
         finally:
             net.train(was_training)
+        samples = self.to_pixels(samples, device)
         path = self.out_dir / f"nimg-{nimg:012d}.png"
         title = f"{nimg / KIMG:.1f} kimg"
         if int(net.img_resolution) == 0:

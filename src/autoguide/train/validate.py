@@ -3,7 +3,8 @@ the key.
 
 ``run_settings`` turns the composed config into the typed settings the run uses (validating
 every value once); ``check_against_data`` compares the network with the dataset it will be
-trained on (resolution, channels, label width).
+trained on (resolution, channels, label width); ``check_against_main`` compares a guide's data
+with the main model it is trained for (``main_model``, e.g. an imported EDM2 release).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.io import ModelFileError, read_card
+from autoguide.latent import same_latent_space
 from autoguide.nets.config import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
 from autoguide.settings import ConfigError, from_mapping
 from autoguide.train.settings import TrainSettings, check_conditioning
@@ -98,4 +101,32 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
         )
         raise ConfigError(
             f"net.label_dim={net.label_dim} does not match {where}, which feeds {info['label_dim']} label classes; {hint}"
+        )
+
+
+def main_model(cfg: DictConfig) -> str | None:
+    """The ``main_model`` a guide is trained for (absent: none); an experiment that needs one
+    (``main_model: ???``) and was not given it is an error."""
+    if "main_model" not in cfg.keys():
+        return None
+    if OmegaConf.is_missing(cfg, "main_model"):
+        raise ConfigError(f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)")
+    return None if cfg.main_model is None else str(cfg.main_model)
+
+
+def check_against_main(main_model: str, data_name: str, info: Mapping[str, int], latent: Mapping[str, Any] | None) -> None:
+    """A guide trained for the main model in file ``main_model`` sees data of the main's
+    resolution, channels and classes, in the main's latent space (the same standardisation)."""
+    try:
+        card = read_card(main_model)
+    except ModelFileError as error:
+        raise ConfigError(f"main_model={main_model}: {error}") from None
+    where, main = f"data {data_name!r}", network_config(card["network"])
+    for key in ("img_resolution", "img_channels", "label_dim"):
+        if getattr(main, key, None) != info[key]:
+            raise ConfigError(f"main_model={main_model} has {key} {getattr(main, key, None)}, but {where} has {info[key]}")
+    if not same_latent_space(card.get("latent"), latent):
+        raise ConfigError(
+            f"main_model={main_model} works in latent space {card.get('latent')}, but {where} gives {latent}; "
+            "a guide must see the main model's latents (data.standardize=edm2 for EDM2's releases)"
         )
