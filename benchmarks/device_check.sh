@@ -32,7 +32,7 @@ set -e
 tests_seconds=$(($(date +%s) - start))
 
 if ((cpu)); then
-    "$python" benchmarks/throughput.py --cpu --out "$work/throughput.json" --budget 60 --steps 2
+    "$python" benchmarks/throughput.py --cpu --out "$work/throughput.json" --budget 600 --steps 2
 else
     "$python" benchmarks/throughput.py --out "$work/throughput.json" --budget 330 --steps 5
 fi
