@@ -52,7 +52,7 @@ def main() -> None:
         specs[name] = ({**base, "compile": variant == "compile", "precision": precision, "memory_format": layout}, None)
 
     with workers(specs) as started:
-        threads = {w.ready["threads"] for w in started.values()}
+        threads = ", ".join(str(t) for t in sorted({w.ready["threads"] for w in started.values()}))
         timers = {(name, job): (lambda w=w, j=job: w(j)) for name, w in started.items() for job in jobs}
         times = interleave(timers, args.rounds)
     medians = {key: median(values) for key, values in times.items()}

@@ -2,6 +2,10 @@
 
 import importlib
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -88,3 +92,17 @@ def latent_assets(tmp_path_factory):
     settings = EncodeSettings(resolution=64, shard_size=64, batch_size=16, dtype="float32")
     encode_dataset(assets["src"], assets["set32"], assets["vae2"], settings, progress=False)
     return assets
+
+
+def kill_at_first_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 600) -> list:
+    """SIGKILL the training ``proc`` as soon as ``run_dir`` holds a checkpoint (at most
+    ``timeout`` s); returns the checkpoints it left."""
+    from autoguide.train.checkpoint import list_checkpoints
+
+    deadline = time.monotonic() + timeout
+    while not list_checkpoints(run_dir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return list_checkpoints(run_dir)

@@ -10,7 +10,7 @@ import torch
 from autoguide.config import compose, get_preset
 from autoguide.diffusion import edm2_loss
 from autoguide.nets import build_network
-from autoguide.sample import PAG, SEG, TSG, generate_images
+from autoguide.sample import PAG, SEG, TSG, Dropout, LayerSkip, generate_images
 from autoguide.train.gradients import FlatGradients
 from autoguide.train.run import train
 
@@ -70,12 +70,18 @@ def test_ddp_with_one_gpu(tmp_path):
     assert final.is_file()
 
 
-def test_sampler_bf16_is_close_to_fp32_on_the_same_seeds():
+def sampling_net() -> torch.nn.Module:
+    """The tiny UNet on the GPU for sampling, its zero-initialised gains set so every input matters."""
     torch.manual_seed(0)
     net = build_network(TINY).to(DEVICE).eval().requires_grad_(False)
     for p in net.parameters():
         if p.ndim == 0:
             p.data.fill_(0.8)
+    return net
+
+
+def test_sampler_bf16_is_close_to_fp32_on_the_same_seeds():
+    net = sampling_net()
     seeds, labels = list(range(16)), [i % 4 for i in range(16)]
     fp32 = generate_images(net, seeds, labels, device=DEVICE, num_steps=8)
     bf16 = generate_images(net, seeds, labels, device=DEVICE, num_steps=8, precision="bf16")
@@ -83,13 +89,10 @@ def test_sampler_bf16_is_close_to_fp32_on_the_same_seeds():
 
 
 def test_guidance_hooks_under_compile_on_cuda():
-    torch.manual_seed(0)
-    net = build_network(TINY).to(DEVICE).eval().requires_grad_(False)
-    for p in net.parameters():
-        if p.ndim == 0:
-            p.data.fill_(0.8)
+    net = sampling_net()
     seeds, labels = list(range(8)), [i % 4 for i in range(8)]
-    for terms in ([PAG(weight=2.0)], [SEG(weight=2.0)], [TSG(weight=1.5)]):
+    terms_list = ([PAG(weight=2.0)], [SEG(weight=2.0)], [TSG(weight=1.5)], [LayerSkip(weight=2.0)], [Dropout(weight=2.0, p=0.2)])
+    for terms in terms_list:
         eager = generate_images(net, seeds, labels, terms, device=DEVICE, num_steps=3)
         compiled = generate_images(net, seeds, labels, terms, device=DEVICE, num_steps=3, compile=True)
         torch.testing.assert_close(compiled, eager, rtol=0, atol=2e-3)

@@ -133,3 +133,26 @@ def test_sweep_with_a_fixed_main_model(runs, tmp_path):
     assert len(rows) == 2 * 2 and best["main_model"] == str(main_file)  # guide time x weight
     with pytest.raises(ValueError, match="set exactly one of main.run"):
         sweep(sweep_cfg(runs, tmp_path / "both", f"main.model={main_file}"))
+
+
+def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
+    """``grid.term``: dropout rate x APG on/off as a product (the ``variant`` column); a guide
+    from the main run itself (a shorter EMA of an earlier snapshot)."""
+    main, _ = runs
+    cfg = sweep_cfg(runs, tmp_path / "dropout", "guidance=dropout", "guides.runs=[]", "grid.interval=[null]",
+                    "grid.main_std=[0.1]", "grid.weight=[1,2]", "grid.term={p:[0.2,0.5],apg:[null,{eta:0.0}]}")
+    sweep(cfg)
+    rows = read_rows(tmp_path / "dropout" / "sweep.csv")
+    variants = ["p=0.2 apg=null", 'p=0.2 apg={"eta":0.0}', "p=0.5 apg=null", 'p=0.5 apg={"eta":0.0}']
+    assert [(r["variant"], r["weight"]) for r in rows] == [(v, w) for v in variants for w in ("1.0", "2.0")]
+    assert len({r["toy_logp"] for r in rows if r["weight"] == "1.0"}) == 1  # unguided once
+    assert len({r["toy_logp"] for r in rows if r["weight"] == "2.0"}) == 4  # every variant differs
+
+    same_run = sweep(sweep_cfg(runs, tmp_path / "same", f"guides.runs=[{main}]", "guides.times=[0.5]", "grid.interval=[null]",
+                               "grid.main_std=[0.1]", "grid.guide_std=[0.05]", "grid.weight=[2]"))
+    assert same_run["guide"] == "main@2000" and same_run["guide_std"] == 0.05
+
+    with pytest.raises(ValueError, match=r"grid.term.weight: not an option to sweep for guidance kind=dropout; valid: \[.*'p'"):
+        sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={weight:[2]}"))
+    with pytest.raises(ValueError, match="grid.term.q: not an option"):
+        sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={q:[2]}"))

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,7 @@ from autoguide.sample.batch import generate_images  # noqa: E402
 from autoguide.sample.labels import class_labels  # noqa: E402
 from autoguide.settings import ConfigError  # noqa: E402
 from autoguide.train.checkpoint import list_checkpoints  # noqa: E402
+from conftest import kill_at_first_checkpoint  # noqa: E402
 from autoguide.train.run import check_data  # noqa: E402
 from autoguide.train.validate import run_settings  # noqa: E402
 
@@ -98,13 +97,7 @@ def test_sigkill_and_resume_on_latent_data_is_bit_exact(straight_run, latent_ass
     killed = tmp_path / "killed"
     command = train_command(killed, latent_assets, workers=2)  # loader workers: the batches stay the same
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_THREAD)
-    deadline = time.monotonic() + 600
-    while not list_checkpoints(killed) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = list_checkpoints(killed)
+    saved = kill_at_first_checkpoint(proc, killed)
     assert saved and saved[-1][0] < STEPS * BATCH and not (killed / "final.safetensors").exists()
 
     run_to_end(command, tmp_path)  # the same command again: resume=auto

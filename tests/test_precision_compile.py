@@ -15,7 +15,7 @@ import torch
 from autoguide.config import compose
 from autoguide.io import read_model_file
 from autoguide.nets import build_network, is_compiled
-from autoguide.sample import PAG, SAG, SEG, TSG, generate_images
+from autoguide.sample import APG, PAG, SAG, SEG, TSG, Dropout, LayerSkip, generate_images
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.run import train
 
@@ -82,11 +82,13 @@ def test_compiled_sampling_keeps_the_guidance_hooks():
         if p.ndim == 0:
             p.data.fill_(0.8)
     seeds, labels = list(range(6)), [0, 1, 2, 3, 0, 1]
-    terms = {"none": [], "pag": [PAG(weight=2.0)], "seg": [SEG(weight=2.0)], "tsg": [TSG(weight=1.5)]}
+    terms = {"none": [], "pag": [PAG(weight=2.0)], "seg": [SEG(weight=2.0)], "tsg": [TSG(weight=1.5)],
+             "layer_skip": [LayerSkip(weight=2.0)], "dropout": [Dropout(weight=2.0, p=0.2, apg=APG(eta=0.0))]}
     eager = {k: generate_images(net, seeds, labels, t, num_steps=3) for k, t in terms.items()}
     for name, guidance in terms.items():
         torch.testing.assert_close(generate_images(net, seeds, labels, guidance, num_steps=3, compile=True), eager[name], rtol=0, atol=1e-3)
     assert is_compiled(net) and not any(k.startswith("_orig_mod") for k in net.state_dict())
-    assert not torch.allclose(eager["pag"], eager["none"], atol=1e-3)  # the hooks act
+    for name in ("pag", "layer_skip", "dropout"):
+        assert not torch.allclose(eager[name], eager["none"], atol=1e-3)  # the hooks act
     with pytest.raises(ValueError, match="cannot run SAG"):
         generate_images(net, seeds, labels, [SAG(weight=1.5)], num_steps=3, compile=True)

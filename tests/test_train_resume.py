@@ -4,11 +4,8 @@ uninterrupted run ends: raw weights and post-hoc EMA snapshots."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from autoguide.train.checkpoint import list_checkpoints
+from conftest import kill_at_first_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 80
@@ -60,13 +58,7 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     run_to_end(straight, tmp_path)
 
     proc = subprocess.Popen(command(killed), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while not list_checkpoints(killed) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = list_checkpoints(killed)
+    saved = kill_at_first_checkpoint(proc, killed)
     assert saved and saved[-1][0] < STEPS * BATCH, "no intermediate checkpoint before the kill"
     assert not (killed / "final.safetensors").exists()
     assert (killed / ".autoguide-claim.json").is_file(), "the killed run's claim stays behind"

@@ -49,13 +49,13 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
 RUNS = HERE / "runs"
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import figure  # noqa: E402  (this folder's modules)
 import report  # noqa: E402
 import selection  # noqa: E402
+from steps import REPO, call, listing, number  # noqa: E402  (shared by the results scripts)
 
 NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
 FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
@@ -64,7 +64,6 @@ NEGATIVE_STDS = [0.01, 0.05]                # EMA lengths of the CFG negative an
 CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0]
 AG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]
 VARIANT_WEIGHTS = [1.5, 2.0, 3.0, 4.0]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 COMMON = [f"paths.runs_dir={RUNS}", "logger=csv", "seed=0"]
 # The main model is p(x | A) (no labels): its samples are measured against class A's tree.
@@ -110,23 +109,6 @@ VARIANTS = [
 ]
 
 
-def listing(values: Sequence[Any]) -> str:
-    """A Hydra list override value, ``[a,b,c]``."""
-    return "[" + ",".join(str(v) for v in values) + "]"
-
-
-def call(command: list[str], log: Path) -> float:
-    """Run ``command`` in the repository root, output to ``log``; returns its wall time (s)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("+", " ".join(command), flush=True)
-    started = time.time()
-    with log.open("w") as out:
-        done = subprocess.run(command, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode:
-        raise SystemExit(f"command failed (exit {done.returncode}), see {log}: {' '.join(command)}")
-    return round(time.time() - started, 1)
-
-
 def training_seconds(run_dir: Path) -> int:
     """Wall seconds of a finished training run: from the first to the "final model" line of its
     ``logs/train.log`` (the last invocation, if it was resumed)."""
@@ -154,16 +136,6 @@ def train(name: str, steps: dict[str, Any]) -> Path:
     return run_dir
 
 
-def numeric(value: str) -> Any:
-    """A CSV cell as float when it is a number, None when empty, else the string."""
-    if value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
 def sweep(tag: str, overrides: list[str], steps: dict[str, Any]) -> list[dict[str, Any]]:
     """Run one ``autoguide-sweep`` into ``runs/sweeps/<tag>`` unless the same command
     already finished there; returns its rows."""
@@ -177,7 +149,7 @@ def sweep(tag: str, overrides: list[str], steps: dict[str, Any]) -> list[dict[st
         steps[f"sweep {tag}"]["seconds"] = call(command, RUNS / "logs" / f"sweep-{tag}.log")
         stamp.write_text(json.dumps(command))
     with (out / "sweep.csv").open() as f:
-        return [unguided_fields({k: numeric(v) for k, v in row.items()}) for row in csv.DictReader(f)]
+        return [unguided_fields({k: number(v) for k, v in row.items()}) for row in csv.DictReader(f)]
 
 
 def unguided_fields(row: dict[str, Any]) -> dict[str, Any]:

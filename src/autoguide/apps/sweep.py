@@ -39,6 +39,7 @@ def sweep_settings(cfg: DictConfig) -> SweepSettings:
         guide_runs=tuple(str(r) for r in _items(cfg.guides.runs or [])), guide_times=_items(cfg.guides.times),
         weight=_items(cfg.grid.weight), main_std=_items(cfg.grid.main_std), guide_std=_items(cfg.grid.guide_std),
         interval=tuple(None if i is None else tuple(i) for i in _items(cfg.grid.interval)),
+        term=tuple((str(key), _items(values)) for key, values in (plain(cfg.grid.get("term")) or {}).items()),
         select=str(cfg.select), max_error=float(cfg.reconstruct.max_error), batch=int(cfg.reconstruct.batch),
     )
 

@@ -1,7 +1,11 @@
 """Guidance sweeps: evaluate a grid of settings and name the best one.
 
-Axes: guidance weight, main EMA std, guide EMA std, guide run ("size") x guide time, and the
-guidance interval. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
+Axes: guidance weight, main EMA std, guide EMA std, guide run ("size") x guide time, the
+guidance interval, and ``term``: any other options of the guidance term, each with its list of
+values (``{p: [0.1, 0.3], apg: [null, {eta: 0.0}], blocks: [[block0], [block1]]}``: rule
+parameters, which blocks, dropout rate ...), swept as their product (the ``variant`` column).
+A guide from the same run as the main model (a shorter EMA, an earlier snapshot) is a guide run
+equal to the main run. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
 e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per (run, std, nimg) and then reused from
 ``<run>/reconstructed`` (``autoguide.ema.PosthocEMA.cached``). Settings without an active
 guidance term (weight 1) give the same samples whatever the guide, so they are evaluated once
@@ -15,6 +19,7 @@ Outputs in the output folder: ``sweep.csv`` (one row per setting, rewritten afte
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -27,12 +32,13 @@ from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row, plot_ema, plot_weight
 from autoguide.io import read_card, write_csv_atomic, write_json_atomic
 from autoguide.runtime import ModelLoader
-from autoguide.sample.config import build_guidance
+from autoguide.sample.config import TERMS, build_guidance, term_keys
 from autoguide.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
-SETTING_KEYS = ["main_std", "main_nimg", "guide", "guide_std", "guide_nimg", "weight", "interval_lo", "interval_hi"]
+SETTING_KEYS = ["main_std", "main_nimg", "guide", "guide_std", "guide_nimg", "variant", "weight", "interval_lo", "interval_hi"]
+OWN_AXES = ("kind", "weight", "interval", "model")  # term keys with their own axis (or none)
 FILE_KEYS = ["main_model", "guide_model", "seconds"]
 
 
@@ -41,7 +47,8 @@ class SweepSettings:
     """The grid: the main run (``main_run`` at ``main_time``) and its EMA stds, or one main
     model file (``main_model``); the guide runs at every guide time and their EMA stds, the
     weights and intervals; ``select`` names the metric that picks the best row;
-    ``max_error``/``batch`` go to the EMA reconstruction."""
+    ``max_error``/``batch`` go to the EMA reconstruction; ``term``: ``(key, values)`` pairs of
+    other term options swept as a product."""
 
     main_run: str | None = None
     main_model: str | None = None
@@ -52,6 +59,7 @@ class SweepSettings:
     main_std: tuple[float, ...] = (0.1,)
     guide_std: tuple[float, ...] = (0.1,)
     interval: tuple[tuple[float, float] | None, ...] = (None,)
+    term: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     select: str
     max_error: float = DEFAULT_MAX_ERROR
     batch: int = 8
@@ -69,11 +77,34 @@ def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, P
     return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
 
-def guidance_config(term: Mapping[str, Any], weight: float, interval: Sequence[float] | None, guide: Path | None) -> dict[str, Any]:
-    """The guidance term ``term`` with this grid point's weight, interval and guide model."""
+def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the ``term`` axis values (one empty variant without that axis);
+    names a key the term does not take, or one with its own axis."""
+    kind = str(term.get("kind"))
+    valid = [k for k in term_keys(kind) if k not in OWN_AXES] if kind in TERMS else []
+    for key, values in settings.term:
+        if key not in valid:
+            raise ConfigError(f"grid.term.{key}: not an option to sweep for guidance kind={kind}; valid: {valid} "
+                              f"(weight, interval and the guide have their own grid axes)")
+        if not values:
+            raise ConfigError(f"grid.term.{key}: give at least one value")
+    keys = [key for key, _ in settings.term]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in settings.term))]
+
+
+def variant_label(variant: Mapping[str, Any]) -> str:
+    """``key=value`` pairs of a term variant, values as JSON (``""`` for none)."""
+    return " ".join(f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in variant.items())
+
+
+def guidance_config(
+    term: Mapping[str, Any], weight: float, interval: Sequence[float] | None, guide: Path | None, variant: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The guidance term ``term`` with this grid point's weight, interval, guide model and
+    term variant."""
     if "weight" not in term or "interval" not in term:
         raise ConfigError(f"guidance kind={term.get('kind')} has no weight/interval to sweep")
-    point = {**term, "weight": float(weight), "interval": None if interval is None else [float(v) for v in interval]}
+    point = {**term, **variant, "weight": float(weight), "interval": None if interval is None else [float(v) for v in interval]}
     if guide is not None:
         point["model"] = str(guide)
     return point
@@ -101,15 +132,17 @@ def run_sweep(settings: SweepSettings, term: Mapping[str, Any], evaluation: Eval
         raise ConfigError(f"select={settings.select!r} is not measured here; the metrics are {names}")
     main_nimg, main_models = main_axis(settings)
     guides = guide_axis(settings, term)
+    variants = term_variants(settings, term)
     rows: list[dict[str, Any]] = []
     for main_std, main_file in main_models.items():
         load = ModelLoader(evaluation.device)  # per main model: only its models stay in memory
         net = load(str(main_file))
         unguided: dict[str, float] | None = None
-        for (label, guide_nimg, guide_files), interval, weight in itertools.product(guides, settings.interval, settings.weight):
+        grid = itertools.product(guides, variants, settings.interval, settings.weight)
+        for (label, guide_nimg, guide_files), variant, interval, weight in grid:
             for guide_std, guide_file in guide_files.items():
                 started = time.time()
-                terms = build_guidance(guidance_config(term, weight, interval, guide_file), load)
+                terms = build_guidance(guidance_config(term, weight, interval, guide_file, variant), load)
                 if terms or unguided is None:
                     values = evaluation(net, terms)["metrics"]
                     unguided = unguided if terms else values
@@ -117,7 +150,7 @@ def run_sweep(settings: SweepSettings, term: Mapping[str, Any], evaluation: Eval
                     values = unguided
                 rows.append({
                     "main_std": main_std, "main_nimg": main_nimg, "guide": label, "guide_std": guide_std,
-                    "guide_nimg": guide_nimg, "weight": float(weight),
+                    "guide_nimg": guide_nimg, "variant": variant_label(variant), "weight": float(weight),
                     "interval_lo": None if interval is None else interval[0], "interval_hi": None if interval is None else interval[1],
                     **values, "main_model": str(main_file), "guide_model": None if guide_file is None else str(guide_file),
                     "seconds": round(time.time() - started, 2),

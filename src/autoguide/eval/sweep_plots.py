@@ -33,19 +33,25 @@ def best_by(rows: Sequence[Row], metric: str, keys: Sequence[str]) -> dict[tuple
     return {key: best_row(group, metric) for key, group in groups.items()}
 
 
+def curve(row: Row) -> str:
+    """The curve (and heat map) a row belongs to: its guide, and its term variant if any."""
+    return f"{row['guide']} {row['variant']}" if row.get("variant") else str(row["guide"])
+
+
 def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
 
 
 def plot_weight(path: Path, rows: Sequence[Row], metric: str) -> None:
-    """``metric`` against the guidance weight, one curve per guide; the best setting starred."""
+    """``metric`` against the guidance weight, one curve per guide and term variant; the best
+    setting starred."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.add_subplot()
-    for guide in dict.fromkeys(r["guide"] for r in rows):
-        points = sorted(best_by([r for r in rows if r["guide"] == guide], metric, ["weight"]).items())
+    for guide in dict.fromkeys(curve(r) for r in rows):
+        points = sorted(best_by([r for r in rows if curve(r) == guide], metric, ["weight"]).items())
         ax.plot([k[0] for k, _ in points], [float(r[metric]) for _, r in points], marker="o", label=str(guide))
     best = best_row(rows, metric)
     ax.plot([best["weight"]], [float(best[metric])], marker="*", markersize=16, color="black", linestyle="none", label="best")
@@ -63,16 +69,16 @@ def _std_label(std: float | None) -> str:
 
 
 def plot_ema(path: Path, rows: Sequence[Row], metric: str) -> None:
-    """Heat maps of ``metric`` over (main EMA std, guide EMA std), one per guide, each cell the
+    """Heat maps of ``metric`` over (main EMA std, guide EMA std), one per guide and term variant, each cell the
     best over weights and intervals; the best cell of each map is framed."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    guides = list(dict.fromkeys(r["guide"] for r in rows))
+    guides = list(dict.fromkeys(curve(r) for r in rows))
     fig = Figure(figsize=(4.8 * len(guides), 4.2), dpi=120, layout="constrained")
     for index, guide in enumerate(guides):
         ax = fig.add_subplot(1, len(guides), index + 1)
-        cells = best_by([r for r in rows if r["guide"] == guide], metric, ["main_std", "guide_std"])
+        cells = best_by([r for r in rows if curve(r) == guide], metric, ["main_std", "guide_std"])
         main_stds, guide_stds = (sorted({k[i] for k in cells}, key=lambda s: (s is None, s)) for i in (0, 1))
         values = np.full((len(guide_stds), len(main_stds)), np.nan)
         for (m, g), row in cells.items():

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoguide.nets.hooks import LayerPoints
 from autoguide.nets.mp import MPConv, MPFourier, mp_silu
 
 
@@ -54,6 +55,7 @@ class EnergyDenoiser(nn.Module):
         self.sigma_data = sigma_data
         self.layers = nn.ModuleList([MPConv(img_channels + 2 + label_dim, width, kernel=[])])
         self.layers.extend(MPConv(width, width, kernel=[]) for _ in range(depth))
+        self.points = nn.ModuleList(LayerPoints() for _ in range(depth))  # hidden layers 1..depth (nets.hooks)
         self.gain = nn.Parameter(torch.zeros([]))
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
@@ -81,9 +83,14 @@ class EnergyDenoiser(nn.Module):
         if labels is not None:
             parts.append(labels * math.sqrt(self.label_dim))
         y = self.layers[0](torch.cat(parts, dim=1))
-        for layer in self.layers[1:]:
-            y = layer(mp_silu(y))
+        for layer, points in zip(self.layers[1:], self.points):
+            y = points.output_point(y, points.branch_point(layer(mp_silu(y))))
         return y.square().mean(1) * self.gain / sigma - 0.5 * scaled.square().sum(1)
+
+    def blocks(self) -> dict[str, LayerPoints]:
+        """The hook points of every hidden layer by name (``layer1`` ... ``layer<depth>``): its
+        branch is the layer's output, its skip path the layer's input ``y`` (same width)."""
+        return {f"layer{i}": points for i, points in enumerate(self.points, start=1)}
 
     def log_density(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The learned unnormalised ``log p(x; sigma, c)`` [N] (for plots and diagnostics)."""

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from autoguide.nets.hooks import HookPoint
 from autoguide.nets.mp import MPConv, MPFourier, mp_silu, mp_sum
 
 
@@ -26,10 +27,12 @@ class MLPBlock(nn.Module):
         self.lin0 = MPConv(width, width, kernel=[])
         self.emb_linear = MPConv(emb_channels, width, kernel=[])
         self.lin1 = MPConv(width, width, kernel=[])
+        self.branch_point = HookPoint()  # (y) -> y: the residual branch (nets.hooks)
+        self.output_point = HookPoint()  # (x, output) -> output (nets.hooks)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        y = self.lin0(mp_silu(x)) * (self.emb_linear(emb, gain=self.emb_gain) + 1)
-        return mp_sum(x, self.lin1(mp_silu(y)), t=self.res_balance)
+        y = self.branch_point(mp_silu(self.lin0(mp_silu(x)) * (self.emb_linear(emb, gain=self.emb_gain) + 1)))
+        return self.output_point(x, mp_sum(x, self.lin1(y), t=self.res_balance))
 
 
 class MLP(nn.Module):

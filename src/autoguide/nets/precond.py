@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoguide.nets.mlp import MLP
 from autoguide.nets.mp import MPConv, MPFourier
 from autoguide.nets.unet import AttentionOp, Block
 
@@ -91,12 +92,16 @@ class Precond(nn.Module):
         logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(shape)
         return d_x, logvar.to(torch.float32)
 
-    def blocks(self) -> dict[str, Block]:
-        """Every UNet block by name, e.g. ``{"enc.16x16_block0": block, "dec.8x8_in0": ...}``
-        (``enc.``/``dec.`` + the reference key); empty for the MLP."""
-        return {f"{part}.{name}": block for part in ("enc", "dec") for name, block in getattr(self.backbone, part, {}).items()
+    def blocks(self) -> dict[str, nn.Module]:
+        """Every residual block in forward order by name, each with the hook points of
+        ``nets.hooks``: the UNet's ``enc.16x16_block0`` ... ``dec.8x8_in0`` ... (``enc.``/``dec.``
+        + the reference key), the MLP's ``block0`` ... ``block<depth-1>``."""
+        backbone = self.backbone
+        if isinstance(backbone, MLP):
+            return {f"block{i}": block for i, block in enumerate(backbone.blocks)}
+        return {f"{part}.{name}": block for part in ("enc", "dec") for name, block in getattr(backbone, part).items()
                 if isinstance(block, Block)}
 
     def attention_ops(self) -> dict[str, AttentionOp]:
         """Every self-attention op by block name, e.g. ``{"dec.16x16_block1": op, ...}``."""
-        return {name: block.attn_op for name, block in self.blocks().items() if block.num_heads}
+        return {name: block.attn_op for name, block in self.blocks().items() if getattr(block, "num_heads", 0)}

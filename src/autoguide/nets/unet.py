@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoguide.nets.hooks import HookPoint
 from autoguide.nets.mp import SILU_RMS, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 
 
@@ -41,15 +42,6 @@ def mp_sum_into(x: torch.Tensor, layer: MPConv, inp: torch.Tensor, t: float, gai
     """
     n = math.sqrt((1 - t) ** 2 + t**2)
     return torch.add(layer(inp, gain=gain * t / n), x, alpha=(1 - t) / n)
-
-
-class HookPoint(nn.Module):
-    """The identity on its last argument: a named place in a forward where a perturbation hook
-    (``autoguide.sample.perturb``) can replace a value for some rows of the batch. No
-    parameters, so the state dict does not see it."""
-
-    def forward(self, *values: torch.Tensor) -> torch.Tensor:
-        return values[-1]
 
 
 class AttentionOp(nn.Module):
@@ -107,8 +99,8 @@ class Block(nn.Module):
             self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1])
             self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1])
             self.attn_op = AttentionOp()
-        self.branch_point = HookPoint()  # the residual branch where dropout acts: (y) -> y
-        self.output_point = HookPoint()  # the block's output: (x before the branch, output) -> output
+        self.branch_point = HookPoint()  # (y) -> y: the residual branch, where dropout acts (nets.hooks)
+        self.output_point = HookPoint()  # (skip path, output) -> output (nets.hooks)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The block in EDM2's form (docs/design.md, "EDM2 network")::

@@ -31,10 +31,18 @@ every term takes ``interval=(sigma_lo, sigma_hi)`` (on for ``sigma`` in ``(lo, h
 - ``TSG(weight=1.5, scale=1.0, exponent=1.0)`` — perturbed noise embedding;
 - ``PAG(weight=3.0, blocks=["dec.8x8_in0"])`` — identity self-attention;
 - ``SEG(weight=3.0, blur_sigma=10.0, blocks=None)`` — Gaussian-blurred queries;
-- ``SAG(weight=1.5, blur_sigma=1.0, threshold=1.0, block=None)`` — blurred high-attention regions.
-Block names are those of ``net.attention_ops()``; ``None`` means the bottleneck. Terms on the
-positive network (CFG null label, ICG, TSG, PAG, SEG) share one batched forward with the
-positive; autoguidance/SIMS cost one guide forward; equal negatives are evaluated once.
+- ``SAG(weight=1.5, blur_sigma=1.0, threshold=1.0, block=None)`` — blurred high-attention regions;
+- ``LayerSkip(weight=2.0, blocks=None)`` — the residual branch of blocks skipped (default: the bottleneck);
+- ``Dropout(weight=2.0, p=0.1, blocks=None)`` — dropout kept on at sampling (in-situ autoguidance).
+Attention block names are those of ``net.attention_ops()`` (``None``: the bottleneck); layer
+skip and dropout take names of ``net.blocks()``. Terms on the positive network (CFG null
+label, ICG, TSG, PAG, SEG, layer skip, dropout) share one batched forward with the positive;
+autoguidance/SIMS cost one guide forward; equal negatives are evaluated once.
+
+Every term also takes update rules (``autoguide.sample.rules``): ``apg=APG(eta=0.0, r=inf,
+beta=0.0)`` (Sadat et al. 2025), ``zero_star=ZeroStar(scale=True, zero_levels=0)`` (CFG-Zero*,
+Fan et al. 2025), ``rescale=phi`` (Lin et al. 2024) and ``cap`` (largest RMS change per
+element), each applied per image in the denoiser (x0) space.
 
 Example::
 
@@ -49,13 +57,17 @@ Command line: ``autoguide-generate`` (``autoguide.apps.generate``, config ``conf
 """
 
 from autoguide.sample.batch import generate_images, sample_shape
-from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, GuidanceTerm, SIMSNegative
+from autoguide.sample.guidance import (
+    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative,
+)
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.sampler import edm_sampler
+from autoguide.sample.rules import APG, GuidanceRule, ZeroStar
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
 from autoguide.sample.settings import SamplerSettings
 
 __all__ = [
-    "CFG", "ICG", "PAG", "SAG", "SEG", "TSG", "Autoguidance", "GuidanceTerm", "GuidedDenoiser", "SIMSNegative",
+    "APG", "CFG", "ICG", "PAG", "SAG", "SEG", "TSG", "Autoguidance", "Dropout", "GuidanceRule", "GuidanceTerm",
+    "GuidedDenoiser", "LayerSkip", "SIMSNegative", "ZeroStar",
     "SamplerSettings", "SeedStreams", "edm_sampler", "generate_images", "parse_seeds", "sample_shape", "seed_noise",
 ]

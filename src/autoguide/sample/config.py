@@ -1,8 +1,9 @@
 """Guidance terms from configuration mappings (the ``guidance`` entry of the generation config).
 
 A term mapping has ``kind`` (``none``, ``autoguidance``, ``sims``, ``cfg``, ``icg``, ``tsg``,
-``pag``, ``seg``, ``sag``) and the keyword arguments of that class in
-``autoguide.sample.guidance`` (``weight``, ``interval``, ``blocks``, ...); a model-file path
+``pag``, ``seg``, ``sag``, ``layer_skip``, ``dropout``) and the keyword arguments of that class
+in ``autoguide.sample.guidance`` (``weight``, ``interval``, ``blocks``, the update rule options
+``apg``, ``zero_star``, ``rescale``, ``cap`` ...); a model-file path
 under ``model`` stands for the term's network (autoguidance/sims: the guide, required;
 cfg: an optional separate unconditional model). Several terms: ``{terms: [term, ...]}``.
 A term that cannot change the result (``weight 1``, SIMS ``omega 0``) is dropped before its

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
 from autoguide.sample.perturb import (
     BlurredQueries,
     IdentityAttention,
+    KeptDropout,
     NoisyEmbedding,
     Perturbation,
+    SkippedBlocks,
     resolve_attention_blocks,
 )
+from autoguide.sample.rules import APG, GuidanceRule, ZeroStar
 
 LabelRule = Literal["same", "null", "random"]
 
@@ -79,16 +83,42 @@ def _check_weight(value: float, what: str) -> None:
         raise ValueError(f"{what} must be finite, got {value}")
 
 
+def _option(cls: type, value: Any, what: str) -> Any:
+    """A rule option given as a mapping (config) built into ``cls``; ``None`` and instances pass."""
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping of {sorted(cls.__dataclass_fields__)}, got {value!r}")
+    unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}")
+    return cls(**value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuidanceTerm(ABC):
-    """Base of all terms: the optional interval; every term has a Karras ``weight`` field."""
+    """Base of all terms: the optional interval and the update rule options
+    (``autoguide.sample.rules``: ``apg``, ``zero_star``, ``rescale``, ``cap``, each a mapping or
+    its class); every term has a Karras ``weight`` field."""
 
     interval: tuple[float, float] | None = None
+    apg: APG | None = None
+    zero_star: ZeroStar | None = None
+    rescale: float = 0.0
+    cap: float | None = None
+    rule: GuidanceRule = field(init=False, repr=False, compare=False)  # built from the four options above
     kind: ClassVar[str]
     weight: ClassVar[float]  # a dataclass field of every concrete term
 
     def __post_init__(self) -> None:
         _check_weight(self.weight, f"{self.kind}: weight")
+        object.__setattr__(self, "apg", _option(APG, self.apg, f"{self.kind}: apg"))
+        object.__setattr__(self, "zero_star", _option(ZeroStar, self.zero_star, f"{self.kind}: zero_star"))
+        try:
+            rule = GuidanceRule(self.apg, self.zero_star, self.rescale, math.inf if self.cap is None else self.cap)
+        except ValueError as error:
+            raise ValueError(f"{self.kind}: {error}") from None
+        object.__setattr__(self, "rule", rule)
         if self.interval is not None:
             lo, hi = (float(v) for v in self.interval)
             if not (0 <= lo < hi):
@@ -279,6 +309,37 @@ class SAG(GuidanceTerm):
             raise ValueError(f"sag: blur_sigma must be positive and finite, got {self.blur_sigma}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class LayerSkip(GuidanceTerm):
+    """Layer skip as a bad version of the model (SD3.5's skip-layer guidance; spatiotemporal
+    skip guidance, Hyung et al. 2024): the negative is the same model with the residual branch
+    of ``blocks`` (default: the UNet bottleneck, an MLP's middle block) skipped, each such block
+    returning its skip path (see ``SkippedBlocks``). Rides in the positive's batch."""
+
+    weight: float
+    blocks: tuple[str, ...] | None = None
+    kind: ClassVar[str] = "layer_skip"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(perturbation=SkippedBlocks(_blocks(self.blocks)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropout(GuidanceTerm):
+    """In-situ autoguidance (arXiv 2510.17136, "Guiding a diffusion model with itself using
+    dropout"): the negative is the same model with dropout of rate ``p`` kept on at sampling on
+    the residual branch of ``blocks`` (default: every block), masks drawn per image and
+    evaluation from the image's seed (see ``KeptDropout``). Rides in the positive's batch."""
+
+    weight: float
+    p: float = 0.1
+    blocks: tuple[str, ...] | None = None
+    kind: ClassVar[str] = "dropout"
+
+    def negative(self) -> SameNetwork:
+        return SameNetwork(perturbation=KeptDropout(float(self.p), _blocks(self.blocks)))
+
+
 TERMS: dict[str, type[GuidanceTerm]] = {
-    cls.kind: cls for cls in (Autoguidance, SIMSNegative, CFG, ICG, TSG, PAG, SEG, SAG)
+    cls.kind: cls for cls in (Autoguidance, SIMSNegative, CFG, ICG, TSG, PAG, SEG, SAG, LayerSkip, Dropout)
 }

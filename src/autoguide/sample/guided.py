@@ -1,7 +1,13 @@
 """The guided denoiser: one positive network plus any guidance terms, evaluated efficiently.
 
 ``D(x, sigma) = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` over the terms active at
-``sigma`` (docs/design.md, "Conventions"; one term: ``D_neg + w (D_pos - D_neg)``).
+``sigma`` (docs/design.md, "Conventions"; one term: ``D_neg + w (D_pos - D_neg)``); a term
+with an update rule (``autoguide.sample.rules``: APG, CFG-Zero*, rescale, cap) adds
+``rule.change(w, x, D_pos, D_neg)`` instead, which is the same for the default rule. CFG-Zero*'s
+zero-init returns ``D = x`` (no network evaluation) at the first ``zero_levels`` distinct noise
+levels the denoiser is called with: with Heun's 2nd-order steps, steps ``0 .. K-2`` stand still
+and step ``K-1``'s correction averages a zero slope with a real one; with Euler, steps
+``0 .. K-1`` stand still, as the paper's first ``K`` flow steps.
 
 Evaluation plan at each call:
 1. The negatives of active terms are collected as requests; equal requests are evaluated once.
@@ -62,6 +68,8 @@ class GuidedDenoiser:
         self.streams = streams
         self.precision = precision
         self._random_labels: torch.Tensor | None = None
+        self._states: dict[int, dict[str, torch.Tensor]] = {id(term): {} for term in self.terms}  # per term: APG momentum
+        self._levels: list[float] = []  # distinct noise levels seen, in order (CFG-Zero* zero-init)
 
     def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One network forward under the chosen precision, returned as float64."""
@@ -109,6 +117,8 @@ class GuidedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided ``D(x, sigma)`` for one noise level ``sigma`` shared by the batch."""
+        if self._zeroed(float(sigma)):
+            return x.to(torch.float64)
         active = [t for t in self.terms if t.is_active(sigma)]
         requests: list[NegativeRequest] = list(dict.fromkeys(t.negative() for t in active))
         in_batch = [r for r in requests if isinstance(r, SameNetwork)]
@@ -124,8 +134,17 @@ class GuidedDenoiser:
                 negatives[request] = self._sag_negative(x, sigma_rows, d_pos, capture, request)
         d = d_pos
         for term in active:
-            d = d + (term.weight - 1) * (d_pos - negatives[term.negative()])
+            d = d + term.rule.change(term.weight, x, d_pos, negatives[term.negative()], self._states[id(term)])
         return d
+
+    def _zeroed(self, sigma: float) -> bool:
+        """CFG-Zero*'s zero-init: whether ``sigma`` is among the first ``zero_levels`` distinct
+        noise levels this denoiser has seen, for a term with the option and ``w != 1`` (inside
+        its interval or not)."""
+        if sigma not in self._levels:
+            self._levels.append(sigma)
+        level = self._levels.index(sigma)
+        return any(t.weight != 1 and t.rule.zero_star is not None and level < t.rule.zero_star.zero_levels for t in self.terms)
 
     def _attention_block(self, request: DegradedInput) -> str:
         return request.block or default_attention_block(list(attention_ops(self.net)))

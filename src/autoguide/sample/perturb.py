@@ -5,7 +5,8 @@ a context manager that registers forward hooks on the network, perturbs only bat
 ``rows`` (so the perturbed negative rides in the same forward as the positive rows) and
 removes every hook on exit, leaving the network exactly as it was.
 
-Hook points (docs/design.md, "Contracts between parts"): the attention ops ``net.attention_ops()`` (``forward(q, k, v,
+Hook points (docs/design.md, "Contracts between parts"): the residual blocks
+``net.blocks()`` (their ``branch_point`` / ``output_point``, ``nets.hooks``), the attention ops ``net.attention_ops()`` (``forward(q, k, v,
 grid_hw)``, q/k/v ``[N, heads, tokens, ch]``) and the Fourier noise embedding
 ``net.backbone.emb_fourier`` (``net.unet.emb_fourier`` for the UNet).
 
@@ -21,6 +22,13 @@ grid_hw)``, q/k/v ``[N, heads, tokens, ch]``) and the Fourier noise embedding
   replaced by ``e + alpha(sigma) n`` with ``n ~ N(0, I)`` drawn per image and evaluation.
   In EDM terms we use ``alpha(sigma) = scale * t^exponent`` with the normalised time
   ``t = sigma / sqrt(sigma^2 + sigma_data^2)`` in ``[0, 1)`` (``exponent = 0``: constant).
+- ``SkippedBlocks`` (layer skip: SD3.5's skip-layer guidance; spatiotemporal skip guidance,
+  Hyung et al. 2024): the residual branch of ``blocks`` is skipped, each block's output becomes
+  its skip path (``output_point(skip, out) -> skip``, ``nets.hooks``).
+- ``KeptDropout`` (in-situ autoguidance, arXiv 2510.17136, "Guiding a diffusion model with
+  itself using dropout"): dropout with rate ``p`` stays on at sampling on the residual branch of
+  ``blocks`` (default: all), ``y -> y * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` drawn per
+  image and evaluation from the image's seed.
 - ``capture_attention`` (SAG, Hong et al. 2023): records the attention map
   ``softmax(q k^T / sqrt(ch))`` of the chosen op for the given rows.
 """
@@ -67,13 +75,18 @@ def resolve_attention_blocks(net: nn.Module, blocks: Sequence[str] | None, what:
     ops = attention_ops(net)
     if not ops:
         raise ValueError(f"{what} perturbs self-attention, but the network ({type(net).__name__}) has no attention ops")
+    return _chosen(list(ops), blocks, default_attention_block(list(ops)), what, "attention block")
+
+
+def _chosen(names: Sequence[str], blocks: Sequence[str] | None, default: str, what: str, noun: str) -> tuple[str, ...]:
+    """``blocks`` checked against ``names`` (``ValueError`` listing them), or ``(default,)``."""
     if blocks is None:
-        return (default_attention_block(list(ops)),)
+        return (default,)
     if isinstance(blocks, str) or not blocks:
-        raise ValueError(f"{what}: blocks must be a non-empty list of attention block names, got {blocks!r}")
-    unknown = [b for b in blocks if b not in ops]
+        raise ValueError(f"{what}: blocks must be a non-empty list of {noun} names, got {blocks!r}")
+    unknown = [b for b in blocks if b not in names]
     if unknown:
-        raise ValueError(f"{what}: unknown attention block(s) {unknown}; valid names: {', '.join(ops)}")
+        raise ValueError(f"{what}: unknown {noun}(s) {unknown}; valid names: {', '.join(names)}")
     return tuple(blocks)
 
 
@@ -199,6 +212,74 @@ class NoisyEmbedding:
         return _registered([noise_embedding(net).register_forward_hook(hook)])
 
 
+def resolve_blocks(net: nn.Module, blocks: Sequence[str] | None, what: str) -> tuple[str, ...]:
+    """Validate block names against ``net.blocks()``; ``None`` gives the UNet's bottleneck block
+    (as PAG's default: ``dec.8x8_in0`` in EDM2) or the middle block of an MLP. Raises
+    ``ValueError`` listing the valid names."""
+    listed = getattr(net, "blocks", None)
+    names = list(listed()) if callable(listed) else []
+    if not names:
+        raise ValueError(f"{what} acts on residual blocks, but the network ({type(net).__name__}) lists none (net.blocks())")
+    unet = any(name.startswith("dec.") for name in names)
+    return _chosen(names, blocks, default_attention_block(names) if unet else names[len(names) // 2], what, "block")
+
+
+@dataclass(frozen=True)
+class SkippedBlocks:
+    """Layer skip: the outputs of ``blocks`` (default: ``resolve_blocks``'s) replaced by their skip
+    paths, i.e. their residual branches (and attention) removed."""
+
+    blocks: tuple[str, ...] | None = None
+
+    def validate(self, net: nn.Module) -> None:
+        resolve_blocks(net, self.blocks, "layer skip")
+
+    def apply(self, net: nn.Module, rows: slice, sigma: torch.Tensor, streams: SeedStreams | None):
+        def hook(module, args, output):
+            out = output.clone()
+            out[rows] = args[0][rows].to(out.dtype)
+            return out
+
+        listed = net.blocks()
+        return _registered(listed[b].output_point.register_forward_hook(hook) for b in resolve_blocks(net, self.blocks, "layer skip"))
+
+
+@dataclass(frozen=True)
+class KeptDropout:
+    """Dropout kept on at sampling: the residual branch of ``blocks`` (``None``: every block)
+    times ``m / (1 - p)``, ``m ~ Bernoulli(1 - p)`` per element, drawn from each image's stream."""
+
+    p: float
+    blocks: tuple[str, ...] | None = None
+
+    @property
+    def stream(self) -> str:
+        return f"dropout:{self.p!r}"
+
+    def names(self, net: nn.Module) -> tuple[str, ...]:
+        """The blocks to drop in (checked against ``net.blocks()``)."""
+        chosen = resolve_blocks(net, self.blocks, "dropout")
+        return tuple(net.blocks()) if self.blocks is None else chosen
+
+    def validate(self, net: nn.Module) -> None:
+        self.names(net)
+        if not 0 < self.p < 1:
+            raise ValueError(f"dropout: p must be in (0, 1), got {self.p}")
+
+    def apply(self, net: nn.Module, rows: slice, sigma: torch.Tensor, streams: SeedStreams | None):
+        if streams is None:
+            raise ValueError("dropout draws per-image masks: pass the images' seeds to the sampler")
+
+        def hook(module, args, output):
+            keep = streams.rand(self.stream, output.shape[1:], device=output.device) >= self.p
+            out = output.clone()
+            out[rows] = out[rows] * (keep.to(out.dtype) / (1 - self.p))
+            return out
+
+        listed = net.blocks()
+        return _registered(listed[b].branch_point.register_forward_hook(hook) for b in self.names(net))
+
+
 @contextmanager
 def capture_attention(net: nn.Module, block: str, rows: slice) -> Iterator[dict[str, Any]]:
     """Record ``softmax(q k^T / sqrt(ch))`` ``[n, heads, tokens, tokens]`` of op ``block`` for
@@ -216,4 +297,4 @@ def capture_attention(net: nn.Module, block: str, rows: slice) -> Iterator[dict[
         yield record
 
 
-Perturbation = IdentityAttention | BlurredQueries | NoisyEmbedding
+Perturbation = IdentityAttention | BlurredQueries | NoisyEmbedding | SkippedBlocks | KeptDropout

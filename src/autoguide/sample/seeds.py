@@ -100,6 +100,11 @@ class SeedStreams:
         values = [torch.randn(tuple(shape), generator=g) for g in self._stream(name)]
         return torch.stack(values).to(device)
 
+    def rand(self, name: str, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform values in ``[0, 1)`` ``[num_images, *shape]`` (float32) from stream ``name``."""
+        values = [torch.rand(tuple(shape), generator=g) for g in self._stream(name)]
+        return torch.stack(values).to(device)
+
     def randint(self, name: str, high: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """One integer per image, uniform in ``[0, high)``, ``[num_images]`` (int64)."""
         values = [torch.randint(high, (1,), generator=g) for g in self._stream(name)]

@@ -1,0 +1,238 @@
+"""Which bad version of the model guides best? Trained guide vs training-free negatives, with
+and without APG, on MNIST-5k and the 2D toy. One command, from anywhere:
+
+    python benchmarks/results/negatives/run.py          # reuses finished runs and sweeps in runs/
+    python benchmarks/results/negatives/run.py --fresh  # deletes runs/ first
+
+Every step is one of the project's commands (``train.py``, ``autoguide-mnist-classifier``,
+``autoguide-sweep``, run with this Python), one torch thread each; runs, sweeps and logs go to
+``runs/`` here; ``results.md`` and ``results.json`` are written at the end. Per dataset:
+
+1. Train the MNIST main model (``mnist-s-cfg`` at half its recipe, snapshots
+   every 1 kimg), its XS guide (``mnist-xs-guide-cfg`` to a quarter of the recipe: T/2 of the
+   main), the toy main model (``toy2d-main``: the paper's toy recipe) and its width-32 guide
+   (``toy2d-guide``, T/8).
+2. Sweep the negatives (``Dataset.negatives``): the trained guide; the main run itself
+   read with a shorter EMA, or at an earlier snapshot (post hoc EMA: free); layer skip; dropout
+   kept on at sampling; each swept over its weights and options, without APG and with APG
+   (``eta = 0``: the part of ``D_pos - D_neg`` parallel to ``D_pos`` removed), on the selection
+   seeds. Picks: MNIST the lowest FD; toy the highest exact log-density among settings that
+   keep 95% of the unguided recall (``benchmarks/results/toy2d/selection.py``).
+3. Each pick, and unguided, once more on held-out seeds: MNIST FD, FD_inf, precision and recall
+   of 1,000 images; toy the exact metrics of 10,000 samples. The measured seconds of that one
+   setting next to unguided's give the cost, with the network evaluations per sampler step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "toy2d")]
+
+import negatives_report  # noqa: E402  (this folder's module)
+import selection  # noqa: E402  (the toy rule: best log-density that keeps 95% of the unguided recall)
+from steps import call, listing, number  # noqa: E402  (shared by the results scripts)
+
+CLASSIFIER = RUNS / "mnist-classifier.safetensors"
+APG_AXIS = [None, {"eta": 0.0}]
+MNIST_TRAIN = ["train.checkpoint_kimg=2", "~callbacks.sample_grid"]
+TRAININGS = {
+    "mnist-main": ["experiment=mnist-s-cfg", *MNIST_TRAIN, "train.duration_fraction=0.5", "train.snapshot_kimg=1"],
+    "mnist-xs-guide": ["experiment=mnist-xs-guide-cfg", *MNIST_TRAIN, "train.duration_fraction=0.25", "train.snapshot_kimg=0.5"],
+    "toy-main": ["experiment=toy2d-main"],
+    "toy-xs-guide": ["experiment=toy2d-guide"],
+}
+
+
+@dataclass(frozen=True)
+class Negative:
+    """One bad version: the sweep overrides that make it, the term options swept besides the
+    weight (``grid.term``, APG added), and its network evaluations per denoiser call."""
+
+    tag: str
+    label: str
+    overrides: tuple[str, ...]
+    term: dict[str, list[Any]] = field(default_factory=dict)
+    evaluations: str = "2 main"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where and how a dataset's negatives are measured."""
+
+    name: str
+    trainings: tuple[str, ...]  # runs of TRAININGS, the main first
+    main_std: float
+    weights: tuple[float, ...]
+    sampling: tuple[str, ...]
+    selection_seeds: str
+    heldout_seeds: str
+    heldout_extra: tuple[str, ...]
+    negatives: tuple[Negative, ...]
+
+
+def guide_run(run: str, times: str, std: float) -> tuple[str, ...]:
+    """Autoguidance by the EMA ``std`` of run ``run`` at ``times`` (null: its end)."""
+    return ("guidance=autoguidance", f"guides.runs=[{RUNS / run}]", f"guides.times=[{times}]", f"grid.guide_std=[{std}]")
+
+
+MNIST = Dataset(
+    name="mnist", trainings=("mnist-main", "mnist-xs-guide"), main_std=0.10, weights=(1.5, 2.5),
+    sampling=("metrics=mnist", f"extractors.mnist.path={CLASSIFIER}", f"cache_dir={RUNS / 'cache'}", "select=fd_mnist",
+              "class_labels=random", "sampler.num_steps=8", "batch_size=250", "device=cpu", "progress=false"),
+    selection_seeds="0-249", heldout_seeds="1000-1499", heldout_extra=("metrics.fd_infinity={points:10,min_fraction:0.5}",),
+    negatives=(
+        Negative("xs-guide", "trained XS guide (T/2, EMA 0.10)", guide_run("mnist-xs-guide", "null", 0.10),
+                 evaluations="1 main + 1 XS"),
+        Negative("short-ema", "same run, shorter EMA (0.05)", guide_run("mnist-main", "null", 0.05)),
+        Negative("early", "same run, early snapshot (T/4, EMA 0.10)", guide_run("mnist-main", "0.25", 0.10)),
+        Negative("layer-skip", "layer skip (the bottleneck block dec.8x8_in0)", ("guidance=layer_skip",),
+                 evaluations="1 main + 1 main without the block (one batch)"),
+        Negative("dropout", "dropout kept on (p 0.1, every block)", ("guidance=dropout", "guidance.p=0.1"),
+                 evaluations="2 main (one batch)"),
+    ),
+)
+TOY = Dataset(
+    name="toy", trainings=("toy-main", "toy-xs-guide"), main_std=0.05, weights=(1.1, 1.25, 1.5, 2.0, 3.0),
+    sampling=("metrics=toy2d", "select=toy_logp", "class_labels=none", "metrics.toy.classes=A", "device=cpu",
+              "progress=false", "batch_size=2000"),
+    selection_seeds="0-9999", heldout_seeds="10000-19999", heldout_extra=(),
+    negatives=(
+        Negative("xs-guide", "trained width-32 guide (T/8, EMA 0.05)", guide_run("toy-xs-guide", "null", 0.05),
+                 evaluations="1 main + 1 width-32"),
+        Negative("short-ema", "same run, shorter EMA (0.01)", guide_run("toy-main", "null", 0.01)),
+        Negative("early", "same run, early snapshot (T/4, EMA 0.05)", guide_run("toy-main", "0.25", 0.05)),
+        Negative("layer-skip", "layer skip (hidden layer 2 / 3 of 4)", ("guidance=layer_skip",), {"blocks": [["layer2"], ["layer3"]]},
+                 evaluations="1 main + 1 main without the layer (one batch)"),
+        Negative("dropout", "dropout kept on (p 0.1 / 0.3, every layer)", ("guidance=dropout",), {"p": [0.1, 0.3]},
+                 evaluations="2 main (one batch)"),
+    ),
+)
+DATASETS = (MNIST, TOY)
+
+
+def hydra_value(value: Any) -> str:
+    """A value in Hydra's override grammar (``null``, lists, ``{k:v}``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    return str(value)
+
+
+def train(name: str) -> None:
+    """Train run ``name`` of ``TRAININGS`` unless its final model exists (train.py resumes)."""
+    if not (RUNS / name / "final.safetensors").is_file():
+        call([sys.executable, "train.py", *TRAININGS[name], f"paths.runs_dir={RUNS}", "logger=csv", "seed=0", f"name={name}"],
+             RUNS / "logs" / f"train-{name}.log")
+
+
+def sweep(tag: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """``autoguide-sweep`` into ``runs/sweeps/<tag>`` unless the same command finished there; its rows."""
+    out = RUNS / "sweeps" / tag
+    command = [sys.executable, "-m", "autoguide.apps.sweep", *overrides, f"output.dir={out}"]
+    stamp = out / "command.json"
+    if not ((out / "best.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == command[1:]):
+        call(command, RUNS / "logs" / f"sweep-{tag}.log")
+        stamp.write_text(json.dumps(command[1:]))
+    with (out / "sweep.csv").open() as f:
+        return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def variants(negative: Negative) -> list[dict[str, Any]]:
+    """The term options of every swept variant (APG last), in the sweep's order."""
+    axes = {**negative.term, "apg": APG_AXIS}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def base_overrides(dataset: Dataset, seeds: str) -> list[str]:
+    return [f"main.run={RUNS / dataset.trainings[0]}", f"grid.main_std=[{dataset.main_std}]", f"seeds={seeds}", *dataset.sampling]
+
+
+def term_override(options: dict[str, Any]) -> str:
+    return "grid.term={" + ",".join(f"{k}:{hydra_value(v)}" for k, v in options.items()) + "}"
+
+
+def choose(dataset: Dataset, rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, Any] | None:
+    """The pick among ``rows``: MNIST the lowest FD; toy the toy2d rule (recall floor)."""
+    if dataset.name == "mnist":
+        return min(rows, key=lambda r: r["fd_mnist"], default=None)
+    return selection.pick(rows, reference)
+
+
+def apg_on(row: dict[str, Any]) -> bool:
+    return "apg=null" not in str(row["variant"])
+
+
+def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None]) -> None:
+    """Selection sweeps, picks and held-out measurements of one dataset; ``report`` gets the
+    results so far after each negative."""
+    from autoguide.eval.sweep import variant_label
+
+    select_base = base_overrides(dataset, dataset.selection_seeds)
+    heldout_base = [*base_overrides(dataset, dataset.heldout_seeds), *dataset.heldout_extra]
+    unguided = ["guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"]
+    (reference,) = sweep(f"{dataset.name}-unguided", [*select_base, *unguided])
+    (heldout_reference,) = sweep(f"{dataset.name}-heldout-unguided", [*heldout_base, *unguided])
+    results: dict[str, Any] = {"unguided": {"selection": reference, "heldout": heldout_reference}, "negatives": []}
+    for negative in dataset.negatives:
+        options = {**negative.term, "apg": APG_AXIS}
+        rows = sweep(f"{dataset.name}-{negative.tag}", [*select_base, *negative.overrides, f"grid.weight={listing(dataset.weights)}",
+                                                        term_override(options)])
+        by_label = {variant_label(v): v for v in variants(negative)}
+        for with_apg in (False, True):
+            pick = choose(dataset, [r for r in rows if apg_on(r) == with_apg], reference)
+            entry: dict[str, Any] = {"tag": negative.tag, "label": negative.label, "apg": with_apg, "evaluations": negative.evaluations,
+                                     "tried": [{k: r[k] for k in ("weight", "variant", *metric_keys(dataset))} for r in rows if apg_on(r) == with_apg]}
+            if pick is not None:
+                point = {k: [v] for k, v in by_label[pick["variant"]].items()}
+                guide = [o for o in negative.overrides if not o.startswith(("guides.times", "grid.guide_std"))]
+                if pick["guide_nimg"] is not None:
+                    guide += [f"guides.times=[{int(pick['guide_nimg'])}]", f"grid.guide_std=[{pick['guide_std']}]"]
+                tag = f"{dataset.name}-heldout-{negative.tag}-{'apg' if with_apg else 'plain'}"
+                (heldout,) = sweep(tag, [*heldout_base, *guide, f"grid.weight=[{pick['weight']}]", term_override(point)])
+                entry.update(selection=pick, heldout=heldout)
+            results["negatives"].append(entry)
+        report(results)
+
+
+def metric_keys(dataset: Dataset) -> tuple[str, ...]:
+    if dataset.name == "mnist":
+        return ("fd_mnist", "precision_mnist", "recall_mnist")
+    return ("toy_logp", "toy_outliers", "toy_precision", "toy_recall")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fresh", action="store_true", help="delete runs/ first: everything from scratch")
+    parser.add_argument("--datasets", nargs="+", choices=[d.name for d in DATASETS], default=[d.name for d in DATASETS],
+                        help="measure only these (two processes can share the work); the other's results are kept")
+    args = parser.parse_args(argv)
+    if args.fresh:
+        shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(exist_ok=True)
+    if not CLASSIFIER.is_file():
+        call([sys.executable, "-m", "autoguide.apps.mnist_classifier", "train", "--out", str(CLASSIFIER), "--device", "cpu"], RUNS / "logs" / "classifier.log")
+    for dataset in (d for d in DATASETS if d.name in args.datasets):
+        started = time.time()
+        for name in dataset.trainings:
+            train(name)
+        measure(dataset, lambda result, name=dataset.name, started=started: negatives_report.write(
+            HERE, name, {**result, "seconds": round(time.time() - started)}))
+
+if __name__ == "__main__":
+    main()

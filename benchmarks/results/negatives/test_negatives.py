@@ -1,0 +1,55 @@
+"""The negatives report: which entry wins, the table cells and the picks' held-out settings,
+on hand-made rows (no runs needed)."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "toy2d")]
+
+import negatives_report as report  # noqa: E402
+import run as negatives_run  # noqa: E402
+
+
+def toy_row(logp, outliers, recall, weight=2.0, variant="apg=null", seconds=10.0):
+    return {"toy_logp": logp, "toy_outliers": outliers, "toy_precision": 0.9, "toy_recall": recall, "weight": weight,
+            "variant": variant, "guide_nimg": None, "guide": "layer_skip", "guide_std": None, "seconds": seconds}
+
+
+def entry(label, apg, selected, heldout):
+    return {"tag": label, "label": label, "apg": apg, "evaluations": "2 main", "tried": [], "selection": selected, "heldout": heldout}
+
+
+def test_toy_winner_keeps_the_recall_floor_on_the_heldout_seeds():
+    unguided = toy_row(-0.5, 0.12, 0.97, weight=1.0)
+    results = {"unguided": {"selection": unguided, "heldout": unguided}, "negatives": [
+        entry("collapsed", False, toy_row(0.9, 0.05, 0.96), toy_row(0.9, 0.05, 0.80)),  # best logp, recall lost
+        entry("kept", True, toy_row(0.3, 0.08, 0.95, variant='p=0.1 apg={"eta":0.0}'), toy_row(0.2, 0.09, 0.95, seconds=20.0)),
+    ]}
+    assert report.winner("toy", results)["label"] == "kept"
+    assert "Wins on the toy: kept with APG" in report.verdict("toy", results)
+    lines = report.table("toy", results)
+    assert lines[3].startswith("| collapsed | - | w 2 |") and "| 8.00% |" not in lines[3]
+    assert "| kept | eta 0 | w 2, p=0.1 | 0.3 | 0.2 | 9.00% | 0.9 | 0.95 | 2 main | 20 s (2.00) |" == lines[4]
+
+
+def test_mnist_winner_is_the_lowest_heldout_fd_inf():
+    def row(fd, fd_inf):
+        return {"fd_mnist": fd, "fd_inf_mnist": fd_inf, "precision_mnist": 0.5, "recall_mnist": 0.9, "weight": 2.0,
+                "variant": "apg=null", "guide": "mnist-xs-guide@8400", "guide_nimg": 8400.0, "guide_std": 0.1, "seconds": 30.0}
+
+    results = {"unguided": {"selection": row(60, 30), "heldout": row(35, 30)}, "negatives": [
+        entry("a", False, row(50, 0), row(30, 25)), entry("b", False, row(40, 0), row(28, 26)),
+    ]}
+    assert report.winner("mnist", results)["label"] == "a"  # FD_inf decides, not the 1,000-image FD
+    assert "-16.7%" in report.verdict("mnist", results)
+    assert report.setting_text(results["negatives"][0]["selection"]) == "w 2, guide mnist-xs-guide@8400 EMA 0.1"
+
+
+def test_sweep_overrides_of_the_grid():
+    dropout = next(n for n in negatives_run.TOY.negatives if n.tag == "dropout")
+    assert negatives_run.variants(dropout) == [{"p": 0.1, "apg": None}, {"p": 0.1, "apg": {"eta": 0.0}},
+                                     {"p": 0.3, "apg": None}, {"p": 0.3, "apg": {"eta": 0.0}}]
+    assert negatives_run.term_override({"blocks": [None, ["dec.16x16_block1"]], "apg": negatives_run.APG_AXIS}) == \
+        "grid.term={blocks:[null,[dec.16x16_block1]],apg:[null,{eta:0.0}]}"
+    assert negatives_run.apg_on({"variant": 'p=0.1 apg={"eta":0.0}'}) and not negatives_run.apg_on({"variant": "p=0.1 apg=null"})

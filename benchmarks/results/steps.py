@@ -1,0 +1,43 @@
+"""What the results scripts (``<name>/run.py``) share: running one of the project's commands
+with its log, and reading and writing the values of its configs and CSVs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+#: One torch thread per process (the results are sized for a shared 2-core CPU), wandb offline.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+
+
+def call(command: list[str], log: Path) -> float:
+    """Run ``command`` in the repository root, its output into ``log``; returns its wall seconds.
+    A failure exits naming the command and the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("+", " ".join(command), flush=True)
+    started = time.time()
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        raise SystemExit(f"command failed (exit {done.returncode}), see {log}: {' '.join(command)}")
+    return round(time.time() - started, 1)
+
+
+def listing(values: Sequence[Any]) -> str:
+    """A Hydra list override value, ``[a,b,c]``."""
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def number(value: str) -> Any:
+    """A CSV cell as a float where it is a number, None where empty, else the string."""
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
