@@ -1,5 +1,5 @@
 """What the benchmarks share: the training step and eval forward being timed, interleaved
-timing (A B A B ..., medians), and worker processes that let two code versions be timed side by
+timing (A B A B ..., medians), the top operators of one call (``torch.profiler``), and worker processes that let two code versions be timed side by
 side in one run (``--baseline-src``: an older checkout's ``src``).
 
 The training step is the one ``autoguide.train.module.DiffusionModule`` takes, outside
@@ -105,6 +105,19 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def top_ops(fn: Callable[[], None], count: int = 10) -> list[dict[str, Any]]:
+    """The ``count`` operators with the most self CPU time in one call of ``fn``
+    (``torch.profiler``): name, milliseconds and share of all self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as recorded:
+        fn()
+    events = recorded.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total} for e in ranked]
+
+
 def interleave(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Call every timer once per round, in turn (A B C A B C ...): slow drifts of the machine
     hit every variant alike. Returns the seconds of every call."""
@@ -141,10 +154,17 @@ class Worker:
             raise RuntimeError(f"benchmark worker {self.spec} died (exit {self.proc.wait()})")
         return line
 
-    def __call__(self, job: str) -> float:
-        self.proc.stdin.write(job + "\n")
+    def _ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        return float(self._line())
+        return self._line()
+
+    def __call__(self, job: str) -> float:
+        return float(self._ask(job))
+
+    def profile(self, job: str) -> list[dict[str, Any]]:
+        """``top_ops`` of one call of ``job`` in this worker."""
+        return json.loads(self._ask(f"profile {job}"))
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -173,7 +193,8 @@ def _serve(spec: dict[str, Any]) -> None:
             jobs[job]()
     print(json.dumps({"autoguide": str(Path(autoguide.__file__).parent), "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
-        print(timed(jobs[line.strip()], device), flush=True)
+        command, _, job = line.strip().rpartition(" ")
+        print(json.dumps(top_ops(jobs[job])) if command == "profile" else timed(jobs[job], device), flush=True)
 
 
 

@@ -4,12 +4,13 @@ classes), every variant side by side in one run: each variant in its own process
 interleaved (A B C A B C ...), medians, and each variant's speed-up over eager fp32.
 
     python benchmarks/train_step.py [--variants eager,compile] [--precision fp32,bf16] [--channels-last]
-        [--baseline-src /path/to/older/checkout/src] [--rounds 5] [--batch 16] [--eval-batch 64] [--threads N]
+        [--baseline-src /path/to/older/checkout/src] [--rounds 5] [--batch 16] [--eval-batch 64] [--threads N] [--profile]
 
 ``--baseline-src`` adds the eager fp32 step and forward of another checkout of autoguide (e.g.
 ``git worktree add /tmp/before <commit>``: ``/tmp/before/src``), and every ratio is then also
 given against it. The training step: ``harness.training_step`` (loss, backward, non-finite
 gradients zeroed, Adam, two post-hoc EMAs); the eval forward: one no-grad denoiser call.
+``--profile`` then prints the top 10 operators of one training step of every variant.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=64, help="eval forward batch")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the medians here")
+    parser.add_argument("--profile", action="store_true", help="then print each variant's top 10 operators of one training step")
     args = parser.parse_args()
 
     jobs = {"train": args.batch, "eval": args.eval_batch}
@@ -55,6 +57,7 @@ def main() -> None:
         threads = ", ".join(str(t) for t in sorted({w.ready["threads"] for w in started.values()}))
         timers = {(name, job): (lambda w=w, j=job: w(j)) for name, w in started.items() for job in jobs}
         times = interleave(timers, args.rounds)
+        profiles = {name: w.profile("train") for name, w in started.items()} if args.profile else {}
     medians = {key: median(values) for key, values in times.items()}
     reference = "eager fp32" if "eager fp32" in specs else next(n for n in specs if n.startswith("eager fp32"))
     print(f"UNet {NETWORK['model_channels']} ch, 32x32x3, train batch {args.batch}, eval batch {args.eval_batch}, "
@@ -70,6 +73,10 @@ def main() -> None:
             base_name = "baseline eager fp32"
             row += f"{medians[base_name, 'train'] / medians[name, 'train']:>14.2f}{medians[base_name, 'eval'] / medians[name, 'eval']:>13.2f}"
         print(row)
+    for name, ops in profiles.items():
+        print(f"\ntop operators of one training step, {name} (self CPU time)")
+        for op in ops:
+            print(f"  {op['op']:<48}{op['ms']:>10.1f} ms{100 * op['share']:>7.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({f"{name}|{job}": value for (name, job), value in medians.items()}, f, indent=1)

@@ -178,9 +178,9 @@ def apg_on(row: dict[str, Any]) -> bool:
     return "apg=null" not in str(row["variant"])
 
 
-def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None]) -> None:
-    """Selection sweeps, picks and held-out measurements of one dataset; ``report`` gets the
-    results so far after each negative."""
+def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None], only: Sequence[str] | None = None) -> None:
+    """Selection sweeps, picks and held-out measurements of one dataset (of its negatives
+    ``only``, if given); ``report`` gets the results so far after each negative."""
     from autoguide.eval.sweep import variant_label
 
     select_base = base_overrides(dataset, dataset.selection_seeds)
@@ -189,7 +189,7 @@ def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None]) -> None:
     (reference,) = sweep(f"{dataset.name}-unguided", [*select_base, *unguided])
     (heldout_reference,) = sweep(f"{dataset.name}-heldout-unguided", [*heldout_base, *unguided])
     results: dict[str, Any] = {"unguided": {"selection": reference, "heldout": heldout_reference}, "negatives": []}
-    for negative in dataset.negatives:
+    for negative in (n for n in dataset.negatives if only is None or n.tag in only):
         options = {**negative.term, "apg": APG_AXIS}
         rows = sweep(f"{dataset.name}-{negative.tag}", [*select_base, *negative.overrides, f"grid.weight={listing(dataset.weights)}",
                                                         term_override(options)])
@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete runs/ first: everything from scratch")
     parser.add_argument("--datasets", nargs="+", choices=[d.name for d in DATASETS], default=[d.name for d in DATASETS],
                         help="measure only these (two processes can share the work); the other's results are kept")
+    parser.add_argument("--negatives", nargs="+", default=None, help="measure only these negatives (tags), e.g. to share a "
+                        "dataset between two processes; a last run without it collects every finished sweep into the results")
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(RUNS, ignore_errors=True)
@@ -232,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in dataset.trainings:
             train(name)
         measure(dataset, lambda result, name=dataset.name, started=started: negatives_report.write(
-            HERE, name, {**result, "seconds": round(time.time() - started)}))
+            HERE, name, {**result, "seconds": round(time.time() - started)}), args.negatives)
 
 if __name__ == "__main__":
     main()
