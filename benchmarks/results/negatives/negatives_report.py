@@ -50,25 +50,23 @@ def table(dataset: str, results: Result) -> list[str]:
     columns = MNIST_COLUMNS if dataset == "mnist" else TOY_COLUMNS
     select_key = "fd_mnist" if dataset == "mnist" else "toy_logp"
     unguided = results["unguided"]
-    base_seconds = unguided["heldout"]["seconds"]
     lines = [
         f"| negative | APG | pick | {select_key} (selection) | " + " | ".join(f"{c} (held-out)" for c in columns)
-        + " | network evaluations per denoiser call | seconds (x unguided) |",
-        "|---" * (6 + len(columns)) + "|",
+        + " | network evaluations per denoiser call |",
+        "|---" * (5 + len(columns)) + "|",
         f"| unguided | - | - | {cell(unguided['selection'][select_key], select_key)} | "
-        + " | ".join(cell(unguided["heldout"].get(c), c) for c in columns) + f" | 1 main | {base_seconds:.0f} s (1.00) |",
+        + " | ".join(cell(unguided["heldout"].get(c), c) for c in columns) + " | 1 main |",
     ]
     for entry in results["negatives"]:
         apg = "eta 0" if entry["apg"] else "-"
         if "heldout" not in entry:
             lines.append(f"| {entry['label']} | {apg} | no setting kept the recall floor | - |" + " - |" * len(columns)
-                         + f" {entry['evaluations']} | - |")
+                         + f" {entry['evaluations']} |")
             continue
         held = entry["heldout"]
         lines.append(
             f"| {entry['label']} | {apg} | {setting_text(entry['selection'])} | {cell(entry['selection'][select_key], select_key)} | "
-            + " | ".join(cell(held.get(c), c) for c in columns)
-            + f" | {entry['evaluations']} | {held['seconds']:.0f} s ({held['seconds'] / base_seconds:.2f}) |"
+            + " | ".join(cell(held.get(c), c) for c in columns) + f" | {entry['evaluations']} |"
         )
     return lines
 
@@ -99,8 +97,7 @@ def section(name: str, results: Result | None) -> list[str]:
     title, setup = SECTIONS[name]
     if results is None:
         return [f"## {title}", "", f"Not measured yet: `python benchmarks/results/negatives/run.py --datasets {name}`.", ""]
-    return [f"## {title}", "", setup, f"Wall time of its last invocation {results['seconds']} s (finished steps are reused).", "",
-            *table(name, results), "", verdict(name, results), ""]
+    return [f"## {title}", "", setup, "", *table(name, results), "", verdict(name, results), ""]
 
 
 SECTIONS = {
@@ -127,8 +124,12 @@ def markdown(results: Mapping[str, Result], revision: str) -> str:
         "",
         "Each negative is swept over weights and its options on the selection seeds, without and with APG "
         "(`apg: {eta: 0}`: the part of `D_pos - D_neg` parallel to `D_pos` removed, per image); the pick is measured "
-        "once more on held-out seeds. Every denoiser call costs the positive plus the negative; Heun's sampler makes "
-        "2 calls per step (1 on the last). *seconds* is the measured wall time of the held-out setting.",
+        "once more on held-out seeds. Cost: every guided denoiser call evaluates the positive and the negative (the "
+        "same-network ones in one batch of twice the images), Heun's sampler makes 2 calls per step (1 on the last), so "
+        "each guided row costs 2 network evaluations per call where unguided costs 1; the XS guide's forward costs about "
+        "a third of the main's (`benchmarks/sample.py`: 48 vs 150 ms). The wall seconds of every setting are in "
+        "`results-<dataset>.json` and the sweeps' `sweep.csv`, but were measured with two to four processes sharing the "
+        "2 cores, so they do not rank the costs.",
         "",
     ]
     for name in SECTIONS:
