@@ -28,6 +28,14 @@ def call(command: list[str], log: Path) -> float:
     return round(time.time() - started, 1)
 
 
+def git_revision() -> str:
+    """The repository's HEAD commit, with ``+changes`` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
+                           check=False).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
 def listing(values: Sequence[Any]) -> str:
     """A Hydra list override value, ``[a,b,c]``."""
     return "[" + ",".join(str(v) for v in values) + "]"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import selection
+from steps import git_revision
 
 from autoguide.io import write_text_atomic
 
@@ -86,12 +86,6 @@ def verdict(dataset: str, results: Result) -> str:
             f"{100 * ref['toy_outliers']:.2f}%, recall {held['toy_recall']:.3f} vs {ref['toy_recall']:.3f}.")
 
 
-def git_revision(repo: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=False)
-    return done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
 def section(name: str, results: Result | None) -> list[str]:
     """The markdown of one dataset: its setup, table and verdict (a note while not measured)."""
     title, setup = SECTIONS[name]
@@ -139,7 +133,8 @@ def markdown(results: Mapping[str, Result], revision: str) -> str:
 
 def write(folder: Path, name: str, result: Result) -> None:
     """Write ``results-<name>.json`` into ``folder``, then ``results.md`` from every dataset's JSON there."""
-    write_text_atomic(folder / f"results-{name}.json", json.dumps({"revision": git_revision(folder), **result}, indent=1) + "\n")
+    revision = git_revision()
+    write_text_atomic(folder / f"results-{name}.json", json.dumps({"revision": revision, **result}, indent=1) + "\n")
     measured = {n: json.loads((folder / f"results-{n}.json").read_text()) for n in SECTIONS if (folder / f"results-{n}.json").is_file()}
-    write_text_atomic(folder / "results.md", markdown(measured, git_revision(folder)))
+    write_text_atomic(folder / "results.md", markdown(measured, revision))
     print((folder / "results.md").read_text())

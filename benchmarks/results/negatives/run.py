@@ -19,19 +19,17 @@ Every step is one of the project's commands (``train.py``, ``autoguide-mnist-cla
    seeds. Picks: MNIST the lowest FD; toy the highest exact log-density among settings that
    keep 95% of the unguided recall (``benchmarks/results/toy2d/selection.py``).
 3. Each pick, and unguided, once more on held-out seeds: MNIST FD, FD_inf, precision and recall
-   of 1,000 images; toy the exact metrics of 10,000 samples. The measured seconds of that one
-   setting next to unguided's give the cost, with the network evaluations per sampler step.
+   of 500 images; toy the exact metrics of 10,000 samples. The cost of each is given as network
+   evaluations per denoiser call (the wall seconds of runs sharing the cores do not rank it).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "toy2d")]
 import negatives_report  # noqa: E402  (this folder's module)
 import selection  # noqa: E402  (the toy rule: best log-density that keeps 95% of the unguided recall)
 from steps import call, listing, number  # noqa: E402  (shared by the results scripts)
+
+from autoguide.eval.sweep import option_product, variant_label  # noqa: E402
 
 CLASSIFIER = RUNS / "mnist-classifier.safetensors"
 APG_AXIS = [None, {"eta": 0.0}]
@@ -153,10 +153,14 @@ def sweep(tag: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def term_axes(negative: Negative) -> dict[str, list[Any]]:
+    """The term options ``negative`` is swept over besides the weight: its own, then APG."""
+    return {**negative.term, "apg": APG_AXIS}
+
+
 def variants(negative: Negative) -> list[dict[str, Any]]:
-    """The term options of every swept variant (APG last), in the sweep's order."""
-    axes = {**negative.term, "apg": APG_AXIS}
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    """The term options of every swept variant, in the sweep's order."""
+    return option_product(term_axes(negative))
 
 
 def base_overrides(dataset: Dataset, seeds: str) -> list[str]:
@@ -174,15 +178,9 @@ def choose(dataset: Dataset, rows: list[dict[str, Any]], reference: dict[str, An
     return selection.pick(rows, reference)
 
 
-def apg_on(row: dict[str, Any]) -> bool:
-    return "apg=null" not in str(row["variant"])
-
-
 def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None], only: Sequence[str] | None = None) -> None:
     """Selection sweeps, picks and held-out measurements of one dataset (of its negatives
     ``only``, if given); ``report`` gets the results so far after each negative."""
-    from autoguide.eval.sweep import variant_label
-
     select_base = base_overrides(dataset, dataset.selection_seeds)
     heldout_base = [*base_overrides(dataset, dataset.heldout_seeds), *dataset.heldout_extra]
     unguided = ["guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"]
@@ -190,16 +188,16 @@ def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None], only: Se
     (heldout_reference,) = sweep(f"{dataset.name}-heldout-unguided", [*heldout_base, *unguided])
     results: dict[str, Any] = {"unguided": {"selection": reference, "heldout": heldout_reference}, "negatives": []}
     for negative in (n for n in dataset.negatives if only is None or n.tag in only):
-        options = {**negative.term, "apg": APG_AXIS}
         rows = sweep(f"{dataset.name}-{negative.tag}", [*select_base, *negative.overrides, f"grid.weight={listing(dataset.weights)}",
-                                                        term_override(options)])
-        by_label = {variant_label(v): v for v in variants(negative)}
+                                                        term_override(term_axes(negative))])
+        options = {variant_label(v): v for v in variants(negative)}  # a row's variant label -> its term options
         for with_apg in (False, True):
-            pick = choose(dataset, [r for r in rows if apg_on(r) == with_apg], reference)
+            tried = [r for r in rows if (options[r["variant"]]["apg"] is not None) == with_apg]
+            pick = choose(dataset, tried, reference)
             entry: dict[str, Any] = {"tag": negative.tag, "label": negative.label, "apg": with_apg, "evaluations": negative.evaluations,
-                                     "tried": [{k: r[k] for k in ("weight", "variant", *metric_keys(dataset))} for r in rows if apg_on(r) == with_apg]}
+                                     "tried": [{k: r[k] for k in ("weight", "variant", *metric_keys(dataset))} for r in tried]}
             if pick is not None:
-                point = {k: [v] for k, v in by_label[pick["variant"]].items()}
+                point = {k: [v] for k, v in options[pick["variant"]].items()}
                 guide = [o for o in negative.overrides if not o.startswith(("guides.times", "grid.guide_std"))]
                 if pick["guide_nimg"] is not None:
                     guide += [f"guides.times=[{int(pick['guide_nimg'])}]", f"grid.guide_std=[{pick['guide_std']}]"]
@@ -230,11 +228,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not CLASSIFIER.is_file():
         call([sys.executable, "-m", "autoguide.apps.mnist_classifier", "train", "--out", str(CLASSIFIER), "--device", "cpu"], RUNS / "logs" / "classifier.log")
     for dataset in (d for d in DATASETS if d.name in args.datasets):
-        started = time.time()
         for name in dataset.trainings:
             train(name)
-        measure(dataset, lambda result, name=dataset.name, started=started: negatives_report.write(
-            HERE, name, {**result, "seconds": round(time.time() - started)}), args.negatives)
+        measure(dataset, lambda result, name=dataset.name: negatives_report.write(HERE, name, result), args.negatives)
+
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "toy2d")]
 
 import negatives_report as report  # noqa: E402
+
+from autoguide.eval.sweep import variant_label  # noqa: E402
 import run as negatives_run  # noqa: E402
 
 
@@ -52,4 +54,6 @@ def test_sweep_overrides_of_the_grid():
                                      {"p": 0.3, "apg": None}, {"p": 0.3, "apg": {"eta": 0.0}}]
     assert negatives_run.term_override({"blocks": [None, ["dec.16x16_block1"]], "apg": negatives_run.APG_AXIS}) == \
         "grid.term={blocks:[null,[dec.16x16_block1]],apg:[null,{eta:0.0}]}"
-    assert negatives_run.apg_on({"variant": 'p=0.1 apg={"eta":0.0}'}) and not negatives_run.apg_on({"variant": "p=0.1 apg=null"})
+    # run.py finds a row's options by its label: the labels are the sweep's own
+    assert [variant_label(v) for v in negatives_run.variants(dropout)] == [
+        "p=0.1 apg=null", 'p=0.1 apg={"eta":0.0}', "p=0.3 apg=null", 'p=0.3 apg={"eta":0.0}']

@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -55,7 +54,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import figure  # noqa: E402  (this folder's modules)
 import report  # noqa: E402
 import selection  # noqa: E402
-from steps import REPO, call, listing, number  # noqa: E402  (shared by the results scripts)
+from steps import call, git_revision, listing, number  # noqa: E402  (shared by the results scripts)
 
 NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
 FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
@@ -229,13 +228,6 @@ def make_figure(path: Path, picks: Mapping[str, Mapping[str, Any] | None]) -> No
     figure.draw(path, panels, level)
 
 
-def git_head() -> str:
-    """The repository's HEAD commit (and '+changes' when the tree differs from it)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return head + ("+changes" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="delete runs/ first and redo everything")
@@ -255,7 +247,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/results/toy2d/run.py" + (" --fresh" if args.fresh else ""),
         "wall_seconds": round(time.time() - started, 1),
-        "git": git_head(),
+        "git": git_revision(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),

@@ -88,8 +88,13 @@ def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict
                               f"(weight, interval and the guide have their own grid axes)")
         if not values:
             raise ConfigError(f"grid.term.{key}: give at least one value")
-    keys = [key for key, _ in settings.term]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in settings.term))]
+    return option_product(dict(settings.term))
+
+
+def option_product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the values of ``axes`` (``{key: values}``), in ``itertools.product``
+    order; ``[{}]`` for no axes."""
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 def variant_label(variant: Mapping[str, Any]) -> str:

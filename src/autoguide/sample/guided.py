@@ -69,7 +69,9 @@ class GuidedDenoiser:
         self.precision = precision
         self._random_labels: torch.Tensor | None = None
         self._states: dict[int, dict[str, torch.Tensor]] = {id(term): {} for term in self.terms}  # per term: APG momentum
-        self._levels: list[float] = []  # distinct noise levels seen, in order (CFG-Zero* zero-init)
+        # CFG-Zero* zero-init: the largest K of the terms that guide (w != 1), and the distinct noise levels seen
+        self._zero_levels = max((t.rule.zero_star.zero_levels for t in self.terms if t.weight != 1 and t.rule.zero_star), default=0)
+        self._levels: list[float] = []
 
     def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One network forward under the chosen precision, returned as float64."""
@@ -139,12 +141,13 @@ class GuidedDenoiser:
 
     def _zeroed(self, sigma: float) -> bool:
         """CFG-Zero*'s zero-init: whether ``sigma`` is among the first ``zero_levels`` distinct
-        noise levels this denoiser has seen, for a term with the option and ``w != 1`` (inside
-        its interval or not)."""
+        noise levels this denoiser has seen, the largest ``zero_levels`` of the terms with
+        ``w != 1`` (inside their interval or not)."""
         if sigma not in self._levels:
+            if len(self._levels) >= self._zero_levels:
+                return False
             self._levels.append(sigma)
-        level = self._levels.index(sigma)
-        return any(t.weight != 1 and t.rule.zero_star is not None and level < t.rule.zero_star.zero_levels for t in self.terms)
+        return True
 
     def _attention_block(self, request: DegradedInput) -> str:
         return request.block or default_attention_block(list(attention_ops(self.net)))
