@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,3 +101,36 @@ class ModelLoader:
 
     def cards(self) -> dict[str, Any]:
         return {path: getattr(model, "card", None) for path, model in self.models.items()}
+
+
+def code_revision() -> str:
+    """The package version, and the git commit of its source checkout when it runs from one
+    (``+changes`` when tracked files differ from it): ``0.1.0 (git 1a2b3c...)``."""
+    import subprocess
+
+    import autoguide
+
+    folder = Path(autoguide.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10,
+                              check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True,
+                               text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return autoguide.__version__
+    if head.returncode != 0:  # an installed wheel: no checkout
+        return autoguide.__version__
+    return f"{autoguide.__version__} (git {head.stdout.strip()}{'+changes' if dirty.stdout.strip() else ''})"
+
+
+def wait_for_ranks(info: RankInfo) -> None:
+    """Block until every torchrun rank of ``info`` got here (a gloo barrier; nothing with one process)."""
+    if info.world_size == 1:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # ranks may wait long for others (a resumed rank has less left to do)
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size, timeout=datetime.timedelta(days=2))
+    dist.barrier()

@@ -4,14 +4,24 @@
     autoguide-eval model=<file> guide=<file> guidance.weight=2.0 metrics=mnist seeds=0-4999
     autoguide-eval model=<file> metrics=toy2d class_labels=0 seeds=0-9999 seed_sets=3
 
-Writes ``<output.dir>/metrics.json`` (``autoguide.eval.evaluate``: best and mean over the seed
-sets, every set's values) and ``evaluate.yaml``; a preview of the first ``preview_images``
-samples of set 0 in ``output.formats``.
+    autoguide-eval protocol=edm2 model=<file> guide=<file> metrics.reference=img512.pkl vae_path=<vae>
+
+Before sampling it logs which detectors (feature networks) are usable and refuses one that is
+not, with its install line. Writes ``<output.dir>/metrics.json`` (``autoguide.eval.evaluate``:
+best, mean, min, max and std over the seed sets, every set's values, and the provenance: model
+files and hashes, guidance, sampler, seeds, detector and statistics-file hashes, code revision),
+``metrics.csv`` (image metrics), ``statistics/set<j>.pkl`` (each set's feature statistics in
+EDM2's layout) and ``statistics/reference.pkl`` (a reference computed from a dataset),
+``evaluate.yaml``, and a preview of the first ``preview_images`` samples of set 0 in
+``output.formats``. With ``shards.images`` set the images are measured in shards
+(``autoguide.eval.shards``), shared by torchrun ranks or by ``shards.worker``/``shards.workers``
+(SLURM array tasks, ``slurm/eval.sbatch``); finished shards are skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +30,34 @@ from torch import nn
 
 from autoguide.apps.common import apply_pair, evaluation, output_settings, plain
 from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.claim import claim_folder
 from autoguide.eval.evaluate import Evaluation, sample_chunks
-from autoguide.io import write_json_atomic, write_text_atomic
+from autoguide.eval.evaluator import Evaluator
+from autoguide.eval.shards import ShardedEvaluation
+from autoguide.eval.statistics import stats_key, write_statistics
+from autoguide.io import (
+    file_sha256,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from autoguide.latent import codec_for
-from autoguide.runtime import ModelLoader, resolve_device
+from autoguide.runtime import (
+    ModelLoader,
+    RankInfo,
+    code_revision,
+    rank_from_env,
+    resolve_device,
+    wait_for_ranks,
+)
 from autoguide.sample.config import build_guidance
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
 from autoguide.sample.outputs import write_outputs
+from autoguide.sample.seeds import format_seeds
+from autoguide.settings import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def write_preview(cfg: DictConfig, net: nn.Module, terms: list[GuidanceTerm], measure: Evaluation) -> None:
@@ -42,15 +72,83 @@ def write_preview(cfg: DictConfig, net: nn.Module, terms: list[GuidanceTerm], me
     write_outputs(output, samples, seeds, classes, title=str(cfg.model))
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report."""
+def worker_info(cfg: DictConfig) -> RankInfo:
+    """This process's share of the shards: ``shards.worker`` of ``shards.workers`` (SLURM array
+    tasks), else the launcher's rank (torchrun), else all of them."""
+    launched = rank_from_env()
+    worker, workers = cfg.shards.worker, cfg.shards.workers
+    if worker is None and workers is None:
+        return launched
+    if worker is None or workers is None or not 0 <= int(worker) < int(workers):
+        raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
+    if launched.world_size > 1:
+        raise ConfigError("shards.worker/workers: this process was started as one of several ranks; let the launcher share the work")
+    return RankInfo(int(worker), int(workers))
+
+
+def fingerprint(cfg: DictConfig, measure: Evaluation, load: ModelLoader) -> dict[str, Any]:
+    """Everything a shard's sums depend on: models (with hashes), guidance, sampler, seeds, detectors."""
+    return {
+        "models": {path: file_sha256(path) for path in load.models},
+        "guidance": plain(cfg.guidance), "sampler": plain(cfg.sampler), "precision": str(cfg.precision),
+        "class_labels": plain(cfg.class_labels), "seeds": format_seeds(measure.plan.seeds), "seed_sets": measure.plan.seed_sets,
+        "vae_path": cfg.get("vae_path"), "extractors": {e.name: e.sha256 for e in measure.evaluator.extractors},
+    }
+
+
+def measure_sharded(cfg: DictConfig, measure: Evaluation, net: nn.Module, terms: list[GuidanceTerm], load: ModelLoader,
+                    stats_dir: Path) -> dict[str, Any] | None:
+    """This process's shards, then the merged result if every shard is finished (torchrun: rank 0
+    after all ranks; array tasks: whichever task finds the last shard done), else ``None``."""
+    worker = worker_info(cfg)
+    sharded = ShardedEvaluation(measure, net, terms, Path(cfg.shards.dir), int(cfg.shards.images), fingerprint(cfg, measure, load))
+    with claim_folder(cfg.shards.dir, role=f"worker{worker.rank}of{worker.world_size}"):
+        done = sharded.run(worker)
+    print(json.dumps({"worker": f"{worker.rank}/{worker.world_size}", **done}))
+    launched = rank_from_env()
+    wait_for_ranks(launched)
+    missing = sharded.missing() if launched.rank == 0 else ["(rank 0 merges)"]
+    if missing:
+        log.info("%d of %d shards are not finished yet; the worker that finishes the last one merges", len(missing), len(sharded.shards))
+        return None
+    with claim_folder(cfg.output.dir, role="merge", wait_s=600):
+        return {**sharded.merge(stats_dir), "shards": {"folder": str(cfg.shards.dir), "count": len(sharded.shards), **done}}
+
+
+def write_reference_statistics(evaluator: Evaluator, stats_dir: Path) -> str | None:
+    """The statistics of a reference computed from a dataset, as ``<stats_dir>/reference.pkl``."""
+    if evaluator.stats_file is not None or not evaluator.references:
+        return None
+    stats = {stats_key(name): {"mu": ref.mu, "sigma": ref.sigma} for name, ref in evaluator.references.items()}
+    return str(write_statistics(stats, stats_dir / "reference.pkl"))
+
+
+def write_csv(path: Path, result: dict[str, Any]) -> None:
+    """One row per seed set, then the best, mean, min, max and std rows."""
+    names = list(result["metrics"])
+    rows = [{"row": f"set{i}", "seeds": s["seeds"], "images": s["images"], **s["metrics"]} for i, s in enumerate(result["sets"])]
+    rows += [{"row": key, **result[key]} for key in ("metrics", "mean", "min", "max", "std")]
+    rows[-5]["row"] = "best"
+    write_csv_atomic(path, rows, ["row", "seeds", "images", *names])
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report
+    (``None`` from a sharded worker that leaves the merge to another)."""
     device = resolve_device(str(cfg.device))
     apply_pair(cfg)
     measure = evaluation(cfg, device)
     load = ModelLoader(device)
     net = load(str(cfg.model))
     terms = build_guidance(plain(cfg.guidance), load)
-    result = measure(net, terms)
+    out = Path(cfg.output.dir)
+    stats_dir = out / "statistics"
+    if cfg.shards.images is None:
+        result = measure(net, terms, stats_dir)
+    else:
+        result = measure_sharded(cfg, measure, net, terms, load, stats_dir)
+        if result is None:
+            return None
     report = {
         "model": str(cfg.model),
         "guide": None if cfg.get("guide") is None else str(cfg.guide),
@@ -60,12 +158,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed_sets": measure.plan.seed_sets,
         **result,
         "feature_networks": measure.evaluator.info(),
+        "reference_statistics": write_reference_statistics(measure.evaluator, stats_dir),
+        "model_sha256": {path: file_sha256(path) for path in load.models},
         "model_cards": load.cards(),
+        "code_revision": code_revision(),
     }
-    out = Path(cfg.output.dir)
     write_json_atomic(out / "metrics.json", report)
+    if measure.evaluator.toy is None:
+        write_csv(out / "metrics.csv", result)
     write_text_atomic(out / "evaluate.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_preview(cfg, net, terms, measure)
+    if rank_from_env().rank == 0:
+        write_preview(cfg, net, terms, measure)
     print(json.dumps({"metrics": result["metrics"], "report": str(out / "metrics.json")}))
     return report
 

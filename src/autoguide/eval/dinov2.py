@@ -6,9 +6,12 @@ with its ``hubconf.py``): ``torch.hub.load(repo, "dinov2_vitl14", source="local"
 pretrained=False)``, then the weights from a LOCAL file (``dinov2_vitl14_pretrain.pth``, a plain
 state dict) through the weights-only unpickler. Nothing is downloaded.
 
-Preprocessing: uint8 -> [0, 1], gray repeated to RGB, bicubic resize (antialiased) to 224x224,
-ImageNet normalisation ``(x - mean) / std``; the feature is the network output, the final
-class token (1024 values).
+Preprocessing as EDM2's FD_DINOv2 detector (``dinov2_input``): the uint8 values as float32,
+bicubic resize with antialiasing to 224x224 (``F.interpolate(..., mode="bicubic",
+antialias=True)``, Keys' cubic with ``a = -0.5`` widened by the scale factor when shrinking),
+``/ 255``, then ImageNet normalisation ``(x - mean) / std``; the feature is the network output,
+the final class token (1024 values). The one difference: gray images are repeated to RGB
+(EDM2 only measures RGB).
 """
 
 from __future__ import annotations
@@ -29,10 +32,21 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def dinov2_input(images: torch.Tensor) -> torch.Tensor:
+    """EDM2's DINOv2 input from uint8 images ``[N, 1 or 3, H, W]``:
+    ``(resize_224(float(x)) / 255 - mean) / std`` per channel (the module docstring)."""
+    x = as_rgb(images).to(torch.float32)
+    x = F.interpolate(x, size=(RESOLUTION, RESOLUTION), mode="bicubic", antialias=True, align_corners=False) / 255
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class DinoV2Features(FeatureExtractor):
     """Class-token features ``[N, 1024]`` of uint8 images ``[N, 1 or 3, H, W]``."""
 
     name = "dinov2"
+    dim = 1024
 
     def __init__(self, repo: str | os.PathLike, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         repo = Path(repo).expanduser()
@@ -49,11 +63,7 @@ class DinoV2Features(FeatureExtractor):
         net = torch.hub.load(str(repo), ENTRY, source="local", pretrained=False)
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.net = net.eval().requires_grad_(False).to(self.device)
-        self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = as_rgb(images).to(torch.float32) / 255
-        x = F.interpolate(x, size=(RESOLUTION, RESOLUTION), mode="bicubic", antialias=True, align_corners=False)
-        return self.net((x - self.mean) / self.std)
+        return self.net(dinov2_input(images))

@@ -2,8 +2,8 @@
 
 With ``seed_sets = K`` the metrics are measured K times on disjoint seeds (set ``j`` uses every
 seed plus ``j * (max(seeds) + 1)``); the result holds the best value of each metric over the
-sets (the minimum FID over repeated evaluations, as the EDM2 papers report), their mean and
-every set's seeds and values. Images are generated and measured ``chunk_images`` at a time, so
+sets (the minimum FID over repeated evaluations, as the EDM2 papers report), their mean, min,
+max and std and every set's seeds and values (``summarize``). Images are generated and measured ``chunk_images`` at a time, so
 memory does not grow with the number of images; latent models' samples are decoded to pixels
 by their VAE codec first.
 """
@@ -15,13 +15,21 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoguide.eval.evaluator import Evaluator, SampleChunk, best_value, check_model, metric_names
+from autoguide.eval.evaluator import (
+    Evaluator,
+    SampleChunk,
+    best_value,
+    check_model,
+    metric_names,
+)
+from autoguide.eval.statistics import Statistics, write_statistics
 from autoguide.latent import codec_for
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
@@ -71,27 +79,48 @@ def sample_chunks(
         yield (samples if codec is None else codec.decode(samples.to(device)).cpu()), labels
 
 
+def summarize(sets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Over the seed sets' ``metrics``: the best value of each metric (``metrics``, the EDM2 papers'
+    minimum FID), and its ``mean``, ``min``, ``max`` and ``std`` (sample std, ``ddof = 1``; 0 for one set)."""
+    names = list(sets[0]["metrics"])
+    values = {m: np.array([s["metrics"][m] for s in sets], dtype=np.float64) for m in names}
+    return {
+        "metrics": {m: best_value(m, v.tolist()) for m, v in values.items()},
+        "mean": {m: float(v.mean()) for m, v in values.items()},
+        "min": {m: float(v.min()) for m, v in values.items()},
+        "max": {m: float(v.max()) for m, v in values.items()},
+        "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+        "sets": list(sets),
+    }
+
+
+def set_record(plan: EvalPlan, index: int, images: int, metrics: Mapping[str, float], started: float,
+               stats: Statistics, stats_dir: Path | None) -> dict[str, Any]:
+    """One seed set's entry of the report; its generated-feature statistics written to
+    ``<stats_dir>/set<index>.pkl`` (EDM2's layout) when ``stats_dir`` is given."""
+    record = {"seeds": format_seeds(plan.set_seeds(index)), "images": images, "metrics": dict(metrics),
+              "seconds": round(time.time() - started, 2)}
+    if stats_dir is not None and stats:
+        record["statistics"] = str(write_statistics(stats, Path(stats_dir) / f"set{index}.pkl"))
+    log.info("seed set %d/%d (%s): %s", index + 1, plan.seed_sets, record["seeds"], record["metrics"])
+    return record
+
+
 def evaluate_model(
     net: nn.Module, terms: Sequence[GuidanceTerm], plan: EvalPlan, evaluator: Evaluator,
-    generation: GenerationSettings, device: torch.device, codec: nn.Module | None = None,
+    generation: GenerationSettings, device: torch.device, codec: nn.Module | None = None, stats_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``net`` guided by ``terms`` over the plan's seed sets:
-    ``{"metrics": best per metric, "mean": ..., "sets": [{"seeds", "images", "metrics", "seconds"}]}``."""
+    """Metrics of ``net`` guided by ``terms`` over the plan's seed sets (``summarize``), every set
+    measured in this process; each set's feature statistics written to ``stats_dir`` if given."""
     evaluator.check_images(len(plan.seeds))
     sets = []
     for index in range(plan.seed_sets):
         started = time.time()
         seeds, classes = class_labels(plan.class_labels, plan.set_seeds(index), int(net.label_dim))
         chunks = sample_chunks(net, terms, seeds, classes, generation, device, plan.chunk_images, codec)
-        metrics = evaluator(chunks)
-        sets.append({"seeds": format_seeds(plan.set_seeds(index)), "images": len(seeds), "metrics": metrics, "seconds": round(time.time() - started, 2)})
-        log.info("seed set %d/%d (%s): %s", index + 1, plan.seed_sets, sets[-1]["seeds"], metrics)
-    names = list(sets[0]["metrics"])
-    return {
-        "metrics": {m: best_value(m, [s["metrics"][m] for s in sets]) for m in names},
-        "mean": {m: float(np.mean([s["metrics"][m] for s in sets])) for m in names},
-        "sets": sets,
-    }
+        metrics, stats = evaluator.measure(chunks)
+        sets.append(set_record(plan, index, len(seeds), metrics, started, stats, stats_dir))
+    return summarize(sets)
 
 
 class Evaluation:
@@ -119,8 +148,8 @@ class Evaluation:
         """The metrics measured, in report order."""
         return metric_names(self.metrics)
 
-    def __call__(self, net: nn.Module, terms: Sequence[GuidanceTerm]) -> dict[str, Any]:
+    def __call__(self, net: nn.Module, terms: Sequence[GuidanceTerm], stats_dir: Path | None = None) -> dict[str, Any]:
         """``evaluate_model`` of ``net`` guided by ``terms`` (the model checked against the metrics first)."""
         check_model(net, self.metrics)
         codec = codec_for(net, self.vae_path, self.device)
-        return evaluate_model(net, terms, self.plan, self.evaluator, self.generation, self.device, codec)
+        return evaluate_model(net, terms, self.plan, self.evaluator, self.generation, self.device, codec, stats_dir)

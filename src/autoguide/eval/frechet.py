@@ -43,6 +43,14 @@ class GaussianAccumulator:
         self.total += x.sum(0)
         self.outer += x.T @ x
 
+    def add(self, other: GaussianAccumulator) -> None:
+        """Add the rows another accumulator saw (its ``n``, ``sum x``, ``sum x x^T``)."""
+        if other.total.shape != self.total.shape:
+            raise ValueError(f"cannot merge statistics of {len(other.total)}-dim features into {len(self.total)}-dim ones")
+        self.n += other.n
+        self.total += other.total
+        self.outer += other.outer
+
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mu [D], sigma [D, D])``; needs at least two rows."""
         if self.n < 2:

@@ -22,12 +22,31 @@ from autoguide.eval.features import FeatureExtractor, as_rgb, require_file
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
-INSTALL_HINT = (
-    "Inception-v3 features need torch-fidelity and a torchvision built for the installed torch; "
-    "install both without dependencies so torch is not replaced, e.g. for torch 2.13: "
-    "`pip install --no-deps torch-fidelity==0.4.0 torchvision==0.28.0 "
-    "--extra-index-url https://download.pytorch.org/whl/cpu` (or the CUDA index of your torch build)"
-)
+TORCH_FIDELITY_VERSION = "0.4.0"
+
+
+def install_line(torch_version: str = torch.__version__, cuda: str | None = torch.version.cuda) -> str:
+    """The pip command that installs torch-fidelity and the torchvision built for this torch (torch
+    ``2.M.P`` pairs with torchvision ``0.(M+15).P``), without dependencies so torch stays as it is."""
+    major, minor, patch = (int(part) for part in torch_version.split("+")[0].split(".")[:3])
+    vision = f"0.{minor + 15}.{patch}" if major == 2 else "<the torchvision release of your torch>"
+    index = "cpu" if cuda is None else "cu" + cuda.replace(".", "")
+    return (
+        f"pip install --no-deps torch-fidelity=={TORCH_FIDELITY_VERSION} torchvision=={vision} "
+        f"--extra-index-url https://download.pytorch.org/whl/{index}"
+    )
+
+
+def inception_problem() -> str | None:
+    """None if torch-fidelity's Inception port imports here (it needs torchvision and its compiled
+    operators, built for this torch); else what failed and the install line."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import (
+            FeatureExtractorInceptionV3,  # noqa: F401
+        )
+    except Exception as err:  # noqa: BLE001 - ImportError, or torchvision's RuntimeError when its operators do not load
+        return f"torch-fidelity's Inception-v3 does not import ({type(err).__name__}: {err}); install it with `{install_line()}`"
+    return None
 
 
 @contextlib.contextmanager
@@ -50,6 +69,7 @@ class InceptionFeatures(FeatureExtractor):
     """Pool3 features ``[N, 2048]`` of uint8 images ``[N, 1 or 3, H, W]`` (gray repeated to RGB)."""
 
     name = "inception"
+    dim = 2048
 
     def __init__(self, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         weights = require_file(
@@ -58,10 +78,13 @@ class InceptionFeatures(FeatureExtractor):
             "extractors.inception.weights=<file> (it is never downloaded at run time)",
         )
         super().__init__(weights, torch.device(device))
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as err:
-            raise ImportError(f"{INSTALL_HINT} ({err})") from err
+        problem = inception_problem()
+        if problem is not None:
+            raise ImportError(problem)
+        from torch_fidelity.feature_extractor_inceptionv3 import (
+            FeatureExtractorInceptionV3,
+        )
+
         with weights_only_loads():
             net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
         self.net = net.eval().requires_grad_(False).to(self.device)

@@ -1,4 +1,6 @@
-"""Reference statistics of a dataset under a feature extractor, cached as ``.npz``.
+"""Reference statistics under a feature extractor: of a dataset (computed once, cached as ``.npz``)
+or read from a published statistics file (``reference_from_file``: EDM2's ``.pkl``, EDM's ``.npz``;
+``autoguide.eval.statistics``), which holds ``mu`` and ``sigma`` only, no features.
 
 For FD the reference is summarised by the mean and covariance of its features (over every
 image); precision/recall need the features themselves, of which a fixed random subset of at
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from autoguide.data.registry import build_reference_dataset
 from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import GaussianAccumulator
+from autoguide.eval.statistics import Statistics, StatisticsError, stats_key
 from autoguide.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,27 @@ class ReferenceStats:
     features: np.ndarray
     num_images: int
     path: Path
+
+    @property
+    def has_features(self) -> bool:
+        """Whether feature rows are kept (a dataset reference), as precision/recall need."""
+        return len(self.features) > 0
+
+
+def reference_from_file(stats: Statistics, path: Path, extractor: FeatureExtractor) -> ReferenceStats:
+    """``extractor``'s entry (``stats_key``) of the statistics ``stats`` read from ``path``; a missing
+    key or a dimension other than the extractor's is refused naming the file."""
+    key = stats_key(extractor.name)
+    if key not in stats:
+        raise StatisticsError(
+            f"{path}: holds no {key!r} statistics for the {extractor.name} features (it holds {sorted(stats)}); "
+            "measure only what it holds (metrics.features) or give another file"
+        )
+    mu, sigma = stats[key]["mu"], stats[key]["sigma"]
+    dim = getattr(extractor, "dim", None)
+    if dim is not None and len(mu) != dim:
+        raise StatisticsError(f"{path}: {key} statistics are {len(mu)}-dimensional, but {extractor.name} features have {dim}")
+    return ReferenceStats(mu, sigma, np.zeros((0, len(mu)), np.float32), 0, path)
 
 
 def cache_path(cache_dir: str | os.PathLike, dataset_cfg: Mapping[str, Any], max_features: int, extractor: FeatureExtractor) -> Path:
@@ -103,10 +127,9 @@ def reference_stats(
         return cached
     log.info("computing %s reference statistics of %s (%d images) -> %s", extractor.name, dataset_json, len(dataset), path)
     mu, sigma, features = compute_reference(dataset, extractor, max_features, batch_size, num_workers)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f, mu=mu, sigma=sigma, features=features.astype(np.float32), num_images=len(dataset),
-                dataset=dataset_json, extractor_sha256=extractor.sha256,
-            )
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f, mu=mu, sigma=sigma, features=features.astype(np.float32), num_images=len(dataset),
+            dataset=dataset_json, extractor_sha256=extractor.sha256,
+        )
     return ReferenceStats(mu, sigma, features, len(dataset), path)
