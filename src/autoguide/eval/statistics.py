@@ -30,8 +30,9 @@ Statistics = dict[str, dict[str, np.ndarray]]
 STATS_KEYS = {"inception": "fid", "dinov2": "fd_dinov2"}
 NPZ_METRIC = "fid"
 
-# The globals a pickle of numpy arrays and numpy scalars refers to (numpy 1 and numpy 2 spellings).
-_NUMPY_GLOBALS = {
+# The globals a pickle of numpy arrays and numpy scalars refers to (numpy 1 and numpy 2 spellings;
+# protocol 2 spells bytes as _codecs.encode(str, "latin1")).
+_NUMPY_GLOBALS = {("_codecs", "encode")} | {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
