@@ -1,0 +1,119 @@
+"""Sharded, resumable evaluation (``autoguide.eval.shards``) on a tiny MNIST model: two SLURM-style
+array tasks and two torchrun ranks (gloo) each give one process's result; a shard of another
+configuration is refused by name; a run killed with SIGKILL during a shard, rerun, gives the same
+result without recomputing its finished shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from autoguide.apps.evaluate import run
+from autoguide.config import compose as compose_config
+from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
+from autoguide.eval.shards import ShardError
+from tests.test_eval_evaluate import MNIST_NET, save_net
+
+pytestmark = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+
+SHARDS = 8  # 2 seed sets x 32 images in shards of 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    save_net(root / "mnist.safetensors", MNIST_NET)
+    torch.manual_seed(1)
+    classifier = MnistClassifier(feature_dim=24).eval()
+    save_classifier(root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
+    return root
+
+
+def overrides(root, out, *extra):
+    """32 images per seed set, 2 sets, shards of 8; precision/recall on the first 20 images of a set
+    (a bounded sample that ends inside a shard)."""
+    return [
+        f"model={root / 'mnist.safetensors'}", "sampler.num_steps=2", "seeds=0-31", "seed_sets=2", "shards.images=8",
+        "chunk_images=5", "device=cpu", f"output.dir={out}", f"cache_dir={root / 'cache'}", "preview_images=0",
+        f"extractors.mnist.path={root / 'clf.safetensors'}", "metrics.reference.split=test", "metrics.max_reference_features=20",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_process(setup, tmp_path_factory):
+    return run(compose_config("eval", overrides(setup, tmp_path_factory.mktemp("one"))))
+
+
+def assert_same_result(report, expected):
+    for index, s in enumerate(expected["sets"]):
+        got = report["sets"][index]["metrics"]
+        assert set(got) == set(s["metrics"]) == {"fd_mnist", "precision_mnist", "recall_mnist"}
+        for metric, value in s["metrics"].items():
+            assert got[metric] == pytest.approx(value, rel=1e-12, abs=1e-12), metric
+    for key in ("metrics", "mean", "min", "std"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
+
+
+def test_one_process_measures_every_shard_and_matches_the_in_memory_evaluation(setup, one_process, tmp_path):
+    assert one_process["shards"]["count"] == SHARDS and len(one_process["shards"]["computed"]) == SHARDS
+    assert [s["seeds"] for s in one_process["sets"]] == ["0-31", "32-63"]
+    memory = run(compose_config("eval", overrides(setup, tmp_path, "shards.images=null")))
+    for sharded, direct in zip(one_process["sets"], memory["sets"], strict=True):
+        assert sharded["metrics"] == pytest.approx(direct["metrics"], rel=1e-6)
+    values = [s["metrics"]["fd_mnist"] for s in one_process["sets"]]
+    assert one_process["min"]["fd_mnist"] == min(values) and one_process["std"]["fd_mnist"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_two_array_tasks_equal_one_process(setup, one_process, tmp_path):
+    first = run(compose_config("eval", overrides(setup, tmp_path, "shards.worker=0", "shards.workers=2")))
+    assert first is None and not (tmp_path / "metrics.json").exists()  # task 1's shards are missing: no merge yet
+    second = run(compose_config("eval", overrides(setup, tmp_path, "shards.worker=1", "shards.workers=2")))
+    assert second["shards"]["computed"] == [f"set1-{s:07d}-{s + 7:07d}" for s in (0, 8, 16, 24)]
+    assert_same_result(second, one_process)
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == second["metrics"]
+
+
+def test_a_shard_of_another_configuration_is_refused_by_name(setup, one_process, tmp_path):
+    run(compose_config("eval", overrides(setup, tmp_path, "shards.worker=0", "shards.workers=2")))
+    with pytest.raises(ShardError, match=r"set0-0000000-0000007\.npz: this shard was made by another evaluation \(differing keys: sampler\)"):
+        run(compose_config("eval", overrides(setup, tmp_path, "sampler.num_steps=3")))
+
+
+def clean_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def test_two_torchrun_ranks_equal_one_process(setup, one_process, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "autoguide.apps.evaluate", *overrides(setup, tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    workers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"worker"')]
+    assert sorted(w["worker"] for w in workers) == ["0/2", "1/2"] and sum(len(w["computed"]) for w in workers) == SHARDS
+    assert_same_result(json.loads((tmp_path / "metrics.json").read_text()), one_process)
+
+
+def test_sigkill_during_a_shard_then_rerun_gives_the_same_result(setup, one_process, tmp_path):
+    command = [sys.executable, "-m", "autoguide.apps.evaluate", *overrides(setup, tmp_path, "sampler.num_steps=2")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+    shards = tmp_path / "shards"
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline and not list(shards.glob("set*.npz")):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("set*.npz")}
+    assert 1 <= len(finished) < SHARDS, "the kill must land between the first and the last shard"
+    report = run(compose_config("eval", overrides(setup, tmp_path)))
+    assert sorted(f"{name}.npz" for name in report["shards"]["reused"]) == sorted(finished)
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("set*.npz") if p.name in finished} == finished
+    assert len(report["shards"]["computed"]) == SHARDS - len(finished)
+    assert_same_result(report, one_process)
