@@ -23,7 +23,7 @@ from conftest import import_slurm_plugin
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SCRIPTS = ["common.sh", "chain.sh", "local-cluster.sh", "train.sbatch", "train-multinode.sbatch",
-           "reconstruct.sbatch", "generate.sbatch", "encode.sbatch"]
+           "reconstruct.sbatch", "generate.sbatch", "encode.sbatch", "eval.sbatch"]
 TRAIN_SCRIPTS = ["train.sbatch", "train-multinode.sbatch"]
 
 RECORDER = """#!/usr/bin/env python3
@@ -87,7 +87,7 @@ def test_training_scripts_ask_for_a_signal_and_requeue(name):
     assert int(options["ntasks-per-node"]) == int(options["gpus-per-node"])  # one task per GPU
 
 
-@pytest.mark.parametrize("name", ["generate.sbatch", "encode.sbatch"])
+@pytest.mark.parametrize("name", ["generate.sbatch", "encode.sbatch", "eval.sbatch"])
 def test_array_scripts_are_arrays(name):
     assert sbatch_options(name)["array"] == "0-0"
     assert "%A_%a" in sbatch_options(name)["output"]
@@ -342,3 +342,39 @@ def test_submitit_launcher_follows_the_trainer_layout():
     assert launcher.signal_delay_s >= 60 and launcher.additional_parameters.requeue is True
     [setup] = OmegaConf.to_container(launcher.setup, resolve=True)
     assert setup.startswith("source ") and setup.endswith("/slurm/common.sh")
+
+
+# -------------------------------------------------------------------------- evaluation array
+def run_eval(tmp_path: Path, task: int, count: int, args: list[str], **env_extra: str) -> subprocess.CompletedProcess:
+    array = {"SLURM_ARRAY_JOB_ID": "80", "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": str(count),
+             "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": str(count - 1), "SLURM_JOB_ID": str(80 + task)}
+    env = clean_env(tmp_path, **{**array, **env_extra})
+    return subprocess.run(["bash", str(SLURM / "eval.sbatch"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_eval_tasks_are_the_shard_workers(tmp_path):
+    for task in range(3):
+        result = run_eval(tmp_path, task, 3, ["protocol=edm2", "model=m.safetensors"], OUT_DIR=str(tmp_path / "out"))
+        assert result.returncode == 0, result.stderr
+    calls = recorded(tmp_path)
+    assert [c[1:3] for c in calls] == [["-m", "autoguide.apps.evaluate"]] * 3
+    for task, call in enumerate(calls):
+        assert call[3:] == ["protocol=edm2", "model=m.safetensors", "shards.images=1000", f"output.dir={tmp_path}/out",
+                            f"shards.worker={task}", "shards.workers=3"]
+
+
+def test_eval_keeps_the_shard_size_given(tmp_path):
+    assert run_eval(tmp_path, 0, 1, ["model=m", "shards.images=50"], OUT_DIR="o").returncode == 0
+    [call] = recorded(tmp_path)
+    assert call.count("shards.images=50") == 1 and not any(a == "shards.images=1000" for a in call)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["model=m", "output.dir=x"], {"OUT_DIR": "o"}, "output.dir=x"),
+    (["model=m", "shards.worker=1"], {"OUT_DIR": "o"}, "shards.worker=1"),
+    (["model=m"], {}, "set OUT_DIR"),
+    (["model=m"], {"OUT_DIR": "o", "SLURM_ARRAY_TASK_MIN": "1"}, "--array must be 0-<N-1>"),
+])
+def test_eval_refuses_what_the_array_sets(tmp_path, args, env, message):
+    result = run_eval(tmp_path, 1, 2, args, **env)
+    assert result.returncode == 2 and message in result.stderr and not recorded(tmp_path)
