@@ -1,7 +1,8 @@
 """Sharded, resumable evaluation (``autoguide.eval.shards``) on a tiny MNIST model: two SLURM-style
 array tasks and two torchrun ranks (gloo) each give one process's result; a shard of another
 configuration is refused by name; a run killed with SIGKILL during a shard, rerun, gives the same
-result without recomputing its finished shards."""
+result without recomputing its finished shards; on a real SLURM cluster (marked ``slurm``),
+``slurm/eval.sbatch`` with 2 array tasks gives one process's result."""
 
 import json
 import os
@@ -19,6 +20,7 @@ from autoguide.config import compose as compose_config
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
 from tests.test_eval_evaluate import MNIST_NET, save_net
+from tests.test_slurm_cluster import CPU_JOB, SLURM, cluster, job_env, sbatch, wait_finished  # noqa: F401 (cluster: a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 
@@ -117,3 +119,17 @@ def test_sigkill_during_a_shard_then_rerun_gives_the_same_result(setup, one_proc
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("set*.npz") if p.name in finished} == finished
     assert len(report["shards"]["computed"]) == SHARDS - len(finished)
     assert_same_result(report, one_process)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_array_tasks_equal_one_process(cluster, setup, one_process, tmp_path):
+    """slurm/eval.sbatch on the real cluster: 2 array tasks share the shards, the last merges."""
+    out = tmp_path / "out"
+    args = [a for a in overrides(setup, out) if not a.startswith("output.dir=")]
+    job = sbatch(["--array=0-1", *CPU_JOB, f"--output={tmp_path}/slurm-%A_%a.out", str(SLURM / "eval.sbatch"), *args],
+                 job_env(tmp_path, OUT_DIR=str(out)), tmp_path)
+    infos = wait_finished(job, 600)
+    logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("slurm-*.out"))
+    assert len(infos) == 2 and all(i["JobState"] == "COMPLETED" for i in infos), logs
+    assert_same_result(json.loads((out / "metrics.json").read_text()), one_process)
