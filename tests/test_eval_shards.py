@@ -20,7 +20,14 @@ from autoguide.config import compose as compose_config
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
 from tests.test_eval_evaluate import MNIST_NET, save_net
-from tests.test_slurm_cluster import CPU_JOB, SLURM, cluster, job_env, sbatch, wait_finished  # noqa: F401 (cluster: a fixture)
+from tests.test_slurm_cluster import (  # noqa: F401 (cluster: a fixture)
+    CPU_JOB,
+    SLURM,
+    cluster,
+    job_env,
+    sbatch,
+    wait_finished,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 
@@ -96,7 +103,7 @@ def clean_env():
 def test_two_torchrun_ranks_equal_one_process(setup, one_process, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "autoguide.apps.evaluate", *overrides(setup, tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env(), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     workers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"worker"')]
     assert sorted(w["worker"] for w in workers) == ["0/2", "1/2"] and sum(len(w["computed"]) for w in workers) == SHARDS
@@ -123,7 +130,8 @@ def test_sigkill_during_a_shard_then_rerun_gives_the_same_result(setup, one_proc
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_array_tasks_equal_one_process(cluster, setup, one_process, tmp_path):
+@pytest.mark.usefixtures("cluster")
+def test_slurm_array_tasks_equal_one_process(setup, one_process, tmp_path):
     """slurm/eval.sbatch on the real cluster: 2 array tasks share the shards, the last merges."""
     out = tmp_path / "out"
     args = [a for a in overrides(setup, out) if not a.startswith("output.dir=")]
