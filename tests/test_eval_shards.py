@@ -17,6 +17,7 @@ import torch
 
 from autoguide.apps.evaluate import run
 from autoguide.config import compose as compose_config
+from autoguide.eval import read_statistics
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
 from tests.test_eval_evaluate import MNIST_NET, save_net
@@ -70,8 +71,23 @@ def assert_same_result(report, expected):
         assert report[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
 
 
+def test_edm2_protocol_config(setup):
+    cfg = compose_config("eval", ["protocol=edm2", "model=m.safetensors", "metrics.reference=refs/img512.pkl"])
+    assert (cfg.seeds, cfg.seed_sets, cfg.class_labels, cfg.shards.images) == ("0-49999", 3, "random", 1000)
+    assert (cfg.sampler.solver, cfg.sampler.num_steps, cfg.sampler.sigma_min, cfg.sampler.sigma_max, cfg.sampler.rho) == (
+        "heun", 32, 0.002, 80.0, 7.0)
+    assert list(cfg.metrics.features) == ["inception", "dinov2"] and cfg.metrics.reference == "refs/img512.pkl"
+    with pytest.raises(ValueError, match="metrics.reference: the features .* need a statistics file"):
+        run(compose_config("eval", ["protocol=edm2", f"model={setup / 'mnist.safetensors'}", "metrics.features=[mnist]",
+                                    f"extractors.mnist.path={setup / 'clf.safetensors'}", "device=cpu"]))
+
+
 def test_one_process_measures_every_shard_and_matches_the_in_memory_evaluation(setup, one_process, tmp_path):
     assert one_process["shards"]["count"] == SHARDS and len(one_process["shards"]["computed"]) == SHARDS
+    reference = read_statistics(one_process["reference_statistics"])["fd_mnist"]  # the dataset's, in EDM2's layout
+    cached = np.load(one_process["feature_networks"]["mnist"]["reference"])
+    np.testing.assert_array_equal(reference["mu"], cached["mu"])
+    np.testing.assert_array_equal(reference["sigma"], cached["sigma"])
     assert [s["seeds"] for s in one_process["sets"]] == ["0-31", "32-63"]
     memory = run(compose_config("eval", overrides(setup, tmp_path, "shards.images=null")))
     for sharded, direct in zip(one_process["sets"], memory["sets"], strict=True):

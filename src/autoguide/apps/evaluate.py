@@ -146,9 +146,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.shards.images is None:
         result = measure(net, terms, stats_dir)
     else:
-        result = measure_sharded(cfg, measure, net, terms, load, stats_dir)
-        if result is None:
+        merged = measure_sharded(cfg, measure, net, terms, load, stats_dir)
+        if merged is None:
             return None
+        result = merged
     report = {
         "model": str(cfg.model),
         "guide": None if cfg.get("guide") is None else str(cfg.guide),
