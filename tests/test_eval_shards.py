@@ -20,6 +20,7 @@ from autoguide.config import compose as compose_config
 from autoguide.eval import read_statistics
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
+from autoguide.settings import ConfigError
 from tests.test_eval_evaluate import MNIST_NET, save_net
 from tests.test_slurm_cluster import (  # noqa: F401 (cluster: a fixture)
     CPU_JOB,
@@ -73,7 +74,7 @@ def assert_same_result(report, expected):
 
 def test_edm2_protocol_config(setup):
     cfg = compose_config("eval", ["protocol=edm2", "model=m.safetensors", "metrics.reference=refs/img512.pkl"])
-    assert (cfg.seeds, cfg.seed_sets, cfg.class_labels, cfg.shards.images) == ("0-49999", 3, "random", 1000)
+    assert (cfg.seeds, cfg.seed_sets, cfg.class_labels, cfg.shards.images) == ("0-49999", 3, "random", 2500)
     assert (cfg.sampler.solver, cfg.sampler.num_steps, cfg.sampler.sigma_min, cfg.sampler.sigma_max, cfg.sampler.rho) == (
         "heun", 32, 0.002, 80.0, 7.0)
     assert list(cfg.metrics.features) == ["inception", "dinov2"] and cfg.metrics.reference == "refs/img512.pkl"
@@ -109,6 +110,11 @@ def test_a_shard_of_another_configuration_is_refused_by_name(setup, one_process,
     run(compose_config("eval", overrides(setup, tmp_path, "shards.worker=0", "shards.workers=2")))
     with pytest.raises(ShardError, match=r"set0-0000000-0000007\.npz: this shard was made by another evaluation \(differing keys: sampler\)"):
         run(compose_config("eval", overrides(setup, tmp_path, "sampler.num_steps=3")))
+
+
+def test_array_workers_need_a_shard_size(setup, tmp_path):
+    with pytest.raises(ConfigError, match="set shards.images"):
+        run(compose_config("eval", overrides(setup, tmp_path, "shards.images=null", "shards.worker=0", "shards.workers=2")))
 
 
 def clean_env():

@@ -83,6 +83,8 @@ def worker_info(cfg: DictConfig) -> RankInfo:
         raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
     if launched.world_size > 1:
         raise ConfigError("shards.worker/workers: this process was started as one of several ranks; let the launcher share the work")
+    if cfg.shards.images is None:
+        raise ConfigError("shards.worker/workers share shards: set shards.images (images per shard), e.g. with protocol=edm2")
     return RankInfo(int(worker), int(workers))
 
 
@@ -135,6 +137,7 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report
     (``None`` from a sharded worker that leaves the merge to another)."""
+    worker_info(cfg)  # the sharding options checked before anything is loaded
     device = resolve_device(str(cfg.device))
     apply_pair(cfg)
     measure = evaluation(cfg, device)
