@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ def worker_info(cfg: DictConfig) -> RankInfo:
     launched = rank_from_env()
     worker, workers = cfg.shards.worker, cfg.shards.workers
     if worker is None and workers is None:
+        if launched.world_size > 1 and cfg.shards.images is not None and "MASTER_ADDR" not in os.environ:
+            raise ConfigError("sharded evaluation over several ranks needs torchrun (its ranks meet at MASTER_ADDR); "
+                              "under SLURM use array tasks (slurm/eval.sbatch)")
         return launched
     if worker is None or workers is None or not 0 <= int(worker) < int(workers):
         raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
@@ -129,8 +133,7 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
     """One row per seed set, then the best, mean, min, max and std rows."""
     names = list(result["metrics"])
     rows = [{"row": f"set{i}", "seeds": s["seeds"], "images": s["images"], **s["metrics"]} for i, s in enumerate(result["sets"])]
-    rows += [{"row": key, **result[key]} for key in ("metrics", "mean", "min", "max", "std")]
-    rows[-5]["row"] = "best"
+    rows += [{"row": label, **result[key]} for label, key in (("best", "metrics"), *((k, k) for k in ("mean", "min", "max", "std")))]
     write_csv_atomic(path, rows, ["row", "seeds", "images", *names])
 
 
