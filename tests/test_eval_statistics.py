@@ -66,12 +66,17 @@ def test_edm_npz_round_trip_and_layout(tmp_path):
         write_statistics({"fid": stats, "fd_dinov2": stats}, tmp_path / "two.npz")
 
 
-def test_pkl_written_by_numpy_1_style_pickle_protocols_reads(tmp_path):
+def test_pkl_of_any_pickle_protocol_and_numpy_1_reads(tmp_path):
     stats = {"fid": random_stats(6, 3)}
     for protocol in (2, 4, 5):
         path = tmp_path / f"p{protocol}.pkl"
         path.write_bytes(pickle.dumps(stats, protocol=protocol))
         np.testing.assert_array_equal(read_statistics(path)["fid"]["mu"], stats["fid"]["mu"])
+    # EDM2's released files were written by numpy 1, whose arrays pickle as numpy.core.multiarray._reconstruct
+    old = pickle.dumps(stats, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in old
+    (tmp_path / "numpy1.pkl").write_bytes(old)
+    np.testing.assert_array_equal(read_statistics(tmp_path / "numpy1.pkl")["fid"]["sigma"], stats["fid"]["sigma"])
 
 
 @pytest.mark.parametrize("dim", [8, 64])
