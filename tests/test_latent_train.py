@@ -189,7 +189,7 @@ def test_bad_latent_data_stops_the_run_before_any_step(set64, latent_assets, tmp
         sys.executable, str(REPO / "train.py"), "experiment=img512-xs-guide", "data=latents", f"data.path={set64}",
         "trainer=cpu", f"vae_path={latent_assets['vae2']}", f"run_dir={run_dir}",
     ], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
-    assert refused.returncode == 2 and "latents/manifest.json: the latents were encoded with VAE folder 'vae1'" in refused.stderr
+    assert refused.returncode == 2 and "latents/manifest.json works in the latent space of VAE 'vae1'" in refused.stderr
     assert not list_checkpoints(run_dir) and not (run_dir / "config.yaml").exists()
 
 
@@ -207,7 +207,7 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
 
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
-    with pytest.raises(ConfigError, match="main_model=.*main.safetensors works in latent space .*data.standardize=edm2"):
+    with pytest.raises(ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"):
         check(main, "data.standardize=dataset")
     with pytest.raises(ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"):
         check(main_file("small.safetensors", 10))

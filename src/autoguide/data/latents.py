@@ -54,10 +54,10 @@ from autoguide.latent import (
     EDM2_FINAL_STD,
     EDM2_RAW_MEAN,
     EDM2_RAW_STD,
-    same_vae,
+    check_raw_std,
+    check_vae_path,
     standardisation,
     stability_vae_spec,
-    vae_identity,
 )
 
 FORMAT = "autoguide-latents/1"
@@ -115,22 +115,11 @@ def latent_statistics(manifest: Mapping[str, Any], standardize: str) -> tuple[li
 
 
 def latent_spec(manifest: Mapping[str, Any], standardize: str = "edm2") -> dict[str, Any]:
-    """The model-card ``latent`` entry of models trained on this set standardised this way."""
+    """The model-card ``latent`` entry of models trained on this set standardised this way,
+    with the identity of the set's VAE (``vae``: name and hashes)."""
     raw_mean, raw_std = latent_statistics(manifest, standardize)
-    return stability_vae_spec(manifest["vae"]["name"], raw_mean, raw_std, EDM2_FINAL_MEAN, EDM2_FINAL_STD)
-
-
-def check_vae(manifest: Mapping[str, Any], file: Path, vae_path: str | os.PathLike) -> None:
-    """Refuse a set encoded with another VAE than the one in ``vae_path``."""
-    made_with = manifest["vae"]
-    found = vae_identity(vae_path, made_with["name"])
-    if not same_vae(made_with, found):
-        raise ValueError(
-            f"{file}: the latents were encoded with VAE folder {made_with['folder']!r} (config sha256 "
-            f"{made_with['config_sha256'][:12]}, weights sha256 {made_with['weights_sha256'][:12]}), but vae_path={vae_path} "
-            f"holds another VAE (config {found['config_sha256'][:12]}, weights {found['weights_sha256'][:12]}); "
-            "encode the images with this VAE or point vae_path at the VAE of the set"
-        )
+    vae = manifest["vae"]
+    return stability_vae_spec(vae["name"], raw_mean, raw_std, EDM2_FINAL_MEAN, EDM2_FINAL_STD, vae)
 
 
 def shard_record_path(folder: Path, shard_file: str) -> Path:
@@ -170,9 +159,11 @@ class LatentShardDataset(Dataset):
         self.folder = self.manifest_file.parent
         manifest = read_manifest(self.manifest_file)
         self.manifest = manifest
-        if vae_path is not None:
-            check_vae(manifest, self.manifest_file, vae_path)
         self.latent_spec = latent_spec(manifest, standardize)
+        if vae_path is not None:
+            check_vae_path(self.latent_spec, vae_path, f"the latent set {self.manifest_file}")
+        if standardize == "edm2":
+            check_raw_std(manifest["stats"]["raw_std"], str(self.manifest_file))
         scale, bias = standardisation(self.latent_spec["raw_mean"], self.latent_spec["raw_std"], EDM2_FINAL_MEAN, EDM2_FINAL_STD)
         self.scale, self.bias = scale[:, None, None], bias[:, None, None]
         self.dtype = np.dtype(manifest["dtype"])
