@@ -149,6 +149,22 @@ def test_main_and_guide_of_different_vaes_are_refused_together():
         check_same_latent_space(a, None, "main", "guide")
 
 
+def test_a_guide_of_another_vae_cannot_guide_the_main(tmp_path):
+    from autoguide.sample.guidance import Autoguidance
+
+    cfg = {"arch": "unet", "img_resolution": 8, "img_channels": 4, "label_dim": 0, "model_channels": 16,
+           "channel_mult": [1], "num_blocks": 1, "attn_resolutions": []}
+    for name, weights in (("main", "2"), ("guide", "3")):
+        vae = {"name": name, "folder": name, "config_sha256": "1" * 64, "weights_sha256": weights * 64}
+        card = {"network": cfg, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec(name, vae=vae)}
+        save_model(tmp_path / f"{name}.safetensors", build_network(cfg), card)
+    main, guide = (load_denoiser(tmp_path / f"{n}.safetensors") for n in ("main", "guide"))
+    Autoguidance(guide=load_denoiser(tmp_path / "main.safetensors"), weight=2.0).validate(main, False)
+    with pytest.raises(ValueError, match="the main model works in the latent space of VAE 'main' .* but autoguidance's negative "
+                       "model in the latent space of VAE 'guide'"):
+        Autoguidance(guide=guide, weight=2.0).validate(main, False)
+
+
 def test_raw_std_far_from_edm2s_warns_once(caplog):
     with caplog.at_level(logging.WARNING, logger="autoguide.latent"):
         check_raw_std([s * 1.9 for s in EDM2_RAW_STD], "near")

@@ -85,11 +85,28 @@ def test_a_tiny_latent_unet_trains_with_decoded_grids_and_latent_cards(straight_
     manifest = read_manifest(latent_assets["set32"])
     assert card["nimg"] == STEPS * BATCH and card["latent"] == spec
     assert spec["raw_mean"] == manifest["stats"]["raw_mean"] and spec["final_std"] == 0.5
+    assert spec["vae"] == manifest["vae"] and spec["vae"]["name"] == spec["vae_name"] == "vae2"  # the VAE's identity
     grid = Image.open(straight_run / "samples" / f"nimg-{STEPS * BATCH:012d}.png")
     assert grid.mode == "RGB" and grid.size == (10 * 64, 64)  # one decoded 64x64 image per class, not 32x32 latents
     # post-hoc EMA reconstructions carry the run's latent space too
     (path,) = PosthocEMA(straight_run).write([0.08], out_dir=straight_run / "ema")
-    assert read_card(path)["latent"] == spec
+    assert read_card(path)["latent"] == spec and read_card(path)["latent"]["vae"]["weights_sha256"] == manifest["vae"]["weights_sha256"]
+
+
+def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets, tmp_path):
+    """``vae_path`` with another VAE than the model's is refused, naming both, before sampling."""
+    from autoguide.apps.sweep import run as sweep
+
+    model, other = straight_run / "final.safetensors", latent_assets["vae1"]
+    refusal = r"vae_path=.*vae1: this model works in the latent space of VAE 'vae2' .*, but that folder holds VAE 'vae1'"
+    common = [f"vae_path={other}", "seeds=0-3", "sampler.num_steps=2", "device=cpu", f"output.dir={tmp_path / 'out'}"]
+    with pytest.raises(ValueError, match=refusal):
+        generate(compose("generate", [f"model={model}", "progress=false", *common]))
+    metrics = ["metrics=images", "metrics.features=[pooled]", f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}"]
+    with pytest.raises(ValueError, match=refusal):
+        evaluate(compose("eval", [f"model={model}", *metrics, "preview_images=0", *common]))
+    with pytest.raises(ValueError, match=refusal):
+        sweep(compose("sweep", [f"main.model={model}", "guidance=cfg", "grid.weight=[2]", "select=fd_pooled", *metrics, *common]))
 
 
 @pytest.mark.timeout(900)
