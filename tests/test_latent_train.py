@@ -172,6 +172,21 @@ def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, la
     assert report["metrics"]["fd_pooled"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_mnist_features_refuse_a_64px_model_before_any_reference_statistics(straight_run, latent_assets, tmp_path):
+    """``metrics=mnist`` with a latent set as the reference (a mapping replaces the MNIST
+    reference whole, not merged into it) on a model that makes 64x64 images."""
+    cfg = compose("eval", [
+        f"model={straight_run / 'final.safetensors'}", f"vae_path={latent_assets['vae2']}", "metrics=mnist",
+        f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}", "seeds=0-3", "device=cpu",
+        f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
+    ])
+    assert dict(cfg.metrics.reference) == {"name": "latents", "path": str(latent_assets["set32"])}
+    with pytest.raises(ValueError, match=r"metrics.features has 'mnist', whose network takes 32x32 images, but the model makes "
+                       r"64x64 images"):
+        evaluate(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.fixture(scope="module")
 def set64(latent_assets, tmp_path_factory) -> Path:
     """The digits as 64x64x4 latents (the one-block VAE) with ImageNet's 1000 classes: the shape
