@@ -237,7 +237,8 @@ class LatentCodec(nn.Module):
     """Images (float [-1, 1], ``[N, 3, H, W]``) <-> EDM2 latents (``[N, C, H/f, W/f]``) via a VAE.
 
     ``vae`` is a diffusers ``AutoencoderKL`` (``encode(x).latent_dist``, ``decode(z).sample``).
-    ``scale`` and ``bias`` are computed in float32 from the statistics, as in the release.
+    ``scale`` and ``bias`` are computed in float32 from the statistics, as in the release;
+    ``factor``: image pixels per latent pixel and side.
     """
 
     def __init__(
@@ -255,6 +256,7 @@ class LatentCodec(nn.Module):
             raise ValueError(f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}")
         scale, bias = standardisation(raw_mean, raw_std, final_mean, final_std)
         self.vae = vae.eval().requires_grad_(False)
+        self.factor = downsampling(vae)  # pixels per latent pixel and side
         self.batch_size = int(batch_size)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
