@@ -7,15 +7,16 @@ Folder layout::
     <set>/latents-000000.tar ...   WebDataset shards: <key>.npy (+ <key>.cls for labeled data)
     <set>/encode.json, parts/      the encoder's inputs and per-shard records (resuming, fingerprints)
 
-Sample ``<key>.npy`` (key = the image's index in the source, ``%09d``) is one ``.npy`` array
+Sample ``<key>.npy`` (key = the image's index in the source, ``%09d``; skipped images leave gaps) is one ``.npy`` array
 ``[2C, h, w]`` (float16 or float32): the posterior mean (channels ``0..C-1``) and std
 (``C..2C-1``) of the VAE for that image, as EDM2 stores them (8 channels for the SD VAE).
 
 ``manifest.json`` (format ``autoguide-latents/1``): ``source`` (kind, path, labels JSON, image
 count: what the latents were made from, so reference statistics can be computed from the
-source images), ``vae`` (hub name, folder name, SHA-256 of ``config.json`` and of the weights),
-``preprocessing`` (ADM center crop to ``resolution``; the VAE sees ``uint8 / 255``), ``dtype``,
-``latent_shape`` ``[C, h, w]``, ``label_dim``, ``num_images``, ``shard_size``, ``shards`` (file,
+source images), ``vae`` (name, folder name, SHA-256 of ``config.json`` and of the weights:
+``latent.vae_identity``), ``preprocessing`` (ADM center crop to ``resolution``; the VAE sees
+``uint8 / 255``), ``dtype``, ``latent_shape`` ``[C, h, w]``, ``label_dim``, ``num_images``,
+``shard_size``, ``skipped`` (source images left out: index, file, problem), ``shards`` (file,
 first image, count, size, SHA-256 each) and ``stats`` (per-channel ``raw_mean``/``raw_std`` of the
 latents ``mean + std * eps`` over the whole set, exact expectations from the stored arrays).
 
@@ -32,7 +33,8 @@ checks, before any training step: the manifest, every shard's SHA-256 (``verify`
 whose size and modification time still match the encoder's record in ``parts/`` is not read
 again, the rule of ``io.records.unchanged``, so every rank of a large run can open the set
 quickly), sample counts, labels, the shape and dtype of the arrays, and (with ``vae_path``)
-that the run's VAE is the one the latents were made with; each error names the file.
+that the run's VAE is the one the latents were made with (``latent.check_vae_path``); each error
+names the file. ``standardize=edm2`` on a set whose raw std is far from EDM2's warns once.
 """
 
 from __future__ import annotations
