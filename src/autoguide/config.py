@@ -92,7 +92,8 @@ def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config
 
     register_schemas()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name, overrides=replace_whole_nodes(overrides), return_hydra_config=return_hydra_config)
+        overrides = replace_whole_nodes(overrides)
+        return hydra_compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def group_options(group: str) -> list[str]:

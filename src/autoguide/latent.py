@@ -173,10 +173,9 @@ def same_vae(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def describe_vae(identity: Mapping[str, Any]) -> str:
     """``'name' (folder F, config sha256 abc..., weights sha256 def...)`` for messages."""
-    return (
-        f"{identity.get('name')!r} (folder {identity.get('folder')!r}, config sha256 {str(identity.get('config_sha256'))[:12]}, "
-        f"weights sha256 {str(identity.get('weights_sha256'))[:12]})"
-    )
+    config, weights = (str(identity.get(k))[:12] for k in HASH_KEYS)
+    name, folder = identity.get("name"), identity.get("folder")
+    return f"{name!r} (folder {folder!r}, config sha256 {config}, weights sha256 {weights})"
 
 
 def check_vae_path(spec: Mapping[str, Any], vae_path: str | os.PathLike, what: str = "this model") -> dict[str, str]:
@@ -193,8 +192,8 @@ def check_vae_path(spec: Mapping[str, Any], vae_path: str | os.PathLike, what: s
         )
     elif not same_vae(made_with, found):
         raise ValueError(
-            f"vae_path={vae_path}: {what} works in the latent space of VAE {describe_vae(made_with)}, but that folder holds "
-            f"VAE {describe_vae({**found, 'name': found['folder']})}; point vae_path at the VAE it was made with"
+            f"vae_path={vae_path}: {what} works in the latent space of VAE {describe_vae(made_with)}, but that folder "
+            f"holds VAE {describe_vae({**found, 'name': found['folder']})}; point vae_path at the VAE it was made with"
         )
     return found
 
@@ -205,8 +204,8 @@ def check_raw_std(raw_std: Sequence[float], where: str) -> None:
     ratios = [float(s) / e for s, e in zip(raw_std, EDM2_RAW_STD, strict=False)]
     if any(r > STD_RATIO_WARN or r < 1 / STD_RATIO_WARN for r in ratios):
         log.warning(
-            "%s: the latents' raw std per channel %s is %s x EDM2's constants %s; data.standardize=edm2 suits the SD VAE only: "
-            "consider data.standardize=dataset (the set's own statistics)",
+            "%s: the latents' raw std per channel %s is %s x EDM2's constants %s; data.standardize=edm2 suits the SD "
+            "VAE only: consider data.standardize=dataset (the set's own statistics)",
             where, [round(float(s), 3) for s in raw_std], [round(r, 2) for r in ratios], list(EDM2_RAW_STD),
         )
 
@@ -309,9 +308,10 @@ def load_latent_codec(card: Mapping[str, Any], vae_path: str | os.PathLike | Non
     if vae_path is None:
         name = spec.get("vae_name", SD_VAE_NAME)
         made_with = f" (folder {spec['vae']['folder']!r} when it was trained)" if "vae" in spec else ""
+        get = "" if "vae" in spec else f" (e.g. huggingface-cli download {name} --local-dir vae/{name.split('/')[-1]})"
         raise ValueError(
-            f"this model works in the latent space of VAE {name!r}{made_with}: pass vae_path=<local folder of that VAE>"
-            + ("" if "vae" in spec else f" (e.g. huggingface-cli download {name} --local-dir vae/{name.split('/')[-1]})")
+            f"this model works in the latent space of VAE {name!r}{made_with}: "
+            f"pass vae_path=<local folder of that VAE>{get}"
         )
     return LatentCodec.from_spec(spec, vae_path).to(device)
 

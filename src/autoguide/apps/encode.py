@@ -26,11 +26,11 @@ from autoguide.io.records import SpecConflict
 from autoguide.runtime import RankInfo, rank_from_env, resolve_device
 
 PREPROCESSING = (
-    "Preprocessing, as EDM2's dataset tool (ADM's center crop): while the short side is at least twice the resolution, "
-    "halve the image with PIL's BOX filter; then resize it with BICUBIC so the short side equals the resolution (larger "
-    "images shrink, smaller ones, like ImageNet's typical 500x375, are enlarged); then cut the central square. With "
-    "--convert-rgb every image is first made RGB with PIL's convert('RGB') (grayscale, CMYK), as the tool does. The VAE "
-    "sees uint8 / 255; the shards store its posterior mean and std."
+    "Preprocessing, as EDM2's dataset tool (ADM's center crop): while the short side is at least twice the "
+    "resolution, halve the image with PIL's BOX filter; then resize it with BICUBIC so the short side equals the "
+    "resolution (larger images shrink, smaller ones, like ImageNet's typical 500x375, are enlarged); then cut the "
+    "central square. With --convert-rgb every image is first made RGB with PIL's convert('RGB') (grayscale, CMYK), "
+    "as the tool does. The VAE sees uint8 / 255; the shards store its posterior mean and std."
 )
 
 
@@ -76,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out_dir", help="folder of the latent set (shards, manifest.json)")
     parser.add_argument("--vae", required=True, help="local diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors)")
     parser.add_argument(
-        "--vae-name", default=None, help="the VAE's name in the manifest and model cards (default: the hub name its config.json "
-        "records, else the folder's name)",
+        "--vae-name", default=None,
+        help="the VAE's name in the manifest and model cards (default: the hub name its config.json records, "
+        "else the folder's name)",
     )
     parser.add_argument("--resolution", type=int, default=512, help="center-crop size in pixels (default 512)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
@@ -86,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, default=None, help="label_dim of the set (default: the source's class count)")
     parser.add_argument("--labels-json", default=None, help="labels of an image folder: JSON {relative path: class}")
     parser.add_argument("--convert-rgb", action="store_true", help="make grayscale/CMYK/... images RGB instead of refusing them (EDM2's tool does)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be encoded (listed in the manifest) instead of stopping")
+    parser.add_argument(
+        "--skip-bad", action="store_true",
+        help="leave out images that cannot be encoded (listed in the manifest) instead of stopping",
+    )
     parser.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:0, ...")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers reading and cropping images (default 4)")
     parser.add_argument("--part", default=None, help="I/K: write shard range I of K (default: the launcher's rank)")

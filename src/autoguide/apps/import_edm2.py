@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="output model file (.safetensors)")
     parser.add_argument("--nimg", type=int, default=None, help="training images seen (default: from the file name)")
     parser.add_argument("--ema-std", type=float, default=None, help="EMA relative std (default: from the file name)")
-    parser.add_argument("--vae", default=None, help="local VAE folder a latent release decodes with (its hashes go into the card)")
+    parser.add_argument(
+        "--vae", default=None, help="local VAE folder a latent release decodes with (its hashes go into the card)"
+    )
     json_command(parser, argv, run, (EDM2ImportError, FileNotFoundError))
 
 

@@ -98,7 +98,8 @@ class CroppedImages(Dataset):
     is source image ``indices[i]``). Errors name the image's file."""
 
     def __init__(
-        self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False, skipped: Sequence[int] = ()
+        self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False,
+        skipped: Sequence[int] = (),
     ) -> None:
         if pixels not in ("uint8", "float"):
             raise ValueError(f"pixels={pixels!r}: expected 'uint8' or 'float'")
@@ -275,7 +276,8 @@ class LatentEncoder:
         todo = [s for s in mine if shard_record(self.out_dir, s, self.digest) is None]
         started = time.time()
         total = sum(s.count for s in todo)
-        loader = DataLoader(EncoderReads(self.images), batch_sampler=self.batches(todo), num_workers=self.settings.workers)
+        reads = EncoderReads(self.images)
+        loader = DataLoader(reads, batch_sampler=self.batches(todo), num_workers=self.settings.workers)
         pending = iter(todo)
         shard, arrays, labels = next(pending, None), [], []
         with tqdm(total=total, unit="img", desc=f"encode {self.out_dir.name}", disable=not progress, smoothing=0.1) as bar:
@@ -317,8 +319,8 @@ class LatentEncoder:
 
 
 def encode_plan(
-    images: CroppedImages, source: Mapping[str, Any], vae: nn.Module, identity: Mapping[str, Any], settings: EncodeSettings,
-    skipped: Sequence[ImageProblem] = (),
+    images: CroppedImages, source: Mapping[str, Any], vae: nn.Module, identity: Mapping[str, Any],
+    settings: EncodeSettings, skipped: Sequence[ImageProblem] = (),
 ) -> dict[str, Any]:
     """The inputs that define a latent set (everything in the manifest but the shards and stats);
     ``skipped``: the source images left out, each with its problem."""

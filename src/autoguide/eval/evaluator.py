@@ -69,8 +69,9 @@ def check_image_side(side: int, metrics: Mapping[str, Any]) -> None:
         need = FIXED_SIDES.get(name)
         if need is not None and side != need:
             raise ValueError(
-                f"metrics.features has {name!r}, whose network takes {need}x{need} images, but the model makes {side}x{side} "
-                "images; choose features for that size (e.g. metrics=images 'metrics.features=[inception]')"
+                f"metrics.features has {name!r}, whose network takes {need}x{need} images, but the model makes "
+                f"{side}x{side} images; choose features for that size "
+                "(e.g. metrics=images 'metrics.features=[inception]')"
             )
 
 

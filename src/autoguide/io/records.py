@@ -75,7 +75,9 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{path}: cannot read the {what}: {error}") from error
 
 
-def bind_spec_file(path: str | os.PathLike, spec: Mapping[str, Any], what: str, remedy: str, write: bool = True) -> None:
+def bind_spec_file(
+    path: str | os.PathLike, spec: Mapping[str, Any], what: str, remedy: str, write: bool = True
+) -> None:
     """Bind ``path`` to ``spec``: write the canonical JSON when the file is missing or
     unreadable (``write=False``: only check, write nothing); ``SpecConflict`` naming the changed
     keys when it holds another spec (``"{path}: {what} was started with other inputs; changed:

@@ -156,7 +156,8 @@ def _check_compatible(model: nn.Module, net: nn.Module, what: str) -> None:
                 f"has {attr}={getattr(net, attr, None)}"
             )
     if hasattr(model, "card") and hasattr(net, "card"):
-        check_same_latent_space(net.card.get("latent"), model.card.get("latent"), "the main model", f"{what}'s negative model")
+        main, negative = net.card.get("latent"), model.card.get("latent")
+        check_same_latent_space(main, negative, "the main model", f"{what}'s negative model")
 
 
 def _require_labels(net: nn.Module, conditional: bool, what: str) -> None:

@@ -128,4 +128,5 @@ def check_against_main(main_model: str, data_name: str, info: Mapping[str, int],
     try:
         check_same_latent_space(card.get("latent"), latent, f"main_model={main_model}", where)
     except ValueError as error:
-        raise ConfigError(f"{error}; a guide must see the main model's latents (data.standardize=edm2 for EDM2's releases)") from None
+        remedy = "a guide must see the main model's latents (data.standardize=edm2 for EDM2's releases)"
+        raise ConfigError(f"{error}; {remedy}") from None
