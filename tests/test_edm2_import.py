@@ -10,6 +10,7 @@ every ``module_src`` would leave a sentinel file (and raise) if anything ever ra
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import os
 import pickle
@@ -317,6 +318,23 @@ def test_init_kwargs_that_disagree_with_the_network_are_refused(fake_release, tm
     pkl.write_bytes(pickle.dumps(data))
     with pytest.raises(EDM2ImportError, match=r"init_kwargs num_blocks=2 disagrees with the stored network \(1\)"):
         import_edm2(pkl, tmp_path / "out.safetensors")
+
+
+def test_cli_import_with_vae_records_its_identity(fake_release, tmp_path, capsys):
+    vae = tmp_path / "sd-vae-ft-mse"
+    vae.mkdir()
+    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 4}))
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"stand-in weights")
+    pkl = write_release(fake_release, tmp_path / GUIDE_NAME, tiny_net())
+    import_main([str(pkl), str(tmp_path / "g.safetensors"), "--vae", str(vae)])
+    latent = read_model_file(tmp_path / "g.safetensors")[1]["latent"]
+    assert latent["vae_name"] == "stabilityai/sd-vae-ft-mse" and latent["vae"]["folder"] == "sd-vae-ft-mse"
+    assert latent["vae"]["weights_sha256"] == hashlib.sha256(b"stand-in weights").hexdigest()
+    capsys.readouterr()
+    pixel = write_release(fake_release, tmp_path / "edm2-img64-xs-2147483-0.045.pkl", tiny_net(img_channels=3), encoder="rgb")
+    with pytest.raises(SystemExit):
+        import_main([str(pixel), str(tmp_path / "p.safetensors"), "--vae", str(vae)])
+    assert "a pixel-space model has no VAE; import it without --vae" in capsys.readouterr().err
 
 
 def test_cli_import_then_export_restores_reference_names(fake_release, tmp_path, capsys):

@@ -147,6 +147,8 @@ def test_cli_runs(toy_model, tmp_path):
 class GrayCodec(torch.nn.Module):
     """Stands in for the VAE: a 'latent' [N, 4, 32, 32] decodes to its first channel."""
 
+    factor = 1
+
     def decode(self, latents):
         return latents[:, :1].clamp(-1, 1)
 

@@ -85,11 +85,28 @@ def test_a_tiny_latent_unet_trains_with_decoded_grids_and_latent_cards(straight_
     manifest = read_manifest(latent_assets["set32"])
     assert card["nimg"] == STEPS * BATCH and card["latent"] == spec
     assert spec["raw_mean"] == manifest["stats"]["raw_mean"] and spec["final_std"] == 0.5
+    assert spec["vae"] == manifest["vae"] and spec["vae"]["name"] == spec["vae_name"] == "vae2"  # the VAE's identity
     grid = Image.open(straight_run / "samples" / f"nimg-{STEPS * BATCH:012d}.png")
     assert grid.mode == "RGB" and grid.size == (10 * 64, 64)  # one decoded 64x64 image per class, not 32x32 latents
     # post-hoc EMA reconstructions carry the run's latent space too
     (path,) = PosthocEMA(straight_run).write([0.08], out_dir=straight_run / "ema")
-    assert read_card(path)["latent"] == spec
+    assert read_card(path)["latent"] == spec and read_card(path)["latent"]["vae"]["weights_sha256"] == manifest["vae"]["weights_sha256"]
+
+
+def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets, tmp_path):
+    """``vae_path`` with another VAE than the model's is refused, naming both, before sampling."""
+    from autoguide.apps.sweep import run as sweep
+
+    model, other = straight_run / "final.safetensors", latent_assets["vae1"]
+    refusal = r"vae_path=.*vae1: this model works in the latent space of VAE 'vae2' .*, but that folder holds VAE 'vae1'"
+    common = [f"vae_path={other}", "seeds=0-3", "sampler.num_steps=2", "device=cpu", f"output.dir={tmp_path / 'out'}"]
+    with pytest.raises(ValueError, match=refusal):
+        generate(compose("generate", [f"model={model}", "progress=false", *common]))
+    metrics = ["metrics=images", "metrics.features=[pooled]", f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}"]
+    with pytest.raises(ValueError, match=refusal):
+        evaluate(compose("eval", [f"model={model}", *metrics, "preview_images=0", *common]))
+    with pytest.raises(ValueError, match=refusal):
+        sweep(compose("sweep", [f"main.model={model}", "guidance=cfg", "grid.weight=[2]", "select=fd_pooled", *metrics, *common]))
 
 
 @pytest.mark.timeout(900)
@@ -155,6 +172,21 @@ def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, la
     assert report["metrics"]["fd_pooled"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_mnist_features_refuse_a_64px_model_before_any_reference_statistics(straight_run, latent_assets, tmp_path):
+    """``metrics=mnist`` with a latent set as the reference (a mapping replaces the MNIST
+    reference whole, not merged into it) on a model that makes 64x64 images."""
+    cfg = compose("eval", [
+        f"model={straight_run / 'final.safetensors'}", f"vae_path={latent_assets['vae2']}", "metrics=mnist",
+        f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}", "seeds=0-3", "device=cpu",
+        f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
+    ])
+    assert dict(cfg.metrics.reference) == {"name": "latents", "path": str(latent_assets["set32"])}
+    with pytest.raises(ValueError, match=r"metrics.features has 'mnist', whose network takes 32x32 images, but the model makes "
+                       r"64x64 images"):
+        evaluate(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.fixture(scope="module")
 def set64(latent_assets, tmp_path_factory) -> Path:
     """The digits as 64x64x4 latents (the one-block VAE) with ImageNet's 1000 classes: the shape
@@ -189,7 +221,7 @@ def test_bad_latent_data_stops_the_run_before_any_step(set64, latent_assets, tmp
         sys.executable, str(REPO / "train.py"), "experiment=img512-xs-guide", "data=latents", f"data.path={set64}",
         "trainer=cpu", f"vae_path={latent_assets['vae2']}", f"run_dir={run_dir}",
     ], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
-    assert refused.returncode == 2 and "latents/manifest.json: the latents were encoded with VAE folder 'vae1'" in refused.stderr
+    assert refused.returncode == 2 and "latents/manifest.json works in the latent space of VAE 'vae1'" in refused.stderr
     assert not list_checkpoints(run_dir) and not (run_dir / "config.yaml").exists()
 
 
@@ -207,7 +239,7 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
 
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
-    with pytest.raises(ConfigError, match="main_model=.*main.safetensors works in latent space .*data.standardize=edm2"):
+    with pytest.raises(ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"):
         check(main, "data.standardize=dataset")
     with pytest.raises(ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"):
         check(main_file("small.safetensors", 10))

@@ -144,3 +144,22 @@ def test_multirun_points_train_in_their_own_folders(tmp_path):
     name = sweep_point_folder(long)
     assert len(name.encode()) <= 200 and name.startswith("+tag0=") and name == sweep_point_folder(long[::-1])
     assert name != sweep_point_folder([*long[:-1], "+tag9=" + "y" * 40])
+
+
+def test_progress_bar_ends_with_the_last_steps_values(capsys):
+    """The bar's last line shows the last step's loss and learning rate (a log file is redrawn
+    once a minute; the first step's rate is 0 with a ramp-up, as in EDM2)."""
+    from types import SimpleNamespace
+
+    from autoguide.train.progress import ImageProgressBar
+
+    trainer = SimpleNamespace(is_global_zero=True, max_steps=3, progress_bar_metrics={}, loggers=[])
+    module = SimpleNamespace(batch_size=1000, nimg=0)
+    bar = ImageProgressBar()
+    bar.on_train_start(trainer, module)
+    for step, lr in enumerate([0.0, 0.005, 0.01]):
+        module.nimg = (step + 1) * 1000
+        trainer.progress_bar_metrics = {"train/loss": 1.0 / (step + 1), "train/lr": lr}
+        bar.on_train_batch_end(trainer, module, None, None, step)
+    bar.on_train_end(trainer, module)
+    assert capsys.readouterr().err.rstrip().endswith("3.0/3.0 kimg [00:00<00:00, loss=0.3333, lr=0.01]")

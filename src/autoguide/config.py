@@ -65,15 +65,35 @@ def register_schemas() -> None:
     store.store(name=PRESET_PROBE, node={"defaults": [{"net": None}, "_self_"]})
 
 
+WHOLE_NODES = ("metrics.reference",)
+"""Nodes that an override with a mapping value replaces as a whole: Hydra merges a mapping into
+the node, so a dataset config of another kind would keep the old one's keys and be refused."""
+
+
+def replace_whole_nodes(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with each ``node={...}`` of a ``WHOLE_NODES`` node written as
+    ``~node`` and ``+node={...}`` (delete, then add: a replacement, not a merge)."""
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and key in WHOLE_NODES and value.lstrip().startswith("{"):
+            out += [f"~{key}", f"+{key}={value}"]
+        else:
+            out.append(arg)
+    return out
+
+
 def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The composed primary config ``conf/<config_name>.yaml`` with ``overrides`` (no app run,
-    no Hydra job; ``hydra`` settings only with ``return_hydra_config``)."""
+    no Hydra job; ``hydra`` settings only with ``return_hydra_config``; ``replace_whole_nodes``
+    applied as the apps do)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_schemas()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+        overrides = replace_whole_nodes(overrides)
+        return hydra_compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def group_options(group: str) -> list[str]:

@@ -16,12 +16,18 @@ this module's images use the project convention, float in [-1, 1].
 ``diffusers`` is an optional extra (``pip install -e ".[latent]"``); the VAE weights come from a
 local folder (``config.json`` + weights, e.g. ``huggingface-cli download stabilityai/sd-vae-ft-mse
 --local-dir vae/sd-vae-ft-mse``), never from the network at run time.
+
+A VAE is identified by the SHA-256 of its ``config.json`` and of its weights (``vae_identity``);
+the card entry of a model trained on a latent set carries that identity (``vae``), and every
+place that decodes with a ``vae_path`` checks it first (``check_vae_path``). An imported
+release has no hashes: its ``vae_name`` is assumed, and said so.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +49,11 @@ EDM2_FINAL_STD = 0.5
 SPEC_KEYS = ("type", "vae_name", "raw_mean", "raw_std", "final_mean", "final_std")
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 RUN_LATENT_FILE = "latent.json"
+HASH_KEYS = ("config_sha256", "weights_sha256")
+STD_RATIO_WARN = 2.0
+"""``standardize=edm2`` on a set whose raw std differs from EDM2's by more than this factor warns."""
+
+log = logging.getLogger(__name__)
 
 
 def stability_vae_spec(
@@ -51,11 +62,14 @@ def stability_vae_spec(
     raw_std: Sequence[float] = EDM2_RAW_STD,
     final_mean: float = EDM2_FINAL_MEAN,
     final_std: float = EDM2_FINAL_STD,
+    vae: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``latent`` entry of a model card for a model trained on these latents."""
+    """The ``latent`` entry of a model card for a model trained on these latents; ``vae``: the
+    VAE's ``vae_identity`` (hashes), absent for imported releases."""
     return {
         "type": LATENT_TYPE, "vae_name": vae_name, "raw_mean": [float(v) for v in raw_mean],
         "raw_std": [float(v) for v in raw_std], "final_mean": float(final_mean), "final_std": float(final_std),
+        **({"vae": dict(vae)} if vae is not None else {}),
     }
 
 
@@ -74,14 +88,34 @@ def standardisation(
 
 def same_latent_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, rel: float = 1e-4) -> bool:
     """Whether two card ``latent`` entries describe the same latent space: both pixel space
-    (``None``), or the same type and statistics within ``rel`` (imported cards keep 6 digits)."""
+    (``None``), or the same type, the same VAE where both name its hashes (``vae``), and the
+    same statistics within ``rel`` (imported cards keep 6 digits)."""
     if a is None or b is None:
         return a is None and b is None
     if a.get("type") != b.get("type"):
         return False
+    if "vae" in a and "vae" in b and not same_vae(a["vae"], b["vae"]):
+        return False
     values = [(x, y) for k in ("raw_mean", "raw_std") for x, y in zip(a[k], b[k], strict=False)]
     values += [(a[k], b[k]) for k in ("final_mean", "final_std")]
     return len(a["raw_mean"]) == len(b["raw_mean"]) and all(abs(x - y) <= rel * max(abs(x), abs(y), 1.0) for x, y in values)
+
+
+def describe_latent_space(spec: Mapping[str, Any] | None) -> str:
+    """A card ``latent`` entry in words, for messages."""
+    if spec is None:
+        return "pixel space"
+    vae = describe_vae(spec["vae"]) if "vae" in spec else f"{spec.get('vae_name')!r} (no hashes)"
+    stats = f"raw_mean {[round(v, 3) for v in spec['raw_mean']]}, raw_std {[round(v, 3) for v in spec['raw_std']]}"
+    return f"the latent space of VAE {vae}, {stats}"
+
+
+def check_same_latent_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, what_a: str, what_b: str) -> None:
+    """A ``ValueError`` naming both when card entries ``a`` (of ``what_a``) and ``b`` (of
+    ``what_b``) are not the same latent space (``same_latent_space``: another VAE or other
+    statistics), e.g. a main model and its guide."""
+    if not same_latent_space(a, b):
+        raise ValueError(f"{what_a} works in {describe_latent_space(a)}, but {what_b} in {describe_latent_space(b)}")
 
 
 def _autoencoder_class() -> type:
@@ -92,11 +126,15 @@ def _autoencoder_class() -> type:
     return AutoencoderKL
 
 
-def _vae_files(vae_path: str | os.PathLike, vae_name: str) -> tuple[Path, Path]:
+def _vae_files(vae_path: str | os.PathLike, vae_name: str | None) -> tuple[Path, Path]:
     """``(config.json, weights)`` of a local diffusers VAE folder; ``FileNotFoundError`` saying
-    how to get one when either is missing."""
+    what a VAE folder holds (and, for a missing or empty folder, how to get one) when either is
+    missing."""
     folder = Path(vae_path)
-    get = f"expected a local copy of {vae_name} (e.g. huggingface-cli download {vae_name} --local-dir {folder})"
+    get = f"expected a diffusers AutoencoderKL folder (config.json + {VAE_WEIGHTS}, as save_pretrained writes)"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        name = vae_name or SD_VAE_NAME
+        get += f"; to get {name}: huggingface-cli download {name} --local-dir {folder}"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"vae_path={folder}: no config.json there; {get}")
     if not (folder / VAE_WEIGHTS).is_file():
@@ -104,7 +142,7 @@ def _vae_files(vae_path: str | os.PathLike, vae_name: str) -> tuple[Path, Path]:
     return folder / "config.json", folder / VAE_WEIGHTS
 
 
-def load_vae(vae_path: str | os.PathLike, vae_name: str = SD_VAE_NAME) -> nn.Module:
+def load_vae(vae_path: str | os.PathLike, vae_name: str | None = None) -> nn.Module:
     """The diffusers ``AutoencoderKL`` in local folder ``vae_path`` (``config.json`` and
     safetensors weights; nothing is downloaded), in eval mode without gradients."""
     _vae_files(vae_path, vae_name)
@@ -112,19 +150,64 @@ def load_vae(vae_path: str | os.PathLike, vae_name: str = SD_VAE_NAME) -> nn.Mod
     return vae.eval().requires_grad_(False)
 
 
-def vae_identity(vae_path: str | os.PathLike, vae_name: str = SD_VAE_NAME) -> dict[str, str]:
-    """What identifies a local VAE: its hub ``name``, the ``folder`` name and the SHA-256 of its
-    ``config.json`` and of its weights file (the hashes decide whether two VAEs are the same)."""
+def vae_identity(vae_path: str | os.PathLike, vae_name: str | None = None) -> dict[str, str]:
+    """What identifies a local VAE: its ``name`` (``vae_name``, else the hub name its
+    ``config.json`` records as ``_name_or_path``, else the folder's name), the ``folder`` name
+    and the SHA-256 of its ``config.json`` and of its weights file (the hashes decide whether
+    two VAEs are the same)."""
     config, weights = _vae_files(vae_path, vae_name)
+    folder = Path(vae_path).resolve().name
+    if vae_name is None:
+        recorded = load_json(config, "VAE config").get("_name_or_path")
+        vae_name = recorded if isinstance(recorded, str) and recorded and not Path(recorded).is_absolute() else folder
     return {
-        "name": vae_name, "folder": Path(vae_path).resolve().name, "config_sha256": file_sha256(config),
+        "name": vae_name, "folder": folder, "config_sha256": file_sha256(config),
         "weights_file": weights.name, "weights_sha256": file_sha256(weights),
     }
 
 
 def same_vae(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two ``vae_identity`` records name the same VAE (equal config and weights hashes)."""
-    return all(a.get(k) == b.get(k) for k in ("config_sha256", "weights_sha256"))
+    return all(a.get(k) == b.get(k) for k in HASH_KEYS)
+
+
+def describe_vae(identity: Mapping[str, Any]) -> str:
+    """``'name' (folder F, config sha256 abc..., weights sha256 def...)`` for messages."""
+    config, weights = (str(identity.get(k))[:12] for k in HASH_KEYS)
+    name, folder = identity.get("name"), identity.get("folder")
+    return f"{name!r} (folder {folder!r}, config sha256 {config}, weights sha256 {weights})"
+
+
+def check_vae_path(spec: Mapping[str, Any], vae_path: str | os.PathLike, what: str = "this model") -> dict[str, str]:
+    """Check, before decoding, that local VAE folder ``vae_path`` is the VAE of card entry
+    ``spec`` (``latent``): a ``ValueError`` naming both when the hashes of ``spec["vae"]``
+    differ; for an entry without hashes (an imported release) one log line says which VAE is
+    assumed. Returns the folder's ``vae_identity``."""
+    found = vae_identity(vae_path, spec.get("vae_name"))
+    made_with = spec.get("vae")
+    if made_with is None:
+        log.warning(
+            "%s names no VAE hashes (an imported release): assuming vae_path=%s (config sha256 %s) is %s",
+            what, vae_path, found["config_sha256"][:12], spec.get("vae_name", SD_VAE_NAME),
+        )
+    elif not same_vae(made_with, found):
+        raise ValueError(
+            f"vae_path={vae_path}: {what} works in the latent space of VAE {describe_vae(made_with)}, but that folder "
+            f"holds VAE {describe_vae({**found, 'name': found['folder']})}; point vae_path at the VAE it was made with"
+        )
+    return found
+
+
+def check_raw_std(raw_std: Sequence[float], where: str) -> None:
+    """One warning when a set's per-channel raw std differs from EDM2's constants by more than
+    ``STD_RATIO_WARN`` (``standardize=edm2`` then gives latents far from unit scale)."""
+    ratios = [float(s) / e for s, e in zip(raw_std, EDM2_RAW_STD, strict=False)]
+    if any(r > STD_RATIO_WARN or r < 1 / STD_RATIO_WARN for r in ratios):
+        log.warning(
+            "%s: the latents' raw std per channel %s is %s x EDM2's constants %s; data.standardize=edm2 suits the SD "
+            "VAE only: consider data.standardize=dataset (the set's own statistics)",
+            where, [round(float(s), 3) for s in raw_std], [round(r, 2) for r in ratios], list(EDM2_RAW_STD),
+        )
 
 
 def downsampling(vae: nn.Module) -> int:
@@ -153,7 +236,8 @@ class LatentCodec(nn.Module):
     """Images (float [-1, 1], ``[N, 3, H, W]``) <-> EDM2 latents (``[N, C, H/f, W/f]``) via a VAE.
 
     ``vae`` is a diffusers ``AutoencoderKL`` (``encode(x).latent_dist``, ``decode(z).sample``).
-    ``scale`` and ``bias`` are computed in float32 from the statistics, as in the release.
+    ``scale`` and ``bias`` are computed in float32 from the statistics, as in the release;
+    ``factor``: image pixels per latent pixel and side.
     """
 
     def __init__(
@@ -171,6 +255,7 @@ class LatentCodec(nn.Module):
             raise ValueError(f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}")
         scale, bias = standardisation(raw_mean, raw_std, final_mean, final_std)
         self.vae = vae.eval().requires_grad_(False)
+        self.factor = downsampling(vae)  # pixels per latent pixel and side
         self.batch_size = int(batch_size)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
@@ -181,6 +266,7 @@ class LatentCodec(nn.Module):
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing or spec["type"] != LATENT_TYPE:
             raise ValueError(f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})")
+        check_vae_path(spec, vae_path)
         vae = load_vae(vae_path, spec["vae_name"])
         return cls(vae, spec["raw_mean"], spec["raw_std"], spec["final_mean"], spec["final_std"], batch_size)
 
@@ -220,9 +306,12 @@ def load_latent_codec(card: Mapping[str, Any], vae_path: str | os.PathLike | Non
     if spec is None:
         return None
     if vae_path is None:
+        name = spec.get("vae_name", SD_VAE_NAME)
+        made_with = f" (folder {spec['vae']['folder']!r} when it was trained)" if "vae" in spec else ""
+        get = "" if "vae" in spec else f" (e.g. huggingface-cli download {name} --local-dir vae/{name.split('/')[-1]})"
         raise ValueError(
-            f"this model works in the latent space of {spec.get('vae_name', 'a VAE')}: pass vae_path=<local folder of "
-            f"that VAE> (e.g. huggingface-cli download {spec.get('vae_name', SD_VAE_NAME)} --local-dir vae/sd-vae-ft-mse)"
+            f"this model works in the latent space of VAE {name!r}{made_with}: "
+            f"pass vae_path=<local folder of that VAE>{get}"
         )
     return LatentCodec.from_spec(spec, vae_path).to(device)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from autoguide.config import config_dir, register_schemas
+from autoguide.config import config_dir, register_schemas, replace_whole_nodes
 from autoguide.settings import ConfigError
 
 EXIT_CONFIG_ERROR = 2
@@ -54,6 +54,7 @@ def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any], errors: M
         check_group_choices(sys.argv[1:], conf)
     except ConfigError as error:
         exit_with(error, errors.get(ConfigError, "config error"))
+    sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
 
     def guarded(cfg: DictConfig) -> Any:
         try:

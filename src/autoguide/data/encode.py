@@ -2,9 +2,13 @@
 VAE posterior of every image (``autoguide.data.latents`` describes the format).
 
 Source: an image folder (any sizes; class subfolders or a labels JSON), an ``.npz`` archive or
-image shards (``autoguide.data.convert.open_source``). Every image is ADM center-cropped to
-``resolution`` (``data.images.adm_center_crop``), given to the VAE as ``uint8 / 255`` (the
-range EDM2's VAE statistics were measured in) and stored as its posterior mean and std.
+image shards (``autoguide.data.convert.open_source``). Before anything is written every image's
+header is read (``data.scan``): images that cannot be encoded (unreadable, truncated, not RGB
+without ``convert_rgb``) are listed all at once and the run stops, or with ``skip_bad`` they are
+left out and listed in the manifest (``skipped``). Every image is ADM center-cropped to
+``resolution`` as EDM2's dataset tool does (``data.images.adm_center_crop``: smaller images are
+enlarged), given to the VAE as ``uint8 / 255`` (the range EDM2's VAE statistics were measured
+in) and stored as its posterior mean and std.
 
 Work is cut into shards of ``shard_size`` images: shard ``k`` holds images ``[k S, (k + 1) S)``
 and becomes ``latents-{k:06d}.tar`` plus the record ``parts/latents-{k:06d}.json`` (the
@@ -12,7 +16,8 @@ digest of the inputs, the shard's fingerprint, its per-channel sums), both writt
 atomically. A shard is complete iff its record matches the inputs and the shard is unchanged,
 so a killed run continues at the first incomplete shard and never rewrites a complete one.
 ``encode.json`` binds the folder to its inputs (another VAE, source, resolution, dtype or shard
-size is refused). A process with part ``(rank, world_size)`` (torchrun, ``srun``, a SLURM array
+size is refused); it is written with the first shard, so a run refused before that leaves
+nothing that blocks another try. A process with part ``(rank, world_size)`` (torchrun, ``srun``, a SLURM array
 task) claims the folder for its part (``autoguide.claim``, role ``part-<rank>-of-<world_size>``:
 two processes never encode the same part at once) and writes the contiguous shard range
 ``runtime.rank_slice(num_shards, part)``; whichever process finds every shard complete writes
@@ -39,10 +44,11 @@ from autoguide.claim import claim_folder
 from autoguide.data.convert import open_source, source_kind
 from autoguide.data.images import adm_center_crop, uint8_to_float
 from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes, shard_record_path
+from autoguide.data.scan import BadImages, ImageProblem, scan_images
 from autoguide.data.shards import LABEL_KEY, encode_label, shard_name, write_tar
 from autoguide.io.atomic import write_json_atomic
 from autoguide.io.records import bind_spec_file, fingerprint, read_json, spec_digest, unchanged
-from autoguide.latent import SD_VAE_NAME, downsampling, load_vae, vae_identity
+from autoguide.latent import downsampling, load_vae, vae_identity
 from autoguide.runtime import RankInfo, rank_slice
 
 SPEC_NAME = "encode.json"
@@ -52,18 +58,23 @@ CROP = "adm-center"
 @dataclass(frozen=True)
 class EncodeSettings:
     """How to encode: crop ``resolution``, images per shard and per VAE batch, storage
-    ``dtype``, the class count ``num_classes`` (None: the source's), the VAE's hub name (for
-    the record and messages), DataLoader ``workers`` that read and crop the images, and
-    ``convert_rgb`` (grayscale, CMYK, ... images made RGB instead of refused)."""
+    ``dtype``, the class count ``num_classes`` (None: the source's), the VAE's name for the
+    record and messages (None: from its folder, ``latent.vae_identity``), DataLoader
+    ``workers`` that read and crop the images, ``convert_rgb`` (grayscale, CMYK, ... images
+    made RGB instead of refused), ``skip_bad`` (images that cannot be encoded are left out and
+    listed in the manifest instead of stopping the run) and the ``scan_threads`` that read the
+    headers first (None: Python's default)."""
 
     resolution: int = 512
     shard_size: int = 1000
     batch_size: int = 32
     dtype: str = "float16"
     num_classes: int | None = None
-    vae_name: str = SD_VAE_NAME
+    vae_name: str | None = None
     workers: int = 0
     convert_rgb: bool = False
+    skip_bad: bool = False
+    scan_threads: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("resolution", "shard_size", "batch_size"):
@@ -83,27 +94,34 @@ class CroppedImages(Dataset):
     center-cropped to ``resolution``: items ``(uint8 CHW, label)`` with ``pixels="uint8"``
     (what the encoder feeds the VAE), ``(float32 CHW in [-1, 1], label)`` with ``"float"``
     (reference statistics). ``convert_rgb``: grayscale arrays get three equal channels (a
-    folder source converts while decoding). Errors name the image's file."""
+    folder source converts while decoding). ``skipped``: source indices left out (item ``i``
+    is source image ``indices[i]``). Errors name the image's file."""
 
-    def __init__(self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False) -> None:
+    def __init__(
+        self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False,
+        skipped: Sequence[int] = (),
+    ) -> None:
         if pixels not in ("uint8", "float"):
             raise ValueError(f"pixels={pixels!r}: expected 'uint8' or 'float'")
         self.source = source
         self.resolution = resolution
         self.pixels = pixels
         self.convert_rgb = convert_rgb
+        left_out = set(skipped)
+        self.indices = [i for i in range(len(source)) if i not in left_out]
         self.label_dim = source.label_dim
         self.img_channels, self.img_resolution = 3, resolution
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         """The cropped pixels (uint8 HWC) and the label of image ``index``."""
-        pixels, label = self.source.read_uint8(index)
+        source_index = self.indices[index]
+        pixels, label = self.source.read_uint8(source_index)
         if self.convert_rgb and pixels.ndim == 3 and pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)
-        return adm_center_crop(pixels, self.resolution, self.source.where(index)), label
+        return adm_center_crop(pixels, self.resolution, self.source.where(source_index)), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pixels, label = self.read_uint8(index)
@@ -124,11 +142,34 @@ def source_images(manifest: Mapping[str, Any], pixels: str = "float") -> Cropped
     source, preprocessing = manifest["source"], manifest["preprocessing"]
     if not Path(source["path"]).exists():
         raise FileNotFoundError(f"{source['path']}: the source images of this latent set are gone (moved or deleted)")
-    rgb = preprocessing["convert_rgb"]
-    images = CroppedImages(open_images(source["path"], source["labels_json"], rgb), preprocessing["resolution"], pixels, rgb)
-    if len(images) != manifest["num_images"]:
-        raise ValueError(f"{source['path']}: holds {len(images)} images now, the latent set was made from {manifest['num_images']}")
-    return images
+    rgb, skipped = preprocessing["convert_rgb"], [s["index"] for s in manifest.get("skipped", [])]
+    opened = open_images(source["path"], source["labels_json"], rgb)
+    if len(opened) != manifest["num_images"] + len(skipped):
+        raise ValueError(
+            f"{source['path']}: holds {len(opened)} images now, the latent set was made from "
+            f"{manifest['num_images'] + len(skipped)} ({len(skipped)} skipped)"
+        )
+    return CroppedImages(opened, preprocessing["resolution"], pixels, rgb, skipped)
+
+
+class EncoderReads(Dataset):
+    """The encoder's reads of ``images``: ``(uint8 CHW, label, "")``, or ``(zeros, -1, "<file>:
+    <reason>")`` for an image that fails, so the error of a DataLoader worker reaches the user
+    as its one line (``LatentEncoder.run`` raises it) instead of the worker's traceback."""
+
+    def __init__(self, images: CroppedImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            pixels, label = self.images[index]
+        except (ValueError, OSError) as error:
+            side = self.images.resolution
+            return torch.zeros(3, side, side, dtype=torch.uint8), -1, str(error)
+        return pixels, label, ""
 
 
 @torch.no_grad()
@@ -202,12 +243,21 @@ class LatentEncoder:
             list(range(start, min(start + size, s.first + s.count))) for s in shards for start in range(s.first, s.first + s.count, size)
         ]
 
+    def pin_spec(self, write: bool) -> None:
+        """Bind the folder to the plan (``encode.json``): refuse another plan; ``write`` the
+        file if it is missing (done with the first shard, so a refused run pins nothing)."""
+        remedy = f"Use another output folder, or delete {self.out_dir} to encode again"
+        bind_spec_file(self.out_dir / SPEC_NAME, self.plan, "this latent set", remedy, write=write)
+
     def write_shard(self, shard: ShardPlan, stored: np.ndarray, labels: Sequence[int]) -> dict[str, Any]:
-        """Write the shard of the stored ``[N, 2C, h, w]`` arrays, then its record."""
+        """Write the shard of the stored ``[N, 2C, h, w]`` arrays (keys: the images' indices in
+        the source), then its record."""
+        self.pin_spec(write=True)
         labeled = self.plan["label_dim"] > 0
         records = []
         for offset, (array, label) in enumerate(zip(stored, labels, strict=True)):
-            records.append({"__key__": f"{shard.first + offset:09d}", LATENT_KEY: npy_bytes(array)})
+            key = f"{self.images.indices[shard.first + offset]:09d}"
+            records.append({"__key__": key, LATENT_KEY: npy_bytes(array)})
             if labeled:
                 records[-1][LABEL_KEY] = encode_label(label)
         write_tar(self.out_dir / shard.file, records)
@@ -219,16 +269,22 @@ class LatentEncoder:
         return record
 
     def run(self, part: RankInfo, progress: bool = True) -> dict[str, Any]:
-        """Write the missing shards of ``part``'s range; then the manifest if the set is complete."""
+        """Write the missing shards of ``part``'s range; then the manifest if the set is complete.
+        An image that fails to load stops the run with its one-line error."""
+        self.pin_spec(write=False)
         mine = self.shards[rank_slice(len(self.shards), part)]
         todo = [s for s in mine if shard_record(self.out_dir, s, self.digest) is None]
         started = time.time()
         total = sum(s.count for s in todo)
-        loader = DataLoader(self.images, batch_sampler=self.batches(todo), num_workers=self.settings.workers)
+        reads = EncoderReads(self.images)
+        loader = DataLoader(reads, batch_sampler=self.batches(todo), num_workers=self.settings.workers)
         pending = iter(todo)
         shard, arrays, labels = next(pending, None), [], []
         with tqdm(total=total, unit="img", desc=f"encode {self.out_dir.name}", disable=not progress, smoothing=0.1) as bar:
-            for pixels, label in loader:
+            for pixels, label, errors in loader:
+                failed = [e for e in errors if e]
+                if failed:
+                    raise ValueError(failed[0])
                 mean, std = encode_pixels(self.vae, pixels.to(self.device))
                 arrays.append(torch.cat([mean, std], dim=1).cpu().numpy().astype(self.settings.dtype))
                 labels += label.tolist()
@@ -263,9 +319,11 @@ class LatentEncoder:
 
 
 def encode_plan(
-    images: CroppedImages, source: Mapping[str, Any], vae: nn.Module, identity: Mapping[str, Any], settings: EncodeSettings
+    images: CroppedImages, source: Mapping[str, Any], vae: nn.Module, identity: Mapping[str, Any],
+    settings: EncodeSettings, skipped: Sequence[ImageProblem] = (),
 ) -> dict[str, Any]:
-    """The inputs that define a latent set (everything in the manifest but the shards and stats)."""
+    """The inputs that define a latent set (everything in the manifest but the shards and stats);
+    ``skipped``: the source images left out, each with its problem."""
     factor = downsampling(vae)
     if settings.resolution % factor:
         raise ValueError(f"resolution={settings.resolution}: not a multiple of the VAE's downsampling factor {factor}")
@@ -287,6 +345,7 @@ def encode_plan(
         "label_dim": label_dim,
         "num_images": len(images),
         "shard_size": settings.shard_size,
+        "skipped": [{"index": p.index, "image": p.where, "problem": p.problem} for p in skipped],
     }
 
 
@@ -296,20 +355,29 @@ def encode_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Encode the images at ``src`` into the latent set ``out_dir`` with the VAE in local folder
-    ``vae_path``; this process writes the shard range of ``part``. Returns a summary: shards in
-    the set and in this part, those written now, images, seconds, images/s, the manifest path
-    (``None`` while other parts are missing)."""
+    ``vae_path``; this process writes the shard range of ``part``. The images are scanned first
+    (``data.scan``): problems stop the run with ``BadImages`` (listing them) before anything is
+    written, or are skipped with ``settings.skip_bad``. Returns a summary: shards in the set and
+    in this part, those written now, images, skipped images, seconds, images/s, the manifest
+    path (``None`` while other parts are missing)."""
     src, out_dir = Path(src).resolve(), Path(out_dir)
-    images = CroppedImages(open_images(src, labels_json, settings.convert_rgb), settings.resolution, "uint8", settings.convert_rgb)
+    opened = open_images(src, labels_json, settings.convert_rgb)
+    problems = scan_images(opened, settings.convert_rgb, settings.scan_threads)
+    if problems and not settings.skip_bad:
+        remedy = "nothing was written. Fix or remove them, or encode with --skip-bad to leave them out"
+        if not settings.convert_rgb and any("--convert-rgb" in p.problem for p in problems):
+            remedy += " (images that are not RGB: --convert-rgb)"
+        raise BadImages(str(src), problems, len(opened), remedy)
+    images = CroppedImages(opened, settings.resolution, "uint8", settings.convert_rgb, [p.index for p in problems])
     if not len(images):
         raise ValueError(f"{src}: no images to encode")
     source = {
         "kind": source_kind(src), "path": str(src), "labels_json": None if labels_json is None else str(Path(labels_json).resolve()),
     }
     identity = vae_identity(vae_path, settings.vae_name)
-    vae = load_vae(vae_path, settings.vae_name).to(device)
-    plan = encode_plan(images, source, vae, identity, settings)
+    vae = load_vae(vae_path, identity["name"]).to(device)
+    plan = encode_plan(images, source, vae, identity, settings, problems)
     with claim_folder(out_dir, role=f"part-{part.rank}-of-{part.world_size}"):
-        bind_spec_file(out_dir / SPEC_NAME, plan, "this latent set", f"Use another output folder, or delete {out_dir} to encode again")
         encoder = LatentEncoder(images, vae, plan, out_dir, settings, torch.device(device))
-        return {"num_images": len(images), "latent_shape": plan["latent_shape"], **encoder.run(part, progress)}
+        summary = encoder.run(part, progress)
+    return {"num_images": len(images), "skipped": len(problems), "latent_shape": plan["latent_shape"], **summary}

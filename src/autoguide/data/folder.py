@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from autoguide.data.images import CHANNELS, check_square, decode_image, uint8_to_float
+from autoguide.data.images import CHANNELS, ImageHeader, check_square, decode_image, read_header, uint8_to_float
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -146,6 +146,11 @@ class ImageFolderDataset(_Uint8ImageDataset):
         path = self.root / self.files[index]
         return decode_image(str(path), str(path), self.convert_rgb), int(self.labels[index])
 
+    def header(self, index: int) -> ImageHeader:
+        """The header of image ``index`` (``images.read_header``: format, mode, size; a truncated
+        file is an error naming it)."""
+        return read_header(self.where(index), self.where(index))
+
 
 class NpzDataset(_Uint8ImageDataset):
     """Images from an ``.npz`` archive: key ``images`` uint8 [N, H, W, C] or [N, C, H, W]
@@ -224,3 +229,8 @@ class NpzDataset(_Uint8ImageDataset):
 
     def read_uint8(self, index: int) -> tuple[np.ndarray, int]:
         return self.images[index], int(self.labels[index])
+
+    def header(self, index: int) -> ImageHeader:
+        """Image ``index`` described like a file header (format ``npz``, mode ``L`` or ``RGB``)."""
+        height, width, channels = self.shape
+        return ImageHeader("npz", "L" if channels == 1 else "RGB", height, width)

@@ -8,6 +8,7 @@ to [0, 255]. The two maps are exact inverses on uint8 values.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,11 @@ from PIL import Image
 
 CHANNELS = (1, 3)
 """Channel counts an image may have (grayscale, RGB)."""
+
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+"""The bytes a complete file of each format ends with (JPEG's EOI marker, PNG's IEND chunk)."""
+
+CONVERT_RGB_HINT = "encode with --convert-rgb (PIL's convert('RGB'), as EDM2's dataset tool does)"
 
 
 def check_uint8_hwc(array: np.ndarray, where: str) -> np.ndarray:
@@ -78,12 +84,52 @@ def decode_image(data: bytes | str, where: str, convert_rgb: bool = False) -> np
             if image.mode not in ("L", "RGB"):
                 raise ValueError(
                     f"{where}: image mode {image.mode!r} is not supported; expected 'L' "
-                    "(grayscale) or 'RGB'"
+                    f"(grayscale) or 'RGB' (to make it RGB: {CONVERT_RGB_HINT})"
                 )
             array = np.array(image, dtype=np.uint8)
     except OSError as error:
         raise ValueError(f"{where}: cannot decode image: {error}") from error
     return check_uint8_hwc(array, where)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image says about itself without its pixels: PIL's ``format`` (``JPEG``, ``PNG``,
+    ``npz`` for arrays), ``mode`` (``L``, ``RGB``, ``CMYK``, ...), ``height``, ``width``."""
+
+    format: str
+    mode: str
+    height: int
+    width: int
+
+
+def _tail(data: bytes | str, size: int) -> bytes:
+    if isinstance(data, bytes):
+        return data[-size:]
+    with open(data, "rb") as stream:
+        stream.seek(0, io.SEEK_END)
+        stream.seek(max(stream.tell() - size, 0))
+        return stream.read()
+
+
+def read_header(data: bytes | str, where: str) -> ImageHeader:
+    """The header of PNG/JPEG bytes or a file, read without decoding the pixels. A JPEG or PNG
+    that does not end with its end marker (``END_MARKERS``) is decoded in full, which tells a
+    truncated file (an error) from one with trailing bytes; other formats are always decoded.
+    An unreadable image is a ``ValueError`` naming ``where``."""
+    try:
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{where}: cannot read the image: {error}") from error
+    with image:
+        header = ImageHeader(str(image.format), image.mode, image.height, image.width)
+        marker = END_MARKERS.get(header.format)
+        if marker is None or _tail(data, len(marker)) != marker:
+            try:
+                image.load()
+            except (OSError, SyntaxError) as error:
+                raise ValueError(f"{where}: the image data is truncated or broken: {error}") from error
+    return header
 
 
 def check_square(shape: tuple[int, ...], where: str) -> None:
@@ -97,12 +143,14 @@ def check_square(shape: tuple[int, ...], where: str) -> None:
 
 def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarray:
     """ADM's (Dhariwal & Nichol 2021) ImageNet preprocessing, as EDM2's dataset tool does it
-    for ImageNet-512: while the short side is at least ``2 * resolution`` halve the image with
-    a BOX filter, then resize with BICUBIC so the short side is ``resolution``, then cut the
-    central ``resolution`` x ``resolution`` square. Input and output are uint8 HWC RGB.
+    for ImageNet-512 (``docs/design.md``, "Latent space"): while the short side is at least
+    ``2 * resolution`` halve the image with a BOX filter (``size // 2`` per side), then resize
+    with BICUBIC so the short side is ``resolution`` (each side ``round(side * resolution /
+    short side)``: this shrinks larger images and enlarges smaller ones, e.g. ImageNet's typical
+    500x375), then cut the central ``resolution`` x ``resolution`` square at
+    ``((H - resolution) // 2, (W - resolution) // 2)``. Input and output are uint8 HWC RGB.
 
-    An image that is not RGB or whose short side is below ``resolution`` (it would have to be
-    enlarged) is an error naming ``where``.
+    An image that is not RGB is an error naming ``where``.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -110,9 +158,6 @@ def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarr
             f"{where}: the image has {channels} channel(s), not RGB; convert it to RGB first "
             "(or encode with --convert-rgb, as EDM2's dataset tool does)"
         )
-    height, width = pixels.shape[:2]
-    if min(height, width) < resolution:
-        raise ValueError(f"{where}: the image is {height}x{width} (HxW), smaller than the {resolution}x{resolution} crop")
     image = Image.fromarray(pixels)
     while min(image.size) >= 2 * resolution:
         image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)

@@ -7,15 +7,16 @@ Folder layout::
     <set>/latents-000000.tar ...   WebDataset shards: <key>.npy (+ <key>.cls for labeled data)
     <set>/encode.json, parts/      the encoder's inputs and per-shard records (resuming, fingerprints)
 
-Sample ``<key>.npy`` (key = the image's index in the source, ``%09d``) is one ``.npy`` array
+Sample ``<key>.npy`` (key = the image's index in the source, ``%09d``; skipped images leave gaps) is one ``.npy`` array
 ``[2C, h, w]`` (float16 or float32): the posterior mean (channels ``0..C-1``) and std
 (``C..2C-1``) of the VAE for that image, as EDM2 stores them (8 channels for the SD VAE).
 
 ``manifest.json`` (format ``autoguide-latents/1``): ``source`` (kind, path, labels JSON, image
 count: what the latents were made from, so reference statistics can be computed from the
-source images), ``vae`` (hub name, folder name, SHA-256 of ``config.json`` and of the weights),
-``preprocessing`` (ADM center crop to ``resolution``; the VAE sees ``uint8 / 255``), ``dtype``,
-``latent_shape`` ``[C, h, w]``, ``label_dim``, ``num_images``, ``shard_size``, ``shards`` (file,
+source images), ``vae`` (name, folder name, SHA-256 of ``config.json`` and of the weights:
+``latent.vae_identity``), ``preprocessing`` (ADM center crop to ``resolution``; the VAE sees
+``uint8 / 255``), ``dtype``, ``latent_shape`` ``[C, h, w]``, ``label_dim``, ``num_images``,
+``shard_size``, ``skipped`` (source images left out: index, file, problem), ``shards`` (file,
 first image, count, size, SHA-256 each) and ``stats`` (per-channel ``raw_mean``/``raw_std`` of the
 latents ``mean + std * eps`` over the whole set, exact expectations from the stored arrays).
 
@@ -32,7 +33,8 @@ checks, before any training step: the manifest, every shard's SHA-256 (``verify`
 whose size and modification time still match the encoder's record in ``parts/`` is not read
 again, the rule of ``io.records.unchanged``, so every rank of a large run can open the set
 quickly), sample counts, labels, the shape and dtype of the arrays, and (with ``vae_path``)
-that the run's VAE is the one the latents were made with; each error names the file.
+that the run's VAE is the one the latents were made with (``latent.check_vae_path``); each error
+names the file. ``standardize=edm2`` on a set whose raw std is far from EDM2's warns once.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ from autoguide.latent import (
     EDM2_FINAL_STD,
     EDM2_RAW_MEAN,
     EDM2_RAW_STD,
-    same_vae,
+    check_raw_std,
+    check_vae_path,
     standardisation,
     stability_vae_spec,
-    vae_identity,
 )
 
 FORMAT = "autoguide-latents/1"
@@ -115,22 +117,11 @@ def latent_statistics(manifest: Mapping[str, Any], standardize: str) -> tuple[li
 
 
 def latent_spec(manifest: Mapping[str, Any], standardize: str = "edm2") -> dict[str, Any]:
-    """The model-card ``latent`` entry of models trained on this set standardised this way."""
+    """The model-card ``latent`` entry of models trained on this set standardised this way,
+    with the identity of the set's VAE (``vae``: name and hashes)."""
     raw_mean, raw_std = latent_statistics(manifest, standardize)
-    return stability_vae_spec(manifest["vae"]["name"], raw_mean, raw_std, EDM2_FINAL_MEAN, EDM2_FINAL_STD)
-
-
-def check_vae(manifest: Mapping[str, Any], file: Path, vae_path: str | os.PathLike) -> None:
-    """Refuse a set encoded with another VAE than the one in ``vae_path``."""
-    made_with = manifest["vae"]
-    found = vae_identity(vae_path, made_with["name"])
-    if not same_vae(made_with, found):
-        raise ValueError(
-            f"{file}: the latents were encoded with VAE folder {made_with['folder']!r} (config sha256 "
-            f"{made_with['config_sha256'][:12]}, weights sha256 {made_with['weights_sha256'][:12]}), but vae_path={vae_path} "
-            f"holds another VAE (config {found['config_sha256'][:12]}, weights {found['weights_sha256'][:12]}); "
-            "encode the images with this VAE or point vae_path at the VAE of the set"
-        )
+    vae = manifest["vae"]
+    return stability_vae_spec(vae["name"], raw_mean, raw_std, EDM2_FINAL_MEAN, EDM2_FINAL_STD, vae)
 
 
 def shard_record_path(folder: Path, shard_file: str) -> Path:
@@ -170,9 +161,11 @@ class LatentShardDataset(Dataset):
         self.folder = self.manifest_file.parent
         manifest = read_manifest(self.manifest_file)
         self.manifest = manifest
-        if vae_path is not None:
-            check_vae(manifest, self.manifest_file, vae_path)
         self.latent_spec = latent_spec(manifest, standardize)
+        if vae_path is not None:
+            check_vae_path(self.latent_spec, vae_path, f"the latent set {self.manifest_file}")
+        if standardize == "edm2":
+            check_raw_std(manifest["stats"]["raw_std"], str(self.manifest_file))
         scale, bias = standardisation(self.latent_spec["raw_mean"], self.latent_spec["raw_std"], EDM2_FINAL_MEAN, EDM2_FINAL_STD)
         self.scale, self.bias = scale[:, None, None], bias[:, None, None]
         self.dtype = np.dtype(manifest["dtype"])

@@ -28,10 +28,12 @@ from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
 from autoguide.data.images import (
+    ImageHeader,
     check_square,
     check_uint8_hwc,
     decode_image,
     encode_png,
+    read_header,
     uint8_to_float,
 )
 
@@ -246,6 +248,10 @@ class IndexedShardDataset(Dataset):
         """The stored pixels (uint8 HWC) and the label of item ``index``."""
         record = self.shard_set.records[index]
         return self.shard_set.decode(read_member(record), self.where(index)), record.label or 0
+
+    def header(self, index: int) -> ImageHeader:
+        """The header of item ``index``'s image (``images.read_header``)."""
+        return read_header(read_member(self.shard_set.records[index]), self.where(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pixels, label = self.read_uint8(index)

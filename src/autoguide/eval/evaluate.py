@@ -26,6 +26,7 @@ from autoguide.eval.evaluator import (
     Evaluator,
     SampleChunk,
     best_value,
+    check_image_side,
     check_model,
     metric_names,
 )
@@ -152,4 +153,7 @@ class Evaluation:
         """``evaluate_model`` of ``net`` guided by ``terms`` (the model checked against the metrics first)."""
         check_model(net, self.metrics)
         codec = codec_for(net, self.vae_path, self.device)
+        side = int(getattr(net, "img_resolution", 0)) * (1 if codec is None else codec.factor)
+        if side:
+            check_image_side(side, self.metrics)
         return evaluate_model(net, terms, self.plan, self.evaluator, self.generation, self.device, codec, stats_dir)

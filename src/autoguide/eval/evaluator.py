@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoguide.data.mnist import RESOLUTION as MNIST_RESOLUTION
 from autoguide.eval.extractors import build_extractor, check_detectors
 from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import (
@@ -76,6 +77,23 @@ def check_model(net: torch.nn.Module, metrics: Mapping[str, Any]) -> None:
         raise ValueError("the model makes 2D points (img_resolution 0): use metrics=toy2d (metrics.toy set, no metrics.features)")
     if not toy_model and metrics.get("toy") is not None:
         raise ValueError("metrics.toy is set, but the model makes images; use image metrics (e.g. metrics=mnist)")
+
+
+FIXED_SIDES = {"mnist": MNIST_RESOLUTION}
+"""Feature networks that take one image size only (side in pixels)."""
+
+
+def check_image_side(side: int, metrics: Mapping[str, Any]) -> None:
+    """Refuse, before any reference statistics are computed, a feature network of
+    ``metrics.features`` that cannot take the model's ``side`` x ``side`` images."""
+    for name in metrics.get("features") or []:
+        need = FIXED_SIDES.get(name)
+        if need is not None and side != need:
+            raise ValueError(
+                f"metrics.features has {name!r}, whose network takes {need}x{need} images, but the model makes "
+                f"{side}x{side} images; choose features for that size "
+                "(e.g. metrics=images 'metrics.features=[inception]')"
+            )
 
 
 def fd_infinity_settings(config: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -511,10 +511,13 @@ def import_edm2(
     out_path: str | os.PathLike,
     nimg: int | None = None,
     ema_std: float | None = None,
+    vae: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert release pickle ``pkl_path`` into our model file ``out_path``; returns the card.
 
     ``nimg`` / ``ema_std`` default to the values in the release file name (else null).
+    ``vae``: the identity (``latent.vae_identity``) of the local VAE the release decodes with,
+    recorded in the card's ``latent`` entry (a latent model only) so decoding checks it.
     The weights must match the rebuilt config exactly (names and shapes), or nothing is written.
     """
     from autoguide.nets import build_network, config_dict
@@ -541,6 +544,10 @@ def import_edm2(
             f"{pkl_path}: weights do not match the rebuilt config {cfg} "
             f"(missing {missing}, unexpected {unexpected}, wrong shape {wrong})"
         )
+    if vae is not None:
+        if latent is None:
+            raise EDM2ImportError(f"{pkl_path}: a pixel-space model has no VAE; import it without --vae")
+        latent = {**latent, "vae": dict(vae)}
     name_nimg, name_std = release_nimg_and_std(pkl_path.name)
     card = {
         "network": config_dict(cfg),

@@ -75,15 +75,19 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{path}: cannot read the {what}: {error}") from error
 
 
-def bind_spec_file(path: str | os.PathLike, spec: Mapping[str, Any], what: str, remedy: str) -> None:
+def bind_spec_file(
+    path: str | os.PathLike, spec: Mapping[str, Any], what: str, remedy: str, write: bool = True
+) -> None:
     """Bind ``path`` to ``spec``: write the canonical JSON when the file is missing or
-    unreadable; ``SpecConflict`` naming the changed keys when it holds another spec
-    (``"{path}: {what} was started with other inputs; changed: ...; {remedy}"``)."""
+    unreadable (``write=False``: only check, write nothing); ``SpecConflict`` naming the changed
+    keys when it holds another spec (``"{path}: {what} was started with other inputs; changed:
+    ...; {remedy}"``)."""
     path = Path(path)
     wanted = canonical(spec)
     found = read_json(path) if path.exists() else None
     if found is None:
-        write_text_atomic(path, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+        if write:
+            write_text_atomic(path, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
         return
     if found != wanted:
         changed = differences(found, wanted)

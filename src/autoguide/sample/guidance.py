@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from autoguide.latent import check_same_latent_space
 from autoguide.sample.perturb import (
     BlurredQueries,
     IdentityAttention,
@@ -146,12 +147,17 @@ class GuidanceTerm(ABC):
 
 
 def _check_compatible(model: nn.Module, net: nn.Module, what: str) -> None:
+    """The negative ``model`` must take the main ``net``'s inputs: the same shape and, for
+    models with cards, the same latent space (VAE and standardisation)."""
     for attr in ("img_channels", "img_resolution"):
         if getattr(model, attr, None) != getattr(net, attr, None):
             raise ValueError(
                 f"{what}: the negative model has {attr}={getattr(model, attr, None)} but the main model "
                 f"has {attr}={getattr(net, attr, None)}"
             )
+    if hasattr(model, "card") and hasattr(net, "card"):
+        main, negative = net.card.get("latent"), model.card.get("latent")
+        check_same_latent_space(main, negative, "the main model", f"{what}'s negative model")
 
 
 def _require_labels(net: nn.Module, conditional: bool, what: str) -> None:

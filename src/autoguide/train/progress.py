@@ -51,14 +51,17 @@ class ImageProgressBar(ProgressBar):
         now = time.monotonic()
         if now - self._postfix_time >= self._bar.mininterval:  # reading the loss waits for the device: not every step
             self._postfix_time = now
-            metrics = self.get_metrics(trainer, pl_module)
-            self._bar.set_postfix(
-                {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")},
-                refresh=False,
-            )
+            self._set_postfix(trainer, pl_module)
         self._bar.update(kimg - self._bar.n)
+
+    def _set_postfix(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Loss and learning rate of the latest step (the first step's rate is 0 with a ramp-up, as in EDM2)."""
+        metrics = self.get_metrics(trainer, pl_module)
+        shown = {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")}
+        self._bar.set_postfix(shown, refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
+            self._set_postfix(trainer, pl_module)  # the last line shows the last step's values
             self._bar.close()
             self._bar = None

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.io import ModelFileError, read_card
-from autoguide.latent import same_latent_space
+from autoguide.latent import check_same_latent_space
 from autoguide.nets.config import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
 from autoguide.settings import ConfigError, from_mapping
 from autoguide.train.settings import TrainSettings, check_conditioning
@@ -125,8 +125,8 @@ def check_against_main(main_model: str, data_name: str, info: Mapping[str, int],
     for key in ("img_resolution", "img_channels", "label_dim"):
         if getattr(main, key, None) != info[key]:
             raise ConfigError(f"main_model={main_model} has {key} {getattr(main, key, None)}, but {where} has {info[key]}")
-    if not same_latent_space(card.get("latent"), latent):
-        raise ConfigError(
-            f"main_model={main_model} works in latent space {card.get('latent')}, but {where} gives {latent}; "
-            "a guide must see the main model's latents (data.standardize=edm2 for EDM2's releases)"
-        )
+    try:
+        check_same_latent_space(card.get("latent"), latent, f"main_model={main_model}", where)
+    except ValueError as error:
+        remedy = "a guide must see the main model's latents (data.standardize=edm2 for EDM2's releases)"
+        raise ConfigError(f"{error}; {remedy}") from None
