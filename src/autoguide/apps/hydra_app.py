@@ -50,11 +50,13 @@ def composition_error_line(error: Exception) -> str:
 
 def compose_or_refuse(config_name: str, args: Sequence[str]) -> DictConfig | None:
     """The config ``conf/<config_name>.yaml`` composed with the command line ``args`` (with
-    Hydra's node), ``ConfigError`` in one line when it does not compose; ``None`` when a flag
-    in ``args`` means no single job runs."""
+    Hydra's node), ``ConfigError`` in one line for an unknown group option
+    (``check_group_choices``) or when it does not compose; ``None`` when a flag in ``args``
+    means no single job runs."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    check_group_choices(args, config_dir())
     if any(arg.split("=")[0] in NO_JOB_FLAGS for arg in args):
         return None
     try:
