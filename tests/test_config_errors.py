@@ -113,3 +113,18 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), result.stderr
     assert not (tmp_path / "run" / "logs").exists() and not (tmp_path / "run" / "config.yaml").exists(), "a refused run wrote"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["train.batch_size=abc"], r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$"),
+        (["+trainer.foo=1", "seed=[1"], r"^no viable alternative at input '\[1'; See https://hydra\.cc"),
+    ],
+)
+def test_composition_errors_are_one_line(args, line):
+    from autoguide.apps.hydra_app import compose_or_refuse
+
+    with pytest.raises(ConfigError, match=line):
+        compose_or_refuse("train", args)
+    assert compose_or_refuse("train", ["-m", "seed=1,2"]) is None  # a multirun composes per point
