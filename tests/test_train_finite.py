@@ -50,7 +50,8 @@ def test_guard_counts_steps_in_a_row_and_stops_on_weights():
     assert guard.check(4, 96, True, True, True) is None and guard.in_a_row == 0  # a finite step resets the count
     guard.check(5, 128, False, True, True)
     guard.check(6, 160, False, True, True)
-    with pytest.raises(NonFiniteTraining, match=r"^non-finite loss at optimizer step 7 \(nimg 192\): 3 such steps in a row") as info:
+    stop = r"^non-finite loss at optimizer step 7 \(nimg 192\): 3 such steps in a row"
+    with pytest.raises(NonFiniteTraining, match=stop) as info:
         guard.check(7, 192, False, True, True)
     assert info.value.nimg == 192
     with pytest.raises(NonFiniteTraining, match=r"^non-finite network weights after optimizer step 1 \(nimg 0\)"):
@@ -114,3 +115,13 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
     assert snapshots and max(int(p.name[6:18]) for p in snapshots) == 128
     assert all(all_finite(p) for _, p in list_checkpoints(run)) and all(all_finite(p) for p in snapshots)
     assert not (run / "final.safetensors").exists()
+
+
+@pytest.mark.parametrize("override", ["train.P_mean=60", "net.sigma_data=1e-30"])
+def test_loss_non_finite_from_the_first_step_stops_after_the_patience(tmp_path, override):
+    """EDM2's zeroing alone would let these runs "finish" with untrained weights."""
+    run = tmp_path / "run"
+    cfg = compose("train", toy(run, steps=10, every_steps=1) + [override, "train.max_nonfinite_steps=2"])
+    with pytest.raises(NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"):
+        train(cfg)
+    assert all(all_finite(p) for _, p in list_checkpoints(run)) and not (run / "final.safetensors").exists()

@@ -32,7 +32,8 @@ def toy(run_dir: Path, steps: int) -> list[str]:
 
 
 def folder_state(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and ".autoguide-claim" not in p.name}
+    files = [p for p in sorted(run.rglob("*")) if p.is_file() and ".autoguide-claim" not in p.name]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 def test_changed_keys_and_the_resumable_list():
@@ -80,5 +81,6 @@ def test_changed_rerun_on_the_command_line_rewrites_nothing(tmp_path):
     result = subprocess.run([*command, "train.lr_ref=0.03"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"config error: run_dir {run} holds a run with other settings: train.lr_ref"), result.stderr
+    refusal = f"config error: run_dir {run} holds a run with other settings: train.lr_ref 0.01 -> 0.03; "
+    assert len(lines) == 1 and lines[0].startswith(refusal), result.stderr
     assert folder_state(run) == before

@@ -4,8 +4,8 @@
 composed with the command line. Before Hydra starts, every ``group=option`` override is checked
 against the options in ``conf/<group>/`` (Hydra's own message for a missing option is a
 multi-line listing) and the command line is composed once, so that a key typo or a value of the
-wrong type is one line too (``compose_or_refuse``); a ``ConfigError`` (or one of ``errors``) raised by the task becomes one line
-on stderr and exit status 2 (or the status ``errors`` gives).
+wrong type is one line too (``compose_or_refuse``); a ``ConfigError`` (or one of ``errors``)
+raised by the task becomes one line on stderr and exit status 2 (or the status ``errors`` gives).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from autoguide.config import compose, config_dir, register_schemas
 from autoguide.settings import ConfigError
 
 EXIT_CONFIG_ERROR = 2
-NO_JOB_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
-"""Command-line flags after which Hydra runs no single job (help, config printing, a multirun)."""
 
 
 def check_group_choices(args: Sequence[str], conf: Path) -> None:
@@ -51,16 +49,16 @@ def composition_error_line(error: Exception) -> str:
 def compose_or_refuse(config_name: str, args: Sequence[str]) -> DictConfig | None:
     """The config ``conf/<config_name>.yaml`` composed with the command line ``args`` (with
     Hydra's node), ``ConfigError`` in one line for an unknown group option
-    (``check_group_choices``) or when it does not compose; ``None`` when a flag in ``args``
-    means no single job runs."""
+    (``check_group_choices``) or when it does not compose; ``None`` when ``args`` hold a flag
+    (a multirun, help, ``--config-dir``: left to Hydra)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     check_group_choices(args, config_dir())
-    if any(arg.split("=")[0] in NO_JOB_FLAGS for arg in args):
+    if any(arg.startswith("-") for arg in args):  # no single job, or Hydra flags (--config-dir X) that Hydra parses
         return None
     try:
-        return compose(config_name, [a for a in args if not a.startswith("-")], return_hydra_config=True)
+        return compose(config_name, list(args), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(composition_error_line(error)) from None
 

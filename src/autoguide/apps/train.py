@@ -110,7 +110,7 @@ def main() -> None:
             exit_with(error, "config error")
         except FolderBusy as error:
             exit_with(error, "autoguide-train: error")
-    errors = {
+    errors: dict[type[Exception], str | tuple[str, int]] = {
         ConfigError: "config error",
         FolderBusy: "autoguide-train: error",
         NonFiniteTraining: ("autoguide-train: stopped", EXIT_NONFINITE),

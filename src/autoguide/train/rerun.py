@@ -64,12 +64,14 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
     except Exception as error:  # noqa: BLE001 - any unreadable record is refused the same way
         raise ConfigError(f"{path}: unreadable run config ({' '.join(str(error).split())}); "
                           "fix or remove it, or use another run_dir") from None
-    current = OmegaConf.to_container(cfg, resolve=True)
-    if not isinstance(recorded, Mapping):
+    if not isinstance(recorded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(recorded).__name__}")
-    current = {k: v for k, v in current.items() if k != "hydra"}
-    old, new = flatten(recorded), flatten(current)
-    changed = [k for k in changed_keys(recorded, current) if not resumable(k)]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    current = {str(k): v for k, v in resolved.items() if k != "hydra"}
+    before = {str(k): v for k, v in recorded.items()}
+    old, new = flatten(before), flatten(current)
+    changed = [k for k in changed_keys(before, current) if not resumable(k)]
     if changed:
         shown = ", ".join(f"{k} {_show(old, k)} -> {_show(new, k)}" for k in changed[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
