@@ -46,7 +46,9 @@ from autoguide.train.rerun import check_unchanged
 from autoguide.runtime import rank_from_env
 from autoguide.settings import ConfigError
 from autoguide.train.settings import TrainSettings
-from autoguide.train.validate import RunSettings, check_against_data, check_against_main, main_model, run_settings
+from autoguide.train.validate import (
+    RunSettings, check_accelerator, check_against_data, check_against_main, main_model, run_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
     """A Trainer for the run's optimizer steps with the configured callbacks and loggers."""
     if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
         os.environ["WANDB_MODE"] = "offline"
+    check_accelerator(cfg.trainer)
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = build_loggers(cfg)
     # Signals are handled by ImageCheckpoint (autoguide.train.preemption), not by Lightning's

@@ -57,18 +57,19 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     for key in trainer:
         if key in MANAGED_TRAINER_KEYS:
             raise ConfigError(f"trainer.{key} is derived by autoguide; set {MANAGED_TRAINER_KEYS[key]} instead")
-    accelerator = str(trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not _cuda_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine; use trainer=cpu")
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)")
 
 
-def _cuda_available() -> bool:
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """A GPU trainer needs a visible CUDA device (checked when the Trainer is built, after the
+    config and data checks, which hold on any machine)."""
     import torch
 
-    return torch.cuda.is_available()
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine; use trainer=cpu")
 
 
 def check_resume(resume: Any, resume_changed: Any = False) -> None:
