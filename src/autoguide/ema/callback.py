@@ -66,7 +66,9 @@ class PowerEMACallback(pl.Callback):
         self.stds = tuple(float(s) for s in stds)
         for std in self.stds:
             if not 0 < std <= MAX_SIGMA_REL:
-                raise ConfigError(f"callbacks.phema.stds={list(self.stds)}: each EMA std must lie in (0, {MAX_SIGMA_REL:.4f}]")
+                raise ConfigError(
+                    f"callbacks.phema.stds={list(self.stds)}: each EMA std must lie in (0, {MAX_SIGMA_REL:.4f}]"
+                )
         names = {snapshot_filename(0, s) for s in self.stds}
         if len(names) != len(self.stds):
             raise ValueError(f"EMA stds {list(self.stds)} must differ in their first 4 decimals")

@@ -152,11 +152,12 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
     slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     try:
         return _trainer(cfg, train, callbacks, loggers, slurm)
-    except MisconfigurationException as error:
+    except MisconfigurationException as error:  # a trainer setting Lightning refuses, as one line
         raise ConfigError(f"trainer: {' '.join(str(error).split())}") from None
 
 
-def _trainer(cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any], slurm: list[Any]) -> L.Trainer:
+def _trainer(cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any],
+             slurm: list[Any]) -> L.Trainer:
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=train.total_steps,
@@ -230,9 +231,12 @@ def _fit(trainer: L.Trainer, module: DiffusionModule, datamodule: DiffusionDataM
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     except NonFiniteTraining as error:
         existing = list_checkpoints(run_dir)
-        last = f"the last checkpoint, at nimg {existing[-1][0]}: {existing[-1][1]}" if existing else "no checkpoint was written"
+        last = "no checkpoint was written"
+        if existing:
+            last = f"the last checkpoint, at nimg {existing[-1][0]}: {existing[-1][1]}"
         raise NonFiniteTraining(f"{error}; {last}", error.nimg) from None
     except SIGTERMException:
+        log.warning("SIGTERM before training started: stopped without a new checkpoint; rerun to continue")
         raise SystemExit(EXIT_PREEMPTED) from None
     finally:  # Lightning's signal teardown after an exception reinstates the flags' handlers
         for callback in trainer.callbacks:
