@@ -141,11 +141,15 @@ class DiffusionModule(L.LightningModule):
 
     def _check_finite(self) -> None:
         """After an optimizer step: count a non-finite loss or gradient, stop on non-finite
-        weights or too many such steps in a row (``FiniteGuard``). One host sync."""
+        weights or too many such steps in a row (``FiniteGuard``). One host sync; under DDP the
+        flags are combined over the ranks (one small all-reduce), so all ranks stop together."""
         assert self._loss_max is not None and self._grad_max is not None
         weights = max_norm(self.net.parameters())
         maxima = torch.stack([t.float() for t in (self._loss_max, self._grad_max, weights)])
-        loss_ok, grads_ok, weights_ok = maxima.isfinite().tolist()
+        bad = (~maxima.isfinite()).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        loss_ok, grads_ok, weights_ok = (bad == 0).tolist()
         self._loss_max = self._grad_max = None
         step = self.nimg // self.batch_size + 1
         warning = self.finite_guard.check(step, self.nimg, loss_ok, grads_ok, weights_ok)
