@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 
 from autoguide.config import compose, config_dir
@@ -52,6 +53,12 @@ def make_config(overrides: list[str]):
         (["data.split=nope"], r"^data: "),
         (["resume=/no/such/file.ckpt"], r"^resume=/no/such/file\.ckpt: no such checkpoint file$"),
         (["~experiment"], r"^name is not set"),
+        (["experiment=toy2d-main", "net.width=0"], r"^net\.width=0: expected a positive integer$"),
+        (["experiment=toy2d-main", "net.depth=-1"], r"^net\.depth=-1: expected an integer >= 0$"),
+        (["callbacks.phema.stds=[5.0]"], r"^callbacks\.phema\.stds=\[5\.0\]: each EMA std must lie in \(0, 0\.3003\]$"),
+        (["seed=x"], r"^seed='x': expected an integer >= 0$"),
+        (["train.max_nonfinite_steps=-1"], r"^train\.max_nonfinite_steps=-1: expected an integer >= 0"),
+        (["resume_changed=maybe"], r"^resume_changed='maybe': expected true or false$"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, overrides, message):
@@ -60,6 +67,22 @@ def test_config_error_names_the_key(tmp_path, overrides, message):
         train(cfg)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists(), "training started"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu: no CUDA GPU is visible on this machine; use trainer=cpu$"):
+        train(make_config(["trainer=gpu", f"run_dir={tmp_path / 'run'}", "logger=none"]))
+
+
+def test_run_dir_that_is_a_file_and_resume_from_a_text_file(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^run_dir=.*/file: run_dir is a file, expected a folder"):
+        train(make_config([f"run_dir={tmp_path / 'file'}", "logger=none"]))
+    with pytest.raises(ConfigError, match=r"^run_dir=.*/file/run: the folder .*/file above run_dir is a file"):
+        train(make_config([f"paths.runs_dir={tmp_path / 'file'}", "name=run", "logger=none"]))
+    with pytest.raises(ConfigError, match=r"^resume=.*/file: not a checkpoint \(expected a \.ckpt"):
+        train(make_config([f"run_dir={tmp_path / 'run'}", f"resume={tmp_path / 'file'}", "logger=none"]))
 
 
 def test_unknown_preset_is_caught_before_hydra():
@@ -77,6 +100,8 @@ def test_unknown_preset_is_caught_before_hydra():
     [
         (["train.duration_mi=-0.5"], "config error: train.duration_mi=-0.5: expected a positive number"),
         (["net=mnist-q"], "config error: net=mnist-q: no such option in "),
+        (["train.lr_reff=0.1"], "config error: Could not override 'train.lr_reff': Key 'lr_reff' not in 'TrainSettings'; "),
+        (["experiment=toy2d-main", "net.label_dim=3"], "config error: net.label_dim=3 does not match data 'toy2d'"),
     ],
 )
 def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
@@ -87,3 +112,19 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), result.stderr
+    assert not (tmp_path / "run" / "logs").exists() and not (tmp_path / "run" / "config.yaml").exists(), "a refused run wrote"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["train.batch_size=abc"], r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$"),
+        (["+trainer.foo=1", "seed=[1"], r"^no viable alternative at input '\[1'; See https://hydra\.cc"),
+    ],
+)
+def test_composition_errors_are_one_line(args, line):
+    from autoguide.apps.hydra_app import compose_or_refuse
+
+    with pytest.raises(ConfigError, match=line):
+        compose_or_refuse("train", args)
+    assert compose_or_refuse("train", ["-m", "seed=1,2"]) is None  # a multirun composes per point

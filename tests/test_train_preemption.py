@@ -81,3 +81,30 @@ def test_job_key_and_exit_status():
     assert slurm_job_key({}) is None
     error = Preempted(128, "ckpt", None)
     assert isinstance(error, SystemExit) and not isinstance(error, Exception) and error.code == EXIT_PREEMPTED
+
+
+def test_sigterm_saves_exits_3_without_requeue_and_the_rerun_finishes(tmp_path):
+    """SIGTERM (scancel, timeout, kill) saves like the preemption signals and exits 3, but asks for
+    no requeue (a fake ``scontrol`` records the calls); the rerun continues to the end."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol-calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\n[ "$1" = requeue ] && echo "$@" >> {calls}\nexit 0\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    job_env = {**env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(command(run_dir), cwd=tmp_path, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "phema").glob("phema-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, output[-3000:]
+    assert "preempted at nimg" in output and "not requeued" in output, output[-3000:]
+    [(name)] = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    assert 0 < int(name[5:17]) < STEPS * BATCH and not (run_dir / "final.safetensors").exists()
+    assert not calls.exists(), calls.read_text()
+
+    subprocess.run(command(run_dir), cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=300)
+    from autoguide.io import read_card
+
+    assert read_card(run_dir / "final.safetensors")["nimg"] == STEPS * BATCH

@@ -3,8 +3,9 @@
 ``run_hydra_app(config_name, task)`` runs ``task(cfg)`` on ``conf/<config_name>.yaml``
 composed with the command line. Before Hydra starts, every ``group=option`` override is checked
 against the options in ``conf/<group>/`` (Hydra's own message for a missing option is a
-multi-line listing); a ``ConfigError`` (or one of ``errors``) raised by the task becomes one line
-on stderr and exit status 2.
+multi-line listing) and the command line is composed once, so that a key typo or a value of the
+wrong type is one line too (``compose_or_refuse``); a ``ConfigError`` (or one of ``errors``)
+raised by the task becomes one line on stderr and exit status 2 (or the status ``errors`` gives).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from autoguide.config import config_dir, register_schemas, replace_whole_nodes
+from autoguide.config import compose, config_dir, register_schemas, replace_whole_nodes
 from autoguide.settings import ConfigError
 
 EXIT_CONFIG_ERROR = 2
@@ -35,16 +36,49 @@ def check_group_choices(args: Sequence[str], conf: Path) -> None:
                 raise ConfigError(f"{key}={option}: no such option in {conf / key}; choose one of {', '.join(options)}")
 
 
-def exit_with(error: Exception, prefix: str) -> None:
-    """Print ``<prefix>: <error>`` as one line on stderr and exit with status 2."""
+def composition_error_line(error: Exception) -> str:
+    """Hydra's or OmegaConf's multi-line composition error as one line: its first line, the
+    first line of its cause (what was wrong), then its other lines (what to do)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    reason = [line.strip() for line in str(cause).splitlines() if line.strip()][:1] if cause else []
+    head = lines[0].rstrip(".") + (f": {reason[0]}" if reason else "")
+    return "; ".join([head, *lines[1:]])
+
+
+def compose_or_refuse(config_name: str, args: Sequence[str]) -> DictConfig | None:
+    """The config ``conf/<config_name>.yaml`` composed with the command line ``args`` (with
+    Hydra's node), ``ConfigError`` in one line for an unknown group option
+    (``check_group_choices``) or when it does not compose; ``None`` when ``args`` hold a flag
+    (a multirun, help, ``--config-dir``: left to Hydra)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_group_choices(args, config_dir())
+    if any(arg.startswith("-") for arg in args):  # no single job, or Hydra flags (--config-dir X) that Hydra parses
+        return None
+    try:
+        return compose(config_name, list(args), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(composition_error_line(error)) from None
+
+
+def _prefix(how: str | tuple[str, int]) -> str:
+    return how if isinstance(how, str) else how[0]
+
+
+def exit_with(error: Exception, prefix: str, status: int = EXIT_CONFIG_ERROR) -> None:
+    """Print ``<prefix>: <error>`` as one line on stderr and exit with ``status`` (default 2)."""
     print(f"{prefix}: {error}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG_ERROR)
+    sys.exit(status)
 
 
-def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any], errors: Mapping[type[Exception], str] | None = None) -> None:
+def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any],
+                  errors: Mapping[type[Exception], str | tuple[str, int]] | None = None, precheck: bool = True) -> None:
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``; ``errors``
-    maps exception types to the prefix of their one-line message (default: a ``ConfigError``
-    is a ``config error``)."""
+    maps exception types to the prefix of their one-line message, or to ``(prefix, exit
+    status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``precheck=False``
+    skips the composition check (for an app that made it itself)."""
     import hydra
 
     errors = dict(errors or {ConfigError: "config error"})
@@ -52,14 +86,17 @@ def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any], errors: M
     register_schemas()
     try:
         check_group_choices(sys.argv[1:], conf)
+        if precheck:
+            compose_or_refuse(config_name, sys.argv[1:])
     except ConfigError as error:
-        exit_with(error, errors.get(ConfigError, "config error"))
+        exit_with(error, _prefix(errors.get(ConfigError, "config error")))
     sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
 
     def guarded(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
         except tuple(errors) as error:
-            exit_with(error, next(prefix for kind, prefix in errors.items() if isinstance(error, kind)))
+            how = next(how for kind, how in errors.items() if isinstance(error, kind))
+            exit_with(error, *((how,) if isinstance(how, str) else how))
 
     hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(guarded)()

@@ -8,9 +8,14 @@ one line naming the key and exits with status 2.
 In a Hydra multirun (``-m``) every sweep point trains in its own folder,
 ``<run_dir>/<its overrides>`` (e.g. ``runs/toy2d-main/seed=1``), unless the command line sets
 ``run_dir``; a requeued or re-run point has the same overrides and so finds its checkpoints.
-Only rank 0 lets Hydra write its config copies and ``logs/train.log`` into the run folder,
-and only after it claimed the folder (``autoguide.claim``): a second process on the same run
-folder is refused, before it writes anything, with one line naming the holder (exit status 2).
+Only rank 0 writes Hydra's config copies (``logs/hydra/``, once the run's checks passed) and
+``logs/train.log`` into the run folder, and only after it claimed the folder
+(``autoguide.claim``): a second process on the same run folder is refused, before it writes
+anything, with one line naming the holder (exit status 2).
+
+Exit status: 0 finished; 2 refused (a config error, a busy run folder, a changed rerun);
+3 stopped by SIGTERM or a preemption signal after saving a checkpoint (rerun to continue);
+4 stopped because the loss, gradients or weights went non-finite (``autoguide.train.finite``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from autoguide.apps.hydra_app import exit_with, run_hydra_app
+from autoguide.apps.hydra_app import compose_or_refuse, exit_with, run_hydra_app
 from autoguide.claim import FolderBusy, claim_folder
-from autoguide.config import compose
 from autoguide.runtime import rank_from_env
 from autoguide.settings import ConfigError
+from autoguide.train.finite import NonFiniteTraining
+from autoguide.train.validate import check_run_dir
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
+EXIT_NONFINITE = 4
 NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "~hydra.job_logging.handlers.file",
                            "hydra.job_logging.root.handlers=[console]")
 """Keep Hydra from writing into the run folder on ranks > 0: its config copies and the log file."""
@@ -81,22 +88,15 @@ def task(cfg: DictConfig) -> Path:
     return train(cfg)
 
 
-NO_JOB_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
-"""Command-line flags after which Hydra writes no run folder (a multirun's points claim theirs in ``train``)."""
-
-
 def claim_hydra_output(args: Sequence[str]) -> None:
     """Claim the folder Hydra is about to write (``hydra.run.dir``, the run folder) before it
-    writes its config copies and log there. A command line that does not compose is left for
-    Hydra to report."""
-    if any(arg.split("=")[0] in NO_JOB_FLAGS for arg in args):
+    writes its log there. A command line that does not compose, or a run folder that is a file,
+    is a ``ConfigError``; a multirun's points claim theirs in ``train``."""
+    cfg = compose_or_refuse("train", args)
+    if cfg is None:
         return
-    try:
-        cfg = compose("train", [a for a in args if not a.startswith("-")], return_hydra_config=True)
-        folder = Path(cfg.hydra.run.dir)
-    except Exception:  # noqa: BLE001 - Hydra itself reports a command line that does not compose
-        return
-    claim_folder(folder)  # held until the process exits
+    check_run_dir(cfg.hydra.run.dir)
+    claim_folder(Path(cfg.hydra.run.dir))  # held until the process exits
 
 
 def main() -> None:
@@ -106,9 +106,16 @@ def main() -> None:
     else:
         try:
             claim_hydra_output(sys.argv[1:])
+        except ConfigError as error:
+            exit_with(error, "config error")
         except FolderBusy as error:
             exit_with(error, "autoguide-train: error")
-    run_hydra_app("train", task, errors={ConfigError: "config error", FolderBusy: "autoguide-train: error"})
+    errors: dict[type[Exception], str | tuple[str, int]] = {
+        ConfigError: "config error",
+        FolderBusy: "autoguide-train: error",
+        NonFiniteTraining: ("autoguide-train: stopped", EXIT_NONFINITE),
+    }
+    run_hydra_app("train", task, errors=errors, precheck=False)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ from autoguide.ema.snapshots import (
     sorted_unique,
     write_index,
 )
+from autoguide.ema.power import MAX_SIGMA_REL
 from autoguide.ema.tracker import PowerEMA
 from autoguide.io import save_model
 from autoguide.nets import network_config
-from autoguide.settings import interval_images
+from autoguide.settings import ConfigError, interval_images
 from autoguide.units import KIMG, MI
 
 CHECKPOINT_KEY = "autoguide_phema"
@@ -63,6 +64,11 @@ class PowerEMACallback(pl.Callback):
     ) -> None:
         super().__init__()
         self.stds = tuple(float(s) for s in stds)
+        for std in self.stds:
+            if not 0 < std <= MAX_SIGMA_REL:
+                raise ConfigError(
+                    f"callbacks.phema.stds={list(self.stds)}: each EMA std must lie in (0, {MAX_SIGMA_REL:.4f}]"
+                )
         names = {snapshot_filename(0, s) for s in self.stds}
         if len(names) != len(self.stds):
             raise ValueError(f"EMA stds {list(self.stds)} must differ in their first 4 decimals")

@@ -162,15 +162,21 @@ def resolve_target_nimg(snapshots: Sequence[Snapshot], time: EmaTime = None) -> 
     return at_nimg
 
 
-def representable_range(
+def representable_ranges(
     in_nimg: np.ndarray, in_std: np.ndarray, target_nimg: int, max_error: float
-) -> tuple[float, float] | None:
-    """Smallest and largest std on a 0.005 grid whose profile error is within ``max_error``."""
+) -> list[tuple[float, float]]:
+    """The intervals ``(lowest, highest)`` of consecutive stds on a 0.005 grid whose profile
+    error is within ``max_error`` (several when stds between them are not representable)."""
     grid = np.round(np.arange(0.005, MAX_SIGMA_REL, 0.005), 3)
     coefs = solve_coefficients(in_nimg, in_std, np.full(len(grid), target_nimg), grid)
     errors = profile_error(in_nimg, in_std, np.full(len(grid), target_nimg), grid, coefs)
-    ok = grid[errors <= max_error]
-    return (float(ok.min()), float(ok.max())) if ok.size else None
+    ranges: list[tuple[float, float]] = []
+    for i in np.flatnonzero(errors <= max_error):
+        if ranges and i > 0 and errors[i - 1] <= max_error:
+            ranges[-1] = (ranges[-1][0], float(grid[i]))
+        else:
+            ranges.append((float(grid[i]), float(grid[i])))
+    return ranges
 
 
 def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
@@ -314,8 +320,9 @@ class PosthocEMA:
         errors = profile_error(in_nimg, in_std, out_nimg, out_std, coefs)
         bad = [f"{s:g} (error {e:.3g})" for s, e in zip(out_std, errors) if e > max_error]
         if bad:
-            span = representable_range(in_nimg, in_std, target, max_error)
-            hint = f"stds from about {span[0]:g} to {span[1]:g} are representable there" if span else "no std is representable there"
+            spans = representable_ranges(in_nimg, in_std, target, max_error)
+            shown = ", ".join(f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}" for lo, hi in spans)
+            hint = f"the representable stds there are about {shown}" if spans else "no std is representable there"
             times = sorted({s.nimg for s in self.found.snapshots})
             if target not in times:
                 after = [t for t in times if t > target][:1]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoguide.settings import ConfigError, from_mapping, number, to_dict
+from autoguide.settings import ConfigError, from_mapping, number, positive_int, to_dict
 
 
 def _check_common(cfg: Any) -> None:
@@ -78,6 +78,9 @@ class _VectorNetConfig:
 
     def __post_init__(self) -> None:
         _check_common(self)
+        positive_int(self.width, "net.width")
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0:
+            raise ConfigError(f"net.depth={self.depth!r}: expected an integer >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from autoguide.io import atomic_path
 from autoguide.settings import interval_images
 from autoguide.train.plan import IntervalTrigger
-from autoguide.train.preemption import Preempted, SignalFlag, parse_signals, requeue_slurm_job
+from autoguide.train.preemption import STOP_SIGNALS, Preempted, SignalFlag, parse_signals, requeue_slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class ImageCheckpoint(Checkpoint):
     Preemption (``autoguide.train.preemption``): from ``setup`` to ``teardown`` the signals
     ``preempt_signals`` only set a flag. At the end of the next optimizer step the ranks agree
     (one boolean all-reduce per step) and all save a checkpoint; then global rank 0 requeues the
-    SLURM job (when ``requeue`` and inside a SLURM job) and every rank raises ``Preempted``.
+    SLURM job (when ``requeue``, inside a SLURM job, and the signal was not SIGTERM, a request to
+    stop) and every rank raises ``Preempted`` (exit status 3).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class ImageCheckpoint(Checkpoint):
         run_dir: str | os.PathLike,
         every_kimg: float,
         keep: int = 2,
-        preempt_signals: Sequence[str] = ("SIGUSR1", "SIGUSR2"),
+        preempt_signals: Sequence[str] = ("SIGUSR1", "SIGUSR2", "SIGTERM"),
         requeue: bool = True,
     ) -> None:
         super().__init__()
@@ -106,6 +107,7 @@ class ImageCheckpoint(Checkpoint):
         self.flag.restore()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flag.reinstall()  # over Lightning's SIGTERM handler, set after setup
         self.trigger.start(pl_module.nimg)
         self._step_nimg = int(pl_module.nimg)
 
@@ -118,7 +120,8 @@ class ImageCheckpoint(Checkpoint):
         if self.trigger.due(nimg, final=trainer.global_step >= trainer.max_steps) or stop:
             path = self.save(trainer, nimg)
         if stop:
-            requeued = requeue_slurm_job() if self.requeue and trainer.is_global_zero else None
+            requeue = self.requeue and trainer.is_global_zero and self.flag.received not in STOP_SIGNALS
+            requeued = requeue_slurm_job() if requeue else None
             if trainer.is_global_zero:
                 log.warning("preempted at nimg %d: saved %s; %s", nimg, path,
                             f"requeued SLURM job {requeued}" if requeued else "not requeued")

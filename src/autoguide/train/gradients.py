@@ -10,10 +10,13 @@ and cleans parameter by parameter.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from autoguide.train.finite import max_norm
 
 
 class FlatGradients:
@@ -47,6 +50,13 @@ class FlatGradients:
         self.buffer.zero_()
         for p, view in zip(self.params, self.views):
             p.grad = view
+
+    def max_norm(self) -> torch.Tensor:
+        """``max |g|`` over every gradient entry (0-dim, on the device); NaN or inf when any
+        entry is non-finite."""
+        if self.intact():
+            return torch.linalg.vector_norm(self.buffer, ord=math.inf)
+        return max_norm(p.grad for p in self.params if p.grad is not None)
 
     def clean_(self) -> None:
         """Replace NaN and +-inf in every gradient by zero."""

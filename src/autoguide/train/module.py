@@ -11,7 +11,8 @@ Main models, autoguidance guides and SIMS-retrained models differ only in config
   ``optimizer``); before every optimizer step the learning rate is
   set from the image count, ``alpha = alpha_ref / sqrt(max(nimg / (t_ref B), 1)) *
   min(nimg / rampup, 1)`` (``autoguide.diffusion.learning_rate``), and non-finite gradient
-  entries are replaced by zero;
+  entries are replaced by zero; more than ``train.max_nonfinite_steps`` such steps in a row, or
+  non-finite weights, stop the run before any callback writes (``autoguide.train.finite``);
 - optional label dropout for classifier-free guidance: each label is replaced by the null
   label (all zeros) with probability ``cond_drop_prob``;
 - ``target="exact"`` regresses the data's exact posterior mean ``E[y | y + n]`` instead of the
@@ -26,6 +27,7 @@ noise, dropout masks and label drops as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,11 +39,13 @@ from autoguide.diffusion import edm2_loss
 from autoguide.diffusion.loss import ExactTarget
 from autoguide.nets import NetworkConfig, build_network, compile_network, config_dict, network_config
 from autoguide.settings import to_dict
+from autoguide.train.finite import FiniteGuard, max_norm
 from autoguide.train.gradients import FlatGradients
 from autoguide.train.settings import TrainSettings, check_conditioning
 from autoguide.units import KIMG
 
 CHECKPOINT_KEY = "autoguide_train"
+log = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, rank: int, nimg: int) -> int:
@@ -70,6 +74,9 @@ class DiffusionModule(L.LightningModule):
             self.net = build_network(net)
         self.nimg = 0
         self._step_images = 0
+        self.finite_guard = FiniteGuard(train.max_nonfinite_steps)
+        self._loss_max: torch.Tensor | None = None  # max |loss| over the micro-batches of this step
+        self._grad_max: torch.Tensor | None = None  # max |gradient| of this step, before zeroing
 
     def learning_rate(self) -> float:
         """The learning rate of the next optimizer step (from the current ``nimg``)."""
@@ -105,6 +112,8 @@ class DiffusionModule(L.LightningModule):
             exact_target=self._exact_target, weighting=self.settings.loss_weighting,
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
+        size = loss.detach().abs()
+        self._loss_max = size if self._loss_max is None else torch.maximum(self._loss_max, size)
         return loss
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
@@ -114,12 +123,14 @@ class DiffusionModule(L.LightningModule):
         lr = self.learning_rate()
         for group in optimizer.param_groups:
             group["lr"] = lr
+        self._grad_max = self.gradients.max_norm()
         self.gradients.clean_()
         self.log("train/lr", lr, on_step=True, prog_bar=True)
         self.log("train/kimg", self.nimg / KIMG, on_step=True)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._check_finite()
         if self._step_images != self.batch_size:
             raise RuntimeError(
                 f"an optimizer step consumed {self._step_images} images but train.batch_size is "
@@ -128,6 +139,23 @@ class DiffusionModule(L.LightningModule):
         self.nimg += self._step_images
         self._step_images = 0
 
+    def _check_finite(self) -> None:
+        """After an optimizer step: count a non-finite loss or gradient, stop on non-finite
+        weights or too many such steps in a row (``FiniteGuard``). One host sync; under DDP the
+        flags are combined over the ranks (one small all-reduce), so all ranks stop together."""
+        assert self._loss_max is not None and self._grad_max is not None
+        weights = max_norm(self.net.parameters())
+        maxima = torch.stack([t.float() for t in (self._loss_max, self._grad_max, weights)])
+        bad = (~maxima.isfinite()).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        loss_ok, grads_ok, weights_ok = (bad == 0).tolist()
+        self._loss_max = self._grad_max = None
+        step = self.nimg // self.batch_size + 1
+        warning = self.finite_guard.check(step, self.nimg, loss_ok, grads_ok, weights_ok)
+        if warning and self.trainer.is_global_zero:
+            log.warning(warning)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The optimizer, over gradients that live in one flat buffer (``FlatGradients``)."""
         self.gradients = FlatGradients(self.net.parameters())
@@ -135,10 +163,11 @@ class DiffusionModule(L.LightningModule):
         return optimizer_cls(self.net.parameters(), lr=self.settings.lr_ref, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"nimg": self.nimg}
+        checkpoint[CHECKPOINT_KEY] = {"nimg": self.nimg, "nonfinite_in_a_row": self.finite_guard.in_a_row}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if CHECKPOINT_KEY not in checkpoint:
             raise ValueError(f"checkpoint has no '{CHECKPOINT_KEY}' entry: not written by autoguide training")
         self.nimg = int(checkpoint[CHECKPOINT_KEY]["nimg"])
+        self.finite_guard.in_a_row = int(checkpoint[CHECKPOINT_KEY].get("nonfinite_in_a_row", 0))
         self._step_images = 0

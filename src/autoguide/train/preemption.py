@@ -2,6 +2,8 @@
 
 SLURM signals a job some time before its time limit or a preemption (``sbatch
 --signal=USR1@120`` in slurm/train.sbatch; submitit, the sweep launcher, asks for SIGUSR2).
+SIGTERM (``scancel``, ``timeout``, ``kill``, a shutdown) is a request to stop: it saves and exits
+the same way, but never requeues (``STOP_SIGNALS``).
 ``SignalFlag`` replaces the handlers of those signals by one that only records the signal; the
 checkpoint callback acts on it at the end of the next optimizer step, when all ranks agree
 (``autoguide.train.checkpoint.ImageCheckpoint``): it saves a checkpoint, global rank 0 requeues
@@ -13,7 +15,9 @@ A handler runs between two bytecodes of the main thread, anywhere in a step: a c
 can pair the weights of one step with the image count of another, and under DDP its barrier
 can meet another rank's gradient all-reduce. Why replace the handlers that are there?
 Lightning's (SIGUSR1) saves such a mid-step ``hpc_ckpt_<n>.ckpt`` that ``resume=auto`` does not
-read once a regular checkpoint exists; submitit's (SIGUSR2) requeues without saving anything.
+read once a regular checkpoint exists; submitit's (SIGUSR2) requeues without saving anything;
+Lightning's SIGTERM handler (installed after the callbacks' ``setup``, hence ``SignalFlag.reinstall``
+at the start of training) ends the run at the next batch with exit status 0 and nothing saved.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 3
 """Exit status of a process that stopped on a preemption signal after saving a checkpoint."""
+STOP_SIGNALS = frozenset({signal.SIGTERM})
+"""Signals that ask a run to stop, not to move: the checkpoint is saved but the job not requeued."""
 
 
 class Preempted(SystemExit):
@@ -95,6 +101,12 @@ class SignalFlag:
         self.received = None
         for sig in self.signals:
             self._previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._handler)
+
+    def reinstall(self) -> None:
+        """Install the handlers again over any that were set since ``install`` (keeping what
+        was received and the handlers ``restore`` puts back)."""
+        for sig in self._previous:
             signal.signal(sig, self._handler)
 
     def restore(self) -> None:

@@ -1,10 +1,14 @@
 """One training job from a resolved Hydra config: run folder, data, model, Trainer, fit, final model.
 
 Run folder ``run_dir``: ``config.yaml`` (the resolved config), ``checkpoints/``, ``phema/``
-(post-hoc EMA snapshots), ``samples/``, ``logs/`` and, at the end, ``final.safetensors`` (the
-raw weights as a model file). ``resume``: ``auto`` continues from the newest checkpoint in
-the run folder (so re-running the same command continues the run), ``never`` refuses a run
-folder that already has checkpoints, anything else is a checkpoint path.
+(post-hoc EMA snapshots), ``samples/``, ``logs/`` (with ``logs/hydra/``: Hydra's record of the
+config and the command-line overrides) and, at the end, ``final.safetensors`` (the raw weights
+as a model file). ``resume``: ``auto`` continues from the newest checkpoint in the run folder
+(so re-running the same command continues the run), ``never`` refuses a run folder that already
+has checkpoints, anything else is a checkpoint path. A run that continues a checkpoint must have
+the configuration recorded in the folder, up to the keys of ``autoguide.train.rerun``
+(``resume_changed=true`` accepts any change). Every check runs before the first write to the
+run folder, so a refused run leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ import contextlib
 import logging
 import os
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
@@ -30,12 +38,17 @@ from autoguide.claim import claim_folder
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.io import save_model, write_text_atomic
 from autoguide.latent import write_run_latent
-from autoguide.train.checkpoint import AtomicCheckpointIO, list_checkpoints
+from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints
+from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.module import DiffusionModule
+from autoguide.train.preemption import EXIT_PREEMPTED
+from autoguide.train.rerun import check_unchanged
 from autoguide.runtime import rank_from_env
 from autoguide.settings import ConfigError
 from autoguide.train.settings import TrainSettings
-from autoguide.train.validate import RunSettings, check_against_data, check_against_main, main_model, run_settings
+from autoguide.train.validate import (
+    RunSettings, check_accelerator, check_against_data, check_against_main, main_model, run_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +71,26 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     path = Path(resume)
     if not path.is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ConfigError(f"resume={resume}: not a checkpoint (expected a .ckpt written by autoguide training)")
     return path
 
 
-def _instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a config group (loggers, callbacks)."""
-    return [hydra.utils.instantiate(conf) for conf in (group or {}).values() if conf and "_target_" in conf]
+def _instantiate_all(group: Mapping[str, Any] | None, where: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of the config group ``where`` (callbacks); a value
+    the class refuses is a ``ConfigError`` naming ``<where>.<entry>``."""
+    found = []
+    for name, conf in (group or {}).items():
+        if not conf or "_target_" not in conf:
+            continue
+        try:
+            found.append(hydra.utils.instantiate(conf))
+        except InstantiationException as error:
+            cause = error.__cause__ or error
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            raise ConfigError(f"{where}.{name}: {' '.join(str(cause).split())}") from None
+    return found
 
 
 def check_data(settings: RunSettings, data_cfg: dict[str, Any], main_file: str | None = None) -> Dataset:
@@ -117,11 +144,20 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
     """A Trainer for the run's optimizer steps with the configured callbacks and loggers."""
     if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
         os.environ["WANDB_MODE"] = "offline"
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    check_accelerator(cfg.trainer)
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = build_loggers(cfg)
     # Signals are handled by ImageCheckpoint (autoguide.train.preemption), not by Lightning's
     # SLURM plugin, which would save a mid-step hpc_ckpt from inside its handler.
     slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    try:
+        return _trainer(cfg, train, callbacks, loggers, slurm)
+    except MisconfigurationException as error:  # a trainer setting Lightning refuses, as one line
+        raise ConfigError(f"trainer: {' '.join(str(error).split())}") from None
+
+
+def _trainer(cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any],
+             slurm: list[Any]) -> L.Trainer:
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=train.total_steps,
@@ -139,13 +175,34 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
     )
 
 
+HYDRA_RECORD_DIR = "logs/hydra"
+
+
 @rank_zero_only
 def _prepare_run_dir(cfg: DictConfig, run_dir: Path, latent: dict[str, Any] | None = None) -> None:
     for sub in RUN_SUBDIRS:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _write_hydra_record(cfg)
     if latent is not None:  # the latent space of the run's models, for their cards (latent.json)
         write_run_latent(run_dir, latent)
+
+
+def _write_hydra_record(cfg: DictConfig) -> None:
+    """Inside a Hydra app: what Hydra itself would write into ``logs/hydra`` of its output folder
+    (the run folder; a multirun point's own folder) -- the task's config, Hydra's config, the
+    command-line overrides -- written here, after every check passed, instead of by Hydra before
+    the task starts (``hydra.output_subdir: null``); this also creates the folder of the job's
+    log file (``autoguide.train.logfile``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir) / HYDRA_RECORD_DIR
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
 
 
 def train(cfg: DictConfig) -> Path:
@@ -165,9 +222,33 @@ def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
     return claim_folder(run_dir) if rank_from_env().rank == 0 else contextlib.nullcontext()
 
 
+def _fit(trainer: L.Trainer, module: DiffusionModule, datamodule: DiffusionDataModule, ckpt: Path | None,
+         run_dir: Path) -> None:
+    """``trainer.fit``; a run stopped for non-finite values names the newest checkpoint (all
+    written checkpoints are finite); a SIGTERM that Lightning acted on before the checkpoint
+    callback could is an interruption (exit status 3), not a finished run."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    except NonFiniteTraining as error:
+        existing = list_checkpoints(run_dir)
+        last = "no checkpoint was written"
+        if existing:
+            last = f"the last checkpoint, at nimg {existing[-1][0]}: {existing[-1][1]}"
+        raise NonFiniteTraining(f"{error}; {last}", error.nimg) from None
+    except SIGTERMException:
+        log.warning("SIGTERM before training started: stopped without a new checkpoint; rerun to continue")
+        raise SystemExit(EXIT_PREEMPTED) from None
+    finally:  # Lightning's signal teardown after an exception reinstates the flags' handlers
+        for callback in trainer.callbacks:
+            if isinstance(callback, ImageCheckpoint):
+                callback.flag.restore()
+
+
 def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict[str, Any], dataset: Dataset) -> Path:
     """The run itself, once the run folder is claimed."""
     ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
+    if ckpt is not None:
+        check_unchanged(cfg, run_dir)
     latent = getattr(dataset, "latent_spec", None)
     trainer = build_trainer(cfg, settings.train)
     plan = settings.train.batch_plan(trainer.world_size)
@@ -181,7 +262,7 @@ def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict
             run_dir, settings.train.total_nimg, settings.train.total_steps, plan.batch_size, plan.world_size,
             plan.per_device, plan.accumulate, f", resuming from {ckpt}" if ckpt else "",
         )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    _fit(trainer, module, datamodule, ckpt, run_dir)
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
         import wandb
 

@@ -79,7 +79,9 @@ class TrainSettings:
     ``loss_weighting``: ``learned`` (EDM2) or ``edm`` (lambda alone); the ``*_kimg`` intervals
     of metrics, checkpoints, sample grids and post-hoc EMA snapshots; ``compile``: run the
     network's forward through ``torch.compile`` (``autoguide.nets.compile_network``; off by
-    default: on a CPU the compilation takes longer than a short run gains).
+    default: on a CPU the compilation takes longer than a short run gains);
+    ``max_nonfinite_steps``: optimizer steps in a row with a non-finite loss or gradient that a
+    run tolerates (their gradients zeroed, as EDM2 does) before it stops (``autoguide.train.finite``).
     """
 
     batch_size: int
@@ -100,6 +102,7 @@ class TrainSettings:
     sample_kimg: float
     snapshot_kimg: float
     compile: bool = False
+    max_nonfinite_steps: int = 4
 
     def __post_init__(self) -> None:
         positive_int(self.batch_size, "train.batch_size", "a positive integer (images per optimizer step, all devices)")
@@ -117,6 +120,9 @@ class TrainSettings:
         choice(self.loss_weighting, "train.loss_weighting", LOSS_WEIGHTINGS)
         for key in INTERVALS:
             self.interval_images(key)
+        patience = self.max_nonfinite_steps
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ConfigError(f"train.max_nonfinite_steps={patience!r}: expected an integer >= 0 (0 stops at the first)")
 
     @property
     def total_nimg(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -61,10 +62,32 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)")
 
 
-def check_resume(resume: Any) -> None:
-    """``resume`` is a string: ``auto``, ``never`` or a checkpoint path (checked when used)."""
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """A GPU trainer needs a visible CUDA device (checked when the Trainer is built, after the
+    config and data checks, which hold on any machine)."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible on this machine; use trainer=cpu")
+
+
+def check_resume(resume: Any, resume_changed: Any = False) -> None:
+    """``resume`` is a string: ``auto``, ``never`` or a checkpoint path (checked when used);
+    ``resume_changed`` a boolean."""
     if resume is not None and not isinstance(resume, str):
         raise ConfigError(f"resume={resume!r}: expected 'auto', 'never' or a checkpoint path")
+    if not isinstance(resume_changed, bool):
+        raise ConfigError(f"resume_changed={resume_changed!r}: expected true or false")
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """``run_dir`` is a folder or can become one: neither it nor a folder above it is a file."""
+    path = Path(run_dir)
+    for place in (path, *path.parents):
+        if place.exists() and not place.is_dir():
+            which = "run_dir" if place == path else f"the folder {place} above run_dir"
+            raise ConfigError(f"run_dir={run_dir}: {which} is a file, expected a folder (check paths.runs_dir and name)")
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
@@ -75,8 +98,12 @@ def run_settings(cfg: DictConfig) -> RunSettings:
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     net = network_config(OmegaConf.to_container(cfg.net, resolve=True))
     check_conditioning(net, train)
-    check_resume(cfg.get("resume"))
-    return RunSettings(net, train, int(cfg.seed))
+    check_resume(cfg.get("resume"), cfg.get("resume_changed", False))
+    check_run_dir(cfg.run_dir)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r}: expected an integer >= 0")
+    return RunSettings(net, train, seed)
 
 
 def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, int]) -> None:
