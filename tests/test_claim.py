@@ -85,10 +85,10 @@ def test_stale_claims_are_taken_over(tmp_path):
     write_lease(tmp_path / "c", host="elsewhere", job="4242", restart=1)
     assert claim_in_child(tmp_path / "c", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("BUSY")
 
-    # another host: busy while its heartbeat is fresh, taken over once it expired
-    write_lease(tmp_path / "d", host="elsewhere")
-    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("BUSY")
+    # another host, no SLURM job: busy through any pause (an hour), taken over once the 24 h lease expired
     write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 3600)
+    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("BUSY")
+    write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 2 * 86400)
     assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("CLAIMED")
     assert not list(tmp_path.glob("d/.*stale*")), "the replaced lease is removed"
 
