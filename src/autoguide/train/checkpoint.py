@@ -7,19 +7,19 @@ either the previous newest checkpoint or the complete new one. Checkpoints are r
 ``torch.load(weights_only=True)``: they hold tensors and plain data only.
 
 Integrity: each checkpoint has a sidecar ``nimg-{nimg:012d}.ckpt.sha256`` (``sha256sum``
-format, so ``sha256sum -c`` checks it too) with the SHA-256 of its bytes, hashed while they are
-written and put in place before the checkpoint itself. Reading verifies it; ``resume=auto``
+format, so ``sha256sum -c`` checks it too) with the SHA-256 of its bytes, hashed from the page
+cache while ``fsync`` sends them to the disk, and put in place before the checkpoint itself. Reading verifies it; ``resume=auto``
 takes the newest checkpoint that verifies, with one warning naming each newer one that does not
 (``newest_intact_checkpoint``). A checkpoint holding non-finite tensors is never written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from autoguide.io import atomic_path, write_text_atomic
+from autoguide.io.digest import read_sha256
 from autoguide.io.integrity import IntegrityError, check_finite, tensors_in
 from autoguide.settings import ConfigError, interval_images
 from autoguide.train.plan import IntervalTrigger
@@ -40,7 +41,6 @@ CHECKPOINT_DIR = "checkpoints"
 SIDECAR_SUFFIX = ".sha256"
 _NAME = re.compile(r"^nimg-(\d{12})\.ckpt$")
 _SIDECAR = re.compile(r"^([0-9a-f]{64})  (\S+)$")
-_CHUNK = 1 << 22
 
 
 class CheckpointError(ConfigError):
@@ -72,17 +72,15 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}{SIDECAR_SUFFIX}")
 
 
-class _HashingWriter:
-    """A binary file that hashes what is written to it and keeps the ``OSError`` of a failed
-    write (``torch.save`` reports it as a bare ``RuntimeError``)."""
+class _ErrorKeepingWriter:
+    """A binary file that keeps the ``OSError`` of a failed write (``torch.save`` reports it as a
+    bare ``RuntimeError``, e.g. ``unexpected pos`` for a full disk)."""
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.digest = hashlib.sha256()
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
         try:
             return self.file.write(data)
         except OSError as error:
@@ -107,11 +105,7 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
     match = _SIDECAR.match(sidecar.read_text(errors="replace").strip())
     if match is None or match.group(2) != path.name:
         raise IntegrityError(f"{sidecar}: not a SHA-256 line for {path.name} ('<64 hex digits>  {path.name}')")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    if digest.hexdigest() != match.group(1):
+    if read_sha256(path) != match.group(1):
         raise IntegrityError(
             f"{path}: SHA-256 differs from {sidecar.name} ({path.stat().st_size} bytes): the checkpoint was "
             "truncated or corrupted after it was written"
@@ -152,7 +146,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         check_finite(tensors_in(checkpoint), str(path))
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                writer = _HashingWriter(f)
+                writer = _ErrorKeepingWriter(f)
                 try:
                     torch.save(checkpoint, writer)
                 except RuntimeError as error:
@@ -160,8 +154,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         raise writer.error from error
                     raise
                 f.flush()
-                os.fsync(f.fileno())
-            write_text_atomic(sidecar_path(path), f"{writer.digest.hexdigest()}  {path.name}\n")
+                with ThreadPoolExecutor(1) as pool:  # hash (page cache) while fsync waits for the disk
+                    digest = pool.submit(read_sha256, tmp)
+                    os.fsync(f.fileno())
+            write_text_atomic(sidecar_path(path), f"{digest.result()}  {path.name}\n")
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         try:
