@@ -300,7 +300,7 @@ def _check_before_write(target: Path) -> None:
     containing ``target`` was taken over."""
     if not _HELD:
         return
-    target = target.absolute()
+    target = target.resolve()
     for claim in list(_HELD.values()):
         if target.is_relative_to(claim.folder):
             claim.check()
