@@ -155,9 +155,8 @@ def holder_alive_here(holder: Holder) -> bool:
     """Whether the holder, a process of this host, still runs: its pid is alive and, where the
     lease and ``/proc`` tell, it is the same process (not a later one with a reused pid, not from
     before a reboot). A stopped process (SIGSTOP) is alive."""
-    if holder.process is not None and Path("/proc/sys/kernel/random/boot_id").exists():
-        return process_identity(holder.pid) == holder.process
-    return _pid_alive(holder.pid)
+    identity = process_identity(holder.pid) if holder.process is not None else None
+    return identity == holder.process if identity is not None else _pid_alive(holder.pid)
 
 
 def _slurm_job_running(job: str) -> bool | None:
