@@ -311,3 +311,17 @@ def test_a_holder_whose_claim_was_taken_exits_before_its_next_write(tmp_path, he
         assert read_holder(lease_path(folder)).pid == taken.pid
     finally:
         taken.communicate("\n", timeout=60)
+
+
+def test_a_child_writing_under_an_inherited_claim_stops_once_it_is_taken(tmp_path):
+    """A child of a holder (a SIMS stage's training run) checks the lease before each write too."""
+    folder = tmp_path / "stage"
+    lease = write_lease(folder, token="a" * 32)
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "3600", "100000"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **clean_env(), "AUTOGUIDE_CLAIMS": "a" * 32})
+    assert child.stdout.readline().strip() == "HELD"
+    time.sleep(0.2)
+    lease.write_text(lease.read_text().replace("a" * 32, "b" * 32))  # another writer took the folder
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == claim_module.EXIT_CLAIM_LOST and len(err.strip().splitlines()) == 1, err
+    assert lease.exists() and read_holder(lease).token == "b" * 32, "the child must not release a claim it lost"
