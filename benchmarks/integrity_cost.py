@@ -59,8 +59,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(dir=args.dir, prefix="integrity-cost-"))
     plain_path, guarded_path = folder / "plain.ckpt", folder / "nimg-000000000000.ckpt"
     io = AtomicCheckpointIO()
-    times: dict[str, list[float]] = {k: [] for k in ("unchecked atomic write", "AtomicCheckpointIO", "verify (SHA-256 of file)",
-                                                       "isfinite check", "save_file", "save_model", "state_sha256")}
+    names = ("unchecked atomic write", "AtomicCheckpointIO", "verify (SHA-256 of file)", "isfinite check",
+             "save_file", "save_model", "state_sha256")
+    times: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.rounds):
         times["unchecked atomic write"].append(seconds(lambda: unchecked_save(checkpoint, plain_path)))
         times["AtomicCheckpointIO"].append(seconds(lambda: io.save_checkpoint(checkpoint, guarded_path)))
@@ -71,7 +72,7 @@ def main() -> None:
         times["state_sha256"].append(seconds(lambda: state_sha256(state, {"network": MLP})))
     size = guarded_path.stat().st_size / 2**20
     print(f"{size:.0f} MiB checkpoint, {args.rounds} interleaved rounds, medians; folder {folder}")
-    base = {"checkpoint": statistics.median(times["unchecked atomic write"]), "model": statistics.median(times["save_file"])}
+    base = {"checkpoint": statistics.median(times[names[0]]), "model": statistics.median(times["save_file"])}
     for name, values in times.items():
         against = "model" if name in ("save_file", "save_model", "state_sha256") else "checkpoint"
         median = statistics.median(values)

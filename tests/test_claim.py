@@ -46,7 +46,8 @@ def claim_in_child(
     env = {**os.environ, **(env or {})}
     if not hold:
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=env)
     assert child.stdout.readline().strip() == "CLAIMED"
     return child
 
@@ -291,8 +292,9 @@ def test_a_holder_whose_claim_was_taken_exits_before_its_next_write(tmp_path, he
     writer takes the folder over. On SIGCONT the old holder exits (status 4, one line) and
     writes nothing more: found by its heartbeat, or (heartbeat far away) by its next write."""
     folder = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(heartbeat_s), "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, **clean_env()})
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(heartbeat_s), "100000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **clean_env()})
     assert first.stdout.readline().strip() == "HELD"
     time.sleep(0.3)
     with paused(first):
@@ -317,8 +319,9 @@ def test_a_child_writing_under_an_inherited_claim_stops_once_it_is_taken(tmp_pat
     """A child of a holder (a SIMS stage's training run) checks the lease before each write too."""
     folder = tmp_path / "stage"
     lease = write_lease(folder, token="a" * 32)
+    env = {**os.environ, **clean_env(), "AUTOGUIDE_CLAIMS": "a" * 32}
     child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "3600", "100000"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, **clean_env(), "AUTOGUIDE_CLAIMS": "a" * 32})
+                             stderr=subprocess.PIPE, text=True, env=env)
     assert child.stdout.readline().strip() == "HELD"
     time.sleep(0.2)
     lease.write_text(lease.read_text().replace("a" * 32, "b" * 32))  # another writer took the folder

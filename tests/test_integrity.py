@@ -49,7 +49,8 @@ def test_card_digest_is_the_sha256_of_card_and_tensors(tmp_path):
     path = tmp_path / "m.safetensors"
     digest = save_model(path, state, {"network": MLP, "nimg": 7})
     card = read_card(path)
-    expected = hashlib.sha256(json.dumps({"format": "autoguide-model/1", "network": MLP, "nimg": 7}, sort_keys=True).encode())
+    card_json = json.dumps({"format": "autoguide-model/1", "network": MLP, "nimg": 7}, sort_keys=True)
+    expected = hashlib.sha256(card_json.encode())
     for name in ("a", "b"):
         t = state[name]
         expected.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
@@ -87,7 +88,8 @@ def test_non_finite_weights_are_never_written_and_never_used(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and "non-finite" in lines[0] and str(path) in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "non-finite" in lines[0] and str(path) in lines[0]
     assert not list((tmp_path / "out").glob("*.png"))
 
 
@@ -125,7 +127,7 @@ def test_snapshots_are_checked_against_the_index(tmp_path, capsys):
     # a valid model file of another run in a snapshot's place: its digest is not the index's
     other = snapshot_folder(tmp_path / "other" / "phema", steps=2, seed=1)
     shutil.copy(read_index(other).entries[0].path, entries[0].path)
-    with pytest.raises(ModelFileError, match=rf"{entries[0].path.name}: SHA-256 .* differs from the one in .*index\.json"):
+    with pytest.raises(ModelFileError, match=rf"{entries[0].path.name}: SHA-256 .* differs from the one in .*index"):
         read_snapshot(entries[0])
 
 
@@ -153,7 +155,7 @@ def test_non_finite_checkpoint_is_not_written(tmp_path):
     state = checkpoint()
     state["optimizer_states"][0]["exp_avg"][1] = float("nan")
     path = checkpoint_path(tmp_path, 64)
-    with pytest.raises(NonFiniteError, match=r"nimg-000000000064\.ckpt: refusing to write .*optimizer_states\[0\]\.exp_avg"):
+    with pytest.raises(NonFiniteError, match=r"nimg-000000000064\.ckpt: refusing to write .*states\[0\]\.exp_avg"):
         AtomicCheckpointIO().save_checkpoint(state, path)
     assert not path.parent.exists() or list(path.parent.iterdir()) == []
 
@@ -171,7 +173,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
     assert len(warnings) == 2 and paths[2].name in warnings[0] and paths[1].name in warnings[1]
     assert all("resuming from the older nimg-000000000064.ckpt" in w for w in warnings)
     paths[0].write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint .*nimg-000000000192\.ckpt.*nimg-000000000064\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint .*000000000192\.ckpt.*000000000064\.ckpt"):
         newest_intact_checkpoint(tmp_path)
 
 
@@ -188,7 +190,7 @@ def run_on_tiny_disk(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}")
     return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m none "{disk}" && exec "{sys.executable}" "{script}"'],
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m none "{disk}" && exec "{sys.executable}" {script}'],
         capture_output=True, text=True, timeout=120,
     )
 

@@ -8,9 +8,10 @@ either the previous newest checkpoint or the complete new one. Checkpoints are r
 
 Integrity: each checkpoint has a sidecar ``nimg-{nimg:012d}.ckpt.sha256`` (``sha256sum``
 format, so ``sha256sum -c`` checks it too) with the SHA-256 of its bytes, hashed from the page
-cache while ``fsync`` sends them to the disk, and put in place before the checkpoint itself. Reading verifies it; ``resume=auto``
-takes the newest checkpoint that verifies, with one warning naming each newer one that does not
-(``newest_intact_checkpoint``). A checkpoint holding non-finite tensors is never written.
+cache while ``fsync`` sends them to the disk, and put in place before the checkpoint itself.
+Reading verifies it; ``resume=auto`` takes the newest checkpoint that verifies, with one warning
+naming each newer one that does not (``newest_intact_checkpoint``). A checkpoint holding
+non-finite tensors is never written.
 """
 
 from __future__ import annotations
