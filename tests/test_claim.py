@@ -204,18 +204,14 @@ def test_a_live_holder_is_never_expired_and_a_gone_one_is_recognised(monkeypatch
     assert stale_reason(holder(host="elsewhere", heartbeat=now - 3600), now, lease_s=claim_module.LEASE_S) is None
 
 
+@contextlib.contextmanager
 def paused(process: subprocess.Popen):
     """SIGSTOP ``process`` (a Ctrl-Z, a frozen node) for the ``with`` block, then SIGCONT."""
-
-    @contextlib.contextmanager
-    def stopped():
-        os.kill(process.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-
-    return stopped()
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
 
 
 SHORT_LEASE = {"AUTOGUIDE_CLAIM_LEASE_S": "1", "AUTOGUIDE_CLAIM_HEARTBEAT_S": "0.2"}
