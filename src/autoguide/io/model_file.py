@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from autoguide.io.atomic import atomic_path
-from autoguide.io.integrity import DIGEST_KEY, check_finite, state_sha256
+from autoguide.io.integrity import DIGEST_KEY, NonFiniteError, check_finite, state_sha256
 
 CARD_KEY = "autoguide.card"
 FORMAT = "autoguide-model/1"
@@ -100,7 +100,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         )
     try:
         check_finite(state.items(), str(path), action="use")
-    except ValueError as err:
+    except NonFiniteError as err:
         raise ModelFileError(str(err)) from None
     return state, card
 
