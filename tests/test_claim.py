@@ -4,8 +4,10 @@ children inherit their parent's claim, and the apps claim before they write."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autoguide.claim import FolderBusy, claim_folder, lease_path, read_holder
+import autoguide.claim as claim_module
+from autoguide.claim import FolderBusy, Holder, claim_folder, lease_path, process_identity, read_holder, stale_reason
 from autoguide.ema.snapshots import read_index
 from autoguide.io import read_card
 from autoguide.sims.records import run_stage
@@ -24,17 +27,30 @@ from autoguide.train.checkpoint import list_checkpoints
 REPO = Path(__file__).resolve().parents[1]
 
 
-def claim_in_child(folder: Path, env: dict[str, str] | None = None, role: str | None = None) -> subprocess.CompletedProcess:
-    """Try to claim ``folder`` from another process; prints CLAIMED or the FolderBusy message."""
+def claim_in_child(
+    folder: Path, env: dict[str, str] | None = None, role: str | None = None, wait_s: float = 0.0,
+    lease_s: float | None = None, hold: bool = False,
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Try to claim ``folder`` from another process; prints CLAIMED or the FolderBusy message.
+    ``hold``: the child keeps the claim until a line on its stdin; returns it once CLAIMED."""
     code = textwrap.dedent(f"""
+        import sys
         from autoguide.claim import FolderBusy, claim_folder
         try:
-            claim_folder({str(folder)!r}, {role!r})
-            print("CLAIMED")
+            claim_folder({str(folder)!r}, {role!r}, wait_s={wait_s}, lease_s={lease_s})
+            print("CLAIMED", flush=True)
         except FolderBusy as error:
             print("BUSY", error)
+        if {hold}:
+            sys.stdin.readline()
     """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    env = {**os.environ, **(env or {})}
+    if not hold:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=env)
+    assert child.stdout.readline().strip() == "CLAIMED"
+    return child
 
 
 def write_lease(folder: Path, **fields) -> Path:
@@ -85,10 +101,10 @@ def test_stale_claims_are_taken_over(tmp_path):
     write_lease(tmp_path / "c", host="elsewhere", job="4242", restart=1)
     assert claim_in_child(tmp_path / "c", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("BUSY")
 
-    # another host: busy while its heartbeat is fresh, taken over once it expired
-    write_lease(tmp_path / "d", host="elsewhere")
-    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("BUSY")
+    # another host, no SLURM job: busy through any pause (an hour), taken over once the 24 h lease expired
     write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 3600)
+    assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("BUSY")
+    write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 2 * 86400)
     assert claim_in_child(tmp_path / "d", clean_env()).stdout.startswith("CLAIMED")
     assert not list(tmp_path.glob("d/.*stale*")), "the replaced lease is removed"
 
@@ -155,7 +171,7 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
             for entry in read_index(run_dir / "phema").entries:
                 assert read_card(entry.path)["nimg"] == entry.nimg
             for _, path in list_checkpoints(run_dir):
-                if path.exists():  # old checkpoints are pruned (keep=3) while we read
+                with contextlib.suppress(FileNotFoundError):  # old checkpoints are pruned (keep=3) while we read
                     assert path.stat().st_size > 0
             readings += 1
         assert readings > 0
@@ -163,3 +179,148 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
         _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     assert (run_dir / "final.safetensors").is_file() and not lease_path(run_dir).exists()
+
+
+def holder(**fields) -> Holder:
+    now = time.time()
+    return Holder(**{"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "job": None, "restart": 0,
+                     "since": now, "heartbeat": now - 10 * 86400, "command": "test",
+                     "process": process_identity(os.getpid()), **fields})
+
+
+def test_a_live_holder_is_never_expired_and_a_gone_one_is_recognised(monkeypatch):
+    """Same host: only the holder's process decides, never the heartbeat's age (here 10 days);
+    another host: the SLURM job decides where SLURM answers, else the lease."""
+    now = time.time()
+    assert stale_reason(holder(), now, lease_s=1) is None
+    assert stale_reason(holder(process=None), now, lease_s=1) is None  # a lease without /proc data: the pid
+    assert "is gone" in stale_reason(holder(process="another-boot:1"), now, lease_s=1)  # pid reused or rebooted
+    monkeypatch.setattr(claim_module, "_slurm_job_running", lambda job: True)  # e.g. SUSPENDED
+    assert stale_reason(holder(host="elsewhere", job="77"), now, lease_s=1) is None
+    monkeypatch.setattr(claim_module, "_slurm_job_running", lambda job: False)
+    assert "no longer runs" in stale_reason(holder(host="elsewhere", job="77", heartbeat=now), now, lease_s=1)
+    monkeypatch.setattr(claim_module, "_slurm_job_running", lambda job: None)  # no scontrol: the lease decides
+    assert "heartbeat is" in stale_reason(holder(host="elsewhere", job="77"), now, lease_s=86400)
+    assert stale_reason(holder(host="elsewhere", heartbeat=now - 3600), now, lease_s=claim_module.LEASE_S) is None
+
+
+@contextlib.contextmanager
+def paused(process: subprocess.Popen):
+    """SIGSTOP ``process`` (a Ctrl-Z, a frozen node) for the ``with`` block, then SIGCONT."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+
+SHORT_LEASE = {"AUTOGUIDE_CLAIM_LEASE_S": "1", "AUTOGUIDE_CLAIM_HEARTBEAT_S": "0.2"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_paused_run_keeps_its_claim_and_finishes_unmixed(tmp_path):
+    """A training run stopped (SIGSTOP) for 3 leases: a second run with other settings is refused
+    naming it, one waiting for the folder keeps waiting; after SIGCONT the first finishes and
+    the folder holds its run only. (The lease is shortened to 1 s: the 320 s pause of the issue
+    against the 300 s lease it had.)"""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, **clean_env(), **SHORT_LEASE}
+    short = [a if not a.startswith("train.duration_mi=") else f"train.duration_mi={120 * 64 / 2**20}" for a in TOY]
+    args = [sys.executable, str(REPO / "train.py"), *short, f"run_dir={run_dir}"]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "phema" / "index.json").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with paused(first):
+            time.sleep(3)
+            assert time.time() - read_holder(lease_path(run_dir)).heartbeat > 2
+            second = subprocess.run([*args, "train.lr_ref=0.02"], cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=120, env=env)
+            message = second.stderr.strip().splitlines()
+            assert second.returncode == 2 and len(message) == 1 and f"pid {first.pid}" in message[0], second.stderr
+            waiting = claim_in_child(run_dir, {**clean_env(), **SHORT_LEASE}, wait_s=3)
+            assert waiting.stdout.startswith("BUSY") and f"pid {first.pid}" in waiting.stdout
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert "taken over" not in err
+    assert "lr_ref: 0.02" not in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "final.safetensors").is_file() and not lease_path(run_dir).exists()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from autoguide.claim import claim_folder
+from autoguide.io import write_text_atomic
+folder = Path(sys.argv[1])
+claim_folder(folder, heartbeat_s=float(sys.argv[2]))
+print("HELD", flush=True)
+for i in range(int(sys.argv[3])):
+    write_text_atomic(folder / f"file{i:05d}", "x")
+    time.sleep(0.02)
+"""
+
+
+def test_a_paused_holder_keeps_its_claim_while_another_waits(tmp_path):
+    """A writer stopped (SIGSTOP) for 3 leases while another waits for its folder: the other is
+    refused naming it; after SIGCONT the writer finishes its writes and exits normally."""
+    folder = tmp_path / "run"
+    env = {**os.environ, **clean_env(), **SHORT_LEASE}
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "0.2", "150"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    assert first.stdout.readline().strip() == "HELD"
+    with paused(first):
+        time.sleep(1)
+        waiting = claim_in_child(folder, {**clean_env(), **SHORT_LEASE}, wait_s=2)
+        assert time.time() - read_holder(lease_path(folder)).heartbeat > 2, "the lease had expired meanwhile"
+    assert waiting.stdout.startswith("BUSY") and f"pid {first.pid}" in waiting.stdout, waiting.stdout + waiting.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and err == ""
+    assert len(list(folder.glob("file*"))) == 150 and not lease_path(folder).exists()
+
+
+@pytest.mark.parametrize("heartbeat_s", [0.2, 3600.0], ids=["heartbeat", "write-guard"])
+def test_a_holder_whose_claim_was_taken_exits_before_its_next_write(tmp_path, heartbeat_s):
+    """The holder, paused, looks like a silent holder on another node whose lease expired; a new
+    writer takes the folder over. On SIGCONT the old holder exits (status 5, one line) and
+    writes nothing more: found by its heartbeat, or (heartbeat far away) by its next write."""
+    folder = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(heartbeat_s), "100000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **clean_env()})
+    assert first.stdout.readline().strip() == "HELD"
+    time.sleep(0.3)
+    with paused(first):
+        lease = lease_path(folder)
+        record = json.loads(lease.read_text())
+        lease.write_text(json.dumps({**record, "host": "elsewhere", "heartbeat": time.time() - 3600}))
+        taken = claim_in_child(folder, clean_env(), lease_s=60, hold=True)
+        written = sorted(p.name for p in folder.glob("file*"))
+    try:
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == claim_module.EXIT_CLAIM_LOST
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"the claim on {folder} was taken over by" in lines[0], err
+        assert sorted(p.name for p in folder.glob("file*")) == written, "wrote after losing its claim"
+        assert not list(folder.glob(".file*")), "left a temporary file"
+        assert read_holder(lease_path(folder)).pid == taken.pid
+    finally:
+        taken.communicate("\n", timeout=60)
+
+
+def test_a_child_writing_under_an_inherited_claim_stops_once_it_is_taken(tmp_path):
+    """A child of a holder (a SIMS stage's training run) checks the lease before each write too."""
+    folder = tmp_path / "stage"
+    lease = write_lease(folder, token="a" * 32)
+    env = {**os.environ, **clean_env(), "AUTOGUIDE_CLAIMS": "a" * 32}
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "3600", "100000"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "HELD"
+    time.sleep(0.2)
+    lease.write_text(lease.read_text().replace("a" * 32, "b" * 32))  # another writer took the folder
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == claim_module.EXIT_CLAIM_LOST and len(err.strip().splitlines()) == 1, err
+    assert lease.exists() and read_holder(lease).token == "b" * 32, "the child must not release a claim it lost"

@@ -168,7 +168,7 @@ def test_import_latent_model_matches_released_weights(fake_release, tmp_path):
     expected = fp16_state(net)
     assert sorted(state) == sorted(expected)
     assert all(state[k].dtype == torch.float32 and torch.equal(state[k], expected[k]) for k in expected)
-    assert stored == {"format": "autoguide-model/1", **card}
+    assert stored == {"format": "autoguide-model/1", **card, "sha256": stored["sha256"]}  # digest: test_integrity.py
     assert {k: card["network"][k] for k in TINY} == TINY
     assert card["nimg"] == 128 * 2**20 and card["ema_std"] == 0.125
     assert card["latent"] == {"type": "stability_vae", "vae_name": "stabilityai/sd-vae-ft-mse", "raw_mean": [5.81, 3.25, 0.12, -2.15],

@@ -89,7 +89,8 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
         run_sims(cfg)
     run = out / "iter-00" / "retrain"
     assert (out / "base" / "stage.json").exists() and (out / "iter-00" / "synthesize" / "stage.json").exists()
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["nimg-000000000064.ckpt"]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["nimg-000000000064.ckpt", "nimg-000000000064.ckpt.sha256"]
     assert not (run / "stage.json").exists()
     stamps = {p: p.stat().st_mtime_ns for p in [*(out / "base").iterdir(), *(out / "iter-00" / "synthesize" / "shards").iterdir()]}
 

@@ -46,7 +46,8 @@ def test_signal_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path, sig
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
-    [(name)] = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    [(name)] = [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")]
+    assert (run_dir / "checkpoints" / f"{name}.sha256").is_file()
     stop = int(name[5:17])
     assert 0 < stop < STEPS * BATCH and stop % BATCH == 0 and not (run_dir / "final.safetensors").exists()
     assert not list(run_dir.glob("hpc_ckpt_*"))

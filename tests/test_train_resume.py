@@ -73,3 +73,27 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path: Path) -> None:
         assert_identical(straight / "phema" / name, killed / "phema" / name)
     # One checkpoint per interval, the last at the end (keep=0 keeps all).
     assert [n for n, _ in list_checkpoints(straight)] == [k * CHECKPOINT_STEPS * BATCH for k in range(1, STEPS // CHECKPOINT_STEPS + 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one_bit_exactly(tmp_path: Path) -> None:
+    """The newest checkpoint truncated, the one before garbled: the rerun warns naming both,
+    continues from the third newest and ends bit for bit where the uninterrupted run ended."""
+    run_dir = tmp_path / "run"
+    run_to_end(run_dir, tmp_path)
+    final = tensors(run_dir / "final.safetensors")
+    (run_dir / "final.safetensors").unlink()
+    checkpoints = [path for _, path in list_checkpoints(run_dir)]
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[: checkpoints[-1].stat().st_size // 2])
+    garbled = bytearray(checkpoints[-2].read_bytes())
+    garbled[len(garbled) // 2] ^= 0xFF
+    checkpoints[-2].write_bytes(bytes(garbled))
+    result = subprocess.run(command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "SHA-256 differs" in line]
+    assert len(warnings) == 2 and checkpoints[-1].name in warnings[0] and checkpoints[-2].name in warnings[1], output
+    assert all(f"resuming from the older {checkpoints[-3].name}" in w for w in warnings)
+    again = tensors(run_dir / "final.safetensors")
+    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)

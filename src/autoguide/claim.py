@@ -10,13 +10,27 @@ may be node-local). A thread of the holder rewrites the heartbeat every ``heartb
 (atomic replace). Released on exit (also on ``SystemExit``, e.g. a SLURM preemption), not on
 SIGKILL: then the lease stays until someone recognises it as stale.
 
-**When a lease may be taken over** -- only when its holder is provably gone or its lease
-expired: the holder ran on this host and its pid is dead; or it is an earlier incarnation of this
-very SLURM job (same job, lower ``SLURM_RESTART_COUNT``: a requeue); or its SLURM job is no
-longer running (``scontrol show job``); or its heartbeat is older than ``lease_s`` (default 5
-min). Limits: clocks of the nodes must agree to well within ``lease_s`` (NTP); a pid reused on
-the holder's host by another process keeps the lease busy (the safe side). A takeover is
-serialised by a second short-lived link file, so two contenders never both take one lease.
+**When a lease may be taken over** -- only when its holder is provably gone, never from a live
+holder that merely paused (Ctrl-Z, a debugger, a frozen node or VM, ``scontrol suspend``):
+- the holder ran on this host: only when its process is gone (the pid is dead, or now belongs to
+  a process that started later, or the host rebooted since: the lease records the boot id and
+  the process's start time). Its heartbeat's age does not matter;
+- it is an earlier incarnation of this very SLURM job (same job, lower ``SLURM_RESTART_COUNT``:
+  a requeue);
+- its SLURM job is no longer running (``scontrol show job``; a suspended job still runs);
+- only where none of this can be told (another host and no SLURM job, or no answer from
+  ``scontrol``): its heartbeat is older than ``lease_s`` (default 24 h, far beyond any pause
+  named above; node clocks must agree to well within it).
+A pid reused on the holder's host without ``/proc`` keeps the lease busy (the safe side). A
+takeover is serialised by a second short-lived link file, so two contenders never both take one
+lease. ``AUTOGUIDE_CLAIM_LEASE_S`` and ``AUTOGUIDE_CLAIM_HEARTBEAT_S`` override the defaults
+(tests shorten them).
+
+**A holder that lost its claim stops at once** (exit status ``EXIT_CLAIM_LOST``, one line on
+stderr) before its next write: its heartbeat thread checks the lease every ``heartbeat_s``
+seconds, and every atomic write (``io.atomic_path``, i.e. every checkpoint, snapshot, index,
+model and config file) checks it before it starts and again before its rename, in the holder
+and in the children that inherited the claim.
 
 **Who needs no claim of its own:** processes started by a holder inherit its token
 (``AUTOGUIDE_CLAIMS`` in the environment) and may write its folder (a SIMS stage's training
@@ -29,6 +43,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -41,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoguide.io.atomic import add_write_guard, disk_full_error, is_disk_full
 from autoguide.runtime import slurm_job_key
 
 log = logging.getLogger(__name__)
@@ -48,7 +64,11 @@ log = logging.getLogger(__name__)
 FORMAT = "autoguide-claim/1"
 TOKENS_ENV = "AUTOGUIDE_CLAIMS"
 HEARTBEAT_S = 15.0
-LEASE_S = 300.0
+LEASE_S = 24 * 3600.0
+HEARTBEAT_ENV = "AUTOGUIDE_CLAIM_HEARTBEAT_S"
+LEASE_ENV = "AUTOGUIDE_CLAIM_LEASE_S"
+EXIT_CLAIM_LOST = 5
+"""Exit status of a process that stopped because another process took over its claim."""
 TAKEOVER_STALE_S = 30.0
 RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "PENDING", "REQUEUED", "RESIZING", "STOPPED")
 
@@ -69,6 +89,7 @@ class Holder:
     since: float
     heartbeat: float
     command: str
+    process: str | None = None  # "<boot id>:<start time>" of the holder's process, where /proc tells
 
     def describe(self, now: float) -> str:
         job = f", SLURM job {self.job}" + (f" restart {self.restart}" if self.restart else "") if self.job else ""
@@ -76,9 +97,35 @@ class Holder:
         return f"{self.host} pid {self.pid}{job}, since {started} (heartbeat {now - self.heartbeat:.0f} s ago)"
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def process_identity(pid: int) -> str | None:
+    """``"<boot id>:<start time in clock ticks>"`` of process ``pid`` (Linux ``/proc``), which a
+    reused pid or a reboot changes; ``None`` where it cannot be read (no such process, no /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+    return f"{boot}:{fields[19]}"
+
+
 def _my_record(token: str, now: float) -> dict[str, Any]:
     return {
         "format": FORMAT, "host": socket.gethostname(), "pid": os.getpid(), "token": token,
+        "process": process_identity(os.getpid()),
         "job": slurm_job_key(), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         "since": now, "heartbeat": now, "command": " ".join(sys.argv)[:500],
     }
@@ -89,7 +136,7 @@ def read_holder(path: Path) -> Holder | None:
     try:
         data = json.loads(path.read_text())
         return Holder(str(data["host"]), int(data["pid"]), str(data["token"]), data.get("job"), int(data.get("restart", 0)),
-                      float(data["since"]), float(data["heartbeat"]), str(data.get("command", "")))
+                      float(data["since"]), float(data["heartbeat"]), str(data.get("command", "")), data.get("process"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -102,6 +149,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def holder_alive_here(holder: Holder) -> bool:
+    """Whether the holder, a process of this host, still runs: its pid is alive and, where the
+    lease and ``/proc`` tell, it is the same process (not a later one with a reused pid, not from
+    before a reboot). A stopped process (SIGSTOP) is alive."""
+    identity = process_identity(holder.pid) if holder.process is not None else None
+    return identity == holder.process if identity is not None else _pid_alive(holder.pid)
 
 
 def _slurm_job_running(job: str) -> bool | None:
@@ -122,21 +177,36 @@ def _slurm_job_running(job: str) -> bool | None:
 def stale_reason(holder: Holder, now: float, lease_s: float) -> str | None:
     """Why the holder is provably gone or its lease expired; None while it may still write."""
     me = _my_record("", now)
-    if holder.host == me["host"] and not _pid_alive(holder.pid):
-        return f"process {holder.pid} on {holder.host} is gone"
+    if holder.host == me["host"]:
+        return None if holder_alive_here(holder) else f"process {holder.pid} on {holder.host} is gone"
     if holder.job and holder.job == me["job"] and holder.restart < me["restart"]:
         return f"it is an earlier run of this SLURM job {holder.job} (restart {holder.restart} < {me['restart']})"
-    if holder.job and holder.job != me["job"] and _slurm_job_running(holder.job) is False:
-        return f"its SLURM job {holder.job} no longer runs"
+    if holder.job and holder.job != me["job"]:
+        running = _slurm_job_running(holder.job)
+        if running is not None:
+            return None if running else f"its SLURM job {holder.job} no longer runs"
     if now - holder.heartbeat > lease_s:
         return f"its heartbeat is {now - holder.heartbeat:.0f} s old (lease {lease_s:.0f} s)"
     return None
 
 
+def _write_temp_beside(path: Path, record: dict[str, Any]) -> Path:
+    """A complete temporary file beside ``path`` holding ``record``; none is left if writing
+    fails (``DiskFullError`` naming ``path`` on a full disk)."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temp.write_text(json.dumps(record, indent=1) + "\n")
+    except BaseException as error:
+        temp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and is_disk_full(error):
+            raise disk_full_error(path) from error
+        raise
+    return temp
+
+
 def _link_new(path: Path, record: dict[str, Any]) -> bool:
     """Create ``path`` holding ``record`` atomically and complete; False if it exists."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temp.write_text(json.dumps(record, indent=1) + "\n")
+    temp = _write_temp_beside(path, record)
     try:
         os.link(temp, path)
         return True
@@ -156,7 +226,6 @@ class Claim:
 
     def __init__(self, folder: Path, path: Path, token: str, inherited: bool, heartbeat_s: float) -> None:
         self.folder, self.path, self.token, self.inherited = folder, path, token, inherited
-        self.lost = False
         self.users = 1  # claim_folder calls of this process not yet released
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,19 +234,40 @@ class Claim:
             self._thread.start()
 
     def _beat(self, every: float) -> None:
+        failed = False
         while not self._stop.wait(every):
-            holder = read_holder(self.path)
-            if holder is None or holder.token != self.token:
-                if not self.lost:
-                    log.error("the claim on %s was taken over by %s; stop this process", self.folder,
-                              holder.describe(time.time()) if holder else "nobody (the lease file is gone)")
-                self.lost = True
-                continue
-            record = json.loads(self.path.read_text())
-            record["heartbeat"] = time.time()
-            temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-            temp.write_text(json.dumps(record, indent=1) + "\n")
-            os.replace(temp, self.path)
+            self.check()
+            try:
+                record = json.loads(self.path.read_text())
+                record["heartbeat"] = time.time()
+                os.replace(_write_temp_beside(self.path, record), self.path)
+                failed = False
+            except (OSError, ValueError) as error:  # a full disk, a file server hiccup: beat again later
+                if not failed:
+                    log.warning("cannot refresh the claim on %s: %s", self.folder, error)
+                failed = True
+
+    def check(self) -> None:
+        """Exit at once (status ``EXIT_CLAIM_LOST``, one line on stderr) if the lease file no
+        longer holds this claim's token: another process took the folder over, or the lease was
+        deleted. A lease that cannot be read just now (a file server hiccup) is not a loss."""
+        try:
+            data = json.loads(self.path.read_text())
+            token = data.get("token") if isinstance(data, dict) else None
+        except FileNotFoundError:
+            token = None
+        except (OSError, ValueError):
+            return
+        if token == self.token:
+            return
+        holder = read_holder(self.path)
+        who = holder.describe(time.time()) if holder else "nobody (the lease file was removed)"
+        print(
+            f"{Path(sys.argv[0]).name}: error: the claim on {self.folder} was taken over by {who}; "
+            f"stopping before writing anything more (exit {EXIT_CLAIM_LOST})",
+            file=sys.stderr, flush=True,
+        )
+        os._exit(EXIT_CLAIM_LOST)  # no cleanup handler may write into the folder now
 
     def release(self) -> None:
         """Give back one ``claim_folder`` of this process; the last one stops the heartbeat and
@@ -202,6 +292,20 @@ class Claim:
 
 
 _HELD: dict[Path, Claim] = {}
+
+
+def _check_before_write(target: Path) -> None:
+    """Write guard (``io.atomic_path``): stop this process if a claim it holds on a folder
+    containing ``target`` was taken over."""
+    if not _HELD:
+        return
+    target = target.resolve()
+    for claim in list(_HELD.values()):
+        if target.is_relative_to(claim.folder):
+            claim.check()
+
+
+add_write_guard(_check_before_write)
 
 
 @atexit.register
@@ -240,10 +344,15 @@ def _take_over(path: Path, stale: Holder, record: dict[str, Any]) -> bool:
 
 def claim_folder(
     folder: str | os.PathLike, role: str | None = None, wait_s: float = 0.0,
-    heartbeat_s: float = HEARTBEAT_S, lease_s: float = LEASE_S,
+    heartbeat_s: float | None = None, lease_s: float | None = None,
 ) -> Claim:
     """Take the exclusive claim on ``folder`` (created if missing) for ``role``, or raise
-    ``FolderBusy`` naming the holder (after waiting up to ``wait_s`` seconds for it to finish)."""
+    ``FolderBusy`` naming the holder (after waiting up to ``wait_s`` seconds for it to finish).
+    ``heartbeat_s``, ``lease_s``: default ``AUTOGUIDE_CLAIM_HEARTBEAT_S`` /
+    ``AUTOGUIDE_CLAIM_LEASE_S`` from the environment, else ``HEARTBEAT_S`` / ``LEASE_S``.
+    ``DiskFullError`` naming the lease file when there is no space to write it."""
+    heartbeat_s = _seconds_from_env(HEARTBEAT_ENV, HEARTBEAT_S) if heartbeat_s is None else heartbeat_s
+    lease_s = _seconds_from_env(LEASE_ENV, LEASE_S) if lease_s is None else lease_s
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     path = lease_path(folder, role)

@@ -5,7 +5,10 @@ composed with the command line. Before Hydra starts, every ``group=option`` over
 against the options in ``conf/<group>/`` (Hydra's own message for a missing option is a
 multi-line listing) and the command line is composed once, so that a key typo or a value of the
 wrong type is one line too (``compose_or_refuse``); a ``ConfigError`` (or one of ``errors``)
-raised by the task becomes one line on stderr and exit status 2 (or the status ``errors`` gives).
+raised by the task becomes one line on stderr and exit status 2 (or the status ``errors`` gives),
+and so does, in every app, a file that could not be written for lack of space, a refusal to write
+or use non-finite values, and a file whose contents differ from their recorded SHA-256
+(``FILE_ERRORS``: their messages name the file).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from autoguide.config import compose, config_dir, register_schemas, replace_whole_nodes
+from autoguide.io.atomic import DiskFullError
+from autoguide.io.integrity import IntegrityError, NonFiniteError
 from autoguide.settings import ConfigError
 
 EXIT_CONFIG_ERROR = 2
+FILE_ERRORS = (DiskFullError, NonFiniteError, IntegrityError)
 
 
 def check_group_choices(args: Sequence[str], conf: Path) -> None:
@@ -82,6 +88,8 @@ def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any],
     import hydra
 
     errors = dict(errors or {ConfigError: "config error"})
+    for kind in FILE_ERRORS:
+        errors.setdefault(kind, f"{Path(sys.argv[0]).name}: error")
     conf = config_dir()
     register_schemas()
     try:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoguide.claim import FolderBusy
+from autoguide.io.atomic import DiskFullError
 from autoguide.ema.power import MAX_SIGMA_REL
 from autoguide.ema.posthoc import DEFAULT_MAX_ERROR, PosthocEMA, fraction
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         reconstruct_command(args)
-    except (ValueError, FileNotFoundError, FolderBusy) as exc:
+    except (ValueError, FileNotFoundError, FolderBusy, DiskFullError) as exc:
         print(f"autoguide-reconstruct: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
 

@@ -215,8 +215,7 @@ class PowerEMACallback(pl.Callback):
                     "ema_std": std,
                     "source": f"post-hoc EMA snapshot in {self._folder}",
                 }
-                save_model(path, module, card)
-                self._entries.append(Snapshot(path, nimg, std))
+                self._entries.append(Snapshot(path, nimg, std, save_model(path, module, card)))
             self._entries = list(sorted_unique(self._entries))
             write_index(self._folder, config, buffers, self._entries)
         self._last_snapshot_nimg = nimg

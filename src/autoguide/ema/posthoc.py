@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from autoguide.claim import claim_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
-from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index
-from autoguide.io import ModelFileError, read_card, read_model_file, save_model
+from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index, read_snapshot
+from autoguide.io import ModelFileError, read_card, save_model
 from autoguide.latent import read_run_latent
 from autoguide.nets import network_config
 
@@ -180,8 +180,7 @@ def representable_ranges(
 
 
 def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
-    state, _card = read_model_file(snap.path)
-    return state
+    return read_snapshot(snap)  # checked against the index's SHA-256
 
 
 def _accumulate(

@@ -7,10 +7,13 @@ One safetensors model file per (nimg, std) snapshot, each a complete autoguide m
      "network": {...architecture config...},
      "buffers": ["unet.emb_fourier.freqs", ...],      # copied, never averaged
      "entries": [{"file": "phema-000000524288-0.0500.safetensors",
-                  "nimg": 524288, "std": 0.05}, ...]}
+                  "nimg": 524288, "std": 0.05, "sha256": "9f2c..."}, ...]}
 
 Entries are unique per (nimg, std) and sorted by (nimg, std). Every file is written to a
-temporary name in the same folder and renamed into place (``autoguide.io``).
+temporary name in the same folder and renamed into place (``autoguide.io``). ``sha256`` is the
+digest of the snapshot's card and weights (``io.integrity.state_sha256``, also in its card):
+``read_snapshot`` refuses a file whose contents are not the ones the index recorded (bytes
+changed on disk, or a file of another run put in its place).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoguide.io import write_text_atomic
+import torch
+
+from autoguide.io import ModelFileError, read_model_file, write_text_atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "autoguide-phema-index/1"
@@ -34,6 +39,7 @@ class Snapshot:
     path: Path
     nimg: int
     std: float
+    sha256: str | None = None  # None: an index written before snapshots carried digests
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ def write_index(
         "network": dict(network),
         "buffers": sorted(buffers),
         "entries": [
-            {"file": e.path.name, "nimg": e.nimg, "std": e.std} for e in sorted_unique(entries)
+            {"file": e.path.name, "nimg": e.nimg, "std": e.std, **({"sha256": e.sha256} if e.sha256 else {})}
+            for e in sorted_unique(entries)
         ],
     }
     write_text_atomic(Path(folder) / INDEX_NAME, json.dumps(payload, indent=1) + "\n")
@@ -91,9 +98,25 @@ def read_index(folder: Path) -> SnapshotIndex:
     entries = []
     for i, item in enumerate(data["entries"]):
         try:
-            entries.append(Snapshot(folder / str(item["file"]), int(item["nimg"]), float(item["std"])))
+            digest = item.get("sha256")
+            if digest is not None and not isinstance(digest, str):
+                raise TypeError(f"sha256 must be a string, got {digest!r}")
+            entries.append(Snapshot(folder / str(item["file"]), int(item["nimg"]), float(item["std"]), digest))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"{path}: entry {i} must have file, nimg and std, got {item!r}"
             ) from exc
     return SnapshotIndex(folder, data["network"], tuple(data["buffers"]), tuple(entries))
+
+
+def read_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
+    """The weights of ``snap``, verified: the file's card and weights hash to its card's
+    ``sha256`` (``io.read_model_file``) and that digest is the one the index recorded.
+    ``ModelFileError`` naming the file otherwise."""
+    state, card = read_model_file(snap.path)
+    if snap.sha256 is not None and card.get("sha256") != snap.sha256:
+        raise ModelFileError(
+            f"{snap.path}: SHA-256 {str(card.get('sha256'))[:16]}... differs from the one in "
+            f"{snap.path.parent / INDEX_NAME} ({snap.sha256[:16]}...): not the snapshot this index recorded"
+        )
+    return state

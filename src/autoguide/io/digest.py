@@ -19,6 +19,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return read_sha256(path)
+
+
+def read_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read now (no memory of earlier reads)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):

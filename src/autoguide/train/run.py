@@ -38,7 +38,7 @@ from autoguide.claim import claim_folder
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.io import save_model, write_text_atomic
 from autoguide.latent import write_run_latent
-from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints
+from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints, newest_intact_checkpoint
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.module import DiffusionModule
 from autoguide.train.preemption import EXIT_PREEMPTED
@@ -67,7 +67,7 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        return existing[-1][1] if existing else None
+        return newest_intact_checkpoint(run_dir)
     path = Path(resume)
     if not path.is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file")
