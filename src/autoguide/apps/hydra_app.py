@@ -93,9 +93,10 @@ def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any],
     conf = config_dir()
     register_schemas()
     try:
-        check_group_choices(sys.argv[1:], conf)
         if precheck:
-            compose_or_refuse(config_name, sys.argv[1:])
+            compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
+        else:
+            check_group_choices(sys.argv[1:], conf)
     except ConfigError as error:
         exit_with(error, _prefix(errors.get(ConfigError, "config error")))
     sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
