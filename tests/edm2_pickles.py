@@ -151,3 +151,19 @@ def fp16_state(net):
 def tiny_net(**overrides):
     torch.manual_seed(0)
     return build_network({**TINY, **overrides})
+
+
+def raw_snapshot_name(nimg: int, std: float, prefix: str = "network-snapshot") -> str:
+    """EDM2's raw snapshot file name: ``<prefix>-<nimg // 1000:07d>-<std:.3f>.pkl``."""
+    return f"{prefix}-{nimg // 1000:07d}-{std:.3f}.pkl"
+
+
+def write_raw_snapshots(fake, folder: Path, net: torch.nn.Module, states, prefix: str = "network-snapshot") -> list[Path]:
+    """One raw snapshot per ``states[(nimg, std)]`` (a state dict of ``net``), fp16, as EDM2's
+    training loop writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (nimg, std), state in states.items():
+        net.load_state_dict(state)
+        paths.append(write_release(fake, folder / raw_snapshot_name(nimg, std, prefix), net))
+    return paths
