@@ -216,18 +216,24 @@ class _Pass:
                     if c != 0.0 and key not in self.copies[k]:
                         self.copies[k][key] = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
 
+    def finish(self) -> None:
+        """Add ``(sum_i c_i) r`` into every accumulator, then drop the references."""
+        for key, accs in self.sums.items():
+            for acc, total in zip(accs, self.totals):
+                acc.add_(self.reference[key], alpha=total)  # type: ignore[union-attr]
+        self.reference = {}
+
     def take(self, k: int, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Output ``k`` (``sum_i c_i r`` added back), released from the pass."""
+        """Output ``k`` (after ``finish``), released from the pass."""
         out = {}
         for key in keys:
             if key in self.sums:
-                acc = self.sums[key][k]
+                out[key] = self.sums[key][k]
                 self.sums[key][k] = None
-                out[key] = acc.add_(self.reference[key], alpha=self.totals[k])  # type: ignore[union-attr]
             else:
                 out[key] = self.copies[k][key]
         self.copies[k] = {}
-        return out
+        return out  # type: ignore[return-value]
 
 
 def stream_reconstruct(
@@ -271,6 +277,7 @@ def stream_reconstruct(
             state_pass.add(state, [float(c) for c in coefs[i, cols]])
             del state
         assert layout is not None
+        state_pass.finish()
         for k, j in enumerate(cols):
             yield j, state_pass.take(k, layout)
 
