@@ -11,12 +11,17 @@ the table shows the peak (``VmHWM``) above that baseline, in MiB and in float32 
 beside the bound ``batch + 2``.
 
     python benchmarks/reconstruct.py --format raw --snapshots 128 --at 1/4,1 --batch 8
+    python benchmarks/reconstruct.py --format native --snapshots 32 --baseline-src ../main/src
+
+``--baseline-src`` also runs each reconstruction with another autoguide source tree (e.g. a
+checkout before a change), side by side on the same folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,18 +102,20 @@ def child(folder: Path, stds: list[float], at: str, out_dir: Path, batch: int) -
     written = list(ema.write_solution(solution, out_dir, batch))
     seconds = time.perf_counter() - start
     peak = memory("VmHWM")
-    print(json.dumps({"seconds": seconds, "base": base, "peak": peak, "outputs": len(written), "used": len(solution.used)}))
+    result = {"seconds": seconds, "base": base, "peak": peak, "outputs": len(written), "used": len(solution.used)}
+    print(json.dumps(result))
 
 
 def main() -> None:
     from autoguide.apps.reconstruct import parse_stds
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--format", choices=["raw", "native"], default="raw", help="EDM2 raw snapshots or autoguide snapshots")
+    parser.add_argument("--format", choices=["raw", "native"], default="raw", help="EDM2 raw or autoguide snapshots")
     parser.add_argument("--snapshots", type=int, default=128, help="snapshot files in the folder (half per stored std)")
-    parser.add_argument("--at", default="1/4,1", help="target times as fractions of the last snapshot, compared side by side")
+    parser.add_argument("--at", default="1/4,1", help="target times (fractions of the last snapshot), side by side")
     parser.add_argument("--stds", type=parse_stds, default=parse_stds("0.06:0.13:0.01"))
     parser.add_argument("--batch", type=int, default=8, help="outputs per pass")
+    parser.add_argument("--baseline-src", type=Path, help="also run with this autoguide source tree (PYTHONPATH)")
     parser.add_argument("--workdir", type=Path, help="where to write snapshots (default: a temp dir)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -128,31 +135,37 @@ def main() -> None:
         t0 = time.perf_counter()
         (write_raw if args.format == "raw" else write_native)(folder, args.snapshots)
         size = sum(p.stat().st_size for p in folder.iterdir()) / 2**30
-        print(f"wrote {args.snapshots} {args.format} snapshot files ({size:.1f} GiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds = time.perf_counter() - t0
+        print(f"wrote {args.snapshots} {args.format} snapshot files ({size:.1f} GiB) in {seconds:.0f} s", flush=True)
         stds = ",".join(f"{s:g}" for s in args.stds)
+        sources = [("this", None)] + ([("baseline", args.baseline_src.resolve())] if args.baseline_src else [])
         for at in args.at.split(","):
-            out = work / "out"
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", str(folder), "--stds", stds, "--at", at,
-                 "--out", str(out), "--batch", str(args.batch)],
-                capture_output=True, text=True,
-            )
-            if done.returncode:
-                raise SystemExit(f"reconstruction at {at} failed:\n{done.stderr}")
-            rows.append((at, json.loads(done.stdout.strip().splitlines()[-1])))
-            shutil.rmtree(out)
+            for label, src in sources:
+                out = work / "out"
+                env = {**os.environ, "PYTHONPATH": str(src)} if src else None
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", str(folder), "--stds", stds, "--at", at,
+                     "--out", str(out), "--batch", str(args.batch)],
+                    capture_output=True, text=True, env=env,
+                )
+                if done.returncode:
+                    raise SystemExit(f"reconstruction at {at} ({label}) failed:\n{done.stderr}")
+                rows.append((at, label, json.loads(done.stdout.strip().splitlines()[-1])))
+                shutil.rmtree(out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    bound = min(args.batch, len(args.stds)) + 2
     print(f"\nreconstructing {len(args.stds)} stds ({args.batch} per pass) from {args.format} snapshots, mc=64 UNet "
-          f"({model_bytes / 2**20:.0f} MiB in float32); bound: batch + 2 = {min(args.batch, len(args.stds)) + 2} model sizes")
-    print(f"{'time':>6} {'files used':>11} {'seconds':>8} {'peak RSS (MiB)':>15} {'above base (MiB)':>17} {'above base (models)':>20}")
-    for at, r in rows:
+          f"({model_bytes / 2**20:.0f} MiB in float32); bound: batch + 2 = {bound} model sizes")
+    print(f"{'time':>6} {'code':>9} {'files used':>11} {'seconds':>8} {'peak RSS (MiB)':>15} {'above base (MiB)':>17} "
+          f"{'above base (models)':>20}")
+    for at, label, r in rows:
         extra = r["peak"] - r["base"]
-        print(f"{at:>6} {r['used']:>11} {r['seconds']:>8.1f} {r['peak'] / 2**20:>15.0f} {extra / 2**20:>17.0f} "
-              f"{extra / model_bytes:>20.2f}")
+        print(f"{at:>6} {label:>9} {r['used']:>11} {r['seconds']:>8.1f} {r['peak'] / 2**20:>15.0f} "
+              f"{extra / 2**20:>17.0f} {extra / model_bytes:>20.2f}")
 
 
 if __name__ == "__main__":

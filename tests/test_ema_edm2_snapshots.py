@@ -64,8 +64,13 @@ def test_raw_folder_reconstructs_to_the_float64_coefficient_sum(raw, tmp_path):
     folder, states = raw
     cli(folder, "--std", "0.07,0.11", "--batch", 1, "--out-dir", tmp_path / "last")
     cli(folder, "--std", "0.09", "--at-fraction", "1/2", "--out-dir", tmp_path / "half")
+    cli(folder, "--std", "0.09", "--at-nimg", 4 * MI, "--out-dir", tmp_path / "nimg")
+    name = f"ema-{4 * MI:012d}-0.0900.safetensors"
+    half, nimg = read_model_file(tmp_path / "half" / name)[0], read_model_file(tmp_path / "nimg" / name)[0]
+    assert all(torch.equal(half[k], nimg[k]) for k in half)
     buffers = {k for k, _ in tiny_net().named_buffers()}
-    for out, std, at in ((tmp_path / "last", 0.07, 8 * MI), (tmp_path / "last", 0.11, 8 * MI), (tmp_path / "half", 0.09, 4 * MI)):
+    cases = ((tmp_path / "last", 0.07, 8 * MI), (tmp_path / "last", 0.11, 8 * MI), (tmp_path / "half", 0.09, 4 * MI))
+    for out, std, at in cases:
         path = out / f"ema-{at:012d}-{std:.4f}.safetensors"
         state, card = read_model_file(path)
         expected = float64_sum(states, std, at)
@@ -119,7 +124,8 @@ def copy_of(raw, tmp_path, name):
 def test_bad_folders_are_refused_naming_the_file(raw, tmp_path, capsys):
     partial = copy_of(raw, tmp_path, "partial")
     (partial / raw_snapshot_name(3 * MI, 0.10)).unlink()
-    expect_refusal(capsys, partial, "--std", "0.08", match=f"{partial / raw_snapshot_name(3 * MI, 0.05)}: snapshot time nimg={3 * MI}")
+    first = partial / raw_snapshot_name(3 * MI, 0.05)
+    expect_refusal(capsys, partial, "--std", "0.08", match=f"{first}: snapshot time nimg={3 * MI} has stds [0.05]")
 
     expect_refusal(capsys, raw[0], raw[0], "--std", "0.08", match="appears twice")
 

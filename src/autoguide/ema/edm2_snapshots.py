@@ -44,7 +44,9 @@ def _snapshot_of(path: Path) -> Snapshot:
     nimg, std = release_nimg_and_std(path.name)
     if nimg is None or std is None:
         kimg = RAW_SNAPSHOT_NAME.fullmatch(path.name)["kimg"]  # type: ignore[index]
-        raise ValueError(f"{path}: kimg {kimg} is no EDM2 snapshot time (no multiple of 1024 images has nimg // 1000 = {int(kimg)})")
+        raise ValueError(
+            f"{path}: kimg {kimg} is no EDM2 snapshot time (no multiple of 1024 images has nimg // 1000 = {int(kimg)})"
+        )
     return Snapshot(path, nimg, std)
 
 
@@ -53,18 +55,21 @@ def scan_raw_snapshots(folders: Sequence[Path]) -> tuple[Snapshot, ...]:
     the module docstring."""
     files = [p for f in folders for p in raw_snapshot_files(f)]
     if not files:
-        raise FileNotFoundError(f"no EDM2 raw snapshots (<prefix>-<kimg:07d>-<std:.3f>.pkl) in {', '.join(map(str, folders))}")
+        where = ", ".join(map(str, folders))
+        raise FileNotFoundError(f"no EDM2 raw snapshots (<prefix>-<kimg:07d>-<std:.3f>.pkl) in {where}")
     prefixes: dict[str, Path] = {}
     for path in files:
         prefixes.setdefault(RAW_SNAPSHOT_NAME.fullmatch(path.name)["prefix"], path)  # type: ignore[index]
     if len(prefixes) > 1:
         a, b = list(prefixes.values())[:2]
-        raise ValueError(f"{b}: name prefix differs from {a}; one folder of raw snapshots holds one training run")
+        raise ValueError(f"{b}: name prefix differs from {a}; a folder of raw snapshots holds one training run")
     seen: dict[tuple[int, float], Path] = {}
     for snap in map(_snapshot_of, files):
         key = (snap.nimg, snap.std)
         if key in seen:
-            raise ValueError(f"raw snapshot nimg={snap.nimg} std={snap.std:g} appears twice: {seen[key]} and {snap.path}")
+            raise ValueError(
+                f"raw snapshot nimg={snap.nimg} std={snap.std:g} appears twice: {seen[key]} and {snap.path}"
+            )
         seen[key] = snap.path
     snapshots = tuple(Snapshot(path, nimg, std) for (nimg, std), path in sorted(seen.items()))
     stds = sorted({s.std for s in snapshots})
@@ -73,7 +78,8 @@ def scan_raw_snapshots(folders: Sequence[Path]) -> tuple[Snapshot, ...]:
         if [s.std for s in here] != stds:
             missing = sorted(set(stds) - {s.std for s in here})
             raise ValueError(
-                f"{here[0].path}: snapshot time nimg={nimg} has stds {[s.std for s in here]} but the folder tracks {stds} "
+                f"{here[0].path}: snapshot time nimg={nimg} has stds {[s.std for s in here]} "
+                f"but the folder tracks {stds} "
                 f"(std {', '.join(f'{m:.3f}' for m in missing)} missing: an incomplete copy?)"
             )
     return snapshots
@@ -88,7 +94,8 @@ def check_raw_files(snapshots: Iterable[Snapshot]) -> None:
                 f.seek(-1, os.SEEK_END)
                 last = f.read(1)
         except OSError as err:
-            raise ValueError(f"{snap.path}: cannot read the raw snapshot ({err.strerror or err}; empty or missing?)") from err
+            reason = err.strerror or err
+            raise ValueError(f"{snap.path}: cannot read the raw snapshot ({reason}; empty or missing?)") from err
         if last != PICKLE_STOP:
             raise ValueError(f"{snap.path}: does not end like a pickle: truncated or not an EDM2 raw snapshot")
 

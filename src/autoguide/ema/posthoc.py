@@ -214,7 +214,8 @@ class _Pass:
             else:
                 for k, c in enumerate(weights):
                     if c != 0.0 and key not in self.copies[k]:
-                        self.copies[k][key] = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
+                        floating = value.is_floating_point()
+                        self.copies[k][key] = value.to(torch.float32, copy=True) if floating else value.clone()
 
     def finish(self) -> None:
         """Add ``(sum_i c_i) r`` into every accumulator, then drop the references."""
@@ -343,7 +344,10 @@ class NativeSnapshots:
 def snapshot_source(folders: Sequence[str | os.PathLike]) -> NativeSnapshots | EDM2RawSnapshots:
     """The snapshots of ``folders``: autoguide snapshot folders (an ``index.json`` in the folder
     or its ``phema/``) or folders of EDM2 raw snapshots, not a mix."""
-    raw = [is_raw_snapshot_folder(f) and not any((Path(f) / d / INDEX_NAME).is_file() for d in ("", "phema")) for f in folders]
+    def native(folder: str | os.PathLike) -> bool:
+        return any((Path(folder) / d / INDEX_NAME).is_file() for d in ("", "phema"))
+
+    raw = [is_raw_snapshot_folder(f) and not native(f) for f in folders]
     if all(raw):
         return EDM2RawSnapshots(folders)
     if any(raw):
