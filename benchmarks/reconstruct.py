@@ -90,8 +90,28 @@ def memory(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def child(folder: Path, stds: list[float], at: str, out_dir: Path, batch: int) -> None:
-    """Run one reconstruction; print JSON with seconds, snapshots used and peak RSS before/after."""
+def max_error(ema, solution, written: list[Path]) -> float:
+    """Largest relative L2 error, over the averaged tensors of the first and the last output, of
+    the written float32 files against the float64 sum ``sum_i c_i theta_i`` (files read again)."""
+    from autoguide.io import read_model_file
+
+    picks = sorted({0, len(written) - 1})
+    outputs = [read_model_file(written[j])[0] for j in picks]
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in picks]
+    for i, snap in enumerate(solution.used):
+        state = ema.source.read(snap)
+        for sum_, j in zip(sums, picks):
+            for key, value in state.items():
+                if key not in ema.found.buffers and value.is_floating_point():
+                    term = float(solution.coefs[i, j]) * value.double()
+                    sum_[key] = sum_[key] + term if key in sum_ else term
+    errors = [(out[k].double() - r).norm() / r.norm() for out, sum_ in zip(outputs, sums) for k, r in sum_.items()]
+    return float(max(errors))
+
+
+def child(folder: Path, stds: list[float], at: str, out_dir: Path, batch: int, check: bool) -> None:
+    """Run one reconstruction; print JSON with seconds, snapshots used and peak RSS before/after
+    (and with ``check`` the largest error against the float64 sum, measured afterwards)."""
     from autoguide.ema.posthoc import PosthocEMA
 
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
@@ -103,6 +123,8 @@ def child(folder: Path, stds: list[float], at: str, out_dir: Path, batch: int) -
     seconds = time.perf_counter() - start
     peak = memory("VmHWM")
     result = {"seconds": seconds, "base": base, "peak": peak, "outputs": len(written), "used": len(solution.used)}
+    if check:
+        result["error"] = max_error(ema, solution, written)
     print(json.dumps(result))
 
 
@@ -116,12 +138,13 @@ def main() -> None:
     parser.add_argument("--stds", type=parse_stds, default=parse_stds("0.06:0.13:0.01"))
     parser.add_argument("--batch", type=int, default=8, help="outputs per pass")
     parser.add_argument("--baseline-src", type=Path, help="also run with this autoguide source tree (PYTHONPATH)")
+    parser.add_argument("--check", action="store_true", help="also measure this code's error against the float64 sum")
     parser.add_argument("--workdir", type=Path, help="where to write snapshots (default: a temp dir)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.stds, args.at, args.out, args.batch)
+        child(args.child, args.stds, args.at, args.out, args.batch, args.check)
         return
 
     from autoguide.nets import build_network
@@ -145,7 +168,8 @@ def main() -> None:
                 env = {**os.environ, "PYTHONPATH": str(src)} if src else None
                 done = subprocess.run(
                     [sys.executable, __file__, "--child", str(folder), "--stds", stds, "--at", at,
-                     "--out", str(out), "--batch", str(args.batch)],
+                     "--out", str(out), "--batch", str(args.batch),
+                     *(["--check"] if args.check and not src else [])],
                     capture_output=True, text=True, env=env,
                 )
                 if done.returncode:
@@ -161,11 +185,11 @@ def main() -> None:
     print(f"\nreconstructing {len(args.stds)} stds ({args.batch} per pass) from {args.format} snapshots, mc=64 UNet "
           f"({model_bytes / 2**20:.0f} MiB in float32); bound: batch + 2 = {bound} model sizes")
     print(f"{'time':>6} {'code':>9} {'files used':>11} {'seconds':>8} {'peak RSS (MiB)':>15} {'above base (MiB)':>17} "
-          f"{'above base (models)':>20}")
+          f"{'above base (models)':>20} {'max rel. L2 error':>18}")
     for at, label, r in rows:
         extra = r["peak"] - r["base"]
         print(f"{at:>6} {label:>9} {r['used']:>11} {r['seconds']:>8.1f} {r['peak'] / 2**20:>15.0f} "
-              f"{extra / 2**20:>17.0f} {extra / model_bytes:>20.2f}")
+              f"{extra / 2**20:>17.0f} {extra / model_bytes:>20.2f} {r.get('error', float('nan')):>18.2e}")
 
 
 if __name__ == "__main__":
