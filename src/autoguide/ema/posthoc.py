@@ -2,13 +2,15 @@
 snapshots (Karras et al. 2024, EDM2, Sec. 3.2), into memory or to model files, with a cache.
 
 ``PosthocEMA(folders)`` reads a run's snapshot folder(s) (``phema/``; several for a run split
-over folders). For a target std ``s`` at time ``T`` the weights are ``sum_i c_i theta_i`` over the
-snapshots ``theta_i`` with ``0 < nimg_i <= T``, ``c = power.solve_coefficients(...)``; a std
-whose profile the snapshots reproduce worse than ``max_error`` (relative L2 error,
-``power.profile_error``) is refused, naming the stds that are representable there. Snapshots are
-streamed: one snapshot file is in memory at a time and a pass accumulates its outputs in float64
-(``batch`` outputs plus one snapshot, whatever the number of snapshots). Buffers and non-float
-tensors come from the latest contributing snapshot. Outputs are ordinary autoguide model files.
+over folders) or a folder of EDM2 raw snapshots (``ema.edm2_snapshots``). For a target std ``s``
+at time ``T`` the weights are ``sum_i c_i theta_i`` over the snapshots ``theta_i`` with
+``0 < nimg_i <= T``, ``c = power.solve_coefficients(...)``; a std whose profile the snapshots
+reproduce worse than ``max_error`` (relative L2 error, ``power.profile_error``) is refused,
+naming the stds that are representable there. Snapshots are streamed (``stream_reconstruct``):
+one snapshot file is in memory at a time and a pass holds ``batch`` float32 outputs and a
+half-precision reference, at most ``batch + 2`` float32 model sizes whatever the number of
+snapshots. Buffers and non-float tensors come from the latest contributing snapshot. Outputs
+are ordinary autoguide model files.
 
 - ``PosthocEMA.models(stds, time)``: ``(std, state_dict, card)`` in memory;
 - ``PosthocEMA.write(stds, time, out_dir)``: model files ``ema-{nimg:012d}-{std:.4f}.safetensors``;
