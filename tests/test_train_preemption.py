@@ -101,7 +101,7 @@ def test_sigterm_saves_exits_3_without_requeue_and_the_rerun_finishes(tmp_path):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, output[-3000:]
     assert "preempted at nimg" in output and "not requeued" in output, output[-3000:]
-    [(name)] = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    [(name)] = [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")]
     assert 0 < int(name[5:17]) < STEPS * BATCH and not (run_dir / "final.safetensors").exists()
     assert not calls.exists(), calls.read_text()
 

@@ -1,7 +1,9 @@
 """``autoguide-reconstruct``: rebuild power-function EMAs of any length at any stored time from
-post-hoc EMA snapshots (``autoguide.ema.posthoc.PosthocEMA``).
+post-hoc EMA snapshots (``autoguide.ema.posthoc.PosthocEMA``): a run's ``phema/`` folder(s) or a
+folder of EDM2 raw snapshots (``network-snapshot-<kimg>-<std>.pkl``, ``autoguide.ema.edm2_snapshots``).
 
     autoguide-reconstruct runs/s/phema --std 0.05:0.15:0.01 --at-fraction 1/16 --plot p.png
+    autoguide-reconstruct raw-snapshots/edm2-img512-xs --std 0.135 --at-fraction 1/16
 """
 
 from __future__ import annotations
@@ -83,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoguide-reconstruct", description="Rebuild power-function EMAs of any length from post-hoc EMA snapshots.",
     )
-    parser.add_argument("folders", nargs="+", type=Path, help="snapshot folder(s) with index.json (a run's phema/; several for a resumed run)")
+    parser.add_argument("folders", nargs="+", type=Path, help="snapshot folder(s) with index.json (a run's phema/; several for a resumed run) or of EDM2 raw snapshots")
     parser.add_argument("--std", required=True, type=parse_stds, help="target EMA stds: 0.05,0.07,0.1 and/or inclusive ranges 0.05:0.15:0.01")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--at-nimg", type=_argument(_positive_int, "image count"), help="target time in images (default: last snapshot)")
     when.add_argument("--at-fraction", type=parse_fraction, help="target time as a fraction of the last snapshot's nimg, e.g. 1/16 (nearest snapshot)")
-    parser.add_argument("--out-dir", type=Path, help="default: <run>/reconstructed next to the first folder")
+    parser.add_argument("--out-dir", type=Path, help="default: <run>/reconstructed next to the first folder (inside a folder of EDM2 raw snapshots)")
     parser.add_argument("--batch", type=_argument(_positive_int, "batch"), default=8, help="outputs per pass over the snapshots (memory)")
     parser.add_argument("--max-error", type=_argument(_positive_float, "max error"), default=DEFAULT_MAX_ERROR, help="largest accepted relative L2 error of a reconstructed EMA profile")
     parser.add_argument("--plot", type=Path, help="draw target and reconstructed profiles to this image")

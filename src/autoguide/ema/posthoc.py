@@ -2,13 +2,15 @@
 snapshots (Karras et al. 2024, EDM2, Sec. 3.2), into memory or to model files, with a cache.
 
 ``PosthocEMA(folders)`` reads a run's snapshot folder(s) (``phema/``; several for a run split
-over folders). For a target std ``s`` at time ``T`` the weights are ``sum_i c_i theta_i`` over the
-snapshots ``theta_i`` with ``0 < nimg_i <= T``, ``c = power.solve_coefficients(...)``; a std
-whose profile the snapshots reproduce worse than ``max_error`` (relative L2 error,
-``power.profile_error``) is refused, naming the stds that are representable there. Snapshots are
-streamed: one snapshot file is in memory at a time and a pass accumulates its outputs in float64
-(``batch`` outputs plus one snapshot, whatever the number of snapshots). Buffers and non-float
-tensors come from the latest contributing snapshot. Outputs are ordinary autoguide model files.
+over folders) or a folder of EDM2 raw snapshots (``ema.edm2_snapshots``). For a target std ``s``
+at time ``T`` the weights are ``sum_i c_i theta_i`` over the snapshots ``theta_i`` with
+``0 < nimg_i <= T``, ``c = power.solve_coefficients(...)``; a std whose profile the snapshots
+reproduce worse than ``max_error`` (relative L2 error, ``power.profile_error``) is refused,
+naming the stds that are representable there. Snapshots are streamed (``stream_reconstruct``):
+one snapshot file is in memory at a time and a pass holds ``batch`` float32 outputs and a
+half-precision reference, at most ``batch + 2`` float32 model sizes whatever the number of
+snapshots. Buffers and non-float tensors come from the latest contributing snapshot. Outputs
+are ordinary autoguide model files.
 
 - ``PosthocEMA.models(stds, time)``: ``(std, state_dict, card)`` in memory;
 - ``PosthocEMA.write(stds, time, out_dir)``: model files ``ema-{nimg:012d}-{std:.4f}.safetensors``;
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from autoguide.claim import claim_folder
+from autoguide.ema.edm2_snapshots import EDM2RawSnapshots, is_raw_snapshot_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
 from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index, read_snapshot
 from autoguide.io import ModelFileError, read_card, save_model
@@ -183,27 +186,62 @@ def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
     return read_snapshot(snap)  # checked against the index's SHA-256
 
 
-def _accumulate(
-    state: dict[str, torch.Tensor],
-    weights: torch.Tensor,
-    sums: dict[str, torch.Tensor],
-    copies: list[dict[str, torch.Tensor]],
-    buffers: frozenset[str],
-) -> None:
-    """``sums[key][k] += weights[k] * state[key]`` (float64, one ``addr_`` per tensor for the
-    whole batch of outputs) for averaged tensors; buffers and non-float tensors are copied
-    into ``copies[k]`` for outputs with a non-zero weight (the caller goes forward in time,
-    so the last copy wins)."""
-    for key, value in state.items():
-        if value.is_floating_point() and key not in buffers:
-            flat = value.reshape(-1).to(torch.float64)
-            if key not in sums:
-                sums[key] = torch.zeros(len(weights), flat.numel(), dtype=torch.float64)
-            sums[key].addr_(weights, flat)
-        else:
-            for k, c in enumerate(weights.tolist()):
-                if c != 0.0:
-                    copies[k][key] = value.clone()
+def _reference(value: torch.Tensor) -> torch.Tensor:
+    """The half-precision reference of an averaged tensor: as stored if 16-bit, else bfloat16."""
+    return value if value.dtype in (torch.float16, torch.bfloat16) else value.to(torch.bfloat16)
+
+
+class _Pass:
+    """The outputs of one pass: per averaged tensor a reference ``r`` and one float32
+    accumulator of ``sum_i c_i (theta_i - r)`` per output, the weight total ``sum_i c_i`` per
+    output, and the copied entries (buffers, non-float tensors) per output."""
+
+    def __init__(self, n_out: int, buffers: frozenset[str]) -> None:
+        self.buffers = buffers
+        self.reference: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, list[torch.Tensor | None]] = {}
+        self.totals = [0.0] * n_out
+        self.copies: list[dict[str, torch.Tensor]] = [{} for _ in range(n_out)]
+
+    def add(self, state: dict[str, torch.Tensor], weights: Sequence[float]) -> None:
+        """Add ``weights[k] * state`` to output ``k``; copy buffers and non-float tensors into the
+        outputs with a non-zero weight that have none yet (snapshots come latest first)."""
+        for k, c in enumerate(weights):
+            self.totals[k] += c
+        for key, value in state.items():
+            if value.is_floating_point() and key not in self.buffers:
+                if key not in self.reference:
+                    self.reference[key] = _reference(value)
+                    self.sums[key] = [torch.zeros(value.shape, dtype=torch.float32) for _ in weights]
+                delta = value.to(torch.float32, copy=True).sub_(self.reference[key])
+                for acc, c in zip(self.sums[key], weights):
+                    if c != 0.0:
+                        acc.add_(delta, alpha=c)  # type: ignore[union-attr]
+                del delta
+            else:
+                for k, c in enumerate(weights):
+                    if c != 0.0 and key not in self.copies[k]:
+                        floating = value.is_floating_point()
+                        self.copies[k][key] = value.to(torch.float32, copy=True) if floating else value.clone()
+
+    def finish(self) -> None:
+        """Add ``(sum_i c_i) r`` into every accumulator, then drop the references."""
+        for key, accs in self.sums.items():
+            for acc, total in zip(accs, self.totals):
+                acc.add_(self.reference[key], alpha=total)  # type: ignore[union-attr]
+        self.reference = {}
+
+    def take(self, k: int, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Output ``k`` (after ``finish``), released from the pass."""
+        out = {}
+        for key in keys:
+            if key in self.sums:
+                out[key] = self.sums[key][k]
+                self.sums[key][k] = None
+            else:
+                out[key] = self.copies[k][key]
+        self.copies[k] = {}
+        return out  # type: ignore[return-value]
 
 
 def stream_reconstruct(
@@ -212,44 +250,44 @@ def stream_reconstruct(
     buffers: frozenset[str],
     batch: int,
     progress: bool = True,
+    load: Callable[[Snapshot], dict[str, torch.Tensor]] | None = None,
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield ``(j, state_dict)`` with ``state_dict = sum_i coefs[i, j] snapshot_i``.
+    """Yield ``(j, state_dict)`` with ``state_dict = sum_i coefs[i, j] snapshot_i`` (float32).
 
-    Outputs are built ``batch`` at a time; each pass reads every snapshot with a non-zero
-    coefficient once, one file at a time (snapshots in time order), and accumulates in
-    float64. Buffer entries and non-float tensors come from the latest snapshot with a
-    non-zero coefficient.
+    Outputs are built ``batch`` at a time. Each pass reads every snapshot with a non-zero
+    coefficient for any output once, one file at a time (``load``, default: a model file),
+    latest first, so the first pass has read and checked every file before anything is
+    yielded. Memory: ``batch`` float32 outputs, a half-precision reference and one snapshot,
+    whatever the number of snapshots. Since ``sum_i c_i theta_i = (sum_i c_i) r + sum_i c_i
+    (theta_i - r)`` for any ``r``, the accumulators sum the differences from the latest
+    snapshot ``r`` (as stored if 16-bit, else rounded to bfloat16), which are small where the
+    coefficients are large: float32 accumulation then stays far within 1e-5 relative of the
+    float64 sum. Buffers and non-float tensors come from the latest snapshot with a non-zero
+    coefficient.
     """
     n_out = coefs.shape[1]
     passes = math.ceil(n_out / batch)
+    rows = [i for i in range(len(snapshots)) if np.any(coefs[i] != 0)][::-1]
     for p in range(passes):
         cols = list(range(p * batch, min((p + 1) * batch, n_out)))
-        rows = [i for i in range(len(snapshots)) if np.any(coefs[i, cols] != 0)]
-        sums: dict[str, torch.Tensor] = {}
-        copies: list[dict[str, torch.Tensor]] = [{} for _ in cols]
+        state_pass = _Pass(len(cols), buffers)
         layout: dict[str, tuple[torch.Size, torch.dtype]] | None = None
         bar = tqdm(rows, desc=f"pass {p + 1}/{passes}", unit="snapshot", disable=not progress)
         for i in bar:
-            state = _load_snapshot(snapshots[i])
+            state = (load or _load_snapshot)(snapshots[i])
             found = {k: (v.shape, v.dtype) for k, v in state.items()}
             if layout is None:
                 layout = found
             elif found != layout:
                 raise ValueError(
-                    f"{snapshots[i].path}: tensor names, shapes or dtypes differ from "
-                    f"{snapshots[rows[0]].path}"
+                    f"{snapshots[i].path}: tensor names, shapes or dtypes differ from {snapshots[rows[0]].path}"
                 )
-            weights = torch.from_numpy(np.ascontiguousarray(coefs[i, cols], dtype=np.float64))
-            _accumulate(state, weights, sums, copies, buffers)
+            state_pass.add(state, [float(c) for c in coefs[i, cols]])
             del state
         assert layout is not None
+        state_pass.finish()
         for k, j in enumerate(cols):
-            out = {
-                key: sums[key][k].view(shape).to(dtype) if key in sums else copies[k][key]
-                for key, (shape, dtype) in layout.items()
-            }
-            copies[k] = {}
-            yield j, out
+            yield j, state_pass.take(k, layout)
 
 
 @dataclass(frozen=True)
@@ -278,7 +316,51 @@ def snapshot_folder(run: str | os.PathLike) -> Path:
     for folder in (run / "phema", run):
         if (folder / INDEX_NAME).is_file():
             return folder
-    raise FileNotFoundError(f"{run}: no post-hoc EMA snapshots ({run / 'phema' / INDEX_NAME} does not exist)")
+    raise FileNotFoundError(
+        f"{run}: no post-hoc EMA snapshots ({run / 'phema' / INDEX_NAME} does not exist, "
+        "and no EDM2 raw snapshots <prefix>-<kimg:07d>-<std:.3f>.pkl are in it)"
+    )
+
+
+class NativeSnapshots:
+    """The snapshot folders (``phema/``) of one autoguide run."""
+
+    kind = "snapshots"
+
+    def __init__(self, folders: Sequence[str | os.PathLike]) -> None:
+        self.folders = [snapshot_folder(f) for f in folders]
+        found = collect_snapshots(self.folders)
+        self.network, self.buffers, self.snapshots = found.network, found.buffers, found.snapshots
+        self.latent = read_run_latent(self.run_dir)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: the parent of the (first) snapshot folder."""
+        return self.folders[0].resolve().parent
+
+    def check(self, used: Sequence[Snapshot]) -> None:
+        check_snapshot_files(used, self.network)
+
+    def read(self, snap: Snapshot) -> dict[str, torch.Tensor]:
+        return _load_snapshot(snap)
+
+    def inputs(self, used: Sequence[Snapshot]) -> list[dict[str, Any]] | None:
+        return None
+
+
+def snapshot_source(folders: Sequence[str | os.PathLike]) -> NativeSnapshots | EDM2RawSnapshots:
+    """The snapshots of ``folders``: autoguide snapshot folders (an ``index.json`` in the folder
+    or its ``phema/``) or folders of EDM2 raw snapshots, not a mix."""
+    def native(folder: str | os.PathLike) -> bool:
+        return any((Path(folder) / d / INDEX_NAME).is_file() for d in ("", "phema"))
+
+    raw = [is_raw_snapshot_folder(f) and not native(f) for f in folders]
+    if all(raw):
+        return EDM2RawSnapshots(folders)
+    if any(raw):
+        mixed = next(f for f, r in zip(folders, raw) if r)
+        raise ValueError(f"{mixed}: EDM2 raw snapshots cannot be mixed with autoguide snapshot folders")
+    return NativeSnapshots(folders)
 
 
 def ema_filename(nimg: int, std: float) -> str:
@@ -288,13 +370,15 @@ def ema_filename(nimg: int, std: float) -> str:
 
 class PosthocEMA:
     """Every EMA the snapshots of one run can rebuild; ``folders`` are snapshot folders (or run
-    folders holding ``phema/``), several for a run whose snapshots were split."""
+    folders holding ``phema/``), several for a run whose snapshots were split, or folders of
+    EDM2 raw snapshots (``ema.edm2_snapshots``)."""
 
     def __init__(self, folders: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
-        self.folders = [snapshot_folder(f) for f in folders]
-        self.found = collect_snapshots(self.folders)
-        self.latent = read_run_latent(self.folders[0].resolve().parent)
+        self.source = snapshot_source(folders)
+        self.folders = self.source.folders
+        self.found = SnapshotSet(self.source.network, self.source.buffers, self.source.snapshots)
+        self.latent = self.source.latent
 
     @property
     def network(self) -> dict[str, Any]:
@@ -310,7 +394,7 @@ class PosthocEMA:
         and missing, truncated or mismatched snapshot files."""
         target = self.nimg(time)
         used = tuple(s for s in self.found.snapshots if 0 < s.nimg <= target)
-        check_snapshot_files(used, self.found.network)
+        self.source.check(used)
         in_nimg = np.array([s.nimg for s in used], dtype=np.float64)
         in_std = np.array([s.std for s in used], dtype=np.float64)
         out_std = np.array(stds, dtype=np.float64)
@@ -334,16 +418,19 @@ class PosthocEMA:
         return Solution(target, tuple(float(s) for s in stds), used, coefs, errors)
 
     def card(self, solution: Solution, j: int) -> dict[str, Any]:
-        """The model card of output ``j`` of ``solution``."""
+        """The model card of output ``j`` of ``solution`` (raw EDM2 snapshots: with ``inputs``,
+        every file used and its SHA-256)."""
+        inputs = self.source.inputs(solution.used)
         return {
             "network": self.found.network,
             "nimg": solution.nimg,
             "ema_std": solution.stds[j],
             "source": (
-                f"post-hoc EMA reconstruction from {len(solution.used)} snapshots in "
+                f"post-hoc EMA reconstruction from {len(solution.used)} {self.source.kind} in "
                 f"{', '.join(str(f) for f in self.folders)} (profile error {solution.errors[j]:.2e})"
             ),
             **({"latent": self.latent} if self.latent is not None else {}),
+            **({"inputs": inputs} if inputs is not None else {}),
         }
 
     def models(
@@ -352,7 +439,7 @@ class PosthocEMA:
     ) -> Iterator[tuple[float, dict[str, torch.Tensor], dict[str, Any]]]:
         """``(std, state_dict, card)`` of every EMA ``stds`` at ``time``, rebuilt in memory."""
         solution = self.solve(stds, time, max_error)
-        for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
+        for j, state in self._stream(solution, batch, progress):
             yield solution.stds[j], state, self.card(solution, j)
 
     def write(
@@ -370,15 +457,19 @@ class PosthocEMA:
         first (``autoguide.claim``), yielding each path once written."""
         out = Path(out_dir) if out_dir is not None else self.default_dir
         with claim_folder(out):
-            for j, state in stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress):
+            for j, state in self._stream(solution, batch, progress):
                 path = out / ema_filename(solution.nimg, solution.stds[j])
                 save_model(path, state, self.card(solution, j))
                 yield path
 
+    def _stream(self, solution: Solution, batch: int, progress: bool) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        return stream_reconstruct(solution.used, solution.coefs, self.found.buffers, batch, progress, self.source.read)
+
     @property
     def default_dir(self) -> Path:
-        """``<run>/reconstructed``: beside the (first) snapshot folder."""
-        return self.folders[0].resolve().parent / RECONSTRUCTED_DIR
+        """``<run>/reconstructed``: beside the (first) snapshot folder of a run, inside a folder
+        of raw EDM2 snapshots."""
+        return self.source.run_dir / RECONSTRUCTED_DIR
 
     def cached(
         self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8

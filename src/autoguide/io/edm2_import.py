@@ -22,7 +22,9 @@ Release names carry the training length and the EMA length: ``<name>-<kimg:07d>-
 from __future__ import annotations
 
 import collections
+import functools
 import io
+import json
 import os
 import pickle
 import re
@@ -294,8 +296,11 @@ def _submodules(obj: PersistentObject | ModuleDictRecord, where: str) -> dict[st
     return children
 
 
-def network_state_dict(obj: PersistentObject | ModuleDictRecord, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers of the record tree, float32, by state-dict name."""
+def network_state_dict(
+    obj: PersistentObject | ModuleDictRecord, prefix: str = "", dtype: torch.dtype | None = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers of the record tree by state-dict name, as ``dtype``
+    (``None``: as stored, without a copy)."""
     where = prefix.rstrip(".") or "ema"
     skip = set(obj.state.get("_non_persistent_buffers_set", ()))
     tensors = {**_attr(obj, "_parameters", where), **_attr(obj, "_buffers", where)}
@@ -305,9 +310,9 @@ def network_state_dict(obj: PersistentObject | ModuleDictRecord, prefix: str = "
             continue
         if not isinstance(value, torch.Tensor):
             raise EDM2ImportError(f"{where}.{name}: expected a tensor, got {type(value).__name__}")
-        out[prefix + name] = value.detach().to(torch.float32).contiguous()
+        out[prefix + name] = value.detach().to(dtype or value.dtype).contiguous()
     for name, child in _submodules(obj, where).items():
-        out.update(network_state_dict(child, f"{prefix}{name}."))
+        out.update(network_state_dict(child, f"{prefix}{name}.", dtype))
     return out
 
 
@@ -506,6 +511,54 @@ def release_nimg_and_std(name: str) -> tuple[int | None, float | None]:
     return nimg, float(match[2])
 
 
+@dataclass(frozen=True)
+class EDM2Network:
+    """The network of an EDM2 pickle: our config, its weights and the card's latent entry."""
+
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    latent: dict[str, Any] | None
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(config_json: str) -> dict[str, torch.Size]:
+    from autoguide.nets import build_network
+
+    with torch.device("meta"):  # names and shapes only; no memory for the weights
+        return {k: v.shape for k, v in build_network(json.loads(config_json)).state_dict().items()}
+
+
+def read_edm2_network(pkl_path: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> EDM2Network:
+    """Config (``config_dict`` form), weights (as ``dtype``; ``None`` keeps the stored fp16) and
+    latent entry of EDM2 pickle ``pkl_path`` (a release file or a raw training snapshot). The
+    weights must match the rebuilt config exactly (names and shapes); errors name the file."""
+    from autoguide.nets import config_dict
+
+    pkl_path = Path(pkl_path)
+    data = read_edm2_pickle(pkl_path)
+    ema = data["ema"]
+    try:
+        cfg = edm2_network_config(ema)
+        state = network_state_dict(ema, dtype=dtype)
+        latent = latent_spec(data.get("encoder"), cfg["img_channels"])
+    except EDM2ImportError as err:
+        raise EDM2ImportError(f"{pkl_path}: {err}") from err
+    except (TypeError, AttributeError, KeyError, ValueError) as err:
+        raise EDM2ImportError(f"{pkl_path}: malformed network record ({type(err).__name__}: {err})") from err
+    del data, ema
+    expected = _expected_shapes(json.dumps(cfg, sort_keys=True))
+    found = {k: v.shape for k, v in state.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:5]
+        unexpected = sorted(set(found) - set(expected))[:5]
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:5]
+        raise EDM2ImportError(
+            f"{pkl_path}: weights do not match the rebuilt config {cfg} "
+            f"(missing {missing}, unexpected {unexpected}, wrong shape {wrong})"
+        )
+    return EDM2Network(config_dict(cfg), state, latent)
+
+
 def import_edm2(
     pkl_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -520,41 +573,20 @@ def import_edm2(
     recorded in the card's ``latent`` entry (a latent model only) so decoding checks it.
     The weights must match the rebuilt config exactly (names and shapes), or nothing is written.
     """
-    from autoguide.nets import build_network, config_dict
-
     pkl_path = Path(pkl_path)
-    data = read_edm2_pickle(pkl_path)
-    ema = data["ema"]
-    try:
-        cfg = edm2_network_config(ema)
-        state = network_state_dict(ema)
-        latent = latent_spec(data.get("encoder"), cfg["img_channels"])
-    except EDM2ImportError as err:
-        raise EDM2ImportError(f"{pkl_path}: {err}") from err
-    except (TypeError, AttributeError, KeyError, ValueError) as err:
-        raise EDM2ImportError(f"{pkl_path}: malformed network record ({type(err).__name__}: {err})") from err
-    with torch.device("meta"):  # names and shapes only; no memory for the weights
-        expected = {k: v.shape for k, v in build_network(cfg).state_dict().items()}
-    found = {k: v.shape for k, v in state.items()}
-    if expected != found:
-        missing = sorted(set(expected) - set(found))[:5]
-        unexpected = sorted(set(found) - set(expected))[:5]
-        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:5]
-        raise EDM2ImportError(
-            f"{pkl_path}: weights do not match the rebuilt config {cfg} "
-            f"(missing {missing}, unexpected {unexpected}, wrong shape {wrong})"
-        )
+    network = read_edm2_network(pkl_path)
+    latent = network.latent
     if vae is not None:
         if latent is None:
             raise EDM2ImportError(f"{pkl_path}: a pixel-space model has no VAE; import it without --vae")
         latent = {**latent, "vae": dict(vae)}
     name_nimg, name_std = release_nimg_and_std(pkl_path.name)
     card = {
-        "network": config_dict(cfg),
+        "network": network.config,
         "nimg": nimg if nimg is not None else name_nimg,
         "ema_std": ema_std if ema_std is not None else name_std,
         "source": f"EDM2 release pickle {pkl_path.name} (sha256 {file_sha256(pkl_path)})",
         "latent": latent,
     }
-    save_model(out_path, state, card)
+    save_model(out_path, network.state, card)
     return card
