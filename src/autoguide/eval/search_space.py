@@ -100,9 +100,9 @@ class SearchSpace:
                 raise ConfigError(f"{where}.term.{key}: not an option of this guidance term; valid: {term_options}")
             knobs.append(_knob(f"term.{key}", spec, f"{where}.term.{key}"))
         found = {k.name: k for k in knobs}
-        if "guide_time" in found and found["guide_time"].choices is None:
-            if not (0 < found["guide_time"].low and found["guide_time"].high <= 1):
-                raise ConfigError(f"{where}.guide_time: a fraction of the run's last snapshot, within (0, 1]")
+        time_ = found.get("guide_time")
+        if time_ is not None and time_.choices is None and not (0 < time_.low and time_.high <= 1):
+            raise ConfigError(f"{where}.guide_time: a fraction of the run's last snapshot, within (0, 1]")
         lo, hi = found.get("sigma_lo"), found.get("sigma_hi")
         if lo is not None and hi is not None and lo.choices is None and hi.choices is None and lo.high > hi.low:
             raise ConfigError(f"{where}.sigma_lo: its range [{lo.low:g}, {lo.high:g}] must lie below "
