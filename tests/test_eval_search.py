@@ -260,3 +260,83 @@ def test_cache_evicts_least_recently_used(run, tmp_path):
     capped = ReconstructionCache(tmp_path / "cache", max_bytes=int(2.5 * size))
     c = capped.get(ema, 0.08, None)
     assert a.exists() and c.exists() and not b.exists()
+
+
+def search_cfg(runs, out, *extra):
+    from autoguide.config import compose
+
+    main, guide = runs
+    return compose("sweep", [
+        f"main.run={main}", f"guides.runs=[{guide}]", "search=tpe", "search.budget=300", "search.rungs.min_images=20",
+        "search.rungs.factor=2", "seeds=0-79", "metrics=toy2d", "metrics.toy.num_density_samples=2000", "select=toy_logp",
+        "sampler.num_steps=3", "class_labels=0", "device=cpu", f"output.dir={out}", "grid.main_std=[0.1]",
+        "search.space.weight={low:1,high:3}", "search.space.guide_std={choices:[0.05,0.1]}",
+        "search.space.guide_time={low:0.3,high:1}", "search.space.term={apg:{choices:[null,{eta:0.0}]}}", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    sys.path.insert(0, str(TESTS))
+    from test_eval_sweep import make_run
+
+    root = tmp_path_factory.mktemp("search-runs")
+    return make_run(root / "main", 16, 0), make_run(root / "guide", 8, 1)
+
+
+def test_search_end_to_end(runs, tmp_path):
+    """A toy search through ``autoguide-sweep search=tpe`` (debug-sized): rungs of 20, 40 and 80
+    images, a budget of two whole trials; the best re-measured on held-out seeds equals
+    ``autoguide-eval`` of its models; rerunning continues the study (nothing left to run)."""
+    import csv
+
+    from autoguide.apps.evaluate import run as evaluate
+    from autoguide.apps.sweep import run as sweep
+    from autoguide.config import compose
+
+    out = tmp_path / "search"
+    best = sweep(search_cfg(runs, out))
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) >= 2 and {"rung_20", "rung_40", "rung_80", "weight", "guide_std", "term.apg"} <= set(rows[0])
+    assert sum(int(r["images"]) for r in rows) == best["images_spent"] <= 300
+    for name in ("history.png", "slice.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "best.json").read_text())
+    assert saved["holdout"]["seeds"] == "80-159" and saved["search"]["seeds"] == "0-79" and saved["rungs"] == [20, 40, 80]
+    assert saved["models"]["guide"]["sha256"] and saved["cache"]["builds"] >= 2
+    setting, apg = saved["setting"], saved["params"]["term.apg"]
+    direct = evaluate(compose("eval", [
+        f"model={saved['models']['main']['file']}", f"guide={saved['models']['guide']['file']}",
+        f"guidance.weight={setting['weight']}", "guidance.apg=" + ("null" if apg is None else f"{{eta:{apg['eta']}}}"),
+        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "seeds=80-159", "sampler.num_steps=3",
+        "class_labels=0", "device=cpu", f"output.dir={tmp_path / 'direct'}", "preview_images=0",
+    ]))
+    assert saved["holdout"]["value"] == pytest.approx(direct["metrics"]["toy_logp"], rel=1e-9)
+
+    again = sweep(search_cfg(runs, out))  # rerun: the study continues; its budget is spent, nothing is measured
+    assert again["trial"] == best["trial"] and again["holdout"] == best["holdout"] and again["cache"]["builds"] == 0
+    with pytest.raises(ConfigError, match=r"was started with another config: search.space.weight.high \(3 -> 4\)"):
+        sweep(search_cfg(runs, out, "search.space.weight={low:1,high:4}"))
+
+
+def test_search_cli_errors(runs, tmp_path):
+    from autoguide.apps.sweep import run as sweep
+
+    with pytest.raises(ConfigError, match=r"search.space.weight: empty or inverted range \[3, 1\]"):
+        sweep(search_cfg(runs, tmp_path, "search.space.weight={low:3,high:1}"))
+    with pytest.raises(ConfigError, match=r"search.space.term.pp: not an option of this guidance term"):
+        sweep(search_cfg(runs, tmp_path, "search.space.term=null", "search.space.term={pp:{low:0,high:1}}"))
+    with pytest.raises(ConfigError, match=r"search.budget=100 image evaluations is smaller than one trial"):
+        sweep(search_cfg(runs, tmp_path, "search.budget=100"))
+    with pytest.raises(ConfigError, match=r"grid.weight has 5 values; a search takes one fixed value"):
+        sweep(search_cfg(runs, tmp_path, "search.space.weight=null"))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    main, guide = runs
+    result = subprocess.run([sys.executable, "-m", "autoguide.apps.sweep", f"main.run={main}", "search=tpe",
+                             "search.budget=300", "metrics=toy2d", "select=toy_logp", "seeds=0-79", "grid.weight=[2]",
+                             "+search.space.wieght={low:1,high:2}", f"output.dir={tmp_path}"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("search.space.wieght: unknown knob; search one of "
+                                                           "['main_std', 'guide_std', 'guide_time', 'weight', 'sigma_lo', "
+                                                           "'sigma_hi', 'term.<option>']")

@@ -145,7 +145,8 @@ def finish_search(study: Any, search: GuideSearch, settings: SearchSettings, min
         return None
     plot_study(study, out_dir)
     trial = top[0]
-    point = search.point(search.space.decode(trial.params))
+    params = search.space.decode(trial.params)
+    point = search.point(params)
     kept = study.user_attrs.get(HOLDOUT_ATTR)
     if kept is None or kept.get("trial") != trial.number:
         kept = {"trial": trial.number, "metrics": search.metrics(point, holdout_seeds)}
@@ -154,7 +155,7 @@ def finish_search(study: Any, search: GuideSearch, settings: SearchSettings, min
     states = collections.Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     best = {
         "select": search.sweep.select, "study": settings.study, "storage": settings.storage, "trial": trial.number,
-        "setting": point.record(), "params": dict(trial.params),
+        "setting": point.record(), "params": params,
         "search": {"value": trial.value, "images": settings.max_images, "seeds": format_seeds(search.evaluation.plan.seeds),
                    "rungs": {str(n): v for n, v in sorted(trial.intermediate_values.items())}},
         "holdout": {"value": kept["metrics"][search.sweep.select], "metrics": kept["metrics"],
