@@ -340,3 +340,26 @@ def test_search_cli_errors(runs, tmp_path):
     assert result.stderr.strip().splitlines()[-1].endswith("search.space.wieght: unknown knob; search one of "
                                                            "['main_std', 'guide_std', 'guide_time', 'weight', 'sigma_lo', "
                                                            "'sigma_hi', 'term.<option>']")
+
+
+def test_infeasible_settings_fail_without_retry(tmp_path):
+    """A setting that cannot be measured fails its trial without a retry and costs no budget;
+    twenty in a row stop the worker with the reason."""
+    from autoguide.eval.search import Infeasible
+
+    def measure(params, images):
+        if params["weight"] > 3.0:
+            raise Infeasible(f"weight {params['weight']:.2f} cannot be represented")
+        return bowl(params, images)
+
+    search = settings(journal(tmp_path), 13 * 4, sampler="random")
+    study = open_study(search, {"objective": "bowl"}, minimize=True)
+    run_worker(study, SearchSpace.from_config(SPACE, []), measure, search, tmp_path)
+    failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert failed and all("infeasible" in t.user_attrs and t.params["weight"] > 3 for t in failed)
+    assert not any("retry_of" in t.user_attrs for t in study.get_trials())
+    assert spent_images(study) > 13 * 3
+    always = settings(journal(tmp_path, "always.log"), 13 * 4, sampler="random")
+    study = open_study(always, {"objective": "none"}, minimize=True)
+    with pytest.raises(ConfigError, match=r"search.space: 20 proposed settings in a row could not be measured, the last: weight"):
+        run_worker(study, SearchSpace.from_config(SPACE, []), lambda p, n: measure({**p, "weight": 4.0}, n), always, tmp_path)

@@ -26,11 +26,11 @@ from typing import Any
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.eval.evaluate import Evaluation
-from autoguide.eval.search import SearchSettings, best_trials, spent_images
+from autoguide.eval.search import Infeasible, SearchSettings, best_trials, spent_images
 from autoguide.eval.search_report import plot_study, write_trials
 from autoguide.eval.search_space import SearchSpace
 from autoguide.eval.sweep import SweepSettings, guidance_config, variant_label
-from autoguide.io import file_sha256, write_json_atomic
+from autoguide.io import file_sha256, read_card, write_json_atomic
 from autoguide.runtime import ModelLoader
 from autoguide.sample.config import build_guidance
 from autoguide.sample.seeds import format_seeds
@@ -113,9 +113,9 @@ class GuideSearch:
             guide = self.cache.get(PosthocEMA(s.guide_runs[0]), point.guide_std, point.guide_time, s.max_error, s.batch)
         return main, guide
 
-    def metrics(self, point: Point, seeds: Sequence[int]) -> dict[str, float]:
-        """Every metric of ``point`` measured on ``seeds``."""
-        main, guide = self.models(point)
+    def metrics(self, point: Point, seeds: Sequence[int], models: tuple[Path, Path | None] | None = None) -> dict[str, float]:
+        """Every metric of ``point`` measured on ``seeds`` (with its ``models`` when known)."""
+        main, guide = models or self.models(point)
         load = ModelLoader(self.evaluation.device)
         terms = build_guidance(guidance_config(self.term, point.weight, point.interval, guide, point.variant), load)
         run = copy.copy(self.evaluation)
@@ -125,13 +125,22 @@ class GuideSearch:
         return values
 
     def measure(self, params: Mapping[str, Any], images: int) -> float:
-        """The selected metric of a trial's settings on the first ``images`` seeds (one rung)."""
-        return self.metrics(self.point(params), self.evaluation.plan.seeds[:images])[self.sweep.select]
+        """The selected metric of a trial's settings on the first ``images`` seeds (one rung);
+        ``Infeasible`` for EMAs the snapshots cannot represent."""
+        point = self.point(params)
+        try:
+            models = self.models(point)
+        except ValueError as err:
+            raise Infeasible(str(err)) from None
+        return self.metrics(point, self.evaluation.plan.seeds[:images], models)[self.sweep.select]
 
 
 def model_record(path: Path | None) -> dict[str, Any] | None:
-    """``{file, sha256}`` of a model file."""
-    return None if path is None else {"file": str(path), "sha256": file_sha256(path)}
+    """``{file, sha256, nimg, ema_std}`` of a model file."""
+    if path is None:
+        return None
+    card = read_card(path)
+    return {"file": str(path), "sha256": file_sha256(path), "nimg": card.get("nimg"), "ema_std": card.get("ema_std")}
 
 
 def finish_search(study: Any, search: GuideSearch, settings: SearchSettings, minimize: bool,

@@ -26,7 +26,9 @@ running trial (``holder``: host, pid, SLURM job and restart, heartbeat every ``h
 before taking a trial, a worker marks every running trial whose holder is provably gone (the
 rules of ``autoguide.claim.stale_reason``: dead pid on this host, an earlier restart of this
 SLURM job, a SLURM job that no longer runs, a heartbeat older than ``lease_s``) as failed, and
-every failed trial is retried once more (its settings enqueued) up to ``max_retry`` times. That
+every failed trial is retried once more (its settings enqueued) up to ``max_retry`` times; a
+setting that cannot be measured at all (``Infeasible``: an EMA std the snapshots cannot represent
+at that time) fails without a retry. That
 bookkeeping runs under the claim ``study`` of the output folder, so two workers never retry one
 trial twice. The study's config (``fingerprint``) is stored with it; a worker with another
 config is refused, naming the first differing key.
@@ -56,9 +58,16 @@ CONFIG_ATTR = "autoguide_config"
 HOLDER_ATTR = "holder"
 IMAGES_ATTR = "images"
 RETRY_ATTR = "retry_of"
+INFEASIBLE_ATTR = "infeasible"
 STUDY_WAIT_S = 600.0
+MAX_INFEASIBLE_IN_A_ROW = 20
 
 Measure = Callable[[Mapping[str, Any], int], float]  # (settings, image count) -> metric
+
+
+class Infeasible(ValueError):
+    """A proposed setting that cannot be measured (e.g. an EMA std the snapshots cannot
+    represent at that time): its trial fails without being retried."""
 
 
 def rungs(min_images: int, factor: int, max_images: int) -> tuple[int, ...]:
@@ -215,7 +224,7 @@ def recover(study: Any, max_retry: int, lease_s: float) -> list[int]:
     retried = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
     queued = []
     for trial in trials:
-        if trial.state != TrialState.FAIL or trial.number in retried:
+        if trial.state != TrialState.FAIL or trial.number in retried or INFEASIBLE_ATTR in trial.user_attrs:
             continue
         retries = int(trial.user_attrs.get("retries", 0))
         if retries >= max_retry:
@@ -276,6 +285,12 @@ def run_trial(study: Any, trial: Any, space: SearchSpace, measure: Measure, sett
             if n != settings.rungs[-1] and trial.should_prune():
                 state = TrialState.PRUNED
                 break
+    except Infeasible as err:
+        heartbeat.stop()
+        log.warning("trial %d is infeasible: %s", trial.number, err)
+        trial.set_user_attr(INFEASIBLE_ATTR, str(err))
+        study.tell(trial, state=TrialState.FAIL)
+        return study._storage.get_trial(trial._trial_id)
     except BaseException:
         heartbeat.stop()
         study.tell(trial, state=TrialState.FAIL)
@@ -290,7 +305,7 @@ def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: Searc
     """Take trials until the budget is spent (or ``max_trials`` were run here); returns the
     number this worker ran. Stale and failed trials are recovered first, under the claim
     ``study`` of ``lock_folder``."""
-    done = 0
+    done = infeasible = 0
     while max_trials is None or done < max_trials:
         with claim_folder(lock_folder, role="study", wait_s=STUDY_WAIT_S):
             recover(study, settings.max_retry, settings.lease_s)
@@ -299,8 +314,12 @@ def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: Searc
                 log.info("budget spent: %d of %d image evaluations measured or running", committed, settings.budget)
                 break
             trial = study.ask()  # taken under the claim: the next worker counts it as running
-        run_trial(study, trial, space, measure, settings)
+        result = run_trial(study, trial, space, measure, settings)
         done += 1
+        infeasible = infeasible + 1 if INFEASIBLE_ATTR in result.user_attrs else 0
+        if infeasible >= MAX_INFEASIBLE_IN_A_ROW:
+            raise ConfigError(f"search.space: {infeasible} proposed settings in a row could not be measured, the last: "
+                              f"{result.user_attrs[INFEASIBLE_ATTR]}")
     return done
 
 
