@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from search_table import report  # noqa: E402  (this folder's module)
 from steps import call, git_revision, listing, number  # noqa: E402  (shared by the results scripts)
 
 RUNS = HERE / "runs"
@@ -84,32 +85,6 @@ def search(main: Path, guide: Path, images: int, budget: int, seed: int) -> dict
            *(f"search.space.{k}={v}" for k, v in space.items()), f"seeds=0-{images - 1}", *SAMPLING],
           out, f"search-{seed}.log")
     return json.loads((out / "best.json").read_text())
-
-
-def report(result: dict[str, Any]) -> str:
-    """``results.md``: the grid and each search, held-out values side by side."""
-    grid_best, grid_held = result["grid"]["best"], result["grid"]["heldout"]
-    lines = [
-        f"Grid: {result['grid']['settings']} settings x {result['images']} images = {result['grid']['images']} image "
-        f"evaluations. Search budget: {result['budget']} ({result['share']:.0%}); rungs {result['rungs']}.",
-        "",
-        "| | main std | guide std | guide nimg | weight | log p (search seeds) | log p held out | gap to grid | "
-        "outliers held out | trials (complete / pruned) | images measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| grid | {grid_best['main_std']:.3f} | {grid_best['guide_std']:.3f} | {grid_best['guide_nimg']} | "
-        f"{grid_best['weight']:.2f} | {grid_best['toy_logp']:.4f} | {grid_held['toy_logp']:.4f} | - | "
-        f"{grid_held['toy_outliers']:.4f} | {result['grid']['settings']} / 0 | {result['grid']['images']} |",
-    ]
-    for run in result["searches"]:
-        s, held = run["best"]["setting"], run["best"]["holdout"]["metrics"]
-        lines.append(
-            f"| search seed {run['seed']} | {s['main_std']:.3f} | {s['guide_std']:.3f} | {run['guide_nimg']} | "
-            f"{s['weight']:.2f} | {run['best']['search']['value']:.4f} | {held['toy_logp']:.4f} | {run['gap']:+.2%} | "
-            f"{held['toy_outliers']:.4f} | {run['best']['trials'].get('complete', 0)} / {run['best']['trials'].get('pruned', 0)} | "
-            f"{run['best']['images_spent']} |")
-    lines += ["", "gap to grid: (grid held-out log p - search held-out log p) / |grid held-out log p| (positive: the "
-              "search's pick is worse)."]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
