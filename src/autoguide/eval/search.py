@@ -272,14 +272,13 @@ def run_trial(study: Any, trial: Any, space: SearchSpace, measure: Measure, sett
     try:
         params = space.suggest(trial)
         images = 0
-        state, value = TrialState.COMPLETE, None
+        state, value = TrialState.COMPLETE, math.nan
         for n in settings.rungs:
             value = float(measure(params, n))
             images += n
             trial.set_user_attr(IMAGES_ATTR, images)
             if not math.isfinite(value):
-                state = TrialState.FAIL
-                break
+                raise Infeasible(f"the metric is {value} at {n} images")
             trial.report(value, n)
             log.info("trial %d at %d images: %g %s", trial.number, n, value, params)
             if n != settings.rungs[-1] and trial.should_prune():
@@ -300,13 +299,11 @@ def run_trial(study: Any, trial: Any, space: SearchSpace, measure: Measure, sett
     return study._storage.get_trial(trial._trial_id)
 
 
-def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: SearchSettings, lock_folder: Path,
-               max_trials: int | None = None) -> int:
-    """Take trials until the budget is spent (or ``max_trials`` were run here); returns the
-    number this worker ran. Stale and failed trials are recovered first, under the claim
+def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: SearchSettings, lock_folder: Path) -> int:
+    """Take trials until the budget is spent; returns the number this worker ran. Stale and failed trials are recovered first, under the claim
     ``study`` of ``lock_folder``."""
     done = infeasible = 0
-    while max_trials is None or done < max_trials:
+    while True:
         with claim_folder(lock_folder, role="study", wait_s=STUDY_WAIT_S):
             recover(study, settings.max_retry, settings.lease_s)
             committed = committed_images(study, sum(settings.rungs))
@@ -324,10 +321,11 @@ def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: Searc
 
 
 def finished(study: Any) -> bool:
-    """Whether no trial of ``study`` is running or waiting."""
+    """Whether no trial of ``study`` is running (called once this worker found the budget
+    spent: no trial will start any more)."""
     from optuna.trial import TrialState
 
-    return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def best_trials(study: Any, minimize: bool, count: int = 1) -> Sequence[Any]:
