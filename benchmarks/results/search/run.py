@@ -14,6 +14,8 @@ MNIST-5k (FD on the MNIST classifier's features). One command per dataset, from 
 3. Held out: the grid's best setting is measured once more on the next ``--images`` seeds
    (``autoguide-eval``), as the search measures its own best; the table compares the held-out
    values of the selecting metric (toy: exact log-density, higher is better; MNIST: FD).
+4. Spread: every pick once more on three further disjoint sets of ``--images`` seeds (mean and
+   std), to tell the held-out differences from seed noise.
 
 Runs, logs and studies go to ``runs/`` here (reused when present); ``results-<dataset>.json``,
 ``results-<dataset>.md`` and the first search's plots (``<dataset>-history.png``, ...) are
@@ -122,6 +124,18 @@ def search(data: Dataset, main: Path, guide: Path, images: int, budget: int, see
     return json.loads((out / "best.json").read_text())
 
 
+def spread(data: Dataset, name: str, main: str, guide: str, weight: float, images: int, sets: int = 3) -> dict[str, Any]:
+    """A pick measured on ``sets`` more disjoint held-out seed sets (after the first two ``images``
+    seeds): the mean and std of each metric (``autoguide-eval seed_sets``)."""
+    out = RUNS / f"{data.prefix}spread" / name
+    if not (out / "metrics.json").exists():
+        call([sys.executable, "-m", "autoguide.apps.evaluate", f"model={main}", f"guide={guide}", f"guidance.weight={weight}",
+              f"seeds={2 * images}-{3 * images - 1}", f"seed_sets={sets}", *data.sampling, f"output.dir={out}"],
+             RUNS / "logs" / f"{data.prefix}spread-{name}.log")
+    report = json.loads((out / "metrics.json").read_text())
+    return {"mean": report["mean"], "std": report["std"], "seeds": [s["seeds"] for s in report["sets"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="toy")
@@ -140,18 +154,24 @@ def main() -> None:
     grid_images = len(rows) * images
     budget = int(args.share * grid_images)
     held = heldout(data, best, images)
+    grid_spread = spread(data, "grid", best["main_model"], best["guide_model"], best["weight"], images)
     sign = 1 if lower_is_better(data.select) else -1  # gap > 0: the search's pick is worse
     searches = []
     for seed in args.seeds:
         found = search(data, args.main.resolve(), args.guide.resolve(), images, budget, seed)
         value = found["holdout"]["metrics"][data.select]
+        again = spread(data, f"search-{seed}", found["models"]["main"]["file"], found["models"]["guide"]["file"],
+                       found["setting"]["weight"], images)
         searches.append({"seed": seed, "best": found, "guide_nimg": found["models"]["guide"]["nimg"],
-                         "gap": sign * (value - held[data.select]) / abs(held[data.select])})
+                         "gap": sign * (value - held[data.select]) / abs(held[data.select]), "spread": again,
+                         "spread_gap": sign * (again["mean"][data.select] - grid_spread["mean"][data.select])
+                         / abs(grid_spread["mean"][data.select])})
     result = {
         "dataset": data.name, "select": data.select, "revision": git_revision(), "images": images, "share": args.share,
         "budget": budget,
         "rungs": searches[0]["best"]["rungs"] if searches else None,
-        "grid": {"axes": data.grid, "settings": len(rows), "images": grid_images, "best": best, "heldout": held},
+        "grid": {"axes": data.grid, "settings": len(rows), "images": grid_images, "best": best, "heldout": held,
+                 "spread": grid_spread},
         "searches": searches,
     }
     (HERE / f"results-{data.name}.json").write_text(json.dumps(result, indent=1) + "\n")

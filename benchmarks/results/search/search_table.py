@@ -33,6 +33,14 @@ def report(result: dict[str, Any]) -> str:
             f"{run['gap']:+.1%} ({held[select] - grid_held[select]:+.3f}) | {others(held, select)} | "
             f"{run['best']['trials'].get('complete', 0)} / {run['best']['trials'].get('pruned', 0)} | "
             f"{run['best']['images_spent']} |")
+    spread = result["grid"].get("spread")
+    if spread:
+        lines += ["", f"Each pick on three more held-out sets of {result['images']} images ({select} mean +- std over the sets):",
+                  "", "| | mean | std | gap to grid |", "|---|---|---|---|",
+                  f"| grid | {spread['mean'][select]:.4f} | {spread['std'][select]:.4f} | - |"]
+        for run in result["searches"]:
+            lines.append(f"| search seed {run['seed']} | {run['spread']['mean'][select]:.4f} | {run['spread']['std'][select]:.4f} | "
+                         f"{run['spread_gap']:+.1%} |")
     gaps = [run["gap"] for run in result["searches"]]
     lines += ["", f"gap to grid: how much worse the search's pick is than the grid's on the held-out seeds, relative to "
               f"the grid's held-out {select} (negative: better), with the difference of the two values.",
