@@ -17,7 +17,14 @@ import pytest
 
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import PosthocEMA
-from autoguide.eval.search import SearchSettings, best_trials, open_study, rungs, run_worker, spent_images
+from autoguide.eval.search import (
+    SearchSettings,
+    best_trials,
+    open_study,
+    run_worker,
+    rungs,
+    spent_images,
+)
 from autoguide.eval.search_space import SearchSpace
 from autoguide.settings import ConfigError
 
@@ -46,27 +53,38 @@ def test_rungs():
     assert rungs(50, 2, 50) == (50,)
 
 
-@pytest.mark.parametrize("space, match", [
-    ({"weight": {"low": 3, "high": 1}}, r"search.space.weight: empty or inverted range \[3, 1\]"),
-    ({"weight": {"low": 2, "high": 2}}, r"search.space.weight: empty or inverted range"),
-    ({"weight": {"low": 1}}, r"search.space.weight.high: expected a finite number"),
-    ({"wieght": {"low": 1, "high": 2}}, r"search.space.wieght: unknown knob"),
-    ({"weight": {"low": 1, "high": 2, "scal": "log"}}, r"search.space.weight.scal: unknown key"),
-    ({"weight": {"low": 1, "high": 2, "scale": "cubic"}}, r"search.space.weight.scale: expected one of"),
-    ({"main_std": {"low": 0, "high": 0.2, "scale": "log"}}, r"search.space.main_std: a log scale needs low > 0"),
-    ({"weight": {"choices": []}}, r"search.space.weight: choices must be a non-empty list"),
-    ({"guide_time": {"low": 0.5, "high": 2}}, r"search.space.guide_time: a fraction"),
-    ({"sigma_lo": {"low": 0.1, "high": 5}, "sigma_hi": {"low": 2, "high": 80}}, r"search.space.sigma_lo: its range"),
-    ({"term": {"q": {"choices": [1]}}}, r"search.space.term.q: not an option of this guidance term; valid: \['p'\]"),
-    ({}, r"search.space: nothing to search"),
-])
+@pytest.mark.parametrize(
+    "space, match",
+    [
+        ({"weight": {"low": 3, "high": 1}}, r"search.space.weight: empty or inverted range \[3, 1\]"),
+        ({"weight": {"low": 2, "high": 2}}, r"search.space.weight: empty or inverted range"),
+        ({"weight": {"low": 1}}, r"search.space.weight.high: expected a finite number"),
+        ({"wieght": {"low": 1, "high": 2}}, r"search.space.wieght: unknown knob"),
+        ({"weight": {"low": 1, "high": 2, "scal": "log"}}, r"search.space.weight.scal: unknown key"),
+        ({"weight": {"low": 1, "high": 2, "scale": "cubic"}}, r"search.space.weight.scale: expected one of"),
+        ({"main_std": {"low": 0, "high": 0.2, "scale": "log"}}, r"search.space.main_std: a log scale needs low > 0"),
+        ({"weight": {"choices": []}}, r"search.space.weight: choices must be a non-empty list"),
+        ({"guide_time": {"low": 0.5, "high": 2}}, r"search.space.guide_time: a fraction"),
+        (
+            {"sigma_lo": {"low": 0.1, "high": 5}, "sigma_hi": {"low": 2, "high": 80}},
+            r"search.space.sigma_lo: its range",
+        ),
+        (
+            {"term": {"q": {"choices": [1]}}},
+            r"search.space.term.q: not an option of this guidance term; valid: \['p'\]",
+        ),
+        ({}, r"search.space: nothing to search"),
+    ],
+)
 def test_space_errors(space, match):
     with pytest.raises(ConfigError, match=match):
         SearchSpace.from_config(space, ["p"])
 
 
 def test_settings_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"search.budget=12 image evaluations is smaller than one trial through every rung"):
+    with pytest.raises(
+        ConfigError, match=r"search.budget=12 image evaluations is smaller than one trial through every rung"
+    ):
         settings(journal(tmp_path), 12)
     with pytest.raises(ConfigError, match=r"search.rungs.min_images=20 exceeds the images per trial \(9"):
         SearchSettings(storage=journal(tmp_path), budget=100, min_images=20, max_images=9)
@@ -108,8 +126,8 @@ def test_successive_halving_cuts_the_promised_share(tmp_path):
     assert reached[0] == len(trials) > reached[1] > reached[2] >= 1
     assert share <= 1.5 * 3 / 13, (share, reached)
     for t in trials:  # every trial records its metric at each rung it reached, keyed by image count
-        assert sorted(t.intermediate_values) == [1, 3, 9][:len(t.intermediate_values)]
-        assert t.user_attrs["images"] == sum([1, 3, 9][:len(t.intermediate_values)])
+        assert sorted(t.intermediate_values) == [1, 3, 9][: len(t.intermediate_values)]
+        assert t.user_attrs["images"] == sum([1, 3, 9][: len(t.intermediate_values)])
 
 
 WORKER = """
@@ -126,10 +144,13 @@ def measure(params, images):
     if images == 9 and slow != "-" and not Path(slow).exists():
         Path(slow).write_text(str(os.getpid()))
         time.sleep(600)  # killed here
-    time.sleep(0.05)
+    time.sleep(0.3)  # a trial holds no lock while it measures: the other worker takes the next one
     return bowl(params, images)
 search = settings(storage, budget, worker=worker, lease_s=600.0, heartbeat_s=0.5)
-study = open_study(search, {{"objective": "bowl"}}, minimize=True)
+study = open_study(search, {{"objective": "bowl"}}, minimize=True, lock_folder=log.parent)
+(log.parent / f"ready-{{worker}}").touch()
+while not (log.parent / "go").exists():  # the test starts the workers together
+    time.sleep(0.05)
 run_worker(study, SearchSpace.from_config(SPACE, []), measure, search, log.parent)
 """
 
@@ -152,6 +173,10 @@ def test_two_workers_share_one_study(tmp_path, kind):
     storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else journal(tmp_path)
     budget = 13 * 4
     workers = [start_worker(tmp_path, storage, budget, w) for w in (0, 1)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready-{w}").exists() for w in (0, 1)) and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
     assert [w.wait(timeout=240) for w in workers] == [0, 0]
     study = open_study(settings(storage, budget), {"objective": "bowl"}, minimize=True)
     trials = study.get_trials()
@@ -169,6 +194,7 @@ def test_two_workers_share_one_study(tmp_path, kind):
 def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     storage, budget = journal(tmp_path), 13 * 4
     flag = tmp_path / "killed-at"
+    (tmp_path / "go").touch()
     victim = start_worker(tmp_path, storage, budget, 0, slow=str(flag))
     deadline = time.time() + 120
     while not flag.exists() and time.time() < deadline:
@@ -193,8 +219,11 @@ def test_study_refuses_another_config(tmp_path):
     search = settings(journal(tmp_path), 100)
     open_study(search, {"grid": {"weight": [1.0]}, "select": "toy_logp"}, minimize=False)
     open_study(search, {"grid": {"weight": [1.0]}, "select": "toy_logp"}, minimize=False)  # the same: joins
-    with pytest.raises(ConfigError, match=r"search.study='search' in journal:.* was started with another config: "
-                                          r"grid.weight \(\[1.0\] -> \[2.0\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"search.study='search' in journal:.* was started with another config: "
+        r"grid.weight \(\[1.0\] -> \[2.0\]\)",
+    ):
         open_study(search, {"grid": {"weight": [2.0]}, "select": "toy_logp"}, minimize=False)
 
 
@@ -238,8 +267,15 @@ print(json.dumps({"path": str(path), "builds": cache.builds, "hits": cache.hits}
 
 def test_cache_survives_two_workers_writing_one_entry(run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", CACHE_WORKER, str(tmp_path / "cache"), str(run)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CACHE_WORKER, str(tmp_path / "cache"), str(run)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert results[0]["path"] == results[1]["path"]
@@ -266,13 +302,31 @@ def search_cfg(runs, out, *extra):
     from autoguide.config import compose
 
     main, guide = runs
-    return compose("sweep", [
-        f"main.run={main}", f"guides.runs=[{guide}]", "search=tpe", "search.budget=300", "search.rungs.min_images=20",
-        "search.rungs.factor=2", "seeds=0-79", "metrics=toy2d", "metrics.toy.num_density_samples=2000", "select=toy_logp",
-        "sampler.num_steps=3", "class_labels=0", "device=cpu", f"output.dir={out}", "grid.main_std=[0.1]",
-        "search.space.weight={low:1,high:3}", "search.space.guide_std={choices:[0.05,0.1]}",
-        "search.space.guide_time={low:0.3,high:1}", "search.space.term={apg:{choices:[null,{eta:0.0}]}}", *extra,
-    ])
+    return compose(
+        "sweep",
+        [
+            f"main.run={main}",
+            f"guides.runs=[{guide}]",
+            "search=tpe",
+            "search.budget=300",
+            "search.rungs.min_images=20",
+            "search.rungs.factor=2",
+            "seeds=0-79",
+            "metrics=toy2d",
+            "metrics.toy.num_density_samples=2000",
+            "select=toy_logp",
+            "sampler.num_steps=3",
+            "class_labels=0",
+            "device=cpu",
+            f"output.dir={out}",
+            "grid.main_std=[0.1]",
+            "search.space.weight={low:1,high:3}",
+            "search.space.guide_std={choices:[0.05,0.1]}",
+            "search.space.guide_time={low:0.3,high:1}",
+            "search.space.term={apg:{choices:[null,{eta:0.0}]}}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -302,15 +356,30 @@ def test_search_end_to_end(runs, tmp_path):
     for name in ("history.png", "slice.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "best.json").read_text())
-    assert saved["holdout"]["seeds"] == "80-159" and saved["search"]["seeds"] == "0-79" and saved["rungs"] == [20, 40, 80]
+    assert (
+        saved["holdout"]["seeds"] == "80-159" and saved["search"]["seeds"] == "0-79" and saved["rungs"] == [20, 40, 80]
+    )
     assert saved["models"]["guide"]["sha256"] and saved["cache"]["builds"] >= 2
     setting, apg = saved["setting"], saved["params"]["term.apg"]
-    direct = evaluate(compose("eval", [
-        f"model={saved['models']['main']['file']}", f"guide={saved['models']['guide']['file']}",
-        f"guidance.weight={setting['weight']}", "guidance.apg=" + ("null" if apg is None else f"{{eta:{apg['eta']}}}"),
-        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "seeds=80-159", "sampler.num_steps=3",
-        "class_labels=0", "device=cpu", f"output.dir={tmp_path / 'direct'}", "preview_images=0",
-    ]))
+    direct = evaluate(
+        compose(
+            "eval",
+            [
+                f"model={saved['models']['main']['file']}",
+                f"guide={saved['models']['guide']['file']}",
+                f"guidance.weight={setting['weight']}",
+                "guidance.apg=" + ("null" if apg is None else f"{{eta:{apg['eta']}}}"),
+                "metrics=toy2d",
+                "metrics.toy.num_density_samples=2000",
+                "seeds=80-159",
+                "sampler.num_steps=3",
+                "class_labels=0",
+                "device=cpu",
+                f"output.dir={tmp_path / 'direct'}",
+                "preview_images=0",
+            ],
+        )
+    )
     assert saved["holdout"]["value"] == pytest.approx(direct["metrics"]["toy_logp"], rel=1e-9)
 
     again = sweep(search_cfg(runs, out))  # rerun: the study continues; its budget is spent, nothing is measured
@@ -332,14 +401,36 @@ def test_search_cli_errors(runs, tmp_path):
         sweep(search_cfg(runs, tmp_path, "search.space.weight=null"))
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     main, guide = runs
-    result = subprocess.run([sys.executable, "-m", "autoguide.apps.sweep", f"main.run={main}", "search=tpe",
-                             "search.budget=300", "metrics=toy2d", "select=toy_logp", "seeds=0-79", "grid.weight=[2]",
-                             "+search.space.wieght={low:1,high:2}", f"output.dir={tmp_path}"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoguide.apps.sweep",
+            f"main.run={main}",
+            "search=tpe",
+            "search.budget=300",
+            "metrics=toy2d",
+            "select=toy_logp",
+            "seeds=0-79",
+            "grid.weight=[2]",
+            "+search.space.wieght={low:1,high:2}",
+            f"output.dir={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("search.space.wieght: unknown knob; search one of "
-                                                           "['main_std', 'guide_std', 'guide_time', 'weight', 'sigma_lo', "
-                                                           "'sigma_hi', 'term.<option>']")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "search.space.wieght: unknown knob; search one of "
+            "['main_std', 'guide_std', 'guide_time', 'weight', 'sigma_lo', "
+            "'sigma_hi', 'term.<option>']"
+        )
+    )
 
 
 def test_infeasible_settings_fail_without_retry(tmp_path):
@@ -361,5 +452,9 @@ def test_infeasible_settings_fail_without_retry(tmp_path):
     assert spent_images(study) > 13 * 3
     always = settings(journal(tmp_path, "always.log"), 13 * 4, sampler="random")
     study = open_study(always, {"objective": "none"}, minimize=True)
-    with pytest.raises(ConfigError, match=r"search.space: 20 proposed settings in a row could not be measured, the last: weight"):
-        run_worker(study, SearchSpace.from_config(SPACE, []), lambda p, n: measure({**p, "weight": 4.0}, n), always, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"search.space: 20 proposed settings in a row could not be measured, the last: weight"
+    ):
+        run_worker(
+            study, SearchSpace.from_config(SPACE, []), lambda p, n: measure({**p, "weight": 4.0}, n), always, tmp_path
+        )

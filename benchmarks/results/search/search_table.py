@@ -22,7 +22,8 @@ def report(result: dict[str, Any]) -> str:
         "other metrics held out | trials (complete / pruned) | images measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| grid | {grid_best['main_std']:.3f} | {grid_best['guide_std']:.3f} | {grid_best['guide_nimg']} | "
-        f"{grid_best['weight']:.2f} | {grid_best[select]:.4f} | {grid_held[select]:.4f} | - | {others(grid_held, select)} | "
+        f"{grid_best['weight']:.2f} | {grid_best[select]:.4f} | {grid_held[select]:.4f} | - | "
+        f"{others(grid_held, select)} | "
         f"{result['grid']['settings']} / 0 | {result['grid']['images']} |",
     ]
     for run in result["searches"]:
@@ -32,17 +33,31 @@ def report(result: dict[str, Any]) -> str:
             f"{s['weight']:.2f} | {run['best']['search']['value']:.4f} | {held[select]:.4f} | "
             f"{run['gap']:+.1%} ({held[select] - grid_held[select]:+.3f}) | {others(held, select)} | "
             f"{run['best']['trials'].get('complete', 0)} / {run['best']['trials'].get('pruned', 0)} | "
-            f"{run['best']['images_spent']} |")
+            f"{run['best']['images_spent']} |"
+        )
     spread = result["grid"].get("spread")
     if spread:
-        lines += ["", f"Each pick on three more held-out sets of {result['images']} images ({select} mean +- std over the sets):",
-                  "", "| | mean | std | gap to grid |", "|---|---|---|---|",
-                  f"| grid | {spread['mean'][select]:.4f} | {spread['std'][select]:.4f} | - |"]
+        lines += [
+            "",
+            f"Each pick on three more held-out sets of {result['images']} images ({select} mean +- std over the sets):",
+            "",
+            "| | mean | std | gap to grid |",
+            "|---|---|---|---|",
+            f"| grid | {spread['mean'][select]:.4f} | {spread['std'][select]:.4f} | - |",
+        ]
         for run in result["searches"]:
-            lines.append(f"| search seed {run['seed']} | {run['spread']['mean'][select]:.4f} | {run['spread']['std'][select]:.4f} | "
-                         f"{run['spread_gap']:+.1%} |")
+            lines.append(
+                f"| search seed {run['seed']} | {run['spread']['mean'][select]:.4f} | "
+                f"{run['spread']['std'][select]:.4f} | "
+                f"{run['spread_gap']:+.1%} |"
+            )
     gaps = [run["gap"] for run in result["searches"]]
-    lines += ["", f"gap to grid: how much worse the search's pick is than the grid's on the held-out seeds, relative to "
-              f"the grid's held-out {select} (negative: better), with the difference of the two values.",
-              f"Worst gap over {len(gaps)} search seeds: {max(gaps):+.1%}; mean {sum(gaps) / len(gaps):+.1%}." if gaps else ""]
+    lines += [
+        "",
+        f"gap to grid: how much worse the search's pick is than the grid's on the held-out seeds, relative to "
+        f"the grid's held-out {select} (negative: better), with the difference of the two values.",
+        f"Worst gap over {len(gaps)} search seeds: {max(gaps):+.1%}; mean {sum(gaps) / len(gaps):+.1%}."
+        if gaps
+        else "",
+    ]
     return "\n".join(lines) + "\n"

@@ -33,13 +33,19 @@ from autoguide.eval.evaluator import lower_is_better
 from autoguide.eval.guide_search import GuideSearch, finish_search
 from autoguide.eval.search import SearchSettings, finished, open_study, run_worker
 from autoguide.eval.search_space import SearchSpace
-from autoguide.eval.sweep import SETTING_KEYS, SweepSettings, run_sweep, term_option_keys
+from autoguide.eval.sweep import (
+    SETTING_KEYS,
+    SweepSettings,
+    run_sweep,
+    term_option_keys,
+)
 from autoguide.io import write_text_atomic
 from autoguide.runtime import resolve_device
 from autoguide.sample.seeds import parse_seeds
 from autoguide.settings import ConfigError
 
-STUDY_KEYS = ("main", "guides", "grid", "guidance", "select", "seeds", "class_labels", "sampler", "metrics", "precision")
+STUDY_KEYS = ("main", "guides", "grid", "guidance", "select", "seeds", "class_labels", "sampler", "metrics",
+              "precision")
 WORKER_KEYS = ("worker", "storage", "heartbeat_s", "lease_s", "max_retry", "cache")  # may differ between workers
 REPORT_WAIT_S = 3600.0
 
@@ -70,7 +76,8 @@ def search_settings(cfg: DictConfig, images: int) -> SearchSettings:
         raise ConfigError("search.budget: give the study's budget in image evaluations (every worker together)")
     storage = node.storage or f"sqlite:///{Path(cfg.output.dir).expanduser().resolve() / 'study.db'}"
     return SearchSettings(
-        sampler=str(node.sampler), pruner=str(node.pruner), seed=int(node.seed), worker=int(node.worker), study=str(node.study),
+        sampler=str(node.sampler), pruner=str(node.pruner), seed=int(node.seed), worker=int(node.worker),
+        study=str(node.study),
         storage=str(storage), budget=node.budget, min_images=node.rungs.min_images, factor=node.rungs.factor,
         max_images=images, startup_trials=int(node.startup_trials), heartbeat_s=float(node.heartbeat_s),
         lease_s=float(node.lease_s), max_retry=int(node.max_retry),
@@ -98,12 +105,13 @@ def run_search(cfg: DictConfig) -> dict[str, Any] | None:
     max_gb = cfg.search.cache.max_gb
     cache = ReconstructionCache(cfg.search.cache.dir, None if max_gb is None else int(float(max_gb) * 2**30))
     search = GuideSearch(sweep, term, space, cache, measure)
+    given = plain(cfg.search.holdout_seeds)
     try:
-        holdout = parse_seeds(plain(cfg.search.holdout_seeds)) if cfg.search.holdout_seeds is not None else measure.plan.set_seeds(1)
+        holdout = measure.plan.set_seeds(1) if given is None else parse_seeds(given)
     except ValueError as err:
         raise ConfigError(f"search.holdout_seeds: {err}") from None
     minimize = lower_is_better(sweep.select)
-    study = open_study(settings, study_config(cfg), minimize)
+    study = open_study(settings, study_config(cfg), minimize, out)
     write_text_atomic(out / f"sweep-worker{settings.worker}.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     ran = run_worker(study, space, search.measure, settings, out)
     if not finished(study):
@@ -111,8 +119,8 @@ def run_search(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     with claim_folder(out, role="report", wait_s=REPORT_WAIT_S):
         best = finish_search(study, search, settings, minimize, holdout, out)
-    print(json.dumps({"trials_here": ran, "best": best and {k: best[k] for k in ("trial", "setting", "search", "holdout")},
-                      "json": str(out / "best.json")}))
+    summary = best and {k: best[k] for k in ("trial", "setting", "search", "holdout")}
+    print(json.dumps({"trials_here": ran, "best": summary, "json": str(out / "best.json")}))
     return best
 
 

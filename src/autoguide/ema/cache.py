@@ -24,7 +24,13 @@ from pathlib import Path
 
 from autoguide.claim import claim_folder, lease_path
 from autoguide.ema import posthoc, power
-from autoguide.ema.posthoc import CACHE_WAIT_S, DEFAULT_MAX_ERROR, EmaTime, PosthocEMA, ema_filename
+from autoguide.ema.posthoc import (
+    CACHE_WAIT_S,
+    DEFAULT_MAX_ERROR,
+    EmaTime,
+    PosthocEMA,
+    ema_filename,
+)
 from autoguide.io.records import spec_digest
 
 log = logging.getLogger(__name__)
@@ -61,8 +67,9 @@ class ReconstructionCache:
         spec = {"snapshots": used, "nimg": solution.nimg, "std": round(float(std), 9), "solver": solver_code()}
         return spec_digest(spec), solution.nimg
 
-    def get(self, ema: PosthocEMA, std: float, time_: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR,
-            batch: int = 8) -> Path:
+    def get(
+        self, ema: PosthocEMA, std: float, time_: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8
+    ) -> Path:
         """The model file of the EMA ``std`` at ``time_`` of ``ema``'s run: the cached one, or
         built once into the cache (another process building it is waited for)."""
         key, nimg = self.key(ema, std, time_, max_error)

@@ -41,7 +41,9 @@ HOLDOUT_ATTR = "holdout"
 
 def _single(values: Sequence[Any], key: str, knob: str) -> Any:
     if len(values) != 1:
-        raise ConfigError(f"{key} has {len(values)} values; a search takes one fixed value, or a range search.space.{knob}")
+        raise ConfigError(
+            f"{key} has {len(values)} values; a search takes one fixed value, or a range search.space.{knob}"
+        )
     return values[0]
 
 
@@ -59,9 +61,13 @@ class Point:
     def record(self) -> dict[str, Any]:
         """The setting as the sweep's columns."""
         return {
-            "main_std": self.main_std, "guide_std": self.guide_std, "guide_time": self.guide_time, "weight": self.weight,
+            "main_std": self.main_std,
+            "guide_std": self.guide_std,
+            "guide_time": self.guide_time,
+            "weight": self.weight,
             "interval_lo": None if self.interval is None else self.interval[0],
-            "interval_hi": None if self.interval is None else self.interval[1], "variant": variant_label(self.variant),
+            "interval_hi": None if self.interval is None else self.interval[1],
+            "variant": variant_label(self.variant),
         }
 
 
@@ -69,22 +75,35 @@ class GuideSearch:
     """Measures search settings with ``evaluation``: models of the sweep's runs (``sweep``),
     rebuilt through ``cache``, guided by ``term``."""
 
-    def __init__(self, sweep: SweepSettings, term: Mapping[str, Any], space: SearchSpace, cache: ReconstructionCache,
-                 evaluation: Evaluation) -> None:
+    def __init__(
+        self,
+        sweep: SweepSettings,
+        term: Mapping[str, Any],
+        space: SearchSpace,
+        cache: ReconstructionCache,
+        evaluation: Evaluation,
+    ) -> None:
         self.sweep, self.term, self.space, self.cache, self.evaluation = sweep, dict(term), space, cache, evaluation
         names = set(space.names)
         if len(sweep.guide_runs) > 1:
-            raise ConfigError(f"guides.runs: a search takes one guide run, got {len(sweep.guide_runs)}; search each in a study of its own")
+            raise ConfigError(
+                f"guides.runs: a search takes one guide run, got {len(sweep.guide_runs)}; "
+                "search each in a study of its own"
+            )
         if sweep.guide_runs and "model" not in self.term:
             raise ConfigError(f"guides.runs is set, but guidance kind={self.term.get('kind')} takes no guide model")
         if not sweep.guide_runs and names & {"guide_std", "guide_time"}:
             raise ConfigError("search.space.guide_std/guide_time: no guide run to search (set guides.runs)")
         self.fixed = {
-            "main_std": None if "main_std" in names or sweep.main_model else _single(sweep.main_std, "grid.main_std", "main_std"),
+            "main_std": None
+            if "main_std" in names or sweep.main_model
+            else _single(sweep.main_std, "grid.main_std", "main_std"),
             "guide_std": None if "guide_std" in names else _single(sweep.guide_std, "grid.guide_std", "guide_std"),
             "guide_time": None if "guide_time" in names else _single(sweep.guide_times, "guides.times", "guide_time"),
             "weight": None if "weight" in names else _single(sweep.weight, "grid.weight", "weight"),
-            "interval": None if names & {"sigma_lo", "sigma_hi"} else _single(sweep.interval, "grid.interval", "sigma_lo"),
+            "interval": None
+            if names & {"sigma_lo", "sigma_hi"}
+            else _single(sweep.interval, "grid.interval", "sigma_lo"),
         }
         if sweep.term:
             raise ConfigError("grid.term: a search takes its term options as ranges or choices under search.space.term")
@@ -95,8 +114,10 @@ class GuideSearch:
         if "sigma_lo" in params or "sigma_hi" in params:
             interval = (float(params.get("sigma_lo", 0.0)), float(params.get("sigma_hi", math.inf)))
         return Point(
-            main_std=params.get("main_std", self.fixed["main_std"]), guide_std=params.get("guide_std", self.fixed["guide_std"]),
-            guide_time=params.get("guide_time", self.fixed["guide_time"]), weight=float(params.get("weight", self.fixed["weight"])),
+            main_std=params.get("main_std", self.fixed["main_std"]),
+            guide_std=params.get("guide_std", self.fixed["guide_std"]),
+            guide_time=params.get("guide_time", self.fixed["guide_time"]),
+            weight=float(params.get("weight", self.fixed["weight"])),
             interval=None if interval is None else tuple(interval),
             variant={k.removeprefix("term."): v for k, v in params.items() if k.startswith("term.")},
         )
@@ -113,7 +134,9 @@ class GuideSearch:
             guide = self.cache.get(PosthocEMA(s.guide_runs[0]), point.guide_std, point.guide_time, s.max_error, s.batch)
         return main, guide
 
-    def metrics(self, point: Point, seeds: Sequence[int], models: tuple[Path, Path | None] | None = None) -> dict[str, float]:
+    def metrics(
+        self, point: Point, seeds: Sequence[int], models: tuple[Path, Path | None] | None = None
+    ) -> dict[str, float]:
         """Every metric of ``point`` measured on ``seeds`` (with its ``models`` when known)."""
         main, guide = models or self.models(point)
         load = ModelLoader(self.evaluation.device)
@@ -143,8 +166,14 @@ def model_record(path: Path | None) -> dict[str, Any] | None:
     return {"file": str(path), "sha256": file_sha256(path), "nimg": card.get("nimg"), "ema_std": card.get("ema_std")}
 
 
-def finish_search(study: Any, search: GuideSearch, settings: SearchSettings, minimize: bool,
-                  holdout_seeds: Sequence[int], out_dir: Path) -> dict[str, Any] | None:
+def finish_search(
+    study: Any,
+    search: GuideSearch,
+    settings: SearchSettings,
+    minimize: bool,
+    holdout_seeds: Sequence[int],
+    out_dir: Path,
+) -> dict[str, Any] | None:
     """``trials.csv``, the plots and ``best.json`` of a finished study: the best complete trial
     re-measured on ``holdout_seeds`` (once per study: the result is kept in the study). Returns
     the best record, ``None`` when no trial completed."""
@@ -163,14 +192,29 @@ def finish_search(study: Any, search: GuideSearch, settings: SearchSettings, min
     main, guide = search.models(point)
     states = collections.Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     best = {
-        "select": search.sweep.select, "study": settings.study, "storage": settings.storage, "trial": trial.number,
-        "setting": point.record(), "params": params,
-        "search": {"value": trial.value, "images": settings.max_images, "seeds": format_seeds(search.evaluation.plan.seeds),
-                   "rungs": {str(n): v for n, v in sorted(trial.intermediate_values.items())}},
-        "holdout": {"value": kept["metrics"][search.sweep.select], "metrics": kept["metrics"],
-                    "images": len(holdout_seeds), "seeds": format_seeds(holdout_seeds)},
+        "select": search.sweep.select,
+        "study": settings.study,
+        "storage": settings.storage,
+        "trial": trial.number,
+        "setting": point.record(),
+        "params": params,
+        "search": {
+            "value": trial.value,
+            "images": settings.max_images,
+            "seeds": format_seeds(search.evaluation.plan.seeds),
+            "rungs": {str(n): v for n, v in sorted(trial.intermediate_values.items())},
+        },
+        "holdout": {
+            "value": kept["metrics"][search.sweep.select],
+            "metrics": kept["metrics"],
+            "images": len(holdout_seeds),
+            "seeds": format_seeds(holdout_seeds),
+        },
         "models": {"main": model_record(main), "guide": model_record(guide)},
-        "trials": dict(states), "images_spent": spent_images(study), "budget": settings.budget, "rungs": list(settings.rungs),
+        "trials": dict(states),
+        "images_spent": spent_images(study),
+        "budget": settings.budget,
+        "rungs": list(settings.rungs),
         "cache": {"dir": str(search.cache.folder), "hits": search.cache.hits, "builds": search.cache.builds},
     }
     write_json_atomic(out_dir / "best.json", best)

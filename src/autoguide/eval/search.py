@@ -114,11 +114,15 @@ class SearchSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "factor" else 1):
                 raise ConfigError(f"search.{key}: expected an integer >= {2 if key == 'factor' else 1}, got {value!r}")
         if self.min_images > self.max_images:
-            raise ConfigError(f"search.rungs.min_images={self.min_images} exceeds the images per trial "
-                              f"({self.max_images}: the number of seeds)")
+            raise ConfigError(
+                f"search.rungs.min_images={self.min_images} exceeds the images per trial "
+                f"({self.max_images}: the number of seeds)"
+            )
         if self.budget < sum(self.rungs):
-            raise ConfigError(f"search.budget={self.budget} image evaluations is smaller than one trial through every "
-                              f"rung {list(self.rungs)} ({sum(self.rungs)} images)")
+            raise ConfigError(
+                f"search.budget={self.budget} image evaluations is smaller than one trial through every "
+                f"rung {list(self.rungs)} ({sum(self.rungs)} images)"
+            )
 
     @property
     def rungs(self) -> tuple[int, ...]:
@@ -159,32 +163,49 @@ def pruner_for(settings: SearchSettings) -> Any:
     import optuna
 
     if settings.pruner == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.min_images, reduction_factor=settings.factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_images, reduction_factor=settings.factor
+        )
     if settings.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=settings.min_images, max_resource=settings.max_images,
-                                              reduction_factor=settings.factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_images, max_resource=settings.max_images, reduction_factor=settings.factor
+        )
     return optuna.pruners.NopPruner()
 
 
-def open_study(settings: SearchSettings, config: Mapping[str, Any], minimize: bool) -> Any:
+def open_study(
+    settings: SearchSettings, config: Mapping[str, Any], minimize: bool, lock_folder: Path | None = None
+) -> Any:
     """Create or join the study ``settings.study``; a study begun with another ``config`` is
-    refused (``ConfigError`` naming the first differing key)."""
+    refused (``ConfigError`` naming the first differing key). Workers starting together pass
+    their shared ``lock_folder``: a new storage's tables and the study are then created by one
+    of them at a time (Optuna's RDB storage does not survive two processes creating its tables)."""
+    import contextlib
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=settings.study, storage=storage_for(settings.storage), sampler=sampler_for(settings),
-        pruner=pruner_for(settings), direction="minimize" if minimize else "maximize", load_if_exists=True,
-    )
     wanted = canonical(config)
-    found = study.user_attrs.get(CONFIG_ATTR)
-    if found is None:
-        study.set_user_attr(CONFIG_ATTR, wanted)
-    elif found != wanted:
+    lock = None if lock_folder is None else claim_folder(lock_folder, role="study", wait_s=STUDY_WAIT_S)
+    with lock or contextlib.nullcontext():
+        study = optuna.create_study(
+            study_name=settings.study,
+            storage=storage_for(settings.storage),
+            sampler=sampler_for(settings),
+            pruner=pruner_for(settings),
+            direction="minimize" if minimize else "maximize",
+            load_if_exists=True,
+        )
+        found = study.user_attrs.get(CONFIG_ATTR)
+        if found is None:
+            study.set_user_attr(CONFIG_ATTR, wanted)
+    if found is not None and found != wanted:
         changed = differences(found, wanted)
-        raise ConfigError(f"search.study={settings.study!r} in {settings.storage} was started with another config: "
-                          f"{changed[0]}{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
-                          "rerun with the study's config, or name a new study")
+        raise ConfigError(
+            f"search.study={settings.study!r} in {settings.storage} was started with another config: "
+            f"{changed[0]}{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
+            "rerun with the study's config, or name a new study"
+        )
     return study
 
 
@@ -213,7 +234,11 @@ def recover(study: Any, max_retry: int, lease_s: float) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         holder = holder_from(trial.user_attrs.get(HOLDER_ATTR))
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        reason = stale_reason(holder, now, lease_s) if holder else ("no holder recorded" if now - started > lease_s else None)
+        reason = (
+            stale_reason(holder, now, lease_s)
+            if holder
+            else ("no holder recorded" if now - started > lease_s else None)
+        )
         if reason is not None:
             log.warning("trial %d failed: %s", trial.number, reason)
             try:
@@ -300,8 +325,8 @@ def run_trial(study: Any, trial: Any, space: SearchSpace, measure: Measure, sett
 
 
 def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: SearchSettings, lock_folder: Path) -> int:
-    """Take trials until the budget is spent; returns the number this worker ran. Stale and failed trials are recovered first, under the claim
-    ``study`` of ``lock_folder``."""
+    """Take trials until the budget is spent; returns the number this worker ran. Stale and
+    failed trials are recovered first, under the claim ``study`` of ``lock_folder``."""
     done = infeasible = 0
     while True:
         with claim_folder(lock_folder, role="study", wait_s=STUDY_WAIT_S):
@@ -315,8 +340,10 @@ def run_worker(study: Any, space: SearchSpace, measure: Measure, settings: Searc
         done += 1
         infeasible = infeasible + 1 if INFEASIBLE_ATTR in result.user_attrs else 0
         if infeasible >= MAX_INFEASIBLE_IN_A_ROW:
-            raise ConfigError(f"search.space: {infeasible} proposed settings in a row could not be measured, the last: "
-                              f"{result.user_attrs[INFEASIBLE_ATTR]}")
+            raise ConfigError(
+                f"search.space: {infeasible} proposed settings in a row could not be measured, the last: "
+                f"{result.user_attrs[INFEASIBLE_ATTR]}"
+            )
     return done
 
 

@@ -26,12 +26,18 @@ def trial_rows(study: Any, rungs: tuple[int, ...]) -> tuple[list[dict[str, Any]]
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value, "images": t.user_attrs.get(IMAGES_ATTR, 0),
-            **{f"rung_{n}": t.intermediate_values.get(n) for n in rungs},
-            **{p: t.params.get(p) for p in params}, "retry_of": t.user_attrs.get(RETRY_ATTR),
-            "seconds": None if t.duration is None else round(t.duration.total_seconds(), 2),
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "images": t.user_attrs.get(IMAGES_ATTR, 0),
+                **{f"rung_{n}": t.intermediate_values.get(n) for n in rungs},
+                **{p: t.params.get(p) for p in params},
+                "retry_of": t.user_attrs.get(RETRY_ATTR),
+                "seconds": None if t.duration is None else round(t.duration.total_seconds(), 2),
+            }
+        )
     columns = ["number", "state", "value", "images", *(f"rung_{n}" for n in rungs), *params, "retry_of", "seconds"]
     return rows, columns
 
@@ -56,8 +62,10 @@ def plot_study(study: Any, out_dir: Path) -> list[Path]:
     from optuna.visualization import matplotlib as views
 
     written = []
-    plots: dict[str, Callable[[], Any]] = {"history": lambda: views.plot_optimization_history(study),
-                                           "slice": lambda: views.plot_slice(study)}
+    plots: dict[str, Callable[[], Any]] = {
+        "history": lambda: views.plot_optimization_history(study),
+        "slice": lambda: views.plot_slice(study),
+    }
     try:
         ranked = list(get_param_importances(study))
     except (RuntimeError, ValueError) as err:

@@ -59,7 +59,9 @@ def _knob(name: str, spec: Any, where: str) -> Knob:
         return Knob(name, choices=texts)
     unknown = sorted(set(spec) - RANGE_KEYS)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; a range takes {sorted(RANGE_KEYS)}, a choice list 'choices'")
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key; a range takes {sorted(RANGE_KEYS)}, a choice list 'choices'"
+        )
     bounds = []
     for key in ("low", "high"):
         value = spec.get(key)
@@ -75,7 +77,9 @@ def _knob(name: str, spec: Any, where: str) -> Knob:
     if scale == "log" and low <= 0:
         raise ConfigError(f"{where}: a log scale needs low > 0, got {low:g}")
     step = spec.get("step")
-    if step is not None and (scale == "log" or isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (
+        scale == "log" or isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0
+    ):
         raise ConfigError(f"{where}.step: expected a positive number on a linear scale, got {step!r}")
     return Knob(name, low, high, scale == "log", None if step is None else float(step))
 
@@ -87,7 +91,9 @@ class SearchSpace:
     knobs: tuple[Knob, ...]
 
     @classmethod
-    def from_config(cls, space: Mapping[str, Any] | None, term_options: list[str], where: str = "search.space") -> SearchSpace:
+    def from_config(
+        cls, space: Mapping[str, Any] | None, term_options: list[str], where: str = "search.space"
+    ) -> SearchSpace:
         """The space of ``space`` (unset knobs are ``None``); ``term_options``: the keys the
         guidance term lets the sweep vary. Errors name the key."""
         space = dict(space or {})
@@ -105,10 +111,14 @@ class SearchSpace:
             raise ConfigError(f"{where}.guide_time: a fraction of the run's last snapshot, within (0, 1]")
         lo, hi = found.get("sigma_lo"), found.get("sigma_hi")
         if lo is not None and hi is not None and lo.choices is None and hi.choices is None and lo.high > hi.low:
-            raise ConfigError(f"{where}.sigma_lo: its range [{lo.low:g}, {lo.high:g}] must lie below "
-                              f"sigma_hi's [{hi.low:g}, {hi.high:g}] so that every interval is (lo, hi] with lo < hi")
+            raise ConfigError(
+                f"{where}.sigma_lo: its range [{lo.low:g}, {lo.high:g}] must lie below "
+                f"sigma_hi's [{hi.low:g}, {hi.high:g}] so that every interval is (lo, hi] with lo < hi"
+            )
         if not knobs:
-            raise ConfigError(f"{where}: nothing to search; give a range for at least one of {[*KNOBS, 'term.<option>']}")
+            raise ConfigError(
+                f"{where}: nothing to search; give a range for at least one of {[*KNOBS, 'term.<option>']}"
+            )
         return cls(tuple(knobs))
 
     @property
