@@ -458,3 +458,15 @@ def test_infeasible_settings_fail_without_retry(tmp_path):
         run_worker(
             study, SearchSpace.from_config(SPACE, []), lambda p, n: measure({**p, "weight": 4.0}, n), always, tmp_path
         )
+
+
+@pytest.mark.parametrize("sampler, pruner", [("gp", "hyperband"), ("random", "none")])
+def test_other_samplers_and_pruners_run_within_budget(tmp_path, sampler, pruner):
+    """The GP sampler with Hyperband stops trials early; without a pruner every trial reaches
+    the last rung; both stay within the budget."""
+    search = settings(journal(tmp_path), 13 * 5, sampler=sampler, pruner=pruner, startup_trials=3)
+    study = open_study(search, {"objective": "bowl"}, minimize=True)
+    run_worker(study, SearchSpace.from_config(SPACE, []), bowl, search, tmp_path)
+    states = {t.state.name for t in study.get_trials()}
+    assert spent_images(study) <= search.budget and "COMPLETE" in states
+    assert ("PRUNED" in states) == (pruner != "none")

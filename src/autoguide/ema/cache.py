@@ -41,7 +41,7 @@ def solver_code() -> str:
     """SHA-256 of the source of the reconstruction (``ema.power`` and ``ema.posthoc``)."""
     digest = hashlib.sha256()
     for module in (power, posthoc):
-        digest.update(Path(module.__file__).read_bytes())
+        digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -127,10 +127,12 @@ class GuideSearch:
         s = self.sweep
         if s.main_model is not None:
             main = Path(s.main_model)
-        else:
+        else:  # a main run (SweepSettings holds one of the two), whose std is searched or fixed
+            assert s.main_run is not None and point.main_std is not None
             main = self.cache.get(PosthocEMA(s.main_run), point.main_std, s.main_time, s.max_error, s.batch)
         guide = None
         if s.guide_runs:
+            assert point.guide_std is not None
             guide = self.cache.get(PosthocEMA(s.guide_runs[0]), point.guide_std, point.guide_time, s.max_error, s.batch)
         return main, guide
 

@@ -30,8 +30,8 @@ class Knob:
     """One searched parameter: a float range (``log`` scale, optional ``step``) or JSON ``choices``."""
 
     name: str
-    low: float | None = None
-    high: float | None = None
+    low: float = 0.0  # range bounds (unused with choices)
+    high: float = 0.0
     log: bool = False
     step: float | None = None
     choices: tuple[str, ...] | None = None  # JSON texts
