@@ -55,9 +55,6 @@ def _save(axes: Any, path: Path) -> None:
 def plot_study(study: Any, out_dir: Path) -> list[Path]:
     """The plots of ``study`` that its trials allow (importances and contours need two complete
     trials and two varied parameters); returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from optuna.importance import get_param_importances
     from optuna.visualization import matplotlib as views
 
