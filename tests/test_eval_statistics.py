@@ -5,7 +5,6 @@ preprocessing against its formula, the install line of an unusable Inception."""
 
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -67,12 +66,17 @@ def test_edm_npz_round_trip_and_layout(tmp_path):
         write_statistics({"fid": stats, "fd_dinov2": stats}, tmp_path / "two.npz")
 
 
-def test_pkl_written_by_numpy_1_style_pickle_protocols_reads(tmp_path):
+def test_pkl_of_any_pickle_protocol_and_numpy_1_reads(tmp_path):
     stats = {"fid": random_stats(6, 3)}
     for protocol in (2, 4, 5):
         path = tmp_path / f"p{protocol}.pkl"
         path.write_bytes(pickle.dumps(stats, protocol=protocol))
         np.testing.assert_array_equal(read_statistics(path)["fid"]["mu"], stats["fid"]["mu"])
+    # EDM2's released files were written by numpy 1, whose arrays pickle as numpy.core.multiarray._reconstruct
+    old = pickle.dumps(stats, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in old
+    (tmp_path / "numpy1.pkl").write_bytes(old)
+    np.testing.assert_array_equal(read_statistics(tmp_path / "numpy1.pkl")["fid"]["sigma"], stats["fid"]["sigma"])
 
 
 @pytest.mark.parametrize("dim", [8, 64])
@@ -168,7 +172,7 @@ def mnist_setup(tmp_path_factory):
     with torch.no_grad():
         real = classifier.features(MNIST5k("test").images).double().numpy()
     reference = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False)}
-    write_statistics({"fd_mnist": reference, "fid": random_stats(2048, 7)}, root / "mnist-test.pkl")
+    write_statistics({"fd_mnist": reference, "fid": random_stats(16, 7)}, root / "mnist-test.pkl")  # fid: not measured
     broken = root / "broken_fidelity" / "torch_fidelity"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text(BROKEN_FIDELITY)
@@ -217,16 +221,16 @@ def test_bad_statistics_are_refused_before_sampling(mnist_setup, tmp_path, monke
         run(eval_cfg(root, tmp_path / "out", f"metrics.reference={bad}"))
 
 
-def test_unusable_inception_is_named_with_its_install_line_before_sampling(mnist_setup, tmp_path):
+def test_unusable_inception_is_named_with_its_install_line_before_sampling(mnist_setup, tmp_path, monkeypatch, caplog):
     root = mnist_setup[0]
-    args = [
-        f"model={root / 'mnist.safetensors'}", "metrics.features=[mnist,inception]", f"metrics.reference={root / 'mnist-test.pkl'}",
-        f"extractors.mnist.path={root / 'clf.safetensors'}", "seeds=0-7", "device=cpu", f"output.dir={tmp_path}",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "broken_fidelity"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "autoguide.apps.evaluate", *args], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 2, done.stderr
-    assert "detector mnist: usable" in done.stdout + done.stderr
-    assert "operator torchvision::nms does not exist" in done.stderr
-    assert f"`{install_line()}`" in done.stderr
+    monkeypatch.syspath_prepend(str(root / "broken_fidelity"))
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)
+    monkeypatch.setattr(batch, "edm_sampler", lambda *a, **k: pytest.fail("sampled before checking the detectors"))
+    cfg = eval_cfg(root, tmp_path, "metrics.features=[mnist,inception]")
+    with caplog.at_level("INFO"), pytest.raises(ValueError) as error:
+        run(cfg)
+    assert "detector mnist: usable" in caplog.text
+    message = str(error.value)
+    assert message.startswith("detector inception is not usable here") and "operator torchvision::nms does not exist" in message
+    assert message.endswith(f"install it with `{install_line()}`")
     assert not (tmp_path / "metrics.json").exists()

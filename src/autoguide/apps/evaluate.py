@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,16 @@ def worker_info(cfg: DictConfig) -> RankInfo:
     launched = rank_from_env()
     worker, workers = cfg.shards.worker, cfg.shards.workers
     if worker is None and workers is None:
+        if launched.world_size > 1 and cfg.shards.images is not None and "MASTER_ADDR" not in os.environ:
+            raise ConfigError("sharded evaluation over several ranks needs torchrun (its ranks meet at MASTER_ADDR); "
+                              "under SLURM use array tasks (slurm/eval.sbatch)")
         return launched
     if worker is None or workers is None or not 0 <= int(worker) < int(workers):
         raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
     if launched.world_size > 1:
         raise ConfigError("shards.worker/workers: this process was started as one of several ranks; let the launcher share the work")
+    if cfg.shards.images is None:
+        raise ConfigError("shards.worker/workers share shards: set shards.images (images per shard), e.g. with protocol=edm2")
     return RankInfo(int(worker), int(workers))
 
 
@@ -127,14 +133,14 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
     """One row per seed set, then the best, mean, min, max and std rows."""
     names = list(result["metrics"])
     rows = [{"row": f"set{i}", "seeds": s["seeds"], "images": s["images"], **s["metrics"]} for i, s in enumerate(result["sets"])]
-    rows += [{"row": key, **result[key]} for key in ("metrics", "mean", "min", "max", "std")]
-    rows[-5]["row"] = "best"
+    rows += [{"row": label, **result[key]} for label, key in (("best", "metrics"), *((k, k) for k in ("mean", "min", "max", "std")))]
     write_csv_atomic(path, rows, ["row", "seeds", "images", *names])
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report
     (``None`` from a sharded worker that leaves the merge to another)."""
+    worker_info(cfg)  # the sharding options checked before anything is loaded
     device = resolve_device(str(cfg.device))
     apply_pair(cfg)
     measure = evaluation(cfg, device)
@@ -146,9 +152,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.shards.images is None:
         result = measure(net, terms, stats_dir)
     else:
-        result = measure_sharded(cfg, measure, net, terms, load, stats_dir)
-        if result is None:
+        merged = measure_sharded(cfg, measure, net, terms, load, stats_dir)
+        if merged is None:
             return None
+        result = merged
     report = {
         "model": str(cfg.model),
         "guide": None if cfg.get("guide") is None else str(cfg.guide),

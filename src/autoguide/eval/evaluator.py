@@ -143,8 +143,10 @@ class Evaluator:
         self.stats_file: Path | None = None
         if not names:
             return
-        if metrics.get("reference") is None:
-            raise ValueError(f"metrics.reference: a dataset config or a statistics file is needed for the features {names}")
+        if metrics.get("reference") in (None, "???"):
+            raise ValueError(
+                f"metrics.reference: the features {names} need a statistics file (e.g. EDM2's img512.pkl) or a dataset config"
+            )
         self.batch_size = int(metrics["batch_size"])
         self.precision_recall = bool(metrics["precision_recall"])
         self.k = int(metrics["k"])

@@ -1,6 +1,8 @@
 """Inception-v3 pool3 features (2048) as used by FID (Heusel et al. 2017), through
 torch-fidelity's port of the TensorFlow graph ``inception-2015-12-05``
-(``FeatureExtractorInceptionV3``: TF-compatible bilinear resize to 299x299, ``(x - 128) / 128``).
+(``FeatureExtractorInceptionV3``: TF-compatible bilinear resize to 299x299, ``(x - 128) / 128``),
+the graph EDM2 measures FID with. torch-fidelity states that its values match the reference
+implementations up to floating-point precision (its README, "Numerical precision").
 
 Weights come from a LOCAL file only: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``
 (a plain state dict). torch-fidelity reads it with ``torch.load``; it is constructed here with

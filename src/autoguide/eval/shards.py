@@ -91,8 +91,11 @@ def save_shard(path: Path, fingerprint: Mapping[str, Any], shard: Shard, sums: M
         np.savez(f, **arrays)
 
 
-def load_shard(path: Path, fingerprint: Mapping[str, Any], shard: Shard, extractors: Sequence[str]) -> dict[str, FeatureSums] | None:
-    """The sums of a finished shard; ``None`` if it is not there yet; ``ShardError`` naming the file
+def load_shard(
+    path: Path, fingerprint: Mapping[str, Any], shard: Shard, extractors: Sequence[str], read_sums: bool = True,
+) -> dict[str, FeatureSums] | None:
+    """The sums of a finished shard (``{}`` when only checked, ``read_sums=False``: the arrays of
+    an ``.npz`` are read on access); ``None`` if it is not there yet; ``ShardError`` naming the file
     if it was made for another configuration or is unreadable."""
     if not path.is_file():
         return None
@@ -109,8 +112,8 @@ def load_shard(path: Path, fingerprint: Mapping[str, Any], shard: Shard, extract
             classes = tuple(data["classes"].tolist()) if "classes" in data.files else None
             if tuple(data["seeds"].tolist()) != shard.seeds or classes != shard.classes:
                 raise ShardError(f"{path}: holds other seeds or classes than shard {shard.name}")
-            sums = {}
-            for name in extractors:
+            sums: dict[str, FeatureSums] = {}
+            for name in extractors if read_sums else ():
                 accumulator = GaussianAccumulator(len(data[f"{name}.total"]))
                 accumulator.n = int(data[f"{name}.count"])
                 accumulator.total, accumulator.outer = data[f"{name}.total"], data[f"{name}.outer"]
@@ -153,7 +156,7 @@ class ShardedEvaluation:
         done: dict[str, list[str]] = {"computed": [], "reused": []}
         for shard in self.shards[rank_slice(len(self.shards), worker)]:
             path = self.path(shard)
-            if load_shard(path, self.fingerprint, shard, self.names) is not None:
+            if load_shard(path, self.fingerprint, shard, self.names, read_sums=False) is not None:
                 done["reused"].append(shard.name)
                 continue
             chunks = sample_chunks(
@@ -168,7 +171,7 @@ class ShardedEvaluation:
 
     def missing(self) -> list[str]:
         """Names of the shards not finished yet (any shard of another configuration is refused)."""
-        return [s.name for s in self.shards if load_shard(self.path(s), self.fingerprint, s, self.names) is None]
+        return [s.name for s in self.shards if load_shard(self.path(s), self.fingerprint, s, self.names, read_sums=False) is None]
 
     def merge(self, stats_dir: Path | None = None) -> dict[str, Any]:
         """The report over every seed set (``summarize``) from the finished shards; each set's

@@ -117,5 +117,5 @@ def write_statistics(stats: Mapping[str, Mapping[str, np.ndarray]], path: str | 
         if path.suffix == ".pkl":
             pickle.dump(plain, f)
         else:
-            np.savez(f, **plain[NPZ_METRIC])
+            np.savez(f, mu=plain[NPZ_METRIC]["mu"], sigma=plain[NPZ_METRIC]["sigma"])
     return path
