@@ -17,6 +17,7 @@ tools but no controller they start the local one-node cluster of ``slurm/local-c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -278,3 +279,29 @@ def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
         assert f"model: {models['main']}" in recorded and f"guide: {models['guide']}" in recorded
         assert re.search(r"weight: 2(\.0)?\b", recorded)
     assert seeds == list(range(10))
+
+
+def test_search_array_tasks_share_one_study(cluster, tmp_path):
+    """``slurm/search.sbatch`` with two array tasks on tiny toy runs: both tasks work on the one
+    journal study in OUT_DIR, the budget is respected, one task writes best.json."""
+    import optuna
+
+    from test_eval_sweep import make_run
+
+    main, guide = make_run(tmp_path / "main", 16, 0), make_run(tmp_path / "guide", 8, 1)
+    out = tmp_path / "search"
+    args = [f"main.run={main}", f"guides.runs=[{guide}]", "search.budget=700", "search.rungs.min_images=20",
+            "search.rungs.factor=2", "seeds=0-79", "metrics=toy2d", "metrics.toy.num_density_samples=2000",
+            "select=toy_logp", "sampler.num_steps=3", "class_labels=0", "device=cpu", "grid.main_std=[0.1]",
+            "search.space.weight={low:1,high:3}", "search.space.guide_std={choices:[0.05,0.1]}"]
+    job = sbatch([*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], job_env(tmp_path, OUT_DIR=str(out)), tmp_path)
+    infos = wait_finished(job, 900)
+    logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("slurm-ag-search-*.out"))
+    assert [i["JobState"] for i in infos] == ["COMPLETED", "COMPLETED"], logs
+    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.log"))))
+    jobs = {t.user_attrs["holder"]["job"] for t in study.trials}
+    assert jobs == {f"{job}_0", f"{job}_1"}, jobs
+    assert sum(t.user_attrs["images"] for t in study.trials) <= 700
+    best = json.loads((out / "best.json").read_text())
+    assert best["holdout"]["seeds"] == "80-159" and best["images_spent"] <= 700

@@ -23,7 +23,7 @@ from conftest import import_slurm_plugin
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SCRIPTS = ["common.sh", "chain.sh", "local-cluster.sh", "train.sbatch", "train-multinode.sbatch",
-           "reconstruct.sbatch", "generate.sbatch", "encode.sbatch", "eval.sbatch"]
+           "reconstruct.sbatch", "generate.sbatch", "encode.sbatch", "eval.sbatch", "search.sbatch"]
 TRAIN_SCRIPTS = ["train.sbatch", "train-multinode.sbatch"]
 
 RECORDER = """#!/usr/bin/env python3
@@ -87,7 +87,7 @@ def test_training_scripts_ask_for_a_signal_and_requeue(name):
     assert int(options["ntasks-per-node"]) == int(options["gpus-per-node"])  # one task per GPU
 
 
-@pytest.mark.parametrize("name", ["generate.sbatch", "encode.sbatch", "eval.sbatch"])
+@pytest.mark.parametrize("name", ["generate.sbatch", "encode.sbatch", "eval.sbatch", "search.sbatch"])
 def test_array_scripts_are_arrays(name):
     assert sbatch_options(name)["array"] == "0-0"
     assert "%A_%a" in sbatch_options(name)["output"]
@@ -378,4 +378,37 @@ def test_eval_passes_the_shard_size_of_the_environment(tmp_path):
 ])
 def test_eval_refuses_what_the_array_sets(tmp_path, args, env, message):
     result = run_eval(tmp_path, 1, 2, args, **env)
+    assert result.returncode == 2 and message in result.stderr and not recorded(tmp_path)
+
+
+# ------------------------------------------------------------------------------ search.sbatch
+def run_search(tmp_path: Path, task: int, args: list[str], **env_extra: str) -> subprocess.CompletedProcess:
+    env = clean_env(tmp_path, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_JOB_ID="90", SLURM_JOB_ID=str(90 + task), **env_extra)
+    return subprocess.run(["bash", str(SLURM / "search.sbatch"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_search_tasks_are_workers_of_one_journal_study(tmp_path):
+    out = tmp_path / "out"
+    for task in range(2):
+        assert run_search(tmp_path, task, ["main.run=r", "search.budget=100"], OUT_DIR=str(out)).returncode == 0
+    calls = recorded(tmp_path)
+    for task, call in enumerate(calls):
+        assert call[1:] == ["-m", "autoguide.apps.sweep", "search=tpe", "main.run=r", "search.budget=100",
+                            f"search.storage=journal:{out}/study.log", f"output.dir={out}", f"search.worker={task}"]
+
+
+def test_search_keeps_the_sampler_and_storage_given(tmp_path):
+    args = ["search=gp", "search.storage=sqlite:///db.sqlite", "search.budget=100"]
+    assert run_search(tmp_path, 0, args, OUT_DIR="o").returncode == 0
+    [call] = recorded(tmp_path)
+    assert call[3:] == [*args, "output.dir=o", "search.worker=0"]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["output.dir=x"], {"OUT_DIR": "o"}, "output.dir=x"),
+    (["search.worker=3"], {"OUT_DIR": "o"}, "search.worker=3"),
+    ([], {}, "set OUT_DIR"),
+])
+def test_search_refuses_what_the_array_sets(tmp_path, args, env, message):
+    result = run_search(tmp_path, 1, args, **env)
     assert result.returncode == 2 and message in result.stderr and not recorded(tmp_path)

@@ -131,13 +131,25 @@ def _my_record(token: str, now: float) -> dict[str, Any]:
     }
 
 
+def holder_record(now: float | None = None) -> dict[str, Any]:
+    """This process as a holder record (host, pid, SLURM job and restart, times), no token."""
+    return _my_record("", time.time() if now is None else now)
+
+
+def holder_from(data: Any) -> Holder | None:
+    """The holder a record (``holder_record``, a lease file) describes; None if it is malformed."""
+    try:
+        return Holder(str(data["host"]), int(data["pid"]), str(data["token"]), data.get("job"), int(data.get("restart", 0)),
+                      float(data["since"]), float(data["heartbeat"]), str(data.get("command", "")), data.get("process"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def read_holder(path: Path) -> Holder | None:
     """The holder recorded in lease file ``path``; None if there is none or it is unreadable."""
     try:
-        data = json.loads(path.read_text())
-        return Holder(str(data["host"]), int(data["pid"]), str(data["token"]), data.get("job"), int(data.get("restart", 0)),
-                      float(data["since"]), float(data["heartbeat"]), str(data.get("command", "")), data.get("process"))
-    except (OSError, ValueError, KeyError, TypeError):
+        return holder_from(json.loads(path.read_text()))
+    except (OSError, ValueError):
         return None
 
 

@@ -81,7 +81,7 @@ def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict
     """Every combination of the ``term`` axis values (one empty variant without that axis);
     names a key the term does not take, or one with its own axis."""
     kind = str(term.get("kind"))
-    valid = [k for k in term_keys(kind) if k not in OWN_AXES] if kind in TERMS else []
+    valid = term_option_keys(term)
     for key, values in settings.term:
         if key not in valid:
             raise ConfigError(f"grid.term.{key}: not an option to sweep for guidance kind={kind}; valid: {valid} "
@@ -89,6 +89,13 @@ def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict
         if not values:
             raise ConfigError(f"grid.term.{key}: give at least one value")
     return option_product(dict(settings.term))
+
+
+def term_option_keys(term: Mapping[str, Any]) -> list[str]:
+    """The options of the guidance ``term`` that a sweep or search may vary (all its keys but
+    those with their own axis: kind, weight, interval, the guide model)."""
+    kind = str(term.get("kind"))
+    return [k for k in term_keys(kind) if k not in OWN_AXES] if kind in TERMS else []
 
 
 def option_product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
