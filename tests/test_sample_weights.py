@@ -131,3 +131,19 @@ def test_options_that_do_not_fit_the_samples_are_refused_before_sampling():
         GuidedDenoiser(point_net, [Autoguidance(guide=point_net, weight=2.0, fdg={"weights": [1.0, 0.5]})])
     with pytest.raises(ValueError, match=r"autoguidance: fdg.weights: 5 bands need H and W divisible by 16, got 8x8"):
         GuidedDenoiser(image_net, [Autoguidance(guide=Table(1), weight=2.0, fdg={"weights": [1, 1, 1, 1, 1]})])
+
+
+def test_feedback_parameters_from_the_papers_times():
+    """``delta = ln((1 - pi) 3 / 2) / ((1 - t0) N)``, ``tau = |2 s^2(t1) delta / 10|`` with the
+    step variances counted from the end and interpolated at ``t1 N``."""
+    from autoguide.diffusion import edm_sigma_steps
+    from autoguide.sample.weights import feedback_from_times
+
+    steps = edm_sigma_steps(8, 0.002, 80.0, 7.0).tolist()
+    fbg = feedback_from_times(0.9, 0.5, 0.4, steps, max_weight=4.0)
+    s = np.array(steps[:-1])
+    variance = np.zeros(8)
+    variance[1:] = ((s[:-1] ** 2 - s[1:] ** 2) * s[1:] ** 2 / s[:-1] ** 2)[::-1]  # j-th step from the end
+    delta = np.log(0.1 * 1.5) / (0.5 * 8)
+    tau = abs(2 * (0.8 * variance[3] + 0.2 * variance[4]) * delta / 10)  # t1 N = 3.2
+    assert (fbg.offset, fbg.temp, fbg.max_weight) == (pytest.approx(delta, rel=1e-12), pytest.approx(tau, rel=1e-12), 4.0)

@@ -140,3 +140,24 @@ class Feedback:
         errors = [(x_next - (keep * x + (1 - keep) * d)).reshape(x.shape[0], -1).square().sum(1) for d in (d_pos, d_neg)]
         updated = log_posterior - self.temp / (2 * variance) * (errors[0] - errors[1]) + self.offset
         return updated.clamp(self.min_log_posterior, 3.0)
+
+
+def feedback_from_times(
+    pi: float, t0: float, t1: float, sigma_steps: list[float], max_weight: float = 10.0, weight_ref: float = 3.0,
+    alpha: float = 10.0,
+) -> Feedback:
+    """FBG's offset and temperature from the paper's times ``t0``, ``t1`` (fractions of the
+    ``N`` sampler steps counted from the end, 0 = clean): ``delta = ln((1 - pi) lambda_ref /
+    (lambda_ref - 1)) / ((1 - t0) N)`` (the offset alone takes ``lambda`` from ``1 / pi`` to
+    ``lambda_ref`` by ``t0``) and ``tau = |2 s^2(t1) delta / alpha|`` with ``s^2(t1)`` the step
+    variance ``(sigma_i^2 - sigma_{i+1}^2) sigma_{i+1}^2 / sigma_i^2`` interpolated at position
+    ``t1 N`` of the steps counted from the end. ``sigma_steps``: the sampler's levels, final 0 included."""
+    levels = [float(s) for s in sigma_steps if s > 0]
+    n = len(levels)
+    variances = [0.0] * n  # index j: the j-th step from the end (0: the final step to sigma 0)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        variances[n - i - 1] = (s**2 - s_next**2) * s_next**2 / s**2
+    offset = math.log((1 - pi) * weight_ref / (weight_ref - 1)) / ((1 - t0) * n)
+    lower, frac = int(math.floor(t1 * n)), t1 * n - math.floor(t1 * n)
+    variance = (1 - frac) * variances[lower] + frac * variances[min(lower + 1, n - 1)]
+    return Feedback(pi=pi, temp=abs(2 * variance * offset / alpha), offset=offset, max_weight=max_weight)
