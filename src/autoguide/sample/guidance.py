@@ -97,7 +97,8 @@ def _option(cls: type, value: Any, what: str) -> Any:
 
 
 RULE_OPTIONS: dict[str, type] = {
-    "apg": APG, "zero_star": ZeroStar, "tcfg": TCFG, "fdg": FDG, "schedule": WeightSchedule, "fbg": Feedback, "mambo": MamboG,
+    "apg": APG, "zero_star": ZeroStar, "tcfg": TCFG, "fdg": FDG,
+    "schedule": WeightSchedule, "fbg": Feedback, "mambo": MamboG,
 }
 
 

@@ -75,7 +75,7 @@ class GuidedDenoiser:
         self._random_labels: torch.Tensor | None = None
         self._states: dict[int, dict] = {id(term): {} for term in self.terms}  # per term: APG momentum, FBG estimate
         # CFG-Zero* zero-init: the term that guides with the largest K (its space gives the zero prediction)
-        zeroing = [t.rule.zero_star for t in self.terms if t.guides and t.rule.zero_star and t.rule.zero_star.zero_steps]
+        zeroing = [z for t in self.terms if t.guides and (z := t.rule.zero_star) is not None and z.zero_steps > 0]
         self._zero_init = max(zeroing, key=lambda z: z.zero_steps, default=None)
         self.step = 0  # sampler steps completed (``end_step`` calls)
         self._first = True  # the next call is the first of a sampler step
@@ -151,7 +151,8 @@ class GuidedDenoiser:
     def end_step(self, x: torch.Tensor, sigma: float, x_next: torch.Tensor, sigma_next: float) -> None:
         """The sampler finished a step from ``(x, sigma)`` (after churn) to ``(x_next, sigma_next)``."""
         for term in self.terms:
-            term.rule.end_step(self._states[id(term)], x.to(torch.float64), float(sigma), x_next.to(torch.float64), float(sigma_next))
+            state = self._states[id(term)]
+            term.rule.end_step(state, x.to(torch.float64), float(sigma), x_next.to(torch.float64), float(sigma_next))
         self.step += 1
         self._first = True
 

@@ -155,7 +155,8 @@ class APG:
         if self.norm_dims is not None:
             dims = (self.norm_dims,) if isinstance(self.norm_dims, int) else tuple(self.norm_dims)
             if not dims or not all(isinstance(d, int) and d != 0 for d in dims) or len(set(dims)) != len(dims):
-                raise ValueError(f"apg.norm_dims must be distinct non-batch dims (not 0), e.g. [2, 3]; got {self.norm_dims!r}")
+                raise ValueError(f"apg.norm_dims must be distinct non-batch dims (not 0), e.g. [2, 3]; "
+                                 f"got {self.norm_dims!r}")
             object.__setattr__(self, "norm_dims", dims)
 
     def check_dims(self, ndim: int) -> None:
@@ -224,7 +225,7 @@ class TCFG:
         check_space(self.space, "tcfg.space")
 
     def negative(self, x: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor, sigma: float) -> torch.Tensor:
-        p_pos, p_neg = _per_image(prediction(self.space, x, d_pos, sigma)), _per_image(prediction(self.space, x, d_neg, sigma))
+        p_pos, p_neg = (_per_image(prediction(self.space, x, d, sigma)) for d in (d_pos, d_neg))
         _, _, vh = torch.linalg.svd(torch.stack([p_pos, p_neg], dim=1).double(), full_matrices=False)
         first = vh[:, 0]  # [N, n]
         kept = ((p_neg.double() * first).sum(1, keepdim=True) * first).to(x.dtype).reshape(x.shape)
@@ -242,11 +243,13 @@ class FDG:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", _floats(self.weights, "fdg.weights"))
         if any(v < 0 for v in self.weights):
-            raise ValueError(f"fdg.weights must be >= 0 (one per band, highest frequencies first), got {list(self.weights)}")
+            raise ValueError(f"fdg.weights must be >= 0 (one per band, highest frequencies first), "
+                             f"got {list(self.weights)}")
         if self.parallel is not None:
             object.__setattr__(self, "parallel", _floats(self.parallel, "fdg.parallel"))
             if len(self.parallel) != len(self.weights):
-                raise ValueError(f"fdg.parallel needs one value per band ({len(self.weights)}), got {list(self.parallel)}")
+                raise ValueError(f"fdg.parallel needs one value per band ({len(self.weights)}), "
+                                 f"got {list(self.parallel)}")
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         problem = check_pyramid_shape(shape, len(self.weights))
@@ -258,7 +261,8 @@ class FDG:
         levels = len(self.weights)
         parallel = self.parallel or (1.0,) * levels
         bands = []
-        for f, eta, band, direction in zip(self.weights, parallel, laplacian_pyramid(delta, levels), laplacian_pyramid(d_pos, levels)):
+        bands_of = zip(laplacian_pyramid(delta, levels), laplacian_pyramid(d_pos, levels))
+        for f, eta, (band, direction) in zip(self.weights, parallel, bands_of):
             if eta != 1:
                 par, orth = project(band, direction)
                 band = orth + eta * par

@@ -137,7 +137,8 @@ class Feedback:
             return log_posterior
         keep = sigma_next**2 / sigma**2
         variance = (sigma**2 - sigma_next**2) * keep
-        errors = [(x_next - (keep * x + (1 - keep) * d)).reshape(x.shape[0], -1).square().sum(1) for d in (d_pos, d_neg)]
+        means = (keep * x + (1 - keep) * d for d in (d_pos, d_neg))
+        errors = [(x_next - mean).reshape(x.shape[0], -1).square().sum(1) for mean in means]
         updated = log_posterior - self.temp / (2 * variance) * (errors[0] - errors[1]) + self.offset
         return updated.clamp(self.min_log_posterior, 3.0)
 
