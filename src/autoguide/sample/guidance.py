@@ -102,13 +102,6 @@ RULE_OPTIONS: dict[str, type] = {
 }
 
 
-def sample_shape(net: nn.Module) -> tuple[int, ...]:
-    """The shape of one batch of ``net``'s samples with batch size 1: ``[1, C, R, R]``, or
-    ``[1, C]`` for a model of points (``img_resolution`` 0)."""
-    channels, resolution = getattr(net, "img_channels", 1), getattr(net, "img_resolution", 0)
-    return (1, channels, resolution, resolution) if resolution else (1, channels)
-
-
 @dataclass(frozen=True, kw_only=True)
 class GuidanceTerm(ABC):
     """Base of all terms: the optional interval and the update rule options
@@ -164,8 +157,10 @@ class GuidanceTerm(ABC):
 
     def validate(self, net: nn.Module, conditional: bool) -> None:
         """Raise ``ValueError`` if the term cannot guide ``net`` (``conditional``: labels given)."""
+        from autoguide.sample.batch import sample_shape  # batch imports this module
+
         try:
-            self.rule.check_samples(sample_shape(net))
+            self.rule.check_samples((1, *sample_shape(net)))
         except ValueError as error:
             raise ValueError(f"{self.kind}: {error}") from None
         request = self.negative()
