@@ -20,7 +20,7 @@ RANKING = {"mnist": ("fd_inf_mnist", True), "toy": ("toy_logp", False)}
 CELLS = {"mnist": ("fd_inf_mnist", "fd_mnist"), "toy": ("toy_logp", "toy_outliers", "toy_recall")}
 SETUP = {
     "mnist": ("MNIST-5k", "Main `mnist-s-cfg` (half its recipe, EMA 0.10), held-out seeds 1000-1249 (250 images; FD_inf from "
-              "10 subsets of 125-250), EDM Heun 8 steps, a random class per seed. Cell: FD_inf / FD (lower is better)."),
+              "10 subsets of 150-250), EDM Heun 8 steps, a random class per seed. Cell: FD_inf / FD (lower is better)."),
     "toy": ("2D toy (class A)", "Main `toy2d-main` (EMA 0.05), held-out seeds 10000-19999 (10,000 samples), EDM Heun 32 steps. "
             "Cell: exact log-density (higher is better) / outlier share / recall."),
 }
