@@ -43,8 +43,10 @@ def at(rule: Result, weight: float) -> Result | None:
 def best_rules(dataset: str, entry: Result, weights: list[float]) -> list[str]:
     """Per weight: the best rule and the plain-guidance value it is compared with."""
     key, lower = RANKING[dataset]
-    plain = next(r for r in entry["rules"] if r["tag"] == "plain")
-    lines = []
+    plain = next((r for r in entry["rules"] if r["tag"] == "plain"), None)
+    lines: list[str] = []
+    if plain is None:
+        return lines
     for weight in weights:
         measured = [(rule, at(rule, weight)) for rule in entry["rules"] if at(rule, weight) is not None]
         if not measured or at(plain, weight) is None:
@@ -65,6 +67,8 @@ def section(dataset: str, results: Result) -> list[str]:
                   "|---" * (1 + len(weights)) + "|"]
         for rule in entry["rules"]:
             lines.append(f"| {rule['label']} | " + " | ".join(cell(at(rule, w), dataset) for w in weights) + " |")
+        if not entry["rules"]:
+            lines.append("| (not measured yet) |" + " - |" * len(weights))
         lines += ["", *best_rules(dataset, entry, weights), ""]
     return lines
 

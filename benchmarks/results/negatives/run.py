@@ -189,12 +189,15 @@ def train(name: str) -> None:
              RUNS / "logs" / f"train-{name}.log")
 
 
-def sweep(tag: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    """``autoguide-sweep`` into ``runs/sweeps/<tag>`` unless the same command finished there; its rows."""
+def sweep(tag: str, overrides: Sequence[str], finished_only: bool = False) -> list[dict[str, Any]] | None:
+    """``autoguide-sweep`` into ``runs/sweeps/<tag>`` unless the same command finished there; its rows
+    (``finished_only``: ``None`` instead of running it)."""
     out = RUNS / "sweeps" / tag
     command = [sys.executable, "-m", "autoguide.apps.sweep", *overrides, f"output.dir={out}"]
     stamp = out / "command.json"
     if not ((out / "best.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == command[1:]):
+        if finished_only:
+            return None
         call(command, RUNS / "logs" / f"sweep-{tag}.log")
         stamp.write_text(json.dumps(command[1:]))
     with (out / "sweep.csv").open() as f:
@@ -273,23 +276,29 @@ def sampler_steps(dataset: Dataset) -> int:
     return next((int(o.split("=")[1]) for o in dataset.sampling if o.startswith("sampler.num_steps=")), 32)
 
 
-def measure_rules(dataset: Dataset, only: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every rule on every rule negative of ``dataset`` at ``RULE_WEIGHTS``, on the held-out seeds."""
+def measure_rules(dataset: Dataset, only: Sequence[str] | None = None, rules: Sequence[str] | None = None,
+                  finished_only: bool = False) -> dict[str, Any]:
+    """Every rule (of ``rules``, if given) on every rule negative (of ``only``) of ``dataset`` at
+    ``RULE_WEIGHTS``, on the held-out seeds; ``finished_only``: only the sweeps already finished."""
     heldout_base = [*base_overrides(dataset, RULE_SEEDS[dataset.name]), *RULE_EXTRA[dataset.name]]
-    (unguided,) = sweep(f"{dataset.name}-rules-unguided", [*heldout_base, "guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"])
-    results: dict[str, Any] = {"unguided": unguided, "weights": list(RULE_WEIGHTS[dataset.name]), "seeds": RULE_SEEDS[dataset.name],
+    unguided = sweep(f"{dataset.name}-rules-unguided", [*heldout_base, "guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"],
+                     finished_only)
+    results: dict[str, Any] = {"unguided": unguided and unguided[0], "weights": list(RULE_WEIGHTS[dataset.name]), "seeds": RULE_SEEDS[dataset.name],
                                "negatives": []}
     for tag, label, overrides in RULE_NEGATIVES[dataset.name]:
         if only is not None and tag not in only:
             continue
         entry: dict[str, Any] = {"tag": tag, "label": label, "rules": []}
         for rule in RULES:
-            if rule.tag in RULE_SKIP[dataset.name]:
+            if rule.tag in RULE_SKIP[dataset.name] or (rules is not None and rule.tag not in rules):
                 continue
             axes = rule_axes(dataset, rule)
             weights = [1.0] if rule.feedback else RULE_WEIGHTS[dataset.name]
             extra = [term_override(axes)] if axes else []
-            rows = sweep(f"{dataset.name}-rules-{tag}-{rule.tag}", [*heldout_base, *overrides, f"grid.weight={listing(weights)}", *extra])
+            rows = sweep(f"{dataset.name}-rules-{tag}-{rule.tag}", [*heldout_base, *overrides, f"grid.weight={listing(weights)}", *extra],
+                         finished_only)
+            if rows is None:
+                continue
             if rule.feedback:
                 options = {variant_label(v): v for v in option_product(axes)}
                 for row in rows:
@@ -314,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="measure only these (two processes can share the work); the other's results are kept")
     parser.add_argument("--part", choices=["all", "negatives", "rules"], default="all",
                         help="negatives: the negatives table (steps 1-3); rules: the update rules (steps 1 and 4)")
+    parser.add_argument("--rules", nargs="+", default=None, help="measure only these update rules (tags of RULES)")
+    parser.add_argument("--finished-only", action="store_true", help="rules report from the sweeps finished so far")
     parser.add_argument("--negatives", nargs="+", default=None, help="measure only these negatives (tags), e.g. to share a "
                         "dataset between two processes; a last run without it collects every finished sweep into the results")
     args = parser.parse_args(argv)
@@ -323,12 +334,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not CLASSIFIER.is_file():
         call([sys.executable, "-m", "autoguide.apps.mnist_classifier", "train", "--out", str(CLASSIFIER), "--device", "cpu"], RUNS / "logs" / "classifier.log")
     for dataset in (d for d in DATASETS if d.name in args.datasets):
-        for name in dataset.trainings:
+        for name in () if args.finished_only else dataset.trainings:
             train(name)
         if args.part in ("all", "negatives"):
             measure(dataset, lambda result, name=dataset.name: negatives_report.write(HERE, name, result), args.negatives)
         if args.part in ("all", "rules"):
-            rules_report.write(HERE, dataset.name, measure_rules(dataset, args.negatives))
+            rules_report.write(HERE, dataset.name, measure_rules(dataset, args.negatives, args.rules, args.finished_only))
 
 
 if __name__ == "__main__":
