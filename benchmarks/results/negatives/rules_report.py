@@ -52,8 +52,12 @@ def best_rules(dataset: str, entry: Result, weights: list[float]) -> list[str]:
         if not measured or at(plain, weight) is None:
             continue
         rule, row = (min if lower else max)(measured, key=lambda m: m[1][key])
-        base = at(plain, weight)[key]
-        change = f" ({100 * (row[key] / base - 1):+.1f}%)" if dataset == "mnist" else f" ({row[key] - base:+.3f})"
+        reference = at(plain, weight)
+        base = reference[key]
+        if dataset == "mnist":
+            change = f" ({100 * (row[key] / base - 1):+.1f}%)"
+        else:  # log-density trades against recall: both
+            change = f" ({row[key] - base:+.3f}; recall {row['toy_recall']:.3f} vs {reference['toy_recall']:.3f})"
         lines.append(f"- w {weight:g}: best {rule['label']}: {key} {row[key]:.4g} vs plain {base:.4g}{change}.")
     return lines
 
