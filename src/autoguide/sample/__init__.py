@@ -60,9 +60,9 @@ Example::
 Command line: ``autoguide-generate`` (``autoguide.apps.generate``, config ``conf/generate.yaml``).
 """
 
-from autoguide.sample.batch import generate_images, sample_shape
+from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import (
-    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative,
+    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative, sample_shape,
 )
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.sampler import edm_sampler

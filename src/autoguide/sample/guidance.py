@@ -96,6 +96,12 @@ def _option(cls: type, value: Any, what: str) -> Any:
     return cls(**value)
 
 
+def sample_shape(net: nn.Module) -> tuple[int, ...]:
+    """Shape of one sample: ``(C, R, R)`` for images, ``(C,)`` for 2D/vector data (resolution 0)."""
+    channels, resolution = int(net.img_channels), int(net.img_resolution)
+    return (channels, resolution, resolution) if resolution > 0 else (channels,)
+
+
 RULE_OPTIONS: dict[str, type] = {
     "apg": APG, "zero_star": ZeroStar, "tcfg": TCFG, "fdg": FDG,
     "schedule": WeightSchedule, "fbg": Feedback, "mambo": MamboG,
@@ -157,8 +163,6 @@ class GuidanceTerm(ABC):
 
     def validate(self, net: nn.Module, conditional: bool) -> None:
         """Raise ``ValueError`` if the term cannot guide ``net`` (``conditional``: labels given)."""
-        from autoguide.sample.batch import sample_shape  # batch imports this module
-
         try:
             self.rule.check_samples((1, *sample_shape(net)))
         except ValueError as error:
