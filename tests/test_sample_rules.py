@@ -59,8 +59,8 @@ def test_apg_matches_its_formula_with_momentum(momentum):
     eta, r, beta, w = 0.3, 4.0, -0.5, 2.5
     rule = GuidanceRule(apg=APG(eta=eta, r=r, beta=beta, momentum=momentum))
     state: dict = {}
-    first = rule.change(w, x, d_pos1, d_neg1, state, first=True)
-    second = rule.change(w, x, d_pos2, d_neg2, state, first=momentum == "step")
+    first = rule.change(w, x, d_pos1, d_neg1, state, 1.0, first=True)
+    second = rule.change(w, x, d_pos2, d_neg2, state, 1.0, first=momentum == "step")
 
     def ref(delta: np.ndarray, d_pos: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(delta, axis=1, keepdims=True)
@@ -94,8 +94,8 @@ def test_apg_momentum_per_step_is_shared_by_the_calls_of_a_step():
     for (pos1, neg1, x), (pos2, neg2, _) in steps:
         previous = 0 if momentum is None else beta * momentum
         momentum = pos1 - neg1 + previous
-        torch.testing.assert_close(rule.change(2.0, x, pos1, neg1, state, first=True), momentum, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(rule.change(2.0, x, pos2, neg2, state, first=False), pos2 - neg2 + previous,
+        torch.testing.assert_close(rule.change(2.0, x, pos1, neg1, state, 1.0, first=True), momentum, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rule.change(2.0, x, pos2, neg2, state, 1.0, first=False), pos2 - neg2 + previous,
                                    rtol=1e-12, atol=1e-12)
 
 
@@ -121,7 +121,7 @@ def test_cfg_zero_star_spaces(sigma):
 def test_rescale_matches_its_formula(phi):
     d_pos, d_neg, x = tensors(6)
     w = 4.0
-    out = GuidanceRule(rescale=phi).change(w, x, d_pos, d_neg, {})
+    out = GuidanceRule(rescale=phi).change(w, x, d_pos, d_neg, {}, 1.0)
     pos, guided = rows(d_pos), rows(d_pos + (w - 1) * (d_pos - d_neg))
     rescaled = guided * (pos.std(axis=1) / guided.std(axis=1))[:, None]  # Lin et al. 2024, eq. 15-16
     final = phi * rescaled + (1 - phi) * guided
@@ -134,7 +134,7 @@ def test_cap_limits_the_rms_change():
     d_pos, d_neg, x = tensors(7)
     plain = 2.0 * (d_pos - d_neg)
     cap = float(np.median(np.sqrt((rows(plain) ** 2).mean(axis=1))))  # some images over it, some under
-    out = GuidanceRule(cap=cap).change(3.0, x, d_pos, d_neg, {})
+    out = GuidanceRule(cap=cap).change(3.0, x, d_pos, d_neg, {}, 1.0)
     rms, plain_rms = (np.sqrt((rows(t) ** 2).mean(axis=1)) for t in (out, plain))
     np.testing.assert_allclose(rms, np.minimum(plain_rms, cap), rtol=1e-12)
     assert (plain_rms < cap).any() and (plain_rms > cap).any()
@@ -150,7 +150,7 @@ def test_identity_cases_give_plain_guidance(rule):
     d_pos, d_neg, x = tensors(8)
     state: dict = {}
     for _ in range(3):  # momentum 0: no memory across evaluations
-        torch.testing.assert_close(rule.change(2.2, x, d_pos, d_neg, state), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(rule.change(2.2, x, d_pos, d_neg, state, 1.0), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13)
 
 
 def test_invalid_options_are_named():

@@ -318,8 +318,8 @@ class GuidanceRule:
         return state["fbg"]
 
     def change(
-        self, weight: float, x: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor, state: dict,
-        sigma: float = 1.0, first: bool = True,
+        self, weight: float, x: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor, state: dict, sigma: float,
+        first: bool = True,
     ) -> torch.Tensor:
         """The term's change of ``D`` at noise level ``sigma``; ``state`` carries this term's APG
         momentum and FBG estimate between calls; ``first``: the first call of a sampler step."""
