@@ -156,3 +156,17 @@ def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={weight:[2]}"))
     with pytest.raises(ValueError, match="grid.term.q: not an option"):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={q:[2]}"))
+
+
+def test_sweep_over_the_new_rules(runs, tmp_path):
+    """``grid.term`` takes every new rule and option (on the toy's points: FDG needs images, so
+    it is refused there with its key named)."""
+    rules = ("{tcfg:[null,{space:eps}],schedule:[{shape:linear,start:0.5,end:1.0}],fbg:[{pi:0.5,temp:0.001,offset:-0.01}],"
+             "mambo:[{alpha:1.0}],apg:[{eta:0.5,norm_dims:[1],momentum:call}],zero_star:[{space:flow,zero_steps:1}]}")
+    common = ["guides.times=[null]", "grid.interval=[null]", "grid.main_std=[0.1]", "grid.weight=[2]"]
+    sweep(sweep_cfg(runs, tmp_path / "rules", *common, f"grid.term={rules}"))
+    rows = read_rows(tmp_path / "rules" / "sweep.csv")
+    assert len(rows) == 2 and rows[0]["toy_logp"] != rows[1]["toy_logp"]  # TCFG off / on
+    assert rows[1]["variant"].startswith('tcfg={"space":"eps"} schedule={"shape":"linear"')
+    with pytest.raises(ValueError, match=r"fdg.weights: needs images \[N, C, H, W\], got samples of shape \[2\]"):
+        sweep(sweep_cfg(runs, tmp_path / "fdg", *common, "grid.term={fdg:[{weights:[1.0,0.5]}]}"))

@@ -182,10 +182,54 @@ def test_generate_cli_with_training_free_negatives(tmp_path):
     for name, extra in {
         "plain": ["guidance=none"],
         "skip": ["guidance=layer_skip", "guidance.blocks=[dec.4x4_in0]"],
-        "dropout-apg": ["guidance=dropout", "guidance.p=0.2", "guidance.apg={eta:0.0}", "guidance.zero_star={zero_levels:1}"],
+        "dropout-apg": ["guidance=dropout", "guidance.p=0.2", "guidance.apg={eta:0.0}", "guidance.zero_star={zero_steps:1}"],
     }.items():
         generate(compose_config("generate", [*common, f"output.dir={tmp_path / name}", *extra]))
         with np.load(tmp_path / name / "samples.npz") as data:
             images[name] = data["images"]
     assert images["plain"].shape == images["skip"].shape == (4, 8, 8, 3)
     assert (images["plain"] != images["skip"]).any() and (images["plain"] != images["dropout-apg"]).any()
+
+
+EVERY_RULE = [
+    "guidance.fdg={weights:[1.0,0.5],parallel:[1.0,0.0]}", "guidance.tcfg={space:flow}", "guidance.mambo={alpha:1.0,space:x0}",
+    "guidance.schedule={shape:cosine,start:0.5,end:1.0,sigma_start:20,sigma_end:0.01}",
+    "guidance.fbg={pi:0.5,temp:0.01,offset:-0.01,max_weight:5}", "guidance.apg={eta:0.0,norm_dims:[2,3],momentum:call}",
+    "guidance.zero_star={space:eps,zero_steps:1}",
+]
+
+
+def test_generate_cli_takes_every_rule_and_names_a_bad_one(tmp_path):
+    """Every new rule and option on CFG and on a layer-skip negative, end to end; a bad value is
+    one line naming the key, before sampling (``autoguide-generate`` exits 2 with it)."""
+    import subprocess
+    import sys
+
+    net = tiny_net(0)
+    model = tmp_path / "net.safetensors"
+    save_model(model, net, {"network": TINY, "nimg": 0, "source": "test"})
+    common = [f"model={model}", "seeds=0-3", "sampler.num_steps=3", "device=cpu", "class_labels=random", "progress=false",
+              "output.formats=[npz]"]
+    images = {}
+    for name, extra in {
+        "cfg": ["guidance=cfg", "guidance.weight=3"],
+        "cfg-rules": ["guidance=cfg", "guidance.weight=3", *EVERY_RULE],
+        "skip-rules": ["guidance=layer_skip", "guidance.weight=2", *EVERY_RULE],
+    }.items():
+        generate(compose_config("generate", [*common, f"output.dir={tmp_path / name}", *extra]))
+        with np.load(tmp_path / name / "samples.npz") as data:
+            images[name] = data["images"]
+    assert (images["cfg"] != images["cfg-rules"]).any()
+    bad_cfg = [*common, f"output.dir={tmp_path / 'bad'}", "guidance=cfg", "guidance.weight=3"]
+    for bad, message in [
+        ("guidance.fdg={weights:[1.0,-0.5]}", r"cfg: fdg.weights must be >= 0"),
+        ("guidance.schedule={shape:step}", r"cfg: schedule.shape must be one of constant, linear, cosine, got 'step'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            generate(compose_config("generate", [*bad_cfg, bad]))
+    result = subprocess.run([sys.executable, "-m", "autoguide.apps.generate", *bad_cfg, "guidance.apg={norm_dims:[4]}"],
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    line = "autoguide-generate: error: cfg: apg.norm_dims=[4] out of range for 4-dim batches"
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+    assert not (tmp_path / "bad" / "samples.npz").exists()

@@ -51,15 +51,16 @@ def test_norm_threshold_is_respected(r):
                                rows(delta) / norms[:, None], rtol=1e-12)  # direction kept
 
 
-def test_apg_matches_its_formula_with_momentum():
-    """Two evaluations: momentum ``D_t = delta_t + beta D_{t-1}``, threshold, projection;
-    the change is ``(w - 1) (orth + eta par)``."""
+@pytest.mark.parametrize("momentum", ["call", "step"])
+def test_apg_matches_its_formula_with_momentum(momentum):
+    """Two evaluations (two steps, or two calls): momentum ``D_t = delta_t + beta D_{t-1}``,
+    threshold, projection; the change is ``(w - 1) (orth + eta par)``."""
     (d_pos1, d_neg1, x), (d_pos2, d_neg2, _) = tensors(2), tensors(3)
     eta, r, beta, w = 0.3, 4.0, -0.5, 2.5
-    rule = GuidanceRule(apg=APG(eta=eta, r=r, beta=beta))
+    rule = GuidanceRule(apg=APG(eta=eta, r=r, beta=beta, momentum=momentum))
     state: dict = {}
-    first = rule.change(w, x, d_pos1, d_neg1, state)
-    second = rule.change(w, x, d_pos2, d_neg2, state)
+    first = rule.change(w, x, d_pos1, d_neg1, state, 1.0, first=True)
+    second = rule.change(w, x, d_pos2, d_neg2, state, 1.0, first=momentum == "step")
 
     def ref(delta: np.ndarray, d_pos: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(delta, axis=1, keepdims=True)
@@ -84,22 +85,43 @@ def test_cfg_zero_star_scale_minimises_the_distance():
     assert torch.equal(optimized_scale(d_pos, torch.zeros_like(d_neg)), torch.zeros(SHAPE[0], dtype=torch.float64))
 
 
-def test_cfg_zero_star_in_x0_space():
-    """The rule scales the negative's noise prediction ``x - D_neg`` by ``s*`` fitted to ``x - D_pos``."""
+def test_apg_momentum_per_step_is_shared_by_the_calls_of_a_step():
+    """Per step: a step's second (Heun) call uses the previous step's momentum and does not
+    advance it; per call: every call advances it."""
+    steps = [(tensors(20 + i), tensors(40 + i)) for i in range(3)]  # per step: the first call's and the second's
+    beta = -0.5
+    rule, state, momentum = GuidanceRule(apg=APG(eta=1.0, beta=beta)), {}, None
+    for (pos1, neg1, x), (pos2, neg2, _) in steps:
+        previous = 0 if momentum is None else beta * momentum
+        momentum = pos1 - neg1 + previous
+        torch.testing.assert_close(rule.change(2.0, x, pos1, neg1, state, 1.0, first=True), momentum, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rule.change(2.0, x, pos2, neg2, state, 1.0, first=False), pos2 - neg2 + previous,
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 1.0, 80.0])
+def test_cfg_zero_star_spaces(sigma):
+    """``eps``: ``s*`` from ``x - D`` and ``D_neg <- x - s* (x - D_neg)``; ``flow`` (the paper's
+    velocity ``(x - (1 + sigma) D) / sigma``): ``s*`` from ``x - (1 + sigma) D`` and
+    ``D_neg <- (1 - s*) x / (1 + sigma) + s* D_neg``."""
     d_pos, d_neg, x = tensors(5)
     w = 3.0
-    out = GuidanceRule(zero_star=ZeroStar()).change(w, x, d_pos, d_neg, {})
-    a, b = rows(x - d_pos), rows(x - d_neg)
-    s = np.array([(ai @ bi) / (bi @ bi) for ai, bi in zip(a, b)])
-    scaled_neg = rows(x) - s[:, None] * b
-    np.testing.assert_allclose(rows(out), (w - 1) * (rows(d_pos) - scaled_neg), rtol=1e-12, atol=1e-12)
+    for space, a, b, scaled in [
+        ("eps", rows(x - d_pos), rows(x - d_neg), lambda s: rows(x) - s[:, None] * rows(x - d_neg)),
+        ("flow", rows(x - (1 + sigma) * d_pos), rows(x - (1 + sigma) * d_neg),
+         lambda s: (1 - s[:, None]) * rows(x) / (1 + sigma) + s[:, None] * rows(d_neg)),
+    ]:
+        out = GuidanceRule(zero_star=ZeroStar(space=space)).change(w, x, d_pos, d_neg, {}, sigma)
+        s = np.array([(ai @ bi) / (bi @ bi) for ai, bi in zip(a, b)])
+        np.testing.assert_allclose(rows(out), (w - 1) * (rows(d_pos) - scaled(s)), rtol=1e-10, atol=1e-10)
+    assert ZeroStar().space == "flow"
 
 
 @pytest.mark.parametrize("phi", [0.7, 1.0])
 def test_rescale_matches_its_formula(phi):
     d_pos, d_neg, x = tensors(6)
     w = 4.0
-    out = GuidanceRule(rescale=phi).change(w, x, d_pos, d_neg, {})
+    out = GuidanceRule(rescale=phi).change(w, x, d_pos, d_neg, {}, 1.0)
     pos, guided = rows(d_pos), rows(d_pos + (w - 1) * (d_pos - d_neg))
     rescaled = guided * (pos.std(axis=1) / guided.std(axis=1))[:, None]  # Lin et al. 2024, eq. 15-16
     final = phi * rescaled + (1 - phi) * guided
@@ -112,7 +134,7 @@ def test_cap_limits_the_rms_change():
     d_pos, d_neg, x = tensors(7)
     plain = 2.0 * (d_pos - d_neg)
     cap = float(np.median(np.sqrt((rows(plain) ** 2).mean(axis=1))))  # some images over it, some under
-    out = GuidanceRule(cap=cap).change(3.0, x, d_pos, d_neg, {})
+    out = GuidanceRule(cap=cap).change(3.0, x, d_pos, d_neg, {}, 1.0)
     rms, plain_rms = (np.sqrt((rows(t) ** 2).mean(axis=1)) for t in (out, plain))
     np.testing.assert_allclose(rms, np.minimum(plain_rms, cap), rtol=1e-12)
     assert (plain_rms < cap).any() and (plain_rms > cap).any()
@@ -128,7 +150,7 @@ def test_identity_cases_give_plain_guidance(rule):
     d_pos, d_neg, x = tensors(8)
     state: dict = {}
     for _ in range(3):  # momentum 0: no memory across evaluations
-        torch.testing.assert_close(rule.change(2.2, x, d_pos, d_neg, state), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(rule.change(2.2, x, d_pos, d_neg, state, 1.0), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13)
 
 
 def test_invalid_options_are_named():
@@ -136,9 +158,9 @@ def test_invalid_options_are_named():
         APG(r=0)
     with pytest.raises(ValueError, match=r"rescale \(phi\) must be in \[0, 1\]"):
         GuidanceRule(rescale=1.5)
-    with pytest.raises(ValueError, match="zero_star.zero_levels must be an integer"):
-        ZeroStar(zero_levels=-1)
-    with pytest.raises(ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'r'\]"):
+    with pytest.raises(ValueError, match="zero_star.zero_steps must be an integer"):
+        ZeroStar(zero_steps=-1)
+    with pytest.raises(ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'momentum'"):
         build_term({"kind": "cfg", "weight": 2.0, "apg": {"gamma": 1.0}}, lambda path: None)
     with pytest.raises(ValueError, match="cfg: cap must be > 0"):
         build_term({"kind": "cfg", "weight": 2.0, "cap": 0.0}, lambda path: None)
@@ -164,20 +186,48 @@ def test_guided_denoiser_applies_the_rule_and_keeps_momentum_per_term():
     apg = APG(eta=0.0, beta=-0.5)
     denoise = GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0, apg=apg)])
     rule, state = GuidanceRule(apg=apg), {}
-    for sigma in (5.0, 2.0, 2.0):
+    for sigma, first in ((5.0, True), (2.0, False), (2.0, True)):  # step 0 (two calls), step 1
+        if first and sigma != 5.0:
+            denoise.end_step(x, 5.0, x, 2.0)
         d_pos, d_neg = main.a * x + main.b, guide.a * x + guide.b
-        torch.testing.assert_close(denoise(x, sigma), d_pos + rule.change(2.0, x, d_pos, d_neg, state), rtol=1e-12, atol=1e-12)
+        expected = d_pos + rule.change(2.0, x, d_pos, d_neg, state, sigma, first)
+        torch.testing.assert_close(denoise(x, sigma), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_cfg_zero_star_zero_init_stands_still_at_the_first_levels():
-    """``zero_levels = 2``: ``D = x`` (no network call) at the first two distinct noise levels."""
-    _, _, x = tensors(10)
+@pytest.mark.parametrize("space", ["flow", "eps"])
+@pytest.mark.parametrize("churn", [0.0, 40.0])
+def test_cfg_zero_star_zero_init_zeroes_the_first_steps(space, churn):
+    """``zero_steps = 2``: every denoiser call of sampler steps 0 and 1 returns the zero
+    prediction (``x / (1 + sigma)`` in flow space, ``x`` in eps) without a network call, with
+    Heun and with churn (which calls the denoiser at two new noise levels per step)."""
+    from autoguide.sample.sampler import edm_sampler
+    from autoguide.sample.seeds import SeedStreams
+    from autoguide.sample.settings import SamplerSettings
+
     main, guide = Affine(0.9, 0.1), Affine(0.5, -0.2)
-    denoise = GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0, zero_star=ZeroStar(zero_levels=2))])
-    assert torch.equal(denoise(x, 80.0), x) and torch.equal(denoise(x, 40.0), x) and torch.equal(denoise(x, 80.0), x)
-    assert main.calls == guide.calls == 0
-    assert not torch.equal(denoise(x, 20.0), x) and main.calls == 1
+    zero = ZeroStar(zero_steps=2, space=space)
+    denoise = GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0, zero_star=zero)])
+    seen: list[tuple[int, float, bool]] = []
+    inner = denoise.__call__
+
+    class Spy:
+        end_step = denoise.end_step
+
+        def __call__(self, x, sigma):
+            out = inner(x, sigma)
+            zero_d = x / (1 + sigma) if space == "flow" else x
+            seen.append((denoise.step, sigma, torch.allclose(out, zero_d, rtol=1e-14, atol=1e-14)))
+            return out
+
+    settings = SamplerSettings(num_steps=5, S_churn=churn)
+    edm_sampler(Spy(), torch.randn(2, 3, 4, 4, dtype=torch.float64), settings, SeedStreams([0, 1]))
+    assert [zeroed for step, _, zeroed in seen] == [step < 2 for step, _, _ in seen]
+    assert sum(step < 2 for step, _, _ in seen) == 4  # two Heun calls in each of steps 0 and 1
+    assert main.calls == len(seen) - 4
+    if churn:  # steps 0 and 1 call at four distinct noise levels: counting levels would zero step 0 only
+        assert len({sigma for step, sigma, _ in seen if step < 2}) == 4
     # a term without zero-init, or at w = 1 (no guidance): never zeroed
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     assert not torch.equal(GuidedDenoiser(main, [CFG(weight=2.0, unconditional=guide)])(x, 80.0), x)
-    off = GuidedDenoiser(main, [Autoguidance(guide=guide, weight=1.0, zero_star=ZeroStar(zero_levels=2))])
+    off = GuidedDenoiser(main, [Autoguidance(guide=guide, weight=1.0, zero_star=zero)])
     assert torch.equal(off(x, 80.0), main.a * x + main.b)

@@ -139,4 +139,5 @@ def test_guidance_from_config():
         build_guidance({"kind": "foo"}, load)
     with pytest.raises(ValueError, match="needs a model file"):
         build_guidance({"kind": "autoguidance", "weight": 2.0, "model": None}, load)
-    assert term_keys("sims") == ["kind", "interval", "apg", "zero_star", "rescale", "cap", "omega", "model"]
+    assert term_keys("sims") == ["kind", "interval", "apg", "zero_star", "rescale", "cap", "tcfg", "fdg", "schedule", "fbg", "mambo",
+                                 "omega", "model"]

@@ -57,3 +57,26 @@ def test_sweep_overrides_of_the_grid():
     # run.py finds a row's options by its label: the labels are the sweep's own
     assert [variant_label(v) for v in negatives_run.variants(dropout)] == [
         "p=0.1 apg=null", 'p=0.1 apg={"eta":0.0}', "p=0.3 apg=null", 'p=0.3 apg={"eta":0.0}']
+
+
+def test_rules_report_ranks_every_rule_against_plain_at_each_weight():
+    import rules_report
+
+    def rule(tag, fds):
+        return {"tag": tag, "label": tag, "term": {}, "rows": [{"weight": w, "fd_inf_mnist": fd, "fd_mnist": fd + 10}
+                                                               for w, fd in zip((2.5, 4.0), fds)]}
+
+    results = {"unguided": {"fd_inf_mnist": 80.0, "fd_mnist": 90.0}, "weights": [2.5, 4.0], "negatives": [
+        {"tag": "cfg", "label": "CFG", "rules": [rule("plain", [50.0, 70.0]), rule("tcfg", [52.0, 56.0])]}]}
+    text = rules_report.markdown({"mnist": results}, "abc")
+    assert "| tcfg | 52 / 62 | 56 / 66 |" in text
+    assert "- w 2.5: best plain: fd_inf_mnist 50 vs plain 50 (+0.0%)." in text
+    assert "- w 4: best tcfg: fd_inf_mnist 56 vs plain 70 (-20.0%)." in text
+
+
+def test_fbg_rows_take_the_weight_cap_of_their_variant():
+    """FBG's term weight is 1: each variant's ``max_weight`` is the table weight it stands for."""
+    (fbg,) = [r for r in negatives_run.RULES if r.feedback]
+    axes = negatives_run.rule_axes(negatives_run.MNIST, fbg)
+    assert [o["max_weight"] for o in axes["fbg"]] == list(negatives_run.RULE_WEIGHTS["mnist"])
+    assert all(o["offset"] < 0 < o["temp"] for o in axes["fbg"])

@@ -39,10 +39,14 @@ skip and dropout take names of ``net.blocks()``. Terms on the positive network (
 label, ICG, TSG, PAG, SEG, layer skip, dropout) share one batched forward with the positive;
 autoguidance/SIMS cost one guide forward; equal negatives are evaluated once.
 
-Every term also takes update rules (``autoguide.sample.rules``): ``apg=APG(eta=0.0, r=inf,
-beta=0.0)`` (Sadat et al. 2025), ``zero_star=ZeroStar(scale=True, zero_levels=0)`` (CFG-Zero*,
-Fan et al. 2025), ``rescale=phi`` (Lin et al. 2024) and ``cap`` (largest RMS change per
-element), each applied per image in the denoiser (x0) space.
+Every term also takes update rules (``autoguide.sample.rules``, ``autoguide.sample.weights``):
+``apg=APG(eta=0.0, r=inf, beta=0.0, momentum="step", norm_dims=None)`` (Sadat et al. 2025),
+``zero_star=ZeroStar(scale=True, zero_steps=0, space="flow")`` (CFG-Zero*, Fan et al. 2025),
+``tcfg=TCFG(space="eps")`` (Kwon et al. 2025), ``fdg=FDG(weights=(1.0, 0.5), parallel=None)``
+(Sadat et al. 2025), ``schedule=WeightSchedule(shape, start, end, sigma_start, sigma_end)``,
+``fbg=Feedback(pi, temp, offset, max_weight)`` (Koulischer et al. 2025), ``mambo=MamboG(alpha,
+space)``, ``rescale=phi`` (Lin et al. 2024) and ``cap`` (largest RMS change per element), each
+per image; rules whose coefficients depend on the predictions name their prediction space.
 
 Example::
 
@@ -56,9 +60,9 @@ Example::
 Command line: ``autoguide-generate`` (``autoguide.apps.generate``, config ``conf/generate.yaml``).
 """
 
-from autoguide.sample.batch import generate_images, sample_shape
+from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import (
-    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative,
+    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative, sample_shape,
 )
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.sampler import edm_sampler

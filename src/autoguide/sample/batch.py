@@ -12,18 +12,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autoguide.nets.compile import compile_network
-from autoguide.sample.guidance import DegradedInput, GuidanceTerm, OtherNetwork
+from autoguide.sample.guidance import DegradedInput, GuidanceTerm, OtherNetwork, sample_shape
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.labels import as_one_hot
 from autoguide.sample.sampler import edm_sampler
 from autoguide.sample.seeds import SeedStreams, seed_noise
 from autoguide.sample.settings import SamplerSettings
-
-
-def sample_shape(net: nn.Module) -> tuple[int, ...]:
-    """Shape of one sample: ``(C, R, R)`` for images, ``(C,)`` for 2D/vector data (resolution 0)."""
-    channels, resolution = int(net.img_channels), int(net.img_resolution)
-    return (channels, resolution, resolution) if resolution > 0 else (channels,)
 
 
 def generate_images(

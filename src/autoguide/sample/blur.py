@@ -55,6 +55,10 @@ def gaussian_blur_2d(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     if math.isinf(sigma):
         return x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
-    taps = gaussian_kernel(sigma, dtype=x.dtype, device=x.device)
+    return separable_filter_2d(x, gaussian_kernel(sigma, dtype=x.dtype, device=x.device))
+
+
+def separable_filter_2d(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Filter ``x [..., H, W]`` with the odd 1D ``taps`` along each of its last two axes, reflect-padded."""
     x = _blur_last_axis(x, taps)
     return _blur_last_axis(x.transpose(-1, -2), taps).transpose(-1, -2)

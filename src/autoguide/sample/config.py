@@ -3,11 +3,12 @@
 A term mapping has ``kind`` (``none``, ``autoguidance``, ``sims``, ``cfg``, ``icg``, ``tsg``,
 ``pag``, ``seg``, ``sag``, ``layer_skip``, ``dropout``) and the keyword arguments of that class
 in ``autoguide.sample.guidance`` (``weight``, ``interval``, ``blocks``, the update rule options
-``apg``, ``zero_star``, ``rescale``, ``cap`` ...); a model-file path
+``apg``, ``zero_star``, ``rescale``, ``cap``, ``tcfg``, ``fdg``, ``schedule``, ``fbg``,
+``mambo``); a model-file path
 under ``model`` stands for the term's network (autoguidance/sims: the guide, required;
 cfg: an optional separate unconditional model). Several terms: ``{terms: [term, ...]}``.
-A term that cannot change the result (``weight 1``, SIMS ``omega 0``) is dropped before its
-model is loaded.
+A term that cannot change the result (``weight 1`` without FBG, SIMS ``omega 0``) is dropped
+before its model is loaded.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def build_term(cfg: Mapping[str, Any], load_model: Callable[[str], nn.Module], w
     kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "model")}
     if kwargs.get("interval") is not None:
         kwargs["interval"] = tuple(kwargs["interval"])
-    if ("omega" in kwargs and kwargs["omega"] == 0) or kwargs.get("weight", None) == 1:
+    if ("omega" in kwargs and kwargs["omega"] == 0) or (kwargs.get("weight", None) == 1 and kwargs.get("fbg") is None):
         return None
     path = cfg.get("model")
     if kind in MODEL_FIELDS and path is not None:

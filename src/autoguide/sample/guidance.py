@@ -34,7 +34,8 @@ from autoguide.sample.perturb import (
     SkippedBlocks,
     resolve_attention_blocks,
 )
-from autoguide.sample.rules import APG, GuidanceRule, ZeroStar
+from autoguide.sample.rules import APG, FDG, TCFG, GuidanceRule, ZeroStar
+from autoguide.sample.weights import Feedback, MamboG, WeightSchedule
 
 LabelRule = Literal["same", "null", "random"]
 
@@ -96,10 +97,23 @@ def _option(cls: type, value: Any, what: str) -> Any:
     return cls(**value)
 
 
+def sample_shape(net: nn.Module) -> tuple[int, ...]:
+    """Shape of one sample: ``(C, R, R)`` for images, ``(C,)`` for 2D/vector data (resolution 0)."""
+    channels, resolution = int(net.img_channels), int(net.img_resolution)
+    return (channels, resolution, resolution) if resolution > 0 else (channels,)
+
+
+RULE_OPTIONS: dict[str, type] = {
+    "apg": APG, "zero_star": ZeroStar, "tcfg": TCFG, "fdg": FDG,
+    "schedule": WeightSchedule, "fbg": Feedback, "mambo": MamboG,
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuidanceTerm(ABC):
     """Base of all terms: the optional interval and the update rule options
-    (``autoguide.sample.rules``: ``apg``, ``zero_star``, ``rescale``, ``cap``, each a mapping or
+    (``autoguide.sample.rules`` and ``autoguide.sample.weights``: ``apg``, ``zero_star``,
+    ``rescale``, ``cap``, ``tcfg``, ``fdg``, ``schedule``, ``fbg``, ``mambo``, each a mapping or
     its class); every term has a Karras ``weight`` field."""
 
     interval: tuple[float, float] | None = None
@@ -107,16 +121,22 @@ class GuidanceTerm(ABC):
     zero_star: ZeroStar | None = None
     rescale: float = 0.0
     cap: float | None = None
-    rule: GuidanceRule = field(init=False, repr=False, compare=False)  # built from the four options above
+    tcfg: TCFG | None = None
+    fdg: FDG | None = None
+    schedule: WeightSchedule | None = None
+    fbg: Feedback | None = None
+    mambo: MamboG | None = None
+    rule: GuidanceRule = field(init=False, repr=False, compare=False)  # built from the options above
     kind: ClassVar[str]
     weight: ClassVar[float]  # a dataclass field of every concrete term
 
     def __post_init__(self) -> None:
         _check_weight(self.weight, f"{self.kind}: weight")
-        object.__setattr__(self, "apg", _option(APG, self.apg, f"{self.kind}: apg"))
-        object.__setattr__(self, "zero_star", _option(ZeroStar, self.zero_star, f"{self.kind}: zero_star"))
         try:
-            rule = GuidanceRule(self.apg, self.zero_star, self.rescale, math.inf if self.cap is None else self.cap)
+            options = {name: _option(cls, getattr(self, name), name) for name, cls in RULE_OPTIONS.items()}
+            for name, value in options.items():
+                object.__setattr__(self, name, value)
+            rule = GuidanceRule(rescale=self.rescale, cap=math.inf if self.cap is None else self.cap, **options)
         except ValueError as error:
             raise ValueError(f"{self.kind}: {error}") from None
         object.__setattr__(self, "rule", rule)
@@ -126,19 +146,28 @@ class GuidanceTerm(ABC):
                 raise ValueError(f"{self.kind}: interval must be (sigma_lo, sigma_hi] with 0 <= lo < hi, got {self.interval}")
             object.__setattr__(self, "interval", (lo, hi))
 
+    @property
+    def guides(self) -> bool:
+        """Whether the term can change ``D`` at all: ``w != 1``, or FBG (which adds its own weight)."""
+        return self.weight != 1 or self.fbg is not None
+
     @abstractmethod
     def negative(self) -> NegativeRequest:
         """What the negative denoiser is."""
 
     def is_active(self, sigma: float) -> bool:
-        """Whether the term changes ``D`` at noise level ``sigma``: ``w != 1`` and ``sigma`` in
+        """Whether the term changes ``D`` at noise level ``sigma``: it ``guides`` and ``sigma`` is in
         ``(sigma_lo, sigma_hi]``."""
-        if self.weight == 1:
+        if not self.guides:
             return False
         return self.interval is None or self.interval[0] < sigma <= self.interval[1]
 
     def validate(self, net: nn.Module, conditional: bool) -> None:
         """Raise ``ValueError`` if the term cannot guide ``net`` (``conditional``: labels given)."""
+        try:
+            self.rule.check_samples((1, *sample_shape(net)))
+        except ValueError as error:
+            raise ValueError(f"{self.kind}: {error}") from None
         request = self.negative()
         if isinstance(request, SameNetwork) and request.perturbation is not None:
             request.perturbation.validate(net)

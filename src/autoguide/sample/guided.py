@@ -2,12 +2,17 @@
 
 ``D(x, sigma) = D_pos + sum_k (w_k - 1) (D_pos - D_neg_k)`` over the terms active at
 ``sigma`` (docs/design.md, "Conventions"; one term: ``D_neg + w (D_pos - D_neg)``); a term
-with an update rule (``autoguide.sample.rules``: APG, CFG-Zero*, rescale, cap) adds
-``rule.change(w, x, D_pos, D_neg)`` instead, which is the same for the default rule. CFG-Zero*'s
-zero-init returns ``D = x`` (no network evaluation) at the first ``zero_levels`` distinct noise
-levels the denoiser is called with: with Heun's 2nd-order steps, steps ``0 .. K-2`` stand still
-and step ``K-1``'s correction averages a zero slope with a real one; with Euler, steps
-``0 .. K-1`` stand still, as the paper's first ``K`` flow steps.
+with an update rule (``autoguide.sample.rules``) adds ``rule.change(w, x, D_pos, D_neg, sigma)``
+instead, which is the same for the default rule.
+
+Sampler steps: the sampler (``edm_sampler``) calls ``end_step(x, sigma, x_next, sigma_next)``
+after each step; the denoiser counts steps and knows which call is a step's first. APG's
+per-step momentum and FBG's posterior estimate advance there. CFG-Zero*'s zero-init returns the
+zero prediction (``D = x / (1 + sigma)`` in ``flow`` space, ``D = x`` in ``eps``; no network
+evaluation) at every call of the first ``zero_steps`` sampler steps: with Heun, Euler or churn
+alike, steps ``0 .. K-1`` output zero velocity, as the paper's first ``K`` steps (with churn a
+step calls the denoiser at two new noise levels, so counting distinct levels would not count
+steps).
 
 Evaluation plan at each call:
 1. The negatives of active terms are collected as requests; equal requests are evaluated once.
@@ -68,10 +73,12 @@ class GuidedDenoiser:
         self.streams = streams
         self.precision = precision
         self._random_labels: torch.Tensor | None = None
-        self._states: dict[int, dict[str, torch.Tensor]] = {id(term): {} for term in self.terms}  # per term: APG momentum
-        # CFG-Zero* zero-init: the largest K of the terms that guide (w != 1), and the distinct noise levels seen
-        self._zero_levels = max((t.rule.zero_star.zero_levels for t in self.terms if t.weight != 1 and t.rule.zero_star), default=0)
-        self._levels: list[float] = []
+        self._states: dict[int, dict] = {id(term): {} for term in self.terms}  # per term: APG momentum, FBG estimate
+        # CFG-Zero* zero-init: the term that guides with the largest K (its space gives the zero prediction)
+        zeroing = [z for t in self.terms if t.guides and (z := t.rule.zero_star) is not None and z.zero_steps > 0]
+        self._zero_init = max(zeroing, key=lambda z: z.zero_steps, default=None)
+        self.step = 0  # sampler steps completed (``end_step`` calls)
+        self._first = True  # the next call is the first of a sampler step
 
     def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One network forward under the chosen precision, returned as float64."""
@@ -119,8 +126,9 @@ class GuidedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided ``D(x, sigma)`` for one noise level ``sigma`` shared by the batch."""
-        if self._zeroed(float(sigma)):
-            return x.to(torch.float64)
+        first, self._first = self._first, False
+        if self._zero_init is not None and self.step < self._zero_init.zero_steps:
+            return self._zero_init.zero(x.to(torch.float64), float(sigma))
         active = [t for t in self.terms if t.is_active(sigma)]
         requests: list[NegativeRequest] = list(dict.fromkeys(t.negative() for t in active))
         in_batch = [r for r in requests if isinstance(r, SameNetwork)]
@@ -136,18 +144,17 @@ class GuidedDenoiser:
                 negatives[request] = self._sag_negative(x, sigma_rows, d_pos, capture, request)
         d = d_pos
         for term in active:
-            d = d + term.rule.change(term.weight, x, d_pos, negatives[term.negative()], self._states[id(term)])
+            state = self._states[id(term)]
+            d = d + term.rule.change(term.weight, x, d_pos, negatives[term.negative()], state, float(sigma), first)
         return d
 
-    def _zeroed(self, sigma: float) -> bool:
-        """CFG-Zero*'s zero-init: whether ``sigma`` is among the first ``zero_levels`` distinct
-        noise levels this denoiser has seen, the largest ``zero_levels`` of the terms with
-        ``w != 1`` (inside their interval or not)."""
-        if sigma not in self._levels:
-            if len(self._levels) >= self._zero_levels:
-                return False
-            self._levels.append(sigma)
-        return True
+    def end_step(self, x: torch.Tensor, sigma: float, x_next: torch.Tensor, sigma_next: float) -> None:
+        """The sampler finished a step from ``(x, sigma)`` (after churn) to ``(x_next, sigma_next)``."""
+        for term in self.terms:
+            state = self._states[id(term)]
+            term.rule.end_step(state, x.to(torch.float64), float(sigma), x_next.to(torch.float64), float(sigma_next))
+        self.step += 1
+        self._first = True
 
     def _attention_block(self, request: DegradedInput) -> str:
         return request.block or default_attention_block(list(attention_ops(self.net)))

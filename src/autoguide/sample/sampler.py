@@ -12,7 +12,9 @@ Noise levels ``sigma_0 > ... > sigma_{N-1} > sigma_N = 0`` from
   ``x_{i+1} = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2``.
 The state is kept in float64. ``D`` is any callable ``denoise(x, sigma)`` (as in k-diffusion's
 and EDM's samplers): a network, or the guided denoiser ``autoguide.sample.GuidedDenoiser`` (so
-guidance applies at both evaluations of a Heun step). The churn noise ``eps`` comes from each
+guidance applies at both evaluations of a Heun step); a denoiser with an ``end_step(x_hat,
+sigma_hat, x_next, sigma_next)`` method is told after each step (the guided denoiser's per-step
+rules). The churn noise ``eps`` comes from each
 image's ``churn`` stream (``streams``, see ``autoguide.sample.seeds``).
 """
 
@@ -45,6 +47,7 @@ def edm_sampler(
         raise ValueError(f"got {len(streams)} seeds for {noise.shape[0]} noise images")
     t_steps = edm_sigma_steps(settings.num_steps, settings.sigma_min, settings.sigma_max, settings.rho).tolist()
     x_next = noise.to(torch.float64) * t_steps[0]
+    end_step = getattr(denoise, "end_step", None)
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
         gamma = settings.churn_gamma(t_cur)
@@ -59,4 +62,6 @@ def edm_sampler(
         if settings.solver == "heun" and i < settings.num_steps - 1:
             d_prime = (x_next - denoise(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        if end_step is not None:
+            end_step(x_hat, t_hat, x_next, t_next)
     return x_next.to(noise.dtype)
