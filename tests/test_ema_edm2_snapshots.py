@@ -9,9 +9,16 @@ import shutil
 
 import pytest
 import torch
-from edm2_pickles import TINY, fake_edm2_modules, raw_snapshot_name, tiny_net, write_raw_snapshots, write_release
+from edm2_pickles import (
+    TINY,
+    fake_edm2_modules,
+    raw_snapshot_name,
+    tiny_net,
+    write_raw_snapshots,
+    write_release,
+)
+from reconstruct_cli import cli, expect_refusal
 
-from autoguide.apps import reconstruct as rec
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.ema.power import solve_coefficients
 from autoguide.io import file_sha256, load_denoiser, read_model_file
@@ -54,10 +61,6 @@ def float64_sum(states, std, at):
 
 def rel_l2(a, b):
     return float((a.double() - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def cli(*args):
-    rec.main([str(a) for a in args] + ["--no-progress"])
 
 
 def test_raw_folder_reconstructs_to_the_float64_coefficient_sum(raw, tmp_path):
@@ -105,14 +108,6 @@ def test_cache_dry_run_and_export(raw, tmp_path, capsys):
     assert again == files[0.08] and again.stat().st_mtime_ns == files[0.08].stat().st_mtime_ns
     kwargs = export_edm2(files[0.08], tmp_path / "ref.safetensors")
     assert kwargs["model_channels"] == TINY["model_channels"]
-
-
-def expect_refusal(capsys, *args, match):
-    with pytest.raises(SystemExit) as info:
-        cli(*args)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert match in err, err
 
 
 def copy_of(raw, tmp_path, name):

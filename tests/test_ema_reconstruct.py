@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from reconstruct_cli import cli, expect_refusal
 
 import autoguide
 import autoguide.ema.posthoc as posthoc
@@ -59,10 +60,6 @@ def direct_sum(folder, std, at):
     c = solve_coefficients([e.nimg for e in entries], [e.std for e in entries], [at], [std])[:, 0]
     states = [read_model_file(e.path)[0] for e in entries]
     return {k: sum(float(ci) * s[k].double() for ci, s in zip(c, states)) for k in states[0]}
-
-
-def cli(*args):
-    rec.main([str(a) for a in args] + ["--no-progress"])
 
 
 def test_parse_stds_lists_and_inclusive_ranges():
@@ -160,14 +157,6 @@ def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
     monkeypatch.setattr(posthoc, "_load_snapshot", tracked)
     cli(run, "--std", "0.06,0.08,0.1,0.12", "--out-dir", tmp_path, "--batch", 2)
     assert len(peak) == 2 * 32 and max(peak) == 0
-
-
-def expect_refusal(capsys, *args, match):
-    with pytest.raises(SystemExit) as info:
-        cli(*args)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert match in err, err
 
 
 def test_refusals(run, tmp_path, capsys):

@@ -3,10 +3,11 @@ with its log, and reading and writing the values of its configs and CSVs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,17 @@ def number(value: str) -> Any:
         return float(value)
     except ValueError:
         return value
+
+
+def write_report(folder: Path, stem: str, name: str, result: dict[str, Any], datasets: Iterable[str],
+                 markdown: Callable[[dict[str, Any], str], str]) -> None:
+    """Write ``<stem>-<name>.json`` (``result`` with the git revision) into ``folder``, then
+    ``<stem>.md`` by ``markdown`` from every dataset's JSON there, and print it."""
+    from autoguide.io import write_text_atomic
+
+    revision = git_revision()
+    write_text_atomic(folder / f"{stem}-{name}.json", json.dumps({"revision": revision, **result}, indent=1) + "\n")
+    measured = {n: json.loads((folder / f"{stem}-{n}.json").read_text()) for n in datasets
+                if (folder / f"{stem}-{n}.json").is_file()}
+    write_text_atomic(folder / f"{stem}.md", markdown(measured, revision))
+    print((folder / f"{stem}.md").read_text())

@@ -3,16 +3,14 @@ without APG, re-measured on held-out seeds, and which wins."""
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import selection
-from steps import git_revision
+from steps import write_report
 
-from autoguide.io import write_text_atomic
 
 Result = Mapping[str, Any]
 
@@ -133,8 +131,4 @@ def markdown(results: Mapping[str, Result], revision: str) -> str:
 
 def write(folder: Path, name: str, result: Result) -> None:
     """Write ``results-<name>.json`` into ``folder``, then ``results.md`` from every dataset's JSON there."""
-    revision = git_revision()
-    write_text_atomic(folder / f"results-{name}.json", json.dumps({"revision": revision, **result}, indent=1) + "\n")
-    measured = {n: json.loads((folder / f"results-{n}.json").read_text()) for n in SECTIONS if (folder / f"results-{n}.json").is_file()}
-    write_text_atomic(folder / "results.md", markdown(measured, revision))
-    print((folder / "results.md").read_text())
+    write_report(folder, "results", name, result, SECTIONS, markdown)

@@ -3,15 +3,13 @@ the trained guide and on CFG at fixed weights, measured on the held-out seeds.""
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steps import git_revision
+from steps import write_report
 
-from autoguide.io import write_text_atomic
 
 Result = Mapping[str, Any]
 
@@ -97,8 +95,4 @@ def markdown(results: Mapping[str, Result], revision: str) -> str:
 
 def write(folder: Path, name: str, result: Result) -> None:
     """Write ``rules-<name>.json`` into ``folder``, then ``rules.md`` from every dataset's JSON there."""
-    revision = git_revision()
-    write_text_atomic(folder / f"rules-{name}.json", json.dumps({"revision": revision, **result}, indent=1) + "\n")
-    measured = {n: json.loads((folder / f"rules-{n}.json").read_text()) for n in SETUP if (folder / f"rules-{n}.json").is_file()}
-    write_text_atomic(folder / "rules.md", markdown(measured, revision))
-    print((folder / "rules.md").read_text())
+    write_report(folder, "rules", name, result, SETUP, markdown)
