@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 
 from autoguide.apps import reconstruct as rec
-from autoguide.config import get_preset
 from autoguide.ema.snapshots import Snapshot, read_index, read_snapshot, snapshot_filename, write_index
 from autoguide.io import ModelFileError, read_card, read_model_file, save_model
 from autoguide.io.integrity import NonFiniteError, state_sha256

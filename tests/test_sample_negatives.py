@@ -172,21 +172,27 @@ def test_config_groups_build_the_terms_with_their_rules():
         assert isinstance(term, cls) and term.apg == APG(eta=0.0, r=2.0) and term.rule.rescale == 0.5
 
 
-def test_generate_cli_with_training_free_negatives(tmp_path):
-    net = tiny_net(0)
+def generate_variants(tmp_path, variants: dict[str, list[str]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """``autoguide-generate`` of a tiny random UNet once per variant (its overrides), npz output;
+    returns the shared overrides and each variant's images."""
     model = tmp_path / "net.safetensors"
-    save_model(model, net, {"network": TINY, "nimg": 0, "source": "test"})
+    save_model(model, tiny_net(0), {"network": TINY, "nimg": 0, "source": "test"})
     common = [f"model={model}", "seeds=0-3", "sampler.num_steps=3", "device=cpu", "class_labels=random", "progress=false",
               "output.formats=[npz]"]
     images = {}
-    for name, extra in {
-        "plain": ["guidance=none"],
-        "skip": ["guidance=layer_skip", "guidance.blocks=[dec.4x4_in0]"],
-        "dropout-apg": ["guidance=dropout", "guidance.p=0.2", "guidance.apg={eta:0.0}", "guidance.zero_star={zero_steps:1}"],
-    }.items():
+    for name, extra in variants.items():
         generate(compose_config("generate", [*common, f"output.dir={tmp_path / name}", *extra]))
         with np.load(tmp_path / name / "samples.npz") as data:
             images[name] = data["images"]
+    return common, images
+
+
+def test_generate_cli_with_training_free_negatives(tmp_path):
+    _, images = generate_variants(tmp_path, {
+        "plain": ["guidance=none"],
+        "skip": ["guidance=layer_skip", "guidance.blocks=[dec.4x4_in0]"],
+        "dropout-apg": ["guidance=dropout", "guidance.p=0.2", "guidance.apg={eta:0.0}", "guidance.zero_star={zero_steps:1}"],
+    })
     assert images["plain"].shape == images["skip"].shape == (4, 8, 8, 3)
     assert (images["plain"] != images["skip"]).any() and (images["plain"] != images["dropout-apg"]).any()
 
@@ -205,20 +211,11 @@ def test_generate_cli_takes_every_rule_and_names_a_bad_one(tmp_path):
     import subprocess
     import sys
 
-    net = tiny_net(0)
-    model = tmp_path / "net.safetensors"
-    save_model(model, net, {"network": TINY, "nimg": 0, "source": "test"})
-    common = [f"model={model}", "seeds=0-3", "sampler.num_steps=3", "device=cpu", "class_labels=random", "progress=false",
-              "output.formats=[npz]"]
-    images = {}
-    for name, extra in {
+    common, images = generate_variants(tmp_path, {
         "cfg": ["guidance=cfg", "guidance.weight=3"],
         "cfg-rules": ["guidance=cfg", "guidance.weight=3", *EVERY_RULE],
         "skip-rules": ["guidance=layer_skip", "guidance.weight=2", *EVERY_RULE],
-    }.items():
-        generate(compose_config("generate", [*common, f"output.dir={tmp_path / name}", *extra]))
-        with np.load(tmp_path / name / "samples.npz") as data:
-            images[name] = data["images"]
+    })
     assert (images["cfg"] != images["cfg-rules"]).any()
     bad_cfg = [*common, f"output.dir={tmp_path / 'bad'}", "guidance=cfg", "guidance.weight=3"]
     for bad, message in [
