@@ -146,7 +146,7 @@ def test_plot_and_dry_run(run, tmp_path, capsys):
 def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
     alive: list[weakref.ref] = []
     peak = []
-    original = posthoc._load_snapshot
+    original = posthoc.read_snapshot
 
     def tracked(snap):
         peak.append(sum(r() is not None for r in alive))
@@ -154,7 +154,7 @@ def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
         alive.extend(weakref.ref(v) for v in state.values())
         return state
 
-    monkeypatch.setattr(posthoc, "_load_snapshot", tracked)
+    monkeypatch.setattr(posthoc, "read_snapshot", tracked)
     cli(run, "--std", "0.06,0.08,0.1,0.12", "--out-dir", tmp_path, "--batch", 2)
     assert len(peak) == 2 * 32 and max(peak) == 0
 

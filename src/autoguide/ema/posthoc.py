@@ -182,10 +182,6 @@ def representable_ranges(
     return ranges
 
 
-def _load_snapshot(snap: Snapshot) -> dict[str, torch.Tensor]:
-    return read_snapshot(snap)  # checked against the index's SHA-256
-
-
 def _reference(value: torch.Tensor) -> torch.Tensor:
     """The half-precision reference of an averaged tensor: as stored if 16-bit, else bfloat16."""
     return value if value.dtype in (torch.float16, torch.bfloat16) else value.to(torch.bfloat16)
@@ -274,7 +270,7 @@ def stream_reconstruct(
         layout: dict[str, tuple[torch.Size, torch.dtype]] | None = None
         bar = tqdm(rows, desc=f"pass {p + 1}/{passes}", unit="snapshot", disable=not progress)
         for i in bar:
-            state = (load or _load_snapshot)(snapshots[i])
+            state = (load or read_snapshot)(snapshots[i])  # native: checked against the index's SHA-256
             found = {k: (v.shape, v.dtype) for k, v in state.items()}
             if layout is None:
                 layout = found
@@ -342,7 +338,7 @@ class NativeSnapshots:
         check_snapshot_files(used, self.network)
 
     def read(self, snap: Snapshot) -> dict[str, torch.Tensor]:
-        return _load_snapshot(snap)
+        return read_snapshot(snap)
 
     def inputs(self, used: Sequence[Snapshot]) -> list[dict[str, Any]] | None:
         return None
