@@ -40,12 +40,20 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def inputs(net: torch.nn.Module, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random images in [-1, 1] and one-hot labels (cycling the classes) for ``net``."""
     generator = torch.Generator().manual_seed(0)
-    images = (torch.rand(batch, net.img_channels, net.img_resolution, net.img_resolution, generator=generator) * 2 - 1).to(device)
-    labels = torch.nn.functional.one_hot(torch.arange(batch) % net.label_dim, net.label_dim).float().to(device) if net.label_dim else None
+    images = (
+        torch.rand(batch, net.img_channels, net.img_resolution, net.img_resolution, generator=generator) * 2 - 1
+    ).to(device)
+    labels = (
+        torch.nn.functional.one_hot(torch.arange(batch) % net.label_dim, net.label_dim).float().to(device)
+        if net.label_dim
+        else None
+    )
     return images, labels
 
 
-def training_step(net: torch.nn.Module, batch: int, device: torch.device, precision: str = "fp32") -> Callable[[], None]:
+def training_step(
+    net: torch.nn.Module, batch: int, device: torch.device, precision: str = "fp32"
+) -> Callable[[], None]:
     """One EDM2 training step of ``net`` (already on ``device``, compiled or not) as a closure."""
     from autoguide.diffusion import edm2_loss
     from autoguide.ema import PowerEMA
@@ -144,7 +152,11 @@ class Worker:
             env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
         self.spec = spec
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "harness.py"), json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            [sys.executable, str(HERE / "harness.py"), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.ready = json.loads(self._line())
 
@@ -191,11 +203,12 @@ def _serve(spec: dict[str, Any]) -> None:
         jobs[job] = make(net, batch, device, spec.get("precision", "fp32"))
         for _ in range(spec.get("warmup", 2)):
             jobs[job]()
-    print(json.dumps({"autoguide": str(Path(autoguide.__file__).parent), "threads": torch.get_num_threads()}), flush=True)
+    print(
+        json.dumps({"autoguide": str(Path(autoguide.__file__).parent), "threads": torch.get_num_threads()}), flush=True
+    )
     for line in sys.stdin:
         command, _, job = line.strip().rpartition(" ")
         print(json.dumps(top_ops(jobs[job])) if command == "profile" else timed(jobs[job], device), flush=True)
-
 
 
 @contextlib.contextmanager

@@ -59,8 +59,15 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(dir=args.dir, prefix="integrity-cost-"))
     plain_path, guarded_path = folder / "plain.ckpt", folder / "nimg-000000000000.ckpt"
     io = AtomicCheckpointIO()
-    names = ("unchecked atomic write", "AtomicCheckpointIO", "verify (SHA-256 of file)", "isfinite check",
-             "save_file", "save_model", "state_sha256")
+    names = (
+        "unchecked atomic write",
+        "AtomicCheckpointIO",
+        "verify (SHA-256 of file)",
+        "isfinite check",
+        "save_file",
+        "save_model",
+        "state_sha256",
+    )
     times: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.rounds):
         times["unchecked atomic write"].append(seconds(lambda: unchecked_save(checkpoint, plain_path)))

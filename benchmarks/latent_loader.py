@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from autoguide.config import get_preset
+from autoguide.apps.config_tree import get_preset
 from autoguide.data.encode import EncodeSettings, encode_dataset, encode_pixels
 from autoguide.data.latents import LatentShardDataset
 from autoguide.data.stream import TrainStream
 from autoguide.diffusion import edm2_loss
 from autoguide.nets import build_network
-from autoguide.train.settings import EDM2_ADAM_KWARGS
+from autoguide.train.recipe import EDM2_ADAM_KWARGS
 
 BATCH = 32
 
@@ -44,8 +44,15 @@ def vae(blocks: int, widths: list[int], layers: int, norm_groups: int, attention
 
     torch.manual_seed(0)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-        block_out_channels=widths, layers_per_block=layers, latent_channels=4, norm_num_groups=norm_groups, sample_size=512,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks,
+        block_out_channels=widths,
+        layers_per_block=layers,
+        latent_channels=4,
+        norm_num_groups=norm_groups,
+        sample_size=512,
         mid_block_add_attention=attention,
     ).eval()
 
@@ -68,7 +75,15 @@ def build_set(folder: Path, images: int) -> tuple[Path, float]:
 def loader_rate(dataset: LatentShardDataset, workers: int, batches: int) -> float:
     """Latent samples per second through the training loader with ``workers`` processes."""
     stream = TrainStream(dataset, BATCH, dataset.label_dim, seed=0)
-    loader = iter(DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None))
+    loader = iter(
+        DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
+    )
     for _ in range(max(2 * workers, 2)):  # start-up and the prefetched first batches
         next(loader)
     start = time.perf_counter()
@@ -88,7 +103,9 @@ def train_rate(steps: int, warmup: int, micro: int) -> float:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         for part in range(0, BATCH, micro):
-            (edm2_loss(net, latents[part : part + micro], labels[part : part + micro], -0.4, 1.0) * micro / BATCH).backward()
+            (
+                edm2_loss(net, latents[part : part + micro], labels[part : part + micro], -0.4, 1.0) * micro / BATCH
+            ).backward()
         for p in net.parameters():
             torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0, out=p.grad)
         optimizer.step()
@@ -115,14 +132,22 @@ def sd_vae_rate(images: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=None, help="an existing latent set (default: build one)")
-    parser.add_argument("--images", type=int, default=512, help="images of the built set (the loader cycles through it)")
+    parser.add_argument(
+        "--images", type=int, default=512, help="images of the built set (the loader cycles through it)"
+    )
     parser.add_argument("--batches", type=int, default=60, help="timed loader batches of 32")
-    parser.add_argument("--train-steps", type=int, default=1, help="timed Adam steps of img512-xs at batch 32 (0: loader only)")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (a CPU step of batch 32 takes minutes)")
+    parser.add_argument(
+        "--train-steps", type=int, default=1, help="timed Adam steps of img512-xs at batch 32 (0: loader only)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed steps first (a CPU step of batch 32 takes minutes)"
+    )
     parser.add_argument("--micro-batch", type=int, default=8, help="images per forward/backward (accumulated to 32)")
     parser.add_argument("--sd-images", type=int, default=4, help="512x512 images for the SD-VAE encode rate (0: skip)")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message=".*suggested max number of worker.*")  # 4 workers on fewer cores: measured anyway
+    warnings.filterwarnings(
+        "ignore", message=".*suggested max number of worker.*"
+    )  # 4 workers on fewer cores: measured anyway
 
     with tempfile.TemporaryDirectory() as tmp:
         encode_rate = None
@@ -131,18 +156,24 @@ def main() -> None:
             path, encode_rate = build_set(Path(tmp), args.images)
         dataset = LatentShardDataset(path)
         shape = [2 * dataset.img_channels, dataset.img_resolution, dataset.img_resolution]
-        print(f"latent set {path}: {len(dataset)} images, stored {dataset.dtype.name} {shape}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+        print(
+            f"latent set {path}: {len(dataset)} images, stored {dataset.dtype.name} {shape}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+        )
         if encode_rate:
             print(f"encode (tiny VAE, 64x64 images -> 64x64x4, 1 thread): {encode_rate:.0f} images/s")
         if args.sd_images:
-            print(f"encode (SD-VAE architecture, 512x512 -> 64x64x4, CPU, {torch.get_num_threads()} threads): {sd_vae_rate(args.sd_images):.2f} images/s")
+            print(
+                f"encode (SD-VAE architecture, 512x512 -> 64x64x4, CPU, {torch.get_num_threads()} threads): {sd_vae_rate(args.sd_images):.2f} images/s"
+            )
         rates = {w: loader_rate(dataset, w, args.batches) for w in (1, 4)}
     for workers, rate in rates.items():
         print(f"loader, {workers} worker(s): {rate:.0f} latent samples/s")
     if args.train_steps == 0:
         return
     train = train_rate(args.train_steps, args.warmup, args.micro_batch)
-    print(f"training img512-xs, batch {BATCH}, fp32 CPU ({torch.get_num_threads()} threads): {train:.3f} images/s ({BATCH / train:.1f} s/step)")
+    print(
+        f"training img512-xs, batch {BATCH}, fp32 CPU ({torch.get_num_threads()} threads): {train:.3f} images/s ({BATCH / train:.1f} s/step)"
+    )
     for workers, rate in rates.items():
         print(f"ratio loader ({workers} worker(s)) / training: {rate / train:.0f}")
 

@@ -32,8 +32,14 @@ from pathlib import Path
 import torch
 
 NETWORK = {
-    "arch": "unet", "img_resolution": 32, "img_channels": 3, "label_dim": 10,
-    "model_channels": 64, "channel_mult": [1, 2, 3, 4], "num_blocks": 3, "attn_resolutions": [16, 8],
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 3,
+    "label_dim": 10,
+    "model_channels": 64,
+    "channel_mult": [1, 2, 3, 4],
+    "num_blocks": 3,
+    "attn_resolutions": [16, 8],
 }
 STORED_STDS = (0.05, 0.10)
 STEP_NIMG = 2**24  # one snapshot time per 16 Mi images (EDM2 XS: 8 Mi)
@@ -167,10 +173,24 @@ def main() -> None:
                 out = work / "out"
                 env = {**os.environ, "PYTHONPATH": str(src)} if src else None
                 done = subprocess.run(
-                    [sys.executable, __file__, "--child", str(folder), "--stds", stds, "--at", at,
-                     "--out", str(out), "--batch", str(args.batch),
-                     *(["--check"] if args.check and not src else [])],
-                    capture_output=True, text=True, env=env,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(folder),
+                        "--stds",
+                        stds,
+                        "--at",
+                        at,
+                        "--out",
+                        str(out),
+                        "--batch",
+                        str(args.batch),
+                        *(["--check"] if args.check and not src else []),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
                 )
                 if done.returncode:
                     raise SystemExit(f"reconstruction at {at} ({label}) failed:\n{done.stderr}")
@@ -182,14 +202,20 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     bound = min(args.batch, len(args.stds)) + 2
-    print(f"\nreconstructing {len(args.stds)} stds ({args.batch} per pass) from {args.format} snapshots, mc=64 UNet "
-          f"({model_bytes / 2**20:.0f} MiB in float32); bound: batch + 2 = {bound} model sizes")
-    print(f"{'time':>6} {'code':>9} {'files used':>11} {'seconds':>8} {'peak RSS (MiB)':>15} {'above base (MiB)':>17} "
-          f"{'above base (models)':>20} {'max rel. L2 error':>18}")
+    print(
+        f"\nreconstructing {len(args.stds)} stds ({args.batch} per pass) from {args.format} snapshots, mc=64 UNet "
+        f"({model_bytes / 2**20:.0f} MiB in float32); bound: batch + 2 = {bound} model sizes"
+    )
+    print(
+        f"{'time':>6} {'code':>9} {'files used':>11} {'seconds':>8} {'peak RSS (MiB)':>15} {'above base (MiB)':>17} "
+        f"{'above base (models)':>20} {'max rel. L2 error':>18}"
+    )
     for at, label, r in rows:
         extra = r["peak"] - r["base"]
-        print(f"{at:>6} {label:>9} {r['used']:>11} {r['seconds']:>8.1f} {r['peak'] / 2**20:>15.0f} "
-              f"{extra / 2**20:>17.0f} {extra / model_bytes:>20.2f} {r.get('error', float('nan')):>18.2e}")
+        print(
+            f"{at:>6} {label:>9} {r['used']:>11} {r['seconds']:>8.1f} {r['peak'] / 2**20:>15.0f} "
+            f"{extra / 2**20:>17.0f} {extra / model_bytes:>20.2f} {r.get('error', float('nan')):>18.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,23 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from autoguide.config import get_preset
-from autoguide.nets import build_network
-from autoguide.sample import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler
 from harness import autocast, interleave, median, timed
+
+from autoguide.apps.config_tree import get_preset
+from autoguide.nets import build_network
+from autoguide.sample import (
+    CFG,
+    ICG,
+    PAG,
+    SAG,
+    SEG,
+    TSG,
+    Autoguidance,
+    GuidedDenoiser,
+    SamplerSettings,
+    SeedStreams,
+    edm_sampler,
+)
 
 SHARED_TERMS = {
     "cfg": lambda: CFG(weight=2.0),
@@ -61,12 +73,19 @@ def main() -> None:
         def call():
             with torch.no_grad(), autocast(device, args.precision):
                 model(noise, sigma, onehot)
+
         return lambda: timed(call, device)
 
     def sample(terms):
         def call():
             streams = SeedStreams(seeds)
-            edm_sampler(GuidedDenoiser(net, terms, onehot, streams, args.precision), noise, SamplerSettings(num_steps=args.steps), streams)
+            edm_sampler(
+                GuidedDenoiser(net, terms, onehot, streams, args.precision),
+                noise,
+                SamplerSettings(num_steps=args.steps),
+                streams,
+            )
+
         return lambda: timed(call, device)
 
     names = args.terms.split(",")
@@ -75,15 +94,21 @@ def main() -> None:
         raise SystemExit(f"--terms: unknown term(s) {unknown}; valid: autoguidance, {', '.join(SHARED_TERMS)}")
     timers = {"forward main": forward(net), "forward guide": forward(guide), "unguided": sample([])}
     for name in names:
-        timers[name] = sample([Autoguidance(guide=guide, weight=2.0)] if name == "autoguidance" else [SHARED_TERMS[name]()])
+        timers[name] = sample(
+            [Autoguidance(guide=guide, weight=2.0)] if name == "autoguidance" else [SHARED_TERMS[name]()]
+        )
     for timer in timers.values():  # warm-up
         timer()
     times = {name: median(values) for name, values in interleave(timers, args.rounds).items()}
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {torch.get_num_threads()} threads), "
-          f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations), "
-          f"{args.rounds} interleaved rounds, medians")
-    print(f"forward: main {args.net} {times['forward main'] * 1e3:.1f} ms, guide {args.guide} {times['forward guide'] * 1e3:.1f} ms")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {torch.get_num_threads()} threads), "
+        f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations), "
+        f"{args.rounds} interleaved rounds, medians"
+    )
+    print(
+        f"forward: main {args.net} {times['forward main'] * 1e3:.1f} ms, guide {args.guide} {times['forward guide'] * 1e3:.1f} ms"
+    )
     print(f"{'term':<16}{'images/s':>10}{'ratio':>8}{'ideal':>8}{'excess':>9}")
     print(f"{'unguided':<16}{args.batch / times['unguided']:>10.2f}{1.0:>8.2f}{1.0:>8.2f}")
     for name in names:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import median, timed, training_step
 
-from autoguide.config import get_preset
+from autoguide.apps.config_tree import get_preset
 from autoguide.nets import build_network
 from autoguide.sample import Autoguidance, GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler
-from harness import median, timed, training_step
 
 GPU_PLAN = {
     "train": [(net, batch) for net in ("img512-xs", "img512-s") for batch in (32, 64)],
@@ -48,7 +48,9 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def measure_training(preset: str, batch: int, compiled: bool, device: torch.device, precision: str, steps: int) -> dict[str, Any]:
+def measure_training(
+    preset: str, batch: int, compiled: bool, device: torch.device, precision: str, steps: int
+) -> dict[str, Any]:
     torch.manual_seed(0)
     net = build_network(get_preset(preset)).to(device)
     if compiled:
@@ -59,7 +61,12 @@ def measure_training(preset: str, batch: int, compiled: bool, device: torch.devi
     step()  # warm-up (and compilation)
     first = time.perf_counter() - started
     seconds = median([timed(step, device) for _ in range(steps)])
-    return {"images_per_s": batch / seconds, "step_s": seconds, "first_step_s": first, "peak_mib": peak_memory_mib(device)}
+    return {
+        "images_per_s": batch / seconds,
+        "step_s": seconds,
+        "first_step_s": first,
+        "peak_mib": peak_memory_mib(device),
+    }
 
 
 def measure_generation(plan: dict[str, Any], device: torch.device, precision: str, guided: bool) -> dict[str, Any]:
@@ -67,7 +74,11 @@ def measure_generation(plan: dict[str, Any], device: torch.device, precision: st
     net = build_network(get_preset(plan["net"])).eval().requires_grad_(False).to(device)
     terms = []
     if guided:
-        terms = [Autoguidance(guide=build_network(get_preset(plan["guide"])).eval().requires_grad_(False).to(device), weight=2.0)]
+        terms = [
+            Autoguidance(
+                guide=build_network(get_preset(plan["guide"])).eval().requires_grad_(False).to(device), weight=2.0
+            )
+        ]
     batch = plan["batch"]
     seeds = list(range(batch))
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
@@ -77,7 +88,12 @@ def measure_generation(plan: dict[str, Any], device: torch.device, precision: st
 
     def run() -> None:
         streams = SeedStreams(seeds)
-        edm_sampler(GuidedDenoiser(net, terms, labels, streams, precision), noise, SamplerSettings(num_steps=plan["steps"]), streams)
+        edm_sampler(
+            GuidedDenoiser(net, terms, labels, streams, precision),
+            noise,
+            SamplerSettings(num_steps=plan["steps"]),
+            streams,
+        )
 
     run()
     seconds = median([timed(run, device) for _ in range(2)])
@@ -98,7 +114,11 @@ def main() -> None:
     deadline = time.monotonic() + args.budget
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "precision": plan["precision"], "training": [], "generation": [], "skipped": [],
+        "torch": torch.__version__,
+        "precision": plan["precision"],
+        "training": [],
+        "generation": [],
+        "skipped": [],
     }
     for (preset, batch), compiled in [(setting, c) for setting in plan["train"] for c in (False, True)]:
         name = f"train {preset} batch {batch} {'compiled' if compiled else 'eager'}"
@@ -112,7 +132,13 @@ def main() -> None:
         if time.monotonic() > deadline:
             report["skipped"].append(name)
             continue
-        report["generation"].append({"guidance": "autoguidance" if guided else "none", **plan["generate"], **measure_generation(plan["generate"], device, plan["precision"], guided)})
+        report["generation"].append(
+            {
+                "guidance": "autoguidance" if guided else "none",
+                **plan["generate"],
+                **measure_generation(plan["generate"], device, plan["precision"], guided),
+            }
+        )
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['device']}, torch {report['torch']}, {report['precision']}")
     print(f"{'training':<36}{'images/s':>10}{'step s':>9}{'1st step s':>11}{'peak MiB':>10}")

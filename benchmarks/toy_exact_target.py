@@ -17,7 +17,9 @@ import torch
 import autoguide.data.toy2d as toy2d
 
 
-def timed_call(mixture: toy2d.ToyMixture, x: torch.Tensor, sigma: torch.Tensor, chunk_elements: int) -> tuple[float, torch.Tensor]:
+def timed_call(
+    mixture: toy2d.ToyMixture, x: torch.Tensor, sigma: torch.Tensor, chunk_elements: int
+) -> tuple[float, torch.Tensor]:
     """Wall seconds and result of one ``mixture.denoise(x, sigma)`` with ``CPU_CHUNK_ELEMENTS`` set."""
     saved, toy2d.CPU_CHUNK_ELEMENTS = toy2d.CPU_CHUNK_ELEMENTS, chunk_elements
     try:
@@ -38,7 +40,10 @@ def main() -> None:
     mixture = toy2d.toy_mixture(args.classes).select(None, getattr(torch, args.dtype))
     generator = torch.Generator().manual_seed(0)
     sigma = (torch.randn(args.rows, generator=generator) * 1.5 - 2.3).exp()
-    x = mixture.sample(args.rows, generator) + torch.randn(args.rows, 2, generator=generator, dtype=mixture.dtype) * sigma[:, None]
+    x = (
+        mixture.sample(args.rows, generator)
+        + torch.randn(args.rows, 2, generator=generator, dtype=mixture.dtype) * sigma[:, None]
+    )
     settings = {"cache": toy2d.CPU_CHUNK_ELEMENTS, "large": toy2d.CHUNK * len(mixture.weights)}  # large: 2048 rows
     times: dict[str, list[float]] = {name: [] for name in settings}
     outputs = {}
@@ -50,7 +55,9 @@ def main() -> None:
     fast, slow = outputs["cache"], outputs["large"]
     rows = mixture.rows_per_chunk(torch.device("cpu"))
     torch.testing.assert_close(fast, slow)
-    print(f"{args.rows} points, {len(mixture.weights)} components, {args.dtype}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.rows} points, {len(mixture.weights)} components, {args.dtype}, torch threads {torch.get_num_threads()}"
+    )
     print(f"  {rows} rows per chunk (cache-sized): {cache_sized * 1e3:.1f} ms per call")
     print(f"  {toy2d.CHUNK} rows per chunk:            {large * 1e3:.1f} ms per call")
     print(f"  speed-up: {large / cache_sized:.2f}x")

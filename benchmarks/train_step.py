@@ -22,8 +22,14 @@ import json
 from harness import interleave, median, workers
 
 NETWORK = {
-    "arch": "unet", "img_resolution": 32, "img_channels": 3, "label_dim": 10,
-    "model_channels": 64, "channel_mult": [1, 2, 3, 4], "num_blocks": 3, "attn_resolutions": [16, 8],
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 3,
+    "label_dim": 10,
+    "model_channels": 64,
+    "channel_mult": [1, 2, 3, 4],
+    "num_blocks": 3,
+    "attn_resolutions": [16, 8],
 }
 
 
@@ -31,16 +37,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="eager,compile", help="comma-separated: eager, compile")
     parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="each variant with channels-last (NHWC) and with NCHW activations and weights (default: the code's choice, NHWC)")
-    parser.add_argument("--baseline-src", default=None, help="src folder of another checkout to compare against (eager fp32)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="each variant with channels-last (NHWC) and with NCHW activations and weights (default: the code's choice, NHWC)",
+    )
+    parser.add_argument(
+        "--baseline-src", default=None, help="src folder of another checkout to compare against (eager fp32)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="training batch")
     parser.add_argument("--eval-batch", type=int, default=64, help="eval forward batch")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the medians here")
-    parser.add_argument("--profile", action="store_true", help="then print each variant's top 10 operators of one training step")
+    parser.add_argument(
+        "--profile", action="store_true", help="then print each variant's top 10 operators of one training step"
+    )
     args = parser.parse_args()
 
     jobs = {"train": args.batch, "eval": args.eval_batch}
@@ -60,8 +73,10 @@ def main() -> None:
         profiles = {name: w.profile("train") for name, w in started.items()} if args.profile else {}
     medians = {key: median(values) for key, values in times.items()}
     reference = "eager fp32" if "eager fp32" in specs else next(n for n in specs if n.startswith("eager fp32"))
-    print(f"UNet {NETWORK['model_channels']} ch, 32x32x3, train batch {args.batch}, eval batch {args.eval_batch}, "
-          f"{args.rounds} interleaved rounds, {threads} thread(s); seconds are medians")
+    print(
+        f"UNet {NETWORK['model_channels']} ch, 32x32x3, train batch {args.batch}, eval batch {args.eval_batch}, "
+        f"{args.rounds} interleaved rounds, {threads} thread(s); seconds are medians"
+    )
     header = f"{'variant':<32}{'train s':>10}{'eval s':>10}{'train x':>10}{'eval x':>10}"
     if args.baseline_src:
         header += f"{'train x base':>14}{'eval x base':>13}"

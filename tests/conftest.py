@@ -56,8 +56,14 @@ def tiny_vae(blocks: int, width: int = 8, seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-        block_out_channels=[width * 2**i for i in range(blocks)], layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks,
+        block_out_channels=[width * 2**i for i in range(blocks)],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
         sample_size=64,
     ).eval()
 
@@ -86,7 +92,12 @@ def latent_assets(tmp_path_factory):
     from autoguide.data.encode import EncodeSettings, encode_dataset
 
     root = tmp_path_factory.mktemp("latent")
-    assets = {"src": mnist_rgb64(root / "digits"), "vae2": root / "vae2", "vae1": root / "vae1", "set32": root / "set32"}
+    assets = {
+        "src": mnist_rgb64(root / "digits"),
+        "vae2": root / "vae2",
+        "vae1": root / "vae1",
+        "set32": root / "set32",
+    }
     tiny_vae(2).save_pretrained(assets["vae2"])
     tiny_vae(1).save_pretrained(assets["vae1"])
     settings = EncodeSettings(resolution=64, shard_size=64, batch_size=16, dtype="float32")

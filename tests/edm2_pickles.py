@@ -24,8 +24,16 @@ from autoguide.nets import AttentionOp, build_network
 from autoguide.nets.unet import HookPoint
 
 TINY = {
-    "arch": "unet", "img_resolution": 16, "img_channels": 4, "label_dim": 10, "model_channels": 16,
-    "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8], "dropout": 0.1, "channels_per_head": 16,
+    "arch": "unet",
+    "img_resolution": 16,
+    "img_channels": 4,
+    "label_dim": 10,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [8],
+    "dropout": 0.1,
+    "channels_per_head": 16,
 }
 #: Released XS file holding the guide of the autoguidance recipe (T/16 = 128 Mi images, EMA 0.125).
 GUIDE_NAME = "edm2-img512-xs-0134217-0.125.pkl"
@@ -33,7 +41,16 @@ GUIDE_NAME = "edm2-img512-xs-0134217-0.125.pkl"
 REFERENCE_ATTRS = {
     "Precond": ("img_resolution", "img_channels", "label_dim", "sigma_data"),
     "UNet": ("label_balance", "concat_balance"),
-    "Block": ("out_channels", "flavor", "resample_mode", "num_heads", "dropout", "res_balance", "attn_balance", "clip_act"),
+    "Block": (
+        "out_channels",
+        "flavor",
+        "resample_mode",
+        "num_heads",
+        "dropout",
+        "res_balance",
+        "attn_balance",
+        "clip_act",
+    ),
     "MPConv": ("out_channels",),
     "MPFourier": (),
 }
@@ -50,7 +67,11 @@ def fake_edm2_modules(sentinel: Path) -> Iterator[types.SimpleNamespace]:
         raise AssertionError("the importer called the pickle's reconstruct function")
 
     persistence = types.ModuleType("torch_utils.persistence")
-    reconstruct.__module__, reconstruct.__name__, reconstruct.__qualname__ = persistence.__name__, "_reconstruct_persistent_obj", "_reconstruct_persistent_obj"
+    reconstruct.__module__, reconstruct.__name__, reconstruct.__qualname__ = (
+        persistence.__name__,
+        "_reconstruct_persistent_obj",
+        "_reconstruct_persistent_obj",
+    )
     persistence._reconstruct_persistent_obj = reconstruct
 
     class EasyDict(dict):
@@ -76,8 +97,12 @@ def fake_edm2_modules(sentinel: Path) -> Iterator[types.SimpleNamespace]:
         def __reduce__(self):
             return reconstruct, (self.meta,)
 
-    fakes = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-             "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
+    fakes = {
+        "torch_utils": types.ModuleType("torch_utils"),
+        "torch_utils.persistence": persistence,
+        "dnnlib": types.ModuleType("dnnlib"),
+        "dnnlib.util": util,
+    }
     saved = {name: sys.modules.get(name) for name in fakes}
     sys.modules.update(fakes)
     try:
@@ -106,7 +131,9 @@ def reference_tree(fake, module, init_kwargs=None):
     name = type(module).__name__
     params = {k: torch.nn.Parameter(v.detach().half(), requires_grad=False) for k, v in module._parameters.items()}
     buffers = {k: v.half() for k, v in module._buffers.items()}
-    children = {k: reference_tree(fake, v) for k, v in module._modules.items() if not isinstance(v, (AttentionOp, HookPoint))}
+    children = {
+        k: reference_tree(fake, v) for k, v in module._modules.items() if not isinstance(v, (AttentionOp, HookPoint))
+    }
     state = module_state(params, buffers, children)
     state.update({a: getattr(module, a) for a in REFERENCE_ATTRS[name]})
     state.update(_init_args=(), _init_kwargs=init_kwargs or {})
@@ -123,19 +150,41 @@ def reference_tree(fake, module, init_kwargs=None):
 def vae_encoder(fake, raw_mean=(5.81, 3.25, 0.12, -2.15), raw_std=(4.17, 4.62, 3.71, 3.28)):
     scale = np.float32(0.5) / np.float32(raw_std)
     bias = np.float32(0) - np.float32(raw_mean) * scale
-    state = dict(vae_name="stabilityai/sd-vae-ft-mse", scale=scale, bias=bias, batch_size=8, _vae=None, _init_args=(), _init_kwargs={})
+    state = dict(
+        vae_name="stabilityai/sd-vae-ft-mse",
+        scale=scale,
+        bias=bias,
+        batch_size=8,
+        _vae=None,
+        _init_args=(),
+        _init_kwargs={},
+    )
     return fake.Persistent("StabilityVAEEncoder", state)
 
 
 def write_release(fake, path, net, encoder="vae", protocol=pickle.DEFAULT_PROTOCOL, **extra):
     cfg = net.config
-    precond_kwargs = dict(img_resolution=cfg["img_resolution"], img_channels=cfg["img_channels"], label_dim=cfg["label_dim"],
-                          model_channels=cfg["model_channels"], dropout=cfg["dropout"], use_fp16=True)
-    enc = vae_encoder(fake) if encoder == "vae" else fake.Persistent("StandardRGBEncoder", dict(_init_args=(), _init_kwargs={}))
+    precond_kwargs = dict(
+        img_resolution=cfg["img_resolution"],
+        img_channels=cfg["img_channels"],
+        label_dim=cfg["label_dim"],
+        model_channels=cfg["model_channels"],
+        dropout=cfg["dropout"],
+        use_fp16=True,
+    )
+    enc = (
+        vae_encoder(fake)
+        if encoder == "vae"
+        else fake.Persistent("StandardRGBEncoder", dict(_init_args=(), _init_kwargs={}))
+    )
     data = fake.EasyDict(
         encoder=enc,
-        dataset_kwargs=fake.EasyDict(class_name="training.dataset.ImageFolderDataset", path="img512-sd.zip", use_labels=True),
-        loss_fn=fake.Persistent("EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs={})),
+        dataset_kwargs=fake.EasyDict(
+            class_name="training.dataset.ImageFolderDataset", path="img512-sd.zip", use_labels=True
+        ),
+        loss_fn=fake.Persistent(
+            "EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs={})
+        ),
         ema=reference_tree(fake, net, precond_kwargs),
     )
     data.update(extra)
@@ -158,7 +207,9 @@ def raw_snapshot_name(nimg: int, std: float, prefix: str = "network-snapshot") -
     return f"{prefix}-{nimg // 1000:07d}-{std:.3f}.pkl"
 
 
-def write_raw_snapshots(fake, folder: Path, net: torch.nn.Module, states, prefix: str = "network-snapshot") -> list[Path]:
+def write_raw_snapshots(
+    fake, folder: Path, net: torch.nn.Module, states, prefix: str = "network-snapshot"
+) -> list[Path]:
     """One raw snapshot per ``states[(nimg, std)]`` (a state dict of ``net``), fp16, as EDM2's
     training loop writes them."""
     folder.mkdir(parents=True, exist_ok=True)

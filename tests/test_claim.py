@@ -1,4 +1,4 @@
-"""One writer per folder (``autoguide.claim``): a second writer is refused with the holder named,
+"""One writer per folder (``autoguide.runtime.claim``): a second writer is refused with the holder named,
 stale claims (dead pid, earlier run of the same SLURM job, expired heartbeat) are taken over,
 children inherit their parent's claim, and the apps claim before they write."""
 
@@ -17,10 +17,18 @@ from pathlib import Path
 
 import pytest
 
-import autoguide.claim as claim_module
-from autoguide.claim import FolderBusy, Holder, claim_folder, lease_path, process_identity, read_holder, stale_reason
+import autoguide.runtime.claim as claim_module
 from autoguide.ema.snapshots import read_index
 from autoguide.io import read_card
+from autoguide.runtime.claim import (
+    FolderBusy,
+    Holder,
+    claim_folder,
+    lease_path,
+    process_identity,
+    read_holder,
+    stale_reason,
+)
 from autoguide.sims.records import run_stage
 from autoguide.train.checkpoint import list_checkpoints
 
@@ -28,14 +36,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def claim_in_child(
-    folder: Path, env: dict[str, str] | None = None, role: str | None = None, wait_s: float = 0.0,
-    lease_s: float | None = None, hold: bool = False,
+    folder: Path,
+    env: dict[str, str] | None = None,
+    role: str | None = None,
+    wait_s: float = 0.0,
+    lease_s: float | None = None,
+    hold: bool = False,
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """Try to claim ``folder`` from another process; prints CLAIMED or the FolderBusy message.
     ``hold``: the child keeps the claim until a line on its stdin; returns it once CLAIMED."""
     code = textwrap.dedent(f"""
         import sys
-        from autoguide.claim import FolderBusy, claim_folder
+        from autoguide.runtime.claim import FolderBusy, claim_folder
         try:
             claim_folder({str(folder)!r}, {role!r}, wait_s={wait_s}, lease_s={lease_s})
             print("CLAIMED", flush=True)
@@ -47,16 +59,27 @@ def claim_in_child(
     env = {**os.environ, **(env or {})}
     if not hold:
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     assert child.stdout.readline().strip() == "CLAIMED"
     return child
 
 
 def write_lease(folder: Path, **fields) -> Path:
     now = time.time()
-    record = {"format": "autoguide-claim/1", "host": socket.gethostname(), "pid": os.getpid(), "token": "t" * 32,
-              "job": None, "restart": 0, "since": now, "heartbeat": now, "command": "test", **fields}
+    record = {
+        "format": "autoguide-claim/1",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": "t" * 32,
+        "job": None,
+        "restart": 0,
+        "since": now,
+        "heartbeat": now,
+        "command": "test",
+        **fields,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     path = lease_path(folder)
     path.write_text(json.dumps(record))
@@ -73,7 +96,11 @@ def test_second_writer_is_refused_naming_the_holder_until_released(tmp_path):
         holder = read_holder(lease_path(tmp_path / "run"))
         assert holder.pid == os.getpid() and holder.host == socket.gethostname()
         other = claim_in_child(tmp_path / "run", clean_env())
-        assert other.stdout.startswith("BUSY") and f"pid {os.getpid()}" in other.stdout and str(tmp_path / "run") in other.stdout
+        assert (
+            other.stdout.startswith("BUSY")
+            and f"pid {os.getpid()}" in other.stdout
+            and str(tmp_path / "run") in other.stdout
+        )
         assert claim_folder(tmp_path / "run") is claim  # the same process: the same claim
         claim.release()
         assert lease_path(tmp_path / "run").exists(), "still held by the first claim_folder"
@@ -91,15 +118,21 @@ def test_children_inherit_the_claim_and_roles_are_separate(tmp_path):
 
 
 def test_stale_claims_are_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout
     write_lease(tmp_path / "a", pid=int(dead))  # this host, a process that ended
     assert claim_in_child(tmp_path / "a", clean_env()).stdout.startswith("CLAIMED")
 
     # an earlier run of the same SLURM job (a requeue) on another host
     write_lease(tmp_path / "b", host="elsewhere", job="4242", restart=0)
-    assert claim_in_child(tmp_path / "b", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("CLAIMED")
+    assert claim_in_child(
+        tmp_path / "b", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}
+    ).stdout.startswith("CLAIMED")
     write_lease(tmp_path / "c", host="elsewhere", job="4242", restart=1)
-    assert claim_in_child(tmp_path / "c", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}).stdout.startswith("BUSY")
+    assert claim_in_child(
+        tmp_path / "c", {**clean_env(), "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}
+    ).stdout.startswith("BUSY")
 
     # another host, no SLURM job: busy through any pause (an hour), taken over once the 24 h lease expired
     write_lease(tmp_path / "d", host="elsewhere", heartbeat=time.time() - 3600)
@@ -124,13 +157,18 @@ def test_heartbeat_keeps_the_lease_fresh_and_waiting_gets_it(tmp_path):
 def test_a_sims_stage_in_use_is_refused(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from autoguide.claim import claim_folder
-        with claim_folder({str(tmp_path / 'synthesize')!r}):
+        from autoguide.runtime.claim import claim_folder
+        with claim_folder({str(tmp_path / "synthesize")!r}):
             print("HELD", flush=True)
             sys.stdin.readline()
     """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, **clean_env()})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **clean_env()},
+    )
     try:
         assert holder.stdout.readline().strip() == "HELD"
         with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
@@ -140,10 +178,19 @@ def test_a_sims_stage_in_use_is_refused(tmp_path):
 
 
 TOY = [
-    "experiment=toy2d-main", "logger=none", "net.width=16", "net.depth=2", "train.batch_size=64",
-    f"train.duration_mi={400 * 64 / 2**20}", "train.checkpoint_kimg=1.28", "train.snapshot_kimg=0.64",
-    "train.sample_kimg=1000", "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2",
-    "callbacks.checkpoint.keep=3", "hydra.job_logging.root.level=WARNING",
+    "experiment=toy2d-main",
+    "logger=none",
+    "net.width=16",
+    "net.depth=2",
+    "train.batch_size=64",
+    f"train.duration_mi={400 * 64 / 2**20}",
+    "train.checkpoint_kimg=1.28",
+    "train.snapshot_kimg=0.64",
+    "train.sample_kimg=1000",
+    "callbacks.sample_grid.num_images=8",
+    "callbacks.sample_grid.num_steps=2",
+    "callbacks.checkpoint.keep=3",
+    "hydra.job_logging.root.level=WARNING",
 ]
 
 
@@ -164,8 +211,12 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
         second = subprocess.run([*args, "seed=7"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
         assert second.returncode != 0 and time.monotonic() - started < 30
         message = second.stderr.strip().splitlines()
-        assert len(message) == 1 and f"pid {first.pid}" in message[0] and socket.gethostname() in message[0], second.stderr
-        assert "seed=7" not in (run_dir / "logs" / "hydra" / "overrides.yaml").read_text(), "the second wrote Hydra's files"
+        assert len(message) == 1 and f"pid {first.pid}" in message[0] and socket.gethostname() in message[0], (
+            second.stderr
+        )
+        assert "seed=7" not in (run_dir / "logs" / "hydra" / "overrides.yaml").read_text(), (
+            "the second wrote Hydra's files"
+        )
         readings = 0
         while first.poll() is None:  # a reader: everything the index and checkpoint list name is complete
             for entry in read_index(run_dir / "phema").entries:
@@ -183,9 +234,20 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
 
 def holder(**fields) -> Holder:
     now = time.time()
-    return Holder(**{"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "job": None, "restart": 0,
-                     "since": now, "heartbeat": now - 10 * 86400, "command": "test",
-                     "process": process_identity(os.getpid()), **fields})
+    return Holder(
+        **{
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": "t",
+            "job": None,
+            "restart": 0,
+            "since": now,
+            "heartbeat": now - 10 * 86400,
+            "command": "test",
+            "process": process_identity(os.getpid()),
+            **fields,
+        }
+    )
 
 
 def test_a_live_holder_is_never_expired_and_a_gone_one_is_recognised(monkeypatch):
@@ -236,8 +298,9 @@ def test_a_paused_run_keeps_its_claim_and_finishes_unmixed(tmp_path):
         with paused(first):
             time.sleep(3)
             assert time.time() - read_holder(lease_path(run_dir)).heartbeat > 2
-            second = subprocess.run([*args, "train.lr_ref=0.02"], cwd=tmp_path, capture_output=True, text=True,
-                                    timeout=120, env=env)
+            second = subprocess.run(
+                [*args, "train.lr_ref=0.02"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+            )
             message = second.stderr.strip().splitlines()
             assert second.returncode == 2 and len(message) == 1 and f"pid {first.pid}" in message[0], second.stderr
             waiting = claim_in_child(run_dir, {**clean_env(), **SHORT_LEASE}, wait_s=3)
@@ -253,7 +316,7 @@ def test_a_paused_run_keeps_its_claim_and_finishes_unmixed(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from autoguide.claim import claim_folder
+from autoguide.runtime.claim import claim_folder
 from autoguide.io import write_text_atomic
 folder = Path(sys.argv[1])
 claim_folder(folder, heartbeat_s=float(sys.argv[2]))
@@ -269,8 +332,13 @@ def test_a_paused_holder_keeps_its_claim_while_another_waits(tmp_path):
     refused naming it; after SIGCONT the writer finishes its writes and exits normally."""
     folder = tmp_path / "run"
     env = {**os.environ, **clean_env(), **SHORT_LEASE}
-    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "0.2", "150"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), "0.2", "150"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert first.stdout.readline().strip() == "HELD"
     with paused(first):
         time.sleep(1)
@@ -288,9 +356,13 @@ def test_a_holder_whose_claim_was_taken_exits_before_its_next_write(tmp_path, he
     writer takes the folder over. On SIGCONT the old holder exits (status 5, one line) and
     writes nothing more: found by its heartbeat, or (heartbeat far away) by its next write."""
     folder = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(heartbeat_s), "100000"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, **clean_env()})
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), str(heartbeat_s), "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **clean_env()},
+    )
     assert first.stdout.readline().strip() == "HELD"
     time.sleep(0.3)
     with paused(first):
@@ -316,8 +388,13 @@ def test_a_child_writing_under_an_inherited_claim_stops_once_it_is_taken(tmp_pat
     folder = tmp_path / "stage"
     lease = write_lease(folder, token="a" * 32)
     env = {**os.environ, **clean_env(), "AUTOGUIDE_CLAIMS": "a" * 32}
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "3600", "100000"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), "3600", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert child.stdout.readline().strip() == "HELD"
     time.sleep(0.2)
     lease.write_text(lease.read_text().replace("a" * 32, "b" * 32))  # another writer took the folder

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from autoguide.config import compose, config_dir
-from autoguide.units import MI
+from autoguide.apps.config_tree import compose, config_dir
+from autoguide.core.units import MI
 from autoguide.train.validate import run_settings
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -38,7 +38,9 @@ def all_keys(node, prefix=""):
 
 
 def test_the_expected_experiments_exist():
-    assert {"mnist-s", "mnist-xs-guide", "toy2d-main", "toy2d-guide", "img64-s", "img64-xs-guide", "img512-s"} <= set(EXPERIMENTS)
+    assert {"mnist-s", "mnist-xs-guide", "toy2d-main", "toy2d-guide", "img64-s", "img64-xs-guide", "img512-s"} <= set(
+        EXPERIMENTS
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -86,7 +88,12 @@ def test_hydra_output_folder_is_the_run_folder():
 
 
 def test_trainer_groups():
-    for name, accelerator, precision in [("cpu", "cpu", "32-true"), ("gpu", "gpu", "bf16-mixed"), ("ddp", "gpu", "bf16-mixed"), ("ddp_cpu", "cpu", "32-true")]:
+    for name, accelerator, precision in [
+        ("cpu", "cpu", "32-true"),
+        ("gpu", "gpu", "bf16-mixed"),
+        ("ddp", "gpu", "bf16-mixed"),
+        ("ddp_cpu", "cpu", "32-true"),
+    ]:
         trainer = make_config([f"trainer={name}"]).trainer
         assert (trainer.accelerator, trainer.precision) == (accelerator, precision)
     assert make_config(["trainer=ddp_cpu"]).trainer.strategy == "ddp"

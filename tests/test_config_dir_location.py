@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import autoguide
-from autoguide.config import config_dir
+from autoguide.apps.config_tree import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

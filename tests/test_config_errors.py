@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from autoguide.config import compose, config_dir
+from autoguide.apps.config_tree import compose, config_dir
 from autoguide.apps.hydra_app import check_group_choices
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
 from autoguide.train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,21 +34,39 @@ def make_config(overrides: list[str]):
         (["train.cond_drop_prob=1.0"], r"^train\.cond_drop_prob=1\.0"),
         (["train.loss_weighting=fixed"], r"^train\.loss_weighting='fixed': expected one of \['learned', 'edm'\]"),
         (["train.optimizer.name=Adamm"], r"^train\.optimizer\.name='Adamm': expected a torch\.optim optimizer class"),
-        (["train.optimizer.name=SGD", "train.optimizer.kwargs={betas: [0.9, 0.9]}"], r"^train\.optimizer\.kwargs \['betas'\] do not fit torch\.optim\.SGD"),
-        (["+train.optimizer.kwargs.lr=0.1"], r"^train\.optimizer\.kwargs\.lr: the learning rate comes from train\.lr_ref"),
+        (
+            ["train.optimizer.name=SGD", "train.optimizer.kwargs={betas: [0.9, 0.9]}"],
+            r"^train\.optimizer\.kwargs \['betas'\] do not fit torch\.optim\.SGD",
+        ),
+        (
+            ["+train.optimizer.kwargs.lr=0.1"],
+            r"^train\.optimizer\.kwargs\.lr: the learning rate comes from train\.lr_ref",
+        ),
         (["train.target=clean"], r"^train\.target='clean': expected one of \['data', 'exact'\]$"),
-        (["train.target=exact"], r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); data 'mnist5k' has no exact denoiser$"),
+        (
+            ["train.target=exact"],
+            r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); data 'mnist5k' has no exact denoiser$",
+        ),
         (["train.sample_kimg=0"], r"^train\.sample_kimg=0"),
         (["+trainer.max_epochs=3"], r"^trainer\.max_epochs is derived by autoguide; set train\.duration_mi"),
-        (["trainer.precision=16-mixed"], r"^trainer\.precision='16-mixed': expected one of \['32-true', '32', 'bf16-mixed'\]"),
+        (
+            ["trainer.precision=16-mixed"],
+            r"^trainer\.precision='16-mixed': expected one of \['32-true', '32', 'bf16-mixed'\]",
+        ),
         (["net.img_resolution=30"], r"^net: .*img_resolution=30"),
         (["net.img_resolution=64"], r"^net\.img_resolution=64 does not match data 'mnist5k', which has 32x32 images$"),
         (["net=img64-xs"], r"^net\.img_resolution=64 does not match data 'mnist5k'"),
         (["net.img_channels=3"], r"^net\.img_channels=3 does not match data 'mnist5k', which has 1 channels$"),
         (["net.label_dim=5"], r"^net\.label_dim=5 does not match data 'mnist5k', which feeds 10 label classes"),
         (["net.label_dim=0"], r"^net\.label_dim=0 does not match .*set data\.conditional=false"),
-        (["net.label_dim=0", "data.conditional=false", "train.cond_drop_prob=0.1"], r"^train\.cond_drop_prob=0\.1 needs a conditional network"),
-        (["experiment=toy2d-main", "net=mnist-xs"], r"^net\.img_resolution=32 does not match data 'toy2d', which has 2D points$"),
+        (
+            ["net.label_dim=0", "data.conditional=false", "train.cond_drop_prob=0.1"],
+            r"^train\.cond_drop_prob=0\.1 needs a conditional network",
+        ),
+        (
+            ["experiment=toy2d-main", "net=mnist-xs"],
+            r"^net\.img_resolution=32 does not match data 'toy2d', which has 2D points$",
+        ),
         (["experiment=mnist-s", "net=toy-mlp"], r"^net\.arch='mlp' takes vectors"),
         (["data.split=nope"], r"^data: "),
         (["resume=/no/such/file.ckpt"], r"^resume=/no/such/file\.ckpt: no such checkpoint file$"),
@@ -71,7 +89,9 @@ def test_config_error_names_the_key(tmp_path, overrides, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu: no CUDA GPU is visible on this machine; use trainer=cpu$"):
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.accelerator=gpu: no CUDA GPU is visible on this machine; use trainer=cpu$"
+    ):
         train(make_config(["trainer=gpu", f"run_dir={tmp_path / 'run'}", "logger=none"]))
 
 
@@ -100,25 +120,36 @@ def test_unknown_preset_is_caught_before_hydra():
     [
         (["train.duration_mi=-0.5"], "config error: train.duration_mi=-0.5: expected a positive number"),
         (["net=mnist-q"], "config error: net=mnist-q: no such option in "),
-        (["train.lr_reff=0.1"], "config error: Could not override 'train.lr_reff': Key 'lr_reff' not in 'TrainSettings'; "),
+        (
+            ["train.lr_reff=0.1"],
+            "config error: Could not override 'train.lr_reff': Key 'lr_reff' not in 'TrainSettings'; ",
+        ),
         (["experiment=toy2d-main", "net.label_dim=3"], "config error: net.label_dim=3 does not match data 'toy2d'"),
     ],
 )
 def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args, "logger=none", f"run_dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), result.stderr
-    assert not (tmp_path / "run" / "logs").exists() and not (tmp_path / "run" / "config.yaml").exists(), "a refused run wrote"
+    assert not (tmp_path / "run" / "logs").exists() and not (tmp_path / "run" / "config.yaml").exists(), (
+        "a refused run wrote"
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["train.batch_size=abc"], r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$"),
+        (
+            ["train.batch_size=abc"],
+            r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$",
+        ),
         (["+trainer.foo=1", "seed=[1"], r"^no viable alternative at input '\[1'; See https://hydra\.cc"),
     ],
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoguide.config import compose, get_preset
+from autoguide.apps.config_tree import compose, get_preset
 from autoguide.diffusion import edm2_loss
 from autoguide.nets import build_network
 from autoguide.sample import PAG, SEG, TSG, Dropout, LayerSkip, generate_images
@@ -16,8 +16,17 @@ from autoguide.train.run import train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 DEVICE = torch.device("cuda")
-TINY = dict(arch="unet", img_resolution=16, img_channels=3, label_dim=4, model_channels=32, channel_mult=[1, 2],
-            num_blocks=1, attn_resolutions=[8], channels_per_head=16)
+TINY = dict(
+    arch="unet",
+    img_resolution=16,
+    img_channels=3,
+    label_dim=4,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[8],
+    channels_per_head=16,
+)
 
 
 def batch(net: torch.nn.Module, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +73,18 @@ def test_compiled_training_on_cuda_matches_eager():
 
 
 def test_ddp_with_one_gpu(tmp_path):
-    cfg = compose("train", ["debug=fast", "net=mnist-xs", f"run_dir={tmp_path / 'run'}", "trainer=ddp", "trainer.devices=1",
-                            "train.batch_size=16", "callbacks.sample_grid.num_steps=2"])
+    cfg = compose(
+        "train",
+        [
+            "debug=fast",
+            "net=mnist-xs",
+            f"run_dir={tmp_path / 'run'}",
+            "trainer=ddp",
+            "trainer.devices=1",
+            "train.batch_size=16",
+            "callbacks.sample_grid.num_steps=2",
+        ],
+    )
     final = train(cfg)
     assert final.is_file()
 
@@ -91,7 +110,13 @@ def test_sampler_bf16_is_close_to_fp32_on_the_same_seeds():
 def test_guidance_hooks_under_compile_on_cuda():
     net = sampling_net()
     seeds, labels = list(range(8)), [i % 4 for i in range(8)]
-    terms_list = ([PAG(weight=2.0)], [SEG(weight=2.0)], [TSG(weight=1.5)], [LayerSkip(weight=2.0)], [Dropout(weight=2.0, p=0.2)])
+    terms_list = (
+        [PAG(weight=2.0)],
+        [SEG(weight=2.0)],
+        [TSG(weight=1.5)],
+        [LayerSkip(weight=2.0)],
+        [Dropout(weight=2.0, p=0.2)],
+    )
     for terms in terms_list:
         eager = generate_images(net, seeds, labels, terms, device=DEVICE, num_steps=3)
         compiled = generate_images(net, seeds, labels, terms, device=DEVICE, num_steps=3, compile=True)

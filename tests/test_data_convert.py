@@ -27,17 +27,14 @@ def test_npz_to_shards(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:3] == [
-        f"wrote {tmp_path / 'out' / f'syn-{i:06d}.tar'} ({c} samples)"
-        for i, c in enumerate([3, 3, 1])
+        f"wrote {tmp_path / 'out' / f'syn-{i:06d}.tar'} ({c} samples)" for i, c in enumerate([3, 3, 1])
     ]
     assert "7 images" in lines[3] and "3 shards" in lines[3]
     data = IndexedShardDataset(tmp_path / "out")
     assert len(data) == 7 and data.label_dim == 3
     for i in range(7):
         x, label = data[i]
-        assert label == labels[i] and np.array_equal(
-            float_to_uint8(x), images[i].transpose(1, 2, 0)
-        )
+        assert label == labels[i] and np.array_equal(float_to_uint8(x), images[i].transpose(1, 2, 0))
 
 
 def test_folder_to_shards_and_bad_source(tmp_path):
@@ -53,9 +50,5 @@ def test_folder_to_shards_and_bad_source(tmp_path):
     assert [data[i][1] for i in range(4)] == [0, 0, 1, 1]
     assert np.array_equal(float_to_uint8(data[2][0])[:, :, 0], pixels[0])
     bad = _run(tmp_path / "nothing.txt", tmp_path / "out2")
-    assert (
-        bad.returncode == 2
-        and "nothing.txt" in bad.stderr
-        and "image folder or an .npz" in bad.stderr
-    )
+    assert bad.returncode == 2 and "nothing.txt" in bad.stderr and "image folder or an .npz" in bad.stderr
     assert not (tmp_path / "out2").exists()

@@ -43,10 +43,7 @@ def test_epoch_permutation_is_a_fixed_permutation():
 def test_ranks_interleave_into_epochs_that_cover_the_data():
     """Merging the ranks' items in global order gives, epoch by epoch, each index once."""
     n, world, batch, steps = 10, 2, 3, 10
-    per_rank = [
-        _ids(TrainStream(Numbers(n), batch, 3, seed=1, rank=r, world_size=world), steps)
-        for r in range(world)
-    ]
+    per_rank = [_ids(TrainStream(Numbers(n), batch, 3, seed=1, rank=r, world_size=world), steps) for r in range(world)]
     flat = [sum(ids, []) for ids in per_rank]
     merged = [flat[g % world][g // world] for g in range(world * batch * steps)]
     for e in range(len(merged) // n):
@@ -59,10 +56,7 @@ def test_resume_continues_the_uninterrupted_stream(world):
     n, batch, done, more = 17, 4, 5, 6  # epochs end mid-batch
     full = [_ids(TrainStream(Numbers(n), batch, 3, 9, r, world), done + more) for r in range(world)]
     start = done * batch * world
-    resumed = [
-        _ids(TrainStream(Numbers(n), batch, 3, 9, r, world, start_nimg=start), more)
-        for r in range(world)
-    ]
+    resumed = [_ids(TrainStream(Numbers(n), batch, 3, 9, r, world, start_nimg=start), more) for r in range(world)]
     for r in range(world):
         assert resumed[r] == full[r][done:]
     with pytest.raises(ValueError, match="multiple of world_size 3"):
@@ -112,9 +106,7 @@ def test_datamodule_toy2d_info_and_batches():
 
 def test_datamodule_takes_rank_and_nimg_from_the_trainer():
     dm = DiffusionDataModule({"name": "toy2d", "num_samples": 40, "batch_size": 4, "seed": 5})
-    dm.trainer = SimpleNamespace(
-        lightning_module=SimpleNamespace(nimg=24), global_rank=1, world_size=2
-    )
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(nimg=24), global_rank=1, world_size=2)
     stream = dm.train_dataloader().dataset
     assert (stream.rank, stream.world_size, stream.start_nimg) == (1, 2, 24)
     first = next(iter(dm.train_dataloader()))[0]
@@ -123,9 +115,7 @@ def test_datamodule_takes_rank_and_nimg_from_the_trainer():
 
 
 def test_datamodule_mnist_and_npz(tmp_path):
-    dm = DiffusionDataModule(
-        {"name": "mnist5k", "split": "test", "channels": 3, "batch_size": 2, "conditional": True}
-    )
+    dm = DiffusionDataModule({"name": "mnist5k", "split": "test", "channels": 3, "batch_size": 2, "conditional": True})
     assert dm.dataset_info() == {
         "img_channels": 3,
         "img_resolution": 32,
@@ -133,9 +123,7 @@ def test_datamodule_mnist_and_npz(tmp_path):
         "num_images": 500,
     }
     np.savez(tmp_path / "u.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
-    dm = DiffusionDataModule(
-        {"name": "npz", "path": str(tmp_path / "u.npz"), "batch_size": 2, "conditional": True}
-    )
+    dm = DiffusionDataModule({"name": "npz", "path": str(tmp_path / "u.npz"), "batch_size": 2, "conditional": True})
     with pytest.raises(ValueError, match="conditional: true.*no labels"):
         dm.dataset_info()
 

@@ -40,7 +40,7 @@ def test_npz_round_trip(tmp_path, layout):
     assert (data.img_channels, data.img_resolution) == (3, 8)
     for i in range(5):
         x, label = data[i]
-        assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+        assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
         assert np.array_equal(float_to_uint8(x), images[i]) and label == labels[i]
 
 

@@ -69,9 +69,7 @@ def test_grayscale_unlabeled(tmp_path):
 def _rank_items(monkeypatch, paths, rank, batch_size, num_workers):
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    loader = DataLoader(
-        ShardDataset(paths, batch_size), batch_size=batch_size, num_workers=num_workers
-    )
+    loader = DataLoader(ShardDataset(paths, batch_size), batch_size=batch_size, num_workers=num_workers)
     return [batch[1].tolist() for batch in loader]
 
 
@@ -89,9 +87,7 @@ def test_two_ranks_get_disjoint_data_of_equal_length(written, monkeypatch, num_w
     labels = [{label for batch in b for label in batch} for b in per_rank]
     assert not labels[0] & labels[1]
     shard_of = lambda label: label // 3  # noqa: E731
-    assert {shard_of(x) % 2 for x in labels[0]} == {0} and {shard_of(x) % 2 for x in labels[1]} == {
-        1
-    }
+    assert {shard_of(x) % 2 for x in labels[0]} == {0} and {shard_of(x) % 2 for x in labels[1]} == {1}
 
 
 def test_too_few_samples_for_ranks_is_an_error(tmp_path, monkeypatch):

@@ -56,15 +56,11 @@ def test_construction_follows_the_draw_order(ab, draws):
     pos1 = ORIGIN + np.array([math.cos(angle_a), math.sin(angle_a)]) * dist0
     # +1 child: angle from draw 1, dist from draw 2; its 8 components follow the root's 8.
     dist_plus = 0.292 * 0.8 * (1 + 0.2 * draws[2])
-    w_plus, m_plus = _unnormalised_first_component(
-        dist_plus, 1, pos1, angle_a + (1 + 0.2 * draws[1])
-    )
+    w_plus, m_plus = _unnormalised_first_component(dist_plus, 1, pos1, angle_a + (1 + 0.2 * draws[1]))
     np.testing.assert_allclose(ab.means[8].numpy(), m_plus, rtol=1e-12)
     # -1 child: after the +1 subtree (63 branches, 189 draws, 504 components).
     dist_minus = 0.292 * 0.8 * (1 + 0.2 * draws[192])
-    w_minus, m_minus = _unnormalised_first_component(
-        dist_minus, 1, pos1, angle_a - (1 + 0.2 * draws[191])
-    )
+    w_minus, m_minus = _unnormalised_first_component(dist_minus, 1, pos1, angle_a - (1 + 0.2 * draws[191]))
     np.testing.assert_allclose(ab.means[8 + 504].numpy(), m_minus, rtol=1e-12)
     # B's root uses the first draw after tree A.
     dist_b = 0.292 * (1 + 0.2 * draws[DRAWS_PER_TREE])
@@ -76,9 +72,7 @@ def test_construction_follows_the_draw_order(ab, draws):
     # Root covariance: thick = 0.2 / dist, size = scale * dist * 0.06.
     d = np.array([math.cos(angle_a), math.sin(angle_a)])
     size = SCALE * dist0 * 0.06
-    cov = (np.outer(d, d) + (np.eye(2) - np.outer(d, d)) * (0.2 / dist0) ** 2) * np.outer(
-        size, size
-    )
+    cov = (np.outer(d, d) + (np.eye(2) - np.outer(d, d)) * (0.2 / dist0) ** 2) * np.outer(size, size)
     np.testing.assert_allclose(ab.covs[0].numpy(), cov, rtol=1e-12)
 
 
@@ -86,10 +80,7 @@ def _scipy_log_components(mixture, x, sigma):
     """log(w_k N(x; mu_k, C_k + sigma^2 I)) for every point and component, by scipy."""
     w, mu, cov = mixture.weights.numpy(), mixture.means.numpy(), mixture.covs.numpy()
     return np.stack(
-        [
-            np.log(w[k]) + multivariate_normal(mu[k], cov[k] + sigma**2 * np.eye(2)).logpdf(x)
-            for k in range(len(w))
-        ],
+        [np.log(w[k]) + multivariate_normal(mu[k], cov[k] + sigma**2 * np.eye(2)).logpdf(x) for k in range(len(w))],
         axis=-1,
     )
 
@@ -98,9 +89,7 @@ def _scipy_log_components(mixture, x, sigma):
 def points(ab):
     """Points on the branches, between them and far away."""
     on = ab.sample(4, torch.Generator().manual_seed(1))
-    return torch.cat(
-        [on, torch.tensor([[0.1, -0.3], [0.9, 0.9], [-2.0, 1.5]], dtype=torch.float64)]
-    )
+    return torch.cat([on, torch.tensor([[0.1, -0.3], [0.9, 0.9], [-2.0, 1.5]], dtype=torch.float64)])
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.03, 0.4])
@@ -169,9 +158,7 @@ def test_samples_follow_the_mixture(ab):
     torch.testing.assert_close(x.mean(0), expected_mean, atol=0.02, rtol=0)
     share_a = ab.weights[ab.classes == 0].sum().item()
     assert abs((labels == 0).double().mean().item() - share_a) < 0.015
-    b_only, b_labels = toy_mixture("B").sample(
-        500, torch.Generator().manual_seed(0), return_labels=True
-    )
+    b_only, b_labels = toy_mixture("B").sample(500, torch.Generator().manual_seed(0), return_labels=True)
     assert (b_labels == 1).all()
     # Samples sit where the density is high: far higher mean log-density than a shifted copy.
     assert ab.log_prob(x[:2000]).mean() > ab.log_prob(x[:2000] + 0.2).mean() + 2
@@ -240,6 +227,8 @@ def test_dataset_exact_denoiser_follows_the_conditioning(ab):
     torch.testing.assert_close(out.double(), expected, atol=5e-5, rtol=0)
     torch.testing.assert_close(data.exact_denoiser(x, sigma, None).double(), ab.denoise(x, sigma), atol=5e-5, rtol=0)
     a_only = Toy2DDataset("A", 100, seed=0)
-    torch.testing.assert_close(a_only.exact_denoiser(x, sigma, None).double(), toy_mixture("A").denoise(x, sigma), atol=5e-5, rtol=0)
+    torch.testing.assert_close(
+        a_only.exact_denoiser(x, sigma, None).double(), toy_mixture("A").denoise(x, sigma), atol=5e-5, rtol=0
+    )
     with pytest.raises(ValueError, match="label 1 is not a class of this dataset"):
         a_only.exact_denoiser(x[15:30], sigma[15:30], labels[15:30])

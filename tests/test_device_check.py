@@ -13,8 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_device_check_runs_on_the_cpu(tmp_path):
     out = tmp_path / "check.json"
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "device_check.sh"), "--cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "device_check.sh"), "--cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["cuda_tests"]["skipped"] >= 5 and "failed" not in report["cuda_tests"]

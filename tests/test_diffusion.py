@@ -62,7 +62,9 @@ def test_edm2_loss_with_exact_target_regresses_the_given_target():
     lam = ((sigma**2 + 0.25) / (sigma * 0.5) ** 2).reshape(-1, 1, 1, 1)
     expected = (lam / sigma.exp().reshape(-1, 1, 1, 1) * (0.9 * noisy - 0.25) ** 2 + sigma.reshape(-1, 1, 1, 1)).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    same = edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3), exact_target=lambda n, s, c: y)
+    same = edm2_loss(
+        FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3), exact_target=lambda n, s, c: y
+    )
     plain = edm2_loss(FixedDenoiser(), y, None, -0.8, 1.6, torch.Generator().manual_seed(3))
     assert same.item() == pytest.approx(plain.item(), rel=1e-6)
 
@@ -76,7 +78,9 @@ def test_edm_weighting_drops_the_learned_uncertainty():
     noise = torch.randn(y.shape, generator=g).double()
     yd = y.double()
     total = sum(
-        ((sigma[i] ** 2 + 0.25) / (sigma[i] * 0.5) ** 2 * (0.9 * (yd[i] + noise[i] * sigma[i]) - yd[i]) ** 2).sum().item()
+        ((sigma[i] ** 2 + 0.25) / (sigma[i] * 0.5) ** 2 * (0.9 * (yd[i] + noise[i] * sigma[i]) - yd[i]) ** 2)
+        .sum()
+        .item()
         for i in range(4)
     )
     assert loss.item() == pytest.approx(total / y.numel(), rel=1e-5)

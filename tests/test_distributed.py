@@ -23,14 +23,14 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH = 32           # global images per optimizer step
-PER_DEVICE = 8       # micro-batch per device -> 32 / (2 x 8) = 2 accumulation rounds
+BATCH = 32  # global images per optimizer step
+PER_DEVICE = 8  # micro-batch per device -> 32 / (2 x 8) = 2 accumulation rounds
 STEPS = 4
 INTERVAL_KIMG = 2 * BATCH / 1000  # checkpoints, snapshots and samples every 2 steps
 
 # Runs at interpreter start in every process (it is `sitecustomize` on PYTHONPATH): records
 # each file under the run folder opened for writing and each rename into it.
-AUDIT_HOOK = '''
+AUDIT_HOOK = """
 import atexit, json, os, sys
 
 _run = os.path.realpath(os.environ["AG_PROBE_RUN_DIR"])
@@ -63,11 +63,11 @@ def _dump():
 
 sys.addaudithook(_hook)
 atexit.register(_dump)
-'''
+"""
 
 # A callback (module `ag_probe` on PYTHONPATH) that records, per rank: its pid, the images of
 # every micro-batch it trained on, and its weights at the start and at the end of training.
-PROBE = '''
+PROBE = """
 import json, os
 import lightning.pytorch as pl
 import torch
@@ -96,7 +96,7 @@ class RankProbe(pl.Callback):
         info = {"pid": os.getpid(), "world_size": trainer.world_size, "nimg": int(pl_module.nimg)}
         with open(os.path.join(self.out, f"rank{rank}.json"), "w") as f:
             json.dump(info, f)
-'''
+"""
 
 
 def probe_env(tmp_path: Path, run_dir: Path) -> tuple[dict[str, str], Path]:
@@ -110,7 +110,9 @@ def probe_env(tmp_path: Path, run_dir: Path) -> tuple[dict[str, str], Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")])),
-        AG_PROBE_RUN_DIR=str(run_dir), AG_PROBE_OUT=str(out), OMP_NUM_THREADS="1",
+        AG_PROBE_RUN_DIR=str(run_dir),
+        AG_PROBE_OUT=str(out),
+        OMP_NUM_THREADS="1",
     )
     return env, out
 
@@ -118,14 +120,25 @@ def probe_env(tmp_path: Path, run_dir: Path) -> tuple[dict[str, str], Path]:
 def train_overrides(run_dir: Path, probe_out: Path) -> list[str]:
     """A tiny toy2d run: STEPS optimizer steps of BATCH images, every callback firing."""
     return [
-        "experiment=toy2d-main", "logger=csv", f"run_dir={run_dir}", "net.width=16", "net.depth=2",
-        f"train.batch_size={BATCH}", f"train.batch_per_device={PER_DEVICE}",
-        f"train.duration_mi={STEPS * BATCH / 2**20}", "train.lr_rampup_mi=0.0001",
-        f"train.checkpoint_kimg={INTERVAL_KIMG}", f"train.snapshot_kimg={INTERVAL_KIMG}",
-        f"train.sample_kimg={INTERVAL_KIMG}", f"train.log_kimg={INTERVAL_KIMG}",
-        "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2",
-        "callbacks.sample_grid.batch_size=8", "callbacks.progress_bar=null",
-        "+callbacks.probe._target_=ag_probe.RankProbe", f"+callbacks.probe.out_dir={probe_out}",
+        "experiment=toy2d-main",
+        "logger=csv",
+        f"run_dir={run_dir}",
+        "net.width=16",
+        "net.depth=2",
+        f"train.batch_size={BATCH}",
+        f"train.batch_per_device={PER_DEVICE}",
+        f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.lr_rampup_mi=0.0001",
+        f"train.checkpoint_kimg={INTERVAL_KIMG}",
+        f"train.snapshot_kimg={INTERVAL_KIMG}",
+        f"train.sample_kimg={INTERVAL_KIMG}",
+        f"train.log_kimg={INTERVAL_KIMG}",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.sample_grid.batch_size=8",
+        "callbacks.progress_bar=null",
+        "+callbacks.probe._target_=ag_probe.RankProbe",
+        f"+callbacks.probe.out_dir={probe_out}",
     ]
 
 
@@ -172,7 +185,11 @@ def test_two_process_ddp_identical_weights_and_rank0_writes(tmp_path):
     env, out = probe_env(tmp_path, run_dir)
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *train_overrides(run_dir, out), "trainer=ddp_cpu"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     check_ranks(run_dir, out, world_size=2, per_device=PER_DEVICE, accumulate=BATCH // (2 * PER_DEVICE))

@@ -9,21 +9,14 @@ every ``module_src`` would leave a sentinel file (and raise) if anything ever ra
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import json
 import os
 import pickle
 
 import pytest
 import torch
-from safetensors import safe_open
-
-from autoguide.io import load_denoiser, read_model_file, save_model
-from autoguide.io.edm2_export import export_edm2
-from autoguide.apps.export_edm2 import main as export_main
-from autoguide.io.edm2_import import EDM2ImportError, import_edm2, read_edm2_pickle, release_nimg_and_std
-from autoguide.apps.import_edm2 import main as import_main
 from edm2_pickles import (
     GUIDE_NAME,
     TINY,
@@ -33,7 +26,14 @@ from edm2_pickles import (
     tiny_net,
     write_release,
 )
-from autoguide.config import get_preset
+from safetensors import safe_open
+
+from autoguide.apps.config_tree import get_preset
+from autoguide.apps.export_edm2 import main as export_main
+from autoguide.apps.import_edm2 import main as import_main
+from autoguide.io import load_denoiser, read_model_file, save_model
+from autoguide.io.edm2_export import export_edm2
+from autoguide.io.edm2_import import EDM2ImportError, import_edm2, read_edm2_pickle, release_nimg_and_std
 from autoguide.nets import build_network
 
 
@@ -63,8 +63,14 @@ def test_import_latent_model_matches_released_weights(fake_release, tmp_path):
     assert stored == {"format": "autoguide-model/1", **card, "sha256": stored["sha256"]}  # digest: test_integrity.py
     assert {k: card["network"][k] for k in TINY} == TINY
     assert card["nimg"] == 128 * 2**20 and card["ema_std"] == 0.125
-    assert card["latent"] == {"type": "stability_vae", "vae_name": "stabilityai/sd-vae-ft-mse", "raw_mean": [5.81, 3.25, 0.12, -2.15],
-                              "raw_std": [4.17, 4.62, 3.71, 3.28], "final_mean": 0.0, "final_std": 0.5}
+    assert card["latent"] == {
+        "type": "stability_vae",
+        "vae_name": "stabilityai/sd-vae-ft-mse",
+        "raw_mean": [5.81, 3.25, 0.12, -2.15],
+        "raw_std": [4.17, 4.62, 3.71, 3.28],
+        "final_mean": 0.0,
+        "final_std": 0.5,
+    }
     # The imported denoiser computes what our network computes with the fp16-rounded weights.
     net.load_state_dict(expected)
     loaded = load_denoiser(tmp_path / "guide.safetensors")
@@ -75,7 +81,15 @@ def test_import_latent_model_matches_released_weights(fake_release, tmp_path):
 
 
 def test_import_unconditional_pixel_model_with_nondefault_widths(fake_release, tmp_path):
-    net = tiny_net(label_dim=0, img_channels=3, channel_mult=[2, 3], channel_mult_emb=4, clip_act=None, dropout=0.0, logvar_channels=64)
+    net = tiny_net(
+        label_dim=0,
+        img_channels=3,
+        channel_mult=[2, 3],
+        channel_mult_emb=4,
+        clip_act=None,
+        dropout=0.0,
+        logvar_channels=64,
+    )
     pkl = write_release(fake_release, tmp_path / "edm2-img64-xs-uncond-2147483-0.045.pkl", net, encoder="rgb")
     card = import_edm2(pkl, tmp_path / "m.safetensors")
     cfg = card["network"]
@@ -113,7 +127,9 @@ def _evil(reducer):
     return Evil()
 
 
-@pytest.mark.parametrize("reducer_name", ["os.system", "builtins.eval", "builtins.exec", "builtins.__import__", "subprocess.call"])
+@pytest.mark.parametrize(
+    "reducer_name", ["os.system", "builtins.eval", "builtins.exec", "builtins.__import__", "subprocess.call"]
+)
 def test_malicious_globals_are_refused_before_running(tmp_path, sentinel, reducer_name):
     import builtins
     import subprocess
@@ -121,7 +137,9 @@ def test_malicious_globals_are_refused_before_running(tmp_path, sentinel, reduce
     module, name = reducer_name.split(".")
     func = getattr({"os": os, "builtins": builtins, "subprocess": subprocess}[module], name)
     command = f"touch {sentinel}"
-    args = {"system": (command,), "call": (command.split(),), "__import__": ("ctypes",)}.get(name, (f"__import__('os').system({command!r})",))
+    args = {"system": (command,), "call": (command.split(),), "__import__": ("ctypes",)}.get(
+        name, (f"__import__('os').system({command!r})",)
+    )
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"ema": _evil((func, args))}))
     with pytest.raises(EDM2ImportError, match=r"evil\.pkl.*refusing global (posix|os|builtins|subprocess)\."):
@@ -132,7 +150,12 @@ def test_poisoned_payloads_inside_the_network_are_refused(fake_release, tmp_path
     # A global hidden in the constructor arguments of the network.
     bad_kwargs = tmp_path / "b.pkl"
     with open(bad_kwargs, "wb") as f:
-        pickle.dump(fake_release.EasyDict(ema=fake_release.Persistent("Precond", {"_init_kwargs": {"x": _evil((os.system, ("true",)))}})), f)
+        pickle.dump(
+            fake_release.EasyDict(
+                ema=fake_release.Persistent("Precond", {"_init_kwargs": {"x": _evil((os.system, ("true",)))}})
+            ),
+            f,
+        )
     with pytest.raises(EDM2ImportError, match="refusing global posix.system"):
         read_edm2_pickle(bad_kwargs)
     # The protocol-2 bytes helper accepts latin1 only, not other codecs.
@@ -158,7 +181,9 @@ def test_unknown_persistent_classes_are_refused_without_running_their_source(fak
     path = tmp_path / "x.pkl"
     with open(path, "wb") as f:
         pickle.dump(fake_release.EasyDict(ema=fake_release.Persistent(class_name, {})), f)
-    with pytest.raises(EDM2ImportError, match=f"persistent class '{class_name}' is not part of the EDM2 release format"):
+    with pytest.raises(
+        EDM2ImportError, match=f"persistent class '{class_name}' is not part of the EDM2 release format"
+    ):
         read_edm2_pickle(path)
 
 
@@ -198,7 +223,10 @@ def test_weights_that_do_not_fit_the_attributes_are_refused(fake_release, tmp_pa
     with torch.no_grad():
         net.unet.dec["8x8_block0"].conv_res1.weight = torch.nn.Parameter(torch.zeros(32, 31, 3, 3))
     pkl = write_release(fake_release, tmp_path / "x.pkl", net)
-    with pytest.raises(EDM2ImportError, match=r"x\.pkl: weights do not match.*wrong shape \['unet\.dec\.8x8_block0\.conv_res1\.weight'\]"):
+    with pytest.raises(
+        EDM2ImportError,
+        match=r"x\.pkl: weights do not match.*wrong shape \['unet\.dec\.8x8_block0\.conv_res1\.weight'\]",
+    ):
         import_edm2(pkl, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -223,7 +251,9 @@ def test_cli_import_with_vae_records_its_identity(fake_release, tmp_path, capsys
     assert latent["vae_name"] == "stabilityai/sd-vae-ft-mse" and latent["vae"]["folder"] == "sd-vae-ft-mse"
     assert latent["vae"]["weights_sha256"] == hashlib.sha256(b"stand-in weights").hexdigest()
     capsys.readouterr()
-    pixel = write_release(fake_release, tmp_path / "edm2-img64-xs-2147483-0.045.pkl", tiny_net(img_channels=3), encoder="rgb")
+    pixel = write_release(
+        fake_release, tmp_path / "edm2-img64-xs-2147483-0.045.pkl", tiny_net(img_channels=3), encoder="rgb"
+    )
     with pytest.raises(SystemExit):
         import_main([str(pixel), str(tmp_path / "p.safetensors"), "--vae", str(vae)])
     assert "a pixel-space model has no VAE; import it without --vae" in capsys.readouterr().err
@@ -243,12 +273,21 @@ def test_cli_import_then_export_restores_reference_names(fake_release, tmp_path,
     assert kwargs == {k: v for k, v in read_model_file(tmp_path / "g.safetensors")[1]["network"].items() if k != "arch"}
     # Names and shapes of the reference network (networks_edm2.py wiring) for this config.
     reference = {
-        "unet.emb_fourier.freqs": (16,), "unet.emb_noise.weight": (32, 16), "unet.emb_label.weight": (32, 10),
-        "unet.enc.16x16_conv.weight": (16, 5, 3, 3), "unet.enc.8x8_down.conv_res0.weight": (16, 16, 3, 3),
-        "unet.enc.8x8_block0.conv_skip.weight": (32, 16, 1, 1), "unet.enc.8x8_block0.attn_qkv.weight": (96, 32, 1, 1),
-        "unet.dec.8x8_in0.attn_proj.weight": (32, 32, 1, 1), "unet.dec.8x8_block1.conv_res0.weight": (32, 48, 3, 3),
-        "unet.dec.16x16_up.emb_gain": (), "unet.dec.16x16_block1.conv_skip.weight": (16, 32, 1, 1),
-        "unet.out_conv.weight": (4, 16, 3, 3), "unet.out_gain": (), "logvar_fourier.phases": (128,), "logvar_linear.weight": (1, 128),
+        "unet.emb_fourier.freqs": (16,),
+        "unet.emb_noise.weight": (32, 16),
+        "unet.emb_label.weight": (32, 10),
+        "unet.enc.16x16_conv.weight": (16, 5, 3, 3),
+        "unet.enc.8x8_down.conv_res0.weight": (16, 16, 3, 3),
+        "unet.enc.8x8_block0.conv_skip.weight": (32, 16, 1, 1),
+        "unet.enc.8x8_block0.attn_qkv.weight": (96, 32, 1, 1),
+        "unet.dec.8x8_in0.attn_proj.weight": (32, 32, 1, 1),
+        "unet.dec.8x8_block1.conv_res0.weight": (32, 48, 3, 3),
+        "unet.dec.16x16_up.emb_gain": (),
+        "unet.dec.16x16_block1.conv_skip.weight": (16, 32, 1, 1),
+        "unet.out_conv.weight": (4, 16, 3, 3),
+        "unet.out_gain": (),
+        "logvar_fourier.phases": (128,),
+        "logvar_linear.weight": (1, 128),
     }
     assert {k: tuple(exported[k].shape) for k in reference} == reference
 
@@ -258,13 +297,17 @@ def test_export_safetensors_carries_reference_kwargs(tmp_path):
     save_model(tmp_path / "m.safetensors", net, {"network": TINY, "nimg": 0, "ema_std": None, "source": "test"})
     kwargs = export_edm2(tmp_path / "m.safetensors", tmp_path / "out.safetensors")
     with safe_open(str(tmp_path / "out.safetensors"), framework="pt") as f:
-        assert json.loads(f.metadata()["edm2.precond_kwargs"]) == kwargs == {k: v for k, v in TINY.items() if k != "arch"}
+        assert (
+            json.loads(f.metadata()["edm2.precond_kwargs"]) == kwargs == {k: v for k, v in TINY.items() if k != "arch"}
+        )
         assert torch.equal(f.get_tensor("unet.enc.16x16_conv.weight"), net.state_dict()["unet.enc.16x16_conv.weight"])
 
 
 def test_export_refuses_models_without_a_reference_counterpart(tmp_path):
     mlp = {"arch": "mlp", "img_channels": 2, "label_dim": 0}
-    save_model(tmp_path / "toy.safetensors", build_network(mlp), {"network": mlp, "nimg": 0, "ema_std": None, "source": "test"})
+    save_model(
+        tmp_path / "toy.safetensors", build_network(mlp), {"network": mlp, "nimg": 0, "ema_std": None, "source": "test"}
+    )
     with pytest.raises(ValueError, match="only EDM2 UNet models have a reference counterpart"):
         export_edm2(tmp_path / "toy.safetensors", tmp_path / "toy.pt")
     with pytest.raises(ValueError, match=r"must end in \.pt, \.pth or \.safetensors"):

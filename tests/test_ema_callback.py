@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import autoguide
 from autoguide.diffusion import edm2_loss
 from autoguide.ema.callback import PowerEMACallback
-from autoguide.ema.power import sigma_rel_to_gamma
 from autoguide.ema.posthoc import reconstruct
+from autoguide.ema.power import sigma_rel_to_gamma
 from autoguide.ema.snapshots import read_index, write_index
 from autoguide.io import read_model_file
 from autoguide.nets import build_network, config_dict
@@ -67,9 +67,16 @@ class TinyDiffusion(pl.LightningModule):
 
 def trainer(root, max_steps, callbacks, **kwargs):
     options = dict(
-        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks,
-        default_root_dir=root, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        callbacks=callbacks,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
     )
     return pl.Trainer(**{**options, **kwargs})
 
@@ -126,8 +133,12 @@ def test_resume_continues_emas_and_never_duplicates_snapshots(tmp_path):
     ckpts = tmp_path / "ckpt"
     saver = pl.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=30, save_top_k=-1)
     b = TinyDiffusion()
-    trainer(tmp_path / "rb", 90, [PowerEMACallback(snapshot_kimg=0.5, out_dir=tmp_path / "b"), saver],
-            enable_checkpointing=True).fit(b)
+    trainer(
+        tmp_path / "rb",
+        90,
+        [PowerEMACallback(snapshot_kimg=0.5, out_dir=tmp_path / "b"), saver],
+        enable_checkpointing=True,
+    ).fit(b)
     before = read_index(tmp_path / "b").entries
     ckpt = next(ckpts.glob("*step=60.ckpt"))
     b2 = TinyDiffusion()
@@ -197,7 +208,9 @@ def test_reconstruction_after_a_short_training_run(tmp_path):
     only_two.mkdir()
     for e in stored:
         (only_two / e.path.name).symlink_to(e.path)
-    write_index(only_two, index.network, index.buffers, [type(e)(only_two / e.path.name, e.nimg, e.std) for e in stored])
+    write_index(
+        only_two, index.network, index.buffers, [type(e)(only_two / e.path.name, e.nimg, e.std) for e in stored]
+    )
     [out] = reconstruct([only_two], [0.075], out_dir=tmp_path / "out", progress=False)
     rebuilt = autoguide.load_denoiser(out).state_dict()
     tracked = {k: v for k, v in cb.ema.modules[0.075].state_dict().items()}
@@ -206,8 +219,10 @@ def test_reconstruction_after_a_short_training_run(tmp_path):
     diff = torch.cat([(rebuilt[k] - tracked[k]).flatten() for k in keys]).norm()
     gap = torch.cat([(short[k] - tracked[k]).flatten() for k in keys]).norm()
     scale = torch.cat([tracked[k].flatten() for k in keys]).norm()
-    print(f"training run: {len(stored) // 2} snapshots per std, |rebuilt - tracked| / "
-          f"|ema(0.05) - ema(0.075)| = {diff / gap:.2e}, / |tracked| = {diff / scale:.2e}")
+    print(
+        f"training run: {len(stored) // 2} snapshots per std, |rebuilt - tracked| / "
+        f"|ema(0.05) - ema(0.075)| = {diff / gap:.2e}, / |tracked| = {diff / scale:.2e}"
+    )
     assert diff / gap < 2e-3
     for k, v in module.net.named_buffers():
         assert torch.equal(rebuilt[k], v)

@@ -41,8 +41,13 @@ def make_run(folder, steps=160, network=MLP, stds=(0.05, 0.1), seed=0):
         if step % EVERY == 0:
             for s in stds:
                 path = folder / snapshot_filename(step * STEP, s)
-                card = {"format": "autoguide-model/1", "network": network, "nimg": step * STEP,
-                        "ema_std": s, "source": "test"}
+                card = {
+                    "format": "autoguide-model/1",
+                    "network": network,
+                    "nimg": step * STEP,
+                    "ema_std": s,
+                    "source": "test",
+                }
                 save_model(path, ema.modules[s].state_dict(), card)
                 entries.append(Snapshot(path, step * STEP, s))
     write_index(folder, network, buffers, entries)
@@ -162,7 +167,9 @@ def test_one_snapshot_in_memory_at_a_time(run, tmp_path, monkeypatch):
 def test_refusals(run, tmp_path, capsys):
     expect_refusal(capsys, run, "--std", "0.07,0.28", match="cannot represent EMA std 0.28")
     expect_refusal(capsys, run, "--std", "0.07", "--at-nimg", 161 * STEP, match="beyond the last snapshot")
-    expect_refusal(capsys, run, "--std", "0.07", "--at-nimg", 45 * STEP, match="not a snapshot time (nearest: 2560, 3200)")
+    expect_refusal(
+        capsys, run, "--std", "0.07", "--at-nimg", 45 * STEP, match="not a snapshot time (nearest: 2560, 3200)"
+    )
     expect_refusal(capsys, tmp_path / "nowhere", "--std", "0.07", match="index.json")
 
     other = make_run(tmp_path / "other" / "phema", steps=20, network={**MLP, "width": 8})
@@ -195,6 +202,7 @@ def test_module_entry_point(run, tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-m", "autoguide.apps.reconstruct", str(run), "--std", "0.31", "--dry-run"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and "outside the power-EMA range" in done.stderr

@@ -121,8 +121,10 @@ def test_reconstruction_matches_directly_tracked_ema_on_synthetic_trajectory():
     rebuilt = reconstruct(stored, times[-1], 0.075)
     gap = np.linalg.norm(direct - ema.modules[0.05].w.numpy())  # scale of an EMA-length change
     rel = np.linalg.norm(rebuilt - direct) / gap
-    print(f"synthetic: |rebuilt - tracked| / |ema(0.075) - ema(0.05)| = {rel:.2e}, "
-          f"relative to |tracked| = {np.linalg.norm(rebuilt - direct) / np.linalg.norm(direct):.2e}")
+    print(
+        f"synthetic: |rebuilt - tracked| / |ema(0.075) - ema(0.05)| = {rel:.2e}, "
+        f"relative to |tracked| = {np.linalg.norm(rebuilt - direct) / np.linalg.norm(direct):.2e}"
+    )
     assert rel < 2e-3
     # and at an earlier stored time: the tracked 0.075 snapshot taken there
     t_mid = sorted({t for t, _, _ in snaps})[15]

@@ -18,13 +18,13 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from conftest import tiny_vae  # noqa: E402
+from conftest import tiny_vae
 
-from autoguide.data.encode import EncodeSettings, encode_dataset  # noqa: E402
-from autoguide.data.images import adm_center_crop, read_header  # noqa: E402
-from autoguide.data.latents import LatentShardDataset, read_manifest  # noqa: E402
-from autoguide.data.registry import build_reference_dataset  # noqa: E402
-from autoguide.data.scan import LISTED, BadImages  # noqa: E402
+from autoguide.data.encode import EncodeSettings, encode_dataset
+from autoguide.data.images import adm_center_crop, read_header
+from autoguide.data.latents import LatentShardDataset, read_manifest
+from autoguide.data.registry import build_reference_dataset
+from autoguide.data.scan import LISTED, BadImages
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -52,11 +52,24 @@ def dataset_tool_crop(pixels: np.ndarray, r: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("height", "width", "resolution"),
     [
-        (375, 500, 512), (500, 375, 512), (333, 500, 512),  # ImageNet's typical sizes: enlarged
-        (512, 512, 512), (512, 683, 512),  # at the crop
-        (31, 47, 64), (47, 31, 64), (5, 9, 64), (64, 64, 64), (63, 64, 64),  # below, odd, tiny
-        (65, 129, 64), (127, 128, 64), (128, 128, 64), (129, 301, 64), (301, 129, 64),  # above, up to 2x and at it
-        (513, 1031, 64), (1031, 513, 64), (257, 255, 64),  # more than 2x: BOX halvings first
+        (375, 500, 512),
+        (500, 375, 512),
+        (333, 500, 512),  # ImageNet's typical sizes: enlarged
+        (512, 512, 512),
+        (512, 683, 512),  # at the crop
+        (31, 47, 64),
+        (47, 31, 64),
+        (5, 9, 64),
+        (64, 64, 64),
+        (63, 64, 64),  # below, odd, tiny
+        (65, 129, 64),
+        (127, 128, 64),
+        (128, 128, 64),
+        (129, 301, 64),
+        (301, 129, 64),  # above, up to 2x and at it
+        (513, 1031, 64),
+        (1031, 513, 64),
+        (257, 255, 64),  # more than 2x: BOX halvings first
     ],
 )
 def test_crop_equals_the_dataset_tool_bit_for_bit(height, width, resolution):
@@ -92,18 +105,25 @@ def test_bad_images_are_listed_at_once_before_anything_is_written(tmp_path):
     with pytest.raises(BadImages) as refused:
         encode_dataset(src, out, vae, SETTINGS, progress=False)
     lines = str(refused.value).splitlines()
-    assert lines[0] == f"{src}: 3 of 10 images cannot be encoded; nothing was written. Fix or remove them, or encode with " \
+    assert (
+        lines[0] == f"{src}: 3 of 10 images cannot be encoded; nothing was written. Fix or remove them, or encode with "
         "--skip-bad to leave them out (images that are not RGB: --convert-rgb):"
+    )
     assert [line.split(": ")[0].strip() for line in lines[1:]] == [str(bad[k]) for k in ("cmyk", "truncated", "gray")]
     assert "image mode 'CMYK' (JPEG), not RGB; encode with --convert-rgb" in lines[1]
-    assert "the image data is truncated or broken: image file is truncated" in lines[2] and "image mode 'L' (PNG)" in lines[3]
+    assert (
+        "the image data is truncated or broken: image file is truncated" in lines[2]
+        and "image mode 'L' (PNG)" in lines[3]
+    )
     assert not out.exists()  # nothing written, nothing pinned: the fixed run below is accepted
 
     # --skip-bad leaves the truncated file out and lists it in the manifest
     skipping = encode_dataset(src, out, vae, replace(SETTINGS, convert_rgb=True, skip_bad=True), progress=False)
     manifest = read_manifest(out)
     assert skipping["skipped"] == 1 and manifest["num_images"] == 9
-    assert manifest["skipped"] == [{"index": 8, "image": str(bad["truncated"]), "problem": refused.value.problems[1].problem}]
+    assert manifest["skipped"] == [
+        {"index": 8, "image": str(bad["truncated"]), "problem": refused.value.problems[1].problem}
+    ]
     assert len(build_reference_dataset({"name": "latents", "path": str(out)})) == 9
     assert LatentShardDataset(out).shard_of.size == 9
 
@@ -151,8 +171,20 @@ def test_a_worker_error_reaches_the_user_as_one_line(tmp_path):
     start = broken.index(b"IDAT") + 8
     broken[start : start + 8] = b"\xff" * 8
     (src / "1.png").write_bytes(bytes(broken))
-    command = [sys.executable, "-m", "autoguide.apps.encode", str(src), str(tmp_path / "out"), "--vae", str(vae),
-               "--resolution", "32", "--workers", "2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "autoguide.apps.encode",
+        str(src),
+        str(tmp_path / "out"),
+        "--vae",
+        str(vae),
+        "--resolution",
+        "32",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"autoguide-encode: error: {src / '1.png'}: ")
@@ -161,7 +193,9 @@ def test_a_worker_error_reaches_the_user_as_one_line(tmp_path):
 
 def readme_encode_command() -> list[str]:
     """The README's ImageNet encode command (the first ``autoguide-encode imagenet/train`` line)."""
-    line = next(x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("autoguide-encode imagenet/train"))
+    line = next(
+        x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("autoguide-encode imagenet/train")
+    )
     return shlex.split(line.split("#")[0])
 
 
@@ -176,18 +210,31 @@ def test_an_imagenet_like_folder_encodes_with_the_readme_command(tmp_path):
     for wnid, shapes in sizes.items():
         (train / wnid).mkdir(parents=True)
         for i, (h, w) in enumerate(shapes):
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(train / wnid / f"{wnid}_{i}.JPEG", quality=85)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                train / wnid / f"{wnid}_{i}.JPEG", quality=85
+            )
     Image.fromarray(rng.integers(0, 256, (375, 500), dtype=np.uint8)).save(train / "n01484850" / "n01484850_gray.JPEG")
     Image.new("CMYK", (500, 400), (5, 50, 100, 0)).save(train / "n01484850" / "n01484850_cmyk.JPEG")
     tiny_vae(4, width=4).save_pretrained(tmp_path / "vae" / "sd-vae-ft-mse")
     command = readme_encode_command()
     assert command[:2] == ["autoguide-encode", "imagenet/train"] and "--resolution" not in command
-    result = subprocess.run([sys.executable, "-m", "autoguide.apps.encode", *command[1:], "--no-progress"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=500, env=ONE_THREAD)
+    result = subprocess.run(
+        [sys.executable, "-m", "autoguide.apps.encode", *command[1:], "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     manifest = read_manifest(tmp_path / "data" / "img512-latents")
     assert summary["num_images"] == manifest["num_images"] == 7 and manifest["skipped"] == []
     assert manifest["latent_shape"] == [4, 64, 64] and manifest["label_dim"] == 3
-    assert manifest["preprocessing"] == {"crop": "adm-center", "resolution": 512, "convert_rgb": True, "vae_input": "uint8 / 255"}
+    assert manifest["preprocessing"] == {
+        "crop": "adm-center",
+        "resolution": 512,
+        "convert_rgb": True,
+        "vae_input": "uint8 / 255",
+    }
     assert manifest["vae"]["name"] == "sd-vae-ft-mse"  # named after its folder (save_pretrained records no hub name)

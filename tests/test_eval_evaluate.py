@@ -10,11 +10,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from autoguide.data.mnist import MNIST5k
-from autoguide.config import compose as compose_config
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run
+from autoguide.data.mnist import MNIST5k
 from autoguide.eval.evaluate import EvalPlan
-from autoguide.sample.seeds import format_seeds
 from autoguide.eval.evaluator import fd_infinity_settings
 from autoguide.eval.frechet import frechet_distance_infinity
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
@@ -23,14 +22,22 @@ from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
 from autoguide.sample import batch
 from autoguide.sample.labels import class_labels
+from autoguide.sample.seeds import format_seeds
 
 # untrained classifiers have dead ReLU units (zero-variance features): scipy's sqrtm warns, stays accurate
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 
 TOY_NET = {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": 16, "depth": 1, "sigma_data": 0.5}
 MNIST_NET = {
-    "arch": "unet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "model_channels": 8,
-    "channel_mult": [1, 1], "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 1],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
 }
 
 
@@ -73,10 +80,21 @@ def toy_model(tmp_path_factory):
 
 
 def toy_cfg(model, out, *extra):
-    return compose_config("eval", [
-        f"model={model}", "metrics=toy2d", "metrics.toy.num_density_samples=2000", "sampler.num_steps=4",
-        "seeds=0-149", "class_labels=0", "device=cpu", f"output.dir={out}", "preview_images=16", *extra,
-    ])
+    return compose_config(
+        "eval",
+        [
+            f"model={model}",
+            "metrics=toy2d",
+            "metrics.toy.num_density_samples=2000",
+            "sampler.num_steps=4",
+            "seeds=0-149",
+            "class_labels=0",
+            "device=cpu",
+            f"output.dir={out}",
+            "preview_images=16",
+            *extra,
+        ],
+    )
 
 
 def test_toy_report_matches_direct_computation(toy_model, tmp_path):
@@ -107,13 +125,29 @@ def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path, fd_inf
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
     classifier = MnistClassifier(feature_dim=24).eval()  # fewer features than images: regular covariances
-    save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    cfg = compose_config("eval", [
-        f"model={model}", "sampler.num_steps=3", "seeds=0-63", "chunk_images=40", "device=cpu",
-        f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", "preview_images=0",
-        f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
-        *([f"metrics.fd_infinity={{points:{fd_infinity[0]},min_fraction:{fd_infinity[1]}}}"] if fd_infinity else []),
-    ])
+    save_classifier(
+        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
+    )
+    cfg = compose_config(
+        "eval",
+        [
+            f"model={model}",
+            "sampler.num_steps=3",
+            "seeds=0-63",
+            "chunk_images=40",
+            "device=cpu",
+            f"output.dir={tmp_path / 'out'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "preview_images=0",
+            f"extractors.mnist.path={tmp_path / 'clf.safetensors'}",
+            "metrics.reference.split=test",
+            *(
+                [f"metrics.fd_infinity={{points:{fd_infinity[0]},min_fraction:{fd_infinity[1]}}}"]
+                if fd_infinity
+                else []
+            ),
+        ],
+    )
     report = run(cfg)
     metrics = report["metrics"]
 
@@ -134,10 +168,19 @@ def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path, fd_inf
 def test_cli_runs(toy_model, tmp_path):
     out = tmp_path / "cli"
     args = [
-        f"model={toy_model}", "metrics=toy2d", "metrics.toy.num_density_samples=1000", "sampler.num_steps=2",
-        "seeds=0-49", "class_labels=1", "device=cpu", f"output.dir={out}", "output.formats=[]",
+        f"model={toy_model}",
+        "metrics=toy2d",
+        "metrics.toy.num_density_samples=1000",
+        "sampler.num_steps=2",
+        "seeds=0-49",
+        "class_labels=1",
+        "device=cpu",
+        f"output.dir={out}",
+        "output.formats=[]",
     ]
-    done = subprocess.run([sys.executable, "-m", "autoguide.apps.evaluate", *args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "autoguide.apps.evaluate", *args], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "metrics.json").read_text())
     assert report["class_labels"] == 1 and report["sets"][0]["seeds"] == "0-49"
@@ -154,24 +197,50 @@ class GrayCodec(torch.nn.Module):
 
 
 def test_latent_models_are_decoded_before_measuring(tmp_path, monkeypatch):
-    import autoguide.latent as latent_module
+    import autoguide.data.vae as latent_module
 
     asked = []
-    monkeypatch.setattr(latent_module, "load_latent_codec", lambda card, vae_path, device: asked.append((card, vae_path)) or GrayCodec())
+    monkeypatch.setattr(
+        latent_module, "load_latent_codec", lambda card, vae_path, device: asked.append((card, vae_path)) or GrayCodec()
+    )
     latent_module._cached_codec.cache_clear()
     torch.manual_seed(0)
     net = build_network({**MNIST_NET, "img_channels": 4})
     spec = {"type": "stability_vae", "vae_name": "test"}
-    save_model(tmp_path / "latent.safetensors", net, {"network": net.config, "nimg": 0, "ema_std": None, "source": "test", "latent": spec})
+    save_model(
+        tmp_path / "latent.safetensors",
+        net,
+        {"network": net.config, "nimg": 0, "ema_std": None, "source": "test", "latent": spec},
+    )
     classifier = MnistClassifier(feature_dim=16).eval()
-    save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    report = run(compose_config("eval", [
-        f"model={tmp_path / 'latent.safetensors'}", "vae_path=/vae", "sampler.num_steps=2", "seeds=0-39", "device=cpu",
-        f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", "preview_images=4",
-        f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test", "metrics.precision_recall=false",
-    ]))
+    save_classifier(
+        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
+    )
+    report = run(
+        compose_config(
+            "eval",
+            [
+                f"model={tmp_path / 'latent.safetensors'}",
+                "vae_path=/vae",
+                "sampler.num_steps=2",
+                "seeds=0-39",
+                "device=cpu",
+                f"output.dir={tmp_path / 'out'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "preview_images=4",
+                f"extractors.mnist.path={tmp_path / 'clf.safetensors'}",
+                "metrics.reference.split=test",
+                "metrics.precision_recall=false",
+            ],
+        )
+    )
     assert asked == [({"latent": spec}, "/vae")]  # one VAE load for the metrics and the preview
-    latents = batch.generate_images(load_denoiser(tmp_path / "latent.safetensors"), list(range(40)), class_labels("random", list(range(40)), 10)[1], num_steps=2)
+    latents = batch.generate_images(
+        load_denoiser(tmp_path / "latent.safetensors"),
+        list(range(40)),
+        class_labels("random", list(range(40)), 10)[1],
+        num_steps=2,
+    )
     assert report["metrics"]["fd_mnist"] == pytest.approx(direct_fd(classifier, latents[:, :1]), rel=1e-4)
     assert (tmp_path / "out" / "grid.png").is_file()
 
@@ -189,12 +258,25 @@ def test_too_few_images_for_fd_infinity_fail_before_sampling(tmp_path, monkeypat
     # 40 images, subsets from 20: not above the 24 features; refused before any image is made
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
     classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
-    cfg = compose_config("eval", [
-        f"model={model}", "seeds=0-39", "device=cpu", f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
-        "preview_images=0", f"extractors.mnist.path={tmp_path / 'clf.safetensors'}", "metrics.reference.split=test",
-        "metrics.fd_infinity={points:3,min_fraction:0.5}",
-    ])
-    monkeypatch.setattr("autoguide.eval.evaluate.sample_chunks", lambda *a, **k: pytest.fail("sampled before the check"))
+    save_classifier(
+        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
+    )
+    cfg = compose_config(
+        "eval",
+        [
+            f"model={model}",
+            "seeds=0-39",
+            "device=cpu",
+            f"output.dir={tmp_path / 'out'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "preview_images=0",
+            f"extractors.mnist.path={tmp_path / 'clf.safetensors'}",
+            "metrics.reference.split=test",
+            "metrics.fd_infinity={points:3,min_fraction:0.5}",
+        ],
+    )
+    monkeypatch.setattr(
+        "autoguide.eval.evaluate.sample_chunks", lambda *a, **k: pytest.fail("sampled before the check")
+    )
     with pytest.raises(ValueError, match="feature dimension 24"):
         run(cfg)

@@ -12,8 +12,8 @@ from autoguide.data.mnist import MNIST5k
 from autoguide.eval.dinov2 import DinoV2Features
 from autoguide.eval.extractors import build_extractor
 from autoguide.eval.features import FeatureExtractor, as_rgb, images_to_uint8
-from autoguide.io import file_sha256
 from autoguide.eval.reference import reference_stats
+from autoguide.io import file_sha256
 
 TEST_SPLIT = {"name": "mnist5k", "split": "test", "channels": 1}
 
@@ -125,7 +125,9 @@ def test_dinov2_from_local_hub_folder(fake_hub):
     # independent preprocessing: [0, 1], RGB, bicubic 224 (antialiased), ImageNet normalisation
     x = images.repeat(1, 3, 1, 1).float() / 255
     x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     expected = torch.nn.functional.conv2d(x, state["proj.weight"], state["proj.bias"], stride=14).mean((2, 3))
     torch.testing.assert_close(features, expected)
 
@@ -145,7 +147,10 @@ def test_inception_reads_local_weights_weights_only(tmp_path, monkeypatch):
     fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     cls = fidelity.FeatureExtractorInceptionV3
     monkeypatch.setattr(cls, "load_state_dict", lambda self, state: None)  # build an untrained net once
-    torch.save(cls("x", ["2048"], feature_extractor_weights_path=str(_empty(tmp_path))).state_dict(), tmp_path / "inception.pth")
+    torch.save(
+        cls("x", ["2048"], feature_extractor_weights_path=str(_empty(tmp_path))).state_dict(),
+        tmp_path / "inception.pth",
+    )
     monkeypatch.undo()
     extractor = build_extractor("inception", {"weights": str(tmp_path / "inception.pth")})
     assert extractor(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)).shape == (2, 2048)

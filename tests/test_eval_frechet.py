@@ -126,7 +126,9 @@ def test_fd_infinity_is_the_intercept_of_a_line_through_subset_fds():
     values = [frechet_distance(*gaussian_stats(x[order.permutation(600)[:s]]), mu, sigma) for s in sizes]
     a = np.stack([np.ones(len(sizes)), 1.0 / sizes], 1)
     intercept = np.linalg.lstsq(a, np.array(values), rcond=None)[0][0]
-    assert frechet_distance_infinity(x, mu, sigma, points=5, min_fraction=0.5, seed=11) == pytest.approx(intercept, rel=1e-10)
+    assert frechet_distance_infinity(x, mu, sigma, points=5, min_fraction=0.5, seed=11) == pytest.approx(
+        intercept, rel=1e-10
+    )
 
 
 def test_fd_infinity_errors_name_the_setting():

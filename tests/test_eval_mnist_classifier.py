@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from autoguide.apps.mnist_classifier import main
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.mnist_classifier import (
     MnistClassifier,
@@ -18,7 +19,6 @@ from autoguide.eval.mnist_classifier import (
     save_classifier,
     train,
 )
-from autoguide.apps.mnist_classifier import main
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_random_shift_moves_pixels_and_fills_background():
     generator = torch.Generator().manual_seed(0)
     shifted = random_shift(image.repeat(50, 1, 1, 1), 2, generator)
     for out in shifted:
-        (row, col), = torch.nonzero(out[0] == 1.0).tolist()
+        ((row, col),) = torch.nonzero(out[0] == 1.0).tolist()
         assert abs(row - 10) <= 2 and abs(col - 20) <= 2
         assert int((out == -1.0).sum()) == 32 * 32 - 1
     assert len({tuple(torch.nonzero(o[0] == 1.0)[0].tolist()) for o in shifted}) > 10  # offsets vary

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.eval.search import (
@@ -26,7 +27,6 @@ from autoguide.eval.search import (
     spent_images,
 )
 from autoguide.eval.search_space import SearchSpace
-from autoguide.settings import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -299,7 +299,7 @@ def test_cache_evicts_least_recently_used(run, tmp_path):
 
 
 def search_cfg(runs, out, *extra):
-    from autoguide.config import compose
+    from autoguide.apps.config_tree import compose
 
     main, guide = runs
     return compose(
@@ -344,9 +344,9 @@ def test_search_end_to_end(runs, tmp_path):
     ``autoguide-eval`` of its models; rerunning continues the study (nothing left to run)."""
     import csv
 
+    from autoguide.apps.config_tree import compose
     from autoguide.apps.evaluate import run as evaluate
     from autoguide.apps.sweep import run as sweep
-    from autoguide.config import compose
 
     out = tmp_path / "search"
     best = sweep(search_cfg(runs, out))

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run
-from autoguide.config import compose as compose_config
+from autoguide.core.typed_settings import ConfigError
 from autoguide.eval import read_statistics
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
-from autoguide.settings import ConfigError
 from tests.test_eval_evaluate import MNIST_NET, save_net
 from tests.test_slurm_cluster import (  # noqa: F401 (cluster: a fixture)
     CPU_JOB,
@@ -42,7 +42,9 @@ def setup(tmp_path_factory):
     save_net(root / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
     classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
+    save_classifier(
+        root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
+    )
     return root
 
 
@@ -50,9 +52,19 @@ def overrides(root, out, *extra):
     """32 images per seed set, 2 sets, shards of 8; precision/recall on the first 20 images of a set
     (a bounded sample that ends inside a shard)."""
     return [
-        f"model={root / 'mnist.safetensors'}", "sampler.num_steps=2", "seeds=0-31", "seed_sets=2", "shards.images=8",
-        "chunk_images=5", "device=cpu", f"output.dir={out}", f"cache_dir={root / 'cache'}", "preview_images=0",
-        f"extractors.mnist.path={root / 'clf.safetensors'}", "metrics.reference.split=test", "metrics.max_reference_features=20",
+        f"model={root / 'mnist.safetensors'}",
+        "sampler.num_steps=2",
+        "seeds=0-31",
+        "seed_sets=2",
+        "shards.images=8",
+        "chunk_images=5",
+        "device=cpu",
+        f"output.dir={out}",
+        f"cache_dir={root / 'cache'}",
+        "preview_images=0",
+        f"extractors.mnist.path={root / 'clf.safetensors'}",
+        "metrics.reference.split=test",
+        "metrics.max_reference_features=20",
         *extra,
     ]
 
@@ -75,12 +87,27 @@ def assert_same_result(report, expected):
 def test_edm2_protocol_config(setup):
     cfg = compose_config("eval", ["protocol=edm2", "model=m.safetensors", "metrics.reference=refs/img512.pkl"])
     assert (cfg.seeds, cfg.seed_sets, cfg.class_labels, cfg.shards.images) == ("0-49999", 3, "random", 2500)
-    assert (cfg.sampler.solver, cfg.sampler.num_steps, cfg.sampler.sigma_min, cfg.sampler.sigma_max, cfg.sampler.rho) == (
-        "heun", 32, 0.002, 80.0, 7.0)
+    assert (
+        cfg.sampler.solver,
+        cfg.sampler.num_steps,
+        cfg.sampler.sigma_min,
+        cfg.sampler.sigma_max,
+        cfg.sampler.rho,
+    ) == ("heun", 32, 0.002, 80.0, 7.0)
     assert list(cfg.metrics.features) == ["inception", "dinov2"] and cfg.metrics.reference == "refs/img512.pkl"
     with pytest.raises(ValueError, match="metrics.reference: the features .* need a statistics file"):
-        run(compose_config("eval", ["protocol=edm2", f"model={setup / 'mnist.safetensors'}", "metrics.features=[mnist]",
-                                    f"extractors.mnist.path={setup / 'clf.safetensors'}", "device=cpu"]))
+        run(
+            compose_config(
+                "eval",
+                [
+                    "protocol=edm2",
+                    f"model={setup / 'mnist.safetensors'}",
+                    "metrics.features=[mnist]",
+                    f"extractors.mnist.path={setup / 'clf.safetensors'}",
+                    "device=cpu",
+                ],
+            )
+        )
 
 
 def test_one_process_measures_every_shard_and_matches_the_in_memory_evaluation(setup, one_process, tmp_path):
@@ -94,7 +121,9 @@ def test_one_process_measures_every_shard_and_matches_the_in_memory_evaluation(s
     for sharded, direct in zip(one_process["sets"], memory["sets"], strict=True):
         assert sharded["metrics"] == pytest.approx(direct["metrics"], rel=1e-6)
     values = [s["metrics"]["fd_mnist"] for s in one_process["sets"]]
-    assert one_process["min"]["fd_mnist"] == min(values) and one_process["std"]["fd_mnist"] == pytest.approx(np.std(values, ddof=1))
+    assert one_process["min"]["fd_mnist"] == min(values) and one_process["std"]["fd_mnist"] == pytest.approx(
+        np.std(values, ddof=1)
+    )
 
 
 def test_two_array_tasks_equal_one_process(setup, one_process, tmp_path):
@@ -108,23 +137,42 @@ def test_two_array_tasks_equal_one_process(setup, one_process, tmp_path):
 
 def test_a_shard_of_another_configuration_is_refused_by_name(setup, one_process, tmp_path):
     run(compose_config("eval", overrides(setup, tmp_path, "shards.worker=0", "shards.workers=2")))
-    with pytest.raises(ShardError, match=r"set0-0000000-0000007\.npz: this shard was made by another evaluation \(differing keys: sampler\)"):
+    with pytest.raises(
+        ShardError,
+        match=r"set0-0000000-0000007\.npz: this shard was made by another evaluation \(differing keys: sampler\)",
+    ):
         run(compose_config("eval", overrides(setup, tmp_path, "sampler.num_steps=3")))
 
 
 def test_array_workers_need_a_shard_size(setup, tmp_path):
     with pytest.raises(ConfigError, match="set shards.images"):
-        run(compose_config("eval", overrides(setup, tmp_path, "shards.images=null", "shards.worker=0", "shards.workers=2")))
+        run(
+            compose_config(
+                "eval", overrides(setup, tmp_path, "shards.images=null", "shards.worker=0", "shards.workers=2")
+            )
+        )
 
 
 def clean_env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))
+    }
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
 def test_two_torchrun_ranks_equal_one_process(setup, one_process, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "autoguide.apps.evaluate", *overrides(setup, tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "autoguide.apps.evaluate",
+        *overrides(setup, tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env(), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     workers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"worker"')]
@@ -157,8 +205,11 @@ def test_slurm_array_tasks_equal_one_process(setup, one_process, tmp_path):
     """slurm/eval.sbatch on the real cluster: 2 array tasks share the shards, the last merges."""
     out = tmp_path / "out"
     args = [a for a in overrides(setup, out) if not a.startswith("output.dir=")]
-    job = sbatch(["--array=0-1", *CPU_JOB, f"--output={tmp_path}/slurm-%A_%a.out", str(SLURM / "eval.sbatch"), *args],
-                 job_env(tmp_path, OUT_DIR=str(out)), tmp_path)
+    job = sbatch(
+        ["--array=0-1", *CPU_JOB, f"--output={tmp_path}/slurm-%A_%a.out", str(SLURM / "eval.sbatch"), *args],
+        job_env(tmp_path, OUT_DIR=str(out)),
+        tmp_path,
+    )
     infos = wait_finished(job, 600)
     logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("slurm-*.out"))
     assert len(infos) == 2 and all(i["JobState"] == "COMPLETED" for i in infos), logs

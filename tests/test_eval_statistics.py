@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run
-from autoguide.config import compose as compose_config
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval import read_statistics, write_statistics
 from autoguide.eval.dinov2 import MEAN, STD, dinov2_input
@@ -49,7 +49,11 @@ def test_edm2_pkl_round_trip_is_plain_dicts_of_numpy_arrays(tmp_path):
     with open(path, "rb") as f:  # what EDM2's scripts do: a plain unpickle gives dicts of float64 arrays
         plain = pickle.load(f)
     assert type(plain) is dict and set(plain) == {"fid", "fd_dinov2"}
-    assert type(plain["fid"]) is dict and type(plain["fid"]["mu"]) is np.ndarray and plain["fid"]["sigma"].dtype == np.float64
+    assert (
+        type(plain["fid"]) is dict
+        and type(plain["fid"]["mu"]) is np.ndarray
+        and plain["fid"]["sigma"].dtype == np.float64
+    )
     back = read_statistics(path)
     for metric in stats:
         np.testing.assert_array_equal(back[metric]["mu"], stats[metric]["mu"])
@@ -102,7 +106,11 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, kind):
     import builtins
 
     marker = tmp_path / "ran"
-    payload = Payload(os.system, f"touch {marker}") if kind == "os.system" else Payload(builtins.exec, f"open({str(marker)!r}, 'w')")
+    payload = (
+        Payload(os.system, f"touch {marker}")
+        if kind == "os.system"
+        else Payload(builtins.exec, f"open({str(marker)!r}, 'w')")
+    )
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"fid": {"mu": payload, "sigma": np.eye(2)}}))
     expected = {"os.system": r"(posix|os)\.system", "exec": r"builtins\.exec"}[kind]
@@ -133,7 +141,9 @@ def test_bad_statistics_files_are_refused_naming_the_file(tmp_path, case):
 
 def pil_bicubic(channel: np.ndarray, size: int) -> np.ndarray:
     """PIL's antialiased bicubic resize (Keys' cubic, a = -0.5, support widened when shrinking) of one float channel."""
-    return np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    return np.asarray(
+        Image.fromarray(channel.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 512, 384), (1, 1, 28, 28)])
@@ -154,7 +164,9 @@ def test_install_line_matches_the_torch_build():
     assert install_line("2.13.0+cpu", None) == (
         "pip install --no-deps torch-fidelity==0.4.0 torchvision==0.28.0 --extra-index-url https://download.pytorch.org/whl/cpu"
     )
-    assert install_line("2.7.1", "12.8").endswith("torchvision==0.22.1 --extra-index-url https://download.pytorch.org/whl/cu128")
+    assert install_line("2.7.1", "12.8").endswith(
+        "torchvision==0.22.1 --extra-index-url https://download.pytorch.org/whl/cu128"
+    )
 
 
 # A torch-fidelity whose import fails as it does where torchvision's operators do not load.
@@ -168,7 +180,9 @@ def mnist_setup(tmp_path_factory):
     model = save_net(root / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
     classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch})
+    save_classifier(
+        root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
+    )
     with torch.no_grad():
         real = classifier.features(MNIST5k("test").images).double().numpy()
     reference = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False)}
@@ -180,11 +194,22 @@ def mnist_setup(tmp_path_factory):
 
 
 def eval_cfg(root, out, *extra):
-    return compose_config("eval", [
-        f"model={root / 'mnist.safetensors'}", "sampler.num_steps=3", "seeds=0-63", "chunk_images=40", "device=cpu",
-        f"output.dir={out}", f"cache_dir={root / 'cache'}", "preview_images=0",
-        f"extractors.mnist.path={root / 'clf.safetensors'}", f"metrics.reference={root / 'mnist-test.pkl'}", *extra,
-    ])
+    return compose_config(
+        "eval",
+        [
+            f"model={root / 'mnist.safetensors'}",
+            "sampler.num_steps=3",
+            "seeds=0-63",
+            "chunk_images=40",
+            "device=cpu",
+            f"output.dir={out}",
+            f"cache_dir={root / 'cache'}",
+            "preview_images=0",
+            f"extractors.mnist.path={root / 'clf.safetensors'}",
+            f"metrics.reference={root / 'mnist-test.pkl'}",
+            *extra,
+        ],
+    )
 
 
 def test_eval_against_a_statistics_file_equals_scipy_and_writes_edm2_statistics(mnist_setup, tmp_path, caplog):
@@ -212,11 +237,18 @@ def test_eval_against_a_statistics_file_equals_scipy_and_writes_edm2_statistics(
 def test_bad_statistics_are_refused_before_sampling(mnist_setup, tmp_path, monkeypatch, case):
     root = mnist_setup[0]
     bad = tmp_path / "bad.pkl"
-    stats = {"dimension": {"fd_mnist": random_stats(10, 8)}, "missing key": {"fid": random_stats(4, 8)},
-             "nan": {"fd_mnist": {"mu": np.full(24, np.nan), "sigma": np.eye(24)}}}[case]
+    stats = {
+        "dimension": {"fd_mnist": random_stats(10, 8)},
+        "missing key": {"fid": random_stats(4, 8)},
+        "nan": {"fd_mnist": {"mu": np.full(24, np.nan), "sigma": np.eye(24)}},
+    }[case]
     bad.write_bytes(pickle.dumps(stats))
     monkeypatch.setattr(batch, "edm_sampler", lambda *a, **k: pytest.fail("sampled before refusing the statistics"))
-    message = {"dimension": "10-dimensional, but mnist features have 24", "missing key": "holds no 'fd_mnist'", "nan": "NaN"}[case]
+    message = {
+        "dimension": "10-dimensional, but mnist features have 24",
+        "missing key": "holds no 'fd_mnist'",
+        "nan": "NaN",
+    }[case]
     with pytest.raises(StatisticsError, match=message):
         run(eval_cfg(root, tmp_path / "out", f"metrics.reference={bad}"))
 
@@ -231,6 +263,9 @@ def test_unusable_inception_is_named_with_its_install_line_before_sampling(mnist
         run(cfg)
     assert "detector mnist: usable" in caplog.text
     message = str(error.value)
-    assert message.startswith("detector inception is not usable here") and "operator torchvision::nms does not exist" in message
+    assert (
+        message.startswith("detector inception is not usable here")
+        and "operator torchvision::nms does not exist" in message
+    )
     assert message.endswith(f"install it with `{install_line()}`")
     assert not (tmp_path / "metrics.json").exists()

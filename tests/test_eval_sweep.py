@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from autoguide.ema.posthoc import PosthocEMA, parse_time
-from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
-from autoguide.config import compose as compose_config
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run as evaluate
 from autoguide.apps.sweep import run as sweep
+from autoguide.ema.posthoc import PosthocEMA, parse_time
+from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
 from autoguide.io import read_card, save_model
 from autoguide.nets import build_network
 
@@ -45,12 +45,27 @@ def runs(tmp_path_factory):
 
 def sweep_cfg(runs, out, *extra):
     main, guide = runs
-    return compose_config("sweep", [
-        f"main.run={main}", f"guides.runs=[{guide}]", "guides.times=[0.5,null]", "grid.weight=[1,2.5]",
-        "grid.main_std=[0.05,0.1]", "grid.guide_std=[0.1]", "grid.interval=[null,[0.5,80]]",
-        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "select=toy_logp", "seeds=0-79",
-        "sampler.num_steps=3", "class_labels=0", "device=cpu", f"output.dir={out}", *extra,
-    ])
+    return compose_config(
+        "sweep",
+        [
+            f"main.run={main}",
+            f"guides.runs=[{guide}]",
+            "guides.times=[0.5,null]",
+            "grid.weight=[1,2.5]",
+            "grid.main_std=[0.05,0.1]",
+            "grid.guide_std=[0.1]",
+            "grid.interval=[null,[0.5,80]]",
+            "metrics=toy2d",
+            "metrics.toy.num_density_samples=2000",
+            "select=toy_logp",
+            "seeds=0-79",
+            "sampler.num_steps=3",
+            "class_labels=0",
+            "device=cpu",
+            f"output.dir={out}",
+            *extra,
+        ],
+    )
 
 
 def read_rows(path):
@@ -75,8 +90,12 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
     assert {r["guide"] for r in rows} == {"guide@2000", "guide@4000"}  # 0.5 of the last snapshot, and the last
 
     # EMAs were reconstructed once per (run, std, nimg), into <run>/reconstructed
-    cards = {(p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (main.glob("reconstructed/*"))}
-    cards |= {(p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (guide.glob("reconstructed/*"))}
+    cards = {
+        (p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (main.glob("reconstructed/*"))
+    }
+    cards |= {
+        (p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (guide.glob("reconstructed/*"))
+    }
     assert cards == {("main", 4000, 0.05), ("main", 4000, 0.1), ("guide", 2000, 0.1), ("guide", 4000, 0.1)}
 
     # weight 1 is no guidance: one value per main EMA, whatever the guide or interval
@@ -90,11 +109,25 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
     assert best["toy_logp"] == pytest.approx(float(top["toy_logp"]))
     assert json.loads((tmp_path / "a" / "best.json").read_text())["toy_logp"] == pytest.approx(best["toy_logp"])
     row = next(r for r in rows if r["weight"] == "2.5" and r["interval_lo"] == "0.5" and r["guide"] == "guide@2000")
-    direct = evaluate(compose_config("eval", [
-        f"model={row['main_model']}", f"guide={row['guide_model']}", "guidance.weight=2.5", "guidance.interval=[0.5,80]",
-        "metrics=toy2d", "metrics.toy.num_density_samples=2000", "seeds=0-79", "sampler.num_steps=3",
-        "class_labels=0", "device=cpu", f"output.dir={tmp_path / 'direct'}", "preview_images=0",
-    ]))
+    direct = evaluate(
+        compose_config(
+            "eval",
+            [
+                f"model={row['main_model']}",
+                f"guide={row['guide_model']}",
+                "guidance.weight=2.5",
+                "guidance.interval=[0.5,80]",
+                "metrics=toy2d",
+                "metrics.toy.num_density_samples=2000",
+                "seeds=0-79",
+                "sampler.num_steps=3",
+                "class_labels=0",
+                "device=cpu",
+                f"output.dir={tmp_path / 'direct'}",
+                "preview_images=0",
+            ],
+        )
+    )
     assert float(row["toy_logp"]) == pytest.approx(direct["metrics"]["toy_logp"], rel=1e-9)
 
     for name in ("weight.png", "ema.png"):
@@ -139,8 +172,16 @@ def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
     """``grid.term``: dropout rate x APG on/off as a product (the ``variant`` column); a guide
     from the main run itself (a shorter EMA of an earlier snapshot)."""
     main, _ = runs
-    cfg = sweep_cfg(runs, tmp_path / "dropout", "guidance=dropout", "guides.runs=[]", "grid.interval=[null]",
-                    "grid.main_std=[0.1]", "grid.weight=[1,2]", "grid.term={p:[0.2,0.5],apg:[null,{eta:0.0}]}")
+    cfg = sweep_cfg(
+        runs,
+        tmp_path / "dropout",
+        "guidance=dropout",
+        "guides.runs=[]",
+        "grid.interval=[null]",
+        "grid.main_std=[0.1]",
+        "grid.weight=[1,2]",
+        "grid.term={p:[0.2,0.5],apg:[null,{eta:0.0}]}",
+    )
     sweep(cfg)
     rows = read_rows(tmp_path / "dropout" / "sweep.csv")
     variants = ["p=0.2 apg=null", 'p=0.2 apg={"eta":0.0}', "p=0.5 apg=null", 'p=0.5 apg={"eta":0.0}']
@@ -148,11 +189,23 @@ def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
     assert len({r["toy_logp"] for r in rows if r["weight"] == "1.0"}) == 1  # unguided once
     assert len({r["toy_logp"] for r in rows if r["weight"] == "2.0"}) == 4  # every variant differs
 
-    same_run = sweep(sweep_cfg(runs, tmp_path / "same", f"guides.runs=[{main}]", "guides.times=[0.5]", "grid.interval=[null]",
-                               "grid.main_std=[0.1]", "grid.guide_std=[0.05]", "grid.weight=[2]"))
+    same_run = sweep(
+        sweep_cfg(
+            runs,
+            tmp_path / "same",
+            f"guides.runs=[{main}]",
+            "guides.times=[0.5]",
+            "grid.interval=[null]",
+            "grid.main_std=[0.1]",
+            "grid.guide_std=[0.05]",
+            "grid.weight=[2]",
+        )
+    )
     assert same_run["guide"] == "main@2000" and same_run["guide_std"] == 0.05
 
-    with pytest.raises(ValueError, match=r"grid.term.weight: not an option to sweep for guidance kind=dropout; valid: \[.*'p'"):
+    with pytest.raises(
+        ValueError, match=r"grid.term.weight: not an option to sweep for guidance kind=dropout; valid: \[.*'p'"
+    ):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={weight:[2]}"))
     with pytest.raises(ValueError, match="grid.term.q: not an option"):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={q:[2]}"))
@@ -161,8 +214,10 @@ def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
 def test_sweep_over_the_new_rules(runs, tmp_path):
     """``grid.term`` takes every new rule and option (on the toy's points: FDG needs images, so
     it is refused there with its key named)."""
-    rules = ("{tcfg:[null,{space:eps}],schedule:[{shape:linear,start:0.5,end:1.0}],fbg:[{pi:0.5,temp:0.001,offset:-0.01}],"
-             "mambo:[{alpha:1.0}],apg:[{eta:0.5,norm_dims:[1],momentum:call}],zero_star:[{space:flow,zero_steps:1}]}")
+    rules = (
+        "{tcfg:[null,{space:eps}],schedule:[{shape:linear,start:0.5,end:1.0}],fbg:[{pi:0.5,temp:0.001,offset:-0.01}],"
+        "mambo:[{alpha:1.0}],apg:[{eta:0.5,norm_dims:[1],momentum:call}],zero_star:[{space:flow,zero_steps:1}]}"
+    )
     common = ["guides.times=[null]", "grid.interval=[null]", "grid.main_std=[0.1]", "grid.weight=[2]"]
     sweep(sweep_cfg(runs, tmp_path / "rules", *common, f"grid.term={rules}"))
     rows = read_rows(tmp_path / "rules" / "sweep.csv")

@@ -16,7 +16,10 @@ CFG = ToyMetricsConfig(num_density_samples=10_000)
 def scipy_log_density(classes: str, x: np.ndarray) -> np.ndarray:
     """log sum_k w_k N(x; mu_k, C_k), one scipy Gaussian per component."""
     m = toy_mixture(classes)
-    terms = [np.log(w) + multivariate_normal(mu, c).logpdf(x) for w, mu, c in zip(m.weights.numpy(), m.means.numpy(), m.covs.numpy())]
+    terms = [
+        np.log(w) + multivariate_normal(mu, c).logpdf(x)
+        for w, mu, c in zip(m.weights.numpy(), m.means.numpy(), m.covs.numpy())
+    ]
     return logsumexp(np.stack(terms, -1), axis=-1)
 
 
@@ -36,7 +39,9 @@ def test_log_density_matches_scipy():
     m = toy_mixture("B")
     x = m.sample(5, torch.Generator().manual_seed(1)).numpy()
     expected = scipy_log_density("B", x).mean()
-    assert toy_metrics(torch.from_numpy(np.repeat(x, 2, 0)), [1] * 10, CFG)["toy_logp"] == pytest.approx(expected, rel=1e-9)
+    assert toy_metrics(torch.from_numpy(np.repeat(x, 2, 0)), [1] * 10, CFG)["toy_logp"] == pytest.approx(
+        expected, rel=1e-9
+    )
 
 
 def test_points_are_measured_against_their_own_class(exact_a):
@@ -82,7 +87,8 @@ def test_outlier_share_uses_the_level_of_each_class(exact_a):
     points = exact_a[:300] + 0.03 * torch.randn(300, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     labels = [0] * 150 + [1] * 150
     below = [
-        toy_mixture(name).log_prob(points[rows]) < density_level(name, CFG.outlier_quantile, CFG.num_density_samples, CFG.seed)
+        toy_mixture(name).log_prob(points[rows])
+        < density_level(name, CFG.outlier_quantile, CFG.num_density_samples, CFG.seed)
         for name, rows in (("A", slice(0, 150)), ("B", slice(150, 300)))
     ]
     expected = float(torch.cat(below).double().mean())

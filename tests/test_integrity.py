@@ -82,9 +82,20 @@ def test_non_finite_weights_are_never_written_and_never_used(tmp_path):
     with pytest.raises(ModelFileError, match=rf"nan\.safetensors: refusing to use non-finite values: tensor '{name}'"):
         read_model_file(path)
     result = subprocess.run(
-        [sys.executable, "-m", "autoguide.apps.generate", f"model={path}", "guidance=none", "seeds=0-1",
-         f"output.dir={tmp_path / 'out'}", "sampler.num_steps=2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "autoguide.apps.generate",
+            f"model={path}",
+            "guidance=none",
+            "seeds=0-1",
+            f"output.dir={tmp_path / 'out'}",
+            "sampler.num_steps=2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
@@ -184,20 +195,25 @@ def run_on_tiny_disk(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
     disk.mkdir()
     script = tmp_path / "child.py"
     script.write_text(f"from pathlib import Path\nDISK = Path({str(disk)!r})\n" + textwrap.dedent(code))
-    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "none", str(disk)],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "none", str(disk)], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}")
     return subprocess.run(
         ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m none "{disk}" && exec "{sys.executable}" {script}'],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_full_disk_gives_one_line_naming_the_file_and_leaves_no_temp_file(tmp_path):
-    result = run_on_tiny_disk(tmp_path, """
+    result = run_on_tiny_disk(
+        tmp_path,
+        """
         import torch
-        from autoguide.claim import claim_folder
+        from autoguide.runtime.claim import claim_folder
         from autoguide.io.atomic import DiskFullError
         from autoguide.train.checkpoint import AtomicCheckpointIO
         path = DISK / "checkpoints" / "nimg-000000000064.ckpt"
@@ -216,7 +232,8 @@ def test_full_disk_gives_one_line_naming_the_file_and_leaves_no_temp_file(tmp_pa
         except DiskFullError as error:
             print("CLAIM", error)
         print("LEFT", sorted(str(p.relative_to(DISK)) for p in DISK.rglob("*") if p.is_file() and p.name != "filler"))
-    """)
+    """,
+    )
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
     assert lines.keys() == {"CKPT", "CLAIM", "LEFT"}, result.stdout + result.stderr
     assert "nimg-000000000064.ckpt: no space left on device" in lines["CKPT"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from autoguide import load_denoiser
+from autoguide.apps.config_tree import get_preset
 from autoguide.io import ModelFileError, read_card, save_model
-from autoguide.config import get_preset
 from autoguide.nets import build_network
 
 

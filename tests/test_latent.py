@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 
 pytest.importorskip("diffusers")
-from diffusers import AutoencoderKL  # noqa: E402
+from diffusers import AutoencoderKL
 
-from autoguide.io import load_denoiser, save_model  # noqa: E402
-from autoguide.latent import (  # noqa: E402
+from autoguide.data.vae import (
     EDM2_RAW_STD,
     LatentCodec,
     check_raw_std,
@@ -23,11 +22,19 @@ from autoguide.latent import (  # noqa: E402
     stability_vae_spec,
     vae_identity,
 )
-from autoguide.nets import build_network  # noqa: E402
+from autoguide.io import load_denoiser, save_model
+from autoguide.nets import build_network
 
 SMALL_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=32,
 )
 RAW_MEAN = torch.tensor([5.81, 3.25, 0.12, -2.15], dtype=torch.float64)
 RAW_STD = torch.tensor([4.17, 4.62, 3.71, 3.28], dtype=torch.float64)
@@ -97,8 +104,17 @@ def test_codec_from_card_and_local_folder(vae, tmp_path):
 
 def test_latent_model_output_decodes_to_rgb(vae, tmp_path):
     """The path generate takes for a latent model: denoise latents, then decode to RGB."""
-    cfg = {"arch": "unet", "img_resolution": 8, "img_channels": 4, "label_dim": 0, "model_channels": 16,
-           "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4], "channels_per_head": 16}
+    cfg = {
+        "arch": "unet",
+        "img_resolution": 8,
+        "img_channels": 4,
+        "label_dim": 0,
+        "model_channels": 16,
+        "channel_mult": [1, 2],
+        "num_blocks": 1,
+        "attn_resolutions": [4],
+        "channels_per_head": 16,
+    }
     card = {"network": cfg, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec()}
     save_model(tmp_path / "m.safetensors", build_network(cfg), card)
     net = load_denoiser(tmp_path / "m.safetensors")
@@ -120,10 +136,13 @@ def test_the_vae_is_identified_by_hashes_and_checked_before_decoding(vae, tmp_pa
     assert vae_identity(tmp_path / "other")["name"] == "someone/their-vae"
     spec = stability_vae_spec("mine", vae=mine)
     assert check_vae_path(spec, tmp_path / "mine") == mine
-    with pytest.raises(ValueError, match=r"vae_path=.*other: this model works in the latent space of VAE 'mine' \(folder 'mine', "
-                       r"config sha256 [0-9a-f]{12}, weights sha256 [0-9a-f]{12}\), but that folder holds VAE 'other'"):
+    with pytest.raises(
+        ValueError,
+        match=r"vae_path=.*other: this model works in the latent space of VAE 'mine' \(folder 'mine', "
+        r"config sha256 [0-9a-f]{12}, weights sha256 [0-9a-f]{12}\), but that folder holds VAE 'other'",
+    ):
         load_latent_codec({"latent": spec}, tmp_path / "other")
-    with caplog.at_level(logging.WARNING, logger="autoguide.latent"):  # an imported release: no hashes
+    with caplog.at_level(logging.WARNING, logger="autoguide.data.vae"):  # an imported release: no hashes
         check_vae_path(stability_vae_spec(), tmp_path / "other")
     assert "names no VAE hashes (an imported release): assuming vae_path=" in caplog.text
     assert "is stabilityai/sd-vae-ft-mse" in caplog.text
@@ -131,7 +150,9 @@ def test_the_vae_is_identified_by_hashes_and_checked_before_decoding(vae, tmp_pa
 
 def test_a_folder_that_is_no_vae_is_named_without_a_download_hint(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")  # an image folder given as vae_path
-    with pytest.raises(FileNotFoundError, match="no config.json there; expected a diffusers AutoencoderKL folder") as error:
+    with pytest.raises(
+        FileNotFoundError, match="no config.json there; expected a diffusers AutoencoderKL folder"
+    ) as error:
         vae_identity(tmp_path)
     assert "huggingface-cli" not in str(error.value)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir"):
@@ -143,7 +164,9 @@ def test_main_and_guide_of_different_vaes_are_refused_together():
     b = stability_vae_spec("b", vae={"name": "b", "folder": "b", "config_sha256": "1" * 64, "weights_sha256": "3" * 64})
     check_same_latent_space(a, dict(a), "main", "guide")
     check_same_latent_space(a, stability_vae_spec(), "main", "guide")  # an imported release has no hashes to compare
-    with pytest.raises(ValueError, match="main works in the latent space of VAE 'a' .*, but guide in the latent space of VAE 'b'"):
+    with pytest.raises(
+        ValueError, match="main works in the latent space of VAE 'a' .*, but guide in the latent space of VAE 'b'"
+    ):
         check_same_latent_space(a, b, "main", "guide")
     with pytest.raises(ValueError, match="main works in the latent space .* but guide in pixel space"):
         check_same_latent_space(a, None, "main", "guide")
@@ -152,24 +175,43 @@ def test_main_and_guide_of_different_vaes_are_refused_together():
 def test_a_guide_of_another_vae_cannot_guide_the_main(tmp_path):
     from autoguide.sample.guidance import Autoguidance
 
-    cfg = {"arch": "unet", "img_resolution": 8, "img_channels": 4, "label_dim": 0, "model_channels": 16,
-           "channel_mult": [1], "num_blocks": 1, "attn_resolutions": []}
+    cfg = {
+        "arch": "unet",
+        "img_resolution": 8,
+        "img_channels": 4,
+        "label_dim": 0,
+        "model_channels": 16,
+        "channel_mult": [1],
+        "num_blocks": 1,
+        "attn_resolutions": [],
+    }
     for name, weights in (("main", "2"), ("guide", "3")):
         vae = {"name": name, "folder": name, "config_sha256": "1" * 64, "weights_sha256": weights * 64}
-        card = {"network": cfg, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec(name, vae=vae)}
+        card = {
+            "network": cfg,
+            "nimg": 0,
+            "ema_std": None,
+            "source": "test",
+            "latent": stability_vae_spec(name, vae=vae),
+        }
         save_model(tmp_path / f"{name}.safetensors", build_network(cfg), card)
     main, guide = (load_denoiser(tmp_path / f"{n}.safetensors") for n in ("main", "guide"))
     Autoguidance(guide=load_denoiser(tmp_path / "main.safetensors"), weight=2.0).validate(main, False)
-    with pytest.raises(ValueError, match="the main model works in the latent space of VAE 'main' .* but autoguidance's negative "
-                       "model in the latent space of VAE 'guide'"):
+    with pytest.raises(
+        ValueError,
+        match="the main model works in the latent space of VAE 'main' .* but autoguidance's negative "
+        "model in the latent space of VAE 'guide'",
+    ):
         Autoguidance(guide=guide, weight=2.0).validate(main, False)
 
 
 def test_raw_std_far_from_edm2s_warns_once(caplog):
-    with caplog.at_level(logging.WARNING, logger="autoguide.latent"):
+    with caplog.at_level(logging.WARNING, logger="autoguide.data.vae"):
         check_raw_std([s * 1.9 for s in EDM2_RAW_STD], "near")
         assert not caplog.records
         check_raw_std([1.0, 1.16, 1.1, 1.05], "set/manifest.json")
     (record,) = caplog.records
-    assert record.getMessage().startswith("set/manifest.json: the latents' raw std per channel [1.0, 1.16, 1.1, 1.05] is ")
+    assert record.getMessage().startswith(
+        "set/manifest.json: the latents' raw std per channel [1.0, 1.16, 1.1, 1.05] is "
+    )
     assert "consider data.standardize=dataset" in record.getMessage()

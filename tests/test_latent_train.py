@@ -21,43 +21,67 @@ from safetensors.torch import load_file
 
 pytest.importorskip("diffusers")
 
-from autoguide.apps.evaluate import run as evaluate  # noqa: E402
-from autoguide.apps.generate import run as generate  # noqa: E402
-from autoguide.config import compose  # noqa: E402
-from autoguide.data.encode import EncodeSettings, encode_dataset, source_images  # noqa: E402
-from autoguide.data.latents import read_manifest  # noqa: E402
-from autoguide.ema.posthoc import PosthocEMA  # noqa: E402
-from autoguide.eval import extractors  # noqa: E402
-from autoguide.eval.features import FeatureExtractor, images_to_uint8  # noqa: E402
-from autoguide.eval.frechet import frechet_distance, gaussian_stats  # noqa: E402
-from autoguide.io import load_denoiser, read_card, save_model  # noqa: E402
-from autoguide.latent import load_latent_codec, stability_vae_spec  # noqa: E402
-from autoguide.nets import build_network  # noqa: E402
-from autoguide.sample.batch import generate_images  # noqa: E402
-from autoguide.sample.labels import class_labels  # noqa: E402
-from autoguide.settings import ConfigError  # noqa: E402
-from autoguide.train.checkpoint import list_checkpoints  # noqa: E402
-from conftest import kill_at_first_checkpoint  # noqa: E402
-from autoguide.train.run import check_data  # noqa: E402
-from autoguide.train.validate import run_settings  # noqa: E402
+from conftest import kill_at_first_checkpoint
+
+from autoguide.apps.config_tree import compose
+from autoguide.apps.evaluate import run as evaluate
+from autoguide.apps.generate import run as generate
+from autoguide.core.typed_settings import ConfigError
+from autoguide.data.encode import EncodeSettings, encode_dataset, source_images
+from autoguide.data.latents import read_manifest
+from autoguide.data.vae import load_latent_codec, stability_vae_spec
+from autoguide.ema.posthoc import PosthocEMA
+from autoguide.eval import extractors
+from autoguide.eval.features import FeatureExtractor, images_to_uint8
+from autoguide.eval.frechet import frechet_distance, gaussian_stats
+from autoguide.io import load_denoiser, read_card, save_model
+from autoguide.nets import build_network
+from autoguide.sample.batch import generate_images
+from autoguide.sample.labels import class_labels
+from autoguide.train.checkpoint import list_checkpoints
+from autoguide.train.run import check_data
+from autoguide.train.validate import run_settings
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, CHECKPOINT_STEPS = 16, 8, 4
 TINY_NET = [
-    "net.img_resolution=32", "net.label_dim=10", "net.model_channels=16", "net.channel_mult=[1,2]", "net.num_blocks=1",
-    "net.attn_resolutions=[16]", "net.channels_per_head=8",
+    "net.img_resolution=32",
+    "net.label_dim=10",
+    "net.model_channels=16",
+    "net.channel_mult=[1,2]",
+    "net.num_blocks=1",
+    "net.attn_resolutions=[16]",
+    "net.channels_per_head=8",
 ]
 
 
 def train_command(run_dir: Path, assets: dict, workers: int) -> list[str]:
     kimg = CHECKPOINT_STEPS * BATCH / 1000
     return [
-        sys.executable, str(REPO / "train.py"), "experiment=img512-s", "data=latents", f"data.path={assets['set32']}",
-        "data.standardize=dataset", f"data.num_workers={workers}", f"vae_path={assets['vae2']}", "trainer=cpu", "logger=none",
-        f"run_dir={run_dir}", *TINY_NET, f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
-        "train.lr_rampup_mi=0.0001", "train.lr_ref_batches=20", "train.cond_drop_prob=0.1", f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000", "callbacks.sample_grid.num_images=10",
-        "callbacks.sample_grid.num_steps=2", "callbacks.sample_grid.batch_size=10", "callbacks.checkpoint.keep=0",
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=img512-s",
+        "data=latents",
+        f"data.path={assets['set32']}",
+        "data.standardize=dataset",
+        f"data.num_workers={workers}",
+        f"vae_path={assets['vae2']}",
+        "trainer=cpu",
+        "logger=none",
+        f"run_dir={run_dir}",
+        *TINY_NET,
+        f"train.batch_size={BATCH}",
+        f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.lr_rampup_mi=0.0001",
+        "train.lr_ref_batches=20",
+        "train.cond_drop_prob=0.1",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=10",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.sample_grid.batch_size=10",
+        "callbacks.checkpoint.keep=0",
         "hydra.job_logging.root.level=WARNING",
     ]
 
@@ -90,7 +114,10 @@ def test_a_tiny_latent_unet_trains_with_decoded_grids_and_latent_cards(straight_
     assert grid.mode == "RGB" and grid.size == (10 * 64, 64)  # one decoded 64x64 image per class, not 32x32 latents
     # post-hoc EMA reconstructions carry the run's latent space too
     (path,) = PosthocEMA(straight_run).write([0.08], out_dir=straight_run / "ema")
-    assert read_card(path)["latent"] == spec and read_card(path)["latent"]["vae"]["weights_sha256"] == manifest["vae"]["weights_sha256"]
+    assert (
+        read_card(path)["latent"] == spec
+        and read_card(path)["latent"]["vae"]["weights_sha256"] == manifest["vae"]["weights_sha256"]
+    )
 
 
 def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets, tmp_path):
@@ -98,15 +125,26 @@ def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets,
     from autoguide.apps.sweep import run as sweep
 
     model, other = straight_run / "final.safetensors", latent_assets["vae1"]
-    refusal = r"vae_path=.*vae1: this model works in the latent space of VAE 'vae2' .*, but that folder holds VAE 'vae1'"
+    refusal = (
+        r"vae_path=.*vae1: this model works in the latent space of VAE 'vae2' .*, but that folder holds VAE 'vae1'"
+    )
     common = [f"vae_path={other}", "seeds=0-3", "sampler.num_steps=2", "device=cpu", f"output.dir={tmp_path / 'out'}"]
     with pytest.raises(ValueError, match=refusal):
         generate(compose("generate", [f"model={model}", "progress=false", *common]))
-    metrics = ["metrics=images", "metrics.features=[pooled]", f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}"]
+    metrics = [
+        "metrics=images",
+        "metrics.features=[pooled]",
+        f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}",
+    ]
     with pytest.raises(ValueError, match=refusal):
         evaluate(compose("eval", [f"model={model}", *metrics, "preview_images=0", *common]))
     with pytest.raises(ValueError, match=refusal):
-        sweep(compose("sweep", [f"main.model={model}", "guidance=cfg", "grid.weight=[2]", "select=fd_pooled", *metrics, *common]))
+        sweep(
+            compose(
+                "sweep",
+                [f"main.model={model}", "guidance=cfg", "grid.weight=[2]", "select=fd_pooled", *metrics, *common],
+            )
+        )
 
 
 @pytest.mark.timeout(900)
@@ -126,10 +164,22 @@ def test_sigkill_and_resume_on_latent_data_is_bit_exact(straight_run, latent_ass
 
 def test_generate_decodes_latent_samples_to_rgb(straight_run, latent_assets, tmp_path):
     model = straight_run / "final.safetensors"
-    generate(compose("generate", [
-        f"model={model}", f"vae_path={latent_assets['vae2']}", "seeds=0-5", "class_labels=random", "sampler.num_steps=2",
-        "device=cpu", "progress=false", "output.formats=[npz,grid]", f"output.dir={tmp_path}",
-    ]))
+    generate(
+        compose(
+            "generate",
+            [
+                f"model={model}",
+                f"vae_path={latent_assets['vae2']}",
+                "seeds=0-5",
+                "class_labels=random",
+                "sampler.num_steps=2",
+                "device=cpu",
+                "progress=false",
+                "output.formats=[npz,grid]",
+                f"output.dir={tmp_path}",
+            ],
+        )
+    )
     with np.load(tmp_path / "samples.npz") as npz:
         images = npz["images"]
     assert images.shape == (6, 64, 64, 3) and images.dtype == np.uint8  # [N, 3, 64, 64] decoded, as uint8 NHWC
@@ -152,19 +202,38 @@ class PooledPixels(FeatureExtractor):
 
 def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, latent_assets, tmp_path, monkeypatch):
     (tmp_path / "pooled.weights").write_bytes(b"pooled pixels, no weights")
-    monkeypatch.setitem(extractors.EXTRACTORS, "pooled", (lambda cfg, device: PooledPixels(Path(cfg["weights"]), device), ("weights",)))
+    monkeypatch.setitem(
+        extractors.EXTRACTORS, "pooled", (lambda cfg, device: PooledPixels(Path(cfg["weights"]), device), ("weights",))
+    )
     model = straight_run / "final.safetensors"
-    report = evaluate(compose("eval", [
-        f"model={model}", f"vae_path={latent_assets['vae2']}", "metrics=images", "metrics.features=[pooled]",
-        f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}", "metrics.precision_recall=false",
-        "metrics.num_workers=0", f"+extractors.pooled.weights={tmp_path / 'pooled.weights'}", "seeds=0-59",
-        "sampler.num_steps=2", "device=cpu", "preview_images=0", f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
-    ]))
+    report = evaluate(
+        compose(
+            "eval",
+            [
+                f"model={model}",
+                f"vae_path={latent_assets['vae2']}",
+                "metrics=images",
+                "metrics.features=[pooled]",
+                f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}",
+                "metrics.precision_recall=false",
+                "metrics.num_workers=0",
+                f"+extractors.pooled.weights={tmp_path / 'pooled.weights'}",
+                "seeds=0-59",
+                "sampler.num_steps=2",
+                "device=cpu",
+                "preview_images=0",
+                f"output.dir={tmp_path / 'out'}",
+                f"cache_dir={tmp_path / 'cache'}",
+            ],
+        )
+    )
     assert report["feature_networks"]["pooled"]["reference_images"] == 200
     # by hand: decoded samples vs the center-cropped source images, both through the extractor
     net = load_denoiser(model)
     seeds, classes = class_labels("random", list(range(60)), 10)
-    decoded = load_latent_codec(net.card, latent_assets["vae2"]).decode(generate_images(net, seeds, classes, num_steps=2))
+    decoded = load_latent_codec(net.card, latent_assets["vae2"]).decode(
+        generate_images(net, seeds, classes, num_steps=2)
+    )
     sources = torch.stack([image for image, _ in source_images(read_manifest(latent_assets["set32"]))])
     feature = PooledPixels(tmp_path / "pooled.weights", "cpu")
     generated, real = (feature(images_to_uint8(x)).double().numpy() for x in (decoded, sources))
@@ -175,14 +244,25 @@ def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, la
 def test_mnist_features_refuse_a_64px_model_before_any_reference_statistics(straight_run, latent_assets, tmp_path):
     """``metrics=mnist`` with a latent set as the reference (a mapping replaces the MNIST
     reference whole, not merged into it) on a model that makes 64x64 images."""
-    cfg = compose("eval", [
-        f"model={straight_run / 'final.safetensors'}", f"vae_path={latent_assets['vae2']}", "metrics=mnist",
-        f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}", "seeds=0-3", "device=cpu",
-        f"output.dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
-    ])
+    cfg = compose(
+        "eval",
+        [
+            f"model={straight_run / 'final.safetensors'}",
+            f"vae_path={latent_assets['vae2']}",
+            "metrics=mnist",
+            f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}",
+            "seeds=0-3",
+            "device=cpu",
+            f"output.dir={tmp_path / 'out'}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     assert dict(cfg.metrics.reference) == {"name": "latents", "path": str(latent_assets["set32"])}
-    with pytest.raises(ValueError, match=r"metrics.features has 'mnist', whose network takes 32x32 images, but the model makes "
-                       r"64x64 images"):
+    with pytest.raises(
+        ValueError,
+        match=r"metrics.features has 'mnist', whose network takes 32x32 images, but the model makes "
+        r"64x64 images",
+    ):
         evaluate(cfg)
     assert not (tmp_path / "cache").exists()
 
@@ -204,46 +284,95 @@ def test_img512_xs_guide_debug_fast_on_latents(set64, latent_assets, tmp_path):
     2-image, 2-step grid instead of debug=fast's 10 steps of 32 (the 125M-parameter EDM2-XS takes
     about 3 s per image and step on 2 cores)."""
     run_dir = tmp_path / "xs"
-    run_to_end([
-        sys.executable, str(REPO / "train.py"), "experiment=img512-xs-guide", "data=latents", f"data.path={set64}", "debug=fast",
-        "trainer=cpu", f"vae_path={latent_assets['vae1']}", f"run_dir={run_dir}", "data.num_workers=0", "train.batch_size=2",
-        f"train.duration_mi={2 / 2**20}", "callbacks.sample_grid.num_images=2", "callbacks.sample_grid.num_steps=2",
-        "callbacks.sample_grid.batch_size=2", "callbacks.checkpoint.keep=1",
-    ], tmp_path, env=None)
+    run_to_end(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "experiment=img512-xs-guide",
+            "data=latents",
+            f"data.path={set64}",
+            "debug=fast",
+            "trainer=cpu",
+            f"vae_path={latent_assets['vae1']}",
+            f"run_dir={run_dir}",
+            "data.num_workers=0",
+            "train.batch_size=2",
+            f"train.duration_mi={2 / 2**20}",
+            "callbacks.sample_grid.num_images=2",
+            "callbacks.sample_grid.num_steps=2",
+            "callbacks.sample_grid.batch_size=2",
+            "callbacks.checkpoint.keep=1",
+        ],
+        tmp_path,
+        env=None,
+    )
     card = read_card(run_dir / "final.safetensors")
-    assert card["nimg"] == 2 and card["network"]["model_channels"] == 128 and card["latent"]["raw_mean"] == [5.81, 3.25, 0.12, -2.15]
+    assert (
+        card["nimg"] == 2
+        and card["network"]["model_channels"] == 128
+        and card["latent"]["raw_mean"] == [5.81, 3.25, 0.12, -2.15]
+    )
     assert Image.open(run_dir / "samples" / "nimg-000000000002.png").mode == "RGB"
 
 
 def test_bad_latent_data_stops_the_run_before_any_step(set64, latent_assets, tmp_path):
     run_dir = tmp_path / "refused"
-    refused = subprocess.run([
-        sys.executable, str(REPO / "train.py"), "experiment=img512-xs-guide", "data=latents", f"data.path={set64}",
-        "trainer=cpu", f"vae_path={latent_assets['vae2']}", f"run_dir={run_dir}",
-    ], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "experiment=img512-xs-guide",
+            "data=latents",
+            f"data.path={set64}",
+            "trainer=cpu",
+            f"vae_path={latent_assets['vae2']}",
+            f"run_dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ONE_THREAD,
+    )
     assert refused.returncode == 2 and "latents/manifest.json works in the latent space of VAE 'vae1'" in refused.stderr
     assert not list_checkpoints(run_dir) and not (run_dir / "config.yaml").exists()
 
 
 def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_assets, tmp_path):
     def main_file(name: str, label_dim: int) -> Path:
-        config = {"arch": "unet", "img_resolution": 64, "img_channels": 4, "label_dim": label_dim, "model_channels": 16,
-                  "channel_mult": [1], "num_blocks": 1, "attn_resolutions": []}
+        config = {
+            "arch": "unet",
+            "img_resolution": 64,
+            "img_channels": 4,
+            "label_dim": label_dim,
+            "model_channels": 16,
+            "channel_mult": [1],
+            "num_blocks": 1,
+            "attn_resolutions": [],
+        }
         card = {"network": config, "nimg": 2**31, "ema_std": 0.07, "source": "test", "latent": stability_vae_spec()}
         save_model(tmp_path / name, build_network(config), card)
         return tmp_path / name
 
     def check(main: Path, *overrides: str) -> None:
-        cfg = compose("train", ["experiment=img512-xs-guide-for-imported", f"data.path={set64}", f"main_model={main}", *overrides])
+        cfg = compose(
+            "train", ["experiment=img512-xs-guide-for-imported", f"data.path={set64}", f"main_model={main}", *overrides]
+        )
         check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0}, str(main))
 
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
-    with pytest.raises(ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"):
+    with pytest.raises(
+        ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"
+    ):
         check(main, "data.standardize=dataset")
-    with pytest.raises(ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"):
+    with pytest.raises(
+        ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"
+    ):
         check(main_file("small.safetensors", 10))
-    with pytest.raises(ConfigError, match="main_model is not set: experiment img512-xs-guide-for-imported trains a guide for it"):
+    with pytest.raises(
+        ConfigError, match="main_model is not set: experiment img512-xs-guide-for-imported trains a guide for it"
+    ):
         from autoguide.train.validate import main_model
 
         main_model(compose("train", ["experiment=img512-xs-guide-for-imported"]))
@@ -251,8 +380,14 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
 
 def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
     cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}"])
-    with pytest.raises(ConfigError, match="net.img_resolution=64 does not match data 'latents', which has 32x32 images"):
+    with pytest.raises(
+        ConfigError, match="net.img_resolution=64 does not match data 'latents', which has 32x32 images"
+    ):
         check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})
-    cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"])
-    with pytest.raises(ConfigError, match="net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"):
+    cfg = compose(
+        "train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"]
+    )
+    with pytest.raises(
+        ConfigError, match="net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
+    ):
         check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})

@@ -16,15 +16,15 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from autoguide.data.encode import CroppedImages, EncodeSettings, encode_dataset, open_images  # noqa: E402
-from autoguide.data.images import adm_center_crop  # noqa: E402
-from autoguide.data.latents import LatentShardDataset, read_manifest  # noqa: E402
-from autoguide.data.registry import build_dataset, build_reference_dataset  # noqa: E402
-from autoguide.data.stream import TrainStream, item_seed  # noqa: E402
-from autoguide.io.digest import file_sha256  # noqa: E402
-from autoguide.io.records import SpecConflict  # noqa: E402
-from autoguide.latent import EDM2_RAW_MEAN, load_vae  # noqa: E402
-from autoguide.runtime import RankInfo  # noqa: E402
+from autoguide.data.encode import CroppedImages, EncodeSettings, encode_dataset, open_images
+from autoguide.data.images import adm_center_crop
+from autoguide.data.latents import LatentShardDataset, read_manifest
+from autoguide.data.registry import build_dataset, build_reference_dataset
+from autoguide.data.stream import TrainStream, item_seed
+from autoguide.data.vae import EDM2_RAW_MEAN, load_vae
+from autoguide.io.digest import file_sha256
+from autoguide.io.records import SpecConflict
+from autoguide.runtime.process import RankInfo
 
 SETTINGS = EncodeSettings(resolution=64, shard_size=64, batch_size=16, dtype="float32")
 
@@ -88,12 +88,16 @@ def test_manifest_describes_the_set(latent_assets):
     manifest = read_manifest(latent_assets["set32"])
     assert manifest["num_images"] == 200 and manifest["label_dim"] == 10 and manifest["latent_shape"] == [4, 32, 32]
     assert manifest["source"] == {"kind": "folder", "path": str(latent_assets["src"].resolve()), "labels_json": None}
-    assert manifest["vae"]["folder"] == "vae2" and manifest["vae"]["weights_sha256"] == file_sha256(latent_assets["vae2"] / "diffusion_pytorch_model.safetensors")
+    assert manifest["vae"]["folder"] == "vae2" and manifest["vae"]["weights_sha256"] == file_sha256(
+        latent_assets["vae2"] / "diffusion_pytorch_model.safetensors"
+    )
     assert manifest["preprocessing"]["crop"] == "adm-center" and manifest["dtype"] == "float32"
     assert [s["count"] for s in manifest["shards"]] == [64, 64, 64, 8]
     assert all(s["size"] == (latent_assets["set32"] / s["file"]).stat().st_size for s in manifest["shards"])
     assert all(s["sha256"] == file_sha256(latent_assets["set32"] / s["file"]) for s in manifest["shards"])
-    data = build_dataset({"name": "latents", "path": str(latent_assets["set32"]), "vae_path": str(latent_assets["vae2"])})
+    data = build_dataset(
+        {"name": "latents", "path": str(latent_assets["set32"]), "vae_path": str(latent_assets["vae2"])}
+    )
     assert (len(data), data.img_channels, data.img_resolution, data.label_dim) == (200, 4, 32, 10)
     reference = build_reference_dataset({"name": "latents", "path": str(latent_assets["set32"])})
     image, label = reference[77]
@@ -110,23 +114,38 @@ def test_float16_halves_the_storage(latent_assets, tmp_path):
 
 def test_parts_split_the_shards_and_the_last_part_writes_the_manifest(latent_assets, tmp_path):
     out = tmp_path / "split"
-    first = encode_dataset(latent_assets["src"], out, latent_assets["vae2"], SETTINGS, part=RankInfo(0, 2), progress=False)
+    first = encode_dataset(
+        latent_assets["src"], out, latent_assets["vae2"], SETTINGS, part=RankInfo(0, 2), progress=False
+    )
     assert first["written"] == ["latents-000000.tar", "latents-000001.tar"] and first["manifest"] is None
-    second = encode_dataset(latent_assets["src"], out, latent_assets["vae2"], SETTINGS, part=RankInfo(1, 2), progress=False)
+    second = encode_dataset(
+        latent_assets["src"], out, latent_assets["vae2"], SETTINGS, part=RankInfo(1, 2), progress=False
+    )
     assert second["written"] == ["latents-000002.tar", "latents-000003.tar"] and second["manifest"]
     assert (out / "manifest.json").read_bytes() == (latent_assets["set32"] / "manifest.json").read_bytes()
     again = encode_dataset(latent_assets["src"], out, latent_assets["vae2"], SETTINGS, progress=False)
     assert again["written"] == [] and again["manifest"]  # complete shards are never rewritten
-    with pytest.raises(SpecConflict, match=r"encode.json: this latent set was started with other inputs; changed: dtype"):
-        encode_dataset(latent_assets["src"], out, latent_assets["vae2"], EncodeSettings(resolution=64, shard_size=64, dtype="float16"), progress=False)
+    with pytest.raises(
+        SpecConflict, match=r"encode.json: this latent set was started with other inputs; changed: dtype"
+    ):
+        encode_dataset(
+            latent_assets["src"],
+            out,
+            latent_assets["vae2"],
+            EncodeSettings(resolution=64, shard_size=64, dtype="float16"),
+            progress=False,
+        )
 
 
 # --- bad input: one clear error naming the file, before any training step ---
 
 
 def test_wrong_vae_is_refused(latent_assets):
-    with pytest.raises(ValueError, match=r"vae1: the latent set .*set32/manifest.json works in the latent space of VAE 'vae2' \(folder 'vae2', config sha256 "
-                       r"[0-9a-f]{12}, .* but that folder holds VAE 'vae1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"vae1: the latent set .*set32/manifest.json works in the latent space of VAE 'vae2' \(folder 'vae2', config sha256 "
+        r"[0-9a-f]{12}, .* but that folder holds VAE 'vae1'",
+    ):
         build_dataset({"name": "latents", "path": str(latent_assets["set32"]), "vae_path": str(latent_assets["vae1"])})
 
 
@@ -160,7 +179,10 @@ def test_latents_of_another_shape_are_refused(latent_assets, tmp_path):
     folder = copy_set(latent_assets, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**manifest, "latent_shape": [4, 16, 16]}))
-    with pytest.raises(ValueError, match=r"latents-000000.tar: sample '000000000' is \d+ bytes, not a float32 array of shape \[8, 16, 16\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"latents-000000.tar: sample '000000000' is \d+ bytes, not a float32 array of shape \[8, 16, 16\]",
+    ):
         LatentShardDataset(folder)
 
 
@@ -176,9 +198,22 @@ def test_mismatched_labels_are_refused(latent_assets, tmp_path):
         encode_dataset(tmp_path / "bad.npz", tmp_path / "out", latent_assets["vae2"], SETTINGS, progress=False)
     (tmp_path / "labels.json").write_text(json.dumps({"c0/00000.png": 0}))
     with pytest.raises(ValueError, match=r"labels.json: no label for image 'c0/00001.png'"):
-        encode_dataset(latent_assets["src"], tmp_path / "out", latent_assets["vae2"], SETTINGS, labels_json=tmp_path / "labels.json", progress=False)
+        encode_dataset(
+            latent_assets["src"],
+            tmp_path / "out",
+            latent_assets["vae2"],
+            SETTINGS,
+            labels_json=tmp_path / "labels.json",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="num_classes=3, but .*digits has labels up to 9"):
-        encode_dataset(latent_assets["src"], tmp_path / "out", latent_assets["vae2"], EncodeSettings(resolution=64, num_classes=3), progress=False)
+        encode_dataset(
+            latent_assets["src"],
+            tmp_path / "out",
+            latent_assets["vae2"],
+            EncodeSettings(resolution=64, num_classes=3),
+            progress=False,
+        )
 
 
 def test_convert_rgb_takes_grayscale_and_cmyk_as_edm2_does(latent_assets, tmp_path):

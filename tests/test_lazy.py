@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from autoguide.lazy import lazy_getattr
+from autoguide.core.lazy import lazy_getattr
 
 
 def test_lazy_getattr_imports_on_first_use():
     getattr_ = lazy_getattr("autoguide.train", {"ConfigError": "plan"})
-    from autoguide.settings import ConfigError
+    from autoguide.core.typed_settings import ConfigError
 
     assert getattr_("ConfigError") is ConfigError
     with pytest.raises(AttributeError, match="module 'autoguide.train' has no attribute 'train'"):
@@ -19,7 +19,9 @@ def test_lazy_getattr_imports_on_first_use():
 
 
 def test_packages_do_not_import_lightning_until_needed():
-    code = ("import sys, autoguide.data, autoguide.train; autoguide.data.toy_mixture; autoguide.train.TrainSettings; "
-            "import autoguide.train.validate; print('lightning' in sys.modules)")
+    code = (
+        "import sys, autoguide.data, autoguide.train; autoguide.data.toy_mixture; autoguide.train.TrainSettings; "
+        "import autoguide.train.validate; print('lightning' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

@@ -5,11 +5,17 @@ import math
 import pytest
 import torch
 
+from autoguide.apps.config_tree import get_preset, group_options
 from autoguide.nets import (
-    MPConv, MPFourier, build_network, mp_cat, mp_silu, mp_sum, normalize, precond_coefficients,
+    MPConv,
+    MPFourier,
+    build_network,
+    mp_cat,
+    mp_silu,
+    mp_sum,
+    normalize,
+    precond_coefficients,
 )
-from autoguide.config import get_preset
-from autoguide.config import group_options
 
 
 def rms(x: torch.Tensor) -> float:
@@ -82,8 +88,14 @@ def test_forced_weight_normalisation_only_in_training():
 
 
 REFERENCE_COUNTS = {
-    "img512-xxs": 31_309_029, "img512-xs": 124_713_253, "img512-s": 280_212_837, "img512-m": 497_807_781,
-    "img512-l": 777_498_085, "img512-xl": 1_119_283_749, "img512-xxl": 1_523_164_773, "img64-s": 280_209_381,
+    "img512-xxs": 31_309_029,
+    "img512-xs": 124_713_253,
+    "img512-s": 280_212_837,
+    "img512-m": 497_807_781,
+    "img512-l": 777_498_085,
+    "img512-xl": 1_119_283_749,
+    "img512-xxl": 1_523_164_773,
+    "img64-s": 280_209_381,
 }
 
 
@@ -113,11 +125,22 @@ def test_reference_state_dict_names():
         net = build_network(get_preset("img512-xs"))
     keys = set(net.state_dict())
     for key in [
-        "unet.enc.64x64_conv.weight", "unet.enc.64x64_block0.conv_res0.weight", "unet.enc.32x32_down.emb_gain",
-        "unet.enc.16x16_block0.attn_qkv.weight", "unet.dec.8x8_in0.attn_proj.weight", "unet.dec.8x8_in1.conv_res1.weight",
-        "unet.dec.64x64_block3.conv_skip.weight", "unet.dec.16x16_up.emb_linear.weight", "unet.emb_fourier.freqs",
-        "unet.emb_fourier.phases", "unet.emb_noise.weight", "unet.emb_label.weight", "unet.out_conv.weight",
-        "unet.out_gain", "logvar_fourier.freqs", "logvar_linear.weight",
+        "unet.enc.64x64_conv.weight",
+        "unet.enc.64x64_block0.conv_res0.weight",
+        "unet.enc.32x32_down.emb_gain",
+        "unet.enc.16x16_block0.attn_qkv.weight",
+        "unet.dec.8x8_in0.attn_proj.weight",
+        "unet.dec.8x8_in1.conv_res1.weight",
+        "unet.dec.64x64_block3.conv_skip.weight",
+        "unet.dec.16x16_up.emb_linear.weight",
+        "unet.emb_fourier.freqs",
+        "unet.emb_fourier.phases",
+        "unet.emb_noise.weight",
+        "unet.emb_label.weight",
+        "unet.out_conv.weight",
+        "unet.out_gain",
+        "logvar_fourier.freqs",
+        "logvar_linear.weight",
     ]:
         assert key in keys, key
     assert "unet.dec.8x8_in1.attn_qkv.weight" not in keys
@@ -135,8 +158,19 @@ def test_preconditioning_coefficients_match_edm_table():
 
 
 def tiny_unet(label_dim=10):
-    return build_network(dict(arch="unet", img_resolution=16, img_channels=3, label_dim=label_dim, model_channels=16,
-                              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], channels_per_head=16))
+    return build_network(
+        dict(
+            arch="unet",
+            img_resolution=16,
+            img_channels=3,
+            label_dim=label_dim,
+            model_channels=16,
+            channel_mult=[1, 2],
+            num_blocks=1,
+            attn_resolutions=[8],
+            channels_per_head=16,
+        )
+    )
 
 
 def test_initial_denoiser_is_c_skip_x():
@@ -187,7 +221,12 @@ def test_mlp_denoiser_forward():
 
 @pytest.mark.parametrize(
     "change,key",
-    [({"arch": "resnet"}, "arch"), ({"img_resolution": 18}, "img_resolution"), ({"bogus": 1}, "bogus"), ({"label_dim": -1}, "label_dim")],
+    [
+        ({"arch": "resnet"}, "arch"),
+        ({"img_resolution": 18}, "img_resolution"),
+        ({"bogus": 1}, "bogus"),
+        ({"label_dim": -1}, "label_dim"),
+    ],
 )
 def test_bad_network_config_names_key(change, key):
     with pytest.raises(ValueError, match=key):
@@ -228,9 +267,15 @@ def paper_block(block, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     return x.clip(-block.clip_act, block.clip_act)
 
 
-@pytest.mark.parametrize(("flavor", "resample_mode", "cin", "cout", "attention"), [
-    ("enc", "keep", 32, 32, True), ("enc", "down", 16, 32, False), ("dec", "keep", 48, 32, True), ("dec", "up", 32, 32, False),
-])
+@pytest.mark.parametrize(
+    ("flavor", "resample_mode", "cin", "cout", "attention"),
+    [
+        ("enc", "keep", 32, 32, True),
+        ("enc", "down", 16, 32, False),
+        ("dec", "keep", 48, 32, True),
+        ("dec", "up", 32, 32, False),
+    ],
+)
 def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, attention):
     from autoguide.nets import Block
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from autoguide.apps.config_tree import get_preset
 from autoguide.diffusion.loss import edm2_loss
-from autoguide.config import get_preset
 from autoguide.nets import build_network
 from autoguide.sample.perturb import NoisyEmbedding
 
@@ -121,4 +121,3 @@ def test_tsg_refuses_the_energy_net_by_name():
     """TSG perturbs a Fourier noise embedding; the energy net takes ln(sigma)/4 directly."""
     with pytest.raises(ValueError, match=r"emb_fourier, which this network \(EnergyDenoiser\) lacks"):
         NoisyEmbedding(scale=1.0, exponent=1.0).validate(make_net())
-

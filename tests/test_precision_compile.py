@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
 from autoguide.io import read_model_file
 from autoguide.nets import build_network, is_compiled
 from autoguide.sample import APG, PAG, SAG, SEG, TSG, Dropout, LayerSkip, generate_images
@@ -27,18 +27,31 @@ steps (the same batches and noise, so only the arithmetic differs)."""
 def run(run_dir: Path, steps: int, *extra: str, batch: int = 16) -> list[float]:
     """Train (or continue to) ``steps`` steps of the MNIST recipe with the XS network; the loss of
     every step of this start."""
-    cfg = compose("train", [
-        "debug=fast", "net=mnist-xs", f"run_dir={run_dir}", f"train.batch_size={batch}",
-        f"train.duration_mi={steps * batch / 2**20}", f"train.log_kimg={batch / 1000}", f"train.checkpoint_kimg={steps * batch / 2000}",
-        "train.snapshot_kimg=1000", "train.sample_kimg=1000", "callbacks.sample_grid.num_steps=2", *extra,
-    ])
+    cfg = compose(
+        "train",
+        [
+            "debug=fast",
+            "net=mnist-xs",
+            f"run_dir={run_dir}",
+            f"train.batch_size={batch}",
+            f"train.duration_mi={steps * batch / 2**20}",
+            f"train.log_kimg={batch / 1000}",
+            f"train.checkpoint_kimg={steps * batch / 2000}",
+            "train.snapshot_kimg=1000",
+            "train.sample_kimg=1000",
+            "callbacks.sample_grid.num_steps=2",
+            *extra,
+        ],
+    )
     train(cfg)
     newest = max(run_dir.glob("logs/csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     with open(newest) as f:
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-@pytest.mark.parametrize("steps", [pytest.param(24, id="24-steps"), pytest.param(300, id="300-steps", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "steps", [pytest.param(24, id="24-steps"), pytest.param(300, id="300-steps", marks=pytest.mark.slow)]
+)
 def test_bf16_mixed_training_on_the_cpu_stays_float32_and_close_to_float32(tmp_path, steps):
     fp32 = run(tmp_path / "fp32", steps, batch=8)
     bf16 = run(tmp_path / "bf16", steps, "trainer.precision=bf16-mixed", batch=8)
@@ -47,10 +60,12 @@ def test_bf16_mixed_training_on_the_cpu_stays_float32_and_close_to_float32(tmp_p
     tail32, tail16 = sum(fp32[-tail:]) / tail, sum(bf16[-tail:]) / tail
     assert abs(tail16 - tail32) / tail32 < BF16_LOSS_TOLERANCE, (tail32, tail16)
     weights, _ = read_model_file(tmp_path / "bf16" / "final.safetensors")
-    assert {v.dtype for v in weights.values()} == {torch.float32} and all(torch.isfinite(v).all() for v in weights.values())
+    assert {v.dtype for v in weights.values()} == {torch.float32} and all(
+        torch.isfinite(v).all() for v in weights.values()
+    )
     ema, _ = read_model_file(next((tmp_path / "bf16" / "phema").glob("*.safetensors")))
     assert {v.dtype for v in ema.values()} == {torch.float32}
-    (_, checkpoint), = list_checkpoints(tmp_path / "bf16")[-1:]
+    ((_, checkpoint),) = list_checkpoints(tmp_path / "bf16")[-1:]
     state = torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["state"]
     assert {t.dtype for s in state.values() for k, t in s.items() if k != "step"} == {torch.float32}
 
@@ -61,7 +76,10 @@ def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_pa
     compiled = run(tmp_path / "compiled", 5, "train.compile=true")
     for a, b in zip(eager, compiled, strict=True):
         assert abs(a - b) <= 1e-4 * abs(a), (eager, compiled)
-    assert read_model_file(tmp_path / "compiled" / "final.safetensors")[0].keys() == read_model_file(tmp_path / "eager" / "final.safetensors")[0].keys()
+    assert (
+        read_model_file(tmp_path / "compiled" / "final.safetensors")[0].keys()
+        == read_model_file(tmp_path / "eager" / "final.safetensors")[0].keys()
+    )
     # a compiled run's checkpoint continues eagerly, and an eager one compiled
     assert len(run(tmp_path / "compiled", 8)) == 3
     assert len(run(tmp_path / "eager", 8, "train.compile=true")) == 3
@@ -70,8 +88,17 @@ def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_pa
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
-TINY = dict(arch="unet", img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2],
-            num_blocks=1, attn_resolutions=[4], channels_per_head=8)
+TINY = dict(
+    arch="unet",
+    img_resolution=8,
+    img_channels=3,
+    label_dim=4,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
+)
 
 
 @pytest.mark.slow
@@ -82,11 +109,19 @@ def test_compiled_sampling_keeps_the_guidance_hooks():
         if p.ndim == 0:
             p.data.fill_(0.8)
     seeds, labels = list(range(6)), [0, 1, 2, 3, 0, 1]
-    terms = {"none": [], "pag": [PAG(weight=2.0)], "seg": [SEG(weight=2.0)], "tsg": [TSG(weight=1.5)],
-             "layer_skip": [LayerSkip(weight=2.0)], "dropout": [Dropout(weight=2.0, p=0.2, apg=APG(eta=0.0))]}
+    terms = {
+        "none": [],
+        "pag": [PAG(weight=2.0)],
+        "seg": [SEG(weight=2.0)],
+        "tsg": [TSG(weight=1.5)],
+        "layer_skip": [LayerSkip(weight=2.0)],
+        "dropout": [Dropout(weight=2.0, p=0.2, apg=APG(eta=0.0))],
+    }
     eager = {k: generate_images(net, seeds, labels, t, num_steps=3) for k, t in terms.items()}
     for name, guidance in terms.items():
-        torch.testing.assert_close(generate_images(net, seeds, labels, guidance, num_steps=3, compile=True), eager[name], rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            generate_images(net, seeds, labels, guidance, num_steps=3, compile=True), eager[name], rtol=0, atol=1e-3
+        )
     assert is_compiled(net) and not any(k.startswith("_orig_mod") for k in net.state_dict())
     for name in ("pag", "layer_skip", "dropout"):
         assert not torch.allclose(eager[name], eager["none"], atol=1e-3)  # the hooks act

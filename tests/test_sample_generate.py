@@ -10,16 +10,23 @@ import pytest
 import torch
 from PIL import Image
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
+from autoguide.apps.generate import run
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
 from autoguide.sample import Autoguidance, generate_images
-from autoguide.apps.generate import run
 
 TINY = dict(
-    arch="unet", img_resolution=8, img_channels=3, label_dim=3, model_channels=16, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[4], channels_per_head=8,
+    arch="unet",
+    img_resolution=8,
+    img_channels=3,
+    label_dim=3,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
 )
 FAST = ["sampler.num_steps=3", "progress=false", "batch_size=3"]
 
@@ -40,7 +47,9 @@ def files(tmp_path_factory):
     return {
         "main": save_tiny(folder / "main.safetensors", TINY, 1),
         "guide": save_tiny(folder / "guide.safetensors", TINY, 2),
-        "toy": save_tiny(folder / "toy.safetensors", dict(arch="mlp", img_channels=2, label_dim=2, width=16, depth=2), 3),
+        "toy": save_tiny(
+            folder / "toy.safetensors", dict(arch="mlp", img_channels=2, label_dim=2, width=16, depth=2), 3
+        ),
     }
 
 
@@ -51,10 +60,18 @@ def config(overrides):
 def test_outputs_records_and_agreement_with_the_python_api(files, tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     out = tmp_path / "out"
-    cfg = config([
-        f"model={files['main']}", f"guide={files['guide']}", "guidance.weight=2.0", "seeds=0-4",
-        "output.formats=[grid,png,npz,shards]", f"output.dir={out}", "output.grid_cols=2", *FAST,
-    ])
+    cfg = config(
+        [
+            f"model={files['main']}",
+            f"guide={files['guide']}",
+            "guidance.weight=2.0",
+            "seeds=0-4",
+            "output.formats=[grid,png,npz,shards]",
+            f"output.dir={out}",
+            "output.grid_cols=2",
+            *FAST,
+        ]
+    )
     run(cfg)
     with np.load(out / "samples.npz") as npz:
         assert npz["seeds"].tolist() == [0, 1, 2, 3, 4]
@@ -78,7 +95,14 @@ def test_outputs_records_and_agreement_with_the_python_api(files, tmp_path, monk
 
 
 def test_ranks_split_the_seeds_and_write_their_own_files(files, tmp_path, monkeypatch):
-    common = [f"model={files['main']}", "guidance=cfg", "seeds=0-6", "class_labels=[2,0]", "output.formats=[npz,png]", *FAST]
+    common = [
+        f"model={files['main']}",
+        "guidance=cfg",
+        "seeds=0-6",
+        "class_labels=[2,0]",
+        "output.formats=[npz,png]",
+        *FAST,
+    ]
     monkeypatch.delenv("RANK", raising=False)
     run(config([*common, f"output.dir={tmp_path / 'single'}"]))
     for rank in range(3):
@@ -88,7 +112,9 @@ def test_ranks_split_the_seeds_and_write_their_own_files(files, tmp_path, monkey
     with np.load(tmp_path / "single" / "samples.npz") as single:
         parts = [np.load(tmp_path / "multi" / f"samples-rank{r:03d}.npz") for r in range(3)]
         assert [p["seeds"].tolist() for p in parts] == [[0, 1], [2, 3], [4, 5, 6]]
-        assert np.concatenate([p["labels"] for p in parts]).tolist() == [2, 0, 2, 0, 2, 0, 2] == single["labels"].tolist()
+        assert (
+            np.concatenate([p["labels"] for p in parts]).tolist() == [2, 0, 2, 0, 2, 0, 2] == single["labels"].tolist()
+        )
         merged = np.concatenate([p["images"] for p in parts])
         assert np.abs(merged.astype(int) - single["images"].astype(int)).max() <= 1
     assert len(list((tmp_path / "multi" / "images").iterdir())) == 7
@@ -98,7 +124,19 @@ def test_ranks_split_the_seeds_and_write_their_own_files(files, tmp_path, monkey
 def test_toy_model_writes_a_scatter_plot(files, tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     out = tmp_path / "toy"
-    run(config([f"model={files['toy']}", "guidance=cfg", "seeds=0-99", "class_labels=all", "output.formats=[grid,npz]", f"output.dir={out}", *FAST]))
+    run(
+        config(
+            [
+                f"model={files['toy']}",
+                "guidance=cfg",
+                "seeds=0-99",
+                "class_labels=all",
+                "output.formats=[grid,npz]",
+                f"output.dir={out}",
+                *FAST,
+            ]
+        )
+    )
     assert Image.open(out / "scatter.png").size[0] > 100
     with np.load(out / "samples.npz") as npz:
         assert npz["samples"].shape == (200, 2) and npz["labels"].tolist() == [0] * 100 + [1] * 100
@@ -118,9 +156,22 @@ def test_config_errors_name_the_key(files, tmp_path):
 def test_command_line_entry_point(files, tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "autoguide.apps.generate", f"model={files['main']}", f"guide={files['guide']}",
-         "guidance.weight=1.8", "guidance.interval=[0.1,10]", "seeds=0-1", f"output.dir={out}", *FAST],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "autoguide.apps.generate",
+            f"model={files['main']}",
+            f"guide={files['guide']}",
+            "guidance.weight=1.8",
+            "guidance.interval=[0.1,10]",
+            "seeds=0-1",
+            f"output.dir={out}",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "grid.png").is_file() and (out / "generate.yaml").is_file()

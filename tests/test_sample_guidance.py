@@ -14,13 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoguide.nets import build_network
-from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, SIMSNegative, TSG, Autoguidance
+from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, SIMSNegative
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.seeds import SeedStreams, stream_seed
 
 TINY = dict(
-    arch="unet", img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[8, 4], channels_per_head=8,
+    arch="unet",
+    img_resolution=8,
+    img_channels=3,
+    label_dim=4,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[8, 4],
+    channels_per_head=8,
 )
 SEEDS = [3, 17, 40]
 N = len(SEEDS)
@@ -116,7 +123,6 @@ def swapped(net, block, op):
 SIGMAS = [0.3, 2.5]
 
 
-
 def test_cfg_single_class_model_with_separate_unconditional_model(inputs):
     """The paper's toy CFG: a label-free model of one class against an unconditional model."""
     x, _ = inputs
@@ -149,7 +155,9 @@ def test_autoguidance_and_sims(net, inputs, sigma):
     x, labels = inputs
     guide = tiny_net(7)
     ref = karras(d(net, x, sigma, labels), d(guide, x, sigma, labels), 2.2)
-    torch.testing.assert_close(guided(net, [Autoguidance(guide=guide, weight=2.2)], labels, x, sigma), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        guided(net, [Autoguidance(guide=guide, weight=2.2)], labels, x, sigma), ref, rtol=1e-5, atol=1e-5
+    )
     # SIMS: s = (1 + omega) s_base - omega s_synthetic, i.e. w = 1 + omega
     sims = guided(net, [SIMSNegative(guide=guide, omega=1.2)], labels, x, sigma)
     torch.testing.assert_close(sims, ref, rtol=1e-5, atol=1e-5)
@@ -162,7 +170,9 @@ def test_icg_uses_one_random_class_per_image(net, inputs):
     out = guided(net, [ICG(weight=2.0)], ls, xs, 1.5, seeds)
     d_pos = d(net, xs, 1.5, ls)
     # brute force: which class makes the formula hold for each image?
-    candidates = torch.stack([karras(d_pos, d(net, xs, 1.5, F.one_hot(torch.full((12,), c), 4).float()), 2.0) for c in range(4)])
+    candidates = torch.stack(
+        [karras(d_pos, d(net, xs, 1.5, F.one_hot(torch.full((12,), c), 4).float()), 2.0) for c in range(4)]
+    )
     errors = (candidates - out).flatten(2).abs().amax(-1)  # [class, image]
     assert (errors.min(0).values < 1e-5).all()
     classes = errors.argmin(0)
@@ -179,7 +189,12 @@ def test_tsg_perturbs_the_noise_embedding(net, inputs):
     # independent: alpha = scale * (sigma / sqrt(sigma^2 + sd^2))^exponent times the images' stream noise
     alpha = scale * (sigma / math.sqrt(sigma**2 + 0.25)) ** exponent
     width = net.unet.emb_fourier.freqs.numel()
-    noise = torch.stack([torch.randn(width, generator=torch.Generator().manual_seed(stream_seed(s, f"tsg:{scale!r}:{exponent!r}"))) for s in SEEDS])
+    noise = torch.stack(
+        [
+            torch.randn(width, generator=torch.Generator().manual_seed(stream_seed(s, f"tsg:{scale!r}:{exponent!r}")))
+            for s in SEEDS
+        ]
+    )
     perturbed = copy.deepcopy(net)
     perturbed.unet.emb_fourier = NoisyFourier(net.unet.emb_fourier, alpha * noise)
     ref = karras(d(net, x, sigma, labels), d(perturbed, x, sigma, labels), 1.8)
@@ -271,8 +286,12 @@ def test_shared_terms_ride_in_one_batched_forward(net, inputs):
     guide = tiny_net(7)
     log_net, log_guide = CallLog(net), CallLog(guide)
     terms = [
-        CFG(weight=1.5), CFG(weight=1.2, interval=(0.1, 10.0)),  # same negative twice: evaluated once
-        ICG(weight=1.4), TSG(weight=1.3), PAG(weight=2.0), SEG(weight=2.0, blur_sigma=2.0),
+        CFG(weight=1.5),
+        CFG(weight=1.2, interval=(0.1, 10.0)),  # same negative twice: evaluated once
+        ICG(weight=1.4),
+        TSG(weight=1.3),
+        PAG(weight=2.0),
+        SEG(weight=2.0, blur_sigma=2.0),
         Autoguidance(guide=guide, weight=2.0),
     ]
     guided(net, terms, labels, x, 0.9)
@@ -341,7 +360,9 @@ def test_unconditional_model_with_shared_terms(inputs):
     out = guided(uncond, [PAG(weight=2.0), TSG(weight=1.5, scale=0.5)], None, x, 1.2)
     d_pos, d_pag = d(uncond, x, 1.2, None), d(swapped(uncond, "dec.4x4_in0", IdentityOp()), x, 1.2, None)
     alpha = 0.5 * (1.2 / math.sqrt(1.2**2 + 0.25))
-    noise = torch.stack([torch.randn(16, generator=torch.Generator().manual_seed(stream_seed(s, "tsg:0.5:1.0"))) for s in SEEDS])
+    noise = torch.stack(
+        [torch.randn(16, generator=torch.Generator().manual_seed(stream_seed(s, "tsg:0.5:1.0"))) for s in SEEDS]
+    )
     tsg = copy.deepcopy(uncond)
     tsg.unet.emb_fourier = NoisyFourier(uncond.unet.emb_fourier, alpha * noise)
     ref = d_pos + 1.0 * (d_pos - d_pag) + 0.5 * (d_pos - d(tsg, x, 1.2, None))

@@ -8,18 +8,18 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_sample_guidance import SEEDS, TINY, CallLog, N, _hook_count, d, inputs, karras, net, tiny_net  # noqa: F401
 from torch import nn
 
-from autoguide.config import compose as compose_config
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.generate import run as generate
 from autoguide.io import save_model
 from autoguide.nets import build_network
 from autoguide.nets.mp import normalize
-from autoguide.sample.config import build_guidance
-from autoguide.sample.guidance import APG, Dropout, LayerSkip, PAG
+from autoguide.sample.guidance import APG, PAG, Dropout, LayerSkip
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.seeds import SeedStreams, stream_seed
-from test_sample_guidance import TINY, N, SEEDS, CallLog, _hook_count, d, inputs, karras, net, tiny_net  # noqa: F401
 
 
 def guided(net, terms, labels, x, sigma):
@@ -79,8 +79,10 @@ class MaskedBranch(nn.Module):
 
 def branch_shapes(net, x, labels):
     shapes = {}
-    handles = [b.branch_point.register_forward_hook(lambda m, a, o, n=n: shapes.update({n: o.shape[1:]}))
-               for n, b in net.blocks().items()]
+    handles = [
+        b.branch_point.register_forward_hook(lambda m, a, o, n=n: shapes.update({n: o.shape[1:]}))
+        for n, b in net.blocks().items()
+    ]
     try:
         d(net, x, 1.0, labels)
     finally:
@@ -157,7 +159,9 @@ def test_mlp_and_energy_nets_list_their_blocks():
 
 def test_block_names_and_rates_are_checked(net, inputs):
     x, labels = inputs
-    with pytest.raises(ValueError, match=r"layer skip: unknown block\(s\) \['dec.9x9_in0'\]; valid names: enc.8x8_block0"):
+    with pytest.raises(
+        ValueError, match=r"layer skip: unknown block\(s\) \['dec.9x9_in0'\]; valid names: enc.8x8_block0"
+    ):
         guided(net, [LayerSkip(weight=2.0, blocks=["dec.9x9_in0"])], labels, x, 1.0)
     with pytest.raises(ValueError, match=r"dropout: p must be in \(0, 1\), got 1.0"):
         guided(net, [Dropout(weight=2.0, p=1.0)], labels, x, 1.0)
@@ -167,7 +171,10 @@ def test_block_names_and_rates_are_checked(net, inputs):
 
 def test_config_groups_build_the_terms_with_their_rules():
     for group, cls in (("layer_skip", LayerSkip), ("dropout", Dropout)):
-        cfg = compose_config("generate", ["model=m.safetensors", f"guidance={group}", "guidance.apg={eta:0.0,r:2.0}", "guidance.rescale=0.5"])
+        cfg = compose_config(
+            "generate",
+            ["model=m.safetensors", f"guidance={group}", "guidance.apg={eta:0.0,r:2.0}", "guidance.rescale=0.5"],
+        )
         (term,) = build_guidance(cfg.guidance, lambda path: None)
         assert isinstance(term, cls) and term.apg == APG(eta=0.0, r=2.0) and term.rule.rescale == 0.5
 
@@ -177,8 +184,15 @@ def generate_variants(tmp_path, variants: dict[str, list[str]]) -> tuple[list[st
     returns the shared overrides and each variant's images."""
     model = tmp_path / "net.safetensors"
     save_model(model, tiny_net(0), {"network": TINY, "nimg": 0, "source": "test"})
-    common = [f"model={model}", "seeds=0-3", "sampler.num_steps=3", "device=cpu", "class_labels=random", "progress=false",
-              "output.formats=[npz]"]
+    common = [
+        f"model={model}",
+        "seeds=0-3",
+        "sampler.num_steps=3",
+        "device=cpu",
+        "class_labels=random",
+        "progress=false",
+        "output.formats=[npz]",
+    ]
     images = {}
     for name, extra in variants.items():
         generate(compose_config("generate", [*common, f"output.dir={tmp_path / name}", *extra]))
@@ -188,19 +202,30 @@ def generate_variants(tmp_path, variants: dict[str, list[str]]) -> tuple[list[st
 
 
 def test_generate_cli_with_training_free_negatives(tmp_path):
-    _, images = generate_variants(tmp_path, {
-        "plain": ["guidance=none"],
-        "skip": ["guidance=layer_skip", "guidance.blocks=[dec.4x4_in0]"],
-        "dropout-apg": ["guidance=dropout", "guidance.p=0.2", "guidance.apg={eta:0.0}", "guidance.zero_star={zero_steps:1}"],
-    })
+    _, images = generate_variants(
+        tmp_path,
+        {
+            "plain": ["guidance=none"],
+            "skip": ["guidance=layer_skip", "guidance.blocks=[dec.4x4_in0]"],
+            "dropout-apg": [
+                "guidance=dropout",
+                "guidance.p=0.2",
+                "guidance.apg={eta:0.0}",
+                "guidance.zero_star={zero_steps:1}",
+            ],
+        },
+    )
     assert images["plain"].shape == images["skip"].shape == (4, 8, 8, 3)
     assert (images["plain"] != images["skip"]).any() and (images["plain"] != images["dropout-apg"]).any()
 
 
 EVERY_RULE = [
-    "guidance.fdg={weights:[1.0,0.5],parallel:[1.0,0.0]}", "guidance.tcfg={space:flow}", "guidance.mambo={alpha:1.0,space:x0}",
+    "guidance.fdg={weights:[1.0,0.5],parallel:[1.0,0.0]}",
+    "guidance.tcfg={space:flow}",
+    "guidance.mambo={alpha:1.0,space:x0}",
     "guidance.schedule={shape:cosine,start:0.5,end:1.0,sigma_start:20,sigma_end:0.01}",
-    "guidance.fbg={pi:0.5,temp:0.01,offset:-0.01,max_weight:5}", "guidance.apg={eta:0.0,norm_dims:[2,3],momentum:call}",
+    "guidance.fbg={pi:0.5,temp:0.01,offset:-0.01,max_weight:5}",
+    "guidance.apg={eta:0.0,norm_dims:[2,3],momentum:call}",
     "guidance.zero_star={space:eps,zero_steps:1}",
 ]
 
@@ -211,11 +236,14 @@ def test_generate_cli_takes_every_rule_and_names_a_bad_one(tmp_path):
     import subprocess
     import sys
 
-    common, images = generate_variants(tmp_path, {
-        "cfg": ["guidance=cfg", "guidance.weight=3"],
-        "cfg-rules": ["guidance=cfg", "guidance.weight=3", *EVERY_RULE],
-        "skip-rules": ["guidance=layer_skip", "guidance.weight=2", *EVERY_RULE],
-    })
+    common, images = generate_variants(
+        tmp_path,
+        {
+            "cfg": ["guidance=cfg", "guidance.weight=3"],
+            "cfg-rules": ["guidance=cfg", "guidance.weight=3", *EVERY_RULE],
+            "skip-rules": ["guidance=layer_skip", "guidance.weight=2", *EVERY_RULE],
+        },
+    )
     assert (images["cfg"] != images["cfg-rules"]).any()
     bad_cfg = [*common, f"output.dir={tmp_path / 'bad'}", "guidance=cfg", "guidance.weight=3"]
     for bad, message in [
@@ -224,8 +252,12 @@ def test_generate_cli_takes_every_rule_and_names_a_bad_one(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             generate(compose_config("generate", [*bad_cfg, bad]))
-    result = subprocess.run([sys.executable, "-m", "autoguide.apps.generate", *bad_cfg, "guidance.apg={norm_dims:[4]}"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "autoguide.apps.generate", *bad_cfg, "guidance.apg={norm_dims:[4]}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = result.stderr.strip().splitlines()
     line = "autoguide-generate: error: cfg: apg.norm_dims=[4] out of range for 4-dim batches"
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoguide.sample.config import build_term
 from autoguide.sample.guidance import CFG, Autoguidance
+from autoguide.sample.guidance_spec import build_term
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.rules import APG, GuidanceRule, ZeroStar, norm_threshold, optimized_scale, project
 
@@ -47,8 +47,9 @@ def test_norm_threshold_is_respected(r):
     out = norm_threshold(delta, r)
     norms = np.linalg.norm(rows(delta), axis=1)
     np.testing.assert_allclose(np.linalg.norm(rows(out), axis=1), np.minimum(norms, r), rtol=1e-12)
-    np.testing.assert_allclose(rows(out) / np.linalg.norm(rows(out), axis=1, keepdims=True),
-                               rows(delta) / norms[:, None], rtol=1e-12)  # direction kept
+    np.testing.assert_allclose(
+        rows(out) / np.linalg.norm(rows(out), axis=1, keepdims=True), rows(delta) / norms[:, None], rtol=1e-12
+    )  # direction kept
 
 
 @pytest.mark.parametrize("momentum", ["call", "step"])
@@ -94,9 +95,12 @@ def test_apg_momentum_per_step_is_shared_by_the_calls_of_a_step():
     for (pos1, neg1, x), (pos2, neg2, _) in steps:
         previous = 0 if momentum is None else beta * momentum
         momentum = pos1 - neg1 + previous
-        torch.testing.assert_close(rule.change(2.0, x, pos1, neg1, state, 1.0, first=True), momentum, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(rule.change(2.0, x, pos2, neg2, state, 1.0, first=False), pos2 - neg2 + previous,
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            rule.change(2.0, x, pos1, neg1, state, 1.0, first=True), momentum, rtol=1e-12, atol=1e-12
+        )
+        torch.testing.assert_close(
+            rule.change(2.0, x, pos2, neg2, state, 1.0, first=False), pos2 - neg2 + previous, rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("sigma", [0.05, 1.0, 80.0])
@@ -108,8 +112,12 @@ def test_cfg_zero_star_spaces(sigma):
     w = 3.0
     for space, a, b, scaled in [
         ("eps", rows(x - d_pos), rows(x - d_neg), lambda s: rows(x) - s[:, None] * rows(x - d_neg)),
-        ("flow", rows(x - (1 + sigma) * d_pos), rows(x - (1 + sigma) * d_neg),
-         lambda s: (1 - s[:, None]) * rows(x) / (1 + sigma) + s[:, None] * rows(d_neg)),
+        (
+            "flow",
+            rows(x - (1 + sigma) * d_pos),
+            rows(x - (1 + sigma) * d_neg),
+            lambda s: (1 - s[:, None]) * rows(x) / (1 + sigma) + s[:, None] * rows(d_neg),
+        ),
     ]:
         out = GuidanceRule(zero_star=ZeroStar(space=space)).change(w, x, d_pos, d_neg, {}, sigma)
         s = np.array([(ai @ bi) / (bi @ bi) for ai, bi in zip(a, b)])
@@ -140,17 +148,23 @@ def test_cap_limits_the_rms_change():
     assert (plain_rms < cap).any() and (plain_rms > cap).any()
 
 
-@pytest.mark.parametrize("rule", [
-    GuidanceRule(),
-    GuidanceRule(apg=APG(eta=1.0, r=math.inf, beta=0.0)),
-    GuidanceRule(rescale=0.0),
-    GuidanceRule(cap=math.inf),
-], ids=["default", "apg-identity", "phi-0", "cap-inf"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        GuidanceRule(),
+        GuidanceRule(apg=APG(eta=1.0, r=math.inf, beta=0.0)),
+        GuidanceRule(rescale=0.0),
+        GuidanceRule(cap=math.inf),
+    ],
+    ids=["default", "apg-identity", "phi-0", "cap-inf"],
+)
 def test_identity_cases_give_plain_guidance(rule):
     d_pos, d_neg, x = tensors(8)
     state: dict = {}
     for _ in range(3):  # momentum 0: no memory across evaluations
-        torch.testing.assert_close(rule.change(2.2, x, d_pos, d_neg, state, 1.0), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(
+            rule.change(2.2, x, d_pos, d_neg, state, 1.0), 1.2 * (d_pos - d_neg), rtol=1e-13, atol=1e-13
+        )
 
 
 def test_invalid_options_are_named():
@@ -160,7 +174,9 @@ def test_invalid_options_are_named():
         GuidanceRule(rescale=1.5)
     with pytest.raises(ValueError, match="zero_star.zero_steps must be an integer"):
         ZeroStar(zero_steps=-1)
-    with pytest.raises(ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'momentum'"):
+    with pytest.raises(
+        ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'momentum'"
+    ):
         build_term({"kind": "cfg", "weight": 2.0, "apg": {"gamma": 1.0}}, lambda path: None)
     with pytest.raises(ValueError, match="cfg: cap must be > 0"):
         build_term({"kind": "cfg", "weight": 2.0, "cap": 0.0}, lambda path: None)
@@ -201,8 +217,8 @@ def test_cfg_zero_star_zero_init_zeroes_the_first_steps(space, churn):
     prediction (``x / (1 + sigma)`` in flow space, ``x`` in eps) without a network call, with
     Heun and with churn (which calls the denoiser at two new noise levels per step)."""
     from autoguide.sample.sampler import edm_sampler
+    from autoguide.sample.sampler_settings import SamplerSettings
     from autoguide.sample.seeds import SeedStreams
-    from autoguide.sample.settings import SamplerSettings
 
     main, guide = Affine(0.9, 0.1), Affine(0.5, -0.2)
     zero = ZeroStar(zero_steps=2, space=space)

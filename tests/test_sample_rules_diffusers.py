@@ -20,18 +20,18 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers.guiders import (  # noqa: E402
+from diffusers.guiders import (
     AdaptiveProjectedGuidance,
     ClassifierFreeGuidance,
     ClassifierFreeZeroStarGuidance,
     MagnitudeAwareGuidance,
     TangentialClassifierFreeGuidance,
 )
-from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer  # noqa: E402
+from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
 
-from autoguide.sample.guidance import Autoguidance  # noqa: E402
-from autoguide.sample.guided import GuidedDenoiser  # noqa: E402
-from autoguide.sample.spaces import prediction  # noqa: E402
+from autoguide.sample.guidance import Autoguidance
+from autoguide.sample.guided import GuidedDenoiser
+from autoguide.sample.spaces import prediction
 
 SHAPE = (4, 3, 8, 8)
 SIGMAS = [80.0, 12.0, 2.5, 0.6, 0.05]  # several sampler steps, one denoiser call each (Euler)
@@ -92,9 +92,15 @@ def compare(rule: dict, guider, space: str, weight: float, seed: int = 0, flat: 
 @pytest.mark.parametrize("norm_dims", [None, (2, 3)], ids=["per-image", "per-channel"])
 def test_apg_with_momentum_threshold_and_rescale_matches_diffusers(norm_dims):
     eta, r, beta, phi, w = 0.2, 6.0, -0.5, 0.5, 3.0
-    guider = AdaptiveProjectedGuidance(guidance_scale=w - 1, adaptive_projected_guidance_momentum=beta,
-                                       adaptive_projected_guidance_rescale=r, adaptive_projected_guidance_norm_dim=norm_dims,
-                                       eta=eta, guidance_rescale=phi, use_original_formulation=True)
+    guider = AdaptiveProjectedGuidance(
+        guidance_scale=w - 1,
+        adaptive_projected_guidance_momentum=beta,
+        adaptive_projected_guidance_rescale=r,
+        adaptive_projected_guidance_norm_dim=norm_dims,
+        eta=eta,
+        guidance_rescale=phi,
+        use_original_formulation=True,
+    )
     guider.momentum_buffer = MomentumBuffer(beta)  # what its prepare_inputs does at step 0
     apg = {"eta": eta, "r": r, "beta": beta, "norm_dims": None if norm_dims is None else list(norm_dims)}
     compare({"apg": apg, "rescale": phi}, guider, "x0", w)
@@ -130,6 +136,7 @@ def test_fdg_matches_diffusers():
     from diffusers.guiders import FrequencyDecoupledGuidance
 
     w, weights, parallel = 4.0, [1.0, 0.6, 0.2], [1.0, 0.5, 0.0]
-    guider = FrequencyDecoupledGuidance(guidance_scales=[f * (w - 1) for f in weights], parallel_weights=parallel,
-                                        use_original_formulation=True)
+    guider = FrequencyDecoupledGuidance(
+        guidance_scales=[f * (w - 1) for f in weights], parallel_weights=parallel, use_original_formulation=True
+    )
     compare({"fdg": {"weights": weights, "parallel": parallel}}, guider, "x0", w)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from autoguide.diffusion import edm_sigma_steps
 from autoguide.data.toy2d import ExactToyDenoiser, toy_mixture
+from autoguide.diffusion import edm_sigma_steps
 from autoguide.nets import build_network
 from autoguide.sample import GuidedDenoiser, SamplerSettings, SeedStreams, edm_sampler, generate_images, seed_noise
-from autoguide.sample.guidance import ICG, TSG, Autoguidance, CFG
+from autoguide.sample.guidance import CFG, ICG, TSG, Autoguidance
 
 
 def sample(denoise, noise, seeds=None, **fields):
@@ -78,9 +78,13 @@ def test_weight_one_gives_exactly_the_unguided_sample():
     main, guide = GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9)
     noise = torch.randn(16, 2, dtype=torch.float64)
     plain = sample(GuidedDenoiser(main), noise, num_steps=12)
-    assert torch.equal(sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=1.0)]), noise, num_steps=12), plain)
+    assert torch.equal(
+        sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=1.0)]), noise, num_steps=12), plain
+    )
     assert not guide.calls
-    assert not torch.equal(sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0)]), noise, num_steps=12), plain)
+    assert not torch.equal(
+        sample(GuidedDenoiser(main, [Autoguidance(guide=guide, weight=2.0)]), noise, num_steps=12), plain
+    )
 
 
 class ManualGuided(nn.Module):
@@ -111,13 +115,24 @@ def test_interval_switches_guidance_off_outside():
     evaluated = main.calls
     assert guide.calls == [s for s in evaluated if lo < s <= hi]
     assert 0 < len(guide.calls) < len(evaluated)
-    ref = sample(GuidedDenoiser(ManualGuided(GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9), 2.5, lo, hi)), noise, num_steps=16)
+    ref = sample(
+        GuidedDenoiser(ManualGuided(GaussianDenoiser(0.5, 0.5), GaussianDenoiser(-0.3, 0.9), 2.5, lo, hi)),
+        noise,
+        num_steps=16,
+    )
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
 TINY = dict(
-    arch="unet", img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[4], channels_per_head=8,
+    arch="unet",
+    img_resolution=8,
+    img_channels=3,
+    label_dim=4,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
 )
 
 
@@ -131,7 +146,9 @@ def test_seeds_make_images_batch_size_invariant():
     kwargs = dict(guidance=[CFG(weight=1.5), ICG(weight=1.3), TSG(weight=1.4)], num_steps=4, S_churn=5.0)
     full = generate_images(net, seeds, labels, batch_size=5, **kwargs)
     for batch_size in (2, 1):
-        torch.testing.assert_close(generate_images(net, seeds, labels, batch_size=batch_size, **kwargs), full, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            generate_images(net, seeds, labels, batch_size=batch_size, **kwargs), full, rtol=0, atol=1e-5
+        )
     # an image depends on its seed (and label), not on its neighbours or position
     torch.testing.assert_close(generate_images(net, [31, 5], [3, 0], **kwargs), full[[3, 0]], rtol=0, atol=1e-5)
     assert full.shape == (5, 3, 8, 8)

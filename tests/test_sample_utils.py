@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from autoguide.runtime.process import RankInfo, rank_from_env, rank_slice
 from autoguide.sample.blur import gaussian_blur_2d, gaussian_kernel, gaussian_kernel_size, reflect_indices
-from autoguide.sample.config import build_guidance, term_keys
-from autoguide.runtime import RankInfo, rank_from_env, rank_slice
-from autoguide.sample.guidance import CFG, PAG, SEG, SIMSNegative, Autoguidance
+from autoguide.sample.guidance import CFG, PAG, SEG, Autoguidance, SIMSNegative
+from autoguide.sample.guidance_spec import build_guidance, term_keys
 from autoguide.sample.labels import as_one_hot, class_labels
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
 
@@ -20,7 +20,13 @@ def test_parse_seeds():
     assert parse_seeds("1,4,10-12") == [1, 4, 10, 11, 12]
     assert parse_seeds(7) == [7]
     assert parse_seeds([3, "5-6"]) == [3, 5, 6]
-    for bad, message in [("5-2", "cannot parse"), ("a", "cannot parse"), ("-3", ">= 0"), ("1,2,1", "repeats"), ([], "no seed")]:
+    for bad, message in [
+        ("5-2", "cannot parse"),
+        ("a", "cannot parse"),
+        ("-3", ">= 0"),
+        ("1,2,1", "repeats"),
+        ([], "no seed"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_seeds(bad)
 
@@ -117,13 +123,15 @@ def test_guidance_from_config():
     assert build_guidance({"kind": "none"}, load) == []
     assert build_guidance({"kind": "autoguidance", "weight": 1.0, "model": None}, load) == []  # w = 1: nothing to load
     terms = build_guidance(
-        {"terms": [
-            {"kind": "autoguidance", "weight": 2.2, "interval": [0.1, 5.0], "model": "g.safetensors"},
-            {"kind": "cfg", "weight": 1.3, "model": None},
-            {"kind": "pag", "weight": 3.0, "blocks": ["dec.8x8_in0"]},
-            {"kind": "seg", "weight": 2.0, "blur_sigma": float("inf"), "blocks": None},
-            {"kind": "sims", "omega": 0.5, "model": "s.safetensors"},
-        ]},
+        {
+            "terms": [
+                {"kind": "autoguidance", "weight": 2.2, "interval": [0.1, 5.0], "model": "g.safetensors"},
+                {"kind": "cfg", "weight": 1.3, "model": None},
+                {"kind": "pag", "weight": 3.0, "blocks": ["dec.8x8_in0"]},
+                {"kind": "seg", "weight": 2.0, "blur_sigma": float("inf"), "blocks": None},
+                {"kind": "sims", "omega": 0.5, "model": "s.safetensors"},
+            ]
+        },
         load,
     )
     assert loaded == ["g.safetensors", "s.safetensors"]
@@ -139,5 +147,18 @@ def test_guidance_from_config():
         build_guidance({"kind": "foo"}, load)
     with pytest.raises(ValueError, match="needs a model file"):
         build_guidance({"kind": "autoguidance", "weight": 2.0, "model": None}, load)
-    assert term_keys("sims") == ["kind", "interval", "apg", "zero_star", "rescale", "cap", "tcfg", "fdg", "schedule", "fbg", "mambo",
-                                 "omega", "model"]
+    assert term_keys("sims") == [
+        "kind",
+        "interval",
+        "apg",
+        "zero_star",
+        "rescale",
+        "cap",
+        "tcfg",
+        "fdg",
+        "schedule",
+        "fbg",
+        "mambo",
+        "omega",
+        "model",
+    ]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoguide.sample.config import build_term
 from autoguide.sample.guidance import Autoguidance
+from autoguide.sample.guidance_spec import build_term
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.pyramid import from_pyramid, laplacian_pyramid
 from autoguide.sample.rules import GuidanceRule
@@ -30,7 +30,9 @@ def test_weight_schedule_matches_its_formula(shape):
     w = 3.0
     for sigma in [80.0, 20.0, 5.0, 1.0, 0.3, 0.1, 0.01]:
         u = np.clip((np.log(20.0) - np.log(sigma)) / (np.log(20.0) - np.log(0.1)), 0, 1)
-        f = {"constant": 0.2, "linear": 0.2 + 1.3 * u, "cosine": 1.5 + (0.2 - 1.5) * 0.5 * (1 + np.cos(np.pi * u))}[shape]
+        f = {"constant": 0.2, "linear": 0.2 + 1.3 * u, "cosine": 1.5 + (0.2 - 1.5) * 0.5 * (1 + np.cos(np.pi * u))}[
+            shape
+        ]
         assert schedule.factor(sigma) == pytest.approx(f, abs=1e-14)
         out = GuidanceRule(schedule=schedule).change(w, x, d_pos, d_neg, {}, sigma)
         np.testing.assert_allclose(out.numpy(), (f * (w - 1)) * (d_pos - d_neg).numpy(), rtol=1e-12, atol=1e-12)
@@ -74,10 +76,18 @@ def test_feedback_guidance_follows_the_paper_over_heun_steps(weight):
         np.testing.assert_allclose(first, neg + w * (pos - neg), rtol=1e-12, atol=1e-12)
         keep = s_next**2 / s**2
         var = (s**2 - s_next**2) * keep
-        x_next = keep * x + (1 - keep) * torch.from_numpy(first) + math.sqrt(var) * torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        x_next = (
+            keep * x
+            + (1 - keep) * torch.from_numpy(first)
+            + math.sqrt(var) * torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        )
         second = denoise(x_next, s_next).numpy()  # Heun's correction: same weight
-        np.testing.assert_allclose(second, guide.outputs[-1].numpy() + w * (main.outputs[-1].numpy() - guide.outputs[-1].numpy()),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            second,
+            guide.outputs[-1].numpy() + w * (main.outputs[-1].numpy() - guide.outputs[-1].numpy()),
+            rtol=1e-12,
+            atol=1e-12,
+        )
         denoise.end_step(x, s, x_next, s_next)
         xs, xn = x.numpy(), x_next.numpy()
         err = [((xn - (keep * xs + (1 - keep) * d)) ** 2).reshape(SHAPE[0], -1).sum(1) for d in (pos, neg)]
@@ -104,18 +114,27 @@ def test_laplacian_pyramid_matches_kornia_and_inverts():
     torch.testing.assert_close(from_pyramid(bands), x, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"fdg": {"weights": [1.0, -0.5]}}, r"cfg: fdg.weights must be >= 0 .* got \[1.0, -0.5\]"),
-    ({"fdg": {"weights": [1.0, 0.5], "parallel": [1.0]}}, r"cfg: fdg.parallel needs one value per band \(2\)"),
-    ({"schedule": {"shape": "exponential"}}, r"cfg: schedule.shape must be one of constant, linear, cosine, got 'exponential'"),
-    ({"schedule": {"shape": "linear", "sigma_start": 0.1, "sigma_end": 1.0}}, r"cfg: schedule: need sigma_start > sigma_end > 0"),
-    ({"apg": {"norm_dims": [0]}}, r"cfg: apg.norm_dims must be distinct non-batch dims"),
-    ({"apg": {"momentum": "always"}}, r"cfg: apg.momentum must be one of step, call"),
-    ({"zero_star": {"space": "x0"}}, r"cfg: zero_star.space must be one of flow, eps, got 'x0'"),
-    ({"mambo": {"alpha": -1}}, r"cfg: mambo.alpha must be >= 0"),
-    ({"fbg": {"pi": 1.5}}, r"cfg: fbg.pi must be in \(0, 1\)"),
-    ({"tcfg": {"space": "v"}}, r"cfg: tcfg.space must be one of x0, eps, flow"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fdg": {"weights": [1.0, -0.5]}}, r"cfg: fdg.weights must be >= 0 .* got \[1.0, -0.5\]"),
+        ({"fdg": {"weights": [1.0, 0.5], "parallel": [1.0]}}, r"cfg: fdg.parallel needs one value per band \(2\)"),
+        (
+            {"schedule": {"shape": "exponential"}},
+            r"cfg: schedule.shape must be one of constant, linear, cosine, got 'exponential'",
+        ),
+        (
+            {"schedule": {"shape": "linear", "sigma_start": 0.1, "sigma_end": 1.0}},
+            r"cfg: schedule: need sigma_start > sigma_end > 0",
+        ),
+        ({"apg": {"norm_dims": [0]}}, r"cfg: apg.norm_dims must be distinct non-batch dims"),
+        ({"apg": {"momentum": "always"}}, r"cfg: apg.momentum must be one of step, call"),
+        ({"zero_star": {"space": "x0"}}, r"cfg: zero_star.space must be one of flow, eps, got 'x0'"),
+        ({"mambo": {"alpha": -1}}, r"cfg: mambo.alpha must be >= 0"),
+        ({"fbg": {"pi": 1.5}}, r"cfg: fbg.pi must be in \(0, 1\)"),
+        ({"tcfg": {"space": "v"}}, r"cfg: tcfg.space must be one of x0, eps, flow"),
+    ],
+)
 def test_bad_rule_options_name_the_key(options, message):
     with pytest.raises(ValueError, match=message):
         build_term({"kind": "cfg", "weight": 2.0, **options}, lambda path: None)
@@ -146,4 +165,8 @@ def test_feedback_parameters_from_the_papers_times():
     variance[1:] = ((s[:-1] ** 2 - s[1:] ** 2) * s[1:] ** 2 / s[:-1] ** 2)[::-1]  # j-th step from the end
     delta = np.log(0.1 * 1.5) / (0.5 * 8)
     tau = abs(2 * (0.8 * variance[3] + 0.2 * variance[4]) * delta / 10)  # t1 N = 3.2
-    assert (fbg.offset, fbg.temp, fbg.max_weight) == (pytest.approx(delta, rel=1e-12), pytest.approx(tau, rel=1e-12), 4.0)
+    assert (fbg.offset, fbg.temp, fbg.max_weight) == (
+        pytest.approx(delta, rel=1e-12),
+        pytest.approx(tau, rel=1e-12),
+        4.0,
+    )

@@ -10,11 +10,21 @@ from autoguide.io import read_card, save_model
 from autoguide.io.sims_pair import SimsPair, read_pair, write_pair
 from autoguide.nets import build_network
 from autoguide.sample.batch import generate_images
-from autoguide.sample.config import build_guidance
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sims.weightspace import extrapolate, frozen_buffers, write_weightspace_model
 
-NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],
-           num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
+NET = dict(
+    arch="unet",
+    img_resolution=32,
+    img_channels=1,
+    label_dim=10,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[],
+    channels_per_head=8,
+    dropout=0.0,
+)
 
 
 def _model_pair(tmp_path):
@@ -50,8 +60,19 @@ def test_extrapolate_formula_per_tensor():
 
 def test_weightspace_model_file(tmp_path):
     base, synth = _model_pair(tmp_path)
-    assert frozen_buffers(NET) == {"unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"}
-    out = write_weightspace_model(tmp_path / "ws.safetensors", tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 0.75, {"budget_nimg": 64})
+    assert frozen_buffers(NET) == {
+        "unet.emb_fourier.freqs",
+        "unet.emb_fourier.phases",
+        "logvar_fourier.freqs",
+        "logvar_fourier.phases",
+    }
+    out = write_weightspace_model(
+        tmp_path / "ws.safetensors",
+        tmp_path / "base.safetensors",
+        tmp_path / "synth.safetensors",
+        0.75,
+        {"budget_nimg": 64},
+    )
     model = load_denoiser(out)
     got = model.state_dict()
     for name, b in base.state_dict().items():
@@ -63,14 +84,18 @@ def test_weightspace_model_file(tmp_path):
     other = dict(NET, model_channels=16)
     save_model(tmp_path / "other.safetensors", build_network(other), {"network": other})
     with pytest.raises(ValueError, match="one architecture"):
-        write_weightspace_model(tmp_path / "x.safetensors", tmp_path / "base.safetensors", tmp_path / "other.safetensors", 1.0, {})
+        write_weightspace_model(
+            tmp_path / "x.safetensors", tmp_path / "base.safetensors", tmp_path / "other.safetensors", 1.0, {}
+        )
 
 
 def test_pair_round_trip_and_guided_sampling(tmp_path):
     _model_pair(tmp_path)
     sub = tmp_path / "pairs" / "b1"
     sub.mkdir(parents=True)
-    ws = write_weightspace_model(sub / "ws.safetensors", tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 1.0, {})
+    ws = write_weightspace_model(
+        sub / "ws.safetensors", tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 1.0, {}
+    )
     pair = SimsPair(tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 64, 0.05, 0, {1.0: ws})
     write_pair(sub / "pair.json", pair, root=tmp_path)
     data = json.loads((sub / "pair.json").read_text())
@@ -112,18 +137,29 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
     import numpy as np
     from omegaconf import open_dict
 
-    from autoguide.config import compose as compose_config
-    from autoguide.apps.generate import run as generate_run
-    from autoguide.sample.outputs import to_uint8
     from autoguide.apps.common import apply_pair
+    from autoguide.apps.config_tree import compose as compose_config
+    from autoguide.apps.generate import run as generate_run
+    from autoguide.data.sample_files import to_uint8
 
     _model_pair(tmp_path)
     pair_path = tmp_path / "pair.json"
     write_pair(pair_path, SimsPair(tmp_path / "base.safetensors", tmp_path / "synth.safetensors", 64, 0.1, 0), tmp_path)
 
     def config(*overrides):
-        cfg = compose_config("eval", [f"pair={pair_path}", "seeds=0-3", "sampler.num_steps=3", "device=cpu",
-                                          "progress=false", f"output.dir={tmp_path / 'out'}", "output.formats=[npz]", *overrides])
+        cfg = compose_config(
+            "eval",
+            [
+                f"pair={pair_path}",
+                "seeds=0-3",
+                "sampler.num_steps=3",
+                "device=cpu",
+                "progress=false",
+                f"output.dir={tmp_path / 'out'}",
+                "output.formats=[npz]",
+                *overrides,
+            ],
+        )
         with open_dict(cfg):
             cfg.pop("metrics")
         return cfg
@@ -131,7 +167,12 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
     cfg = config()
     apply_pair(cfg)
     assert cfg.model == str((tmp_path / "base.safetensors").resolve())
-    assert dict(cfg.guidance) == {"kind": "sims", "omega": 1.0, "interval": None, "model": str((tmp_path / "synth.safetensors").resolve())}
+    assert dict(cfg.guidance) == {
+        "kind": "sims",
+        "omega": 1.0,
+        "interval": None,
+        "model": str((tmp_path / "synth.safetensors").resolve()),
+    }
     chosen = config("guidance=sims", "guidance.omega=0.5", "guidance.model=ignored")
     apply_pair(chosen)
     assert chosen.guidance.omega == 0.5 and chosen.guidance.model.endswith("synth.safetensors")
@@ -139,7 +180,9 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
     out = generate_run(config("guidance=sims", "guidance.omega=0.5", "guidance.model=ignored"))
     written = np.load(out / "samples.npz")
     base, synth = load_denoiser(tmp_path / "base.safetensors"), load_denoiser(tmp_path / "synth.safetensors")
-    terms = build_guidance({"kind": "sims", "omega": 0.5, "model": str(tmp_path / "synth.safetensors")}, lambda p: synth)
+    terms = build_guidance(
+        {"kind": "sims", "omega": 0.5, "model": str(tmp_path / "synth.safetensors")}, lambda p: synth
+    )
     direct = generate_images(base, range(4), written["labels"].tolist(), terms, batch_size=4, num_steps=3)
     expected = to_uint8(direct)
     assert np.abs(written["images"].astype(int) - expected.astype(int)).max() <= 1  # uint8 rounding only

@@ -15,19 +15,29 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from autoguide.config import compose
+from autoguide.apps import generate as generate_cli
+from autoguide.apps.config_tree import compose
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
 from autoguide.io import read_card, read_model_file, save_model
-from autoguide.nets import build_network, network_config
-from autoguide.apps import generate as generate_cli
 from autoguide.io.sims_pair import read_pair
+from autoguide.nets import build_network, network_config
 from autoguide.sims.pipeline import run_sims
 from autoguide.sims.synthesize import verify_manifest
 
-NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],
-           num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
+NET = dict(
+    arch="unet",
+    img_resolution=32,
+    img_channels=1,
+    label_dim=10,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[],
+    channels_per_head=8,
+    dropout=0.0,
+)
 BASE_NIMG = 32000
 CRASH = '''
 import os
@@ -55,20 +65,40 @@ def make_base_run(folder: Path) -> None:
             path = folder / "phema" / snapshot_filename(nimg, std)
             save_model(path, net, {"network": NET, "nimg": nimg, "ema_std": std, "source": "test"})
             entries.append(Snapshot(path, nimg, std))
-    write_index(folder / "phema", NET, ["unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"], entries)
-    config = {"name": "tiny", "train": {"batch_size": 16, "lr_ref": 0.01, "lr_ref_batches": 1000, "lr_rampup_mi": 0.01},
-              "data": {"name": "mnist5k", "split": "test", "channels": 1, "conditional": True, "seed": 0, "num_workers": 0}}
+    write_index(
+        folder / "phema",
+        NET,
+        ["unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"],
+        entries,
+    )
+    config = {
+        "name": "tiny",
+        "train": {"batch_size": 16, "lr_ref": 0.01, "lr_ref_batches": 1000, "lr_rampup_mi": 0.01},
+        "data": {"name": "mnist5k", "split": "test", "channels": 1, "conditional": True, "seed": 0, "num_workers": 0},
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "logs" / "hydra").mkdir(parents=True)
-    overrides = ["experiment=mnist-xs-guide", "logger=none", "train.batch_size=16", f"run_dir={folder}", "data.split=test"]
+    overrides = [
+        "experiment=mnist-xs-guide",
+        "logger=none",
+        "train.batch_size=16",
+        f"run_dir={folder}",
+        "data.split=test",
+    ]
     (folder / "logs" / "hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
 def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
     overrides = [
-        f"out_dir={out}", f"base_run={base_run}", "budget_mi=[0.00006103515625,0.0001220703125]",  # 64 and 128 images
-        "synthesize.num_images=24", "synthesize.real_fraction=0.25", "synthesize.shard_size=16",
-        "synthesize.class_labels=[0,1,2,3,4,5,6,7,8,9]", "synthesize.sampler.num_steps=3", "device=cpu",
+        f"out_dir={out}",
+        f"base_run={base_run}",
+        "budget_mi=[0.00006103515625,0.0001220703125]",  # 64 and 128 images
+        "synthesize.num_images=24",
+        "synthesize.real_fraction=0.25",
+        "synthesize.shard_size=16",
+        "synthesize.class_labels=[0,1,2,3,4,5,6,7,8,9]",
+        "synthesize.sampler.num_steps=3",
+        "device=cpu",
         "register.weight_space=[1.0]",
         'retrain.overrides=["logger=none","data.num_workers=0","~callbacks.sample_grid","~callbacks.progress_bar",'
         f'"+callbacks.crash._target_=sims_crash.CrashOnce","+callbacks.crash.after=64","+callbacks.crash.marker={crash}"]',
@@ -92,12 +122,18 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert checkpoints == ["nimg-000000000064.ckpt", "nimg-000000000064.ckpt.sha256"]
     assert not (run / "stage.json").exists()
-    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "base").iterdir(), *(out / "iter-00" / "synthesize" / "shards").iterdir()]}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in [*(out / "base").iterdir(), *(out / "iter-00" / "synthesize" / "shards").iterdir()]
+    }
 
     # Second run (same command): resumes in the retrain stage, from the checkpoint.
     summary = run_sims(cfg)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished stages were not redone
-    assert "resuming from" in (run / "logs" / "train.log").read_text() and "nimg-000000000064.ckpt" in (run / "logs" / "train.log").read_text()
+    assert (
+        "resuming from" in (run / "logs" / "train.log").read_text()
+        and "nimg-000000000064.ckpt" in (run / "logs" / "train.log").read_text()
+    )
 
     # base: the post-hoc EMA reconstruction at the run's last snapshot
     base = out / "base" / "ema-000000032000-0.1000.safetensors"
@@ -108,9 +144,17 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     manifest = verify_manifest(synth)
     assert (manifest["count"], manifest["num_synthetic"], manifest["num_real"]) == (24, 18, 6)
     assert [(s["file"], s["count"]) for s in manifest["shards"]] == [
-        ("shards/synth-000000.tar", 16), ("shards/synth-000001.tar", 2), ("shards/real-000000.tar", 6)]
-    assert manifest["source_model"]["sha256"] == json.loads((out / "base" / "stage.json").read_text())["outputs"][base.name]["sha256"]
-    labels = [IndexedShardDataset(str(synth / s["file"]))[i][1] for s in manifest["shards"][:2] for i in range(s["count"])]
+        ("shards/synth-000000.tar", 16),
+        ("shards/synth-000001.tar", 2),
+        ("shards/real-000000.tar", 6),
+    ]
+    assert (
+        manifest["source_model"]["sha256"]
+        == json.loads((out / "base" / "stage.json").read_text())["outputs"][base.name]["sha256"]
+    )
+    labels = [
+        IndexedShardDataset(str(synth / s["file"]))[i][1] for s in manifest["shards"][:2] for i in range(s["count"])
+    ]
     assert labels == [i % 10 for i in range(18)]
     real = MNIST5k("test")
     picked = np.random.RandomState(0).permutation(len(real))[:6]
@@ -131,7 +175,12 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
         pair = read_pair(path, check_hashes=True)
         assert pair.positive == base and pair.budget_nimg == budget and set(pair.weight_space) == {1.0}
         card = read_card(pair.negative)
-        assert (card["nimg"], card["ema_std"], card["sims"]["budget_nimg"], network_config(card["network"])) == (budget, 0.1, budget, network_config(NET))
+        assert (card["nimg"], card["ema_std"], card["sims"]["budget_nimg"], network_config(card["network"])) == (
+            budget,
+            0.1,
+            budget,
+            network_config(NET),
+        )
         negative, _ = read_model_file(pair.negative)
         change = sum((negative[k] - base_state[k]).norm() ** 2 for k in base_state) ** 0.5
         size = sum(base_state[k].norm() ** 2 for k in base_state) ** 0.5
@@ -139,10 +188,23 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
 
     # guided sampling with the SIMS negative, through autoguide-generate and pair.json's overrides
     pair = read_pair(pairs[-1])
-    for name, overrides in (("sims", pair.generate_overrides(1.5)), ("weightspace", [f"model={pair.weight_space[1.0]}"])):
+    for name, overrides in (
+        ("sims", pair.generate_overrides(1.5)),
+        ("weightspace", [f"model={pair.weight_space[1.0]}"]),
+    ):
         folder = tmp_path / "samples" / name
-        gen = compose("generate", [*overrides, "seeds=0-3", "sampler.num_steps=3", "device=cpu",
-                                   "output.formats=[npz]", f"output.dir={folder}", "progress=false"])
+        gen = compose(
+            "generate",
+            [
+                *overrides,
+                "seeds=0-3",
+                "sampler.num_steps=3",
+                "device=cpu",
+                "output.formats=[npz]",
+                f"output.dir={folder}",
+                "progress=false",
+            ],
+        )
         generate_cli.run(gen)
         images = np.load(folder / "samples.npz")["images"]
         assert images.shape == (4, 32, 32, 1)
@@ -156,13 +218,29 @@ def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
         save_model(tmp_path / f"{name}.safetensors", build_network(NET), {"network": NET, "nimg": 10})
 
     def cli(*overrides):
-        command = [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'sims'}", "budget_mi=1", "stop_after=base", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "autoguide.apps.sims",
+            f"out_dir={tmp_path / 'sims'}",
+            "budget_mi=1",
+            "stop_after=base",
+            *overrides,
+        ]
         return subprocess.run(command, capture_output=True, text=True)
 
     assert cli(f"base={tmp_path / 'a.safetensors'}").returncode == 0
     record = json.loads((tmp_path / "sims" / "base" / "stage.json").read_text())
     assert record["info"]["model"] == str(tmp_path / "a.safetensors") and record["outputs"] == {}
     refused = cli(f"base={tmp_path / 'b.safetensors'}")
-    assert refused.returncode == 2 and "base stage was started with other inputs" in refused.stderr and "model (" in refused.stderr
-    assert "Missing mandatory value: budget_mi" in subprocess.run(
-        [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True).stderr
+    assert (
+        refused.returncode == 2
+        and "base stage was started with other inputs" in refused.stderr
+        and "model (" in refused.stderr
+    )
+    assert (
+        "Missing mandatory value: budget_mi"
+        in subprocess.run(
+            [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True
+        ).stderr
+    )

@@ -5,17 +5,33 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
 from autoguide.ema.snapshots import Snapshot, write_index
 from autoguide.io import save_model
 from autoguide.nets import build_network, config_dict
 from autoguide.sims.init_callback import InitFromModel
-from autoguide.sims.retrain import RetrainSettings, budgets_from_mi, carried_base_overrides, check_snapshots, training_overrides
+from autoguide.sims.retrain import (
+    RetrainSettings,
+    budgets_from_mi,
+    carried_base_overrides,
+    check_snapshots,
+    training_overrides,
+)
 from autoguide.train.module import DiffusionModule
-from autoguide.train.settings import TrainSettings
+from autoguide.train.recipe import TrainSettings
 
-NET = dict(arch="unet", img_resolution=32, img_channels=1, label_dim=10, model_channels=8, channel_mult=[1, 2],
-           num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
+NET = dict(
+    arch="unet",
+    img_resolution=32,
+    img_channels=1,
+    label_dim=10,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[],
+    channels_per_head=8,
+    dropout=0.0,
+)
 
 
 def test_budgets_and_snapshot_interval():
@@ -33,17 +49,45 @@ def test_budgets_and_snapshot_interval():
 
 
 def test_base_overrides_carried():
-    base = ["experiment=mnist-s", "net=mnist-xs", "net.model_channels=8", "data.split=train", "data=mnist5k",
-            "run_dir=/runs/s", "name=s", "hydra.run.dir=/x", "hydra/job_logging=disabled", "trainer=gpu", "train.batch_size=16",
-            "++train.lr_ref=0.02"]
+    base = [
+        "experiment=mnist-s",
+        "net=mnist-xs",
+        "net.model_channels=8",
+        "data.split=train",
+        "data=mnist5k",
+        "run_dir=/runs/s",
+        "name=s",
+        "hydra.run.dir=/x",
+        "hydra/job_logging=disabled",
+        "trainer=gpu",
+        "train.batch_size=16",
+        "++train.lr_ref=0.02",
+    ]
     assert carried_base_overrides(base) == ["experiment=mnist-s", "net=mnist-xs", "trainer=gpu", "train.batch_size=16"]
 
 
 def test_overrides_compose_to_the_fine_tune_config(tmp_path):
-    settings = RetrainSettings(budgets=(128, 384), lr=0.00123, ema_stds=(0.05, 0.2), overrides=("logger=none", "data.num_workers=0", "train.optimizer.name=SGD", "train.optimizer.kwargs={momentum: 0.5}"))
+    settings = RetrainSettings(
+        budgets=(128, 384),
+        lr=0.00123,
+        ema_stds=(0.05, 0.2),
+        overrides=(
+            "logger=none",
+            "data.num_workers=0",
+            "train.optimizer.name=SGD",
+            "train.optimizer.kwargs={momentum: 0.5}",
+        ),
+    )
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
-    overrides = training_overrides(tmp_path / "run", "s-sims0", model, NET, tmp_path / "shards", settings,
-                                   ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"])
+    overrides = training_overrides(
+        tmp_path / "run",
+        "s-sims0",
+        model,
+        NET,
+        tmp_path / "shards",
+        settings,
+        ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"],
+    )
     cfg = compose("train", overrides)
     assert OmegaConf.to_container(cfg.net) == config_dict(NET)
     assert cfg.run_dir == str(tmp_path / "run") and cfg.name == "s-sims0" and cfg.resume == "auto"
@@ -55,7 +99,9 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
     assert cfg.train.duration_mi * 2**20 * cfg.train.duration_fraction == 384
     assert (cfg.train.lr_ref, cfg.train.lr_ref_batches, cfg.train.lr_rampup_mi) == (0.00123, 0, 0)
     assert round(cfg.train.snapshot_kimg * 1000) == 128 and round(cfg.train.checkpoint_kimg * 1000) == 128
-    assert list(cfg.callbacks.phema.stds) == [0.05, 0.2] and cfg.callbacks.phema.out_dir == str(tmp_path / "run" / "phema")
+    assert list(cfg.callbacks.phema.stds) == [0.05, 0.2] and cfg.callbacks.phema.out_dir == str(
+        tmp_path / "run" / "phema"
+    )
     assert cfg.callbacks.init_from.path == str(model) and list(cfg.callbacks.init_from.budgets) == [128, 384]
     assert cfg.callbacks.init_from._target_ == "autoguide.sims.init_callback.InitFromModel"
     assert dict(cfg.logger) == {}
@@ -65,8 +111,18 @@ def test_init_from_model_loads_the_weights(tmp_path):
     torch.manual_seed(1)
     source = build_network(NET)
     save_model(tmp_path / "m.safetensors", source, {"network": NET})
-    recipe = TrainSettings(batch_size=4, duration_mi=1, lr_ref=1e-3, lr_ref_batches=0, P_mean=-0.8, P_std=1.6,
-                           log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1)
+    recipe = TrainSettings(
+        batch_size=4,
+        duration_mi=1,
+        lr_ref=1e-3,
+        lr_ref_batches=0,
+        P_mean=-0.8,
+        P_std=1.6,
+        log_kimg=1,
+        checkpoint_kimg=1,
+        sample_kimg=1,
+        snapshot_kimg=1,
+    )
     module = DiffusionModule(NET, recipe, seed=7)
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     InitFromModel(str(tmp_path / "m.safetensors")).setup(None, module, "validate")  # only at fit
@@ -98,8 +154,15 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     """A toy base trained with ``train.target=exact`` is fine-tuned on synthetic shards, which
     have no closed-form target: SIMS sets ``train.target=data``."""
     settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
-    overrides = training_overrides(tmp_path / "run", "toy-sims0", tmp_path / "m.safetensors", NET, tmp_path / "shards", settings,
-                                   ["experiment=toy2d-main"])
+    overrides = training_overrides(
+        tmp_path / "run",
+        "toy-sims0",
+        tmp_path / "m.safetensors",
+        NET,
+        tmp_path / "shards",
+        settings,
+        ["experiment=toy2d-main"],
+    )
     base = compose("train", ["experiment=toy2d-main"])
     cfg = compose("train", overrides)
     assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"

@@ -11,10 +11,10 @@ import torch
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.io import save_model
 from autoguide.nets import build_network
+from autoguide.runtime.process import ModelLoader
 from autoguide.sample.batch import generate_images
-from autoguide.runtime import ModelLoader
+from autoguide.sample.sampler_settings import GenerationSettings, SamplerSettings
 from autoguide.sample.seeds import format_seeds
-from autoguide.sample.settings import GenerationSettings, SamplerSettings
 from autoguide.sims.synthesize import (
     SynthesisSettings,
     check_label_coverage,
@@ -23,8 +23,18 @@ from autoguide.sims.synthesize import (
     verify_manifest,
 )
 
-NET = dict(arch="unet", img_resolution=16, img_channels=1, label_dim=3, model_channels=8, channel_mult=[1],
-           num_blocks=1, attn_resolutions=[], channels_per_head=8, dropout=0.0)
+NET = dict(
+    arch="unet",
+    img_resolution=16,
+    img_channels=1,
+    label_dim=3,
+    model_channels=8,
+    channel_mult=[1],
+    num_blocks=1,
+    attn_resolutions=[],
+    channels_per_head=8,
+    dropout=0.0,
+)
 SAMPLER = {"num_steps": 2, "solver": "euler"}
 
 
@@ -55,7 +65,9 @@ def model(tmp_path_factory):
 
 def _settings(**kw):
     generation = GenerationSettings(batch_size=3, sampler=SamplerSettings(**SAMPLER))
-    return SynthesisSettings(**{"num_images": 10, "shard_size": 4, "class_labels": [0, 1, 2], "generation": generation, **kw})
+    return SynthesisSettings(
+        **{"num_images": 10, "shard_size": 4, "class_labels": [0, 1, 2], "generation": generation, **kw}
+    )
 
 
 def test_plan_chunks():
@@ -80,10 +92,15 @@ def test_stage_output_resume_and_tasks(tmp_path, model):
     settings = _settings(real_fraction=0.3)
     load = ModelLoader(torch.device("cpu"))
     folder = tmp_path / "synth"
-    manifest = synthesize_stage(folder, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"})
+    manifest = synthesize_stage(
+        folder, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"}
+    )
     assert manifest["count"] == 10 and (manifest["num_synthetic"], manifest["num_real"]) == (7, 3)
     assert [(s["file"], s["count"]) for s in manifest["shards"]] == [
-        ("shards/synth-000000.tar", 4), ("shards/synth-000001.tar", 3), ("shards/real-000000.tar", 3)]
+        ("shards/synth-000000.tar", 4),
+        ("shards/synth-000001.tar", 3),
+        ("shards/real-000000.tar", 3),
+    ]
     assert manifest["shards"][1]["seeds"] == "4-6" and manifest["source_model"]["card"]["network"] == NET
 
     # Shard contents: the sampler's images for seeds 0..6 with classes 0,1,2,... and the real subset.
@@ -107,7 +124,9 @@ def test_stage_output_resume_and_tasks(tmp_path, model):
     (folder / "chunks" / "real-000000.json").unlink()
     untouched = folder / "shards" / "synth-000001.tar"
     os.utime(untouched, (1, 1))
-    again = synthesize_stage(folder, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"})
+    again = synthesize_stage(
+        folder, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"}
+    )
     assert again["shards"] == manifest["shards"]  # same bytes as before
     assert os.stat(untouched).st_mtime == 1  # the finished chunk was kept
     assert os.stat(shard0).st_mtime > 1 and (folder / "stage.json").exists()
@@ -121,9 +140,25 @@ def test_stage_output_resume_and_tasks(tmp_path, model):
 
     # Two array tasks: the first leaves the set incomplete, the second finishes it.
     split = tmp_path / "split"
-    assert synthesize_stage(split, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"}, task=0, num_tasks=2) is None
+    assert (
+        synthesize_stage(
+            split,
+            model,
+            settings,
+            3,
+            load,
+            torch.device("cpu"),
+            real=real,
+            real_data={"name": "tiny"},
+            task=0,
+            num_tasks=2,
+        )
+        is None
+    )
     assert sorted(p.name for p in (split / "shards").iterdir()) == ["real-000000.tar", "synth-000000.tar"]
     assert not (split / "stage.json").exists() and not (split / "manifest.json").exists()
-    done = synthesize_stage(split, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"}, task=1, num_tasks=2)
+    done = synthesize_stage(
+        split, model, settings, 3, load, torch.device("cpu"), real=real, real_data={"name": "tiny"}, task=1, num_tasks=2
+    )
     assert [s["sha256"] for s in done["shards"]] == [s["sha256"] for s in manifest["shards"]]
     assert json.loads((split / "stage.json").read_text())["info"] == {"count": 10}

@@ -30,17 +30,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_slurm_plugin, skip_unless_slurm
 from safetensors.torch import load_file
+from test_distributed import check_ranks, probe_env, train_overrides
 
 from autoguide.io import read_card
-from conftest import import_slurm_plugin, skip_unless_slurm
-from test_distributed import check_ranks, probe_env, train_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 CPU_JOB = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
 
 # A toy run of 410 optimizer steps: long enough to be signalled after its first snapshot, short
@@ -50,10 +60,17 @@ DURATION_MI = 0.1
 TOTAL_NIMG = -(-round(DURATION_MI * 2**20) // BATCH) * BATCH
 SNAPSHOT_KIMG = 16 * BATCH / 1000
 TOY_RUN = [
-    "experiment=toy2d-main", "callbacks.progress_bar=null", f"train.batch_size={BATCH}",
-    f"train.duration_mi={DURATION_MI}", "train.checkpoint_kimg=100000", f"train.snapshot_kimg={SNAPSHOT_KIMG}",
-    "train.sample_kimg=100000", f"train.log_kimg={SNAPSHOT_KIMG}", "callbacks.sample_grid.num_images=100",
-    "callbacks.sample_grid.num_steps=4", "callbacks.sample_grid.batch_size=100",
+    "experiment=toy2d-main",
+    "callbacks.progress_bar=null",
+    f"train.batch_size={BATCH}",
+    f"train.duration_mi={DURATION_MI}",
+    "train.checkpoint_kimg=100000",
+    f"train.snapshot_kimg={SNAPSHOT_KIMG}",
+    "train.sample_kimg=100000",
+    f"train.log_kimg={SNAPSHOT_KIMG}",
+    "callbacks.sample_grid.num_images=100",
+    "callbacks.sample_grid.num_steps=4",
+    "callbacks.sample_grid.batch_size=100",
 ]
 
 
@@ -66,12 +83,18 @@ def _ready() -> bool:
 def cluster() -> None:
     """A SLURM controller that answers; starts the local cluster when possible, else skips."""
     if shutil.which("sbatch") is None:
-        skip_unless_slurm("sbatch not found: no SLURM client tools (apt-get install slurm-wlm munge; slurm/local-cluster.sh start)")
+        skip_unless_slurm(
+            "sbatch not found: no SLURM client tools (apt-get install slurm-wlm munge; slurm/local-cluster.sh start)"
+        )
     if not _ready():
         has_daemon = shutil.which("slurmctld") is not None or Path("/usr/sbin/slurmctld").exists()
         if os.geteuid() != 0 or not has_daemon:
-            skip_unless_slurm("no SLURM controller answers `scontrol ping`, and slurm/local-cluster.sh needs root and slurmctld")
-        result = subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True, timeout=180)
+            skip_unless_slurm(
+                "no SLURM controller answers `scontrol ping`, and slurm/local-cluster.sh needs root and slurmctld"
+            )
+        result = subprocess.run(
+            ["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True, timeout=180
+        )
         if result.returncode != 0 or not _ready():
             skip_unless_slurm(f"slurm/local-cluster.sh start failed: {result.stderr.strip()[-500:]}")
 
@@ -79,14 +102,22 @@ def cluster() -> None:
 def job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment for sbatch: no variables of an enclosing job, one thread, runs under tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))}
-    env.update(AUTOGUIDE_ROOT=str(ROOT), AUTOGUIDE_RUNS_DIR=str(tmp_path / "runs"), AUTOGUIDE_PYTHON=sys.executable,
-               OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    env.update(
+        AUTOGUIDE_ROOT=str(ROOT),
+        AUTOGUIDE_RUNS_DIR=str(tmp_path / "runs"),
+        AUTOGUIDE_PYTHON=sys.executable,
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+    )
     env.update(extra)
     return env
 
 
 def sbatch(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    result = subprocess.run(["sbatch", "--parsable", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["sbatch", "--parsable", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -111,6 +142,7 @@ def wait_finished(job: str, timeout: float, log: Path | None = None) -> list[dic
     def finished():
         info = job_info(job)
         return info if info and all(i["JobState"] in FINISHED for i in info) else None
+
     try:
         return wait_until(finished, timeout, f"job {job} to finish", interval=2)
     except AssertionError:
@@ -127,7 +159,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
     ta, tb = load_file(str(a)), load_file(str(b))
     assert ta.keys() == tb.keys()
     for key in ta:
-        assert torch.equal(ta[key], tb[key]), f"{a} and {b} differ in {key}: max |diff| {(ta[key] - tb[key]).abs().max()}"
+        assert torch.equal(ta[key], tb[key]), (
+            f"{a} and {b} differ in {key}: max |diff| {(ta[key] - tb[key]).abs().max()}"
+        )
 
 
 def assert_resumed_from_preemption_checkpoint(run_dir: Path, log_text: str) -> int:
@@ -135,7 +169,9 @@ def assert_resumed_from_preemption_checkpoint(run_dir: Path, log_text: str) -> i
     restarted job loaded the first. Returns its image count."""
     names = sorted(p.name for p in (run_dir / "checkpoints").glob("nimg-*.ckpt"))
     nimgs = [int(n[5:17]) for n in names]
-    assert len(nimgs) == 2 and nimgs[-1] == TOTAL_NIMG, f"checkpoints {names}: expected the preemption's and the final one"
+    assert len(nimgs) == 2 and nimgs[-1] == TOTAL_NIMG, (
+        f"checkpoints {names}: expected the preemption's and the final one"
+    )
     stop = nimgs[0]
     assert 0 < stop < TOTAL_NIMG and stop % BATCH == 0
     assert f"nimg-{stop:012d}.ckpt" in log_text, "the restarted job did not resume from the preemption checkpoint"
@@ -152,8 +188,14 @@ def reference_run(tmp_path_factory) -> Path:
     """TOY_RUN without interruption (one thread, like the jobs), for bitwise comparison."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     env = job_env(run_dir.parent)
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TOY_RUN, "logger=none", f"run_dir={run_dir}"],
-                            env=env, cwd=run_dir.parent, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TOY_RUN, "logger=none", f"run_dir={run_dir}"],
+        env=env,
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -166,7 +208,9 @@ def test_local_cluster_start_is_idempotent(cluster):
     if not (state / "slurmctld.pid").exists():
         pytest.skip("the running cluster was not started by slurm/local-cluster.sh")
     pids = {name: (state / f"{name}.pid").read_text() for name in ("slurmctld", "slurmd")}
-    result = subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert {name: (state / f"{name}.pid").read_text() for name in pids} == pids  # nothing restarted
     assert subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "status"], capture_output=True).returncode == 0
@@ -196,15 +240,30 @@ def test_submitit_sweep_requeues_on_usr2_and_resumes(cluster, tmp_path, referenc
     name = f"ag-test-{uuid.uuid4().hex[:8]}"
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        f"hydra.launcher.name={name}", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=15", *TOY_RUN, "logger=none", f"run_dir={run_dir}",
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.launcher.name={name}",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=15",
+        *TOY_RUN,
+        "logger=none",
+        f"run_dir={run_dir}",
     ]
-    submitter = subprocess.Popen(command, env=job_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+    submitter = subprocess.Popen(
+        command, env=job_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        job = wait_until(lambda: subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True,
-                                                text=True).stdout.strip(), 120, "the submitit job")
+        job = wait_until(
+            lambda: subprocess.run(
+                ["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True
+            ).stdout.strip(),
+            120,
+            "the submitit job",
+        )
         wait_until(lambda: first_snapshot(run_dir), 300, "the first EMA snapshot", interval=0.2)
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         output, _ = submitter.communicate(timeout=600)
@@ -227,8 +286,18 @@ def test_srun_ddp_two_tasks_identical_weights_and_rank0_writes(cluster, tmp_path
     env, out = probe_env(tmp_path, run_dir)
     env = job_env(tmp_path, **{k: v for k, v in env.items() if k.startswith(("AG_PROBE", "PYTHONPATH"))})
     log = tmp_path / "ddp.out"
-    job = sbatch([*CPU_JOB, "--ntasks-per-node=2", f"--output={log}", str(SLURM / "train.sbatch"),
-                  *train_overrides(run_dir, out), "trainer=ddp_cpu"], env, tmp_path)
+    job = sbatch(
+        [
+            *CPU_JOB,
+            "--ntasks-per-node=2",
+            f"--output={log}",
+            str(SLURM / "train.sbatch"),
+            *train_overrides(run_dir, out),
+            "trainer=ddp_cpu",
+        ],
+        env,
+        tmp_path,
+    )
     [info] = wait_finished(job, 600, log)
     assert info["JobState"] == "COMPLETED", log.read_text()[-3000:]
     check_ranks(run_dir, out, world_size=2, per_device=8, accumulate=2)
@@ -236,16 +305,46 @@ def test_srun_ddp_two_tasks_identical_weights_and_rank0_writes(cluster, tmp_path
 
 def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
     out = tmp_path / "ag"
-    tiny = ("callbacks.progress_bar=null logger=none train.batch_size=256 train.duration_mi=0.02 "
-            "train.snapshot_kimg=2.048 train.checkpoint_kimg=100000 train.sample_kimg=100000 "
-            "callbacks.sample_grid.num_images=100 callbacks.sample_grid.num_steps=4")
+    tiny = (
+        "callbacks.progress_bar=null logger=none train.batch_size=256 train.duration_mi=0.02 "
+        "train.snapshot_kimg=2.048 train.checkpoint_kimg=100000 train.sample_kimg=100000 "
+        "callbacks.sample_grid.num_images=100 callbacks.sample_grid.num_steps=4"
+    )
     cpu = " ".join(CPU_JOB)
     result = subprocess.run(
-        ["bash", str(SLURM / "chain.sh"), "--out", str(out), "--main", f"experiment=toy2d-main {tiny}",
-         "--guide", f"experiment=toy2d-guide {tiny}", "--main-std", "0.01", "--guide-std", "0.05", "--weight", "2",
-         "--images", "10", "--images-per-task", "4", "--generate", "output.formats=[npz] sampler.num_steps=4 batch_size=4",
-         "--train-sbatch", cpu, "--reconstruct-sbatch", cpu, "--generate-sbatch", cpu],
-        env=job_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [
+            "bash",
+            str(SLURM / "chain.sh"),
+            "--out",
+            str(out),
+            "--main",
+            f"experiment=toy2d-main {tiny}",
+            "--guide",
+            f"experiment=toy2d-guide {tiny}",
+            "--main-std",
+            "0.01",
+            "--guide-std",
+            "0.05",
+            "--weight",
+            "2",
+            "--images",
+            "10",
+            "--images-per-task",
+            "4",
+            "--generate",
+            "output.formats=[npz] sampler.num_steps=4 batch_size=4",
+            "--train-sbatch",
+            cpu,
+            "--reconstruct-sbatch",
+            cpu,
+            "--generate-sbatch",
+            cpu,
+        ],
+        env=job_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     jobs = dict(line.split() for line in result.stdout.splitlines())
@@ -260,6 +359,7 @@ def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
 
     def ended(role):
         return max(i["EndTime"] for i in infos[role])
+
     assert started("reconstruct-main") >= ended("main") and started("reconstruct-guide") >= ended("guide")
     assert started("generate") >= max(ended("reconstruct-main"), ended("reconstruct-guide"))
 
@@ -285,21 +385,37 @@ def test_search_array_tasks_share_one_study(cluster, tmp_path):
     """``slurm/search.sbatch`` with two array tasks on tiny toy runs: both tasks work on the one
     journal study in OUT_DIR, the budget is respected, one task writes best.json."""
     import optuna
-
     from test_eval_sweep import make_run
 
     main, guide = make_run(tmp_path / "main", 16, 0), make_run(tmp_path / "guide", 8, 1)
     out = tmp_path / "search"
-    args = [f"main.run={main}", f"guides.runs=[{guide}]", "search.budget=700", "search.rungs.min_images=20",
-            "search.rungs.factor=2", "seeds=0-79", "metrics=toy2d", "metrics.toy.num_density_samples=2000",
-            "select=toy_logp", "sampler.num_steps=3", "class_labels=0", "device=cpu", "grid.main_std=[0.1]",
-            "search.space.weight={low:1,high:3}", "search.space.guide_std={choices:[0.05,0.1]}"]
-    job = sbatch([*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], job_env(tmp_path, OUT_DIR=str(out)), tmp_path)
+    args = [
+        f"main.run={main}",
+        f"guides.runs=[{guide}]",
+        "search.budget=700",
+        "search.rungs.min_images=20",
+        "search.rungs.factor=2",
+        "seeds=0-79",
+        "metrics=toy2d",
+        "metrics.toy.num_density_samples=2000",
+        "select=toy_logp",
+        "sampler.num_steps=3",
+        "class_labels=0",
+        "device=cpu",
+        "grid.main_std=[0.1]",
+        "search.space.weight={low:1,high:3}",
+        "search.space.guide_std={choices:[0.05,0.1]}",
+    ]
+    job = sbatch(
+        [*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], job_env(tmp_path, OUT_DIR=str(out)), tmp_path
+    )
     infos = wait_finished(job, 900)
     logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("slurm-ag-search-*.out"))
     assert [i["JobState"] for i in infos] == ["COMPLETED", "COMPLETED"], logs
-    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "study.log"))))
+    study = optuna.load_study(
+        study_name="search",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.log"))),
+    )
     jobs = {t.user_attrs["holder"]["job"] for t in study.trials}
     assert jobs == {f"{job}_0", f"{job}_1"}, jobs
     assert sum(t.user_attrs["images"] for t in study.trials) <= 700

@@ -22,13 +22,26 @@ def test_ddp_cpu_two_ranks(tmp_path):
     batch, steps = 32, 6
     result = subprocess.run(
         [
-            sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "debug=fast", "trainer=ddp_cpu",
-            "logger=csv", f"run_dir={run}", "net.width=8", "net.depth=1", f"train.batch_size={batch}",
-            "train.batch_per_device=8", f"train.duration_mi={steps * batch / 2**20}",
-            f"train.checkpoint_kimg={3 * batch / 1000}", "callbacks.sample_grid.num_images=32",
+            sys.executable,
+            str(REPO / "train.py"),
+            "experiment=toy2d-main",
+            "debug=fast",
+            "trainer=ddp_cpu",
+            "logger=csv",
+            f"run_dir={run}",
+            "net.width=8",
+            "net.depth=1",
+            f"train.batch_size={batch}",
+            "train.batch_per_device=8",
+            f"train.duration_mi={steps * batch / 2**20}",
+            f"train.checkpoint_kimg={3 * batch / 1000}",
+            "callbacks.sample_grid.num_images=32",
             "callbacks.sample_grid.num_steps=2",
         ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 device(s) x 8 per device x 2 accumulation" in result.stderr + result.stdout

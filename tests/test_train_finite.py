@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
 from autoguide.train import module as module_lib
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.finite import FiniteGuard, NonFiniteTraining, max_norm
@@ -27,10 +27,19 @@ BATCH = 32
 def toy(run_dir: Path, steps: int, every_steps: int) -> list[str]:
     kimg = every_steps * BATCH / 1000
     return [
-        "experiment=toy2d-main", "logger=none", f"run_dir={run_dir}", "net.width=8", "net.depth=1",
-        f"train.batch_size={BATCH}", f"train.duration_mi={steps * BATCH / 2**20}", f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000", "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2", "callbacks.progress_bar=null",
+        "experiment=toy2d-main",
+        "logger=none",
+        f"run_dir={run_dir}",
+        "net.width=8",
+        "net.depth=1",
+        f"train.batch_size={BATCH}",
+        f"train.duration_mi={steps * BATCH / 2**20}",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.progress_bar=null",
     ]
 
 
@@ -81,7 +90,10 @@ def test_absurd_learning_rate_stops_at_the_first_step_with_one_line(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *toy(run, steps=8, every_steps=1), "train.lr_ref=1e38"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 4, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -122,6 +134,8 @@ def test_loss_non_finite_from_the_first_step_stops_after_the_patience(tmp_path, 
     """EDM2's zeroing alone would let these runs "finish" with untrained weights."""
     run = tmp_path / "run"
     cfg = compose("train", toy(run, steps=10, every_steps=1) + [override, "train.max_nonfinite_steps=2"])
-    with pytest.raises(NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"):
+    with pytest.raises(
+        NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"
+    ):
         train(cfg)
     assert all(all_finite(p) for _, p in list_checkpoints(run)) and not (run / "final.safetensors").exists()

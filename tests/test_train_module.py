@@ -13,7 +13,7 @@ import torch
 
 from autoguide.data.datamodule import DiffusionDataModule
 from autoguide.train.module import DiffusionModule, step_seed
-from autoguide.train.settings import OptimizerSettings, TrainSettings
+from autoguide.train.recipe import OptimizerSettings, TrainSettings
 
 TOY_NET = {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": 8, "depth": 1}
 LR_REF, T_REF, RAMPUP_IMG = 0.01, 3, 40
@@ -28,8 +28,17 @@ def edm2_lr(nimg: int, batch: int) -> float:
 
 def make_module(batch: int, net: dict = TOY_NET, optimizer: dict | None = None, **overrides) -> DiffusionModule:
     recipe = dict(
-        batch_size=batch, lr_ref=LR_REF, lr_ref_batches=T_REF, lr_rampup_mi=RAMPUP_IMG / 2**20, P_mean=-1.0, P_std=1.2,
-        duration_mi=1, log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1,
+        batch_size=batch,
+        lr_ref=LR_REF,
+        lr_ref_batches=T_REF,
+        lr_rampup_mi=RAMPUP_IMG / 2**20,
+        P_mean=-1.0,
+        P_std=1.2,
+        duration_mi=1,
+        log_kimg=1,
+        checkpoint_kimg=1,
+        sample_kimg=1,
+        snapshot_kimg=1,
     )
     recipe.update(overrides)
     if optimizer is not None:
@@ -58,9 +67,17 @@ def fit(batch: int, per_device: int, steps: int) -> tuple[DiffusionModule, StepR
     )
     recorder = StepRecorder()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, accumulate_grad_batches=batch // per_device,
-        callbacks=[recorder], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        accumulate_grad_batches=batch // per_device,
+        callbacks=[recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         use_distributed_sampler=False,
     )
     with warnings.catch_warnings():

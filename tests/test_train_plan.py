@@ -7,13 +7,21 @@ import dataclasses
 
 import pytest
 
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
 from autoguide.train.plan import IntervalTrigger, batch_plan, crossed
-from autoguide.train.settings import TrainSettings
+from autoguide.train.recipe import TrainSettings
 
 RECIPE = TrainSettings(
-    batch_size=32, duration_mi=1, lr_ref=0.01, lr_ref_batches=0, P_mean=-0.4, P_std=1.0,
-    log_kimg=1, checkpoint_kimg=1, sample_kimg=1, snapshot_kimg=1,
+    batch_size=32,
+    duration_mi=1,
+    lr_ref=0.01,
+    lr_ref_batches=0,
+    P_mean=-0.4,
+    P_std=1.0,
+    log_kimg=1,
+    checkpoint_kimg=1,
+    sample_kimg=1,
+    snapshot_kimg=1,
 )
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autoguide.train.preemption import EXIT_PREEMPTED, Preempted, SignalFlag, parse_signals, slurm_job_key
+from autoguide.runtime.preemption import EXIT_PREEMPTED, Preempted, SignalFlag, parse_signals, slurm_job_key
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -25,10 +25,21 @@ STEPS = 300
 
 def command(run_dir: Path) -> list[str]:
     return [
-        sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "logger=none", f"run_dir={run_dir}",
-        "net.width=16", "net.depth=2", f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
-        "train.checkpoint_kimg=100000", f"train.snapshot_kimg={10 * BATCH / 1000}", "train.sample_kimg=100000",
-        "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2", "callbacks.progress_bar=null",
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=toy2d-main",
+        "logger=none",
+        f"run_dir={run_dir}",
+        "net.width=16",
+        "net.depth=2",
+        f"train.batch_size={BATCH}",
+        f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.checkpoint_kimg=100000",
+        f"train.snapshot_kimg={10 * BATCH / 1000}",
+        "train.sample_kimg=100000",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.progress_bar=null",
     ]
 
 
@@ -39,7 +50,9 @@ def env() -> dict[str, str]:
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
 def test_signal_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path, sig):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
-    proc = subprocess.Popen(command(run_dir), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(run_dir), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not list((run_dir / "phema").glob("phema-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -93,7 +106,9 @@ def test_sigterm_saves_exits_3_without_requeue_and_the_rerun_finishes(tmp_path):
     (bin_dir / "scontrol").chmod(0o755)
     job_env = {**env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(command(run_dir), cwd=tmp_path, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command(run_dir), cwd=tmp_path, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 300
     while not list((run_dir / "phema").glob("phema-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
+from autoguide.core.typed_settings import ConfigError
 from autoguide.io import read_card
-from autoguide.settings import ConfigError
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.rerun import changed_keys, flatten, resumable
 from autoguide.train.run import train
@@ -24,10 +24,19 @@ BATCH = 32
 def toy(run_dir: Path, steps: int) -> list[str]:
     kimg = 2 * BATCH / 1000
     return [
-        "experiment=toy2d-main", "logger=none", f"run_dir={run_dir}", "net.width=8", "net.depth=1",
-        f"train.batch_size={BATCH}", f"train.duration_mi={steps * BATCH / 2**20}", f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000", "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2", "callbacks.progress_bar=null",
+        "experiment=toy2d-main",
+        "logger=none",
+        f"run_dir={run_dir}",
+        "net.width=8",
+        "net.depth=1",
+        f"train.batch_size={BATCH}",
+        f"train.duration_mi={steps * BATCH / 2**20}",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.progress_bar=null",
     ]
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_at_first_checkpoint
 from safetensors.torch import load_file
 
 from autoguide.train.checkpoint import list_checkpoints
-from conftest import kill_at_first_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 80
@@ -24,15 +24,29 @@ CHECKPOINT_STEPS = 20
 def command(run_dir: Path) -> list[str]:
     kimg = CHECKPOINT_STEPS * BATCH / 1000
     return [
-        sys.executable, str(REPO / "train.py"), "experiment=toy2d-main", "logger=none",
-        f"run_dir={run_dir}", "net.width=16", "net.depth=2",
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=toy2d-main",
+        "logger=none",
+        f"run_dir={run_dir}",
+        "net.width=16",
+        "net.depth=2",
         # class-conditional (both trees, labels) so that label dropout's randomness is resumed too
-        "data.classes=AB", "data.conditional=true", "net.label_dim=2",
-        f"train.batch_size={BATCH}", f"train.duration_mi={STEPS * BATCH / 2**20}",
-        "train.lr_rampup_mi=0.001", "train.lr_ref_batches=20", "train.cond_drop_prob=0.1",
-        f"train.checkpoint_kimg={kimg}", f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000",
-        "callbacks.sample_grid.num_images=8", "callbacks.sample_grid.num_steps=2",
-        "callbacks.checkpoint.keep=0", "hydra.job_logging.root.level=WARNING",
+        "data.classes=AB",
+        "data.conditional=true",
+        "net.label_dim=2",
+        f"train.batch_size={BATCH}",
+        f"train.duration_mi={STEPS * BATCH / 2**20}",
+        "train.lr_rampup_mi=0.001",
+        "train.lr_ref_batches=20",
+        "train.cond_drop_prob=0.1",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.checkpoint.keep=0",
+        "hydra.job_logging.root.level=WARNING",
     ]
 
 
@@ -72,7 +86,9 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     for name in snaps:
         assert_identical(straight / "phema" / name, killed / "phema" / name)
     # One checkpoint per interval, the last at the end (keep=0 keeps all).
-    assert [n for n, _ in list_checkpoints(straight)] == [k * CHECKPOINT_STEPS * BATCH for k in range(1, STEPS // CHECKPOINT_STEPS + 1)]
+    assert [n for n, _ in list_checkpoints(straight)] == [
+        k * CHECKPOINT_STEPS * BATCH for k in range(1, STEPS // CHECKPOINT_STEPS + 1)
+    ]
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from autoguide.config import compose
+from autoguide.apps.config_tree import compose
+from autoguide.core.typed_settings import ConfigError
 from autoguide.io import read_card, read_model_file
 from autoguide.train.checkpoint import list_checkpoints
-from autoguide.settings import ConfigError
 from autoguide.train.run import train
 
 
@@ -25,9 +25,14 @@ def make_config(overrides: list[str]):
 def tiny(run_dir: Path, batch: int, steps: int, checkpoint_steps: int) -> list[str]:
     kimg = checkpoint_steps * batch / 1000
     return [
-        "debug=fast", f"run_dir={run_dir}", f"train.batch_size={batch}",
-        f"train.duration_mi={steps * batch / 2**20}", f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}", "train.sample_kimg=1000", "train.log_kimg=0.001",
+        "debug=fast",
+        f"run_dir={run_dir}",
+        f"train.batch_size={batch}",
+        f"train.duration_mi={steps * batch / 2**20}",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "train.log_kimg=0.001",
         "callbacks.sample_grid.num_steps=2",
     ]
 
@@ -96,7 +101,13 @@ def test_toy2d_exact_target_run_learns_the_posterior_mean(tmp_path):
     from autoguide.io import load_denoiser
 
     run = tmp_path / "exact"
-    base = ["experiment=toy2d-main", "logger=none", "net.width=32", "net.depth=2", "callbacks.sample_grid.num_images=16"]
+    base = [
+        "experiment=toy2d-main",
+        "logger=none",
+        "net.width=32",
+        "net.depth=2",
+        "callbacks.sample_grid.num_images=16",
+    ]
     config = tiny(run, batch=256, steps=150, checkpoint_steps=150) + ["train.target=exact", "train.lr_rampup_mi=0"]
     train(make_config(base + config))
     trained = load_denoiser(run / "final.safetensors").eval()
@@ -129,8 +140,16 @@ def test_multirun_points_train_in_their_own_folders(tmp_path):
     from autoguide.apps.train import sweep_point_folder
 
     repo = Path(__file__).resolve().parents[1]
-    settings = ["experiment=toy2d-main", "logger=none", "net.width=8", "net.depth=1", "~callbacks.sample_grid",
-                "train.batch_size=32", f"train.duration_mi={64 / 2**20}", "train.target=data"]
+    settings = [
+        "experiment=toy2d-main",
+        "logger=none",
+        "net.width=8",
+        "net.depth=1",
+        "~callbacks.sample_grid",
+        "train.batch_size=32",
+        f"train.duration_mi={64 / 2**20}",
+        "train.target=data",
+    ]
     command = [sys.executable, str(repo / "train.py"), "-m", *settings, "seed=0,1", f"paths.runs_dir={tmp_path}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -139,7 +158,10 @@ def test_multirun_points_train_in_their_own_folders(tmp_path):
     assert all(f.startswith("experiment=toy2d-main,logger=none,") and "paths.runs_dir" not in f for f in folders)
     first, second = (read_model_file(tmp_path / "toy2d-main" / f / "final.safetensors")[0] for f in folders)
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # different seeds, separate runs
-    assert sweep_point_folder(["paths.runs_dir=/x"]) == "default" and sweep_point_folder(["data.path=/a/b", "seed=2"]) == "data.path=_a_b,seed=2"
+    assert (
+        sweep_point_folder(["paths.runs_dir=/x"]) == "default"
+        and sweep_point_folder(["data.path=/a/b", "seed=2"]) == "data.path=_a_b,seed=2"
+    )
     long = [f"+tag{i}=" + "x" * 40 for i in range(10)]
     name = sweep_point_folder(long)
     assert len(name.encode()) <= 200 and name.startswith("+tag0=") and name == sweep_point_folder(long[::-1])

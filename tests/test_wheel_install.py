@@ -19,9 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def checkout_files() -> list[str]:
     """Tracked and untracked-not-ignored files: what a commit of the working tree holds."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return [name for name in listed if name and ((REPO / name).exists() or (REPO / name).is_symlink())]
 
 
@@ -47,15 +54,42 @@ def test_wheel_in_a_fresh_environment_runs_the_clis(tmp_path):
     source, dist, env, work = tmp_path / "src", tmp_path / "dist", tmp_path / "env", tmp_path / "work"
     copy_checkout(source)
     work.mkdir()
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(dist), str(source)], tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(source),
+        ],
+        tmp_path,
+    )
     (wheel,) = dist.glob("autoguide-*.whl")
     run([sys.executable, "-m", "venv", "--without-pip", str(env)], tmp_path)
     python = env / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path)
-    purelib = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work).stdout.strip())
+    run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        tmp_path,
+    )
+    purelib = Path(
+        run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work).stdout.strip()
+    )
     (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    where = run([str(python), "-c", "import autoguide, autoguide.config as c; print(autoguide.__file__); print(c.config_dir())"], work)
+    where = run(
+        [
+            str(python),
+            "-c",
+            "import autoguide, autoguide.apps.config_tree as c; print(autoguide.__file__); print(c.config_dir())",
+        ],
+        work,
+    )
     package, conf = where.stdout.split()
     assert Path(package).is_relative_to(env) and Path(conf).is_relative_to(env), where.stdout
     assert (Path(conf) / "train.yaml").is_file() and (Path(conf) / "net" / "_base" / "edm2-img512.yaml").is_file()

@@ -31,9 +31,12 @@ def call(command: list[str], log: Path) -> float:
 
 def git_revision() -> str:
     """The repository's HEAD commit, with ``+changes`` when tracked files differ from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
-                           check=False).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
     return head + ("+changes" if dirty else "")
 
 
@@ -52,15 +55,24 @@ def number(value: str) -> Any:
         return value
 
 
-def write_report(folder: Path, stem: str, name: str, result: dict[str, Any], datasets: Iterable[str],
-                 markdown: Callable[[dict[str, Any], str], str]) -> None:
+def write_report(
+    folder: Path,
+    stem: str,
+    name: str,
+    result: dict[str, Any],
+    datasets: Iterable[str],
+    markdown: Callable[[dict[str, Any], str], str],
+) -> None:
     """Write ``<stem>-<name>.json`` (``result`` with the git revision) into ``folder``, then
     ``<stem>.md`` by ``markdown`` from every dataset's JSON there, and print it."""
     from autoguide.io import write_text_atomic
 
     revision = git_revision()
     write_text_atomic(folder / f"{stem}-{name}.json", json.dumps({"revision": revision, **result}, indent=1) + "\n")
-    measured = {n: json.loads((folder / f"{stem}-{n}.json").read_text()) for n in datasets
-                if (folder / f"{stem}-{n}.json").is_file()}
+    measured = {
+        n: json.loads((folder / f"{stem}-{n}.json").read_text())
+        for n in datasets
+        if (folder / f"{stem}-{n}.json").is_file()
+    }
     write_text_atomic(folder / f"{stem}.md", markdown(measured, revision))
     print((folder / f"{stem}.md").read_text())

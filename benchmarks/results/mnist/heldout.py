@@ -24,14 +24,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from autoguide.apps.config_tree import compose as compose_config
 from autoguide.eval import evaluate
-from autoguide.config import compose as compose_config
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402  (this folder's module)
-
 
 #: What makes two evaluations the same measurement (the output folder does not).
 SAME_MEASUREMENT = ("model", "guidance", "sampler", "seeds", "class_labels", "precision", "metrics", "seed_sets")
@@ -63,15 +62,26 @@ def same_measurement(wanted: dict, out: Path) -> Path | None:
     return None
 
 
-def pick_config(out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()) -> DictConfig:
+def pick_config(
+    out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()
+) -> DictConfig:
     """The ``autoguide-eval`` config that measures one picked setting into ``out``;
     ``fd_infinity``: ``(points, min_fraction)`` to report ``fd_inf_mnist`` too, or empty."""
     runs = out.parent
     extra = [f"metrics.fd_infinity={{points:{fd_infinity[0]},min_fraction:{fd_infinity[1]}}}"] if fd_infinity else []
-    overrides = [*extra,
-        f"model={row['main_model']}", f"seeds={seeds}", f"class_labels={row['class_labels']}", "batch_size=250",
-        "device=cpu", "progress=false", f"cache_dir={runs / 'cache'}", f"extractors.mnist.path={classifier}",
-        "metrics=mnist", "preview_images=0", f"output.dir={out}",
+    overrides = [
+        *extra,
+        f"model={row['main_model']}",
+        f"seeds={seeds}",
+        f"class_labels={row['class_labels']}",
+        "batch_size=250",
+        "device=cpu",
+        "progress=false",
+        f"cache_dir={runs / 'cache'}",
+        f"extractors.mnist.path={classifier}",
+        "metrics=mnist",
+        "preview_images=0",
+        f"output.dir={out}",
     ]
     cfg = compose_config("eval", overrides)
     with open_dict(cfg):
@@ -91,7 +101,9 @@ def supersede(out: Path) -> Path:
     return out.rename(parent / f"{out.name}-{n}")
 
 
-def evaluate_pick(out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()) -> None:
+def evaluate_pick(
+    out: Path, method: str, row: dict, seeds: str, classifier: Path, fd_infinity: Sequence[str] = ()
+) -> None:
     """``autoguide-eval`` of one picked setting into ``out`` (``runs/heldout-[<prefix>-]<method>``),
     unless ``out`` already holds that measurement. A finished measurement of another setting (the
     pick changed after more sweeps finished) is superseded; an identical finished measurement in
@@ -121,20 +133,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--seeds", default="1000-1999", help="held-out seeds (disjoint from the sweeps')")
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every finished one)")
-    parser.add_argument("--prefix", default="sweep", choices=report.STAGES,
-                        help="whose picks: the stage-3 sweeps (sweep-*), the 1,000-image ones (refine-*) or "
-                             "those with the 2x main (variant-main2x-*)")
-    parser.add_argument("--family", default="heldout", choices=("heldout", "final"),
-                        help="output folders <family>-[<prefix>-]<method>: final for stage 8's 5,000-image measurement")
-    parser.add_argument("--fd-infinity", nargs=2, metavar=("POINTS", "MIN_FRACTION"), default=(),
-                        help="also measure fd_inf_mnist (FD extrapolated to infinitely many images)")
+    parser.add_argument(
+        "--prefix",
+        default="sweep",
+        choices=report.STAGES,
+        help="whose picks: the stage-3 sweeps (sweep-*), the 1,000-image ones (refine-*) or "
+        "those with the 2x main (variant-main2x-*)",
+    )
+    parser.add_argument(
+        "--family",
+        default="heldout",
+        choices=("heldout", "final"),
+        help="output folders <family>-[<prefix>-]<method>: final for stage 8's 5,000-image measurement",
+    )
+    parser.add_argument(
+        "--fd-infinity",
+        nargs=2,
+        metavar=("POINTS", "MIN_FRACTION"),
+        default=(),
+        help="also measure fd_inf_mnist (FD extrapolated to infinitely many images)",
+    )
     args = parser.parse_args(argv)
     rows = report.collect(args.runs, args.prefix)
     for method in args.methods or list(rows):
         if method not in rows:
             raise SystemExit(f"method {method!r} has no finished sweep in {args.runs}; finished: {sorted(rows)}")
         out = report.heldout_folder(args.runs, method, args.prefix, args.family)
-        evaluate_pick(out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors", args.fd_infinity)
+        evaluate_pick(
+            out, method, rows[method], args.seeds, args.runs / "mnist-classifier.safetensors", args.fd_infinity
+        )
 
 
 if __name__ == "__main__":

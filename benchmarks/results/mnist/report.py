@@ -40,8 +40,14 @@ from autoguide.sample.seeds import parse_seeds
 HERE = Path(__file__).resolve().parent
 METHODS = ["unguided", "cfg", "autoguidance", "pag", "seg", "icg", "tsg", "sims"]
 TITLES = {
-    "unguided": "Unguided", "cfg": "CFG (null label)", "autoguidance": "Autoguidance",
-    "pag": "PAG", "seg": "SEG", "icg": "ICG", "tsg": "TSG", "sims": "SIMS",
+    "unguided": "Unguided",
+    "cfg": "CFG (null label)",
+    "autoguidance": "Autoguidance",
+    "pag": "PAG",
+    "seg": "SEG",
+    "icg": "ICG",
+    "tsg": "TSG",
+    "sims": "SIMS",
 }
 METRICS = ["fd_mnist", "precision_mnist", "recall_mnist"]
 #: Sweep stages of run.sh, as folder prefixes: 250-image sweeps, 1,000-image sweeps around the
@@ -95,11 +101,18 @@ def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] 
     if not folders:
         return None
     tried = [
-        {"weight": float(r["weight"]), "main_std": float(r["main_std"]), "guide_std": None if r["guide_std"] == "" else float(r["guide_std"]),
-         "guide_nimg": None if r["guide_nimg"] == "" else int(r["guide_nimg"]), "guide_run": guide_name(r["guide_model"]),
-         "interval": interval(r.get("interval_lo"), r.get("interval_hi")),
-         **{m: float(r[m]) for m in METRICS}, "seconds": float(r["seconds"])}
-        for folder in folders for r in read_csv(folder / "sweep.csv")
+        {
+            "weight": float(r["weight"]),
+            "main_std": float(r["main_std"]),
+            "guide_std": None if r["guide_std"] == "" else float(r["guide_std"]),
+            "guide_nimg": None if r["guide_nimg"] == "" else int(r["guide_nimg"]),
+            "guide_run": guide_name(r["guide_model"]),
+            "interval": interval(r.get("interval_lo"), r.get("interval_hi")),
+            **{m: float(r[m]) for m in METRICS},
+            "seconds": float(r["seconds"]),
+        }
+        for folder in folders
+        for r in read_csv(folder / "sweep.csv")
     ]
     folder = min(folders, key=lambda f: float(json.loads((f / "best.json").read_text())["fd_mnist"]))
     best = json.loads((folder / "best.json").read_text())
@@ -110,11 +123,20 @@ def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] 
     if best.get("guide_model"):
         guidance["model"] = best["guide_model"]
     return {
-        "method": method, "weight": float(best["weight"]), "guide_std": best.get("guide_std"), "interval": guidance["interval"],
+        "method": method,
+        "weight": float(best["weight"]),
+        "guide_std": best.get("guide_std"),
+        "interval": guidance["interval"],
         "main_std": float(best["main_std"]),
-        "main_model": best["main_model"], "main_nimg": best["main_nimg"], "guide_model": best.get("guide_model"),
-        "guide_nimg": best.get("guide_nimg"), **{m: float(best[m]) for m in METRICS},
-        "guidance": guidance, "tried": tried, "sampler": config["sampler"], "seeds": config["seeds"],
+        "main_model": best["main_model"],
+        "main_nimg": best["main_nimg"],
+        "guide_model": best.get("guide_model"),
+        "guide_nimg": best.get("guide_nimg"),
+        **{m: float(best[m]) for m in METRICS},
+        "guidance": guidance,
+        "tried": tried,
+        "sampler": config["sampler"],
+        "seeds": config["seeds"],
         "class_labels": config["class_labels"],
     }
 
@@ -127,14 +149,25 @@ def sims_row(runs: Path) -> dict[str, Any] | None:
     report = json.loads(path.read_text())
     config = yaml.safe_load((runs / "sims" / "compare" / "compare.yaml").read_text())
     best = report["best"]["sims"]
-    tried = [{"weight": 1 + float(r["omega"]), "omega": float(r["omega"]), **{m: float(r[m]) for m in METRICS}}
-             for r in report["rows"] if r["method"] == "sims"]
+    tried = [
+        {"weight": 1 + float(r["omega"]), "omega": float(r["omega"]), **{m: float(r[m]) for m in METRICS}}
+        for r in report["rows"]
+        if r["method"] == "sims"
+    ]
     return {
-        "method": "sims", "weight": 1 + float(best["omega"]), "omega": float(best["omega"]),
-        "budget_nimg": best["budget_nimg"], "ema_std": best["ema_std"], "main_model": best["model"],
-        "guide_model": best["negative"], **{m: float(best[m]) for m in METRICS},
+        "method": "sims",
+        "weight": 1 + float(best["omega"]),
+        "omega": float(best["omega"]),
+        "budget_nimg": best["budget_nimg"],
+        "ema_std": best["ema_std"],
+        "main_model": best["model"],
+        "guide_model": best["negative"],
+        **{m: float(best[m]) for m in METRICS},
         "guidance": {"kind": "sims", "omega": float(best["omega"]), "interval": None, "model": best["negative"]},
-        "tried": tried, "sampler": config["sampler"], "seeds": config["seeds"], "class_labels": config["class_labels"],
+        "tried": tried,
+        "sampler": config["sampler"],
+        "seeds": config["seeds"],
+        "class_labels": config["class_labels"],
     }
 
 
@@ -145,18 +178,25 @@ def sims_lines(runs: Path) -> list[str]:
     if not path.is_file():
         return []
     report = json.loads(path.read_text())
-    lines = ["## SIMS: unguided base vs SIMS-guided vs weight-space", "",
-             "From `python -m autoguide.apps.sims_compare` on the SIMS folder (`runs/sims`, written by `autoguide-sims`), "
-             "on the sweep seeds. SIMS-guided: `D = D_base + omega (D_base - D_synth)`; weight-space: one model "
-             "`theta_base + w' (theta_base - theta_synth)`.", "",
-             "| method | budget (images) | negative EMA | omega / w' | FD | precision | recall |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## SIMS: unguided base vs SIMS-guided vs weight-space",
+        "",
+        "From `python -m autoguide.apps.sims_compare` on the SIMS folder (`runs/sims`, written by `autoguide-sims`), "
+        "on the sweep seeds. SIMS-guided: `D = D_base + omega (D_base - D_synth)`; weight-space: one model "
+        "`theta_base + w' (theta_base - theta_synth)`.",
+        "",
+        "| method | budget (images) | negative EMA | omega / w' | FD | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     best = {m: r for m, r in report["best"].items()}
     for row in report["rows"]:
         knob = row.get("omega") if row["method"] == "sims" else row.get("weight")
         mark = " **(best)**" if row == best.get(row["method"]) and row["method"] != "unguided" else ""
-        lines.append(f"| {row['method']}{mark} | {row.get('budget_nimg') or ''} | {row.get('ema_std') or ''} | "
-                     f"{'' if knob is None else f'{float(knob):g}'} | {float(row['fd_mnist']):.2f} | "
-                     f"{float(row['precision_mnist']):.3f} | {float(row['recall_mnist']):.3f} |")
+        lines.append(
+            f"| {row['method']}{mark} | {row.get('budget_nimg') or ''} | {row.get('ema_std') or ''} | "
+            f"{'' if knob is None else f'{float(knob):g}'} | {float(row['fd_mnist']):.2f} | "
+            f"{float(row['precision_mnist']):.3f} | {float(row['recall_mnist']):.3f} |"
+        )
     return lines + [""]
 
 
@@ -175,10 +215,16 @@ def heldout(runs: Path, method: str, prefix: str = "sweep", family: str = "heldo
         return None
     report = json.loads(path.read_text())
     first = report["sets"][0]
-    config = yaml.safe_load((path.parent / "evaluate.yaml").read_text()) if (path.parent / "evaluate.yaml").is_file() else {}
-    return {**{m: float(v) for m, v in report["metrics"].items()}, "seeds": first["seeds"], "images": first["images"],
-            "seconds": sum(s["seconds"] for s in report["sets"]),
-            "fd_infinity": (config.get("metrics") or {}).get("fd_infinity")}
+    config = (
+        yaml.safe_load((path.parent / "evaluate.yaml").read_text()) if (path.parent / "evaluate.yaml").is_file() else {}
+    )
+    return {
+        **{m: float(v) for m, v in report["metrics"].items()},
+        "seeds": first["seeds"],
+        "images": first["images"],
+        "seconds": sum(s["seconds"] for s in report["sets"]),
+        "fd_infinity": (config.get("metrics") or {}).get("fd_infinity"),
+    }
 
 
 def collect(runs: Path, prefix: str = "sweep") -> dict[str, dict[str, Any]]:
@@ -211,9 +257,11 @@ def target_line(rows: dict[str, dict[str, Any]], fd: Callable[[dict[str, Any]], 
     met_cfg = cfg is not None and fd(ag) < fd(cfg)
     met = "MET" if met_fd and met_cfg else "NOT MET"
     cfg_text = "no CFG row yet" if cfg is None else f"best CFG FD {fd(cfg):.2f}"
-    return (f"**Target {met}** (on the {where}). Autoguidance lowers FD by {100 * reduction:.1f}% against unguided "
-            f"(target >= {100 * TARGET_REDUCTION:.0f}%: {'yes' if met_fd else 'no'}) and "
-            f"{'beats' if met_cfg else 'does not beat'} the best CFG ({cfg_text}).")
+    return (
+        f"**Target {met}** (on the {where}). Autoguidance lowers FD by {100 * reduction:.1f}% against unguided "
+        f"(target >= {100 * TARGET_REDUCTION:.0f}%: {'yes' if met_fd else 'no'}) and "
+        f"{'beats' if met_cfg else 'does not beat'} the best CFG ({cfg_text})."
+    )
 
 
 def verdict(rows: dict[str, dict[str, Any]], stage: str = "") -> list[str]:
@@ -230,8 +278,10 @@ def verdict(rows: dict[str, dict[str, Any]], stage: str = "") -> list[str]:
         if method == "unguided":
             continue
         if fd(row) >= fd(base):
-            lines.append(f"{TITLES[method]} does not help here: its best swept setting gives FD {fd(row):.2f} "
-                         f">= unguided {fd(base):.2f} ({where}).")
+            lines.append(
+                f"{TITLES[method]} does not help here: its best swept setting gives FD {fd(row):.2f} "
+                f">= unguided {fd(base):.2f} ({where})."
+            )
     return lines
 
 
@@ -248,17 +298,26 @@ def final_lines(rows: dict[str, dict[str, Any]], title: str) -> list[str]:
     if not final:
         return []
     base = final.get("unguided")
-    out = [f"### {title}", "", "| method | pick | FD 1,000 held-out | FD 5,000 | ΔFD 5,000 | FD_inf | ΔFD_inf | precision | recall |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"### {title}",
+        "",
+        "| method | pick | FD 1,000 held-out | FD 5,000 | ΔFD 5,000 | FD_inf | ΔFD_inf | precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for method, row in final.items():
         f = row["final"]
         cells = []
         for k in ("fd_mnist", "fd_inf_mnist"):  # FD_inf is missing where measured without --fd-infinity
             relative = base is not None and method != "unguided" and k in f and k in base["final"]
-            cells += [f"{f[k]:.2f}" if k in f else "", f"{100 * (f[k] / base['final'][k] - 1):+.1f}%" if relative else ""]
+            cells += [
+                f"{f[k]:.2f}" if k in f else "",
+                f"{100 * (f[k] / base['final'][k] - 1):+.1f}%" if relative else "",
+            ]
         held = "" if row["heldout"] is None else f"{row['heldout']['fd_mnist']:.2f}"
-        out.append(f"| {TITLES[method]} | {setting_text(row)} | {held} | {' | '.join(cells)} | "
-                   f"{f['precision_mnist']:.3f} | {f['recall_mnist']:.3f} |")
+        out.append(
+            f"| {TITLES[method]} | {setting_text(row)} | {held} | {' | '.join(cells)} | "
+            f"{f['precision_mnist']:.3f} | {f['recall_mnist']:.3f} |"
+        )
     return out + [""]
 
 
@@ -268,7 +327,9 @@ def setting_text(row: dict[str, Any]) -> str:
     if row["method"] == "unguided":
         return main or "w = 1"
     if row["method"] == "sims":
-        return f"omega {row['omega']:g} (w {row['weight']:g}), budget {row['budget_nimg']} img, neg. EMA {row['ema_std']}"
+        return (
+            f"omega {row['omega']:g} (w {row['weight']:g}), budget {row['budget_nimg']} img, neg. EMA {row['ema_std']}"
+        )
     text = f"w {row['weight']:g}"
     if row.get("guide_std") is not None:
         text += f", guide `{guide_name(row['guide_model'])}` @ {row['guide_nimg']} img, EMA {row['guide_std']:g}"
@@ -277,6 +338,7 @@ def setting_text(row: dict[str, Any]) -> str:
 
 def tried_text(row: dict[str, Any]) -> str:
     """Every setting tried with its sweep FD, best first; the main EMA is named where it is not the pick's."""
+
     def one(t: dict[str, Any]) -> str:
         if "omega" in t:
             return f"omega {t['omega']:g}: {t['fd_mnist']:.1f}"
@@ -288,6 +350,7 @@ def tried_text(row: dict[str, Any]) -> str:
             key += f"/{t['guide_run'].removeprefix('mnist-').removesuffix('-cfg')}@{t['guide_nimg']}"
         key += interval_text(t.get("interval"))
         return f"{key}: {t['fd_mnist']:.1f}"
+
     return "; ".join(one(t) for t in sorted(row["tried"], key=lambda t: t["fd_mnist"]))
 
 
@@ -295,8 +358,10 @@ def table_lines(rows: dict[str, dict[str, Any]], methods: Sequence[str]) -> list
     """One table row per method: its pick, held-out metrics, FD change vs unguided, sweep FD and
     every setting tried."""
     base = rows.get("unguided")
-    out = ["| method | best setting | FD held-out | ΔFD | precision | recall | FD sweep | tried |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| method | best setting | FD held-out | ΔFD | precision | recall | FD sweep | tried |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method in methods:
         row = rows.get(method)
         if row is None:
@@ -306,11 +371,16 @@ def table_lines(rows: dict[str, dict[str, Any]], methods: Sequence[str]) -> list
         if held is None:
             cells = ["not yet", "", "", ""]
         else:
-            delta = "" if base is None or method == "unguided" or base["heldout"] is None else (
-                f"{100 * (held['fd_mnist'] / base['heldout']['fd_mnist'] - 1):+.1f}%")
+            delta = (
+                ""
+                if base is None or method == "unguided" or base["heldout"] is None
+                else (f"{100 * (held['fd_mnist'] / base['heldout']['fd_mnist'] - 1):+.1f}%")
+            )
             cells = [f"{held['fd_mnist']:.2f}", delta, f"{held['precision_mnist']:.3f}", f"{held['recall_mnist']:.3f}"]
-        out.append(f"| {TITLES[method]} | {setting_text(row)} | {' | '.join(cells)} | "
-                   f"{row['sweep_metrics']['fd_mnist']:.2f} | {tried_text(row)} |")
+        out.append(
+            f"| {TITLES[method]} | {setting_text(row)} | {' | '.join(cells)} | "
+            f"{row['sweep_metrics']['fd_mnist']:.2f} | {tried_text(row)} |"
+        )
     return out
 
 
@@ -325,8 +395,9 @@ def best_picks(rows: dict[str, dict[str, Any]], refined: dict[str, dict[str, Any
     return {m: refined.get(m) or rows[m] for m in METHODS if m in rows or m in refined}
 
 
-def final_verdict(rows: dict[str, dict[str, Any]], refined: dict[str, dict[str, Any]],
-                  variant: dict[str, dict[str, Any]]) -> list[str]:
+def final_verdict(
+    rows: dict[str, dict[str, Any]], refined: dict[str, dict[str, Any]], variant: dict[str, dict[str, Any]]
+) -> list[str]:
     """The verdict on the 1,000-image picks once their held-out FDs exist, else on stage 3's; then
     stage 8's 5,000-image FDs and FD_inf of the picks with each main model, where measured."""
     lines = verdict(refined, " of the 1,000-image picks") if target_rows_measured(refined) else verdict(rows)
@@ -341,64 +412,93 @@ def final_verdict(rows: dict[str, dict[str, Any]], refined: dict[str, dict[str, 
 
 def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
     base = rows.get("unguided")
-    out = ["# MNIST-5k: guidance methods compared", "",
-           "Generated by `benchmarks/results/mnist/run.sh` (do not edit by hand; rerun it).", ""]
+    out = [
+        "# MNIST-5k: guidance methods compared",
+        "",
+        "Generated by `benchmarks/results/mnist/run.sh` (do not edit by hand; rerun it).",
+        "",
+    ]
     out += ["## Setup", ""] + [f"- {line}" for line in info["setup"]] + [""]
-    out += ["## Results", "",
-            "Best swept setting per method, chosen by FD (lower is better) on the sweep's seeds, then "
-            "re-measured once on held-out seeds (`heldout.py`). FD / precision / recall on the "
-            "penultimate features of the project's MNIST classifier, against all 5,000 MNIST-5k digits. "
-            "ΔFD is relative to unguided, on the held-out FDs. *Tried* lists "
-            "`weight[ (main EMA, where not the pick's)][/guide EMA std/guide run@images][, sigma interval]: sweep FD` "
-            "of every setting, best first.", "",
-            *table_lines(rows, METHODS)]
+    out += [
+        "## Results",
+        "",
+        "Best swept setting per method, chosen by FD (lower is better) on the sweep's seeds, then "
+        "re-measured once on held-out seeds (`heldout.py`). FD / precision / recall on the "
+        "penultimate features of the project's MNIST classifier, against all 5,000 MNIST-5k digits. "
+        "ΔFD is relative to unguided, on the held-out FDs. *Tried* lists "
+        "`weight[ (main EMA, where not the pick's)][/guide EMA std/guide run@images][, sigma interval]: sweep FD` "
+        "of every setting, best first.",
+        "",
+        *table_lines(rows, METHODS),
+    ]
     refined = info.get("refined") or {}
     if refined:
-        out += ["", "## Target check with 1,000 images per setting", "",
-                "The 250-image sweep FDs above are dominated by their small-sample bias and reorder the methods "
-                "between sweep and held-out seeds, so the target's methods are swept once more (`run.sh` stage 6): "
-                f"unguided, CFG and autoguidance, 1,000 images per setting on seeds "
-                f"{next(iter(refined.values()))['seeds']} (selection): around each stage-3 pick (weight, main EMA, "
-                "guidance interval, for CFG and autoguidance alike) and, for autoguidance, the other guides "
-                "(guide size, training time and EMA); each pick re-measured on the held-out seeds. "
-                "*FD sweep* and *tried* are on the selection seeds.", "",
-                *table_lines(refined, [m for m in METHODS if m in refined])]
+        out += [
+            "",
+            "## Target check with 1,000 images per setting",
+            "",
+            "The 250-image sweep FDs above are dominated by their small-sample bias and reorder the methods "
+            "between sweep and held-out seeds, so the target's methods are swept once more (`run.sh` stage 6): "
+            f"unguided, CFG and autoguidance, 1,000 images per setting on seeds "
+            f"{next(iter(refined.values()))['seeds']} (selection): around each stage-3 pick (weight, main EMA, "
+            "guidance interval, for CFG and autoguidance alike) and, for autoguidance, the other guides "
+            "(guide size, training time and EMA); each pick re-measured on the held-out seeds. "
+            "*FD sweep* and *tried* are on the selection seeds.",
+            "",
+            *table_lines(refined, [m for m in METHODS if m in refined]),
+        ]
     variant = info.get("variant") or {}
     out += ["", "## Verdict", ""] + [f"- {line}" for line in final_verdict(rows, refined, variant)] + [""]
     if variant:
-        out += ["## Variant: the main model trained twice as long", "",
-                "`run.sh` stage 7: `mnist-s-cfg-2x` is the main run continued from T to 2T in its own folder; "
-                "unguided, CFG and autoguidance (the XS guide at T/2 and T, the 1x main itself) with the same "
-                "1,000-image selection seeds, sampler and main EMA as stage 6, picks re-measured on the held-out "
-                "seeds. Only these three methods were run on it; the verdict above stays on the default recipe.", "",
-                *table_lines(variant, [m for m in METHODS if m in variant]), "",
-                *[f"- {line}" for line in verdict(variant, " with the 2x main")], ""]
-    finals = [(best_picks(rows, refined), "default recipe (stage 6 picks)"),
-              (variant, "main trained twice as long (stage 7 picks)")]
+        out += [
+            "## Variant: the main model trained twice as long",
+            "",
+            "`run.sh` stage 7: `mnist-s-cfg-2x` is the main run continued from T to 2T in its own folder; "
+            "unguided, CFG and autoguidance (the XS guide at T/2 and T, the 1x main itself) with the same "
+            "1,000-image selection seeds, sampler and main EMA as stage 6, picks re-measured on the held-out "
+            "seeds. Only these three methods were run on it; the verdict above stays on the default recipe.",
+            "",
+            *table_lines(variant, [m for m in METHODS if m in variant]),
+            "",
+            *[f"- {line}" for line in verdict(variant, " with the 2x main")],
+            "",
+        ]
+    finals = [
+        (best_picks(rows, refined), "default recipe (stage 6 picks)"),
+        (variant, "main trained twice as long (stage 7 picks)"),
+    ]
     if any(final_rows(r) for r, _ in finals):
         first = next(r for r, _ in finals if final_rows(r))
         some = next(iter(final_rows(first).values()))["final"]
-        out += ["## Final measurement: 5,000 images and FD extrapolated to infinitely many", "",
-                f"`run.sh` stage 8: each pick above re-measured once more on {some['images']:,} new seeds "
-                f"({some['seeds']}, disjoint from every selection and held-out seed), as many images as the reference "
-                "set. FD of N images is biased upward by about k / N, and k shrinks with the samples' diversity, so at "
-                "1,000 images the bias is a large part of every FD here (sweep FDs at 250 images are about twice the "
-                "1,000-image ones). Only the target's three methods were measured so (about 1.5 h of one CPU thread "
-                "per main model). FD_inf is the Chong & Forsyth (2020) extrapolation: FD of random subsets of "
-                f"{some['fd_infinity']['min_fraction'] * some['images']:,.0f}-{some['images']:,} of these images "
-                f"({some['fd_infinity']['points']} sizes), a least-squares line in 1 / N, its intercept. The "
-                "reference statistics (5,000 real digits) are the same in every row.", ""]
+        out += [
+            "## Final measurement: 5,000 images and FD extrapolated to infinitely many",
+            "",
+            f"`run.sh` stage 8: each pick above re-measured once more on {some['images']:,} new seeds "
+            f"({some['seeds']}, disjoint from every selection and held-out seed), as many images as the reference "
+            "set. FD of N images is biased upward by about k / N, and k shrinks with the samples' diversity, so at "
+            "1,000 images the bias is a large part of every FD here (sweep FDs at 250 images are about twice the "
+            "1,000-image ones). Only the target's three methods were measured so (about 1.5 h of one CPU thread "
+            "per main model). FD_inf is the Chong & Forsyth (2020) extrapolation: FD of random subsets of "
+            f"{some['fd_infinity']['min_fraction'] * some['images']:,.0f}-{some['images']:,} of these images "
+            f"({some['fd_infinity']['points']} sizes), a least-squares line in 1 / N, its intercept. The "
+            "reference statistics (5,000 real digits) are the same in every row.",
+            "",
+        ]
         for r, title in finals:
             out += final_lines(r, title)
     if base is not None:
         n = len(parse_seeds(base["seeds"]))
         held = base["heldout"]
-        out += ["## Caveats", "",
-                f"- Sweep FDs use {n} generated images (seeds {base['seeds']}), held-out FDs "
-                + (f"{held['images']} (seeds {held['seeds']})" if held else "(not measured yet)")
-                + "; FD is biased upward at small sample counts (128-dimensional features), so compare rows "
-                "measured on the same seeds, not FDs from different sample sizes.",
-                "- Weights were swept on a coarse grid (listed under *tried*); a method's best may lie between grid points.", ""]
+        out += [
+            "## Caveats",
+            "",
+            f"- Sweep FDs use {n} generated images (seeds {base['seeds']}), held-out FDs "
+            + (f"{held['images']} (seeds {held['seeds']})" if held else "(not measured yet)")
+            + "; FD is biased upward at small sample counts (128-dimensional features), so compare rows "
+            "measured on the same seeds, not FDs from different sample sizes.",
+            "- Weights were swept on a coarse grid (listed under *tried*); a method's best may lie between grid points.",
+            "",
+        ]
     out += sims_lines(info["runs"])
     if info.get("wall"):
         out += ["## Wall times (this machine, shared 2-core CPU)", "", "| stage | seconds |", "|---|---|"]
@@ -441,20 +541,26 @@ def setup_lines(runs: Path, rows: dict[str, dict[str, Any]]) -> list[str]:
         if config_path.is_file():
             cfg = yaml.safe_load(config_path.read_text())
             t = cfg["train"]
-            lines.append(f"`{name}`: net {cfg['net']['model_channels']} ch x {cfg['net']['num_blocks']} blocks, "
-                         f"{t['duration_mi']} Mi x {t['duration_fraction']} of images at batch {t['batch_size']}, "
-                         f"label dropout {t['cond_drop_prob']}, lr_ref {t['lr_ref']}")
+            lines.append(
+                f"`{name}`: net {cfg['net']['model_channels']} ch x {cfg['net']['num_blocks']} blocks, "
+                f"{t['duration_mi']} Mi x {t['duration_fraction']} of images at batch {t['batch_size']}, "
+                f"label dropout {t['cond_drop_prob']}, lr_ref {t['lr_ref']}"
+            )
     classifier = runs / "mnist-classifier.safetensors"
     if classifier.is_file():
         with safe_open(str(classifier), "pt") as f:
             card = json.loads(f.metadata()["autoguide.mnist_classifier"])
-        lines.append(f"Feature classifier: test accuracy {card['test_accuracy']:.4f} on the 500 held-out MNIST-5k digits")
+        lines.append(
+            f"Feature classifier: test accuracy {card['test_accuracy']:.4f} on the 500 held-out MNIST-5k digits"
+        )
     any_row = next(iter(rows.values()), None)
     if any_row is not None:
         s = any_row["sampler"]
-        lines.append(f"Evaluation: seeds {any_row['seeds']} (one image each, class `{any_row['class_labels']}` per seed), "
-                     f"EDM {s['solver']} sampler, {s['num_steps']} steps, sigma {s['sigma_min']}-{s['sigma_max']}, rho {s['rho']}; "
-                     f"main model = post-hoc EMA std {rows.get('unguided', any_row).get('main_model', '').rsplit('-', 1)[-1].removesuffix('.safetensors')}")
+        lines.append(
+            f"Evaluation: seeds {any_row['seeds']} (one image each, class `{any_row['class_labels']}` per seed), "
+            f"EDM {s['solver']} sampler, {s['num_steps']} steps, sigma {s['sigma_min']}-{s['sigma_max']}, rho {s['rho']}; "
+            f"main model = post-hoc EMA std {rows.get('unguided', any_row).get('main_model', '').rsplit('-', 1)[-1].removesuffix('.safetensors')}"
+        )
     return lines
 
 
@@ -466,9 +572,9 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from autoguide.runtime.process import ModelLoader
     from autoguide.sample import generate_images
-    from autoguide.sample.config import build_guidance
-    from autoguide.runtime import ModelLoader
+    from autoguide.sample.guidance_spec import build_guidance
 
     seeds = list(range(10 * seeds_per_class))
     classes = [s % 10 for s in seeds]
@@ -485,7 +591,9 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
         # image i = seed i, class i % 10: row = class, column = i // 10
         panel = grid.reshape(seeds_per_class, 10, h, w).permute(1, 2, 0, 3).reshape(10 * h, seeds_per_class * w)
         ax.imshow(panel.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{TITLES[method]}\n{textwrap.fill(setting_text(row), 30)}\nFD {judged(row)['fd_mnist']:.1f}", fontsize=8)
+        ax.set_title(
+            f"{TITLES[method]}\n{textwrap.fill(setting_text(row), 30)}\nFD {judged(row)['fd_mnist']:.1f}", fontsize=8
+        )
         ax.axis("off")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".grids.", suffix=".png")
@@ -504,15 +612,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = collect(args.runs)
     refined = collect(args.runs, "refine")
-    info: dict[str, Any] = {"setup": setup_lines(args.runs, rows), "wall": wall_times(args.runs), "runs": args.runs,
-                            "refined": refined, "variant": collect(args.runs, VARIANT)}
+    info: dict[str, Any] = {
+        "setup": setup_lines(args.runs, rows),
+        "wall": wall_times(args.runs),
+        "runs": args.runs,
+        "refined": refined,
+        "variant": collect(args.runs, VARIANT),
+    }
     if args.grids and rows:
         # the target's methods as picked with 1,000 images where that stage ran
         info["grids"] = sample_grids(best_picks(rows, refined), HERE / "grids.png", args.grid_seeds)
     elif (HERE / "grids.png").is_file():
         info["grids"] = "(from the previous run with --grids 1)"
-    results = {"target": {"fd_reduction_vs_unguided": TARGET_REDUCTION, "beat_best_cfg": True},
-               "verdict": final_verdict(rows, refined, info["variant"]), "rows": rows, **info}
+    results = {
+        "target": {"fd_reduction_vs_unguided": TARGET_REDUCTION, "beat_best_cfg": True},
+        "verdict": final_verdict(rows, refined, info["variant"]),
+        "rows": rows,
+        **info,
+    }
     write_atomic(HERE / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     write_atomic(HERE / "results.md", markdown(rows, info))
     print((HERE / "results.md").read_text())

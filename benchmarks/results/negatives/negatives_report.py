@@ -11,7 +11,6 @@ from typing import Any
 import selection
 from steps import write_report
 
-
 Result = Mapping[str, Any]
 
 MNIST_COLUMNS = ("fd_mnist", "fd_inf_mnist", "precision_mnist", "recall_mnist")
@@ -49,22 +48,28 @@ def table(dataset: str, results: Result) -> list[str]:
     select_key = "fd_mnist" if dataset == "mnist" else "toy_logp"
     unguided = results["unguided"]
     lines = [
-        f"| negative | APG | pick | {select_key} (selection) | " + " | ".join(f"{c} (held-out)" for c in columns)
+        f"| negative | APG | pick | {select_key} (selection) | "
+        + " | ".join(f"{c} (held-out)" for c in columns)
         + " | network evaluations per denoiser call |",
         "|---" * (5 + len(columns)) + "|",
         f"| unguided | - | - | {cell(unguided['selection'][select_key], select_key)} | "
-        + " | ".join(cell(unguided["heldout"].get(c), c) for c in columns) + " | 1 main |",
+        + " | ".join(cell(unguided["heldout"].get(c), c) for c in columns)
+        + " | 1 main |",
     ]
     for entry in results["negatives"]:
         apg = "eta 0" if entry["apg"] else "-"
         if "heldout" not in entry:
-            lines.append(f"| {entry['label']} | {apg} | no setting kept the recall floor | - |" + " - |" * len(columns)
-                         + f" {entry['evaluations']} |")
+            lines.append(
+                f"| {entry['label']} | {apg} | no setting kept the recall floor | - |"
+                + " - |" * len(columns)
+                + f" {entry['evaluations']} |"
+            )
             continue
         held = entry["heldout"]
         lines.append(
             f"| {entry['label']} | {apg} | {setting_text(entry['selection'])} | {cell(entry['selection'][select_key], select_key)} | "
-            + " | ".join(cell(held.get(c), c) for c in columns) + f" | {entry['evaluations']} |"
+            + " | ".join(cell(held.get(c), c) for c in columns)
+            + f" | {entry['evaluations']} |"
         )
     return lines
 
@@ -76,33 +81,50 @@ def verdict(dataset: str, results: Result) -> str:
     held, ref = best["heldout"], results["unguided"]["heldout"]
     apg = " with APG" if best["apg"] else " without APG"
     if dataset == "mnist":
-        return (f"**Wins on MNIST: {best['label']}{apg}** ({setting_text(best['selection'])}): held-out FD_inf "
-                f"{held['fd_inf_mnist']:.2f} vs unguided {ref['fd_inf_mnist']:.2f} "
-                f"({100 * (held['fd_inf_mnist'] / ref['fd_inf_mnist'] - 1):+.1f}%).")
-    return (f"**Wins on the toy: {best['label']}{apg}** ({setting_text(best['selection'])}): held-out log-density "
-            f"{held['toy_logp']:.3f} vs unguided {ref['toy_logp']:.3f}, outliers {100 * held['toy_outliers']:.2f}% vs "
-            f"{100 * ref['toy_outliers']:.2f}%, recall {held['toy_recall']:.3f} vs {ref['toy_recall']:.3f}.")
+        return (
+            f"**Wins on MNIST: {best['label']}{apg}** ({setting_text(best['selection'])}): held-out FD_inf "
+            f"{held['fd_inf_mnist']:.2f} vs unguided {ref['fd_inf_mnist']:.2f} "
+            f"({100 * (held['fd_inf_mnist'] / ref['fd_inf_mnist'] - 1):+.1f}%)."
+        )
+    return (
+        f"**Wins on the toy: {best['label']}{apg}** ({setting_text(best['selection'])}): held-out log-density "
+        f"{held['toy_logp']:.3f} vs unguided {ref['toy_logp']:.3f}, outliers {100 * held['toy_outliers']:.2f}% vs "
+        f"{100 * ref['toy_outliers']:.2f}%, recall {held['toy_recall']:.3f} vs {ref['toy_recall']:.3f}."
+    )
 
 
 def section(name: str, results: Result | None) -> list[str]:
     """The markdown of one dataset: its setup, table and verdict (a note while not measured)."""
     title, setup = SECTIONS[name]
     if results is None:
-        return [f"## {title}", "", f"Not measured yet: `python benchmarks/results/negatives/run.py --datasets {name}`.", ""]
+        return [
+            f"## {title}",
+            "",
+            f"Not measured yet: `python benchmarks/results/negatives/run.py --datasets {name}`.",
+            "",
+        ]
     return [f"## {title}", "", setup, "", *table(name, results), "", verdict(name, results), ""]
 
 
 SECTIONS = {
-    "mnist": ("MNIST-5k", (
-        "Main model `mnist-s-cfg` trained for half its recipe (16.8 kimg), post-hoc EMA 0.10; guide `mnist-xs-guide-cfg` "
-        "trained to T/2 of that main. Weights 1.5 and 2.5. Selection: seeds 0-249 (FD of 250 images, lowest wins); held-out: "
-        "seeds 1000-1499, FD / precision / recall of 500 images and FD_inf (FD extrapolated to infinitely many images "
-        "from 10 subsets of 50-100%: 250-500 images). EDM Heun sampler, 8 steps, a random class per seed.")),
-    "toy": ("2D toy (class A of the two trees)", (
-        "Main model `toy2d-main` (the paper's toy recipe: width 64, 16 Mi samples), post-hoc EMA 0.05; guide "
-        "`toy2d-guide` (width 32, T/8). Weights 1.1, 1.25, 1.5, 2 and 3. Selection: seeds 0-9999; held-out: seeds "
-        "10000-19999; exact metrics (`autoguide.eval.toy_metrics`); pick = the highest log-density that keeps 95% of the "
-        "unguided recall (`benchmarks/results/toy2d/selection.py`). EDM Heun sampler, 32 steps.")),
+    "mnist": (
+        "MNIST-5k",
+        (
+            "Main model `mnist-s-cfg` trained for half its recipe (16.8 kimg), post-hoc EMA 0.10; guide `mnist-xs-guide-cfg` "
+            "trained to T/2 of that main. Weights 1.5 and 2.5. Selection: seeds 0-249 (FD of 250 images, lowest wins); held-out: "
+            "seeds 1000-1499, FD / precision / recall of 500 images and FD_inf (FD extrapolated to infinitely many images "
+            "from 10 subsets of 50-100%: 250-500 images). EDM Heun sampler, 8 steps, a random class per seed."
+        ),
+    ),
+    "toy": (
+        "2D toy (class A of the two trees)",
+        (
+            "Main model `toy2d-main` (the paper's toy recipe: width 64, 16 Mi samples), post-hoc EMA 0.05; guide "
+            "`toy2d-guide` (width 32, T/8). Weights 1.1, 1.25, 1.5, 2 and 3. Selection: seeds 0-9999; held-out: seeds "
+            "10000-19999; exact metrics (`autoguide.eval.toy_metrics`); pick = the highest log-density that keeps 95% of the "
+            "unguided recall (`benchmarks/results/toy2d/selection.py`). EDM Heun sampler, 32 steps."
+        ),
+    ),
 }
 
 

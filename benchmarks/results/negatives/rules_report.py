@@ -10,17 +10,22 @@ from typing import Any
 
 from steps import write_report
 
-
 Result = Mapping[str, Any]
 
 #: Per dataset: the metric that ranks (and whether lower is better), and the cell's metrics.
 RANKING = {"mnist": ("fd_inf_mnist", True), "toy": ("toy_logp", False)}
 CELLS = {"mnist": ("fd_inf_mnist", "fd_mnist"), "toy": ("toy_logp", "toy_outliers", "toy_recall")}
 SETUP = {
-    "mnist": ("MNIST-5k", "Main `mnist-s-cfg` (half its recipe, EMA 0.10), held-out seeds 1000-1249 (250 images; FD_inf from "
-              "10 subsets of 150-250), EDM Heun 8 steps, a random class per seed. Cell: FD_inf / FD (lower is better)."),
-    "toy": ("2D toy (class A)", "Main `toy2d-main` (EMA 0.05), held-out seeds 10000-19999 (10,000 samples), EDM Heun 32 steps. "
-            "Cell: exact log-density (higher is better) / outlier share / recall."),
+    "mnist": (
+        "MNIST-5k",
+        "Main `mnist-s-cfg` (half its recipe, EMA 0.10), held-out seeds 1000-1249 (250 images; FD_inf from "
+        "10 subsets of 150-250), EDM Heun 8 steps, a random class per seed. Cell: FD_inf / FD (lower is better).",
+    ),
+    "toy": (
+        "2D toy (class A)",
+        "Main `toy2d-main` (EMA 0.05), held-out seeds 10000-19999 (10,000 samples), EDM Heun 32 steps. "
+        "Cell: exact log-density (higher is better) / outlier share / recall.",
+    ),
 }
 
 
@@ -65,8 +70,12 @@ def section(dataset: str, results: Result) -> list[str]:
     weights = results["weights"]
     lines = [f"## {title}", "", setup, f" Unguided: {cell(results['unguided'], dataset)}.", ""]
     for entry in results["negatives"]:
-        lines += [f"### {entry['label']}", "", "| rule | " + " | ".join(f"w {w:g}" for w in weights) + " |",
-                  "|---" * (1 + len(weights)) + "|"]
+        lines += [
+            f"### {entry['label']}",
+            "",
+            "| rule | " + " | ".join(f"w {w:g}" for w in weights) + " |",
+            "|---" * (1 + len(weights)) + "|",
+        ]
         for rule in entry["rules"]:
             lines.append(f"| {rule['label']} | " + " | ".join(cell(at(rule, w), dataset) for w in weights) + " |")
         if not entry["rules"]:

@@ -60,7 +60,12 @@ APG_AXIS = [None, {"eta": 0.0}]
 MNIST_TRAIN = ["train.checkpoint_kimg=2", "~callbacks.sample_grid"]
 TRAININGS = {
     "mnist-main": ["experiment=mnist-s-cfg", *MNIST_TRAIN, "train.duration_fraction=0.5", "train.snapshot_kimg=1"],
-    "mnist-xs-guide": ["experiment=mnist-xs-guide-cfg", *MNIST_TRAIN, "train.duration_fraction=0.25", "train.snapshot_kimg=0.5"],
+    "mnist-xs-guide": [
+        "experiment=mnist-xs-guide-cfg",
+        *MNIST_TRAIN,
+        "train.duration_fraction=0.25",
+        "train.snapshot_kimg=0.5",
+    ],
     "toy-main": ["experiment=toy2d-main"],
     "toy-xs-guide": ["experiment=toy2d-guide"],
 }
@@ -95,39 +100,96 @@ class Dataset:
 
 def guide_run(run: str, times: str, std: float) -> tuple[str, ...]:
     """Autoguidance by the EMA ``std`` of run ``run`` at ``times`` (null: its end)."""
-    return ("guidance=autoguidance", f"guides.runs=[{RUNS / run}]", f"guides.times=[{times}]", f"grid.guide_std=[{std}]")
+    return (
+        "guidance=autoguidance",
+        f"guides.runs=[{RUNS / run}]",
+        f"guides.times=[{times}]",
+        f"grid.guide_std=[{std}]",
+    )
 
 
 MNIST = Dataset(
-    name="mnist", trainings=("mnist-main", "mnist-xs-guide"), main_std=0.10, weights=(1.5, 2.5),
-    sampling=("metrics=mnist", f"extractors.mnist.path={CLASSIFIER}", f"cache_dir={RUNS / 'cache'}", "select=fd_mnist",
-              "class_labels=random", "sampler.num_steps=8", "batch_size=250", "device=cpu", "progress=false"),
-    selection_seeds="0-249", heldout_seeds="1000-1499", heldout_extra=("metrics.fd_infinity={points:10,min_fraction:0.5}",),
+    name="mnist",
+    trainings=("mnist-main", "mnist-xs-guide"),
+    main_std=0.10,
+    weights=(1.5, 2.5),
+    sampling=(
+        "metrics=mnist",
+        f"extractors.mnist.path={CLASSIFIER}",
+        f"cache_dir={RUNS / 'cache'}",
+        "select=fd_mnist",
+        "class_labels=random",
+        "sampler.num_steps=8",
+        "batch_size=250",
+        "device=cpu",
+        "progress=false",
+    ),
+    selection_seeds="0-249",
+    heldout_seeds="1000-1499",
+    heldout_extra=("metrics.fd_infinity={points:10,min_fraction:0.5}",),
     negatives=(
-        Negative("xs-guide", "trained XS guide (T/2, EMA 0.10)", guide_run("mnist-xs-guide", "null", 0.10),
-                 evaluations="1 main + 1 XS"),
+        Negative(
+            "xs-guide",
+            "trained XS guide (T/2, EMA 0.10)",
+            guide_run("mnist-xs-guide", "null", 0.10),
+            evaluations="1 main + 1 XS",
+        ),
         Negative("short-ema", "same run, shorter EMA (0.05)", guide_run("mnist-main", "null", 0.05)),
         Negative("early", "same run, early snapshot (T/4, EMA 0.10)", guide_run("mnist-main", "0.25", 0.10)),
-        Negative("layer-skip", "layer skip (the bottleneck block dec.8x8_in0)", ("guidance=layer_skip",),
-                 evaluations="1 main + 1 main without the block (one batch)"),
-        Negative("dropout", "dropout kept on (p 0.1, every block)", ("guidance=dropout", "guidance.p=0.1"),
-                 evaluations="2 main (one batch)"),
+        Negative(
+            "layer-skip",
+            "layer skip (the bottleneck block dec.8x8_in0)",
+            ("guidance=layer_skip",),
+            evaluations="1 main + 1 main without the block (one batch)",
+        ),
+        Negative(
+            "dropout",
+            "dropout kept on (p 0.1, every block)",
+            ("guidance=dropout", "guidance.p=0.1"),
+            evaluations="2 main (one batch)",
+        ),
     ),
 )
 TOY = Dataset(
-    name="toy", trainings=("toy-main", "toy-xs-guide"), main_std=0.05, weights=(1.1, 1.25, 1.5, 2.0, 3.0),
-    sampling=("metrics=toy2d", "select=toy_logp", "class_labels=none", "metrics.toy.classes=A", "device=cpu",
-              "progress=false", "batch_size=2000"),
-    selection_seeds="0-9999", heldout_seeds="10000-19999", heldout_extra=(),
+    name="toy",
+    trainings=("toy-main", "toy-xs-guide"),
+    main_std=0.05,
+    weights=(1.1, 1.25, 1.5, 2.0, 3.0),
+    sampling=(
+        "metrics=toy2d",
+        "select=toy_logp",
+        "class_labels=none",
+        "metrics.toy.classes=A",
+        "device=cpu",
+        "progress=false",
+        "batch_size=2000",
+    ),
+    selection_seeds="0-9999",
+    heldout_seeds="10000-19999",
+    heldout_extra=(),
     negatives=(
-        Negative("xs-guide", "trained width-32 guide (T/8, EMA 0.05)", guide_run("toy-xs-guide", "null", 0.05),
-                 evaluations="1 main + 1 width-32"),
+        Negative(
+            "xs-guide",
+            "trained width-32 guide (T/8, EMA 0.05)",
+            guide_run("toy-xs-guide", "null", 0.05),
+            evaluations="1 main + 1 width-32",
+        ),
         Negative("short-ema", "same run, shorter EMA (0.01)", guide_run("toy-main", "null", 0.01)),
         Negative("early", "same run, early snapshot (T/4, EMA 0.05)", guide_run("toy-main", "0.25", 0.05)),
-        Negative("layer-skip", "layer skip (hidden layer 2 / 3 of 4)", ("guidance=layer_skip",), {"blocks": [["layer2"], ["layer3"]]},
-                 evaluations="1 main + 1 main without the layer (one batch)"),
-        Negative("dropout", "dropout kept on (p 0.1 / 0.3, every layer)", ("guidance=dropout",), {"p": [0.1, 0.3]},
-                 evaluations="2 main (one batch)"),
+        Negative(
+            "layer-skip",
+            "layer skip (hidden layer 2 / 3 of 4)",
+            ("guidance=layer_skip",),
+            {"blocks": [["layer2"], ["layer3"]]},
+            evaluations="1 main + 1 main without the layer (one batch)",
+        ),
+        Negative(
+            "dropout",
+            "dropout kept on (p 0.1 / 0.3, every layer)",
+            ("guidance=dropout",),
+            {"p": [0.1, 0.3]},
+            evaluations="2 main (one batch)",
+        ),
     ),
 )
 DATASETS = (MNIST, TOY)
@@ -153,8 +215,11 @@ RULES = (
     Rule("tcfg", "TCFG (eps space)", {"tcfg": {"space": "eps"}}),
     Rule("fdg", "FDG (2 bands: high w, low 1 + (w - 1) / 2)", {"fdg": {"weights": [1.0, 0.5]}}),
     Rule("mambo", "MAMBO-G (alpha 8, flow space)", {"mambo": {"alpha": 8.0, "space": "flow"}}),
-    Rule("ramp", "schedule: w - 1 ramped linearly 0 -> 2 over log sigma 80 -> 0.002",
-         {"schedule": {"shape": "linear", "start": 0.0, "end": 2.0}}),
+    Rule(
+        "ramp",
+        "schedule: w - 1 ramped linearly 0 -> 2 over log sigma 80 -> 0.002",
+        {"schedule": {"shape": "linear", "start": 0.0, "end": 2.0}},
+    ),
     Rule("fbg", "FBG (pi 0.95, t0 0.5, t1 0.4), weight <= w", feedback=True),
 )
 #: The weights of the negatives table plus a larger one. MNIST (every setting samples with the S model on a
@@ -162,11 +227,16 @@ RULES = (
 RULE_WEIGHTS = {"mnist": (4.0,), "toy": (1.1, 1.25, 1.5, 2.0, 3.0, 5.0)}
 RULE_SKIP = {"mnist": ("zero-star",), "toy": ("fdg",)}
 RULE_SEEDS = {"mnist": "1000-1249", "toy": "10000-19999"}
-RULE_EXTRA = {"mnist": ("metrics.fd_infinity={points:10,min_fraction:0.6}",), "toy": ()}  # FD_inf: subsets above 128 features
+RULE_EXTRA = {
+    "mnist": ("metrics.fd_infinity={points:10,min_fraction:0.6}",),
+    "toy": (),
+}  # FD_inf: subsets above 128 features
 #: The negatives the rules are measured on, per dataset: (tag, label, sweep overrides).
 RULE_NEGATIVES = {
-    "mnist": (("xs-guide", "trained XS guide (T/2, EMA 0.10)", guide_run("mnist-xs-guide", "null", 0.10)),
-              ("cfg", "CFG (null label)", ("guidance=cfg", "guides.runs=[]"))),
+    "mnist": (
+        ("xs-guide", "trained XS guide (T/2, EMA 0.10)", guide_run("mnist-xs-guide", "null", 0.10)),
+        ("cfg", "CFG (null label)", ("guidance=cfg", "guides.runs=[]")),
+    ),
     "toy": (("xs-guide", "trained width-32 guide (T/8, EMA 0.05)", guide_run("toy-xs-guide", "null", 0.05)),),
 }
 
@@ -185,8 +255,18 @@ def hydra_value(value: Any) -> str:
 def train(name: str) -> None:
     """Train run ``name`` of ``TRAININGS`` unless its final model exists (train.py resumes)."""
     if not (RUNS / name / "final.safetensors").is_file():
-        call([sys.executable, "train.py", *TRAININGS[name], f"paths.runs_dir={RUNS}", "logger=csv", "seed=0", f"name={name}"],
-             RUNS / "logs" / f"train-{name}.log")
+        call(
+            [
+                sys.executable,
+                "train.py",
+                *TRAININGS[name],
+                f"paths.runs_dir={RUNS}",
+                "logger=csv",
+                "seed=0",
+                f"name={name}",
+            ],
+            RUNS / "logs" / f"train-{name}.log",
+        )
 
 
 def sweep(tag: str, overrides: Sequence[str], finished_only: bool = False) -> list[dict[str, Any]] | None:
@@ -215,7 +295,12 @@ def variants(negative: Negative) -> list[dict[str, Any]]:
 
 
 def base_overrides(dataset: Dataset, seeds: str) -> list[str]:
-    return [f"main.run={RUNS / dataset.trainings[0]}", f"grid.main_std=[{dataset.main_std}]", f"seeds={seeds}", *dataset.sampling]
+    return [
+        f"main.run={RUNS / dataset.trainings[0]}",
+        f"grid.main_std=[{dataset.main_std}]",
+        f"seeds={seeds}",
+        *dataset.sampling,
+    ]
 
 
 def term_override(options: dict[str, Any]) -> str:
@@ -239,21 +324,35 @@ def measure(dataset: Dataset, report: Callable[[dict[str, Any]], None], only: Se
     (heldout_reference,) = sweep(f"{dataset.name}-heldout-unguided", [*heldout_base, *unguided])
     results: dict[str, Any] = {"unguided": {"selection": reference, "heldout": heldout_reference}, "negatives": []}
     for negative in (n for n in dataset.negatives if only is None or n.tag in only):
-        rows = sweep(f"{dataset.name}-{negative.tag}", [*select_base, *negative.overrides, f"grid.weight={listing(dataset.weights)}",
-                                                        term_override(term_axes(negative))])
+        rows = sweep(
+            f"{dataset.name}-{negative.tag}",
+            [
+                *select_base,
+                *negative.overrides,
+                f"grid.weight={listing(dataset.weights)}",
+                term_override(term_axes(negative)),
+            ],
+        )
         options = {variant_label(v): v for v in variants(negative)}  # a row's variant label -> its term options
         for with_apg in (False, True):
             tried = [r for r in rows if (options[r["variant"]]["apg"] is not None) == with_apg]
             pick = choose(dataset, tried, reference)
-            entry: dict[str, Any] = {"tag": negative.tag, "label": negative.label, "apg": with_apg, "evaluations": negative.evaluations,
-                                     "tried": [{k: r[k] for k in ("weight", "variant", *metric_keys(dataset))} for r in tried]}
+            entry: dict[str, Any] = {
+                "tag": negative.tag,
+                "label": negative.label,
+                "apg": with_apg,
+                "evaluations": negative.evaluations,
+                "tried": [{k: r[k] for k in ("weight", "variant", *metric_keys(dataset))} for r in tried],
+            }
             if pick is not None:
                 point = {k: [v] for k, v in options[pick["variant"]].items()}
                 guide = [o for o in negative.overrides if not o.startswith(("guides.times", "grid.guide_std"))]
                 if pick["guide_nimg"] is not None:
                     guide += [f"guides.times=[{int(pick['guide_nimg'])}]", f"grid.guide_std=[{pick['guide_std']}]"]
                 tag = f"{dataset.name}-heldout-{negative.tag}-{'apg' if with_apg else 'plain'}"
-                (heldout,) = sweep(tag, [*heldout_base, *guide, f"grid.weight=[{pick['weight']}]", term_override(point)])
+                (heldout,) = sweep(
+                    tag, [*heldout_base, *guide, f"grid.weight=[{pick['weight']}]", term_override(point)]
+                )
                 entry.update(selection=pick, heldout=heldout)
             results["negatives"].append(entry)
         report(results)
@@ -276,15 +375,23 @@ def sampler_steps(dataset: Dataset) -> int:
     return next((int(o.split("=")[1]) for o in dataset.sampling if o.startswith("sampler.num_steps=")), 32)
 
 
-def measure_rules(dataset: Dataset, only: Sequence[str] | None = None, rules: Sequence[str] | None = None,
-                  finished_only: bool = False) -> dict[str, Any]:
+def measure_rules(
+    dataset: Dataset, only: Sequence[str] | None = None, rules: Sequence[str] | None = None, finished_only: bool = False
+) -> dict[str, Any]:
     """Every rule (of ``rules``, if given) on every rule negative (of ``only``) of ``dataset`` at
     ``RULE_WEIGHTS``, on the held-out seeds; ``finished_only``: only the sweeps already finished."""
     heldout_base = [*base_overrides(dataset, RULE_SEEDS[dataset.name]), *RULE_EXTRA[dataset.name]]
-    unguided = sweep(f"{dataset.name}-rules-unguided", [*heldout_base, "guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"],
-                     finished_only)
-    results: dict[str, Any] = {"unguided": unguided and unguided[0], "weights": list(RULE_WEIGHTS[dataset.name]), "seeds": RULE_SEEDS[dataset.name],
-                               "negatives": []}
+    unguided = sweep(
+        f"{dataset.name}-rules-unguided",
+        [*heldout_base, "guidance=cfg", "guides.runs=[]", "grid.weight=[1.0]"],
+        finished_only,
+    )
+    results: dict[str, Any] = {
+        "unguided": unguided and unguided[0],
+        "weights": list(RULE_WEIGHTS[dataset.name]),
+        "seeds": RULE_SEEDS[dataset.name],
+        "negatives": [],
+    }
     for tag, label, overrides in RULE_NEGATIVES[dataset.name]:
         if only is not None and tag not in only:
             continue
@@ -295,17 +402,28 @@ def measure_rules(dataset: Dataset, only: Sequence[str] | None = None, rules: Se
             axes = rule_axes(dataset, rule)
             weights = [1.0] if rule.feedback else RULE_WEIGHTS[dataset.name]
             extra = [term_override(axes)] if axes else []
-            rows = sweep(f"{dataset.name}-rules-{tag}-{rule.tag}", [*heldout_base, *overrides, f"grid.weight={listing(weights)}", *extra],
-                         finished_only)
+            rows = sweep(
+                f"{dataset.name}-rules-{tag}-{rule.tag}",
+                [*heldout_base, *overrides, f"grid.weight={listing(weights)}", *extra],
+                finished_only,
+            )
             if rows is None:
                 continue
             if rule.feedback:
                 options = {variant_label(v): v for v in option_product(axes)}
                 for row in rows:
                     row["weight"] = options[row["variant"]]["fbg"]["max_weight"]
-            entry["rules"].append({"tag": rule.tag, "label": rule.label, "term": axes,
-                                   "rows": [{k: r.get(k) for k in ("weight", "variant", *metric_keys(dataset), "fd_inf_mnist")
-                                             if k in r} for r in rows]})
+            entry["rules"].append(
+                {
+                    "tag": rule.tag,
+                    "label": rule.label,
+                    "term": axes,
+                    "rows": [
+                        {k: r.get(k) for k in ("weight", "variant", *metric_keys(dataset), "fd_inf_mnist") if k in r}
+                        for r in rows
+                    ],
+                }
+            )
         results["negatives"].append(entry)
     return results
 
@@ -319,27 +437,57 @@ def metric_keys(dataset: Dataset) -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="delete runs/ first: everything from scratch")
-    parser.add_argument("--datasets", nargs="+", choices=[d.name for d in DATASETS], default=[d.name for d in DATASETS],
-                        help="measure only these (two processes can share the work); the other's results are kept")
-    parser.add_argument("--part", choices=["all", "negatives", "rules"], default="all",
-                        help="negatives: the negatives table (steps 1-3); rules: the update rules (steps 1 and 4)")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=[d.name for d in DATASETS],
+        default=[d.name for d in DATASETS],
+        help="measure only these (two processes can share the work); the other's results are kept",
+    )
+    parser.add_argument(
+        "--part",
+        choices=["all", "negatives", "rules"],
+        default="all",
+        help="negatives: the negatives table (steps 1-3); rules: the update rules (steps 1 and 4)",
+    )
     parser.add_argument("--rules", nargs="+", default=None, help="measure only these update rules (tags of RULES)")
     parser.add_argument("--finished-only", action="store_true", help="rules report from the sweeps finished so far")
-    parser.add_argument("--negatives", nargs="+", default=None, help="measure only these negatives (tags), e.g. to share a "
-                        "dataset between two processes; a last run without it collects every finished sweep into the results")
+    parser.add_argument(
+        "--negatives",
+        nargs="+",
+        default=None,
+        help="measure only these negatives (tags), e.g. to share a "
+        "dataset between two processes; a last run without it collects every finished sweep into the results",
+    )
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(exist_ok=True)
     if not CLASSIFIER.is_file():
-        call([sys.executable, "-m", "autoguide.apps.mnist_classifier", "train", "--out", str(CLASSIFIER), "--device", "cpu"], RUNS / "logs" / "classifier.log")
+        call(
+            [
+                sys.executable,
+                "-m",
+                "autoguide.apps.mnist_classifier",
+                "train",
+                "--out",
+                str(CLASSIFIER),
+                "--device",
+                "cpu",
+            ],
+            RUNS / "logs" / "classifier.log",
+        )
     for dataset in (d for d in DATASETS if d.name in args.datasets):
         for name in () if args.finished_only else dataset.trainings:
             train(name)
         if args.part in ("all", "negatives"):
-            measure(dataset, lambda result, name=dataset.name: negatives_report.write(HERE, name, result), args.negatives)
+            measure(
+                dataset, lambda result, name=dataset.name: negatives_report.write(HERE, name, result), args.negatives
+            )
         if args.part in ("all", "rules"):
-            rules_report.write(HERE, dataset.name, measure_rules(dataset, args.negatives, args.rules, args.finished_only))
+            rules_report.write(
+                HERE, dataset.name, measure_rules(dataset, args.negatives, args.rules, args.finished_only)
+            )
 
 
 if __name__ == "__main__":

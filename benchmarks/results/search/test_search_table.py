@@ -45,8 +45,7 @@ def test_table_rows_and_worst_gap():
     assert rows[1] == "| grid | 0.010 | 0.050 | 2048 | 3.00 | 0.8000 | 0.5000 | - | toy_outliers 0.06 | 4 / 0 | 3600 |"
     assert (
         "| search seed 0 | 0.020 | 0.010 | 1024 | 2.50 | 0.5900 | 0.4900 | +2.0% (-0.010) | toy_outliers 0.07 | "
-        "5 / 20 | 900 |"
-        in text
+        "5 / 20 | 900 |" in text
     )
     assert "Worst gap over 2 search seeds: +2.0%; mean -9.0%." in text
     assert "Search budget: 900 (25%); rungs [100, 300, 900]" in text

@@ -17,9 +17,9 @@ import torch
 from autoguide.data.toy2d import toy_mixture
 from autoguide.io import atomic_path
 
-GRID = 300          # density evaluations per axis
-MARGIN = 0.08       # plot margin around the exact samples, relative to their extent
-LOGP_FLOOR = -6.0   # log-densities below this are drawn as the lowest contour band
+GRID = 300  # density evaluations per axis
+MARGIN = 0.08  # plot margin around the exact samples, relative to their extent
+LOGP_FLOOR = -6.0  # log-densities below this are drawn as the lowest contour band
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,18 @@ def draw(path: Path, panels: Sequence[Panel], outlier_level: float) -> None:
     for index, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), index + 1)
         ax.contourf(xs, ys, np.maximum(logp, LOGP_FLOOR), levels=14, cmap="Greys", alpha=0.3)
-        ax.contour(xs, ys, logp, levels=[outlier_level], colors="tab:red", linewidths=0.5, linestyles="dashed", alpha=0.8)
+        ax.contour(
+            xs, ys, logp, levels=[outlier_level], colors="tab:red", linewidths=0.5, linestyles="dashed", alpha=0.8
+        )
         outlier = toy_mixture("A").log_prob(torch.from_numpy(panel.points)).numpy() < outlier_level
-        ax.scatter(panel.points[:, 0], panel.points[:, 1], s=1.5, c=np.where(outlier, "tab:blue", "black"), linewidths=0, alpha=0.8)
+        ax.scatter(
+            panel.points[:, 0],
+            panel.points[:, 1],
+            s=1.5,
+            c=np.where(outlier, "tab:blue", "black"),
+            linewidths=0,
+            alpha=0.8,
+        )
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
         ax.set_aspect("equal")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import selection
+
 from autoguide.io import write_text_atomic
 
 Row = Mapping[str, Any]
@@ -26,7 +27,12 @@ CFG_PAPER = f"CFG, w = {PAPER_CFG_WEIGHT:g} (paper's weight)"
 AG_PAPER = f"autoguidance, w = {PAPER_AG_WEIGHT:g} (paper's weight)"
 FIGURE_ROWS = [("unguided", "none"), (CFG_PAPER, "cfg"), ("autoguidance", "autoguidance")]
 HEADLINE = ["unguided", "CFG", "autoguidance"]
-EXTRA = [CFG_PAPER, AG_PAPER, "CFG, best log-density without recall floor", "autoguidance, best log-density without recall floor"]
+EXTRA = [
+    CFG_PAPER,
+    AG_PAPER,
+    "CFG, best log-density without recall floor",
+    "autoguidance, best log-density without recall floor",
+]
 
 
 def picks(reference: Row, cfg_rows: Sequence[Row], ag_rows: Sequence[Row]) -> dict[str, Any]:
@@ -46,8 +52,10 @@ def picks(reference: Row, cfg_rows: Sequence[Row], ag_rows: Sequence[Row]) -> di
 
 def short_metrics(row: Row) -> str:
     """One line for a figure title: weight, log-density, outliers, recall."""
-    return (f"w={float(row['weight']):g}  logp={float(row['toy_logp']):.2f}  "
-            f"outliers={100 * float(row['toy_outliers']):.2f}%  recall={float(row['toy_recall']):.3f}")
+    return (
+        f"w={float(row['weight']):g}  logp={float(row['toy_logp']):.2f}  "
+        f"outliers={100 * float(row['toy_outliers']):.2f}%  recall={float(row['toy_recall']):.3f}"
+    )
 
 
 def fmt(value: Any, key: str) -> str:
@@ -86,15 +94,29 @@ def verdict(target: Mapping[str, Any], reference: Row, ag: Row | None) -> str:
 
 def variant_lines(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     """One table row per recipe variant: its pick, the metrics and the target check."""
-    head = ["variant", "unguided outliers / recall", "pick: guide, std, w, interval", *METRICS, "outlier cut", "recall ratio", "target"]
+    head = [
+        "variant",
+        "unguided outliers / recall",
+        "pick: guide, std, w, interval",
+        *METRICS,
+        "outlier cut",
+        "recall ratio",
+        "target",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         ref, row, t = v["reference"], v["pick"], v["target"]
-        setting = "-" if row is None else f"{row['guide']} {fmt(row['guide_std'], 'guide_std')} w={fmt(row['weight'], 'weight')}"
+        setting = (
+            "-"
+            if row is None
+            else f"{row['guide']} {fmt(row['guide_std'], 'guide_std')} w={fmt(row['weight'], 'weight')}"
+        )
         if row is not None and row["interval_hi"] is not None:
             setting += f", sigma in ({fmt(row['interval_lo'], 'i')}, {fmt(row['interval_hi'], 'i')}]"
         cells = [
-            v["label"], f"{fmt(ref['toy_outliers'], 'toy_outliers')} / {fmt(ref['toy_recall'], 'toy_recall')}", setting,
+            v["label"],
+            f"{fmt(ref['toy_outliers'], 'toy_outliers')} / {fmt(ref['toy_recall'], 'toy_recall')}",
+            setting,
             *[fmt(None if row is None else row[m], m) for m in METRICS],
             "-" if t["outlier_cut"] is None else f"{t['outlier_cut']:.1%}",
             "-" if t["recall_ratio"] is None else f"{t['recall_ratio']:.1%}",
@@ -104,7 +126,12 @@ def variant_lines(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown(meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping[str, Sequence[Row]], variants: Sequence[Mapping[str, Any]]) -> str:
+def markdown(
+    meta: Mapping[str, Any],
+    result: Mapping[str, Any],
+    sweeps: Mapping[str, Sequence[Row]],
+    variants: Sequence[Mapping[str, Any]],
+) -> str:
     """The text of results.md."""
     reference = result["unguided"]
     steps = "\n".join(f"| {name} | {s['seconds']} | `{s.get('command', '')}` |" for name, s in meta["steps"].items())
@@ -141,7 +168,8 @@ def markdown(meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping
         verdict(result["target"], reference, result["autoguidance"]),
         "",
         "Recipe variants that meet the target (section below): "
-        + (", ".join(v["tag"] for v in variants if v["target"]["met"]) or "none") + ".",
+        + (", ".join(v["tag"] for v in variants if v["target"]["met"]) or "none")
+        + ".",
         "",
         "Other settings for comparison (at the weights of the paper's toy demo, and the best "
         "log-density with no recall floor):",
@@ -170,7 +198,13 @@ def markdown(meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, meta: Mapping[str, Any], result: Mapping[str, Any], sweeps: Mapping[str, Sequence[Row]], variants: Sequence[Mapping[str, Any]]) -> None:
+def write(
+    out: Path,
+    meta: Mapping[str, Any],
+    result: Mapping[str, Any],
+    sweeps: Mapping[str, Sequence[Row]],
+    variants: Sequence[Mapping[str, Any]],
+) -> None:
     """results.json and results.md in ``out``."""
     doc = {
         "meta": meta,

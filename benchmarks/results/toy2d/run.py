@@ -56,10 +56,10 @@ import report  # noqa: E402
 import selection  # noqa: E402
 from steps import call, git_revision, listing, number  # noqa: E402  (shared by the results scripts)
 
-NUM_SEEDS = 10_000          # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
-FIGURE_POINTS = 3_000       # points per figure panel: the first seeds of the evaluation
-MAIN_STDS = [0.01, 0.05]                    # the runs' snapshot EMA lengths (0.01: the paper's)
-NEGATIVE_STDS = [0.01, 0.05]                # EMA lengths of the CFG negative and of the guide
+NUM_SEEDS = 10_000  # evaluated samples per setting (seeds 0..NUM_SEEDS-1)
+FIGURE_POINTS = 3_000  # points per figure panel: the first seeds of the evaluation
+MAIN_STDS = [0.01, 0.05]  # the runs' snapshot EMA lengths (0.01: the paper's)
+NEGATIVE_STDS = [0.01, 0.05]  # EMA lengths of the CFG negative and of the guide
 CFG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 3.0, 4.0]
 AG_WEIGHTS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]
 VARIANT_WEIGHTS = [1.5, 2.0, 3.0, 4.0]
@@ -75,8 +75,15 @@ TRAININGS = {
     "guide-t4": ["experiment=toy2d-guide", "train.duration_fraction=0.25"],
 }
 SWEEP = [
-    sys.executable, "-m", "autoguide.apps.sweep", "metrics=toy2d", f"seeds=0-{NUM_SEEDS - 1}",
-    "select=toy_logp", "device=cpu", "progress=false", "batch_size=2000",
+    sys.executable,
+    "-m",
+    "autoguide.apps.sweep",
+    "metrics=toy2d",
+    f"seeds=0-{NUM_SEEDS - 1}",
+    "select=toy_logp",
+    "device=cpu",
+    "progress=false",
+    "batch_size=2000",
 ]
 
 
@@ -97,14 +104,37 @@ class Variant:
 
 VARIANTS = [
     Variant("v-w16", "guide width 16, read at T/16 and T/8", "guide-w16", ["0.5", "null"]),
-    Variant("v-t4", "guide width 32 trained longer: read at T/8 and T/4", "guide-t4", ["0.5", "null"],
-            stds=(0.01,), weights=(1.5, 1.75, 2.0, 2.5)),
-    Variant("v-w64", "guide = the main run itself read early (width 64, less training only): T/16, T/8, T/4", "toy2d-main",
-            ["0.0625", "0.125", "0.25"]),
-    Variant("v-interval", "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]", "toy2d-guide",
-            ["null"], weights=(2.0, 3.0, 5.0), intervals=("[0.0,0.1]", "[0.0,1.0]")),
-    Variant("v-interval-high", "headline guide (width 32, T/8), guidance only for sigma >= 0.1, 0.3 or 1", "toy2d-guide",
-            ["null"], stds=(0.01,), weights=(2.0, 3.0), intervals=("[0.1,80.0]", "[0.3,80.0]", "[1.0,80.0]")),
+    Variant(
+        "v-t4",
+        "guide width 32 trained longer: read at T/8 and T/4",
+        "guide-t4",
+        ["0.5", "null"],
+        stds=(0.01,),
+        weights=(1.5, 1.75, 2.0, 2.5),
+    ),
+    Variant(
+        "v-w64",
+        "guide = the main run itself read early (width 64, less training only): T/16, T/8, T/4",
+        "toy2d-main",
+        ["0.0625", "0.125", "0.25"],
+    ),
+    Variant(
+        "v-interval",
+        "headline guide (width 32, T/8), guidance only for sigma in (0, 0.1] or (0, 1]",
+        "toy2d-guide",
+        ["null"],
+        weights=(2.0, 3.0, 5.0),
+        intervals=("[0.0,0.1]", "[0.0,1.0]"),
+    ),
+    Variant(
+        "v-interval-high",
+        "headline guide (width 32, T/8), guidance only for sigma >= 0.1, 0.3 or 1",
+        "toy2d-guide",
+        ["null"],
+        stds=(0.01,),
+        weights=(2.0, 3.0),
+        intervals=("[0.1,80.0]", "[0.3,80.0]", "[1.0,80.0]"),
+    ),
 ]
 
 
@@ -169,32 +199,70 @@ def cfg_negatives(run_dir: Path) -> tuple[int, dict[float, Path]]:
 def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
     """Unguided, CFG and autoguidance sweeps of the issue's recipe; returns the picks and rows."""
     main_run = runs["toy2d-main"]
-    unguided = sweep("unguided", [*CLASS_A, f"main.run={main_run}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"], steps)
+    unguided = sweep(
+        "unguided",
+        [*CLASS_A, f"main.run={main_run}", "grid.weight=[1.0]", f"grid.main_std={listing(MAIN_STDS)}"],
+        steps,
+    )
     reference = selection.unguided_reference(unguided)
     fixed_main = [*CLASS_A, f"main.run={main_run}", f"grid.main_std=[{reference['main_std']}]"]
     cfg_rows = []
     negative_nimg, negatives = cfg_negatives(runs["toy2d-cfg"])
     for std, negative in negatives.items():
-        rows = sweep(f"cfg-std{std:.3f}", [*fixed_main, "guidance=cfg", f"guidance.model={negative}", f"grid.weight={listing(CFG_WEIGHTS)}"], steps)
-        negative_fields = {"guide": f"toy2d-cfg@{negative_nimg}", "guide_std": std, "guide_nimg": negative_nimg, "guide_model": str(negative)}
+        rows = sweep(
+            f"cfg-std{std:.3f}",
+            [*fixed_main, "guidance=cfg", f"guidance.model={negative}", f"grid.weight={listing(CFG_WEIGHTS)}"],
+            steps,
+        )
+        negative_fields = {
+            "guide": f"toy2d-cfg@{negative_nimg}",
+            "guide_std": std,
+            "guide_nimg": negative_nimg,
+            "guide_model": str(negative),
+        }
         cfg_rows += [r if float(r["weight"]) == 1.0 else {**r, **negative_fields} for r in rows]
-    ag_rows = sweep("autoguidance", [
-        *fixed_main, f"guides.runs=[{runs['toy2d-guide']}]", "guides.times=[0.5,null]",
-        f"grid.guide_std={listing(NEGATIVE_STDS)}", f"grid.weight={listing(AG_WEIGHTS)}",
-    ], steps)
+    ag_rows = sweep(
+        "autoguidance",
+        [
+            *fixed_main,
+            f"guides.runs=[{runs['toy2d-guide']}]",
+            "guides.times=[0.5,null]",
+            f"grid.guide_std={listing(NEGATIVE_STDS)}",
+            f"grid.weight={listing(AG_WEIGHTS)}",
+        ],
+        steps,
+    )
     picks = report.picks(reference, selection.same_main(cfg_rows, reference), selection.same_main(ag_rows, reference))
     return picks, {"unguided": unguided, "cfg": cfg_rows, "autoguidance": ag_rows}
 
 
-def variant(v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
+def variant(
+    v: Variant, runs: Mapping[str, Path], reference: Mapping[str, Any], steps: dict[str, Any]
+) -> dict[str, Any]:
     """One recipe variant's sweep, pick and target check against the headline's unguided reference."""
-    rows = sweep(v.tag, [
-        *CLASS_A, f"main.run={runs['toy2d-main']}", f"grid.main_std=[{reference['main_std']}]", f"guides.runs=[{runs[v.guide]}]",
-        f"guides.times={listing(v.times)}", f"grid.guide_std={listing(v.stds)}", f"grid.weight={listing(v.weights)}",
-        f"grid.interval={listing(v.intervals)}",
-    ], steps)
+    rows = sweep(
+        v.tag,
+        [
+            *CLASS_A,
+            f"main.run={runs['toy2d-main']}",
+            f"grid.main_std=[{reference['main_std']}]",
+            f"guides.runs=[{runs[v.guide]}]",
+            f"guides.times={listing(v.times)}",
+            f"grid.guide_std={listing(v.stds)}",
+            f"grid.weight={listing(v.weights)}",
+            f"grid.interval={listing(v.intervals)}",
+        ],
+        steps,
+    )
     chosen = selection.pick(selection.same_main(rows, reference), reference)
-    return {"tag": v.tag, "label": v.label, "reference": reference, "pick": chosen, "target": selection.target(reference, chosen), "rows": rows}
+    return {
+        "tag": v.tag,
+        "label": v.label,
+        "reference": reference,
+        "pick": chosen,
+        "target": selection.target(reference, chosen),
+        "rows": rows,
+    }
 
 
 def samples(row: Mapping[str, Any], kind: str) -> torch.Tensor:
@@ -207,9 +275,11 @@ def samples(row: Mapping[str, Any], kind: str) -> torch.Tensor:
     terms = []
     if float(row["weight"]) != 1.0:
         negative = load_denoiser(row["guide_model"])
-        terms = [Autoguidance(guide=negative, weight=float(row["weight"]))] if kind == "autoguidance" else [
-            CFG(weight=float(row["weight"]), unconditional=negative)
-        ]
+        terms = (
+            [Autoguidance(guide=negative, weight=float(row["weight"]))]
+            if kind == "autoguidance"
+            else [CFG(weight=float(row["weight"]), unconditional=negative)]
+        )
     return generate_images(net, range(FIGURE_POINTS), None, terms, batch_size=FIGURE_POINTS)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import selection  # noqa: E402
+import selection
 
 
 def row(weight, logp, outliers, recall, main="m1"):
@@ -48,8 +48,8 @@ def test_at_weight_takes_best_logp_at_that_weight():
 
 def test_target_arithmetic():
     reference = row(1.0, -0.8, 0.050, 0.80)
-    met = selection.target(reference, row(3.0, 0.0, 0.030, 0.76))   # cut 40%, recall 95%
+    met = selection.target(reference, row(3.0, 0.0, 0.030, 0.76))  # cut 40%, recall 95%
     assert met["met"] and met["outlier_cut"] == pytest.approx(0.4) and met["recall_ratio"] == pytest.approx(0.95)
-    assert not selection.target(reference, row(3.0, 0.0, 0.031, 0.80))["met"]   # cut 38%
-    assert not selection.target(reference, row(3.0, 0.0, 0.010, 0.75))["met"]   # recall 93.75%
+    assert not selection.target(reference, row(3.0, 0.0, 0.031, 0.80))["met"]  # cut 38%
+    assert not selection.target(reference, row(3.0, 0.0, 0.010, 0.75))["met"]  # recall 93.75%
     assert selection.target(reference, None) == {"outlier_cut": None, "recall_ratio": None, "met": False}

@@ -9,7 +9,9 @@ from typing import Any
 
 
 def json_command(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, action: Callable[[argparse.Namespace], Any],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    action: Callable[[argparse.Namespace], Any],
     errors: tuple[type[Exception], ...] = (ValueError,),
 ) -> None:
     """Parse ``argv``, run ``action(args)`` and print its result as indented JSON; one of

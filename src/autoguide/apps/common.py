@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from autoguide.apps.sims_pair import pair_sampling
+from autoguide.core.typed_settings import ConfigError, from_mapping
+from autoguide.data.sample_files import OutputSettings
 from autoguide.eval.evaluate import EvalPlan, Evaluation
-from autoguide.sample.outputs import OutputSettings
-from autoguide.sample.pair_config import pair_sampling
+from autoguide.sample.sampler_settings import GenerationSettings, SamplerSettings
 from autoguide.sample.seeds import parse_seeds
-from autoguide.sample.settings import GenerationSettings, SamplerSettings
-from autoguide.settings import ConfigError, from_mapping
 
 
 def plain(value: Any) -> Any:
@@ -35,7 +35,9 @@ def apply_pair(cfg: DictConfig) -> None:
 def generation_settings(cfg: DictConfig) -> GenerationSettings:
     """``sampler``, ``batch_size``, ``precision`` and ``progress`` of an app config."""
     sampler = from_mapping(SamplerSettings, plain(cfg.sampler), "sampler")
-    return GenerationSettings(sampler=sampler, batch_size=cfg.batch_size, precision=str(cfg.precision), progress=bool(cfg.progress))
+    return GenerationSettings(
+        sampler=sampler, batch_size=cfg.batch_size, precision=str(cfg.precision), progress=bool(cfg.progress)
+    )
 
 
 def output_settings(cfg: DictConfig) -> OutputSettings:
@@ -49,5 +51,9 @@ def evaluation(cfg: DictConfig, device: torch.device) -> Evaluation:
         seeds = parse_seeds(plain(cfg.seeds))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    plan = EvalPlan(seeds=seeds, class_labels=plain(cfg.class_labels), seed_sets=cfg.seed_sets, chunk_images=cfg.chunk_images)
-    return Evaluation(plan, generation_settings(cfg), plain(cfg.metrics), plain(cfg.extractors), device, cfg.get("vae_path"))
+    plan = EvalPlan(
+        seeds=seeds, class_labels=plain(cfg.class_labels), seed_sets=cfg.seed_sets, chunk_images=cfg.chunk_images
+    )
+    return Evaluation(
+        plan, generation_settings(cfg), plain(cfg.metrics), plain(cfg.extractors), device, cfg.get("vae_path")
+    )

@@ -13,7 +13,9 @@ from autoguide.data.convert import convert_to_shards, open_source
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point ``autoguide-convert``."""
-    parser = argparse.ArgumentParser(prog="autoguide-convert", description="Convert an image folder or an .npz archive to WebDataset shards.")
+    parser = argparse.ArgumentParser(
+        prog="autoguide-convert", description="Convert an image folder or an .npz archive to WebDataset shards."
+    )
     parser.add_argument("src", type=Path, help="image folder or .npz file")
     parser.add_argument("out_dir", type=Path, help="folder for the .tar shards")
     parser.add_argument("--maxcount", type=int, default=10000, help="samples per shard (default 10000)")
@@ -29,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     written = convert_to_shards(dataset, args.out_dir, args.prefix, args.maxcount)
     for path, count in written:
         print(f"wrote {path} ({count} samples)")
-    print(f"{len(dataset)} images {dataset.shape} ({dataset.label_dim} classes) from {args.src} -> {len(written)} shards in {args.out_dir}")
+    print(
+        f"{len(dataset)} images {dataset.shape} ({dataset.label_dim} classes) from {args.src} -> {len(written)} shards in {args.out_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from torch import nn
 
 from autoguide.apps.common import apply_pair, evaluation, output_settings, plain
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.claim import claim_folder
+from autoguide.core.typed_settings import ConfigError
+from autoguide.data.sample_files import write_outputs
+from autoguide.data.vae import codec_for
 from autoguide.eval.evaluate import Evaluation, sample_chunks
 from autoguide.eval.evaluator import Evaluator
 from autoguide.eval.shards import ShardedEvaluation
@@ -42,8 +44,8 @@ from autoguide.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from autoguide.latent import codec_for
-from autoguide.runtime import (
+from autoguide.runtime.claim import claim_folder
+from autoguide.runtime.process import (
     ModelLoader,
     RankInfo,
     code_revision,
@@ -51,12 +53,10 @@ from autoguide.runtime import (
     resolve_device,
     wait_for_ranks,
 )
-from autoguide.sample.config import build_guidance
 from autoguide.sample.guidance import GuidanceTerm
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sample.labels import class_labels
-from autoguide.sample.outputs import write_outputs
 from autoguide.sample.seeds import format_seeds
-from autoguide.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,21 @@ def worker_info(cfg: DictConfig) -> RankInfo:
     worker, workers = cfg.shards.worker, cfg.shards.workers
     if worker is None and workers is None:
         if launched.world_size > 1 and cfg.shards.images is not None and "MASTER_ADDR" not in os.environ:
-            raise ConfigError("sharded evaluation over several ranks needs torchrun (its ranks meet at MASTER_ADDR); "
-                              "under SLURM use array tasks (slurm/eval.sbatch)")
+            raise ConfigError(
+                "sharded evaluation over several ranks needs torchrun (its ranks meet at MASTER_ADDR); "
+                "under SLURM use array tasks (slurm/eval.sbatch)"
+            )
         return launched
     if worker is None or workers is None or not 0 <= int(worker) < int(workers):
         raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
     if launched.world_size > 1:
-        raise ConfigError("shards.worker/workers: this process was started as one of several ranks; let the launcher share the work")
+        raise ConfigError(
+            "shards.worker/workers: this process was started as one of several ranks; let the launcher share the work"
+        )
     if cfg.shards.images is None:
-        raise ConfigError("shards.worker/workers share shards: set shards.images (images per shard), e.g. with protocol=edm2")
+        raise ConfigError(
+            "shards.worker/workers share shards: set shards.images (images per shard), e.g. with protocol=edm2"
+        )
     return RankInfo(int(worker), int(workers))
 
 
@@ -96,18 +102,26 @@ def fingerprint(cfg: DictConfig, measure: Evaluation, load: ModelLoader) -> dict
     """Everything a shard's sums depend on: models (with hashes), guidance, sampler, seeds, detectors."""
     return {
         "models": {path: file_sha256(path) for path in load.models},
-        "guidance": plain(cfg.guidance), "sampler": plain(cfg.sampler), "precision": str(cfg.precision),
-        "class_labels": plain(cfg.class_labels), "seeds": format_seeds(measure.plan.seeds), "seed_sets": measure.plan.seed_sets,
-        "vae_path": cfg.get("vae_path"), "extractors": {e.name: e.sha256 for e in measure.evaluator.extractors},
+        "guidance": plain(cfg.guidance),
+        "sampler": plain(cfg.sampler),
+        "precision": str(cfg.precision),
+        "class_labels": plain(cfg.class_labels),
+        "seeds": format_seeds(measure.plan.seeds),
+        "seed_sets": measure.plan.seed_sets,
+        "vae_path": cfg.get("vae_path"),
+        "extractors": {e.name: e.sha256 for e in measure.evaluator.extractors},
     }
 
 
-def measure_sharded(cfg: DictConfig, measure: Evaluation, net: nn.Module, terms: list[GuidanceTerm], load: ModelLoader,
-                    stats_dir: Path) -> dict[str, Any] | None:
+def measure_sharded(
+    cfg: DictConfig, measure: Evaluation, net: nn.Module, terms: list[GuidanceTerm], load: ModelLoader, stats_dir: Path
+) -> dict[str, Any] | None:
     """This process's shards, then the merged result if every shard is finished (torchrun: rank 0
     after all ranks; array tasks: whichever task finds the last shard done), else ``None``."""
     worker = worker_info(cfg)
-    sharded = ShardedEvaluation(measure, net, terms, Path(cfg.shards.dir), int(cfg.shards.images), fingerprint(cfg, measure, load))
+    sharded = ShardedEvaluation(
+        measure, net, terms, Path(cfg.shards.dir), int(cfg.shards.images), fingerprint(cfg, measure, load)
+    )
     with claim_folder(cfg.shards.dir, role=f"worker{worker.rank}of{worker.world_size}"):
         done = sharded.run(worker)
     print(json.dumps({"worker": f"{worker.rank}/{worker.world_size}", **done}))
@@ -115,10 +129,17 @@ def measure_sharded(cfg: DictConfig, measure: Evaluation, net: nn.Module, terms:
     wait_for_ranks(launched)
     missing = sharded.missing() if launched.rank == 0 else ["(rank 0 merges)"]
     if missing:
-        log.info("%d of %d shards are not finished yet; the worker that finishes the last one merges", len(missing), len(sharded.shards))
+        log.info(
+            "%d of %d shards are not finished yet; the worker that finishes the last one merges",
+            len(missing),
+            len(sharded.shards),
+        )
         return None
     with claim_folder(cfg.output.dir, role="merge", wait_s=600):
-        return {**sharded.merge(stats_dir), "shards": {"folder": str(cfg.shards.dir), "count": len(sharded.shards), **done}}
+        return {
+            **sharded.merge(stats_dir),
+            "shards": {"folder": str(cfg.shards.dir), "count": len(sharded.shards), **done},
+        }
 
 
 def write_reference_statistics(evaluator: Evaluator, stats_dir: Path) -> str | None:
@@ -132,8 +153,14 @@ def write_reference_statistics(evaluator: Evaluator, stats_dir: Path) -> str | N
 def write_csv(path: Path, result: dict[str, Any]) -> None:
     """One row per seed set, then the best, mean, min, max and std rows."""
     names = list(result["metrics"])
-    rows = [{"row": f"set{i}", "seeds": s["seeds"], "images": s["images"], **s["metrics"]} for i, s in enumerate(result["sets"])]
-    rows += [{"row": label, **result[key]} for label, key in (("best", "metrics"), *((k, k) for k in ("mean", "min", "max", "std")))]
+    rows = [
+        {"row": f"set{i}", "seeds": s["seeds"], "images": s["images"], **s["metrics"]}
+        for i, s in enumerate(result["sets"])
+    ]
+    rows += [
+        {"row": label, **result[key]}
+        for label, key in (("best", "metrics"), *((k, k) for k in ("mean", "min", "max", "std")))
+    ]
     write_csv_atomic(path, rows, ["row", "seeds", "images", *names])
 
 

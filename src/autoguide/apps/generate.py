@@ -4,7 +4,7 @@
         class_labels=random output.formats=[grid,npz] output.dir=out/ag
 
 Several processes (``torchrun --nproc_per_node=K -m autoguide.apps.generate ...`` or ``srun``)
-split the images by contiguous seed ranges (``autoguide.runtime``); each rank writes its own
+split the images by contiguous seed ranges (``autoguide.runtime.process``); each rank writes its own
 files (``-rankNNN`` suffix) and rank 0 records the resolved config (``generate.yaml``) and the
 model cards (``model_cards.json``) beside the images. Latent models are decoded with the VAE
 at ``vae_path``; models of ``img_resolution 0`` (the 2D toy) get a scatter plot instead of a grid.
@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoguide.apps.common import apply_pair, generation_settings, output_settings, plain
 from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.data.sample_files import write_outputs
+from autoguide.data.vae import codec_for
 from autoguide.io import write_text_atomic
-from autoguide.latent import codec_for
-from autoguide.runtime import ModelLoader, rank_from_env, rank_slice, resolve_device
+from autoguide.runtime.process import ModelLoader, rank_from_env, rank_slice, resolve_device
 from autoguide.sample.batch import generate_images
-from autoguide.sample.config import build_guidance
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sample.labels import class_labels
-from autoguide.sample.outputs import write_outputs
 from autoguide.sample.seeds import parse_seeds
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ def run(cfg: DictConfig) -> Path:
     codec = codec_for(net, cfg.get("vae_path"), device)
     terms = build_guidance(plain(cfg.guidance), load)
     if cfg.get("guide") is not None and str(cfg.guide) not in load.models:
-        log.warning("guide=%s is unused: no active term needs it (autoguidance with guidance.weight=1 is no guidance)", cfg.guide)
+        log.warning(
+            "guide=%s is unused: no active term needs it (autoguidance with guidance.weight=1 is no guidance)",
+            cfg.guide,
+        )
     all_seeds, all_classes = class_labels(plain(cfg.class_labels), parse_seeds(plain(cfg.seeds)), int(net.label_dim))
     part = rank_slice(len(all_seeds), info)
     seeds = all_seeds[part]
@@ -52,7 +55,15 @@ def run(cfg: DictConfig) -> Path:
     if info.rank == 0:
         write_text_atomic(out / "generate.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_text_atomic(out / "model_cards.json", json.dumps(load.cards(), indent=2, default=str))
-    log.info("rank %d/%d: %d of %d images, %d guidance term(s), on %s", info.rank, info.world_size, len(seeds), len(all_seeds), len(terms), device)
+    log.info(
+        "rank %d/%d: %d of %d images, %d guidance term(s), on %s",
+        info.rank,
+        info.world_size,
+        len(seeds),
+        len(all_seeds),
+        len(terms),
+        device,
+    )
     if not seeds:
         return out
     options = generation.options() | {"progress": generation.progress and info.rank == 0}
@@ -66,7 +77,11 @@ def run(cfg: DictConfig) -> Path:
 
 def main() -> None:
     """Console entry point ``autoguide-generate``."""
-    run_hydra_app("generate", run, errors={ValueError: "autoguide-generate: error", FileNotFoundError: "autoguide-generate: error"})
+    run_hydra_app(
+        "generate",
+        run,
+        errors={ValueError: "autoguide-generate: error", FileNotFoundError: "autoguide-generate: error"},
+    )
 
 
 if __name__ == "__main__":

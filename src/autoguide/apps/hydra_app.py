@@ -20,10 +20,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from autoguide.config import compose, config_dir, register_schemas, replace_whole_nodes
+from autoguide.apps.config_tree import compose, config_dir, register_schemas, replace_whole_nodes
+from autoguide.core.typed_settings import ConfigError
 from autoguide.io.atomic import DiskFullError
 from autoguide.io.integrity import IntegrityError, NonFiniteError
-from autoguide.settings import ConfigError
 
 EXIT_CONFIG_ERROR = 2
 FILE_ERRORS = (DiskFullError, NonFiniteError, IntegrityError)
@@ -79,8 +79,12 @@ def exit_with(error: Exception, prefix: str, status: int = EXIT_CONFIG_ERROR) ->
     sys.exit(status)
 
 
-def run_hydra_app(config_name: str, task: Callable[[DictConfig], Any],
-                  errors: Mapping[type[Exception], str | tuple[str, int]] | None = None, precheck: bool = True) -> None:
+def run_hydra_app(
+    config_name: str,
+    task: Callable[[DictConfig], Any],
+    errors: Mapping[type[Exception], str | tuple[str, int]] | None = None,
+    precheck: bool = True,
+) -> None:
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``; ``errors``
     maps exception types to the prefix of their one-line message, or to ``(prefix, exit
     status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``precheck=False``

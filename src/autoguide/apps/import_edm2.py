@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from autoguide.apps.cli import json_command
+from autoguide.data.vae import vae_identity
 from autoguide.io.edm2_import import EDM2ImportError, import_edm2
-from autoguide.latent import vae_identity
 
 
 def run(args: argparse.Namespace) -> dict:

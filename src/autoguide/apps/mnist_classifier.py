@@ -15,11 +15,13 @@ from pathlib import Path
 
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.mnist_classifier import accuracy, load_classifier, save_classifier, train
-from autoguide.runtime import resolve_device
+from autoguide.runtime.process import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoguide-mnist-classifier", description="Train or test the MNIST-5k feature classifier of metrics=mnist.")
+    parser = argparse.ArgumentParser(
+        prog="autoguide-mnist-classifier", description="Train or test the MNIST-5k feature classifier of metrics=mnist."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("train", help="train on the MNIST-5k train split and save")
     fit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
@@ -42,12 +44,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             net, card = train(args.steps, args.batch_size, args.lr, args.shift, args.seed, resolve_device(args.device))
             save_classifier(args.out, net, card)
             print(json.dumps(card, indent=2))
-            print(f"wrote {args.out}: test accuracy {card['test_accuracy']:.4f} on {card['test_images']} held-out images")
+            print(
+                f"wrote {args.out}: test accuracy {card['test_accuracy']:.4f} on {card['test_images']} held-out images"
+            )
         else:
             net, card = load_classifier(args.path)
             test_set = MNIST5k("test")
             print(json.dumps(card, indent=2))
-            print(f"test accuracy {accuracy(net, test_set.images, test_set.labels):.4f} on {len(test_set)} held-out images")
+            print(
+                f"test accuracy {accuracy(net, test_set.images, test_set.labels):.4f} on {len(test_set)} held-out images"
+            )
     except (FileNotFoundError, ValueError) as err:
         print(f"autoguide-mnist-classifier: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

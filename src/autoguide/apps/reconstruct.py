@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoguide.claim import FolderBusy
-from autoguide.io.atomic import DiskFullError
-from autoguide.ema.power import MAX_SIGMA_REL
 from autoguide.ema.posthoc import DEFAULT_MAX_ERROR, PosthocEMA, fraction
+from autoguide.ema.power import MAX_SIGMA_REL
+from autoguide.io.atomic import DiskFullError
+from autoguide.runtime.claim import FolderBusy
 
 
 def parse_stds(text: str) -> list[float]:
@@ -40,7 +40,9 @@ def parse_stds(text: str) -> list[float]:
             count = math.floor((stop - start) / step + 1e-9) + 1
             values.extend(round(start + i * step, 12) for i in range(count))
         else:
-            raise argparse.ArgumentTypeError(f"range must be start:stop:step with step > 0 and stop >= start, got {part!r}")
+            raise argparse.ArgumentTypeError(
+                f"range must be start:stop:step with step > 0 and stop >= start, got {part!r}"
+            )
     for s in values:
         if not 0.0 < s <= MAX_SIGMA_REL:
             raise argparse.ArgumentTypeError(f"EMA std {s:g} outside the power-EMA range (0, {MAX_SIGMA_REL:.4f}]")
@@ -83,16 +85,47 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="autoguide-reconstruct", description="Rebuild power-function EMAs of any length from post-hoc EMA snapshots.",
+        prog="autoguide-reconstruct",
+        description="Rebuild power-function EMAs of any length from post-hoc EMA snapshots.",
     )
-    parser.add_argument("folders", nargs="+", type=Path, help="snapshot folder(s) with index.json (a run's phema/; several for a resumed run) or of EDM2 raw snapshots")
-    parser.add_argument("--std", required=True, type=parse_stds, help="target EMA stds: 0.05,0.07,0.1 and/or inclusive ranges 0.05:0.15:0.01")
+    parser.add_argument(
+        "folders",
+        nargs="+",
+        type=Path,
+        help="snapshot folder(s) with index.json (a run's phema/; several for a resumed run) or of EDM2 raw snapshots",
+    )
+    parser.add_argument(
+        "--std",
+        required=True,
+        type=parse_stds,
+        help="target EMA stds: 0.05,0.07,0.1 and/or inclusive ranges 0.05:0.15:0.01",
+    )
     when = parser.add_mutually_exclusive_group()
-    when.add_argument("--at-nimg", type=_argument(_positive_int, "image count"), help="target time in images (default: last snapshot)")
-    when.add_argument("--at-fraction", type=parse_fraction, help="target time as a fraction of the last snapshot's nimg, e.g. 1/16 (nearest snapshot)")
-    parser.add_argument("--out-dir", type=Path, help="default: <run>/reconstructed next to the first folder (inside a folder of EDM2 raw snapshots)")
-    parser.add_argument("--batch", type=_argument(_positive_int, "batch"), default=8, help="outputs per pass over the snapshots (memory)")
-    parser.add_argument("--max-error", type=_argument(_positive_float, "max error"), default=DEFAULT_MAX_ERROR, help="largest accepted relative L2 error of a reconstructed EMA profile")
+    when.add_argument(
+        "--at-nimg", type=_argument(_positive_int, "image count"), help="target time in images (default: last snapshot)"
+    )
+    when.add_argument(
+        "--at-fraction",
+        type=parse_fraction,
+        help="target time as a fraction of the last snapshot's nimg, e.g. 1/16 (nearest snapshot)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="default: <run>/reconstructed next to the first folder (inside a folder of EDM2 raw snapshots)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_argument(_positive_int, "batch"),
+        default=8,
+        help="outputs per pass over the snapshots (memory)",
+    )
+    parser.add_argument(
+        "--max-error",
+        type=_argument(_positive_float, "max error"),
+        default=DEFAULT_MAX_ERROR,
+        help="largest accepted relative L2 error of a reconstructed EMA profile",
+    )
     parser.add_argument("--plot", type=Path, help="draw target and reconstructed profiles to this image")
     parser.add_argument("--dry-run", action="store_true", help="solve, report and plot; write no models")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

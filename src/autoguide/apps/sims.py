@@ -13,8 +13,8 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.claim import FolderBusy
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
+from autoguide.runtime.claim import FolderBusy
 from autoguide.sims.pipeline import run_sims
 from autoguide.sims.records import SpecConflict
 
@@ -32,7 +32,15 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point ``autoguide-sims``."""
-    run_hydra_app("sims", run, errors={SpecConflict: "autoguide-sims: error", ConfigError: "autoguide-sims: error", FolderBusy: "autoguide-sims: error"})
+    run_hydra_app(
+        "sims",
+        run,
+        errors={
+            SpecConflict: "autoguide-sims: error",
+            ConfigError: "autoguide-sims: error",
+            FolderBusy: "autoguide-sims: error",
+        },
+    )
 
 
 if __name__ == "__main__":

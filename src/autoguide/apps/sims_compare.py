@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoguide.apps.common import evaluation, plain
 from autoguide.apps.hydra_app import run_hydra_app
 from autoguide.io import write_text_atomic
-from autoguide.runtime import resolve_device
+from autoguide.runtime.process import resolve_device
 from autoguide.sims.compare import markdown, run_compare
 
 
@@ -28,14 +28,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     measure = evaluation(cfg, resolve_device(str(cfg.device)))
     iterations = None if cfg.iterations is None else [int(k) for k in cfg.iterations]
     write_text_atomic(out / "compare.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    report = run_compare(Path(cfg.sims_dir), [float(o) for o in plain(cfg.omega)], iterations, str(cfg.select), measure, out)
+    report = run_compare(
+        Path(cfg.sims_dir), [float(o) for o in plain(cfg.omega)], iterations, str(cfg.select), measure, out
+    )
     print(markdown(report["best"], measure.metric_names()))
     return report
 
 
 def main() -> None:
     """Console entry point ``autoguide-sims-compare``."""
-    run_hydra_app("sims_compare", run, errors={ValueError: "autoguide-sims-compare: error", FileNotFoundError: "autoguide-sims-compare: error"})
+    run_hydra_app(
+        "sims_compare",
+        run,
+        errors={ValueError: "autoguide-sims-compare: error", FileNotFoundError: "autoguide-sims-compare: error"},
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoguide.apps.common import evaluation, plain
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.claim import FolderBusy, claim_folder
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.eval.evaluator import lower_is_better
 from autoguide.eval.guide_search import GuideSearch, finish_search
@@ -40,12 +40,22 @@ from autoguide.eval.sweep import (
     term_option_keys,
 )
 from autoguide.io import write_text_atomic
-from autoguide.runtime import resolve_device
+from autoguide.runtime.claim import FolderBusy, claim_folder
+from autoguide.runtime.process import resolve_device
 from autoguide.sample.seeds import parse_seeds
-from autoguide.settings import ConfigError
 
-STUDY_KEYS = ("main", "guides", "grid", "guidance", "select", "seeds", "class_labels", "sampler", "metrics",
-              "precision")
+STUDY_KEYS = (
+    "main",
+    "guides",
+    "grid",
+    "guidance",
+    "select",
+    "seeds",
+    "class_labels",
+    "sampler",
+    "metrics",
+    "precision",
+)
 WORKER_KEYS = ("worker", "storage", "heartbeat_s", "lease_s", "max_retry", "cache")  # may differ between workers
 REPORT_WAIT_S = 3600.0
 
@@ -59,13 +69,19 @@ def _items(value: Any) -> tuple:
 def sweep_settings(cfg: DictConfig) -> SweepSettings:
     """The ``main``, ``guides``, ``grid``, ``select`` and ``reconstruct`` nodes."""
     return SweepSettings(
-        main_run=None if cfg.main.run is None else str(cfg.main.run), main_time=plain(cfg.main.time),
+        main_run=None if cfg.main.run is None else str(cfg.main.run),
+        main_time=plain(cfg.main.time),
         main_model=None if cfg.main.get("model") is None else str(cfg.main.model),
-        guide_runs=tuple(str(r) for r in _items(cfg.guides.runs or [])), guide_times=_items(cfg.guides.times),
-        weight=_items(cfg.grid.weight), main_std=_items(cfg.grid.main_std), guide_std=_items(cfg.grid.guide_std),
+        guide_runs=tuple(str(r) for r in _items(cfg.guides.runs or [])),
+        guide_times=_items(cfg.guides.times),
+        weight=_items(cfg.grid.weight),
+        main_std=_items(cfg.grid.main_std),
+        guide_std=_items(cfg.grid.guide_std),
         interval=tuple(None if i is None else tuple(i) for i in _items(cfg.grid.interval)),
         term=tuple((str(key), _items(values)) for key, values in (plain(cfg.grid.get("term")) or {}).items()),
-        select=str(cfg.select), max_error=float(cfg.reconstruct.max_error), batch=int(cfg.reconstruct.batch),
+        select=str(cfg.select),
+        max_error=float(cfg.reconstruct.max_error),
+        batch=int(cfg.reconstruct.batch),
     )
 
 
@@ -76,11 +92,20 @@ def search_settings(cfg: DictConfig, images: int) -> SearchSettings:
         raise ConfigError("search.budget: give the study's budget in image evaluations (every worker together)")
     storage = node.storage or f"sqlite:///{Path(cfg.output.dir).expanduser().resolve() / 'study.db'}"
     return SearchSettings(
-        sampler=str(node.sampler), pruner=str(node.pruner), seed=int(node.seed), worker=int(node.worker),
+        sampler=str(node.sampler),
+        pruner=str(node.pruner),
+        seed=int(node.seed),
+        worker=int(node.worker),
         study=str(node.study),
-        storage=str(storage), budget=node.budget, min_images=node.rungs.min_images, factor=node.rungs.factor,
-        max_images=images, startup_trials=int(node.startup_trials), heartbeat_s=float(node.heartbeat_s),
-        lease_s=float(node.lease_s), max_retry=int(node.max_retry),
+        storage=str(storage),
+        budget=node.budget,
+        min_images=node.rungs.min_images,
+        factor=node.rungs.factor,
+        max_images=images,
+        startup_trials=int(node.startup_trials),
+        heartbeat_s=float(node.heartbeat_s),
+        lease_s=float(node.lease_s),
+        max_retry=int(node.max_retry),
     )
 
 
@@ -139,7 +164,15 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
 def main() -> None:
     """Console entry point ``autoguide-sweep``."""
-    run_hydra_app("sweep", run, errors={ValueError: "autoguide-sweep: error", FileNotFoundError: "autoguide-sweep: error", FolderBusy: "autoguide-sweep: error"})
+    run_hydra_app(
+        "sweep",
+        run,
+        errors={
+            ValueError: "autoguide-sweep: error",
+            FileNotFoundError: "autoguide-sweep: error",
+            FolderBusy: "autoguide-sweep: error",
+        },
+    )
 
 
 if __name__ == "__main__":

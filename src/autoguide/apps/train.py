@@ -10,7 +10,7 @@ In a Hydra multirun (``-m``) every sweep point trains in its own folder,
 ``run_dir``; a requeued or re-run point has the same overrides and so finds its checkpoints.
 Only rank 0 writes Hydra's config copies (``logs/hydra/``, once the run's checks passed) and
 ``logs/train.log`` into the run folder, and only after it claimed the folder
-(``autoguide.claim``): a second process on the same run folder is refused, before it writes
+(``autoguide.runtime.claim``): a second process on the same run folder is refused, before it writes
 anything, with one line naming the holder (exit status 2).
 
 Exit status: 0 finished; 2 refused (a config error, a busy run folder, a changed rerun);
@@ -29,16 +29,19 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from autoguide.apps.hydra_app import compose_or_refuse, exit_with, run_hydra_app
-from autoguide.claim import FolderBusy, claim_folder
-from autoguide.runtime import rank_from_env
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
+from autoguide.runtime.claim import FolderBusy, claim_folder
+from autoguide.runtime.process import rank_from_env
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.validate import check_run_dir
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 EXIT_NONFINITE = 4
-NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "~hydra.job_logging.handlers.file",
-                           "hydra.job_logging.root.handlers=[console]")
+NON_ZERO_RANK_OVERRIDES = (
+    "hydra.output_subdir=null",
+    "~hydra.job_logging.handlers.file",
+    "hydra.job_logging.root.handlers=[console]",
+)
 """Keep Hydra from writing into the run folder on ranks > 0: its config copies and the log file."""
 
 

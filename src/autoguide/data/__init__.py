@@ -7,7 +7,7 @@ first use (PEP 562), so ``import autoguide.data.toy2d`` does not pull in Lightni
 webdataset.
 """
 
-from autoguide.lazy import lazy_getattr
+from autoguide.core.lazy import lazy_getattr
 
 _EXPORTS = {
     "DiffusionDataModule": "datamodule",

@@ -56,10 +56,7 @@ class DiffusionDataModule(L.LightningDataModule):
         """The dataset, built on first use."""
         dataset = build_dataset(self.dataset_cfg)
         if self.conditional and not dataset.label_dim:
-            raise ValueError(
-                f"data config asks for conditional: true, but dataset {self.dataset_cfg} "
-                "has no labels"
-            )
+            raise ValueError(f"data config asks for conditional: true, but dataset {self.dataset_cfg} has no labels")
         return dataset
 
     @property

@@ -18,7 +18,7 @@ so a killed run continues at the first incomplete shard and never rewrites a com
 ``encode.json`` binds the folder to its inputs (another VAE, source, resolution, dtype or shard
 size is refused); it is written with the first shard, so a run refused before that leaves
 nothing that blocks another try. A process with part ``(rank, world_size)`` (torchrun, ``srun``, a SLURM array
-task) claims the folder for its part (``autoguide.claim``, role ``part-<rank>-of-<world_size>``:
+task) claims the folder for its part (``autoguide.runtime.claim``, role ``part-<rank>-of-<world_size>``:
 two processes never encode the same part at once) and writes the contiguous shard range
 ``runtime.rank_slice(num_shards, part)``; whichever process finds every shard complete writes
 ``manifest.json``. Shards are bit-identical for equal inputs on the same machine and thread
@@ -40,16 +40,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from autoguide.claim import claim_folder
 from autoguide.data.convert import open_source, source_kind
 from autoguide.data.images import adm_center_crop, uint8_to_float
 from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes, shard_record_path
 from autoguide.data.scan import BadImages, ImageProblem, scan_images
 from autoguide.data.shards import LABEL_KEY, encode_label, shard_name, write_tar
+from autoguide.data.vae import downsampling, load_vae, vae_identity
 from autoguide.io.atomic import write_json_atomic
 from autoguide.io.records import bind_spec_file, fingerprint, read_json, spec_digest, unchanged
-from autoguide.latent import downsampling, load_vae, vae_identity
-from autoguide.runtime import RankInfo, rank_slice
+from autoguide.runtime.claim import claim_folder
+from autoguide.runtime.process import RankInfo, rank_slice
 
 SPEC_NAME = "encode.json"
 CROP = "adm-center"
@@ -98,7 +98,11 @@ class CroppedImages(Dataset):
     is source image ``indices[i]``). Errors name the image's file."""
 
     def __init__(
-        self, source: Dataset, resolution: int, pixels: str = "float", convert_rgb: bool = False,
+        self,
+        source: Dataset,
+        resolution: int,
+        pixels: str = "float",
+        convert_rgb: bool = False,
         skipped: Sequence[int] = (),
     ) -> None:
         if pixels not in ("uint8", "float"):
@@ -130,7 +134,9 @@ class CroppedImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label
 
 
-def open_images(path: str | os.PathLike, labels_json: str | os.PathLike | None = None, convert_rgb: bool = False) -> Dataset:
+def open_images(
+    path: str | os.PathLike, labels_json: str | os.PathLike | None = None, convert_rgb: bool = False
+) -> Dataset:
     """The source images at ``path`` (folder of any sizes, ``.npz`` or image shards)."""
     labels = None if labels_json is None else Path(labels_json)
     return open_source(Path(path), labels, shards=True, same_size=False, convert_rgb=convert_rgb)
@@ -185,8 +191,10 @@ def shard_sums(stored: np.ndarray, channels: int) -> dict[str, Any]:
     its square and the variance ``std^2``, and the element count per channel."""
     mean, std = stored[:, :channels].astype(np.float64), stored[:, channels:].astype(np.float64)
     return {
-        "mean": mean.sum(axis=(0, 2, 3)).tolist(), "mean_sq": np.square(mean).sum(axis=(0, 2, 3)).tolist(),
-        "var": np.square(std).sum(axis=(0, 2, 3)).tolist(), "elements": int(mean.shape[0] * mean.shape[2] * mean.shape[3]),
+        "mean": mean.sum(axis=(0, 2, 3)).tolist(),
+        "mean_sq": np.square(mean).sum(axis=(0, 2, 3)).tolist(),
+        "var": np.square(std).sum(axis=(0, 2, 3)).tolist(),
+        "elements": int(mean.shape[0] * mean.shape[2] * mean.shape[3]),
     }
 
 
@@ -214,7 +222,10 @@ class ShardPlan:
 
 def plan_shards(num_images: int, shard_size: int) -> list[ShardPlan]:
     """Every shard of the set, in order."""
-    return [ShardPlan(k, first, min(shard_size, num_images - first)) for k, first in enumerate(range(0, num_images, shard_size))]
+    return [
+        ShardPlan(k, first, min(shard_size, num_images - first))
+        for k, first in enumerate(range(0, num_images, shard_size))
+    ]
 
 
 def shard_record(out_dir: Path, shard: ShardPlan, digest: str) -> dict[str, Any] | None:
@@ -229,7 +240,15 @@ class LatentEncoder:
     """Writes the shards of one latent set: ``plan`` (the inputs, bound to ``out_dir``), the VAE
     on ``device`` and the cropped source images."""
 
-    def __init__(self, images: CroppedImages, vae: nn.Module, plan: dict[str, Any], out_dir: Path, settings: EncodeSettings, device: torch.device) -> None:
+    def __init__(
+        self,
+        images: CroppedImages,
+        vae: nn.Module,
+        plan: dict[str, Any],
+        out_dir: Path,
+        settings: EncodeSettings,
+        device: torch.device,
+    ) -> None:
         self.images, self.vae, self.plan, self.out_dir = images, vae, plan, out_dir
         self.settings, self.device = settings, device
         self.digest = spec_digest(plan)
@@ -240,7 +259,9 @@ class LatentEncoder:
         """Image indices of every VAE batch of ``shards``, no batch spanning two shards."""
         size = self.settings.batch_size
         return [
-            list(range(start, min(start + size, s.first + s.count))) for s in shards for start in range(s.first, s.first + s.count, size)
+            list(range(start, min(start + size, s.first + s.count)))
+            for s in shards
+            for start in range(s.first, s.first + s.count, size)
         ]
 
     def pin_spec(self, write: bool) -> None:
@@ -262,7 +283,10 @@ class LatentEncoder:
                 records[-1][LABEL_KEY] = encode_label(label)
         write_tar(self.out_dir / shard.file, records)
         record = {
-            "spec": self.digest, **asdict(shard), "file": shard.file, "shard": fingerprint(self.out_dir / shard.file),
+            "spec": self.digest,
+            **asdict(shard),
+            "file": shard.file,
+            "shard": fingerprint(self.out_dir / shard.file),
             "sums": shard_sums(stored, self.channels),
         }
         write_json_atomic(shard_record_path(self.out_dir, shard.file), record)
@@ -280,7 +304,9 @@ class LatentEncoder:
         loader = DataLoader(reads, batch_sampler=self.batches(todo), num_workers=self.settings.workers)
         pending = iter(todo)
         shard, arrays, labels = next(pending, None), [], []
-        with tqdm(total=total, unit="img", desc=f"encode {self.out_dir.name}", disable=not progress, smoothing=0.1) as bar:
+        with tqdm(
+            total=total, unit="img", desc=f"encode {self.out_dir.name}", disable=not progress, smoothing=0.1
+        ) as bar:
             for pixels, label, errors in loader:
                 failed = [e for e in errors if e]
                 if failed:
@@ -295,8 +321,12 @@ class LatentEncoder:
         seconds = time.time() - started
         manifest = self.write_manifest()
         return {
-            "shards": len(self.shards), "mine": len(mine), "written": [s.file for s in todo], "images": total,
-            "seconds": round(seconds, 2), "images_per_second": round(total / seconds, 2) if total and seconds > 0 else None,
+            "shards": len(self.shards),
+            "mine": len(mine),
+            "written": [s.file for s in todo],
+            "images": total,
+            "seconds": round(seconds, 2),
+            "images_per_second": round(total / seconds, 2) if total and seconds > 0 else None,
             "manifest": None if manifest is None else str(self.out_dir / MANIFEST_NAME),
         }
 
@@ -308,7 +338,13 @@ class LatentEncoder:
         manifest = {
             **self.plan,
             "shards": [
-                {"file": r["file"], "first": r["first"], "count": r["count"], "size": r["shard"]["size"], "sha256": r["shard"]["sha256"]}
+                {
+                    "file": r["file"],
+                    "first": r["first"],
+                    "count": r["count"],
+                    "size": r["shard"]["size"],
+                    "sha256": r["shard"]["sha256"],
+                }
                 for r in records
             ],
             "stats": combined_stats([r["sums"] for r in records]),
@@ -319,8 +355,12 @@ class LatentEncoder:
 
 
 def encode_plan(
-    images: CroppedImages, source: Mapping[str, Any], vae: nn.Module, identity: Mapping[str, Any],
-    settings: EncodeSettings, skipped: Sequence[ImageProblem] = (),
+    images: CroppedImages,
+    source: Mapping[str, Any],
+    vae: nn.Module,
+    identity: Mapping[str, Any],
+    settings: EncodeSettings,
+    skipped: Sequence[ImageProblem] = (),
 ) -> dict[str, Any]:
     """The inputs that define a latent set (everything in the manifest but the shards and stats);
     ``skipped``: the source images left out, each with its problem."""
@@ -330,7 +370,9 @@ def encode_plan(
     label_dim = images.label_dim
     if settings.num_classes is not None:
         if settings.num_classes < label_dim:
-            raise ValueError(f"num_classes={settings.num_classes}, but {source['path']} has labels up to {label_dim - 1}")
+            raise ValueError(
+                f"num_classes={settings.num_classes}, but {source['path']} has labels up to {label_dim - 1}"
+            )
         label_dim = settings.num_classes
     side = settings.resolution // factor
     return {
@@ -338,7 +380,10 @@ def encode_plan(
         "source": dict(source),
         "vae": dict(identity),
         "preprocessing": {
-            "crop": CROP, "resolution": settings.resolution, "convert_rgb": settings.convert_rgb, "vae_input": "uint8 / 255",
+            "crop": CROP,
+            "resolution": settings.resolution,
+            "convert_rgb": settings.convert_rgb,
+            "vae_input": "uint8 / 255",
         },
         "dtype": settings.dtype,
         "latent_shape": [int(vae.config.latent_channels), side, side],
@@ -350,8 +395,13 @@ def encode_plan(
 
 
 def encode_dataset(
-    src: str | os.PathLike, out_dir: str | os.PathLike, vae_path: str | os.PathLike, settings: EncodeSettings = EncodeSettings(),
-    labels_json: str | os.PathLike | None = None, device: str | torch.device = "cpu", part: RankInfo = RankInfo(),
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    vae_path: str | os.PathLike,
+    settings: EncodeSettings = EncodeSettings(),
+    labels_json: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    part: RankInfo = RankInfo(),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Encode the images at ``src`` into the latent set ``out_dir`` with the VAE in local folder
@@ -372,7 +422,9 @@ def encode_dataset(
     if not len(images):
         raise ValueError(f"{src}: no images to encode")
     source = {
-        "kind": source_kind(src), "path": str(src), "labels_json": None if labels_json is None else str(Path(labels_json).resolve()),
+        "kind": source_kind(src),
+        "path": str(src),
+        "labels_json": None if labels_json is None else str(Path(labels_json).resolve()),
     }
     identity = vae_identity(vae_path, settings.vae_name)
     vae = load_vae(vae_path, identity["name"]).to(device)

@@ -184,10 +184,7 @@ class NpzDataset(_Uint8ImageDataset):
         if images.dtype != np.uint8:
             raise ValueError(f"{where}: expected dtype uint8, got {images.dtype}")
         if images.ndim != 4:
-            raise ValueError(
-                f"{where}: expected 4 dimensions [N, H, W, C] or [N, C, H, W], got shape "
-                f"{images.shape}"
-            )
+            raise ValueError(f"{where}: expected 4 dimensions [N, H, W, C] or [N, C, H, W], got shape {images.shape}")
         if layout is None:
             last, first = images.shape[3] in CHANNELS, images.shape[1] in CHANNELS
             if not (last or first):
@@ -197,8 +194,7 @@ class NpzDataset(_Uint8ImageDataset):
                 )
             if last and first:
                 raise ValueError(
-                    f"{where}: cannot tell NHWC from NCHW for shape {images.shape}; "
-                    "pass layout='NHWC' or layout='NCHW'"
+                    f"{where}: cannot tell NHWC from NCHW for shape {images.shape}; pass layout='NHWC' or layout='NCHW'"
                 )
             layout = "NHWC" if last else "NCHW"
         if layout not in ("NHWC", "NCHW"):
@@ -206,8 +202,7 @@ class NpzDataset(_Uint8ImageDataset):
         nhwc = images if layout == "NHWC" else images.transpose(0, 2, 3, 1)
         if nhwc.shape[3] not in CHANNELS:
             raise ValueError(
-                f"{where}: {layout} shape {images.shape} has {nhwc.shape[3]} channels; "
-                f"expected one of {CHANNELS}"
+                f"{where}: {layout} shape {images.shape} has {nhwc.shape[3]} channels; expected one of {CHANNELS}"
             )
         return np.ascontiguousarray(nhwc)
 
@@ -216,9 +211,7 @@ class NpzDataset(_Uint8ImageDataset):
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{where}: expected an integer dtype, got {labels.dtype}")
         if labels.shape != (n,):
-            raise ValueError(
-                f"{where}: expected shape ({n},) to match 'images', got {labels.shape}"
-            )
+            raise ValueError(f"{where}: expected shape ({n},) to match 'images', got {labels.shape}")
         if n and labels.min() < 0:
             raise ValueError(f"{where}: labels must be >= 0, found {labels.min()}")
         return labels.astype(np.int64)

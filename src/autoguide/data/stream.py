@@ -66,9 +66,7 @@ class TrainStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if start_nimg < 0 or start_nimg % world_size:
-            raise ValueError(
-                f"start_nimg {start_nimg} must be >= 0 and a multiple of world_size {world_size}"
-            )
+            raise ValueError(f"start_nimg {start_nimg} must be >= 0 and a multiple of world_size {world_size}")
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.dataset = dataset
@@ -109,9 +107,7 @@ class TrainStream(IterableDataset):
         if not self.label_dim:
             return images, torch.zeros(len(items), 0)
         if classes.max() >= self.label_dim:
-            raise ValueError(
-                f"label {int(classes.max())} is out of range for label_dim {self.label_dim}"
-            )
+            raise ValueError(f"label {int(classes.max())} is out of range for label_dim {self.label_dim}")
         return images, torch.nn.functional.one_hot(classes, self.label_dim).to(torch.float32)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -105,7 +105,9 @@ class ToyMixture:
         weights = self.weights[keep]
         if not len(weights):
             raise ValueError(f"toy mixture has no components of class {class_index}")
-        return ToyMixture(weights / weights.sum(), self.means[keep], self.covs[keep], self.classes[keep], dtype or self.dtype)
+        return ToyMixture(
+            weights / weights.sum(), self.means[keep], self.covs[keep], self.classes[keep], dtype or self.dtype
+        )
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_labels: bool = False
@@ -119,9 +121,7 @@ class ToyMixture:
         x = self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z)[..., 0]
         return (x, self.classes[k]) if return_labels else x
 
-    def _log_terms(
-        self, x: torch.Tensor, sigma: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _log_terms(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``log w_k + log N(x; mu_k, C_k + sigma^2 I)`` [n, K] and the two coordinates [n, K]
         of ``(C_k + sigma^2 I)^-1 (x - mu_k)``, with the 2x2 inverse in closed form."""
         var = (sigma**2)[:, None]
@@ -151,9 +151,7 @@ class ToyMixture:
     def log_prob(self, x: torch.Tensor, sigma: float | torch.Tensor = 0.0) -> torch.Tensor:
         """``log p_sigma(x)`` [n] of the mixture convolved with N(0, sigma^2 I); ``sigma`` a
         scalar or one per row."""
-        return torch.cat(
-            [torch.logsumexp(self._log_terms(xc, sc)[0], 1) for xc, sc in self._chunks(x, sigma)]
-        )
+        return torch.cat([torch.logsumexp(self._log_terms(xc, sc)[0], 1) for xc, sc in self._chunks(x, sigma)])
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """``grad_x log p_sigma(x) = -sum_k r_k (C_k + sigma^2 I)^-1 (x - mu_k)`` [n, 2]."""
@@ -208,7 +206,11 @@ class ExactToyDenoiser(torch.nn.Module):
         self.register_buffer("classes", mixture.classes)
 
     def forward(
-        self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None, return_logvar: bool = False
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_logvar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         mixture = ToyMixture(self.weights, self.means, self.covs, self.classes)
         d = mixture.denoise(x, sigma).to(x.dtype)
@@ -245,9 +247,7 @@ class Toy2DDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.points[index], int(self.labels[index])
 
-    def exact_denoiser(
-        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
-    ) -> torch.Tensor:
+    def exact_denoiser(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``E[x0 | x, c]`` [N, 2] (float32 arithmetic, returned in ``x``'s dtype), the posterior
         mean of the training distribution: per row of one-hot ``labels`` [N, 2] that class's
         mixture; rows of zeros (dropped labels) and ``labels=None`` the mixture of all this
@@ -259,7 +259,9 @@ class Toy2DDataset(Dataset):
         out = torch.empty_like(x)
         for index in conditioning.unique().tolist():
             if index not in self.target_mixtures:
-                raise ValueError(f"toy2d: label {index} is not a class of this dataset ({sorted(self.target_mixtures)})")
+                raise ValueError(
+                    f"toy2d: label {index} is not a class of this dataset ({sorted(self.target_mixtures)})"
+                )
             rows = conditioning == index
             out[rows] = self.target_mixtures[index].denoise(x[rows], sigma[rows]).to(x.dtype)
         return out

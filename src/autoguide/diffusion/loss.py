@@ -31,7 +31,9 @@ LOSS_WEIGHTINGS = ("learned", "edm")
 """``learned``: EDM2's ``lambda / exp(u) (D - y)^2 + u``; ``edm``: ``lambda (D - y)^2``."""
 
 
-def sample_sigma(n: int, p_mean: float, p_std: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_sigma(
+    n: int, p_mean: float, p_std: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``n`` noise levels with ``ln sigma ~ N(p_mean, p_std^2)`` (EDM log-normal)."""
     z = torch.randn(n, generator=generator, device=device)
     return (z * p_std + p_mean).exp()
@@ -63,7 +65,9 @@ def edm2_loss(
         raise ValueError(f"weighting={weighting!r}: expected one of {LOSS_WEIGHTINGS}")
     n = images.shape[0]
     sigma = sample_sigma(n, p_mean, p_std, generator, images.device)
-    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.reshape((-1,) + (1,) * (images.ndim - 1))
+    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.reshape(
+        (-1,) + (1,) * (images.ndim - 1)
+    )
     noisy = images + noise
     target = images if exact_target is None else exact_target(noisy, sigma, labels)
     denoised, logvar = net(noisy, sigma, labels, return_logvar=True)

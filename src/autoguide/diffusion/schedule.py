@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from autoguide.units import MI
+from autoguide.core.units import MI
 
 
-def learning_rate(nimg: float, ref_lr: float, ref_batches: float, batch_size: int, rampup_img: float = 10 * MI) -> float:
+def learning_rate(
+    nimg: float, ref_lr: float, ref_batches: float, batch_size: int, rampup_img: float = 10 * MI
+) -> float:
     """``ref_lr / sqrt(max(nimg / (ref_batches * batch_size), 1)) * min(nimg / rampup_img, 1)``.
 
     ``ref_batches = 0`` disables the decay; ``rampup_img = 0`` disables the warm-up.
@@ -26,7 +28,13 @@ def learning_rate(nimg: float, ref_lr: float, ref_batches: float, batch_size: in
     return lr
 
 
-def edm_sigma_steps(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device: torch.device | str = "cpu") -> torch.Tensor:
+def edm_sigma_steps(
+    num_steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """EDM grid ``sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho``, then 0.
 
     Returns ``num_steps + 1`` float64 values, decreasing from ``sigma_max`` to ``sigma_min``

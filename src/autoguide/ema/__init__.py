@@ -8,6 +8,8 @@ pull in Lightning.
 
 from __future__ import annotations
 
+from autoguide.core.lazy import lazy_getattr
+from autoguide.ema.posthoc import PosthocEMA, reconstruct
 from autoguide.ema.power import (
     MAX_SIGMA_REL,
     ema_beta,
@@ -18,13 +20,21 @@ from autoguide.ema.power import (
     sigma_rel_to_gamma,
     solve_coefficients,
 )
-from autoguide.ema.posthoc import PosthocEMA, reconstruct
 from autoguide.ema.tracker import PowerEMA
-from autoguide.lazy import lazy_getattr
 
 __all__ = [
-    "MAX_SIGMA_REL", "PosthocEMA", "PowerEMA", "PowerEMACallback", "ema_beta", "gamma_to_sigma_rel",
-    "power_profile", "profile_error", "profile_inner", "reconstruct", "sigma_rel_to_gamma", "solve_coefficients",
+    "MAX_SIGMA_REL",
+    "PosthocEMA",
+    "PowerEMA",
+    "PowerEMACallback",
+    "ema_beta",
+    "gamma_to_sigma_rel",
+    "power_profile",
+    "profile_error",
+    "profile_inner",
+    "reconstruct",
+    "sigma_rel_to_gamma",
+    "solve_coefficients",
 ]
 
 __getattr__ = lazy_getattr(__name__, {"PowerEMACallback": "callback"})

@@ -22,7 +22,6 @@ import os
 import shutil
 from pathlib import Path
 
-from autoguide.claim import claim_folder, lease_path
 from autoguide.ema import posthoc, power
 from autoguide.ema.posthoc import (
     CACHE_WAIT_S,
@@ -32,6 +31,7 @@ from autoguide.ema.posthoc import (
     ema_filename,
 )
 from autoguide.io.records import spec_digest
+from autoguide.runtime.claim import claim_folder, lease_path
 
 log = logging.getLogger(__name__)
 

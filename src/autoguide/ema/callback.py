@@ -19,6 +19,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from autoguide.core.typed_settings import ConfigError, interval_images
+from autoguide.core.units import KIMG, MI
+from autoguide.ema.power import MAX_SIGMA_REL
 from autoguide.ema.snapshots import (
     Snapshot,
     read_index,
@@ -26,12 +29,9 @@ from autoguide.ema.snapshots import (
     sorted_unique,
     write_index,
 )
-from autoguide.ema.power import MAX_SIGMA_REL
 from autoguide.ema.tracker import PowerEMA
 from autoguide.io import save_model
 from autoguide.nets import network_config
-from autoguide.settings import ConfigError, interval_images
-from autoguide.units import KIMG, MI
 
 CHECKPOINT_KEY = "autoguide_phema"
 
@@ -95,8 +95,7 @@ class PowerEMACallback(pl.Callback):
     def _nimg(pl_module: pl.LightningModule) -> int:
         if not hasattr(pl_module, "nimg"):
             raise AttributeError(
-                f"PowerEMACallback needs pl_module.nimg (training images seen), "
-                f"missing on {type(pl_module).__name__}"
+                f"PowerEMACallback needs pl_module.nimg (training images seen), missing on {type(pl_module).__name__}"
             )
         return int(pl_module.nimg)
 
@@ -221,4 +220,4 @@ class PowerEMACallback(pl.Callback):
         self._last_snapshot_nimg = nimg
 
 
-__all__ = ["PowerEMACallback", "CHECKPOINT_KEY"]
+__all__ = ["CHECKPOINT_KEY", "PowerEMACallback"]

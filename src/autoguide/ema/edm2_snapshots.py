@@ -150,8 +150,12 @@ class EDM2RawSnapshots:
     def inputs(self, used: Sequence[Snapshot]) -> list[dict[str, Any]]:
         """The card's ``inputs``: every file used, with its time, std and SHA-256."""
         return [
-            {"file": str(s.path.resolve()), "nimg": s.nimg, "std": s.std,
-             "sha256": self._sha256.get(s.path) or file_sha256(s.path)}
+            {
+                "file": str(s.path.resolve()),
+                "nimg": s.nimg,
+                "std": s.std,
+                "sha256": self._sha256.get(s.path) or file_sha256(s.path),
+            }
             for s in used
         ]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from autoguide.core.units import KIMG, MI
 from autoguide.ema.power import power_profile, sigma_rel_to_gamma
 from autoguide.io import atomic_path
-from autoguide.units import KIMG, MI
 
 
 def plot_profiles(
@@ -34,11 +34,7 @@ def plot_profiles(
     colors = [f"C{j % 10}" for j in range(len(out_stds))]
     for j, (std, color) in enumerate(zip(out_stds, colors)):
         target = power_profile(tau, out_nimg, sigma_rel_to_gamma(std))
-        rebuilt = sum(
-            c * power_profile(tau, t, g)
-            for c, t, g in zip(coefs[:, j], in_nimg, in_gamma)
-            if c != 0
-        )
+        rebuilt = sum(c * power_profile(tau, t, g) for c, t, g in zip(coefs[:, j], in_nimg, in_gamma) if c != 0)
         ax.plot(tau / unit, target * out_nimg, "--", color=color, lw=1.0)
         ax.plot(tau / unit, rebuilt * out_nimg, "-", color=color, lw=1.2, label=f"std {std:g}")
     ax.set_xlabel(f"training images seen ({unit_name})")

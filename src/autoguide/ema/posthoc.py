@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoguide.claim import claim_folder
+from autoguide.data.vae import read_run_latent
 from autoguide.ema.edm2_snapshots import EDM2RawSnapshots, is_raw_snapshot_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
 from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index, read_snapshot
 from autoguide.io import ModelFileError, read_card, save_model
-from autoguide.latent import read_run_latent
 from autoguide.nets import network_config
+from autoguide.runtime.claim import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ def collect_snapshots(folders: Sequence[Path]) -> SnapshotSet:
                 f"{first.folder / 'index.json'}; snapshots of different architectures cannot be mixed"
             )
         if set(index.buffers) != set(first.buffers):
-            raise ValueError(
-                f"{index.folder / 'index.json'}: buffer list differs from "
-                f"{first.folder / 'index.json'}"
-            )
+            raise ValueError(f"{index.folder / 'index.json'}: buffer list differs from {first.folder / 'index.json'}")
     seen: dict[tuple[int, float], Path] = {}
     for index in indexes:
         for entry in index.entries:
@@ -89,9 +86,7 @@ def collect_snapshots(folders: Sequence[Path]) -> SnapshotSet:
                     f"and {entry.path}; remove one of them (e.g. the abandoned part of a resumed run)"
                 )
             seen[key] = entry.path
-    snapshots = tuple(
-        sorted((e for i in indexes for e in i.entries), key=lambda e: (e.nimg, e.std))
-    )
+    snapshots = tuple(sorted((e for i in indexes for e in i.entries), key=lambda e: (e.nimg, e.std)))
     if not snapshots:
         raise ValueError(f"no snapshots listed in {', '.join(str(f) for f in folders)}")
     return SnapshotSet(first.network, frozenset(first.buffers), snapshots)
@@ -347,6 +342,7 @@ class NativeSnapshots:
 def snapshot_source(folders: Sequence[str | os.PathLike]) -> NativeSnapshots | EDM2RawSnapshots:
     """The snapshots of ``folders``: autoguide snapshot folders (an ``index.json`` in the folder
     or its ``phema/``) or folders of EDM2 raw snapshots, not a mix."""
+
     def native(folder: str | os.PathLike) -> bool:
         return any((Path(folder) / d / INDEX_NAME).is_file() for d in ("", "phema"))
 
@@ -430,7 +426,11 @@ class PosthocEMA:
         }
 
     def models(
-        self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8,
+        self,
+        stds: Sequence[float],
+        time: EmaTime = None,
+        max_error: float = DEFAULT_MAX_ERROR,
+        batch: int = 8,
         progress: bool = False,
     ) -> Iterator[tuple[float, dict[str, torch.Tensor], dict[str, Any]]]:
         """``(std, state_dict, card)`` of every EMA ``stds`` at ``time``, rebuilt in memory."""
@@ -439,8 +439,13 @@ class PosthocEMA:
             yield solution.stds[j], state, self.card(solution, j)
 
     def write(
-        self, stds: Sequence[float], time: EmaTime = None, out_dir: str | os.PathLike | None = None,
-        max_error: float = DEFAULT_MAX_ERROR, batch: int = 8, progress: bool = False,
+        self,
+        stds: Sequence[float],
+        time: EmaTime = None,
+        out_dir: str | os.PathLike | None = None,
+        max_error: float = DEFAULT_MAX_ERROR,
+        batch: int = 8,
+        progress: bool = False,
     ) -> list[Path]:
         """Model files of the EMAs ``stds`` at ``time`` in ``out_dir`` (default
         ``<run>/reconstructed``), in the order of ``stds``."""
@@ -450,7 +455,7 @@ class PosthocEMA:
         self, solution: Solution, out_dir: str | os.PathLike | None = None, batch: int = 8, progress: bool = False
     ) -> Iterator[Path]:
         """Write the EMAs of ``solution`` (``solve``) as model files into ``out_dir``, claimed
-        first (``autoguide.claim``), yielding each path once written."""
+        first (``autoguide.runtime.claim``), yielding each path once written."""
         out = Path(out_dir) if out_dir is not None else self.default_dir
         with claim_folder(out):
             for j, state in self._stream(solution, batch, progress):
@@ -497,8 +502,13 @@ class PosthocEMA:
 
 
 def reconstruct(
-    folders: str | os.PathLike | Sequence[str | os.PathLike], stds: Sequence[float], time: EmaTime = None,
-    out_dir: str | os.PathLike | None = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8, progress: bool = False,
+    folders: str | os.PathLike | Sequence[str | os.PathLike],
+    stds: Sequence[float],
+    time: EmaTime = None,
+    out_dir: str | os.PathLike | None = None,
+    max_error: float = DEFAULT_MAX_ERROR,
+    batch: int = 8,
+    progress: bool = False,
 ) -> list[Path]:
     """``PosthocEMA(folders).write(stds, time, out_dir, ...)``: model files of the EMAs ``stds``."""
     return PosthocEMA(folders).write(stds, time, out_dir, max_error, batch, progress)

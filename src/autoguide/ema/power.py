@@ -48,9 +48,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     """
     s = float(sigma_rel)
     if not 0.0 < s <= MAX_SIGMA_REL:
-        raise ValueError(
-            f"EMA std (sigma_rel) must lie in (0, {MAX_SIGMA_REL:.4f}], got {sigma_rel!r}"
-        )
+        raise ValueError(f"EMA std (sigma_rel) must lie in (0, {MAX_SIGMA_REL:.4f}], got {sigma_rel!r}")
     inv = s**-2
     roots = np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv])
     real = roots[np.abs(roots.imag) <= 1e-7 * np.maximum(1.0, np.abs(roots.real))].real
@@ -80,9 +78,7 @@ def power_profile(tau: np.ndarray, nimg: float, gamma: float) -> np.ndarray:
     return np.where(inside, (gamma + 1.0) * ratio**gamma / nimg, 0.0)
 
 
-def profile_inner(
-    t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray, gamma_b: np.ndarray
-) -> np.ndarray:
+def profile_inner(t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray, gamma_b: np.ndarray) -> np.ndarray:
     """Closed-form ``<p_a, p_b> = integral_0^inf p_{t_a,g_a}(tau) p_{t_b,g_b}(tau) dtau``.
 
     With ``m = min(t_a, t_b)``:
@@ -92,10 +88,7 @@ def profile_inner(
     """
     t_a, g_a, t_b, g_b = (np.asarray(v, dtype=np.float64) for v in (t_a, gamma_a, t_b, gamma_b))
     m = np.minimum(t_a, t_b)
-    return (
-        (g_a + 1.0) * (g_b + 1.0) / ((g_a + g_b + 1.0) * m)
-        * (m / t_a) ** (g_a + 1.0) * (m / t_b) ** (g_b + 1.0)
-    )
+    return (g_a + 1.0) * (g_b + 1.0) / ((g_a + g_b + 1.0) * m) * (m / t_a) ** (g_a + 1.0) * (m / t_b) ** (g_b + 1.0)
 
 
 def _as_vector(name: str, values, length: int | None = None) -> np.ndarray:
@@ -139,7 +132,9 @@ def solve_coefficients(in_nimg, in_std, out_nimg, out_std) -> np.ndarray:
     for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma)):
         use = (in_nimg > 0) & (in_nimg <= t_out)
         if not use.any():
-            raise ValueError(f"no snapshot with 0 < nimg <= {t_out:g} to reconstruct std {gamma_to_sigma_rel(g_out):g} from")
+            raise ValueError(
+                f"no snapshot with 0 < nimg <= {t_out:g} to reconstruct std {gamma_to_sigma_rel(g_out):g} from"
+            )
         x = np.linalg.lstsq(*_normal_equations(in_nimg[use], in_gamma[use], t_out, g_out), rcond=None)[0]
         total = x.sum()
         if not abs(total) > 1e-12:

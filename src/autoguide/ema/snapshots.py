@@ -63,9 +63,7 @@ def sorted_unique(entries: Iterable[Snapshot]) -> tuple[Snapshot, ...]:
     return tuple(by_key[k] for k in sorted(by_key))
 
 
-def write_index(
-    folder: Path, network: Mapping[str, Any], buffers: Sequence[str], entries: Iterable[Snapshot]
-) -> None:
+def write_index(folder: Path, network: Mapping[str, Any], buffers: Sequence[str], entries: Iterable[Snapshot]) -> None:
     """Write ``folder/index.json`` atomically (entries deduplicated and sorted)."""
     payload = {
         "format": INDEX_FORMAT,
@@ -103,9 +101,7 @@ def read_index(folder: Path) -> SnapshotIndex:
                 raise TypeError(f"sha256 must be a string, got {digest!r}")
             entries.append(Snapshot(folder / str(item["file"]), int(item["nimg"]), float(item["std"]), digest))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{path}: entry {i} must have file, nimg and std, got {item!r}"
-            ) from exc
+            raise ValueError(f"{path}: entry {i} must have file, nimg and std, got {item!r}") from exc
     return SnapshotIndex(folder, data["network"], tuple(data["buffers"]), tuple(entries))
 
 

@@ -53,9 +53,7 @@ class PowerEMA:
         not increased. Returns whether an update happened."""
         nimg = int(nimg)
         if nimg < self.nimg:
-            raise ValueError(
-                f"image count went backwards: EMAs are at nimg {self.nimg}, got {nimg}"
-            )
+            raise ValueError(f"image count went backwards: EMAs are at nimg {self.nimg}, got {nimg}")
         if nimg == self.nimg:
             return False
         dt = nimg - self.nimg

@@ -13,7 +13,19 @@ from autoguide.eval.statistics import StatisticsError, read_statistics, write_st
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
 
 __all__ = [
-    "Evaluator", "FeatureExtractor", "GaussianAccumulator", "ReferenceStats", "ToyMetricsConfig",
-    "build_extractor", "frechet_distance", "gaussian_stats", "lower_is_better", "precision_recall",
-    "StatisticsError", "read_statistics", "reference_stats", "toy_metrics", "write_statistics",
+    "Evaluator",
+    "FeatureExtractor",
+    "GaussianAccumulator",
+    "ReferenceStats",
+    "StatisticsError",
+    "ToyMetricsConfig",
+    "build_extractor",
+    "frechet_distance",
+    "gaussian_stats",
+    "lower_is_better",
+    "precision_recall",
+    "read_statistics",
+    "reference_stats",
+    "toy_metrics",
+    "write_statistics",
 ]

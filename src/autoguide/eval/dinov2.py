@@ -51,11 +51,13 @@ class DinoV2Features(FeatureExtractor):
     def __init__(self, repo: str | os.PathLike, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         repo = Path(repo).expanduser()
         require_file(
-            repo / "hubconf.py", "DINOv2 torch.hub folder (hubconf.py)",
+            repo / "hubconf.py",
+            "DINOv2 torch.hub folder (hubconf.py)",
             f"clone {REPO_URL} to {repo} on a machine with internet access, or set extractors.dinov2.repo=<folder>",
         )
         weights = require_file(
-            weights, "DINOv2 ViT-L/14 weights",
+            weights,
+            "DINOv2 ViT-L/14 weights",
             f"download {WEIGHTS_URL} and copy it there, or set extractors.dinov2.weights=<file> "
             "(it is never downloaded at run time)",
         )

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoguide.core.typed_settings import ConfigError, positive_int
+from autoguide.data.vae import codec_for
 from autoguide.eval.evaluator import (
     Evaluator,
     SampleChunk,
@@ -31,13 +33,11 @@ from autoguide.eval.evaluator import (
     metric_names,
 )
 from autoguide.eval.statistics import Statistics, write_statistics
-from autoguide.latent import codec_for
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
+from autoguide.sample.sampler_settings import GenerationSettings
 from autoguide.sample.seeds import format_seeds
-from autoguide.sample.settings import GenerationSettings
-from autoguide.settings import ConfigError, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,14 @@ class EvalPlan:
 
 
 def sample_chunks(
-    net: nn.Module, terms: Sequence[GuidanceTerm], seeds: Sequence[int], classes: Sequence[int] | None,
-    generation: GenerationSettings, device: torch.device, chunk: int, codec: nn.Module | None = None,
+    net: nn.Module,
+    terms: Sequence[GuidanceTerm],
+    seeds: Sequence[int],
+    classes: Sequence[int] | None,
+    generation: GenerationSettings,
+    device: torch.device,
+    chunk: int,
+    codec: nn.Module | None = None,
 ) -> Iterator[SampleChunk]:
     """Samples of ``seeds`` (class ``classes[i]``), ``chunk`` images at a time, so that only
     one chunk of images is ever held; each image depends on its own seed only. Latent
@@ -95,12 +101,23 @@ def summarize(sets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def set_record(plan: EvalPlan, index: int, images: int, metrics: Mapping[str, float], started: float,
-               stats: Statistics, stats_dir: Path | None) -> dict[str, Any]:
+def set_record(
+    plan: EvalPlan,
+    index: int,
+    images: int,
+    metrics: Mapping[str, float],
+    started: float,
+    stats: Statistics,
+    stats_dir: Path | None,
+) -> dict[str, Any]:
     """One seed set's entry of the report; its generated-feature statistics written to
     ``<stats_dir>/set<index>.pkl`` (EDM2's layout) when ``stats_dir`` is given."""
-    record = {"seeds": format_seeds(plan.set_seeds(index)), "images": images, "metrics": dict(metrics),
-              "seconds": round(time.time() - started, 2)}
+    record = {
+        "seeds": format_seeds(plan.set_seeds(index)),
+        "images": images,
+        "metrics": dict(metrics),
+        "seconds": round(time.time() - started, 2),
+    }
     if stats_dir is not None and stats:
         record["statistics"] = str(write_statistics(stats, Path(stats_dir) / f"set{index}.pkl"))
     log.info("seed set %d/%d (%s): %s", index + 1, plan.seed_sets, record["seeds"], record["metrics"])
@@ -108,8 +125,14 @@ def set_record(plan: EvalPlan, index: int, images: int, metrics: Mapping[str, fl
 
 
 def evaluate_model(
-    net: nn.Module, terms: Sequence[GuidanceTerm], plan: EvalPlan, evaluator: Evaluator,
-    generation: GenerationSettings, device: torch.device, codec: nn.Module | None = None, stats_dir: Path | None = None,
+    net: nn.Module,
+    terms: Sequence[GuidanceTerm],
+    plan: EvalPlan,
+    evaluator: Evaluator,
+    generation: GenerationSettings,
+    device: torch.device,
+    codec: nn.Module | None = None,
+    stats_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` guided by ``terms`` over the plan's seed sets (``summarize``), every set
     measured in this process; each set's feature statistics written to ``stats_dir`` if given."""
@@ -131,8 +154,13 @@ class Evaluation:
     with it the reference statistics) is built on first use, after the first model was checked."""
 
     def __init__(
-        self, plan: EvalPlan, generation: GenerationSettings, metrics: Mapping[str, Any], extractors: Mapping[str, Any],
-        device: torch.device, vae_path: str | None = None,
+        self,
+        plan: EvalPlan,
+        generation: GenerationSettings,
+        metrics: Mapping[str, Any],
+        extractors: Mapping[str, Any],
+        device: torch.device,
+        vae_path: str | None = None,
     ) -> None:
         self.plan = plan
         self.generation = generation

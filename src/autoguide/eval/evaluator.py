@@ -64,17 +64,23 @@ def reference_is_file(metrics: Mapping[str, Any]) -> bool:
 def metric_names(metrics: Mapping[str, Any]) -> list[str]:
     """Names of the metrics the ``metrics`` config measures, in report order."""
     features = metrics.get("features") or []
-    pr = ("precision", "recall") if (features and metrics["precision_recall"] and not reference_is_file(metrics)) else ()
+    pr = (
+        ("precision", "recall") if (features and metrics["precision_recall"] and not reference_is_file(metrics)) else ()
+    )
     fd_inf = ("fd_inf",) if (features and metrics.get("fd_infinity") is not None) else ()
     names = [f"{kind}_{name}" for name in features for kind in ("fd", *fd_inf, *pr)]
-    return names + (["toy_logp", "toy_outliers", "toy_precision", "toy_recall"] if metrics.get("toy") is not None else [])
+    return names + (
+        ["toy_logp", "toy_outliers", "toy_precision", "toy_recall"] if metrics.get("toy") is not None else []
+    )
 
 
 def check_model(net: torch.nn.Module, metrics: Mapping[str, Any]) -> None:
     """Refuse a 2D model without toy metrics and an image model with them."""
     toy_model = int(getattr(net, "img_resolution", 0)) == 0
     if toy_model and (metrics.get("toy") is None or metrics.get("features")):
-        raise ValueError("the model makes 2D points (img_resolution 0): use metrics=toy2d (metrics.toy set, no metrics.features)")
+        raise ValueError(
+            "the model makes 2D points (img_resolution 0): use metrics=toy2d (metrics.toy set, no metrics.features)"
+        )
     if not toy_model and metrics.get("toy") is not None:
         raise ValueError("metrics.toy is set, but the model makes images; use image metrics (e.g. metrics=mnist)")
 
@@ -101,7 +107,9 @@ def fd_infinity_settings(config: Mapping[str, Any] | None) -> dict[str, Any] | N
     if config is None:
         return None
     if not isinstance(config, Mapping) or set(config) != {"points", "min_fraction"}:
-        raise ValueError(f"metrics.fd_infinity must be null or have exactly the keys points and min_fraction, got {config!r}")
+        raise ValueError(
+            f"metrics.fd_infinity must be null or have exactly the keys points and min_fraction, got {config!r}"
+        )
     points, min_fraction = int(config["points"]), float(config["min_fraction"])
     check_fd_infinity(points, min_fraction)
     return {"points": points, "min_fraction": min_fraction}
@@ -144,7 +152,9 @@ class Evaluator:
     skipped with one logged line.
     """
 
-    def __init__(self, metrics: Mapping[str, Any], extractors: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, metrics: Mapping[str, Any], extractors: Mapping[str, Any], device: torch.device | str = "cpu"
+    ) -> None:
         self.device = torch.device(device)
         toy = metrics.get("toy")
         self.toy = ToyMetricsConfig(**dict(toy)) if toy is not None else None
@@ -174,16 +184,27 @@ class Evaluator:
             self.references = {e.name: reference_from_file(stats, self.stats_file, e) for e in self.extractors}
             unused = sorted(set(stats) - {stats_key(e.name) for e in self.extractors})
             if unused:
-                log.info("%s also holds %s; add their extractors to metrics.features to measure them", self.stats_file, unused)
+                log.info(
+                    "%s also holds %s; add their extractors to metrics.features to measure them",
+                    self.stats_file,
+                    unused,
+                )
             if self.precision_recall:
-                log.warning("precision/recall skipped: the statistics file %s holds mu and sigma, no features; "
-                            "give a reference dataset (metrics.reference={name: ...}) to measure them", self.stats_file)
+                log.warning(
+                    "precision/recall skipped: the statistics file %s holds mu and sigma, no features; "
+                    "give a reference dataset (metrics.reference={name: ...}) to measure them",
+                    self.stats_file,
+                )
                 self.precision_recall = False
             return
         for e in self.extractors:
             self.references[e.name] = reference_stats(
-                metrics["reference"], e, Path(str(metrics["cache_dir"])), int(metrics["max_reference_features"]),
-                self.batch_size, int(metrics["num_workers"]),
+                metrics["reference"],
+                e,
+                Path(str(metrics["cache_dir"])),
+                int(metrics["max_reference_features"]),
+                self.batch_size,
+                int(metrics["num_workers"]),
             )
 
     def info(self) -> dict[str, Any]:
@@ -232,7 +253,9 @@ class Evaluator:
             if self.fd_infinity is not None:
                 if len(part.rows) != part.accumulator.n:
                     raise ValueError("fd_infinity needs every feature row; it is not measured over shards")
-                results[f"fd_inf_{e.name}"] = frechet_distance_infinity(part.rows, reference.mu, reference.sigma, **self.fd_infinity)
+                results[f"fd_inf_{e.name}"] = frechet_distance_infinity(
+                    part.rows, reference.mu, reference.sigma, **self.fd_infinity
+                )
             if self.precision_recall:
                 real = reference.features
                 precision, recall = precision_recall(real, part.rows[: len(real)], self.k, self.device)

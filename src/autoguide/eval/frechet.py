@@ -46,7 +46,9 @@ class GaussianAccumulator:
     def add(self, other: GaussianAccumulator) -> None:
         """Add the rows another accumulator saw (its ``n``, ``sum x``, ``sum x x^T``)."""
         if other.total.shape != self.total.shape:
-            raise ValueError(f"cannot merge statistics of {len(other.total)}-dim features into {len(self.total)}-dim ones")
+            raise ValueError(
+                f"cannot merge statistics of {len(other.total)}-dim features into {len(self.total)}-dim ones"
+            )
         self.n += other.n
         self.total += other.total
         self.outer += other.outer
@@ -115,7 +117,12 @@ def subset_sizes(num_rows: int, points: int, min_fraction: float, dim: int) -> n
 
 
 def frechet_distance_infinity(
-    features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, points: int = 15, min_fraction: float = 0.2, seed: int = 0
+    features: np.ndarray,
+    mu_ref: np.ndarray,
+    sigma_ref: np.ndarray,
+    points: int = 15,
+    min_fraction: float = 0.2,
+    seed: int = 0,
 ) -> float:
     """``FD_inf`` of ``features [N, D]`` against ``N(mu_ref, sigma_ref)`` (Chong & Forsyth 2020).
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.eval.evaluate import Evaluation
@@ -31,10 +32,9 @@ from autoguide.eval.search_report import plot_study, write_trials
 from autoguide.eval.search_space import SearchSpace
 from autoguide.eval.sweep import SweepSettings, guidance_config, variant_label
 from autoguide.io import file_sha256, read_card, write_json_atomic
-from autoguide.runtime import ModelLoader
-from autoguide.sample.config import build_guidance
+from autoguide.runtime.process import ModelLoader
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sample.seeds import format_seeds
-from autoguide.settings import ConfigError
 
 HOLDOUT_ATTR = "holdout"
 

@@ -46,7 +46,7 @@ def inception_problem() -> str | None:
         from torch_fidelity.feature_extractor_inceptionv3 import (
             FeatureExtractorInceptionV3,  # noqa: F401
         )
-    except Exception as err:  # noqa: BLE001 - ImportError, or torchvision's RuntimeError when its operators do not load
+    except Exception as err:
         return f"torch-fidelity's Inception-v3 does not import ({type(err).__name__}: {err}); install it with `{install_line()}`"
     return None
 
@@ -75,7 +75,8 @@ class InceptionFeatures(FeatureExtractor):
 
     def __init__(self, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         weights = require_file(
-            weights, "Inception-v3 weights",
+            weights,
+            "Inception-v3 weights",
             f"download {WEIGHTS_URL} on a machine with internet access and copy it there, or set "
             "extractors.inception.weights=<file> (it is never downloaded at run time)",
         )
@@ -88,7 +89,9 @@ class InceptionFeatures(FeatureExtractor):
         )
 
         with weights_only_loads():
-            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+            net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+            )
         self.net = net.eval().requires_grad_(False).to(self.device)
 
     @torch.no_grad()

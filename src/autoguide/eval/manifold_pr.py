@@ -38,7 +38,10 @@ def knn_radii(points: torch.Tensor, k: int = DEFAULT_K) -> torch.Tensor:
     """Distance from every point ``[N, D]`` to its k-th nearest other point ``[N]``."""
     if len(points) <= k:
         raise ValueError(f"k-NN radii with k={k} need more than {k} points, got {len(points)}")
-    radii = [torch.cdist(points[rows], points).kthvalue(k + 1, dim=1).values for rows in _row_blocks(len(points), len(points))]
+    radii = [
+        torch.cdist(points[rows], points).kthvalue(k + 1, dim=1).values
+        for rows in _row_blocks(len(points), len(points))
+    ]
     return torch.cat(radii)
 
 

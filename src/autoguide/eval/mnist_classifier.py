@@ -82,7 +82,10 @@ def random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) -
 def accuracy(net: MnistClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Share of ``images`` whose arg-max logit is the label (eval mode)."""
     net.eval()
-    hits = sum(int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum()) for i in range(0, len(images), batch_size))
+    hits = sum(
+        int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        for i in range(0, len(images), batch_size)
+    )
     return hits / len(images)
 
 
@@ -120,8 +123,13 @@ def train(
         "test_images": len(test_set),
         "train": {
             "data": f"mnist5k train split ({len(train_set)} images)",
-            "steps": steps, "batch_size": batch_size, "lr": lr, "shift": shift, "seed": seed,
-            "seconds": round(time.time() - started, 1), "final_loss": float(loss.detach()),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "shift": shift,
+            "seed": seed,
+            "seconds": round(time.time() - started, 1),
+            "final_loss": float(loss.detach()),
         },
     }
     return net.cpu().eval(), card
@@ -141,7 +149,9 @@ def load_classifier(path: str | os.PathLike) -> tuple[MnistClassifier, dict[str,
         metadata = f.metadata() or {}
     card = json.loads(metadata.get(CARD_KEY, "null")) or {}
     if card.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an MNIST feature classifier (card format {card.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"{path}: not an MNIST feature classifier (card format {card.get('format')!r}, expected {FORMAT!r})"
+        )
     net = MnistClassifier(**card["arch"])
     net.load_state_dict(load_file(str(path)))
     return net.eval().requires_grad_(False), card
@@ -162,6 +172,8 @@ class MnistFeatures(FeatureExtractor):
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2:] != (RESOLUTION, RESOLUTION):
-            raise ValueError(f"MNIST features need images [N, 1 or 3, {RESOLUTION}, {RESOLUTION}], got {list(images.shape)}")
+            raise ValueError(
+                f"MNIST features need images [N, 1 or 3, {RESOLUTION}, {RESOLUTION}], got {list(images.shape)}"
+            )
         x = images.to(torch.float32).mean(1, keepdim=True) / 127.5 - 1
         return self.net.features(x)

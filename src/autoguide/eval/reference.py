@@ -68,11 +68,15 @@ def reference_from_file(stats: Statistics, path: Path, extractor: FeatureExtract
     mu, sigma = stats[key]["mu"], stats[key]["sigma"]
     dim = getattr(extractor, "dim", None)
     if dim is not None and len(mu) != dim:
-        raise StatisticsError(f"{path}: {key} statistics are {len(mu)}-dimensional, but {extractor.name} features have {dim}")
+        raise StatisticsError(
+            f"{path}: {key} statistics are {len(mu)}-dimensional, but {extractor.name} features have {dim}"
+        )
     return ReferenceStats(mu, sigma, np.zeros((0, len(mu)), np.float32), 0, path)
 
 
-def cache_path(cache_dir: str | os.PathLike, dataset_cfg: Mapping[str, Any], max_features: int, extractor: FeatureExtractor) -> Path:
+def cache_path(
+    cache_dir: str | os.PathLike, dataset_cfg: Mapping[str, Any], max_features: int, extractor: FeatureExtractor
+) -> Path:
     """Where the statistics of ``dataset_cfg`` under ``extractor`` are cached."""
     key = json.dumps({"dataset": dict(dataset_cfg), "max_features": max_features}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
@@ -83,13 +87,19 @@ def _load(path: Path, dataset_json: str, sha256: str, num_images: int) -> Refere
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
-        if str(data["dataset"]) != dataset_json or str(data["extractor_sha256"]) != sha256 or int(data["num_images"]) != num_images:
+        if (
+            str(data["dataset"]) != dataset_json
+            or str(data["extractor_sha256"]) != sha256
+            or int(data["num_images"]) != num_images
+        ):
             log.warning("%s was made for another dataset, extractor or image count; recomputing", path)
             return None
         return ReferenceStats(data["mu"], data["sigma"], data["features"], int(data["num_images"]), path)
 
 
-def compute_reference(dataset: Dataset, extractor: FeatureExtractor, max_features: int, batch_size: int, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compute_reference(
+    dataset: Dataset, extractor: FeatureExtractor, max_features: int, batch_size: int, num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mu, sigma, features subset)`` of every image of ``dataset`` (items ``(float image
     in [-1, 1], label)``), streamed in batches."""
     keep = np.zeros(len(dataset), dtype=bool)
@@ -125,11 +135,18 @@ def reference_stats(
     cached = _load(path, dataset_json, extractor.sha256, len(dataset))
     if cached is not None:
         return cached
-    log.info("computing %s reference statistics of %s (%d images) -> %s", extractor.name, dataset_json, len(dataset), path)
+    log.info(
+        "computing %s reference statistics of %s (%d images) -> %s", extractor.name, dataset_json, len(dataset), path
+    )
     mu, sigma, features = compute_reference(dataset, extractor, max_features, batch_size, num_workers)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
-            f, mu=mu, sigma=sigma, features=features.astype(np.float32), num_images=len(dataset),
-            dataset=dataset_json, extractor_sha256=extractor.sha256,
+            f,
+            mu=mu,
+            sigma=sigma,
+            features=features.astype(np.float32),
+            num_images=len(dataset),
+            dataset=dataset_json,
+            extractor_sha256=extractor.sha256,
         )
     return ReferenceStats(mu, sigma, features, len(dataset), path)

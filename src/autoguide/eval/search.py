@@ -24,7 +24,7 @@ file system: Optuna's ``JournalFileBackend`` appends under a lock file), or any 
 (a cluster database). Optuna hands each trial to one worker. A worker records itself in its
 running trial (``holder``: host, pid, SLURM job and restart, heartbeat every ``heartbeat_s``);
 before taking a trial, a worker marks every running trial whose holder is provably gone (the
-rules of ``autoguide.claim.stale_reason``: dead pid on this host, an earlier restart of this
+rules of ``autoguide.runtime.claim.stale_reason``: dead pid on this host, an earlier restart of this
 SLURM job, a SLURM job that no longer runs, a heartbeat older than ``lease_s``) as failed, and
 every failed trial is retried once more (its settings enqueued) up to ``max_retry`` times; a
 setting that cannot be measured at all (``Infeasible``: an EMA std the snapshots cannot represent
@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoguide.claim import claim_folder, holder_from, holder_record, stale_reason
+from autoguide.core.typed_settings import ConfigError
 from autoguide.eval.search_space import SearchSpace
 from autoguide.io.records import canonical, differences
-from autoguide.settings import ConfigError
+from autoguide.runtime.claim import claim_folder, holder_from, holder_record, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Heartbeat:
         while not self._stop.wait(every):
             try:
                 self.beat()
-            except Exception as err:  # noqa: BLE001 - the trial is finished or the storage is busy: try again later
+            except Exception as err:
                 log.debug("heartbeat: %s", err)
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
 
 KNOBS = ("main_std", "guide_std", "guide_time", "weight", "sigma_lo", "sigma_hi")
 SCALES = ("linear", "log")
@@ -107,7 +107,7 @@ class SearchSpace:
             knobs.append(_knob(f"term.{key}", spec, f"{where}.term.{key}"))
         found = {k.name: k for k in knobs}
         time_ = found.get("guide_time")
-        if time_ is not None and time_.choices is None and not (0 < time_.low and time_.high <= 1):
+        if time_ is not None and time_.choices is None and not (time_.low > 0 and time_.high <= 1):
             raise ConfigError(f"{where}.guide_time: a fraction of the run's last snapshot, within (0, 1]")
         lo, hi = found.get("sigma_lo"), found.get("sigma_hi")
         if lo is not None and hi is not None and lo.choices is None and hi.choices is None and lo.high > hi.low:

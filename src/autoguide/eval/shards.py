@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from autoguide.data.vae import codec_for
 from autoguide.eval.evaluate import Evaluation, sample_chunks, set_record, summarize
 from autoguide.eval.evaluator import FeatureSums, GaussianAccumulator, check_model
 from autoguide.io import atomic_path
-from autoguide.latent import codec_for
-from autoguide.runtime import RankInfo, rank_slice
+from autoguide.runtime.process import RankInfo, rank_slice
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.labels import class_labels
 
@@ -86,13 +86,19 @@ def save_shard(path: Path, fingerprint: Mapping[str, Any], shard: Shard, sums: M
         arrays["classes"] = np.array(shard.classes, np.int64)
     for name, part in sums.items():
         acc = part.accumulator
-        arrays.update({f"{name}.count": acc.n, f"{name}.total": acc.total, f"{name}.outer": acc.outer, f"{name}.rows": part.rows})
+        arrays.update(
+            {f"{name}.count": acc.n, f"{name}.total": acc.total, f"{name}.outer": acc.outer, f"{name}.rows": part.rows}
+        )
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
 
 def load_shard(
-    path: Path, fingerprint: Mapping[str, Any], shard: Shard, extractors: Sequence[str], read_sums: bool = True,
+    path: Path,
+    fingerprint: Mapping[str, Any],
+    shard: Shard,
+    extractors: Sequence[str],
+    read_sums: bool = True,
 ) -> dict[str, FeatureSums] | None:
     """The sums of a finished shard (``{}`` when only checked, ``read_sums=False``: the arrays of
     an ``.npz`` are read on access); ``None`` if it is not there yet; ``ShardError`` naming the file
@@ -121,8 +127,10 @@ def load_shard(
             return sums
     except ShardError:
         raise
-    except Exception as err:  # noqa: BLE001 - a damaged file: zip, key or JSON errors
-        raise ShardError(f"{path}: not a readable evaluation shard ({type(err).__name__}: {err}); delete it to recompute") from None
+    except Exception as err:
+        raise ShardError(
+            f"{path}: not a readable evaluation shard ({type(err).__name__}: {err}); delete it to recompute"
+        ) from None
 
 
 class ShardedEvaluation:
@@ -131,13 +139,20 @@ class ShardedEvaluation:
     the shards' contents depend on (models and their hashes, guidance, sampler, seeds, extractors)."""
 
     def __init__(
-        self, evaluation: Evaluation, net: nn.Module, terms: Sequence[GuidanceTerm], folder: Path, shard_images: int,
+        self,
+        evaluation: Evaluation,
+        net: nn.Module,
+        terms: Sequence[GuidanceTerm],
+        folder: Path,
+        shard_images: int,
         fingerprint: Mapping[str, Any],
     ) -> None:
         check_model(net, evaluation.metrics)
         if evaluation.evaluator.toy is not None or evaluation.evaluator.fd_infinity is not None:
-            raise ValueError("sharded evaluation measures feature metrics (FD, precision/recall); "
-                             "measure toy metrics and fd_infinity in one process (shards.images=null)")
+            raise ValueError(
+                "sharded evaluation measures feature metrics (FD, precision/recall); "
+                "measure toy metrics and fd_infinity in one process (shards.images=null)"
+            )
         self.evaluation, self.net, self.terms = evaluation, net, list(terms)
         self.folder = Path(folder)
         self.shards = plan_shards(evaluation, int(net.label_dim), shard_images)
@@ -160,8 +175,14 @@ class ShardedEvaluation:
                 done["reused"].append(shard.name)
                 continue
             chunks = sample_chunks(
-                self.net, self.terms, list(shard.seeds), None if shard.classes is None else list(shard.classes),
-                evaluation.generation, evaluation.device, evaluation.plan.chunk_images, codec,
+                self.net,
+                self.terms,
+                list(shard.seeds),
+                None if shard.classes is None else list(shard.classes),
+                evaluation.generation,
+                evaluation.device,
+                evaluation.plan.chunk_images,
+                codec,
             )
             sums = evaluation.evaluator.feature_sums(chunks, keep=self.sample_rows - shard.start)
             save_shard(path, self.fingerprint, shard, sums)
@@ -171,7 +192,11 @@ class ShardedEvaluation:
 
     def missing(self) -> list[str]:
         """Names of the shards not finished yet (any shard of another configuration is refused)."""
-        return [s.name for s in self.shards if load_shard(self.path(s), self.fingerprint, s, self.names, read_sums=False) is None]
+        return [
+            s.name
+            for s in self.shards
+            if load_shard(self.path(s), self.fingerprint, s, self.names, read_sums=False) is None
+        ]
 
     def merge(self, stats_dir: Path | None = None) -> dict[str, Any]:
         """The report over every seed set (``summarize``) from the finished shards; each set's

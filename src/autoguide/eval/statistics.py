@@ -32,11 +32,20 @@ NPZ_METRIC = "fid"
 
 # The globals a pickle of numpy arrays and numpy scalars refers to (numpy 1 and numpy 2 spellings;
 # protocol 2 spells bytes as _codecs.encode(str, "latin1")).
-_NUMPY_GLOBALS = {("_codecs", "encode")} | {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+_NUMPY_GLOBALS = (
+    {("_codecs", "encode")}
+    | {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
+    | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+)
 
 
 class StatisticsError(ValueError):
@@ -71,7 +80,9 @@ def _checked(metric: str, entry: object, path: Path) -> dict[str, np.ndarray]:
     if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
         raise StatisticsError(f"{path}: {metric} mu and sigma must be numeric arrays, got {mu.dtype} and {sigma.dtype}")
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise StatisticsError(f"{path}: {metric} needs mu [D] and sigma [D, D], got {list(mu.shape)} and {list(sigma.shape)}")
+        raise StatisticsError(
+            f"{path}: {metric} needs mu [D] and sigma [D, D], got {list(mu.shape)} and {list(sigma.shape)}"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise StatisticsError(f"{path}: {metric} mu or sigma holds NaN or infinite values")
     return {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)}
@@ -95,12 +106,16 @@ def read_statistics(path: str | os.PathLike) -> Statistics:
                 raw = StatisticsUnpickler(f, path).load()
         except StatisticsError:
             raise
-        except Exception as err:  # noqa: BLE001 - a truncated or garbled pickle raises many kinds of errors
+        except Exception as err:
             raise StatisticsError(f"{path}: not a readable statistics pickle ({type(err).__name__}: {err})") from None
     else:
-        raise StatisticsError(f"{path}: a statistics file is .pkl (EDM2) or .npz (EDM), got {path.suffix or 'no suffix'!r}")
+        raise StatisticsError(
+            f"{path}: a statistics file is .pkl (EDM2) or .npz (EDM), got {path.suffix or 'no suffix'!r}"
+        )
     if not isinstance(raw, Mapping) or not raw:
-        raise StatisticsError(f"{path}: expected a dict of metrics ({{'fid': {{'mu', 'sigma'}}, ...}}), got {type(raw).__name__}")
+        raise StatisticsError(
+            f"{path}: expected a dict of metrics ({{'fid': {{'mu', 'sigma'}}, ...}}), got {type(raw).__name__}"
+        )
     return {str(metric): _checked(str(metric), entry, path) for metric, entry in raw.items()}
 
 
@@ -110,9 +125,13 @@ def write_statistics(stats: Mapping[str, Mapping[str, np.ndarray]], path: str | 
     path = Path(path).expanduser()
     plain = {str(m): _checked(str(m), entry, path) for m, entry in stats.items()}
     if path.suffix not in (".pkl", ".npz"):
-        raise StatisticsError(f"{path}: a statistics file is .pkl (EDM2) or .npz (EDM), got {path.suffix or 'no suffix'!r}")
+        raise StatisticsError(
+            f"{path}: a statistics file is .pkl (EDM2) or .npz (EDM), got {path.suffix or 'no suffix'!r}"
+        )
     if path.suffix == ".npz" and set(plain) != {NPZ_METRIC}:
-        raise StatisticsError(f"{path}: EDM's .npz layout holds FID statistics only ('fid'), got {sorted(plain)}; use .pkl")
+        raise StatisticsError(
+            f"{path}: EDM's .npz layout holds FID statistics only ('fid'), got {sorted(plain)}; use .pkl"
+        )
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if path.suffix == ".pkl":
             pickle.dump(plain, f)

@@ -27,17 +27,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.posthoc import DEFAULT_MAX_ERROR, EmaTime, PosthocEMA
 from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row, plot_ema, plot_weight
 from autoguide.io import read_card, write_csv_atomic, write_json_atomic
-from autoguide.runtime import ModelLoader
-from autoguide.sample.config import TERMS, build_guidance, term_keys
-from autoguide.settings import ConfigError
+from autoguide.runtime.process import ModelLoader
+from autoguide.sample.guidance_spec import TERMS, build_guidance, term_keys
 
 log = logging.getLogger(__name__)
 
-SETTING_KEYS = ["main_std", "main_nimg", "guide", "guide_std", "guide_nimg", "variant", "weight", "interval_lo", "interval_hi"]
+SETTING_KEYS = [
+    "main_std",
+    "main_nimg",
+    "guide",
+    "guide_std",
+    "guide_nimg",
+    "variant",
+    "weight",
+    "interval_lo",
+    "interval_hi",
+]
 OWN_AXES = ("kind", "weight", "interval", "model")  # term keys with their own axis (or none)
 FILE_KEYS = ["main_model", "guide_model", "seconds"]
 
@@ -72,7 +82,9 @@ class SweepSettings:
 def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, Path]]:
     """``(nimg, {main EMA std: model file})``: the run's post-hoc EMAs, or the one main file."""
     if settings.main_model is None:
-        return PosthocEMA(settings.main_run).cached(settings.main_std, settings.main_time, settings.max_error, settings.batch)
+        return PosthocEMA(settings.main_run).cached(
+            settings.main_std, settings.main_time, settings.max_error, settings.batch
+        )
     card = read_card(settings.main_model)
     return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
@@ -84,8 +96,10 @@ def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict
     valid = term_option_keys(term)
     for key, values in settings.term:
         if key not in valid:
-            raise ConfigError(f"grid.term.{key}: not an option to sweep for guidance kind={kind}; valid: {valid} "
-                              f"(weight, interval and the guide have their own grid axes)")
+            raise ConfigError(
+                f"grid.term.{key}: not an option to sweep for guidance kind={kind}; valid: {valid} "
+                f"(weight, interval and the guide have their own grid axes)"
+            )
         if not values:
             raise ConfigError(f"grid.term.{key}: give at least one value")
     return option_product(dict(settings.term))
@@ -110,25 +124,38 @@ def variant_label(variant: Mapping[str, Any]) -> str:
 
 
 def guidance_config(
-    term: Mapping[str, Any], weight: float, interval: Sequence[float] | None, guide: Path | None, variant: Mapping[str, Any]
+    term: Mapping[str, Any],
+    weight: float,
+    interval: Sequence[float] | None,
+    guide: Path | None,
+    variant: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The guidance term ``term`` with this grid point's weight, interval, guide model and
     term variant."""
     if "weight" not in term or "interval" not in term:
         raise ConfigError(f"guidance kind={term.get('kind')} has no weight/interval to sweep")
-    point = {**term, **variant, "weight": float(weight), "interval": None if interval is None else [float(v) for v in interval]}
+    point = {
+        **term,
+        **variant,
+        "weight": float(weight),
+        "interval": None if interval is None else [float(v) for v in interval],
+    }
     if guide is not None:
         point["model"] = str(guide)
     return point
 
 
-def guide_axis(settings: SweepSettings, term: Mapping[str, Any]) -> list[tuple[str, int | None, dict[float | None, Path | None]]]:
+def guide_axis(
+    settings: SweepSettings, term: Mapping[str, Any]
+) -> list[tuple[str, int | None, dict[float | None, Path | None]]]:
     """``[(label, nimg, {guide std: model file})]`` for every guide run x time; one entry
     ``(guidance kind, None, {None: None})`` when no guide runs are given."""
     if not settings.guide_runs:
         return [(str(term.get("kind")), None, {None: None})]
     if "model" not in term:
-        raise ConfigError(f"guides.runs is set, but guidance kind={term.get('kind')} takes no guide model; use guidance=autoguidance")
+        raise ConfigError(
+            f"guides.runs is set, but guidance kind={term.get('kind')} takes no guide model; use guidance=autoguidance"
+        )
     axis = []
     for run, when in itertools.product(settings.guide_runs, settings.guide_times):
         nimg, files = PosthocEMA(run).cached(settings.guide_std, when, settings.max_error, settings.batch)
@@ -136,7 +163,9 @@ def guide_axis(settings: SweepSettings, term: Mapping[str, Any]) -> list[tuple[s
     return axis
 
 
-def run_sweep(settings: SweepSettings, term: Mapping[str, Any], evaluation: Evaluation, out_dir: Path) -> dict[str, Any]:
+def run_sweep(
+    settings: SweepSettings, term: Mapping[str, Any], evaluation: Evaluation, out_dir: Path
+) -> dict[str, Any]:
     """Evaluate every grid point of ``settings`` with the guidance ``term`` (its weight,
     interval and guide model set per point); write the outputs; return the best row."""
     names = evaluation.metric_names()
@@ -160,13 +189,23 @@ def run_sweep(settings: SweepSettings, term: Mapping[str, Any], evaluation: Eval
                     unguided = unguided if terms else values
                 else:
                     values = unguided
-                rows.append({
-                    "main_std": main_std, "main_nimg": main_nimg, "guide": label, "guide_std": guide_std,
-                    "guide_nimg": guide_nimg, "variant": variant_label(variant), "weight": float(weight),
-                    "interval_lo": None if interval is None else interval[0], "interval_hi": None if interval is None else interval[1],
-                    **values, "main_model": str(main_file), "guide_model": None if guide_file is None else str(guide_file),
-                    "seconds": round(time.time() - started, 2),
-                })
+                rows.append(
+                    {
+                        "main_std": main_std,
+                        "main_nimg": main_nimg,
+                        "guide": label,
+                        "guide_std": guide_std,
+                        "guide_nimg": guide_nimg,
+                        "variant": variant_label(variant),
+                        "weight": float(weight),
+                        "interval_lo": None if interval is None else interval[0],
+                        "interval_hi": None if interval is None else interval[1],
+                        **values,
+                        "main_model": str(main_file),
+                        "guide_model": None if guide_file is None else str(guide_file),
+                        "seconds": round(time.time() - started, 2),
+                    }
+                )
                 log.info("%s", {k: rows[-1][k] for k in [*SETTING_KEYS, settings.select]})
                 write_csv_atomic(out_dir / "sweep.csv", rows, [*SETTING_KEYS, *names, *FILE_KEYS])
     best = best_row(rows, settings.select)

@@ -54,7 +54,15 @@ def plot_weight(path: Path, rows: Sequence[Row], metric: str) -> None:
         points = sorted(best_by([r for r in rows if curve(r) == guide], metric, ["weight"]).items())
         ax.plot([k[0] for k, _ in points], [float(r[metric]) for _, r in points], marker="o", label=str(guide))
     best = best_row(rows, metric)
-    ax.plot([best["weight"]], [float(best[metric])], marker="*", markersize=16, color="black", linestyle="none", label="best")
+    ax.plot(
+        [best["weight"]],
+        [float(best[metric])],
+        marker="*",
+        markersize=16,
+        color="black",
+        linestyle="none",
+        label="best",
+    )
     ax.set_xlabel("guidance weight w")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs guidance weight (best over EMA lengths and intervals)", fontsize=9)
@@ -83,9 +91,19 @@ def plot_ema(path: Path, rows: Sequence[Row], metric: str) -> None:
         values = np.full((len(guide_stds), len(main_stds)), np.nan)
         for (m, g), row in cells.items():
             values[guide_stds.index(g), main_stds.index(m)] = float(row[metric])
-        image = ax.imshow(values, origin="lower", cmap="viridis_r" if lower_is_better(metric) else "viridis", aspect="auto")
+        image = ax.imshow(
+            values, origin="lower", cmap="viridis_r" if lower_is_better(metric) else "viridis", aspect="auto"
+        )
         for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=7, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
+            ax.text(
+                j,
+                i,
+                f"{value:.4g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0},
+            )
         best = np.unravel_index(np.nanargmin(values) if lower_is_better(metric) else np.nanargmax(values), values.shape)
         ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
         ax.set_xticks(range(len(main_stds)), [_std_label(s) for s in main_stds])

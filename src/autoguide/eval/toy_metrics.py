@@ -65,7 +65,9 @@ def _groups(classes: Sequence[int] | None, n: int, default: str) -> dict[str, np
     return {CLASS_NAMES[c]: np.flatnonzero(classes == c) for c in sorted(set(classes.tolist()))}
 
 
-def toy_metrics(points: torch.Tensor, classes: Sequence[int] | None, cfg: ToyMetricsConfig = ToyMetricsConfig()) -> dict[str, float]:
+def toy_metrics(
+    points: torch.Tensor, classes: Sequence[int] | None, cfg: ToyMetricsConfig = ToyMetricsConfig()
+) -> dict[str, float]:
     """Exact toy metrics of ``points [N, 2]`` sampled with class indices ``classes`` (or None)."""
     points = torch.as_tensor(points).to(torch.float64).reshape(len(points), -1)
     if points.shape[1] != 2:
@@ -89,4 +91,3 @@ def toy_metrics(points: torch.Tensor, classes: Sequence[int] | None, cfg: ToyMet
         "toy_precision": precision,
         "toy_recall": recall,
     }
-

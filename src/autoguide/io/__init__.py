@@ -7,7 +7,18 @@ from autoguide.io.edm2_import import EDM2ImportError, import_edm2
 from autoguide.io.model_file import ModelFileError, load_denoiser, read_card, read_model_file, save_model
 
 __all__ = [
-    "EDM2ImportError", "ModelFileError", "atomic_path", "export_edm2", "file_sha256", "import_edm2", "json_text",
-    "load_denoiser", "read_card", "read_model_file", "save_model", "write_csv_atomic", "write_json_atomic",
+    "EDM2ImportError",
+    "ModelFileError",
+    "atomic_path",
+    "export_edm2",
+    "file_sha256",
+    "import_edm2",
+    "json_text",
+    "load_denoiser",
+    "read_card",
+    "read_model_file",
+    "save_model",
+    "write_csv_atomic",
+    "write_json_atomic",
     "write_text_atomic",
 ]

@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename (text, JSON,
 CSV, or anything a writer puts at the temporary path).
 
-Every write asks the registered write guards first (``add_write_guard``): ``autoguide.claim``
+Every write asks the registered write guards first (``add_write_guard``): ``autoguide.runtime.claim``
 registers one that stops a process whose claim on the folder was taken over, before the write
 starts and again before the rename publishes it. A write that fails because the disk is full
 raises ``DiskFullError``, one line naming the file, whatever library did the writing.
@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _WRITE_GUARDS: list[Callable[[Path], None]] = []
@@ -63,8 +62,9 @@ def disk_full_error(path: Path) -> DiskFullError:
     """The one-line error for a write of ``path`` that ran out of space."""
     free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
     return DiskFullError(
-        errno.ENOSPC, f"{path}: no space left on device ({free / 2**20:.0f} MiB free in {path.parent}); "
-        f"the file was not written, free some space and rerun"
+        errno.ENOSPC,
+        f"{path}: no space left on device ({free / 2**20:.0f} MiB free in {path.parent}); "
+        f"the file was not written, free some space and rerun",
     )
 
 

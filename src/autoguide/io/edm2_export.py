@@ -36,7 +36,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 def edm2_precond_kwargs(network: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of the reference ``Precond`` for our network config (same names)."""
     if network.get("arch") != "unet":
-        raise ValueError(f"only EDM2 UNet models have a reference counterpart; this model has arch={network.get('arch')!r}")
+        raise ValueError(
+            f"only EDM2 UNet models have a reference counterpart; this model has arch={network.get('arch')!r}"
+        )
     return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in network.items() if k != "arch"}
 
 

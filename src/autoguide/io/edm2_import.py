@@ -135,7 +135,9 @@ def _check_no_hooks(hooks: Any, what: str) -> None:
         raise EDM2ImportError(f"{what} carries backward hooks {hooks!r}; expected an empty OrderedDict")
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None
+) -> torch.Tensor:
     """Stand-in for ``torch._utils._rebuild_tensor_v2`` with its arguments checked."""
     if not isinstance(storage, StorageRecord):
         raise EDM2ImportError(f"tensor built from {type(storage).__name__}, expected a storage")
@@ -183,7 +185,12 @@ class NumpyArrayRecord:
     """Stand-in for ``numpy.ndarray``; ``__setstate__`` copies the raw bytes into ``array``."""
 
     def __setstate__(self, state: Any) -> None:
-        ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], NumpyDtypeRecord) and isinstance(state[4], bytes)
+        ok = (
+            isinstance(state, tuple)
+            and len(state) == 5
+            and isinstance(state[2], NumpyDtypeRecord)
+            and isinstance(state[4], bytes)
+        )
         if not ok:
             raise EDM2ImportError("malformed numpy array state (expected numeric raw data)")
         _, shape, dtype, fortran, raw = state
@@ -208,7 +215,9 @@ def _numpy_scalar(dtype: Any, raw: Any) -> float | int | bool:
 def _latin1_bytes(text: Any, encoding: Any) -> bytes:
     """Stand-in for ``_codecs.encode``, which protocol-2 pickles use for bytes: latin-1 only."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise EDM2ImportError(f"_codecs.encode with {type(text).__name__}, {encoding!r}: only protocol-2 bytes (latin1) are allowed")
+        raise EDM2ImportError(
+            f"_codecs.encode with {type(text).__name__}, {encoding!r}: only protocol-2 bytes (latin1) are allowed"
+        )
     return text.encode("latin-1")
 
 
@@ -223,7 +232,11 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    **{(module, name): kind for module in ("builtins", "__builtin__") for name, kind in (("set", set), ("frozenset", frozenset))},
+    **{
+        (module, name): kind
+        for module in ("builtins", "__builtin__")
+        for name, kind in (("set", set), ("frozenset", frozenset))
+    },
     ("_codecs", "encode"): _latin1_bytes,
     ("numpy", "ndarray"): NumpyArrayRecord,
     ("numpy", "dtype"): NumpyDtypeRecord,
@@ -259,13 +272,25 @@ def read_edm2_pickle(path: str | os.PathLike) -> dict[str, Any]:
             data = _RestrictedUnpickler(f).load()
     except EDM2ImportError as err:
         raise EDM2ImportError(f"{path}: {err}") from err
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, RuntimeError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RuntimeError,
+    ) as err:
         raise EDM2ImportError(f"{path}: not a readable EDM2 network pickle ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict):
         raise EDM2ImportError(f"{path}: top level is {type(data).__name__}, expected the dict with an 'ema' network")
     unknown = sorted(set(data) - {"ema", "encoder", "loss_fn", "dataset_kwargs"})
     if unknown:
-        raise EDM2ImportError(f"{path}: unexpected top-level key(s) {unknown}; expected ema, encoder, loss_fn, dataset_kwargs")
+        raise EDM2ImportError(
+            f"{path}: unexpected top-level key(s) {unknown}; expected ema, encoder, loss_fn, dataset_kwargs"
+        )
     ema = data.get("ema")
     if not isinstance(ema, PersistentObject) or ema.class_name != "Precond":
         found = ema.class_name if isinstance(ema, PersistentObject) else type(ema).__name__
@@ -321,9 +346,24 @@ _BLOCK_KEY = re.compile(r"(?:enc|dec)\.(\d+)x\1_block\d+")
 
 #: Reference constructor arguments and the config keys they set (same names in our config).
 _INIT_KWARGS = {
-    "img_resolution", "img_channels", "label_dim", "model_channels", "channel_mult", "channel_mult_noise",
-    "channel_mult_emb", "num_blocks", "attn_resolutions", "label_balance", "concat_balance", "channels_per_head",
-    "dropout", "res_balance", "attn_balance", "clip_act", "sigma_data", "logvar_channels",
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_noise",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "label_balance",
+    "concat_balance",
+    "channels_per_head",
+    "dropout",
+    "res_balance",
+    "attn_balance",
+    "clip_act",
+    "sigma_data",
+    "logvar_channels",
 }
 
 
@@ -344,7 +384,9 @@ def _levels(enc: dict[str, PersistentObject]) -> tuple[int, list[int], int]:
         per_level.setdefault(int(match[1]), []).append(match[2])
     resolutions = list(per_level)
     num_blocks = sum(kind.startswith("block") for kind in per_level[resolutions[0]])
-    expected_kinds = [["conv" if i == 0 else "down"] + [f"block{j}" for j in range(num_blocks)] for i in range(len(resolutions))]
+    expected_kinds = [
+        ["conv" if i == 0 else "down"] + [f"block{j}" for j in range(num_blocks)] for i in range(len(resolutions))
+    ]
     halving = all(b * 2 == a for a, b in zip(resolutions, resolutions[1:]))
     if not halving or [per_level[r] for r in resolutions] != expected_kinds or num_blocks == 0:
         raise EDM2ImportError(f"ema.unet.enc: block layout {per_level} is not the EDM2 UNet layout")
@@ -352,7 +394,9 @@ def _levels(enc: dict[str, PersistentObject]) -> tuple[int, list[int], int]:
     return resolutions[0], widths, num_blocks
 
 
-def _attention(blocks: dict[str, PersistentObject], widths: list[int], block_kwargs: Mapping[str, Any]) -> tuple[list[int], int]:
+def _attention(
+    blocks: dict[str, PersistentObject], widths: list[int], block_kwargs: Mapping[str, Any]
+) -> tuple[list[int], int]:
     """``(attn_resolutions, channels_per_head)`` from the blocks' ``num_heads``."""
     heads: dict[int, set[bool]] = {}
     for key, block in blocks.items():
@@ -382,20 +426,30 @@ def edm2_network_config(ema: PersistentObject) -> dict[str, Any]:
     unet, logvar_fourier = top.get("unet"), top.get("logvar_fourier")
     if not isinstance(unet, PersistentObject) or unet.class_name != "UNet":
         raise EDM2ImportError("ema: no 'unet' submodule of class UNet")
-    if not isinstance(logvar_fourier, PersistentObject) or "freqs" not in _attr(logvar_fourier, "_buffers", "ema.logvar_fourier"):
+    if not isinstance(logvar_fourier, PersistentObject) or "freqs" not in _attr(
+        logvar_fourier, "_buffers", "ema.logvar_fourier"
+    ):
         raise EDM2ImportError("ema: no 'logvar_fourier' submodule with a 'freqs' buffer")
     parts = _submodules(unet, "ema.unet")
     enc, dec = (_submodules(parts[p], f"ema.unet.{p}") if p in parts else {} for p in ("enc", "dec"))
     blocks = {f"{p}.{k}": b for p, d in (("enc", enc), ("dec", dec)) for k, b in d.items() if not k.endswith("_conv")}
-    if not enc or not dec or any(not isinstance(b, PersistentObject) or b.class_name != "Block" for b in blocks.values()):
+    if (
+        not enc
+        or not dec
+        or any(not isinstance(b, PersistentObject) or b.class_name != "Block" for b in blocks.values())
+    ):
         raise EDM2ImportError("ema.unet: expected ModuleDicts 'enc' and 'dec' of Blocks")
     resolution, widths, num_blocks = _levels(enc)
     if list(_uniform(blocks, "resample_filter")) != [1, 1]:
-        raise EDM2ImportError(f"ema.unet: resample_filter {_uniform(blocks, 'resample_filter')}; only the box filter [1, 1] is supported")
+        raise EDM2ImportError(
+            f"ema.unet: resample_filter {_uniform(blocks, 'resample_filter')}; only the box filter [1, 1] is supported"
+        )
     for key, block in blocks.items():
         mode = "down" if key.endswith("_down") else "up" if key.endswith("_up") else "keep"
         if (block.state.get("flavor"), block.state.get("resample_mode")) != (key[:3], mode):
-            raise EDM2ImportError(f"ema.unet.{key}: flavor/resample_mode {block.state.get('flavor')!r}/{block.state.get('resample_mode')!r}, expected {key[:3]!r}/{mode!r}")
+            raise EDM2ImportError(
+                f"ema.unet.{key}: flavor/resample_mode {block.state.get('flavor')!r}/{block.state.get('resample_mode')!r}, expected {key[:3]!r}/{mode!r}"
+            )
     init_kwargs = dict(_attr(ema, "_init_kwargs", "ema") or {})
     init_kwargs.update(_attr(unet, "_init_kwargs", "ema.unet") or {})
     model_channels = int(init_kwargs.get("model_channels", widths[0]))
@@ -422,7 +476,9 @@ def edm2_network_config(ema: PersistentObject) -> dict[str, Any]:
         "logvar_channels": int(logvar_fourier.state["_buffers"]["freqs"].shape[0]),
     }
     if cfg["img_resolution"] != resolution:
-        raise EDM2ImportError(f"ema: img_resolution {cfg['img_resolution']} but the encoder starts at {resolution}x{resolution}")
+        raise EDM2ImportError(
+            f"ema: img_resolution {cfg['img_resolution']} but the encoder starts at {resolution}x{resolution}"
+        )
     _embedding_widths(cfg, parts, widths)
     _check_init_kwargs(cfg, init_kwargs)
     return cfg
@@ -437,7 +493,9 @@ def _embedding_widths(cfg: dict[str, Any], parts: Mapping[str, Any], widths: lis
     for key, width, default in (("channel_mult_noise", cnoise, widths[0]), ("channel_mult_emb", cemb, max(widths))):
         if width != default:
             if width % cfg["model_channels"]:
-                raise EDM2ImportError(f"ema.unet: embedding width {width} is not a multiple of model_channels {cfg['model_channels']}")
+                raise EDM2ImportError(
+                    f"ema.unet: embedding width {width} is not a multiple of model_channels {cfg['model_channels']}"
+                )
             cfg[key] = width // cfg["model_channels"]
 
 

@@ -59,8 +59,7 @@ def check_finite(named: Iterable[tuple[str, torch.Tensor]], where: str, action: 
         name, count, size = bad[0]
         more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
         raise NonFiniteError(
-            f"{where}: refusing to {action} non-finite values: tensor {name!r} has {count} of {size} "
-            f"NaN/inf{more}"
+            f"{where}: refusing to {action} non-finite values: tensor {name!r} has {count} of {size} NaN/inf{more}"
         )
 
 

@@ -80,7 +80,9 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{path}: the model card is not valid JSON ({err})") from err
     if card.get("format") != FORMAT or "network" not in card:
-        raise ModelFileError(f"{path}: model card has format {card.get('format')!r}, expected {FORMAT!r} with a 'network' entry")
+        raise ModelFileError(
+            f"{path}: model card has format {card.get('format')!r}, expected {FORMAT!r} with a 'network' entry"
+        )
     return card
 
 

@@ -43,7 +43,12 @@ class SimsPair:
 
     def guidance(self, omega: float, interval: Sequence[float] | None = None) -> dict[str, Any]:
         """The generation config's ``guidance`` entry for SIMS with ``omega`` (w = 1 + omega)."""
-        return {"kind": "sims", "omega": float(omega), "interval": None if interval is None else list(interval), "model": str(self.negative)}
+        return {
+            "kind": "sims",
+            "omega": float(omega),
+            "interval": None if interval is None else list(interval),
+            "model": str(self.negative),
+        }
 
     def generate_overrides(self, omega: float | str) -> list[str]:
         """Command-line overrides of ``autoguide-generate`` that sample with this pair."""
@@ -85,7 +90,9 @@ def read_pair(path: str | os.PathLike, check_hashes: bool = False) -> SimsPair:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the SIMS pair file ({err})") from err
     if not isinstance(data, dict) or data.get("format") != PAIR_FORMAT:
-        raise ValueError(f"{path}: format {data.get('format') if isinstance(data, dict) else None!r}, expected {PAIR_FORMAT!r}")
+        raise ValueError(
+            f"{path}: format {data.get('format') if isinstance(data, dict) else None!r}, expected {PAIR_FORMAT!r}"
+        )
     resolve = lambda p: (path.parent / p).resolve()  # noqa: E731
     try:
         pair = SimsPair(
@@ -97,12 +104,20 @@ def read_pair(path: str | os.PathLike, check_hashes: bool = False) -> SimsPair:
             weight_space={float(e["weight"]): resolve(e["model"]) for e in data.get("weight_space", [])},
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: malformed SIMS pair file ({err!r}); needs positive, negative, budget_nimg, ema_std, iteration") from err
-    for role, model in (("positive", pair.positive), ("negative", pair.negative), *((f"weight_space {w:g}", p) for w, p in pair.weight_space.items())):
+        raise ValueError(
+            f"{path}: malformed SIMS pair file ({err!r}); needs positive, negative, budget_nimg, ema_std, iteration"
+        ) from err
+    for role, model in (
+        ("positive", pair.positive),
+        ("negative", pair.negative),
+        *((f"weight_space {w:g}", p) for w, p in pair.weight_space.items()),
+    ):
         if not model.is_file():
             raise FileNotFoundError(f"{path}: the {role} model {model} does not exist")
     if check_hashes:
         for role in ("positive", "negative"):
             if file_sha256(getattr(pair, role)) != data["sha256"][role]:
-                raise ValueError(f"{path}: the {role} model {getattr(pair, role)} changed since the pair was written (SHA-256 differs)")
+                raise ValueError(
+                    f"{path}: the {role} model {getattr(pair, role)} changed since the pair was written (SHA-256 differs)"
+                )
     return pair

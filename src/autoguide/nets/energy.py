@@ -92,19 +92,27 @@ class EnergyDenoiser(nn.Module):
         branch is the layer's output, its skip path the layer's input ``y`` (same width)."""
         return {f"layer{i}": points for i, points in enumerate(self.points, start=1)}
 
-    def log_density(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def log_density(
+        self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The learned unnormalised ``log p(x; sigma, c)`` [N] (for plots and diagnostics)."""
         with torch.autocast(x.device.type, enabled=False):
             return self._log_density(*self._inputs(x, sigma, labels))
 
     def forward(
-        self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None, return_logvar: bool = False
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_logvar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         keep_graph = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             # Inference-mode tensors cannot enter autograd: clone them outside inference mode.
-            flat, sigma, labels = (t.clone() if t is not None and t.is_inference() else t for t in self._inputs(x, sigma, labels))
+            flat, sigma, labels = (
+                t.clone() if t is not None and t.is_inference() else t for t in self._inputs(x, sigma, labels)
+            )
             point = flat if keep_graph and flat.requires_grad else flat.detach().requires_grad_(True)
             log_p = self._log_density(point, sigma, labels)
             (score,) = torch.autograd.grad(log_p.sum(), point, create_graph=keep_graph)

@@ -99,8 +99,12 @@ class Precond(nn.Module):
         backbone = self.backbone
         if isinstance(backbone, MLP):
             return {f"block{i}": block for i, block in enumerate(backbone.blocks)}
-        return {f"{part}.{name}": block for part in ("enc", "dec") for name, block in getattr(backbone, part).items()
-                if isinstance(block, Block)}
+        return {
+            f"{part}.{name}": block
+            for part in ("enc", "dec")
+            for name, block in getattr(backbone, part).items()
+            if isinstance(block, Block)
+        }
 
     def attention_ops(self) -> dict[str, AttentionOp]:
         """Every self-attention op by block name, e.g. ``{"dec.16x16_block1": op, ...}``."""

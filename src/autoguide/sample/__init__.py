@@ -62,16 +62,46 @@ Command line: ``autoguide-generate`` (``autoguide.apps.generate``, config ``conf
 
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import (
-    CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance, Dropout, GuidanceTerm, LayerSkip, SIMSNegative, sample_shape,
+    CFG,
+    ICG,
+    PAG,
+    SAG,
+    SEG,
+    TSG,
+    Autoguidance,
+    Dropout,
+    GuidanceTerm,
+    LayerSkip,
+    SIMSNegative,
+    sample_shape,
 )
 from autoguide.sample.guided import GuidedDenoiser
-from autoguide.sample.sampler import edm_sampler
 from autoguide.sample.rules import APG, GuidanceRule, ZeroStar
+from autoguide.sample.sampler import edm_sampler
+from autoguide.sample.sampler_settings import SamplerSettings
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
-from autoguide.sample.settings import SamplerSettings
 
 __all__ = [
-    "APG", "CFG", "ICG", "PAG", "SAG", "SEG", "TSG", "Autoguidance", "Dropout", "GuidanceRule", "GuidanceTerm",
-    "GuidedDenoiser", "LayerSkip", "SIMSNegative", "ZeroStar",
-    "SamplerSettings", "SeedStreams", "edm_sampler", "generate_images", "parse_seeds", "sample_shape", "seed_noise",
+    "APG",
+    "CFG",
+    "ICG",
+    "PAG",
+    "SAG",
+    "SEG",
+    "TSG",
+    "Autoguidance",
+    "Dropout",
+    "GuidanceRule",
+    "GuidanceTerm",
+    "GuidedDenoiser",
+    "LayerSkip",
+    "SIMSNegative",
+    "SamplerSettings",
+    "SeedStreams",
+    "ZeroStar",
+    "edm_sampler",
+    "generate_images",
+    "parse_seeds",
+    "sample_shape",
+    "seed_noise",
 ]

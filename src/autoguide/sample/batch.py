@@ -16,8 +16,8 @@ from autoguide.sample.guidance import DegradedInput, GuidanceTerm, OtherNetwork,
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.labels import as_one_hot
 from autoguide.sample.sampler import edm_sampler
+from autoguide.sample.sampler_settings import SamplerSettings
 from autoguide.sample.seeds import SeedStreams, seed_noise
-from autoguide.sample.settings import SamplerSettings
 
 
 def generate_images(
@@ -51,7 +51,9 @@ def generate_images(
                 "sampler.compile=true cannot run SAG: its negative reads the attention map out of the positive's "
                 "forward through a hook with a side effect, which compiled code does not replay; sample SAG uncompiled"
             )
-        for model in dict.fromkeys([net, *(t.negative().model for t in guidance if isinstance(t.negative(), OtherNetwork))]):
+        for model in dict.fromkeys(
+            [net, *(t.negative().model for t in guidance if isinstance(t.negative(), OtherNetwork))]
+        ):
             compile_network(model)
     seeds = [int(s) for s in seeds]
     if batch_size < 1:

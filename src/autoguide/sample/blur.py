@@ -22,7 +22,9 @@ def gaussian_kernel_size(sigma: float) -> int:
     return span + 1 - span % 2
 
 
-def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+def gaussian_kernel(
+    sigma: float, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """The normalised 1D Gaussian taps ``[k]`` for standard deviation ``sigma > 0``."""
     size = gaussian_kernel_size(sigma)
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2

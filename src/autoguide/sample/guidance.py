@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from autoguide.latent import check_same_latent_space
+from autoguide.data.vae import check_same_latent_space
 from autoguide.sample.perturb import (
     BlurredQueries,
     IdentityAttention,
@@ -104,8 +104,13 @@ def sample_shape(net: nn.Module) -> tuple[int, ...]:
 
 
 RULE_OPTIONS: dict[str, type] = {
-    "apg": APG, "zero_star": ZeroStar, "tcfg": TCFG, "fdg": FDG,
-    "schedule": WeightSchedule, "fbg": Feedback, "mambo": MamboG,
+    "apg": APG,
+    "zero_star": ZeroStar,
+    "tcfg": TCFG,
+    "fdg": FDG,
+    "schedule": WeightSchedule,
+    "fbg": Feedback,
+    "mambo": MamboG,
 }
 
 
@@ -143,7 +148,9 @@ class GuidanceTerm(ABC):
         if self.interval is not None:
             lo, hi = (float(v) for v in self.interval)
             if not (0 <= lo < hi):
-                raise ValueError(f"{self.kind}: interval must be (sigma_lo, sigma_hi] with 0 <= lo < hi, got {self.interval}")
+                raise ValueError(
+                    f"{self.kind}: interval must be (sigma_lo, sigma_hi] with 0 <= lo < hi, got {self.interval}"
+                )
             object.__setattr__(self, "interval", (lo, hi))
 
     @property

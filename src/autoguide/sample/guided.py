@@ -39,8 +39,8 @@ from torch import nn
 from autoguide.sample.blur import gaussian_blur_2d
 from autoguide.sample.guidance import DegradedInput, GuidanceTerm, NegativeRequest, OtherNetwork, SameNetwork
 from autoguide.sample.perturb import attention_ops, capture_attention, default_attention_block
+from autoguide.sample.sampler_settings import PRECISIONS
 from autoguide.sample.seeds import SeedStreams
-from autoguide.sample.settings import PRECISIONS
 
 ICG_STREAM = "icg"
 
@@ -80,7 +80,9 @@ class GuidedDenoiser:
         self.step = 0  # sampler steps completed (``end_step`` calls)
         self._first = True  # the next call is the first of a sampler step
 
-    def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _call(
+        self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
         """One network forward under the chosen precision, returned as float64."""
         device_type = x.device.type
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()

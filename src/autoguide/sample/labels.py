@@ -29,7 +29,9 @@ def as_one_hot(labels: torch.Tensor | Sequence[int] | None, label_dim: int, n: i
     return labels.to(torch.float32)
 
 
-def class_labels(policy: str | int | Sequence[int], seeds: Sequence[int], label_dim: int) -> tuple[list[int], list[int] | None]:
+def class_labels(
+    policy: str | int | Sequence[int], seeds: Sequence[int], label_dim: int
+) -> tuple[list[int], list[int] | None]:
     """The images to generate as ``(seeds, classes)`` for a label ``policy``.
 
     - ``random``: one uniformly random class per seed, drawn from the seed's ``labels`` stream;
@@ -44,12 +46,16 @@ def class_labels(policy: str | int | Sequence[int], seeds: Sequence[int], label_
             raise ValueError(f"class_labels={policy!r}: the model is unconditional; use class_labels=none")
         return seeds, None
     if policy == "none":
-        raise ValueError(f"class_labels=none: the model is class-conditional (label_dim {label_dim}); use random, all, an index or a list")
+        raise ValueError(
+            f"class_labels=none: the model is class-conditional (label_dim {label_dim}); use random, all, an index or a list"
+        )
     if policy == "random":
         return seeds, SeedStreams(seeds).randint(LABEL_STREAM, label_dim).tolist()
     if policy == "all":
         return [s for _ in range(label_dim) for s in seeds], [c for c in range(label_dim) for _ in seeds]
     fixed = [policy] if isinstance(policy, int) else list(policy) if not isinstance(policy, str) else None
     if not fixed or any(not isinstance(c, int) or not 0 <= c < label_dim for c in fixed):
-        raise ValueError(f"class_labels={policy!r}: expected random, all, none, a class index in [0, {label_dim}) or a list of them")
+        raise ValueError(
+            f"class_labels={policy!r}: expected random, all, none, a class index in [0, {label_dim}) or a list of them"
+        )
     return seeds, [fixed[i % len(fixed)] for i in range(len(seeds))]

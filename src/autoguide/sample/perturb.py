@@ -59,6 +59,7 @@ def attention_ops(net: nn.Module) -> dict[str, nn.Module]:
 
 def default_attention_block(names: Sequence[str]) -> str:
     """The bottleneck: the first decoder op at the lowest resolution (``dec.8x8_in0`` for EDM2)."""
+
     def resolution(name: str) -> int:
         match = _BLOCK_NAME.match(name)
         return int(match.group(2)) if match else 1 << 30
@@ -219,7 +220,9 @@ def resolve_blocks(net: nn.Module, blocks: Sequence[str] | None, what: str) -> t
     listed = getattr(net, "blocks", None)
     names = list(listed()) if callable(listed) else []
     if not names:
-        raise ValueError(f"{what} acts on residual blocks, but the network ({type(net).__name__}) lists none (net.blocks())")
+        raise ValueError(
+            f"{what} acts on residual blocks, but the network ({type(net).__name__}) lists none (net.blocks())"
+        )
     unet = any(name.startswith("dec.") for name in names)
     return _chosen(names, blocks, default_attention_block(names) if unet else names[len(names) // 2], what, "block")
 
@@ -241,7 +244,9 @@ class SkippedBlocks:
             return out
 
         listed = net.blocks()
-        return _registered(listed[b].output_point.register_forward_hook(hook) for b in resolve_blocks(net, self.blocks, "layer skip"))
+        return _registered(
+            listed[b].output_point.register_forward_hook(hook) for b in resolve_blocks(net, self.blocks, "layer skip")
+        )
 
 
 @dataclass(frozen=True)

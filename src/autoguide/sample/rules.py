@@ -84,7 +84,9 @@ def optimized_scale(target: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     ``||target - s basis||`` (0 where ``basis`` is 0)."""
     t, b = _per_image(target).double(), _per_image(basis).double()
     norm2 = (b * b).sum(1)
-    return torch.where(norm2 > 0, (t * b).sum(1) / norm2.clamp_min(torch.finfo(torch.float64).tiny), 0.0).to(target.dtype)
+    return torch.where(norm2 > 0, (t * b).sum(1) / norm2.clamp_min(torch.finfo(torch.float64).tiny), 0.0).to(
+        target.dtype
+    )
 
 
 def project(
@@ -155,8 +157,9 @@ class APG:
         if self.norm_dims is not None:
             dims = (self.norm_dims,) if isinstance(self.norm_dims, int) else tuple(self.norm_dims)
             if not dims or not all(isinstance(d, int) and d != 0 for d in dims) or len(set(dims)) != len(dims):
-                raise ValueError(f"apg.norm_dims must be distinct non-batch dims (not 0), e.g. [2, 3]; "
-                                 f"got {self.norm_dims!r}")
+                raise ValueError(
+                    f"apg.norm_dims must be distinct non-batch dims (not 0), e.g. [2, 3]; got {self.norm_dims!r}"
+                )
             object.__setattr__(self, "norm_dims", dims)
 
     def check_dims(self, ndim: int) -> None:
@@ -243,13 +246,15 @@ class FDG:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", _floats(self.weights, "fdg.weights"))
         if any(v < 0 for v in self.weights):
-            raise ValueError(f"fdg.weights must be >= 0 (one per band, highest frequencies first), "
-                             f"got {list(self.weights)}")
+            raise ValueError(
+                f"fdg.weights must be >= 0 (one per band, highest frequencies first), got {list(self.weights)}"
+            )
         if self.parallel is not None:
             object.__setattr__(self, "parallel", _floats(self.parallel, "fdg.parallel"))
             if len(self.parallel) != len(self.weights):
-                raise ValueError(f"fdg.parallel needs one value per band ({len(self.weights)}), "
-                                 f"got {list(self.parallel)}")
+                raise ValueError(
+                    f"fdg.parallel needs one value per band ({len(self.weights)}), got {list(self.parallel)}"
+                )
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         problem = check_pyramid_shape(shape, len(self.weights))
@@ -318,7 +323,13 @@ class GuidanceRule:
         return state["fbg"]
 
     def change(
-        self, weight: float, x: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor, state: dict, sigma: float,
+        self,
+        weight: float,
+        x: torch.Tensor,
+        d_pos: torch.Tensor,
+        d_neg: torch.Tensor,
+        state: dict,
+        sigma: float,
         first: bool = True,
     ) -> torch.Tensor:
         """The term's change of ``D`` at noise level ``sigma``; ``state`` carries this term's APG

@@ -26,8 +26,8 @@ from collections.abc import Callable
 import torch
 
 from autoguide.diffusion import edm_sigma_steps
+from autoguide.sample.sampler_settings import SamplerSettings
 from autoguide.sample.seeds import SeedStreams
-from autoguide.sample.settings import SamplerSettings
 
 CHURN_STREAM = "churn"
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]

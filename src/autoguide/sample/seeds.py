@@ -43,7 +43,9 @@ def parse_seeds(spec: int | str | Iterable[int | str]) -> list[int]:
             else:
                 seeds.append(int(text))
         except ValueError:
-            raise ValueError(f"seeds: cannot parse {text!r}; expected an integer or an inclusive range like '0-63'") from None
+            raise ValueError(
+                f"seeds: cannot parse {text!r}; expected an integer or an inclusive range like '0-63'"
+            ) from None
     if not seeds:
         raise ValueError(f"seeds: {spec!r} names no seed")
     if min(seeds) < 0:

@@ -129,8 +129,14 @@ class Feedback:
         return ratio / (ratio - (1 - self.pi))
 
     def update(
-        self, log_posterior: torch.Tensor, x: torch.Tensor, sigma: float, x_next: torch.Tensor, sigma_next: float,
-        d_pos: torch.Tensor, d_neg: torch.Tensor,
+        self,
+        log_posterior: torch.Tensor,
+        x: torch.Tensor,
+        sigma: float,
+        x_next: torch.Tensor,
+        sigma_next: float,
+        d_pos: torch.Tensor,
+        d_neg: torch.Tensor,
     ) -> torch.Tensor:
         """``l`` after the step ``(x, sigma) -> (x_next, sigma_next)`` (``l`` itself at ``sigma_next = 0``)."""
         if sigma_next <= 0:
@@ -144,7 +150,12 @@ class Feedback:
 
 
 def feedback_from_times(
-    pi: float, t0: float, t1: float, sigma_steps: list[float], max_weight: float = 10.0, weight_ref: float = 3.0,
+    pi: float,
+    t0: float,
+    t1: float,
+    sigma_steps: list[float],
+    max_weight: float = 10.0,
+    weight_ref: float = 3.0,
     alpha: float = 10.0,
 ) -> Feedback:
     """FBG's offset and temperature from the paper's times ``t0``, ``t1`` (fractions of the

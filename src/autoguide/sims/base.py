@@ -18,7 +18,9 @@ from autoguide.sims.records import run_stage
 STAGE = "base"
 
 
-def base_stage(folder: Path, model: str | Path | None, run: BaseRun | None, ema_std: float, at_nimg: int | None) -> Path:
+def base_stage(
+    folder: Path, model: str | Path | None, run: BaseRun | None, ema_std: float, at_nimg: int | None
+) -> Path:
     """Run (or skip) the base stage; returns the base model file."""
     if model is not None:
         path = Path(model).resolve()
@@ -27,11 +29,18 @@ def base_stage(folder: Path, model: str | Path | None, run: BaseRun | None, ema_
         run_stage(folder, STAGE, spec, lambda: ([], {"model": str(path)}))
         return path
     if run is None:
-        raise ValueError("base: set base=<model file> or base_run=<training run folder> (its post-hoc EMA is reconstructed)")
+        raise ValueError(
+            "base: set base=<model file> or base_run=<training run folder> (its post-hoc EMA is reconstructed)"
+        )
     index = run.phema / "index.json"
     if not index.is_file():
         raise FileNotFoundError(f"base_run={run.folder}: no post-hoc EMA index {index}; give base=<model file> instead")
-    spec = {"run": str(run.folder), "phema_index_sha256": file_sha256(index), "ema_std": float(ema_std), "at_nimg": at_nimg}
+    spec = {
+        "run": str(run.folder),
+        "phema_index_sha256": file_sha256(index),
+        "ema_std": float(ema_std),
+        "at_nimg": at_nimg,
+    }
 
     def work():
         (path,) = PosthocEMA(run.phema).write([float(ema_std)], at_nimg, out_dir=folder)

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from autoguide.core.units import MI
 from autoguide.diffusion import learning_rate
-from autoguide.units import MI
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_PATH = "logs/hydra/overrides.yaml"
@@ -44,7 +44,10 @@ class BaseRun:
         train = self.config.get("train") or {}
         try:
             return learning_rate(
-                int(nimg), float(train["lr_ref"]), float(train["lr_ref_batches"]), int(train["batch_size"]),
+                int(nimg),
+                float(train["lr_ref"]),
+                float(train["lr_ref_batches"]),
+                int(train["batch_size"]),
                 float(train["lr_rampup_mi"]) * MI,
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -72,7 +75,9 @@ def read_base_run(folder: str | Path) -> BaseRun:
         try:
             loaded[key] = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as err:
-            raise FileNotFoundError(f"base_run={folder}: cannot read {path} ({err}); is it an autoguide training run folder?") from err
+            raise FileNotFoundError(
+                f"base_run={folder}: cannot read {path} ({err}); is it an autoguide training run folder?"
+            ) from err
     if not isinstance(loaded["config"], dict):
         raise ValueError(f"{paths['config']}: expected a mapping (the resolved training config)")
     overrides = loaded["overrides"] or []

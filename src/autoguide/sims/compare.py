@@ -18,13 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row
 from autoguide.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from autoguide.io.sims_pair import read_pair
-from autoguide.runtime import ModelLoader
-from autoguide.sample.config import build_guidance
-from autoguide.settings import ConfigError
+from autoguide.runtime.process import ModelLoader
+from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sims.pipeline import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ SETTING_KEYS = ["method", "iteration", "budget_nimg", "ema_std", "omega", "weigh
 METHODS = ("unguided", "sims", "weight_space")
 
 
-def settings(summary: Mapping[str, Any], omegas: Sequence[float], iterations: Sequence[int] | None) -> list[dict[str, Any]]:
+def settings(
+    summary: Mapping[str, Any], omegas: Sequence[float], iterations: Sequence[int] | None
+) -> list[dict[str, Any]]:
     """Every row to evaluate: ``{method, iteration, budget_nimg, ema_std, omega, weight, model, guidance}``."""
     base = summary["base"]
     rows = [{"method": "unguided", "model": base, "guidance": None}]
@@ -43,18 +45,39 @@ def settings(summary: Mapping[str, Any], omegas: Sequence[float], iterations: Se
         for path in entry["pairs"]:
             pair = read_pair(path, check_hashes=True)
             where = {"iteration": pair.iteration, "budget_nimg": pair.budget_nimg, "ema_std": pair.ema_std}
-            rows += [{"method": "sims", **where, "omega": float(o), "model": str(pair.positive), "guidance": pair.guidance(o)} for o in omegas]
-            rows += [{"method": "weight_space", **where, "weight": w, "model": str(p), "guidance": None} for w, p in sorted(pair.weight_space.items())]
+            rows += [
+                {
+                    "method": "sims",
+                    **where,
+                    "omega": float(o),
+                    "model": str(pair.positive),
+                    "guidance": pair.guidance(o),
+                }
+                for o in omegas
+            ]
+            rows += [
+                {"method": "weight_space", **where, "weight": w, "model": str(p), "guidance": None}
+                for w, p in sorted(pair.weight_space.items())
+            ]
     return rows
 
 
 def markdown(best: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> str:
     """The best row of each method as a Markdown table."""
-    lines = ["| method | iteration | budget (images) | EMA std | omega / w' | " + " | ".join(metrics) + " |",
-             "|---" * (5 + len(metrics)) + "|"]
+    lines = [
+        "| method | iteration | budget (images) | EMA std | omega / w' | " + " | ".join(metrics) + " |",
+        "|---" * (5 + len(metrics)) + "|",
+    ]
     for method, row in best.items():
         knob = row.get("omega") if method == "sims" else row.get("weight")
-        cells = [method, row.get("iteration"), row.get("budget_nimg"), row.get("ema_std"), knob, *(f"{row[m]:.4g}" for m in metrics)]
+        cells = [
+            method,
+            row.get("iteration"),
+            row.get("budget_nimg"),
+            row.get("ema_std"),
+            knob,
+            *(f"{row[m]:.4g}" for m in metrics),
+        ]
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -65,11 +88,18 @@ def read_summary(sims_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise FileNotFoundError(f"{path}: cannot read the SIMS summary ({err}); run autoguide-sims out_dir={sims_dir} first") from err
+        raise FileNotFoundError(
+            f"{path}: cannot read the SIMS summary ({err}); run autoguide-sims out_dir={sims_dir} first"
+        ) from err
 
 
 def run_compare(
-    sims_dir: Path, omegas: Sequence[float], iterations: Sequence[int] | None, select: str, evaluation: Evaluation, out_dir: Path
+    sims_dir: Path,
+    omegas: Sequence[float],
+    iterations: Sequence[int] | None,
+    select: str,
+    evaluation: Evaluation,
+    out_dir: Path,
 ) -> dict[str, Any]:
     """Evaluate every setting of the SIMS folder; write ``compare.csv`` (after every row),
     ``compare.json`` and ``compare.md``; return ``{"select", "best": {method: row}, "rows", ...}``."""
@@ -85,10 +115,16 @@ def run_compare(
         terms = build_guidance(setting["guidance"], load)
         result = evaluation(net, terms)["metrics"]
         negative = setting["guidance"]["model"] if setting["guidance"] else None
-        rows.append({**{k: setting.get(k) for k in SETTING_KEYS}, **result, "model": setting["model"], "negative": negative})
+        rows.append(
+            {**{k: setting.get(k) for k in SETTING_KEYS}, **result, "model": setting["model"], "negative": negative}
+        )
         log.info("%s", {k: rows[-1][k] for k in [*SETTING_KEYS, select] if rows[-1][k] is not None})
         write_csv_atomic(out_dir / "compare.csv", rows, [*SETTING_KEYS, *metrics, "model", "negative"])
-    best = {m: dict(best_row([r for r in rows if r["method"] == m], select)) for m in METHODS if any(r["method"] == m for r in rows)}
+    best = {
+        m: dict(best_row([r for r in rows if r["method"] == m], select))
+        for m in METHODS
+        if any(r["method"] == m for r in rows)
+    }
     report = {"select": select, "best": best, "rows": rows, "feature_networks": evaluation.evaluator.info()}
     write_json_atomic(out_dir / "compare.json", report)
     write_text_atomic(out_dir / "compare.md", markdown(best, metrics))

@@ -33,7 +33,9 @@ class InitFromModel(pl.Callback):
         batch = int(pl_module.batch_size)
         uneven = [b for b in self.budgets if b % batch]
         if uneven:
-            raise ValueError(f"SIMS budgets {uneven} (images) are not multiples of train.batch_size={batch}; change budget_mi or the batch size")
+            raise ValueError(
+                f"SIMS budgets {uneven} (images) are not multiples of train.batch_size={batch}; change budget_mi or the batch size"
+            )
         state, card = read_model_file(self.path)
         net = pl_module.net
         if network_config(card["network"]) != network_config(net.config):

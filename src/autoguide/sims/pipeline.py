@@ -29,10 +29,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from autoguide.core.typed_settings import from_mapping
 from autoguide.io import read_card, write_text_atomic
-from autoguide.runtime import ModelLoader, resolve_device
-from autoguide.sample.settings import GenerationSettings, SamplerSettings
-from autoguide.settings import from_mapping
+from autoguide.runtime.process import ModelLoader, resolve_device
+from autoguide.sample.sampler_settings import GenerationSettings, SamplerSettings
 from autoguide.sims.base import base_stage
 from autoguide.sims.base_run import BaseRun, read_base_run
 from autoguide.sims.register import NEGATIVE_NAME, pair_folder, register_stage
@@ -94,7 +94,9 @@ class RealData:
         from autoguide.data.registry import build_dataset
 
         if self.cfg is None:
-            raise ValueError("the real training set is needed (synthesize.num_images=null or real_fraction > 0): set real_data=<dataset config> or base_run=<run folder>")
+            raise ValueError(
+                "the real training set is needed (synthesize.num_images=null or real_fraction > 0): set real_data=<dataset config> or base_run=<run folder>"
+            )
         return build_dataset(self.cfg)
 
 
@@ -102,10 +104,14 @@ def synthesis_settings(cfg: Mapping[str, Any], real: RealData) -> SynthesisSetti
     """The ``synthesize`` group as settings; ``num_images: null`` = the real set's size."""
     keys = ("real_fraction", "real_seed", "first_seed", "class_labels", "shard_size", "guidance")
     generation = GenerationSettings(
-        sampler=from_mapping(SamplerSettings, cfg["sampler"], "synthesize.sampler"), batch_size=cfg["batch_size"], precision=cfg["precision"],
+        sampler=from_mapping(SamplerSettings, cfg["sampler"], "synthesize.sampler"),
+        batch_size=cfg["batch_size"],
+        precision=cfg["precision"],
     )
     num = cfg.get("num_images")
-    return SynthesisSettings(num_images=len(real.dataset) if num is None else int(num), generation=generation, **{k: cfg[k] for k in keys})
+    return SynthesisSettings(
+        num_images=len(real.dataset) if num is None else int(num), generation=generation, **{k: cfg[k] for k in keys}
+    )
 
 
 def retrain_settings(cfg: Mapping[str, Any], base_run: BaseRun | None, base_nimg: int | None) -> RetrainSettings:
@@ -115,7 +121,9 @@ def retrain_settings(cfg: Mapping[str, Any], base_run: BaseRun | None, base_nimg
     lr = retrain.get("lr")
     if lr is None:
         if base_run is None or base_nimg is None:
-            raise ValueError("retrain.lr=null takes the base run's final learning rate: set base_run=<run folder> (and a base with nimg in its card) or retrain.lr")
+            raise ValueError(
+                "retrain.lr=null takes the base run's final learning rate: set base_run=<run folder> (and a base with nimg in its card) or retrain.lr"
+            )
         lr = base_run.final_learning_rate(base_nimg)
         log.info("retrain: learning rate %.6g (the base run's at nimg %d)", lr, base_nimg)
     return RetrainSettings(
@@ -154,7 +162,9 @@ def run_sims(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     retrain = retrain_settings(cfg, base_run, card.get("nimg"))
     register = cfg["register"]
     if base_run is None and not any(o.startswith("experiment=") for o in retrain.overrides):
-        log.warning("retrain: no base_run and no experiment= in retrain.overrides: the fine-tune starts from the training config's defaults")
+        log.warning(
+            "retrain: no base_run and no experiment= in retrain.overrides: the fine-tune starts from the training config's defaults"
+        )
     load = ModelLoader(resolve_device(str(cfg["device"])))
     task, num_tasks = int(cfg["synthesize"]["task"]), int(cfg["synthesize"]["num_tasks"])
     name = f"{base_run.config.get('name', 'base')}-sims" if base_run else "sims"
@@ -163,23 +173,53 @@ def run_sims(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
         last = k == stop_iteration
         folder = layout.stage(k, "synthesize")
         manifest = synthesize_stage(
-            folder, source, synth, int(card["network"].get("label_dim", 0)), load, load.device,
-            real=real.dataset if synth.num_real else None, real_data=real.cfg if synth.num_real else None,
-            task=task if last else 0, num_tasks=num_tasks if last else 1,
+            folder,
+            source,
+            synth,
+            int(card["network"].get("label_dim", 0)),
+            load,
+            load.device,
+            real=real.dataset if synth.num_real else None,
+            real_data=real.cfg if synth.num_real else None,
+            task=task if last else 0,
+            num_tasks=num_tasks if last else 1,
         )
         if manifest is None or (last and stop_stage == 1):
             return None
         run = layout.stage(k, "retrain")
         network = read_card(source)["network"]
-        retrain_stage(run, source, network, folder / MANIFEST_NAME, folder / SHARD_DIR, retrain, base_run.overrides if base_run else (), f"{name}{k}")
+        retrain_stage(
+            run,
+            source,
+            network,
+            folder / MANIFEST_NAME,
+            folder / SHARD_DIR,
+            retrain,
+            base_run.overrides if base_run else (),
+            f"{name}{k}",
+        )
         if last and stop_stage == 2:
             return None
-        provenance = {"synthetic_set": str(folder / MANIFEST_NAME), "retrain_run": str(run), "initialised_from": str(source)}
+        provenance = {
+            "synthetic_set": str(folder / MANIFEST_NAME),
+            "retrain_run": str(run),
+            "initialised_from": str(source),
+        }
         record = register_stage(
-            layout.stage(k, "register"), base, run, retrain.budgets, list(register["ema_stds"]), list(register["weight_space"]),
-            k, layout.root, provenance,
+            layout.stage(k, "register"),
+            base,
+            run,
+            retrain.budgets,
+            list(register["ema_stds"]),
+            list(register["weight_space"]),
+            k,
+            layout.root,
+            provenance,
         )
         pairs = [str(layout.stage(k, "register") / p) for p in record["info"]["pairs"]]
         done.append({"iteration": k, "manifest": str(folder / MANIFEST_NAME), "retrain_run": str(run), "pairs": pairs})
-        source = pair_folder(layout.stage(k, "register"), max(retrain.budgets), float(register["ema_stds"][0])) / NEGATIVE_NAME
+        source = (
+            pair_folder(layout.stage(k, "register"), max(retrain.budgets), float(register["ema_stds"][0]))
+            / NEGATIVE_NAME
+        )
     return write_summary(layout, base, done)

@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoguide.claim import claim_folder
 from autoguide.io import write_text_atomic
 from autoguide.io.digest import file_sha256
 from autoguide.io.records import SpecConflict, bind_spec_file, canonical, fingerprint, read_json, spec_digest, unchanged
+from autoguide.runtime.claim import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,17 @@ RECORD_NAME = "stage.json"
 RECORD_FORMAT = "autoguide-sims-stage/1"
 
 __all__ = [
-    "SpecConflict", "bind_spec", "canonical", "clear_record", "complete_record", "file_sha256", "fingerprint",
-    "run_stage", "spec_digest", "unchanged", "write_record",
+    "SpecConflict",
+    "bind_spec",
+    "canonical",
+    "clear_record",
+    "complete_record",
+    "file_sha256",
+    "fingerprint",
+    "run_stage",
+    "spec_digest",
+    "unchanged",
+    "write_record",
 ]
 
 
@@ -70,10 +79,18 @@ def complete_record(folder: Path, stage: str, spec: Mapping[str, Any]) -> dict[s
     return record
 
 
-def write_record(folder: Path, stage: str, spec: Mapping[str, Any], outputs: Sequence[Path], info: Mapping[str, Any]) -> dict[str, Any]:
+def write_record(
+    folder: Path, stage: str, spec: Mapping[str, Any], outputs: Sequence[Path], info: Mapping[str, Any]
+) -> dict[str, Any]:
     """Write ``stage.json`` for outputs (files inside ``folder``) and return it."""
     prints = {Path(path).resolve().relative_to(folder.resolve()).as_posix(): fingerprint(path) for path in outputs}
-    record = {"format": RECORD_FORMAT, "stage": stage, "spec": canonical(spec), "outputs": prints, "info": canonical(info)}
+    record = {
+        "format": RECORD_FORMAT,
+        "stage": stage,
+        "spec": canonical(spec),
+        "outputs": prints,
+        "info": canonical(info),
+    }
     write_text_atomic(folder / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
@@ -86,8 +103,10 @@ def clear_record(folder: Path) -> None:
 StageWork = Callable[[], "tuple[Sequence[Path], Mapping[str, Any]] | None"]
 
 
-def run_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork, role: str | None = None) -> dict[str, Any] | None:
-    """Claim the stage folder (``autoguide.claim``; ``role`` names one of several processes
+def run_stage(
+    folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork, role: str | None = None
+) -> dict[str, Any] | None:
+    """Claim the stage folder (``autoguide.runtime.claim``; ``role`` names one of several processes
     that split a stage, e.g. an array task), then skip the stage if ``folder`` holds a complete
     record for ``spec``; else bind the folder, drop any stale record, run ``work`` and record
     its ``(outputs, info)``. ``work`` returns ``None`` when it did only part of the stage (e.g.

@@ -65,11 +65,22 @@ def register_stage(
         for budget in budgets:
             for std, state, card in snapshots.models(list(ema_stds), int(budget)):
                 target = pair_folder(folder, budget, std)
-                sims = {"iteration": iteration, "budget_nimg": int(budget), "ema_std": float(std), "base": str(positive), **provenance}
+                sims = {
+                    "iteration": iteration,
+                    "budget_nimg": int(budget),
+                    "ema_std": float(std),
+                    "base": str(positive),
+                    **provenance,
+                }
                 negative = target / NEGATIVE_NAME
                 save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
-                spaces = {float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims) for w in weight_space}
-                write_pair(target / PAIR_NAME, SimsPair(positive, negative, int(budget), float(std), iteration, spaces), root)
+                spaces = {
+                    float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims)
+                    for w in weight_space
+                }
+                write_pair(
+                    target / PAIR_NAME, SimsPair(positive, negative, int(budget), float(std), iteration, spaces), root
+                )
                 outputs += [negative, *spaces.values(), target / PAIR_NAME]
         return outputs, {"pairs": [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]}
 

@@ -44,9 +44,22 @@ STAGE = "retrain"
 TRAIN_COMMAND = (sys.executable, "-m", "autoguide.apps.train")
 """``autoguide-train`` in the running interpreter (also where the console script is not installed)."""
 MANAGED_KEYS = (
-    "name", "run_dir", "resume", "data", "data.path", "data.conditional", "callbacks.phema.stds",
-    "train.duration_mi", "train.duration_fraction", "train.lr_ref", "train.lr_ref_batches", "train.lr_rampup_mi",
-    "train.snapshot_kimg", "train.checkpoint_kimg", "train.sample_kimg", "train.target",
+    "name",
+    "run_dir",
+    "resume",
+    "data",
+    "data.path",
+    "data.conditional",
+    "callbacks.phema.stds",
+    "train.duration_mi",
+    "train.duration_fraction",
+    "train.lr_ref",
+    "train.lr_ref_batches",
+    "train.lr_rampup_mi",
+    "train.snapshot_kimg",
+    "train.checkpoint_kimg",
+    "train.sample_kimg",
+    "train.target",
 )
 """Training keys SIMS sets itself (other ``data.*`` keys, such as ``data.num_workers``, may be
 overridden in ``retrain.overrides``)."""
@@ -101,7 +114,9 @@ class RetrainSettings:
 
     def __post_init__(self) -> None:
         if not self.budgets or any(int(b) != b or b < 1 for b in self.budgets):
-            raise ValueError(f"budget_mi gives budgets of {list(self.budgets)} images: each must be a positive whole number of images")
+            raise ValueError(
+                f"budget_mi gives budgets of {list(self.budgets)} images: each must be a positive whole number of images"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"retrain.lr={self.lr!r}: expected a positive learning rate")
         for o in self.overrides:
@@ -165,7 +180,9 @@ def training_overrides(
         "data.conditional": bool(network.get("label_dim")),
         **{f"net.{k}": v for k, v in config_dict(network).items()},
         "callbacks.init_from": {
-            "_target_": "autoguide.sims.init_callback.InitFromModel", "path": str(init_model), "budgets": list(settings.budgets),
+            "_target_": "autoguide.sims.init_callback.InitFromModel",
+            "path": str(init_model),
+            "budgets": list(settings.budgets),
         },
         "callbacks.phema.stds": list(settings.ema_stds),
         "train.duration_mi": max(settings.budgets) / 2**20,
@@ -189,7 +206,9 @@ def check_snapshots(run_dir: Path, settings: RetrainSettings) -> list[Path]:
     have = {(e.nimg, round(e.std, 6)) for e in index.entries}
     missing = [(b, s) for b in settings.budgets for s in settings.ema_stds if (b, round(float(s), 6)) not in have]
     if missing:
-        raise ValueError(f"retrain: {run_dir / 'phema'} has no snapshot for (nimg, std) {missing[:4]}; is callbacks.phema enabled?")
+        raise ValueError(
+            f"retrain: {run_dir / 'phema'} has no snapshot for (nimg, std) {missing[:4]}; is callbacks.phema enabled?"
+        )
     return [e.path for e in index.entries if e.nimg <= max(settings.budgets)] + [index.folder / INDEX_NAME]
 
 
@@ -216,7 +235,9 @@ def retrain_stage(
     name: str,
 ) -> dict[str, Any]:
     """Run (or skip) the fine-tune in ``folder`` (a training run folder); returns the record."""
-    overrides = training_overrides(folder.resolve(), name, init_model.resolve(), network, shards.resolve(), settings, base_overrides)
+    overrides = training_overrides(
+        folder.resolve(), name, init_model.resolve(), network, shards.resolve(), settings, base_overrides
+    )
     spec = {
         "init_sha256": file_sha256(init_model),
         "manifest_sha256": file_sha256(manifest_path),
@@ -233,6 +254,10 @@ def retrain_stage(
 
     def work():
         run_training(overrides, settings.launcher, folder)
-        return check_snapshots(folder, settings), {"budgets": list(settings.budgets), "lr": settings.lr, "command": overrides}
+        return check_snapshots(folder, settings), {
+            "budgets": list(settings.budgets),
+            "lr": settings.lr,
+            "command": overrides,
+        }
 
     return run_stage(folder, STAGE, spec, work)

@@ -32,17 +32,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from autoguide.core.typed_settings import to_dict
+from autoguide.data.sample_files import to_uint8
 from autoguide.data.shards import read_shard_index, write_shards
 from autoguide.io import read_card, write_text_atomic
-from autoguide.sample.batch import generate_images
-from autoguide.sample.config import build_guidance
-from autoguide.sample.guidance import GuidanceTerm
-from autoguide.sample.labels import class_labels
-from autoguide.sample.seeds import format_seeds
-from autoguide.sample.settings import GenerationSettings
-from autoguide.sample.outputs import to_uint8
 from autoguide.io.digest import file_sha256
-from autoguide.settings import to_dict
+from autoguide.sample.batch import generate_images
+from autoguide.sample.guidance import GuidanceTerm
+from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.labels import class_labels
+from autoguide.sample.sampler_settings import GenerationSettings
+from autoguide.sample.seeds import format_seeds
 from autoguide.sims.records import canonical, fingerprint, run_stage, spec_digest, unchanged
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ class SynthesisSettings:
         if int(self.shard_size) != self.shard_size or self.shard_size < 1:
             raise ValueError(f"synthesize.shard_size={self.shard_size!r}: expected a positive integer")
         if self.class_labels == "all":
-            raise ValueError("synthesize.class_labels=all: would make label_dim images per seed; use random, an index or a list")
+            raise ValueError(
+                "synthesize.class_labels=all: would make label_dim images per seed; use random, an index or a list"
+            )
 
     @property
     def num_real(self) -> int:
@@ -107,7 +109,12 @@ class Chunk:
 
 def _cut(kind: str, items: Sequence[int], classes: Sequence[int] | None, size: int) -> list[Chunk]:
     return [
-        Chunk(kind, k, tuple(items[start : start + size]), None if classes is None else tuple(classes[start : start + size]))
+        Chunk(
+            kind,
+            k,
+            tuple(items[start : start + size]),
+            None if classes is None else tuple(classes[start : start + size]),
+        )
         for k, start in enumerate(range(0, len(items), size))
     ]
 
@@ -123,12 +130,18 @@ def real_selection(num_available: int, count: int, seed: int) -> list[int]:
 def plan_chunks(settings: SynthesisSettings, label_dim: int, real: Dataset | None) -> list[Chunk]:
     """All chunks of the set: the synthetic ones, then the real ones (if any)."""
     seeds = list(range(settings.first_seed, settings.first_seed + settings.num_synthetic))
-    policy = list(settings.class_labels) if isinstance(settings.class_labels, Sequence) and not isinstance(settings.class_labels, str) else settings.class_labels
+    policy = (
+        list(settings.class_labels)
+        if isinstance(settings.class_labels, Sequence) and not isinstance(settings.class_labels, str)
+        else settings.class_labels
+    )
     seeds, classes = class_labels(policy, seeds, label_dim) if seeds else (seeds, None)
     chunks = _cut("synthetic", seeds, classes, settings.shard_size)
     if settings.num_real:
         if real is None:
-            raise ValueError("synthesize.real_fraction > 0 needs the real data (real_data=<dataset config> or base_run=<run folder>)")
+            raise ValueError(
+                "synthesize.real_fraction > 0 needs the real data (real_data=<dataset config> or base_run=<run folder>)"
+            )
         indices = real_selection(len(real), settings.num_real, settings.real_seed)
         real_classes = [int(real[i][1]) for i in indices] if label_dim else None
         chunks += _cut("real", indices, real_classes, settings.shard_size)
@@ -150,7 +163,11 @@ def chunk_done(folder: Path, chunk: Chunk, digest: str) -> dict[str, Any] | None
         side = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    expected = {"spec": digest, "items": list(chunk.items), "classes": None if chunk.classes is None else list(chunk.classes)}
+    expected = {
+        "spec": digest,
+        "items": list(chunk.items),
+        "classes": None if chunk.classes is None else list(chunk.classes),
+    }
     if any(side.get(k) != v for k, v in expected.items()):
         return None
     return side if unchanged(_shard(folder, chunk), side.get("shard", {})) else None
@@ -179,11 +196,17 @@ def write_chunk(folder: Path, chunk: Chunk, pixels: np.ndarray, digest: str) -> 
     return side
 
 
-def synthetic_pixels(net: nn.Module, terms: Sequence[GuidanceTerm], chunk: Chunk, settings: SynthesisSettings, device: torch.device) -> np.ndarray:
+def synthetic_pixels(
+    net: nn.Module, terms: Sequence[GuidanceTerm], chunk: Chunk, settings: SynthesisSettings, device: torch.device
+) -> np.ndarray:
     """Sample the chunk's seeds with the shared sampler."""
     images = generate_images(
-        net, chunk.items, None if chunk.classes is None else list(chunk.classes), terms,
-        device=device, **settings.generation.options(),
+        net,
+        chunk.items,
+        None if chunk.classes is None else list(chunk.classes),
+        terms,
+        device=device,
+        **settings.generation.options(),
     )
     return to_uint8(images)
 
@@ -195,19 +218,21 @@ def real_pixels(real: Dataset, chunk: Chunk) -> np.ndarray:
 
 def synthesis_spec(settings: SynthesisSettings, source: Path, real_data: Mapping[str, Any] | None) -> dict[str, Any]:
     """The stage inputs: settings that change the images, and the source model's hash."""
-    return canonical({
-        "source_sha256": file_sha256(source),
-        "num_synthetic": settings.num_synthetic,
-        "num_real": settings.num_real,
-        "real_data": dict(real_data) if settings.num_real and real_data is not None else None,
-        "real_seed": settings.real_seed if settings.num_real else None,
-        "first_seed": settings.first_seed,
-        "class_labels": settings.class_labels,
-        "shard_size": settings.shard_size,
-        "precision": settings.generation.precision,
-        "sampler": to_dict(settings.generation.sampler),
-        "guidance": dict(settings.guidance or {"kind": "none"}),
-    })
+    return canonical(
+        {
+            "source_sha256": file_sha256(source),
+            "num_synthetic": settings.num_synthetic,
+            "num_real": settings.num_real,
+            "real_data": dict(real_data) if settings.num_real and real_data is not None else None,
+            "real_seed": settings.real_seed if settings.num_real else None,
+            "first_seed": settings.first_seed,
+            "class_labels": settings.class_labels,
+            "shard_size": settings.shard_size,
+            "precision": settings.generation.precision,
+            "sampler": to_dict(settings.generation.sampler),
+            "guidance": dict(settings.guidance or {"kind": "none"}),
+        }
+    )
 
 
 def make_chunks(
@@ -228,7 +253,14 @@ def make_chunks(
         raise ValueError(f"synthesize.task={task} must lie in [0, synthesize.num_tasks={num_tasks})")
     mine = [c for position, c in enumerate(chunks) if position % num_tasks == task]
     todo = [c for c in mine if chunk_done(folder, c, digest) is None]
-    log.info("synthesize: %d chunks in the set, %d for task %d/%d, %d to write", len(chunks), len(mine), task, num_tasks, len(todo))
+    log.info(
+        "synthesize: %d chunks in the set, %d for task %d/%d, %d to write",
+        len(chunks),
+        len(mine),
+        task,
+        num_tasks,
+        len(todo),
+    )
     net = terms = None
     for chunk in todo:
         if chunk.kind == "synthetic":
@@ -243,7 +275,9 @@ def make_chunks(
     return [c for c in chunks if chunk_done(folder, c, digest) is None]
 
 
-def write_manifest(folder: Path, chunks: Sequence[Chunk], digest: str, spec: Mapping[str, Any], source: Path, label_dim: int) -> dict[str, Any]:
+def write_manifest(
+    folder: Path, chunks: Sequence[Chunk], digest: str, spec: Mapping[str, Any], source: Path, label_dim: int
+) -> dict[str, Any]:
     """Write ``manifest.json`` describing the complete set and return it."""
     shards = []
     for chunk in chunks:
@@ -251,7 +285,9 @@ def write_manifest(folder: Path, chunks: Sequence[Chunk], digest: str, spec: Map
         if side is None:
             raise RuntimeError(f"{_shard(folder, chunk)}: chunk is not complete; cannot write the manifest")
         entry = {"file": side["file"], "kind": chunk.kind, "count": side["count"], "sha256": side["shard"]["sha256"]}
-        entry["seeds" if chunk.kind == "synthetic" else "real_indices"] = format_seeds(chunk.items) if chunk.kind == "synthetic" else list(chunk.items)
+        entry["seeds" if chunk.kind == "synthetic" else "real_indices"] = (
+            format_seeds(chunk.items) if chunk.kind == "synthetic" else list(chunk.items)
+        )
         if chunk.classes is not None:
             entry["class_counts"] = np.bincount(chunk.classes, minlength=label_dim).tolist()
         shards.append(entry)
@@ -289,7 +325,9 @@ def verify_manifest(folder: Path) -> dict[str, Any]:
             raise ValueError(f"{shard}: holds {found} samples, {path} says {entry['count']}")
         total += found
     if total != manifest["count"] or manifest["count"] != manifest["num_synthetic"] + manifest["num_real"]:
-        raise ValueError(f"{path}: count {manifest['count']} disagrees with the shards ({total}) or with num_synthetic + num_real")
+        raise ValueError(
+            f"{path}: count {manifest['count']} disagrees with the shards ({total}) or with num_synthetic + num_real"
+        )
     return manifest
 
 

@@ -21,7 +21,9 @@ from autoguide.io import read_model_file, save_model
 from autoguide.nets import build_network, network_config
 
 
-def extrapolate(base: Mapping[str, torch.Tensor], synth: Mapping[str, torch.Tensor], weight: float, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+def extrapolate(
+    base: Mapping[str, torch.Tensor], synth: Mapping[str, torch.Tensor], weight: float, frozen: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
     """``base + weight (base - synth)`` per floating tensor (computed in float64, stored in the
     base's dtype); ``frozen`` names and non-float tensors are copied from ``base``."""
     if not math.isfinite(weight):
@@ -48,12 +50,16 @@ def frozen_buffers(network: Mapping[str, Any]) -> set[str]:
     return {name for name, _ in net.named_buffers() if name in state}
 
 
-def write_weightspace_model(path: Path, base_path: Path, synth_path: Path, weight: float, extra_card: Mapping[str, Any]) -> Path:
+def write_weightspace_model(
+    path: Path, base_path: Path, synth_path: Path, weight: float, extra_card: Mapping[str, Any]
+) -> Path:
     """Write the model ``theta_base + weight (theta_base - theta_synth)`` to ``path``."""
     base, base_card = read_model_file(base_path)
     synth, synth_card = read_model_file(synth_path)
     if network_config(base_card["network"]) != network_config(synth_card["network"]):
-        raise ValueError(f"{synth_path}: its network differs from the base model {base_path}; weight-space SIMS needs one architecture")
+        raise ValueError(
+            f"{synth_path}: its network differs from the base model {base_path}; weight-space SIMS needs one architecture"
+        )
     card = {
         "network": base_card["network"],
         "nimg": base_card.get("nimg"),

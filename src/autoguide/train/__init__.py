@@ -3,14 +3,14 @@ image-counted schedules, atomic checkpoints with exact resume, sample pictures, 
 itself (``train``, driven by the ``autoguide-train`` app).
 
 ``DiffusionModule`` and ``train`` are imported on first use (PEP 562) so that the light
-helpers (``autoguide.train.settings``, ``autoguide.train.plan``) do not pull in Lightning.
+helpers (``autoguide.train.recipe``, ``autoguide.train.plan``) do not pull in Lightning.
 """
 
-from autoguide.lazy import lazy_getattr
+from autoguide.core.lazy import lazy_getattr
 
 _EXPORTS = {
     "DiffusionModule": "module",
-    "TrainSettings": "settings",
+    "TrainSettings": "recipe",
     "train": "run",
 }
 __all__ = sorted(_EXPORTS)

@@ -29,12 +29,12 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from autoguide.core.typed_settings import ConfigError, interval_images
 from autoguide.io import atomic_path, write_text_atomic
 from autoguide.io.digest import read_sha256
 from autoguide.io.integrity import IntegrityError, check_finite, tensors_in
-from autoguide.settings import ConfigError, interval_images
+from autoguide.runtime.preemption import STOP_SIGNALS, Preempted, SignalFlag, parse_signals, requeue_slurm_job
 from autoguide.train.plan import IntervalTrigger
-from autoguide.train.preemption import STOP_SIGNALS, Preempted, SignalFlag, parse_signals, requeue_slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class ImageCheckpoint(Checkpoint):
     Being a ``Checkpoint`` callback, Lightning runs it after every other callback, so the
     saved callback states (e.g. the EMAs) already include the step just taken.
 
-    Preemption (``autoguide.train.preemption``): from ``setup`` to ``teardown`` the signals
+    Preemption (``autoguide.runtime.preemption``): from ``setup`` to ``teardown`` the signals
     ``preempt_signals`` only set a flag. At the end of the next optimizer step the ranks agree
     (one boolean all-reduce per step) and all save a checkpoint; then global rank 0 requeues the
     SLURM job (when ``requeue``, inside a SLURM job, and the signal was not SIGTERM, a request to
@@ -213,7 +213,9 @@ class ImageCheckpoint(Checkpoint):
         self.trigger.start(pl_module.nimg)
         self._step_nimg = int(pl_module.nimg)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         nimg = int(pl_module.nimg)
         if nimg == self._step_nimg:  # inside gradient accumulation: no step boundary
             return
@@ -225,8 +227,12 @@ class ImageCheckpoint(Checkpoint):
             requeue = self.requeue and trainer.is_global_zero and self.flag.received not in STOP_SIGNALS
             requeued = requeue_slurm_job() if requeue else None
             if trainer.is_global_zero:
-                log.warning("preempted at nimg %d: saved %s; %s", nimg, path,
-                            f"requeued SLURM job {requeued}" if requeued else "not requeued")
+                log.warning(
+                    "preempted at nimg %d: saved %s; %s",
+                    nimg,
+                    path,
+                    f"requeued SLURM job {requeued}" if requeued else "not requeued",
+                )
             raise Preempted(nimg, str(path), requeued)
 
     def save(self, trainer: pl.Trainer, nimg: int) -> Path:

@@ -35,7 +35,9 @@ class FlatGradients:
         offset = 0
         for p in self.params:
             if not _dense(p):
-                raise ValueError(f"FlatGradients needs dense parameters; got one of shape {tuple(p.shape)}, strides {p.stride()}")
+                raise ValueError(
+                    f"FlatGradients needs dense parameters; got one of shape {tuple(p.shape)}, strides {p.stride()}"
+                )
             view = self.buffer.as_strided(p.shape, p.stride(), offset)
             p.grad = view
             self.views.append(view)

@@ -25,7 +25,7 @@ class FolderFileHandler(logging.FileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.stream is None and not Path(self.baseFilename).parent.is_dir():
-            self.held = [*self.held[-(MAX_HELD_RECORDS - 1):], record]
+            self.held = [*self.held[-(MAX_HELD_RECORDS - 1) :], record]
             return
         held, self.held = self.held, []
         for earlier in held:

@@ -35,14 +35,14 @@ import lightning as L
 import numpy as np
 import torch
 
+from autoguide.core.typed_settings import to_dict
+from autoguide.core.units import KIMG
 from autoguide.diffusion import edm2_loss
 from autoguide.diffusion.loss import ExactTarget
 from autoguide.nets import NetworkConfig, build_network, compile_network, config_dict, network_config
-from autoguide.settings import to_dict
 from autoguide.train.finite import FiniteGuard, max_norm
 from autoguide.train.gradients import FlatGradients
-from autoguide.train.settings import TrainSettings, check_conditioning
-from autoguide.units import KIMG
+from autoguide.train.recipe import TrainSettings, check_conditioning
 
 CHECKPOINT_KEY = "autoguide_train"
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def step_seed(seed: int, rank: int, nimg: int) -> int:
 
 class DiffusionModule(L.LightningModule):
     """Trains ``self.net`` (built from the network config ``net``) with the EDM2 recipe of
-    ``train`` (``autoguide.train.settings.TrainSettings``: global batch, learning-rate
+    ``train`` (``autoguide.train.recipe.TrainSettings``: global batch, learning-rate
     schedule, noise levels, label dropout, target, loss weighting, optimizer). ``seed`` seeds
     the network initialisation and, with rank and image count, every step."""
 
@@ -98,7 +98,9 @@ class DiffusionModule(L.LightningModule):
         if self.settings.target == "exact":
             dataset = self.trainer.datamodule.dataset
             if not hasattr(dataset, "exact_denoiser"):
-                raise ValueError(f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none")
+                raise ValueError(
+                    f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none"
+                )
             self._exact_target = dataset.exact_denoiser
         if self.settings.compile:  # after the callbacks' on_fit_start: the EMA copies stay plain modules
             compile_network(self.net)
@@ -108,8 +110,13 @@ class DiffusionModule(L.LightningModule):
         torch.manual_seed(step_seed(self.seed, self.global_rank, self.nimg + self._step_images))
         self._step_images += images.shape[0] * self.trainer.world_size
         loss = edm2_loss(
-            self.net, images, self._conditioning(labels), self.settings.P_mean, self.settings.P_std,
-            exact_target=self._exact_target, weighting=self.settings.loss_weighting,
+            self.net,
+            images,
+            self._conditioning(labels),
+            self.settings.P_mean,
+            self.settings.P_std,
+            exact_target=self._exact_target,
+            weighting=self.settings.loss_weighting,
         )
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=images.shape[0])
         size = loss.detach().abs()

@@ -2,7 +2,7 @@
 
 docs/design.md, "Conventions": the user gives the global batch ``B`` (images per optimizer
 step, all devices and accumulation rounds together), the duration in Mi and every interval in
-kimg (``autoguide.units``). One optimizer step moves the image count ``nimg`` from ``k B`` to
+kimg (``autoguide.core.units``). One optimizer step moves the image count ``nimg`` from ``k B`` to
 ``(k + 1) B``; a run of ``T`` images takes ``ceil(T / B)`` steps. With ``W`` devices and a
 per-device micro-batch ``b``, each step accumulates ``B / (W b)`` micro-batches.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
 
 
 @dataclass(frozen=True)

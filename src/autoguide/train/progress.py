@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
-from autoguide.units import KIMG
+from autoguide.core.units import KIMG
 
 
 class ImageProgressBar(ProgressBar):
@@ -37,12 +37,19 @@ class ImageProgressBar(ProgressBar):
             return
         total = trainer.max_steps * pl_module.batch_size / KIMG
         self._bar = tqdm(
-            total=total, initial=pl_module.nimg / KIMG, desc="train ", bar_format=self.BAR_FORMAT,
-            file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+            total=total,
+            initial=pl_module.nimg / KIMG,
+            desc="train ",
+            bar_format=self.BAR_FORMAT,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            smoothing=0.1,
             mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._bar is None:
             return
         kimg = pl_module.nimg / KIMG

@@ -17,15 +17,31 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autoguide.settings import ConfigError
+from autoguide.core.typed_settings import ConfigError
 
 CONFIG_FILE = "config.yaml"
 RESUMABLE_KEYS = (
-    "run_dir", "paths", "resume", "resume_changed", "logger", "vae_path",
-    "train.duration_mi", "train.duration_fraction", "train.log_kimg", "train.checkpoint_kimg", "train.sample_kimg",
-    "train.batch_per_device", "train.compile", "train.max_nonfinite_steps",
-    "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-    "callbacks.checkpoint", "callbacks.sample_grid", "callbacks.progress_bar", "callbacks.phema.out_dir",
+    "run_dir",
+    "paths",
+    "resume",
+    "resume_changed",
+    "logger",
+    "vae_path",
+    "train.duration_mi",
+    "train.duration_fraction",
+    "train.log_kimg",
+    "train.checkpoint_kimg",
+    "train.sample_kimg",
+    "train.batch_per_device",
+    "train.compile",
+    "train.max_nonfinite_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "callbacks.checkpoint",
+    "callbacks.sample_grid",
+    "callbacks.progress_bar",
+    "callbacks.phema.out_dir",
 )
 """Keys (and key prefixes: ``logger`` covers ``logger.*``) a rerun may change and still continue."""
 
@@ -61,9 +77,10 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
         return
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable record is refused the same way
-        raise ConfigError(f"{path}: unreadable run config ({' '.join(str(error).split())}); "
-                          "fix or remove it, or use another run_dir") from None
+    except Exception as error:
+        raise ConfigError(
+            f"{path}: unreadable run config ({' '.join(str(error).split())}); fix or remove it, or use another run_dir"
+        ) from None
     if not isinstance(recorded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(recorded).__name__}")
     resolved = OmegaConf.to_container(cfg, resolve=True)

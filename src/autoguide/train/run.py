@@ -34,20 +34,25 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from autoguide.claim import claim_folder
+from autoguide.core.typed_settings import ConfigError
 from autoguide.data.datamodule import DiffusionDataModule
+from autoguide.data.vae import write_run_latent
 from autoguide.io import save_model, write_text_atomic
-from autoguide.latent import write_run_latent
+from autoguide.runtime.claim import claim_folder
+from autoguide.runtime.preemption import EXIT_PREEMPTED
+from autoguide.runtime.process import rank_from_env
 from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints, newest_intact_checkpoint
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.module import DiffusionModule
-from autoguide.train.preemption import EXIT_PREEMPTED
+from autoguide.train.recipe import TrainSettings
 from autoguide.train.rerun import check_unchanged
-from autoguide.runtime import rank_from_env
-from autoguide.settings import ConfigError
-from autoguide.train.settings import TrainSettings
 from autoguide.train.validate import (
-    RunSettings, check_accelerator, check_against_data, check_against_main, main_model, run_settings,
+    RunSettings,
+    check_accelerator,
+    check_against_data,
+    check_against_main,
+    main_model,
+    run_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +152,7 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
     check_accelerator(cfg.trainer)
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = build_loggers(cfg)
-    # Signals are handled by ImageCheckpoint (autoguide.train.preemption), not by Lightning's
+    # Signals are handled by ImageCheckpoint (autoguide.runtime.preemption), not by Lightning's
     # SLURM plugin, which would save a mid-step hpc_ckpt from inside its handler.
     slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     try:
@@ -156,8 +161,9 @@ def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
         raise ConfigError(f"trainer: {' '.join(str(error).split())}") from None
 
 
-def _trainer(cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any],
-             slurm: list[Any]) -> L.Trainer:
+def _trainer(
+    cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any], slurm: list[Any]
+) -> L.Trainer:
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=train.total_steps,
@@ -217,13 +223,14 @@ def train(cfg: DictConfig) -> Path:
 
 
 def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
-    """The run folder's claim (``autoguide.claim``) on rank 0, before anything is written; other
+    """The run folder's claim (``autoguide.runtime.claim``) on rank 0, before anything is written; other
     ranks of a distributed run write nothing there and take none."""
     return claim_folder(run_dir) if rank_from_env().rank == 0 else contextlib.nullcontext()
 
 
-def _fit(trainer: L.Trainer, module: DiffusionModule, datamodule: DiffusionDataModule, ckpt: Path | None,
-         run_dir: Path) -> None:
+def _fit(
+    trainer: L.Trainer, module: DiffusionModule, datamodule: DiffusionDataModule, ckpt: Path | None, run_dir: Path
+) -> None:
     """``trainer.fit``; a run stopped for non-finite values names the newest checkpoint (all
     written checkpoints are finite); a SIGTERM that Lightning acted on before the checkpoint
     callback could is an interruption (exit status 3), not a finished run."""
@@ -259,8 +266,14 @@ def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict
     if rank_zero_only.rank == 0:
         log.info(
             "run %s: %d images = %d steps of %d (%d device(s) x %d per device x %d accumulation)%s",
-            run_dir, settings.train.total_nimg, settings.train.total_steps, plan.batch_size, plan.world_size,
-            plan.per_device, plan.accumulate, f", resuming from {ckpt}" if ckpt else "",
+            run_dir,
+            settings.train.total_nimg,
+            settings.train.total_steps,
+            plan.batch_size,
+            plan.world_size,
+            plan.per_device,
+            plan.accumulate,
+            f", resuming from {ckpt}" if ckpt else "",
         )
     _fit(trainer, module, datamodule, ckpt, run_dir)
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):

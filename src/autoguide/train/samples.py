@@ -22,12 +22,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from autoguide.latent import load_latent_codec
+from autoguide.core.typed_settings import interval_images
+from autoguide.core.units import KIMG
+from autoguide.data.sample_files import write_grid, write_scatter
+from autoguide.data.vae import load_latent_codec
 from autoguide.sample import generate_images
-from autoguide.sample.outputs import write_grid, write_scatter
-from autoguide.settings import interval_images
 from autoguide.train.plan import IntervalTrigger
-from autoguide.units import KIMG
 
 MAX_CLASS_COLUMNS = 16
 log = logging.getLogger(__name__)
@@ -82,9 +82,13 @@ class SampleGridCallback(pl.Callback):
             self._codec = load_latent_codec({"latent": self.latent}, self.vae_path, device)
         return self._codec.decode(samples.to(device)).cpu()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps) and trainer.is_global_zero:
-            path = self.write(pl_module.net, int(pl_module.nimg), precision="bf16" if "bf16" in str(trainer.precision) else "fp32")
+            path = self.write(
+                pl_module.net, int(pl_module.nimg), precision="bf16" if "bf16" in str(trainer.precision) else "fp32"
+            )
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
@@ -97,8 +101,13 @@ class SampleGridCallback(pl.Callback):
         net.eval()
         try:
             samples = generate_images(
-                net, range(self.num_images), labels, batch_size=self.batch_size, device=device,
-                num_steps=self.num_steps, precision=precision,
+                net,
+                range(self.num_images),
+                labels,
+                batch_size=self.batch_size,
+                device=device,
+                num_steps=self.num_steps,
+                precision=precision,
             )
         finally:
             net.train(was_training)

@@ -16,11 +16,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.core.typed_settings import ConfigError, from_mapping
+from autoguide.data.vae import check_same_latent_space
 from autoguide.io import ModelFileError, read_card
-from autoguide.latent import check_same_latent_space
-from autoguide.nets.config import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
-from autoguide.settings import ConfigError, from_mapping
-from autoguide.train.settings import TrainSettings, check_conditioning
+from autoguide.nets.architectures import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
+from autoguide.train.recipe import TrainSettings, check_conditioning
 
 MANAGED_TRAINER_KEYS = {
     "max_steps": "train.duration_mi",
@@ -59,7 +59,9 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
             raise ConfigError(f"trainer.{key} is derived by autoguide; set {MANAGED_TRAINER_KEYS[key]} instead")
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)")
+        raise ConfigError(
+            f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)"
+        )
 
 
 def check_accelerator(trainer: Mapping[str, Any]) -> None:
@@ -87,7 +89,9 @@ def check_run_dir(run_dir: str | Path) -> None:
     for place in (path, *path.parents):
         if place.exists() and not place.is_dir():
             which = "run_dir" if place == path else f"the folder {place} above run_dir"
-            raise ConfigError(f"run_dir={run_dir}: {which} is a file, expected a folder (check paths.runs_dir and name)")
+            raise ConfigError(
+                f"run_dir={run_dir}: {which} is a file, expected a folder (check paths.runs_dir and name)"
+            )
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
@@ -116,15 +120,20 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
                 f"net.arch={net.arch!r} takes vectors, but {where} has {info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
             )
     elif isinstance(net, UNetConfig) and net.img_resolution != info["img_resolution"]:
-        got = "2D points" if info["img_resolution"] == 0 else f"{info['img_resolution']}x{info['img_resolution']} images"
+        got = (
+            "2D points" if info["img_resolution"] == 0 else f"{info['img_resolution']}x{info['img_resolution']} images"
+        )
         raise ConfigError(f"net.img_resolution={net.img_resolution} does not match {where}, which has {got}")
     if net.img_channels != info["img_channels"]:
-        raise ConfigError(f"net.img_channels={net.img_channels} does not match {where}, which has {info['img_channels']} channels")
+        raise ConfigError(
+            f"net.img_channels={net.img_channels} does not match {where}, which has {info['img_channels']} channels"
+        )
     if net.label_dim != info["label_dim"]:
         hint = (
             "set data.conditional=false to train an unconditional model"
             if net.label_dim == 0
-            else f"use net.label_dim={info['label_dim']}" + (" or data.conditional=true" if info["label_dim"] == 0 else "")
+            else f"use net.label_dim={info['label_dim']}"
+            + (" or data.conditional=true" if info["label_dim"] == 0 else "")
         )
         raise ConfigError(
             f"net.label_dim={net.label_dim} does not match {where}, which feeds {info['label_dim']} label classes; {hint}"
@@ -137,11 +146,15 @@ def main_model(cfg: DictConfig) -> str | None:
     if "main_model" not in cfg.keys():
         return None
     if OmegaConf.is_missing(cfg, "main_model"):
-        raise ConfigError(f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)")
+        raise ConfigError(
+            f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)"
+        )
     return None if cfg.main_model is None else str(cfg.main_model)
 
 
-def check_against_main(main_model: str, data_name: str, info: Mapping[str, int], latent: Mapping[str, Any] | None) -> None:
+def check_against_main(
+    main_model: str, data_name: str, info: Mapping[str, int], latent: Mapping[str, Any] | None
+) -> None:
     """A guide trained for the main model in file ``main_model`` sees data of the main's
     resolution, channels and classes, in the main's latent space (the same standardisation)."""
     try:
@@ -151,7 +164,9 @@ def check_against_main(main_model: str, data_name: str, info: Mapping[str, int],
     where, main = f"data {data_name!r}", network_config(card["network"])
     for key in ("img_resolution", "img_channels", "label_dim"):
         if getattr(main, key, None) != info[key]:
-            raise ConfigError(f"main_model={main_model} has {key} {getattr(main, key, None)}, but {where} has {info[key]}")
+            raise ConfigError(
+                f"main_model={main_model} has {key} {getattr(main, key, None)}, but {where} has {info[key]}"
+            )
     try:
         check_same_latent_space(card.get("latent"), latent, f"main_model={main_model}", where)
     except ValueError as error:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.io.sims_pair import read_pair
-from autoguide.settings import ConfigError
 
 DEFAULT_OMEGA = 1.0
 
@@ -38,5 +38,7 @@ def pair_sampling(pair_path: str, model: str | None, guidance: Mapping[str, Any]
     elif kind == "autoguidance" and float(guidance.get("weight", 1.0)) == 1.0:
         omega, interval = DEFAULT_OMEGA, None
     else:
-        raise ConfigError(f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} (use guidance=sims guidance.omega=...)")
+        raise ConfigError(
+            f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} (use guidance=sims guidance.omega=...)"
+        )
     return str(pair.positive), pair.guidance(omega, interval)

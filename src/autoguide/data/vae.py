@@ -67,19 +67,28 @@ def stability_vae_spec(
     """The ``latent`` entry of a model card for a model trained on these latents; ``vae``: the
     VAE's ``vae_identity`` (hashes), absent for imported releases."""
     return {
-        "type": LATENT_TYPE, "vae_name": vae_name, "raw_mean": [float(v) for v in raw_mean],
-        "raw_std": [float(v) for v in raw_std], "final_mean": float(final_mean), "final_std": float(final_std),
+        "type": LATENT_TYPE,
+        "vae_name": vae_name,
+        "raw_mean": [float(v) for v in raw_mean],
+        "raw_std": [float(v) for v in raw_std],
+        "final_mean": float(final_mean),
+        "final_std": float(final_std),
         **({"vae": dict(vae)} if vae is not None else {}),
     }
 
 
 def standardisation(
-    raw_mean: Sequence[float], raw_std: Sequence[float], final_mean: float = EDM2_FINAL_MEAN, final_std: float = EDM2_FINAL_STD
+    raw_mean: Sequence[float],
+    raw_std: Sequence[float],
+    final_mean: float = EDM2_FINAL_MEAN,
+    final_std: float = EDM2_FINAL_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, bias)`` per channel, float32 as in the release: ``scale = final_std / raw_std``,
     ``bias = final_mean - raw_mean * scale`` (``z = z_raw * scale + bias``)."""
     if len(raw_mean) != len(raw_std):
-        raise ValueError(f"raw_mean and raw_std need one value per latent channel, got {len(raw_mean)} and {len(raw_std)}")
+        raise ValueError(
+            f"raw_mean and raw_std need one value per latent channel, got {len(raw_mean)} and {len(raw_std)}"
+        )
     if min(raw_std) <= 0 or final_std <= 0:
         raise ValueError(f"raw_std {list(raw_std)} and final_std {final_std} must be positive")
     scale = torch.tensor(final_std, dtype=torch.float32) / torch.tensor(raw_std, dtype=torch.float32)
@@ -98,7 +107,9 @@ def same_latent_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, 
         return False
     values = [(x, y) for k in ("raw_mean", "raw_std") for x, y in zip(a[k], b[k], strict=False)]
     values += [(a[k], b[k]) for k in ("final_mean", "final_std")]
-    return len(a["raw_mean"]) == len(b["raw_mean"]) and all(abs(x - y) <= rel * max(abs(x), abs(y), 1.0) for x, y in values)
+    return len(a["raw_mean"]) == len(b["raw_mean"]) and all(
+        abs(x - y) <= rel * max(abs(x), abs(y), 1.0) for x, y in values
+    )
 
 
 def describe_latent_space(spec: Mapping[str, Any] | None) -> str:
@@ -122,7 +133,9 @@ def _autoencoder_class() -> type:
     try:
         from diffusers import AutoencoderKL
     except ImportError as err:
-        raise ImportError('latent models need diffusers: pip install -e ".[latent]" (or pip install diffusers)') from err
+        raise ImportError(
+            'latent models need diffusers: pip install -e ".[latent]" (or pip install diffusers)'
+        ) from err
     return AutoencoderKL
 
 
@@ -138,7 +151,9 @@ def _vae_files(vae_path: str | os.PathLike, vae_name: str | None) -> tuple[Path,
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"vae_path={folder}: no config.json there; {get}")
     if not (folder / VAE_WEIGHTS).is_file():
-        raise FileNotFoundError(f"vae_path={folder}: no {VAE_WEIGHTS} there (weights are read from safetensors only); {get}")
+        raise FileNotFoundError(
+            f"vae_path={folder}: no {VAE_WEIGHTS} there (weights are read from safetensors only); {get}"
+        )
     return folder / "config.json", folder / VAE_WEIGHTS
 
 
@@ -146,7 +161,9 @@ def load_vae(vae_path: str | os.PathLike, vae_name: str | None = None) -> nn.Mod
     """The diffusers ``AutoencoderKL`` in local folder ``vae_path`` (``config.json`` and
     safetensors weights; nothing is downloaded), in eval mode without gradients."""
     _vae_files(vae_path, vae_name)
-    vae = _autoencoder_class().from_pretrained(str(vae_path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+    vae = _autoencoder_class().from_pretrained(
+        str(vae_path), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+    )
     return vae.eval().requires_grad_(False)
 
 
@@ -161,8 +178,11 @@ def vae_identity(vae_path: str | os.PathLike, vae_name: str | None = None) -> di
         recorded = load_json(config, "VAE config").get("_name_or_path")
         vae_name = recorded if isinstance(recorded, str) and recorded and not Path(recorded).is_absolute() else folder
     return {
-        "name": vae_name, "folder": folder, "config_sha256": file_sha256(config),
-        "weights_file": weights.name, "weights_sha256": file_sha256(weights),
+        "name": vae_name,
+        "folder": folder,
+        "config_sha256": file_sha256(config),
+        "weights_file": weights.name,
+        "weights_sha256": file_sha256(weights),
     }
 
 
@@ -188,7 +208,10 @@ def check_vae_path(spec: Mapping[str, Any], vae_path: str | os.PathLike, what: s
     if made_with is None:
         log.warning(
             "%s names no VAE hashes (an imported release): assuming vae_path=%s (config sha256 %s) is %s",
-            what, vae_path, found["config_sha256"][:12], spec.get("vae_name", SD_VAE_NAME),
+            what,
+            vae_path,
+            found["config_sha256"][:12],
+            spec.get("vae_name", SD_VAE_NAME),
         )
     elif not same_vae(made_with, found):
         raise ValueError(
@@ -206,7 +229,10 @@ def check_raw_std(raw_std: Sequence[float], where: str) -> None:
         log.warning(
             "%s: the latents' raw std per channel %s is %s x EDM2's constants %s; data.standardize=edm2 suits the SD "
             "VAE only: consider data.standardize=dataset (the set's own statistics)",
-            where, [round(float(s), 3) for s in raw_std], [round(r, 2) for r in ratios], list(EDM2_RAW_STD),
+            where,
+            [round(float(s), 3) for s in raw_std],
+            [round(r, 2) for r in ratios],
+            list(EDM2_RAW_STD),
         )
 
 
@@ -252,7 +278,9 @@ class LatentCodec(nn.Module):
         super().__init__()
         channels = int(vae.config.latent_channels)
         if len(raw_mean) != channels or len(raw_std) != channels:
-            raise ValueError(f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}")
+            raise ValueError(
+                f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}"
+            )
         scale, bias = standardisation(raw_mean, raw_std, final_mean, final_std)
         self.vae = vae.eval().requires_grad_(False)
         self.factor = downsampling(vae)  # pixels per latent pixel and side
@@ -265,13 +293,17 @@ class LatentCodec(nn.Module):
         """The codec of card entry ``spec`` with the VAE weights from local folder ``vae_path``."""
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing or spec["type"] != LATENT_TYPE:
-            raise ValueError(f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})")
+            raise ValueError(
+                f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})"
+            )
         check_vae_path(spec, vae_path)
         vae = load_vae(vae_path, spec["vae_name"])
         return cls(vae, spec["raw_mean"], spec["raw_std"], spec["final_mean"], spec["final_std"], batch_size)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
         """Latents of float images in [-1, 1]: ``(mean + std * eps) * scale + bias``.
 
         The VAE gets ``(images + 1) / 2`` in [0, 1]; ``sample=False`` uses the posterior mean.
@@ -297,7 +329,9 @@ class LatentCodec(nn.Module):
         return torch.cat(out)
 
 
-def load_latent_codec(card: Mapping[str, Any], vae_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> LatentCodec | None:
+def load_latent_codec(
+    card: Mapping[str, Any], vae_path: str | os.PathLike | None, device: str | torch.device = "cpu"
+) -> LatentCodec | None:
     """The codec a model card asks for (``card["latent"]``), or None for pixel-space models.
 
     A latent model without ``vae_path`` is an error that says where to get the VAE.
@@ -321,7 +355,9 @@ def _cached_codec(spec_json: str, vae_path: str | None, device: str) -> LatentCo
     return load_latent_codec({"latent": json.loads(spec_json)}, vae_path, device)
 
 
-def codec_for(net: nn.Module, vae_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> LatentCodec | None:
+def codec_for(
+    net: nn.Module, vae_path: str | os.PathLike | None, device: str | torch.device = "cpu"
+) -> LatentCodec | None:
     """The VAE codec of a latent model (its card's ``latent`` entry), loaded once per (spec,
     VAE folder, device) and kept for later calls; ``None`` for pixel and 2D models."""
     spec = getattr(net, "card", {}).get("latent")

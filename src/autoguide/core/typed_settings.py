@@ -1,8 +1,8 @@
 """Typed settings: frozen dataclasses validated once, each error one line naming the config key.
 
-The settings classes (``autoguide.train.settings.TrainSettings``,
-``autoguide.sample.settings.SamplerSettings``, the network configs of
-``autoguide.nets.config``) are the schemas of their config nodes: ``autoguide.config`` registers
+The settings classes (``autoguide.train.recipe.TrainSettings``,
+``autoguide.sample.sampler_settings.SamplerSettings``, the network configs of
+``autoguide.nets.architectures``) are the schemas of their config nodes: ``autoguide.apps.config_tree`` registers
 them with Hydra, so composition already rejects unknown keys and wrong types, and
 ``from_mapping`` turns a composed node (or a model card's JSON) into the object the library
 takes, running the range checks of its ``__post_init__``. This module holds what they share.
@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from autoguide.units import KIMG
+from autoguide.core.units import KIMG
 
 T = TypeVar("T")
 
@@ -26,8 +26,14 @@ class ConfigError(ValueError):
 
 
 def number(
-    value: Any, key: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
-    high_open: bool = False, expected: str | None = None,
+    value: Any,
+    key: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    expected: str | None = None,
 ) -> float:
     """``value`` as a float within the bounds, else ``ConfigError`` naming ``key``.
 
@@ -79,7 +85,8 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], where: str, context: s
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}{context}; valid keys: {sorted(fields)}")
     missing = sorted(
-        name for name, f in fields.items()
+        name
+        for name, f in fields.items()
         if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     if missing:
@@ -110,6 +117,6 @@ def to_dict(settings: Any) -> dict[str, Any]:
 
 
 def interval_images(kimg: Any, key: str) -> int:
-    """An interval given in kimg (``autoguide.units.KIMG`` images) as a whole number of images,
+    """An interval given in kimg (``autoguide.core.units.KIMG`` images) as a whole number of images,
     at least 1; ``ConfigError`` naming ``key`` unless it is a positive number."""
     return max(1, round(number(kimg, key, 0, low_open=True, expected="a positive number of kimg") * KIMG))

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoguide.settings import ConfigError, from_mapping, number, positive_int, to_dict
+from autoguide.core.typed_settings import ConfigError, from_mapping, number, positive_int, to_dict
 
 
 def _check_common(cfg: Any) -> None:

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from autoguide.io.atomic import add_write_guard, disk_full_error, is_disk_full
-from autoguide.runtime import slurm_job_key
+from autoguide.runtime.process import slurm_job_key
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,22 @@ def process_identity(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, starttime field 22
     return f"{boot}:{fields[19]}"
 
 
 def _my_record(token: str, now: float) -> dict[str, Any]:
     return {
-        "format": FORMAT, "host": socket.gethostname(), "pid": os.getpid(), "token": token,
+        "format": FORMAT,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": token,
         "process": process_identity(os.getpid()),
-        "job": slurm_job_key(), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
-        "since": now, "heartbeat": now, "command": " ".join(sys.argv)[:500],
+        "job": slurm_job_key(),
+        "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
+        "since": now,
+        "heartbeat": now,
+        "command": " ".join(sys.argv)[:500],
     }
 
 
@@ -139,8 +145,17 @@ def holder_record(now: float | None = None) -> dict[str, Any]:
 def holder_from(data: Any) -> Holder | None:
     """The holder a record (``holder_record``, a lease file) describes; None if it is malformed."""
     try:
-        return Holder(str(data["host"]), int(data["pid"]), str(data["token"]), data.get("job"), int(data.get("restart", 0)),
-                      float(data["since"]), float(data["heartbeat"]), str(data.get("command", "")), data.get("process"))
+        return Holder(
+            str(data["host"]),
+            int(data["pid"]),
+            str(data["token"]),
+            data.get("job"),
+            int(data.get("restart", 0)),
+            float(data["since"]),
+            float(data["heartbeat"]),
+            str(data.get("command", "")),
+            data.get("process"),
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -277,7 +292,8 @@ class Claim:
         print(
             f"{Path(sys.argv[0]).name}: error: the claim on {self.folder} was taken over by {who}; "
             f"stopping before writing anything more (exit {EXIT_CLAIM_LOST})",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         os._exit(EXIT_CLAIM_LOST)  # no cleanup handler may write into the folder now
 
@@ -355,8 +371,11 @@ def _take_over(path: Path, stale: Holder, record: dict[str, Any]) -> bool:
 
 
 def claim_folder(
-    folder: str | os.PathLike, role: str | None = None, wait_s: float = 0.0,
-    heartbeat_s: float | None = None, lease_s: float | None = None,
+    folder: str | os.PathLike,
+    role: str | None = None,
+    wait_s: float = 0.0,
+    heartbeat_s: float | None = None,
+    lease_s: float | None = None,
 ) -> Claim:
     """Take the exclusive claim on ``folder`` (created if missing) for ``role``, or raise
     ``FolderBusy`` naming the holder (after waiting up to ``wait_s`` seconds for it to finish).
@@ -381,7 +400,11 @@ def claim_folder(
         holder = read_holder(path)
         if holder is not None and holder.token in inherited_tokens():
             return _hold(Claim(folder, path, holder.token, True, heartbeat_s), None)
-        reason = "its lease file is unreadable" if holder is None and path.exists() and now - path.stat().st_mtime > lease_s else None
+        reason = (
+            "its lease file is unreadable"
+            if holder is None and path.exists() and now - path.stat().st_mtime > lease_s
+            else None
+        )
         reason = reason or (stale_reason(holder, now, lease_s) if holder is not None else None)
         if reason is not None and _take_over(path, holder or Holder("?", -1, "", None, 0, now, now, ""), record):
             log.warning("took over the claim on %s: %s", folder, reason)

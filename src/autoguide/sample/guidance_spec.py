@@ -41,7 +41,9 @@ def term_keys(kind: str) -> list[str]:
     return ["kind", *keys, *(["model"] if kind in MODEL_FIELDS else [])]
 
 
-def build_term(cfg: Mapping[str, Any], load_model: Callable[[str], nn.Module], where: str = "guidance") -> GuidanceTerm | None:
+def build_term(
+    cfg: Mapping[str, Any], load_model: Callable[[str], nn.Module], where: str = "guidance"
+) -> GuidanceTerm | None:
     """One term from its mapping; ``None`` for ``kind: none`` and for terms without effect."""
     cfg = _plain(cfg)
     kind = cfg.get("kind")
@@ -55,13 +57,15 @@ def build_term(cfg: Mapping[str, Any], load_model: Callable[[str], nn.Module], w
     kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "model")}
     if kwargs.get("interval") is not None:
         kwargs["interval"] = tuple(kwargs["interval"])
-    if ("omega" in kwargs and kwargs["omega"] == 0) or (kwargs.get("weight", None) == 1 and kwargs.get("fbg") is None):
+    if ("omega" in kwargs and kwargs["omega"] == 0) or (kwargs.get("weight") == 1 and kwargs.get("fbg") is None):
         return None
     path = cfg.get("model")
     if kind in MODEL_FIELDS and path is not None:
         kwargs[MODEL_FIELDS[kind]] = load_model(str(path))
     elif kind in REQUIRED_MODEL:
-        raise ValueError(f"{where}: kind={kind} needs a model file ({where}.model=<file>; for autoguidance guide=<file>)")
+        raise ValueError(
+            f"{where}: kind={kind} needs a model file ({where}.model=<file>; for autoguidance guide=<file>)"
+        )
     try:
         return TERMS[kind](**kwargs)
     except TypeError as err:

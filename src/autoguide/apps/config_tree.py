@@ -24,9 +24,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from autoguide.nets.config import ARCHS
-from autoguide.sample.settings import SamplerSettings
-from autoguide.train.settings import TrainSettings
+from autoguide.nets.architectures import ARCHS
+from autoguide.sample.sampler_settings import SamplerSettings
+from autoguide.train.recipe import TrainSettings
 
 SCHEMAS: dict[str, type] = {"train": TrainSettings, "sampler": SamplerSettings, **ARCHS}
 PRESET_PROBE = "_net_preset"
@@ -36,10 +36,12 @@ def config_dir() -> Path:
     """Absolute path of the config tree: ``AUTOGUIDE_CONFIG_DIR`` if set, else the package's
     ``conf/``; ``FileNotFoundError`` naming where it looked."""
     env = os.environ.get("AUTOGUIDE_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent / "conf"
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "conf"
     if not path.is_dir():
         where = "AUTOGUIDE_CONFIG_DIR" if env else "the installed package"
-        raise FileNotFoundError(f"autoguide config folder not found at {path} (from {where}); reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR")
+        raise FileNotFoundError(
+            f"autoguide config folder not found at {path} (from {where}); reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR"
+        )
     return path
 
 

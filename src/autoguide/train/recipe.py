@@ -4,7 +4,7 @@ EDM2 (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diff
 Models"): the loss draws ``ln sigma ~ N(P_mean, P_std^2)``; Adam with betas (0.9, 0.99) and
 eps 1e-8; the learning rate ``alpha_ref / sqrt(max(nimg / (t_ref B), 1))`` with a linear
 warm-up (``autoguide.diffusion.learning_rate``). Every length and interval is counted in images
-(``autoguide.units``): the duration in Mi, intervals in kimg; ``batch_size`` is the global batch.
+(``autoguide.core.units``): the duration in Mi, intervals in kimg; ``batch_size`` is the global batch.
 
 The recipe values (batch, duration, learning rate, noise levels, intervals) have no default:
 each experiment states its own. The rest defaults to neutral values: no accumulation, the full
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from autoguide.core.typed_settings import ConfigError, choice, interval_images, number, positive_int
+from autoguide.core.units import MI
 from autoguide.diffusion.loss import LOSS_WEIGHTINGS
 from autoguide.diffusion.schedule import learning_rate
-from autoguide.nets.config import NetworkConfig
-from autoguide.settings import ConfigError, choice, interval_images, number, positive_int
+from autoguide.nets.architectures import NetworkConfig
 from autoguide.train.plan import BatchPlan, batch_plan
-from autoguide.units import MI
 
 EDM2_ADAM_KWARGS = {"betas": (0.9, 0.99), "eps": 1e-8}
 """Adam's arguments in EDM2; the defaults of ``Adam`` and ``AdamW`` here."""
@@ -52,9 +52,13 @@ class OptimizerSettings:
         parameter) unless ``kwargs`` choose ``fused`` or ``foreach`` themselves."""
         cls = getattr(torch.optim, str(self.name), None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
-            raise ConfigError(f"train.optimizer.name={self.name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'")
+            raise ConfigError(
+                f"train.optimizer.name={self.name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'"
+            )
         if "lr" in self.kwargs:
-            raise ConfigError("train.optimizer.kwargs.lr: the learning rate comes from train.lr_ref and its schedule; remove it")
+            raise ConfigError(
+                "train.optimizer.kwargs.lr: the learning rate comes from train.lr_ref and its schedule; remove it"
+            )
         adam = self.name in ("Adam", "AdamW")
         kwargs = {**(EDM2_ADAM_KWARGS if adam else {}), **self.kwargs}
         if adam and device is not None and device.type in ("cpu", "cuda") and not {"fused", "foreach"} & set(kwargs):
@@ -62,7 +66,9 @@ class OptimizerSettings:
         try:
             inspect.signature(cls).bind(None, **kwargs)
         except TypeError as error:
-            raise ConfigError(f"train.optimizer.kwargs {sorted(self.kwargs)} do not fit torch.optim.{self.name}: {error}") from None
+            raise ConfigError(
+                f"train.optimizer.kwargs {sorted(self.kwargs)} do not fit torch.optim.{self.name}: {error}"
+            ) from None
         return cls, kwargs
 
 
@@ -122,7 +128,9 @@ class TrainSettings:
             self.interval_images(key)
         patience = self.max_nonfinite_steps
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigError(f"train.max_nonfinite_steps={patience!r}: expected an integer >= 0 (0 stops at the first)")
+            raise ConfigError(
+                f"train.max_nonfinite_steps={patience!r}: expected an integer >= 0 (0 stops at the first)"
+            )
 
     @property
     def total_nimg(self) -> int:
@@ -151,4 +159,6 @@ class TrainSettings:
 def check_conditioning(net: NetworkConfig, train: TrainSettings) -> None:
     """Label dropout needs labels to drop: ``cond_drop_prob > 0`` only with ``label_dim > 0``."""
     if train.cond_drop_prob > 0 and not net.label_dim:
-        raise ConfigError(f"train.cond_drop_prob={train.cond_drop_prob} needs a conditional network, but net.label_dim=0")
+        raise ConfigError(
+            f"train.cond_drop_prob={train.cond_drop_prob} needs a conditional network, but net.label_dim=0"
+        )

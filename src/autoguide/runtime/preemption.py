@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from autoguide.runtime import slurm_job_key
+from autoguide.runtime.process import slurm_job_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ class Preempted(SystemExit):
         self.requeued = requeued
 
 
-def parse_signals(names: Sequence[str], key: str = "callbacks.checkpoint.preempt_signals") -> tuple[signal.Signals, ...]:
+def parse_signals(
+    names: Sequence[str], key: str = "callbacks.checkpoint.preempt_signals"
+) -> tuple[signal.Signals, ...]:
     """``["SIGUSR1", "USR2"]`` -> signals; ``ValueError`` naming ``key`` for an unknown or
     uncatchable name."""
     found = []

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoguide.settings import ConfigError, choice, number, positive_int
+from autoguide.core.typed_settings import ConfigError, choice, number, positive_int
 
 SOLVERS = ("heun", "euler")
 
@@ -38,7 +38,13 @@ class SamplerSettings:
     def __post_init__(self) -> None:
         positive_int(self.num_steps, "sampler.num_steps")
         number(self.sigma_min, "sampler.sigma_min", 0, low_open=True)
-        number(self.sigma_max, "sampler.sigma_max", self.sigma_min, low_open=True, expected=f"a number above sampler.sigma_min={self.sigma_min}")
+        number(
+            self.sigma_max,
+            "sampler.sigma_max",
+            self.sigma_min,
+            low_open=True,
+            expected=f"a number above sampler.sigma_min={self.sigma_min}",
+        )
         number(self.rho, "sampler.rho", 0, low_open=True)
         choice(self.solver, "sampler.solver", SOLVERS)
         number(self.S_churn, "sampler.S_churn", 0)
@@ -72,4 +78,9 @@ class GenerationSettings:
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``autoguide.sample.generate_images`` these settings give."""
-        return {"sampler": self.sampler, "batch_size": self.batch_size, "precision": self.precision, "progress": self.progress}
+        return {
+            "sampler": self.sampler,
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "progress": self.progress,
+        }

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoguide.core.typed_settings import ConfigError
 from autoguide.data.images import CHANNELS, encode_png, quantize
 from autoguide.data.shards import write_shards
 from autoguide.io import atomic_path
-from autoguide.settings import ConfigError
 
 FORMATS = ("grid", "png", "npz", "shards")
 TOY_FORMATS = ("grid", "npz")
@@ -44,15 +44,21 @@ class OutputSettings:
 
 
 def write_outputs(
-    output: OutputSettings, samples: torch.Tensor, seeds: Sequence[int], classes: Sequence[int] | None,
-    suffix: str = "", title: str = "",
+    output: OutputSettings,
+    samples: torch.Tensor,
+    seeds: Sequence[int],
+    classes: Sequence[int] | None,
+    suffix: str = "",
+    title: str = "",
 ) -> None:
     """Write ``samples`` (images ``[N, C, H, W]`` in [-1, 1], or 2D points ``[N, 2]``) in every
     format of ``output``; ``suffix`` tells the files of one process apart (``-rank003``)."""
     out = Path(output.dir)
     toy = samples.ndim == 2
     if toy and set(output.formats) - set(TOY_FORMATS):
-        raise ConfigError(f"output.formats={list(output.formats)}: png and shards need images; 2D samples take {list(TOY_FORMATS)} (grid is a scatter plot)")
+        raise ConfigError(
+            f"output.formats={list(output.formats)}: png and shards need images; 2D samples take {list(TOY_FORMATS)} (grid is a scatter plot)"
+        )
     if "grid" in output.formats:
         if toy:
             write_scatter(out / f"scatter{suffix}.png", samples, classes, title=title)
@@ -121,12 +127,13 @@ def write_npz(path: Path, samples: torch.Tensor, seeds: Sequence[int], classes: 
         arrays["images"] = to_uint8(samples)
     else:
         arrays["samples"] = samples.to(torch.float32).numpy()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
-def write_image_shards(folder: Path, prefix: str, images: torch.Tensor, classes: Sequence[int] | None, maxcount: int) -> list[Path]:
+def write_image_shards(
+    folder: Path, prefix: str, images: torch.Tensor, classes: Sequence[int] | None, maxcount: int
+) -> list[Path]:
     """Webdataset shards ``folder/{prefix}-NNNNNN.tar`` (``autoguide.data.shards.write_shards``)."""
     pixels = to_uint8(images)
     labels = classes if classes is not None else [None] * len(pixels)
@@ -140,7 +147,9 @@ def write_scatter(path: Path, points: torch.Tensor, classes: Sequence[int] | Non
     points = points.to(torch.float32).numpy()
     fig = Figure(figsize=(6, 6), dpi=120)
     ax = fig.add_subplot()
-    style = {"c": np.asarray(classes), "cmap": "tab10", "vmin": 0, "vmax": 9} if classes is not None else {"c": "tab:blue"}
+    style = (
+        {"c": np.asarray(classes), "cmap": "tab10", "vmin": 0, "vmax": 9} if classes is not None else {"c": "tab:blue"}
+    )
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6, linewidths=0, **style)
     ax.set_aspect("equal")
     ax.set_title(title)

@@ -1,0 +1,1 @@
+"""Foundations every floor shares: units of training time, typed-settings checks, lazy exports."""
