@@ -159,17 +159,17 @@ def test_preconditioning_coefficients_match_edm_table():
 
 def tiny_unet(label_dim=10):
     return build_network(
-        dict(
-            arch="unet",
-            img_resolution=16,
-            img_channels=3,
-            label_dim=label_dim,
-            model_channels=16,
-            channel_mult=[1, 2],
-            num_blocks=1,
-            attn_resolutions=[8],
-            channels_per_head=16,
-        )
+        {
+            "arch": "unet",
+            "img_resolution": 16,
+            "img_channels": 3,
+            "label_dim": label_dim,
+            "model_channels": 16,
+            "channel_mult": [1, 2],
+            "num_blocks": 1,
+            "attn_resolutions": [8],
+            "channels_per_head": 16,
+        }
     )
 
 
@@ -234,7 +234,7 @@ def test_bad_network_config_names_key(change, key):
 
 
 def test_mp_sum_into_equals_mp_sum_of_layer_output():
-    from autoguide.nets.unet import mp_sum_into
+    from autoguide.nets.fused import mp_sum_into
 
     layer = MPConv(8, 8, [3, 3])
     x, inp = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
@@ -276,11 +276,13 @@ def paper_block(block, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         ("dec", "up", 32, 32, False),
     ],
 )
-def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, attention):
-    from autoguide.nets import Block
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, attention, fused):
+    from autoguide.nets import Block, set_fused
 
     torch.manual_seed(0)
     block = Block(cin, cout, 24, flavor, resample_mode, attention=attention, channels_per_head=16).eval()
+    set_fused(block, fused)
     with torch.no_grad():
         block.emb_gain.fill_(0.7)
     x, emb = torch.randn(3, cin, 8, 8), torch.randn(3, 24)
@@ -291,7 +293,7 @@ def test_block_forward_equals_the_paper_form(flavor, resample_mode, cin, cout, a
 @pytest.mark.parametrize("kernel", [[], [3, 3], [1, 1]])
 @pytest.mark.parametrize("gain", [1.0, 0.37, "tensor"])
 def test_mp_conv_training_forward_and_gradient_equal_the_paper_form(kernel, gain):
-    """The fused training forward (one reduction, ``_NormalizedWeight``) against autograd through
+    """The fused training forward (one reduction, ``NormalizedWeight``) against autograd through
     EDM2's form: ``w <- normalize(w)`` in place, then ``normalize(w) * gain / sqrt(fan_in)``."""
     torch.manual_seed(1)
     layer = MPConv(6, 5, kernel).train()

@@ -10,7 +10,9 @@ from autoguide.nets.architectures import (
 )
 from autoguide.nets.build import build_network
 from autoguide.nets.compile import compile_network, is_compiled
-from autoguide.nets.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from autoguide.nets.conv import MPConv
+from autoguide.nets.fused import set_fused
+from autoguide.nets.mp import MPFourier, mp_cat, mp_silu, mp_sum, normalize
 from autoguide.nets.precond import Precond, precond_coefficients
 from autoguide.nets.unet import AttentionOp, Block, UNet
 
@@ -35,4 +37,5 @@ __all__ = [
     "network_config",
     "normalize",
     "precond_coefficients",
+    "set_fused",
 ]

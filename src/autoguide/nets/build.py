@@ -19,13 +19,13 @@ def build_network(cfg: NetworkConfig | Mapping[str, Any]) -> Precond | EnergyDen
     """The preconditioned denoiser ``cfg`` describes (``autoguide.nets.architectures``); its
     ``config`` attribute is the JSON form of the checked config (every key spelled out)."""
     cfg = network_config(cfg)
-    common = dict(
-        config=config_dict(cfg),
-        label_dim=cfg.label_dim,
-        img_channels=cfg.img_channels,
-        sigma_data=float(cfg.sigma_data),
-        logvar_channels=cfg.logvar_channels,
-    )
+    common = {
+        "config": config_dict(cfg),
+        "label_dim": cfg.label_dim,
+        "img_channels": cfg.img_channels,
+        "sigma_data": float(cfg.sigma_data),
+        "logvar_channels": cfg.logvar_channels,
+    }
     if isinstance(cfg, EnergyMLPConfig):
         return EnergyDenoiser(width=cfg.width, depth=cfg.depth, **common)
     if isinstance(cfg, MLPConfig):

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoguide.nets.conv import MPConv
 from autoguide.nets.hooks import LayerPoints
-from autoguide.nets.mp import MPConv, MPFourier, mp_silu
+from autoguide.nets.mp import MPFourier, mp_silu
 
 
 class EnergyDenoiser(nn.Module):
@@ -83,7 +84,7 @@ class EnergyDenoiser(nn.Module):
         if labels is not None:
             parts.append(labels * math.sqrt(self.label_dim))
         y = self.layers[0](torch.cat(parts, dim=1))
-        for layer, points in zip(self.layers[1:], self.points):
+        for layer, points in zip(self.layers[1:], self.points, strict=True):
             y = points.output_point(y, points.branch_point(layer(mp_silu(y))))
         return y.square().mean(1) * self.gain / sigma - 0.5 * scaled.square().sum(1)
 

@@ -13,8 +13,9 @@ import math
 import torch
 from torch import nn
 
+from autoguide.nets.conv import MPConv
 from autoguide.nets.hooks import HookPoint
-from autoguide.nets.mp import MPConv, MPFourier, mp_silu, mp_sum
+from autoguide.nets.mp import MPFourier, mp_silu, mp_sum
 
 
 class MLPBlock(nn.Module):

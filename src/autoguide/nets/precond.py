@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoguide.nets.conv import MPConv
 from autoguide.nets.mlp import MLP
-from autoguide.nets.mp import MPConv, MPFourier
+from autoguide.nets.mp import MPFourier
 from autoguide.nets.unet import AttentionOp, Block
 
 

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoguide.nets.conv import MPConv
+from autoguide.nets.fused import Fusable, block_forward
 from autoguide.nets.hooks import HookPoint
-from autoguide.nets.mp import SILU_RMS, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from autoguide.nets.mp import MPFourier, mp_cat, mp_silu, mp_sum, normalize
 
 
 def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -34,16 +36,6 @@ def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"resample mode must be 'keep', 'down' or 'up', got {mode!r}")
 
 
-def mp_sum_into(x: torch.Tensor, layer: MPConv, inp: torch.Tensor, t: float, gain: float = 1.0) -> torch.Tensor:
-    """``mp_sum(x, layer(inp, gain), t)`` in one pass over the activations.
-
-    ``mp_sum(a, b, t) = (1 - t)/n a + t/n b`` with ``n = sqrt((1 - t)^2 + t^2)``; the linear
-    layer absorbs ``t/n`` into its gain, leaving a single fused ``b' + (1 - t)/n a``.
-    """
-    n = math.sqrt((1 - t) ** 2 + t**2)
-    return torch.add(layer(inp, gain=gain * t / n), x, alpha=(1 - t) / n)
-
-
 class AttentionOp(nn.Module):
     """One self-attention operation: ``softmax(q k^T / sqrt(c)) v`` per head (cosine attention).
 
@@ -56,7 +48,7 @@ class AttentionOp(nn.Module):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-class Block(nn.Module):
+class Block(Fusable):
     """EDM2 residual block (encoder or decoder flavour) with optional self-attention.
 
     ``x = resample(x)``; encoder: ``conv_skip`` if widths differ, then pixel norm;
@@ -103,53 +95,54 @@ class Block(nn.Module):
         self.output_point = HookPoint()  # (skip path, output) -> output (nets.hooks)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The block in EDM2's form (docs/design.md, "EDM2 network")::
+        """The block in EDM2's form (docs/design.md, "EDM2 network"); ``fused``: the same in
+        fewer passes (``nets.fused.block_forward``)."""
+        if self.fused:
+            return block_forward(self, x, emb)
+        x = self.block_input(x)
+        y = self.conv_res0(mp_silu(x))
+        y = self.branch(mp_silu(y * self.modulation(emb, y.dtype)))
+        if self.flavor == "dec" and self.conv_skip is not None:
+            x = self.conv_skip(x)
+        out = mp_sum(x, self.conv_res1(y), self.res_balance)
+        if self.num_heads:
+            out = mp_sum(out, self.attn_proj(self.attention(out)), self.attn_balance)
+        return self.block_output(x, out)
 
-            y = conv_res1(mp_silu(conv_res0(mp_silu(x)) * (emb_linear(emb, emb_gain) + 1)))
-            x = mp_sum(x, y, res_balance)
-
-        computed with the two ``1 / 0.596`` of ``mp_silu`` folded into the gains of the linear
-        layers after them and ``mp_sum`` fused into ``conv_res1`` (``mp_sum_into``); equal to
-        the unfused form by ``tests/test_nets.py::test_block_forward_equals_the_paper_form``."""
+    def block_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``resample(x)``; in the encoder also ``conv_skip`` (if widths differ) and pixel norm."""
         x = resample(x, self.resample_mode)
         if self.flavor == "enc":
             if self.conv_skip is not None:
                 x = self.conv_skip(x)
             x = normalize(x, dim=1)
-        # mp_silu(a) = silu(a) / 0.596 feeds a linear conv: the 1/0.596 is folded into its gain.
-        y = self.conv_res0(F.silu(x), gain=1 / SILU_RMS)
-        c = self.emb_linear(emb, gain=self.emb_gain) + 1
-        y = F.silu(y * c[:, :, None, None].to(y.dtype))
+        return x
+
+    def modulation(self, emb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``emb_linear(emb, emb_gain) + 1`` per channel, ``[N, C, 1, 1]``."""
+        return (self.emb_linear(emb, gain=self.emb_gain) + 1)[:, :, None, None].to(dtype)
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor:
+        """The residual branch after dropout (training only), through its hook point."""
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
-        y = self.branch_point(y)
-        if self.flavor == "dec" and self.conv_skip is not None:
-            x = self.conv_skip(x)
-        out = mp_sum_into(x, self.conv_res1, y, self.res_balance, gain=1 / SILU_RMS)
-        if self.num_heads:
-            out = self.attention(out)
+        return self.branch_point(y)
+
+    def block_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``clip(out, -clip_act, clip_act)`` through the output hook point (``x``: the skip path)."""
         if self.clip_act is not None:
             out = F.hardtanh(out, -self.clip_act, self.clip_act)  # = clip, with a one-pass backward
         return self.output_point(x, out)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """``mp_sum(x, attn_proj(attention(x)), attn_balance)``: multi-head cosine
-        self-attention over the pixels of ``x`` (EDM2 Sec. 2.3).
-
-        The ``attn_qkv`` output channels are laid out as ``[head, ch, (q, k, v)]``; q, k and
-        v are each normalised over ``ch`` per pixel, then ``attn_op`` mixes the tokens.
-        """
+        """Multi-head cosine self-attention over the pixels of ``x`` (EDM2 Sec. 2.3), before
+        ``attn_proj``: ``attn_qkv(x)``'s channels are ``[head, ch, (q, k, v)]``; q, k and v are
+        each normalised over ``ch`` per pixel, then ``attn_op`` mixes the tokens."""
         n, c, h, w = x.shape
-        # attn_qkv's output channels are (head, ch, q/k/v) in EDM2's layout; its rows reordered
-        # to (q/k/v, head, ch) make each of q, k, v a contiguous run of channels per pixel
-        weight = self.attn_qkv.used_weight().reshape(self.num_heads, -1, 3, c).permute(2, 0, 1, 3).reshape(3 * c, c)
-        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view when x is channels-last
-        qkv = (pixels @ weight.t().to(x.dtype)).reshape(n, h * w, 3, self.num_heads, -1)
-        q, k, v = normalize(qkv, dim=4).permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, tokens, ch]
+        qkv = normalize(self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w), dim=2)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each [N, heads, tokens, ch]
         y = self.attn_op(q, k, v, (h, w))
-        # back to [N, C, H, W], channels-last in memory
-        y = y.permute(0, 2, 1, 3).reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return mp_sum_into(x, self.attn_proj, y, self.attn_balance)
+        return y.permute(0, 1, 3, 2).reshape(n, c, h, w)
 
 
 class UNet(nn.Module):
