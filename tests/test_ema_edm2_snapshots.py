@@ -19,6 +19,7 @@ from edm2_pickles import (
 )
 from reconstruct_cli import cli, expect_refusal
 
+from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.ema.power import solve_coefficients
 from autoguide.io import file_sha256, load_denoiser, read_model_file
@@ -102,9 +103,10 @@ def test_cache_dry_run_and_export(raw, tmp_path, capsys):
     shutil.copytree(folder, run)
     cli(run, "--std", "0.05:0.11:0.02", "--plot", tmp_path / "p.png", "--dry-run")
     assert capsys.readouterr().out.count("profile error") == 4 and not (run / "reconstructed").exists()
-    nimg, files = PosthocEMA(run).cached([0.08], None)  # what autoguide-sweep does with guides.runs / main.run
-    assert nimg == 8 * MI and files[0.08].parent == run / "reconstructed"
-    again = PosthocEMA(run).cached([0.08], None)[1][0.08]
+    cache = ReconstructionCache(run / "reconstructed")  # what autoguide-sweep does with guides.runs / main.run
+    nimg, files = cache.files(PosthocEMA(run), [0.08], None)
+    assert nimg == 8 * MI and files[0.08].parent.parent == run / "reconstructed"
+    again = cache.files(PosthocEMA(run), [0.08], None)[1][0.08]
     assert again == files[0.08] and again.stat().st_mtime_ns == files[0.08].stat().st_mtime_ns
     kwargs = export_edm2(files[0.08], tmp_path / "ref.safetensors")
     assert kwargs["model_channels"] == TINY["model_channels"]

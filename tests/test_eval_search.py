@@ -27,6 +27,7 @@ from autoguide.eval.search import (
     spent_images,
 )
 from autoguide.eval.search_space import SearchSpace
+from autoguide.io import read_model_file
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -253,6 +254,23 @@ def test_cache_keys_differ_by_time_std_and_solver_code(run, tmp_path, monkeypatc
     monkeypatch.setattr("autoguide.ema.cache.solver_code", lambda: "other")
     keys.add(cache.key(ema, 0.08, 0.5)[0])
     assert len(keys) == 4
+
+
+def test_cache_builds_the_missing_stds_of_one_request_in_one_pass(run, tmp_path, monkeypatch):
+    cache = ReconstructionCache(tmp_path / "cache")
+    ema = PosthocEMA(run)
+    middle = cache.get(ema, 0.07, None)
+    writes = []
+    write = PosthocEMA.write
+    monkeypatch.setattr(
+        PosthocEMA, "write", lambda self, stds, *a, **k: writes.append(list(stds)) or write(self, stds, *a, **k)
+    )
+    nimg, files = cache.files(ema, [0.06, 0.07, 0.08], None)
+    assert writes == [[0.06, 0.08]] and files[0.07] == middle and (cache.builds, cache.hits) == (3, 1)
+    assert len({p.parent for p in files.values()}) == 3  # one entry per std
+    for std, path in files.items():
+        assert read_model_file(path)[1]["ema_std"] == std and read_model_file(path)[1]["nimg"] == nimg
+        assert path.parent.name == cache.key(ema, std, None)[0]
 
 
 CACHE_WORKER = """

@@ -89,13 +89,10 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
     assert len(rows) == 2 * 2 * 1 * 2 * 2  # main std x guide time x guide std x interval x weight
     assert {r["guide"] for r in rows} == {"guide@2000", "guide@4000"}  # 0.5 of the last snapshot, and the last
 
-    # EMAs were reconstructed once per (run, std, nimg), into <run>/reconstructed
-    cards = {
-        (p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (main.glob("reconstructed/*"))
-    }
-    cards |= {
-        (p.parent.parent.name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in (guide.glob("reconstructed/*"))
-    }
+    # EMAs were reconstructed once per (run, std, nimg), into <run>/reconstructed/<key>
+    built = [*main.glob("reconstructed/*/*.safetensors"), *guide.glob("reconstructed/*/*.safetensors")]
+    cards = {(p.parents[2].name, read_card(p)["nimg"], read_card(p)["ema_std"]) for p in built}
+    assert len(built) == len(cards)
     assert cards == {("main", 4000, 0.05), ("main", 4000, 0.1), ("guide", 2000, 0.1), ("guide", 4000, 0.1)}
 
     # weight 1 is no guidance: one value per main EMA, whatever the guide or interval
@@ -134,7 +131,7 @@ def test_sweep_end_to_end(runs, tmp_path, monkeypatch):
         assert (tmp_path / "a" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second sweep reuses the reconstructions: rebuilding would fail here
-    stamps = {p: p.stat().st_mtime_ns for p in [*main.glob("reconstructed/*"), *guide.glob("reconstructed/*")]}
+    stamps = {p: p.stat().st_mtime_ns for p in built}
     monkeypatch.setattr(PosthocEMA, "write", lambda *a, **k: pytest.fail("rebuilt a cached EMA"))
     again = sweep(sweep_cfg(runs, tmp_path / "b"))
     assert again["toy_logp"] == pytest.approx(best["toy_logp"])

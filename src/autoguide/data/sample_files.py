@@ -86,7 +86,7 @@ def image_names(seeds: Sequence[int], classes: Sequence[int] | None) -> list[str
     """``{seed:06d}``, or ``{seed:06d}-{class:04d}`` when a seed occurs with several classes."""
     if classes is None or len(set(seeds)) == len(seeds):
         return [f"{s:06d}" for s in seeds]
-    return [f"{s:06d}-{c:04d}" for s, c in zip(seeds, classes)]
+    return [f"{s:06d}-{c:04d}" for s, c in zip(seeds, classes, strict=True)]
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -111,7 +111,7 @@ def write_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> Non
 
 def write_pngs(folder: Path, images: torch.Tensor, names: Sequence[str]) -> None:
     """One PNG per image, ``folder/<name>.png``."""
-    for name, pixels in zip(names, to_uint8(images)):
+    for name, pixels in zip(names, to_uint8(images), strict=True):
         _write_bytes(folder / f"{name}.png", encode_png(pixels))
 
 
@@ -137,7 +137,7 @@ def write_image_shards(
     """Webdataset shards ``folder/{prefix}-NNNNNN.tar`` (``autoguide.data.shards.write_shards``)."""
     pixels = to_uint8(images)
     labels = classes if classes is not None else [None] * len(pixels)
-    return write_shards(zip(pixels, labels), folder, prefix=prefix, maxcount=maxcount)
+    return write_shards(zip(pixels, labels, strict=True), folder, prefix=prefix, maxcount=maxcount)
 
 
 def write_scatter(path: Path, points: torch.Tensor, classes: Sequence[int] | None, title: str = "") -> None:

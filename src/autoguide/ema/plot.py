@@ -32,9 +32,11 @@ def plot_profiles(
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     colors = [f"C{j % 10}" for j in range(len(out_stds))]
-    for j, (std, color) in enumerate(zip(out_stds, colors)):
+    for j, (std, color) in enumerate(zip(out_stds, colors, strict=True)):
         target = power_profile(tau, out_nimg, sigma_rel_to_gamma(std))
-        rebuilt = sum(c * power_profile(tau, t, g) for c, t, g in zip(coefs[:, j], in_nimg, in_gamma) if c != 0)
+        rebuilt = sum(
+            c * power_profile(tau, t, g) for c, t, g in zip(coefs[:, j], in_nimg, in_gamma, strict=True) if c != 0
+        )
         ax.plot(tau / unit, target * out_nimg, "--", color=color, lw=1.0)
         ax.plot(tau / unit, rebuilt * out_nimg, "-", color=color, lw=1.2, label=f"std {std:g}")
     ax.set_xlabel(f"training images seen ({unit_name})")

@@ -1,5 +1,5 @@
 """Post-hoc EMA: "the EMA of length ``s`` at time ``t`` of run ``R``", rebuilt from the run's
-snapshots (Karras et al. 2024, EDM2, Sec. 3.2), into memory or to model files, with a cache.
+snapshots (Karras et al. 2024, EDM2, Sec. 3.2), into memory or to model files.
 
 ``PosthocEMA(folders)`` reads a run's snapshot folder(s) (``phema/``; several for a run split
 over folders) or a folder of EDM2 raw snapshots (``ema.edm2_snapshots``). For a target std ``s``
@@ -14,7 +14,7 @@ are ordinary autoguide model files.
 
 - ``PosthocEMA.models(stds, time)``: ``(std, state_dict, card)`` in memory;
 - ``PosthocEMA.write(stds, time, out_dir)``: model files ``ema-{nimg:012d}-{std:.4f}.safetensors``;
-- ``PosthocEMA.cached(stds, time)``: files in ``<run>/reconstructed/``, built only where missing.
+- ``ema.cache.ReconstructionCache``: files built once and kept (by run, time, std and solver).
 
 Cards of rebuilt models carry the run's latent space (``latent``, from ``<run>/latent.json``)
 when the run trained a latent model, so they decode like the run's final model.
@@ -29,6 +29,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,17 +43,16 @@ from autoguide.data.vae import read_run_latent
 from autoguide.ema.edm2_snapshots import EDM2RawSnapshots, is_raw_snapshot_folder
 from autoguide.ema.power import MAX_SIGMA_REL, profile_error, solve_coefficients
 from autoguide.ema.snapshots import INDEX_NAME, Snapshot, read_index, read_snapshot
-from autoguide.io import ModelFileError, read_card, save_model
+from autoguide.io import read_card, save_model
 from autoguide.nets import network_config
 from autoguide.runtime.claim import claim_folder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ERROR = 0.05
-STD_TOLERANCE = 1e-9
 RECONSTRUCTED_DIR = "reconstructed"
-CACHE_WAIT_S = 1800.0
 EmaTime = int | float | str | None
+OutDirs = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class _Pass:
                     self.reference[key] = _reference(value)
                     self.sums[key] = [torch.zeros(value.shape, dtype=torch.float32) for _ in weights]
                 delta = value.to(torch.float32, copy=True).sub_(self.reference[key])
-                for acc, c in zip(self.sums[key], weights):
+                for acc, c in zip(self.sums[key], weights, strict=True):
                     if c != 0.0:
                         acc.add_(delta, alpha=c)  # type: ignore[union-attr]
                 del delta
@@ -218,7 +218,7 @@ class _Pass:
     def finish(self) -> None:
         """Add ``(sum_i c_i) r`` into every accumulator, then drop the references."""
         for key, accs in self.sums.items():
-            for acc, total in zip(accs, self.totals):
+            for acc, total in zip(accs, self.totals, strict=True):
                 acc.add_(self.reference[key], alpha=total)  # type: ignore[union-attr]
         self.reference = {}
 
@@ -350,7 +350,7 @@ def snapshot_source(folders: Sequence[str | os.PathLike]) -> NativeSnapshots | E
     if all(raw):
         return EDM2RawSnapshots(folders)
     if any(raw):
-        mixed = next(f for f, r in zip(folders, raw) if r)
+        mixed = next(f for f, r in zip(folders, raw, strict=True) if r)
         raise ValueError(f"{mixed}: EDM2 raw snapshots cannot be mixed with autoguide snapshot folders")
     return NativeSnapshots(folders)
 
@@ -393,7 +393,7 @@ class PosthocEMA:
         out_nimg = np.full(len(out_std), float(target))
         coefs = solve_coefficients(in_nimg, in_std, out_nimg, out_std)
         errors = profile_error(in_nimg, in_std, out_nimg, out_std, coefs)
-        bad = [f"{s:g} (error {e:.3g})" for s, e in zip(out_std, errors) if e > max_error]
+        bad = [f"{s:g} (error {e:.3g})" for s, e in zip(out_std, errors, strict=True) if e > max_error]
         if bad:
             spans = representable_ranges(in_nimg, in_std, target, max_error)
             shown = ", ".join(f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}" for lo, hi in spans)
@@ -442,24 +442,32 @@ class PosthocEMA:
         self,
         stds: Sequence[float],
         time: EmaTime = None,
-        out_dir: str | os.PathLike | None = None,
+        out_dir: OutDirs = None,
         max_error: float = DEFAULT_MAX_ERROR,
         batch: int = 8,
         progress: bool = False,
     ) -> list[Path]:
         """Model files of the EMAs ``stds`` at ``time`` in ``out_dir`` (default
-        ``<run>/reconstructed``), in the order of ``stds``."""
+        ``<run>/reconstructed``; a list: one folder per std), in the order of ``stds``."""
         return list(self.write_solution(self.solve(stds, time, max_error), out_dir, batch, progress))
 
     def write_solution(
-        self, solution: Solution, out_dir: str | os.PathLike | None = None, batch: int = 8, progress: bool = False
+        self, solution: Solution, out_dir: OutDirs = None, batch: int = 8, progress: bool = False
     ) -> Iterator[Path]:
-        """Write the EMAs of ``solution`` (``solve``) as model files into ``out_dir``, claimed
-        first (``autoguide.runtime.claim``), yielding each path once written."""
-        out = Path(out_dir) if out_dir is not None else self.default_dir
-        with claim_folder(out):
+        """Write the EMAs of ``solution`` (``solve``) as model files into ``out_dir`` (one
+        folder, or a list of one per std), each folder claimed first in sorted order
+        (``autoguide.runtime.claim``), yielding each path once written."""
+        if out_dir is None or isinstance(out_dir, str | os.PathLike):
+            outs = [Path(out_dir) if out_dir is not None else self.default_dir] * len(solution.stds)
+        else:
+            outs = [Path(folder) for folder in out_dir]
+            if len(outs) != len(solution.stds):
+                raise ValueError(f"{len(outs)} output folders for {len(solution.stds)} EMA stds; give one per std")
+        with ExitStack() as claims:
+            for folder in sorted(set(outs)):
+                claims.enter_context(claim_folder(folder))
             for j, state in self._stream(solution, batch, progress):
-                path = out / ema_filename(solution.nimg, solution.stds[j])
+                path = outs[j] / ema_filename(solution.nimg, solution.stds[j])
                 save_model(path, state, self.card(solution, j))
                 yield path
 
@@ -471,34 +479,6 @@ class PosthocEMA:
         """``<run>/reconstructed``: beside the (first) snapshot folder of a run, inside a folder
         of raw EDM2 snapshots."""
         return self.source.run_dir / RECONSTRUCTED_DIR
-
-    def cached(
-        self, stds: Sequence[float], time: EmaTime = None, max_error: float = DEFAULT_MAX_ERROR, batch: int = 8
-    ) -> tuple[int, dict[float, Path]]:
-        """``(nimg, {std: model file})``: the files in ``<run>/reconstructed`` whose cards say
-        that nimg and std, the missing ones rebuilt first (in one pass over the snapshots). Another
-        process rebuilding there (a parallel sweep) is waited for, up to ``CACHE_WAIT_S``."""
-        nimg = self.nimg(time)
-        with claim_folder(self.default_dir, wait_s=CACHE_WAIT_S):
-            found = self._lookup(stds, nimg)
-            missing = [s for s, p in found.items() if p is None]
-            if missing:
-                log.info("reconstructing %s at nimg %d, std %s -> %s", self.folders, nimg, missing, self.default_dir)
-                self.write(missing, nimg, max_error=max_error, batch=batch)
-                found = self._lookup(stds, nimg)
-        return nimg, found
-
-    def _lookup(self, stds: Sequence[float], nimg: int) -> dict[float, Path | None]:
-        by_std: dict[float, Path] = {}
-        for path in sorted(self.default_dir.glob("*.safetensors")) if self.default_dir.is_dir() else []:
-            try:
-                card = read_card(path)
-            except ModelFileError as err:
-                log.warning("ignoring %s: %s", path, err)
-                continue
-            if card.get("nimg") == nimg and card.get("ema_std") is not None:
-                by_std[float(card["ema_std"])] = path
-        return {s: next((p for c, p in by_std.items() if abs(c - s) <= STD_TOLERANCE), None) for s in stds}
 
 
 def reconstruct(

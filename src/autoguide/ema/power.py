@@ -129,7 +129,7 @@ def solve_coefficients(in_nimg, in_std, out_nimg, out_std) -> np.ndarray:
     """
     in_nimg, in_gamma, out_nimg, out_gamma = _checked(in_nimg, in_std, out_nimg, out_std)
     coefs = np.zeros((len(in_nimg), len(out_nimg)), dtype=np.float64)
-    for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma)):
+    for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma, strict=True)):
         use = (in_nimg > 0) & (in_nimg <= t_out)
         if not use.any():
             raise ValueError(
@@ -155,7 +155,7 @@ def profile_error(in_nimg, in_std, out_nimg, out_std, coefs: np.ndarray) -> np.n
     in_nimg, in_gamma, out_nimg, out_gamma = _checked(in_nimg, in_std, out_nimg, out_std)
     coefs = np.asarray(coefs, dtype=np.float64).reshape(len(in_nimg), len(out_nimg))
     errors = np.zeros(len(out_nimg))
-    for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma)):
+    for j, (t_out, g_out) in enumerate(zip(out_nimg, out_gamma, strict=True)):
         use = coefs[:, j] != 0
         c = coefs[use, j]
         gram, rhs = _normal_equations(in_nimg[use], in_gamma[use], t_out, g_out)

@@ -59,7 +59,7 @@ class PowerEMA:
         dt = nimg - self.nimg
         net_params = [p.detach() for p in net.parameters()]
         net_buffers = list(net.buffers())
-        for gamma, ema in zip(self.gammas, self.modules.values()):
+        for gamma, ema in zip(self.gammas, self.modules.values(), strict=True):
             ema_params, ema_buffers = list(ema.parameters()), list(ema.buffers())
             if len(ema_params) != len(net_params) or len(ema_buffers) != len(net_buffers):
                 raise ValueError("the network's parameters or buffers changed since the EMAs were made")
@@ -85,6 +85,6 @@ class PowerEMA:
                 f"checkpoint tracks EMA stds {list(stds)} but this run tracks {list(self.stds)}; "
                 "resume with the same stds (post-hoc EMA needs the same snapshots throughout)"
             )
-        for std, sd in zip(self.stds, state["emas"]):
+        for std, sd in zip(self.stds, state["emas"], strict=True):
             self.modules[std].load_state_dict(sd)
         self.nimg = int(state["nimg"])

@@ -6,10 +6,10 @@ values (``{p: [0.1, 0.3], apg: [null, {eta: 0.0}], blocks: [[block0], [block1]]}
 parameters, which blocks, dropout rate ...), swept as their product (the ``variant`` column).
 A guide from the same run as the main model (a shorter EMA, an earlier snapshot) is a guide run
 equal to the main run. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
-e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per (run, std, nimg) and then reused from
-``<run>/reconstructed`` (``autoguide.ema.PosthocEMA.cached``). Settings without an active
-guidance term (weight 1) give the same samples whatever the guide, so they are evaluated once
-per main model.
+e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per
+(run, std, nimg) and then reused from ``<run>/reconstructed`` (``autoguide.ema.cache``).
+Settings without an active guidance term (weight 1) give the same samples whatever the guide,
+so they are evaluated once per main model.
 
 Outputs in the output folder: ``sweep.csv`` (one row per setting, rewritten after each one),
 ``weight.png`` (metric vs weight per guide), ``ema.png`` (metric over main x guide EMA std) and
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autoguide.core.typed_settings import ConfigError
+from autoguide.ema.cache import ReconstructionCache
 from autoguide.ema.posthoc import DEFAULT_MAX_ERROR, EmaTime, PosthocEMA
 from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row, plot_ema, plot_weight
@@ -82,9 +83,9 @@ class SweepSettings:
 def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, Path]]:
     """``(nimg, {main EMA std: model file})``: the run's post-hoc EMAs, or the one main file."""
     if settings.main_model is None:
-        return PosthocEMA(settings.main_run).cached(
-            settings.main_std, settings.main_time, settings.max_error, settings.batch
-        )
+        ema = PosthocEMA(settings.main_run)
+        cache = ReconstructionCache(ema.default_dir)
+        return cache.files(ema, settings.main_std, settings.main_time, settings.max_error, settings.batch)
     card = read_card(settings.main_model)
     return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
@@ -158,7 +159,10 @@ def guide_axis(
         )
     axis = []
     for run, when in itertools.product(settings.guide_runs, settings.guide_times):
-        nimg, files = PosthocEMA(run).cached(settings.guide_std, when, settings.max_error, settings.batch)
+        ema = PosthocEMA(run)
+        nimg, files = ReconstructionCache(ema.default_dir).files(
+            ema, settings.guide_std, when, settings.max_error, settings.batch
+        )
         axis.append((f"{Path(run).name}@{nimg}", nimg, files))
     return axis
 

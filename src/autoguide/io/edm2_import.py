@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import itertools
 import json
 import os
 import pickle
@@ -387,7 +388,7 @@ def _levels(enc: dict[str, PersistentObject]) -> tuple[int, list[int], int]:
     expected_kinds = [
         ["conv" if i == 0 else "down"] + [f"block{j}" for j in range(num_blocks)] for i in range(len(resolutions))
     ]
-    halving = all(b * 2 == a for a, b in zip(resolutions, resolutions[1:]))
+    halving = all(b * 2 == a for a, b in itertools.pairwise(resolutions))
     if not halving or [per_level[r] for r in resolutions] != expected_kinds or num_blocks == 0:
         raise EDM2ImportError(f"ema.unet.enc: block layout {per_level} is not the EDM2 UNet layout")
     widths = [int(_attr(enc[f"{r}x{r}_block0"], "out_channels", f"ema.unet.enc.{r}x{r}_block0")) for r in resolutions]

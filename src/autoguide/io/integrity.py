@@ -45,7 +45,7 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[s
     bad = []
     for entries in flags.values():
         ok = torch.stack([flag for _, _, flag in entries]).tolist()
-        for (name, tensor, _), fine in zip(entries, ok):
+        for (name, tensor, _), fine in zip(entries, ok, strict=True):
             if not fine:
                 bad.append((name, int((~torch.isfinite(tensor)).sum()), tensor.numel()))
     return bad

@@ -45,12 +45,12 @@ class FlatGradients:
 
     def intact(self) -> bool:
         """Whether every parameter's gradient is still its view into the buffer."""
-        return all(p.grad is view for p, view in zip(self.params, self.views))
+        return all(p.grad is view for p, view in zip(self.params, self.views, strict=True))
 
     def zero_(self) -> None:
         """Zero every gradient (restoring views a caller replaced)."""
         self.buffer.zero_()
-        for p, view in zip(self.params, self.views):
+        for p, view in zip(self.params, self.views, strict=True):
             p.grad = view
 
     def max_norm(self) -> torch.Tensor:
@@ -72,7 +72,7 @@ class FlatGradients:
 
 def _dense(t: torch.Tensor) -> bool:
     """Whether ``t``'s elements fill ``t.numel()`` consecutive places (any dimension order)."""
-    order = sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    order = sorted((stride, size) for stride, size in zip(t.stride(), t.shape, strict=True) if size > 1)
     expected = 1
     for stride, size in order:
         if stride != expected:
