@@ -80,6 +80,8 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], where: str, context: s
     checks the values. ``context`` follows the unknown keys in that message."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings, got {values!r}")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{where}: {cls!r} is not a settings dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:

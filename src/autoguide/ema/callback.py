@@ -11,7 +11,7 @@ batch size and any update spacing give the same profile.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +93,20 @@ class PowerEMACallback(pl.Callback):
 
     @staticmethod
     def _nimg(pl_module: pl.LightningModule) -> int:
-        if not hasattr(pl_module, "nimg"):
+        nimg = getattr(pl_module, "nimg", None)
+        if nimg is None:
             raise AttributeError(
                 f"PowerEMACallback needs pl_module.nimg (training images seen), missing on {type(pl_module).__name__}"
             )
-        return int(pl_module.nimg)
+        return int(nimg)
+
+    @staticmethod
+    def _config(net: nn.Module) -> Mapping[str, Any]:
+        """The network config the snapshots record (``net.config``, set by ``build_network``)."""
+        config = getattr(net, "config", None)
+        if not isinstance(config, Mapping):
+            raise AttributeError(f"PowerEMACallback needs net.config (a mapping), got {type(config).__name__}")
+        return config
 
     # ------------------------------------------------------------------------------- hooks
     def on_load_checkpoint(
@@ -172,7 +181,7 @@ class PowerEMACallback(pl.Callback):
         if not (folder / "index.json").exists():
             return []
         index = read_index(folder)
-        if network_config(index.network) != network_config(net.config):
+        if network_config(index.network) != network_config(self._config(net)):
             raise ValueError(
                 f"{folder / 'index.json'}: snapshots of a different network architecture; "
                 "use a fresh out_dir for this run"
@@ -203,7 +212,7 @@ class PowerEMACallback(pl.Callback):
         nimg = self.ema.nimg
         if trainer.is_global_zero:
             net = self._net(pl_module)
-            config = net.config
+            config = self._config(net)
             persistent = set(net.state_dict())
             buffers = [name for name, _ in net.named_buffers() if name in persistent]
             for std, module in self.ema.modules.items():

@@ -78,7 +78,9 @@ def power_profile(tau: np.ndarray, nimg: float, gamma: float) -> np.ndarray:
     return np.where(inside, (gamma + 1.0) * ratio**gamma / nimg, 0.0)
 
 
-def profile_inner(t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray, gamma_b: np.ndarray) -> np.ndarray:
+def profile_inner(
+    t_a: np.ndarray | float, gamma_a: np.ndarray | float, t_b: np.ndarray | float, gamma_b: np.ndarray | float
+) -> np.ndarray:
     """Closed-form ``<p_a, p_b> = integral_0^inf p_{t_a,g_a}(tau) p_{t_b,g_b}(tau) dtau``.
 
     With ``m = min(t_a, t_b)``:

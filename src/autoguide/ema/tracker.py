@@ -60,7 +60,8 @@ class PowerEMA:
         net_params = [p.detach() for p in net.parameters()]
         net_buffers = list(net.buffers())
         for gamma, ema in zip(self.gammas, self.modules.values(), strict=True):
-            ema_params, ema_buffers = list(ema.parameters()), list(ema.buffers())
+            ema_params: list[torch.Tensor] = list(ema.parameters())
+            ema_buffers = list(ema.buffers())
             if len(ema_params) != len(net_params) or len(ema_buffers) != len(net_buffers):
                 raise ValueError("the network's parameters or buffers changed since the EMAs were made")
             torch._foreach_lerp_(ema_params, net_params, 1.0 - ema_beta(nimg, dt, gamma))  # one kernel for all tensors

@@ -368,14 +368,14 @@ _INIT_KWARGS = {
 }
 
 
-def _uniform(blocks: dict[str, PersistentObject], name: str) -> Any:
+def _uniform(blocks: Mapping[str, PersistentObject | ModuleDictRecord], name: str) -> Any:
     values = {repr(_attr(b, name, f"ema.unet.{key}")) for key, b in blocks.items()}
     if len(values) != 1:
         raise EDM2ImportError(f"ema.unet: Block attribute {name!r} differs between blocks ({sorted(values)})")
     return _attr(next(iter(blocks.values())), name, "ema.unet")
 
 
-def _levels(enc: dict[str, PersistentObject]) -> tuple[int, list[int], int]:
+def _levels(enc: Mapping[str, PersistentObject | ModuleDictRecord]) -> tuple[int, list[int], int]:
     """``(img_resolution, per-level widths, num_blocks)`` from the encoder's block names."""
     per_level: dict[int, list[str]] = {}
     for key in enc:
@@ -396,7 +396,7 @@ def _levels(enc: dict[str, PersistentObject]) -> tuple[int, list[int], int]:
 
 
 def _attention(
-    blocks: dict[str, PersistentObject], widths: list[int], block_kwargs: Mapping[str, Any]
+    blocks: Mapping[str, PersistentObject | ModuleDictRecord], widths: list[int], block_kwargs: Mapping[str, Any]
 ) -> tuple[list[int], int]:
     """``(attn_resolutions, channels_per_head)`` from the blocks' ``num_heads``."""
     heads: dict[int, set[bool]] = {}
@@ -510,7 +510,7 @@ def _check_init_kwargs(cfg: Mapping[str, Any], init_kwargs: Mapping[str, Any]) -
             raise EDM2ImportError(f"ema: unknown constructor argument {key}={value!r} in init_kwargs")
         derived = cfg.get(key)
         if key == "attn_resolutions":
-            value, derived = sorted(value), sorted(derived)
+            value, derived = sorted(value), sorted(derived) if derived is not None else None
         elif isinstance(value, tuple):
             value = list(value)
         if value != derived:

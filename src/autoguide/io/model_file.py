@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from autoguide.io.atomic import atomic_path
 from autoguide.io.integrity import DIGEST_KEY, NonFiniteError, check_finite, state_sha256
+
+if TYPE_CHECKING:
+    from autoguide.nets.build import Denoiser
 
 CARD_KEY = "autoguide.card"
 FORMAT = "autoguide-model/1"
@@ -107,7 +110,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, card
 
 
-def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> Denoiser:
     """Rebuild the denoiser stored in ``path``: eval mode, no gradients, on ``device``.
 
     The returned module also carries the card as ``net.card``.

@@ -11,15 +11,18 @@ from autoguide.nets.mlp import MLP
 from autoguide.nets.precond import Precond
 from autoguide.nets.unet import UNet
 
+Denoiser = Precond | EnergyDenoiser
+"""What ``build_network`` returns: ``net(x, sigma, labels)`` is the denoised ``x``."""
+
 UNET_ONLY = ("arch", "sigma_data", "logvar_channels")
 """Config keys that belong to the preconditioning, not to the UNet's constructor."""
 
 
-def build_network(cfg: NetworkConfig | Mapping[str, Any]) -> Precond | EnergyDenoiser:
+def build_network(cfg: NetworkConfig | Mapping[str, Any]) -> Denoiser:
     """The preconditioned denoiser ``cfg`` describes (``autoguide.nets.architectures``); its
     ``config`` attribute is the JSON form of the checked config (every key spelled out)."""
     cfg = network_config(cfg)
-    common = {
+    common: dict[str, Any] = {
         "config": config_dict(cfg),
         "label_dim": cfg.label_dim,
         "img_channels": cfg.img_channels,

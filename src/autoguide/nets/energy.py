@@ -38,6 +38,9 @@ class EnergyDenoiser(nn.Module):
     """``D(x, sigma, labels) -> x0_hat`` for ``x`` [N, dim] from the log-density described above;
     same call signature and attributes as :class:`autoguide.nets.precond.Precond`."""
 
+    card: dict[str, Any]
+    """The model card, on a network read from a model file (``io.load_denoiser``)."""
+
     def __init__(
         self,
         config: Mapping[str, Any],
@@ -84,14 +87,14 @@ class EnergyDenoiser(nn.Module):
         if labels is not None:
             parts.append(labels * math.sqrt(self.label_dim))
         y = self.layers[0](torch.cat(parts, dim=1))
-        for layer, points in zip(self.layers[1:], self.points, strict=True):
+        for layer, points in zip(self.layers[1:], self.blocks().values(), strict=True):
             y = points.output_point(y, points.branch_point(layer(mp_silu(y))))
         return y.square().mean(1) * self.gain / sigma - 0.5 * scaled.square().sum(1)
 
     def blocks(self) -> dict[str, LayerPoints]:
         """The hook points of every hidden layer by name (``layer1`` ... ``layer<depth>``): its
         branch is the layer's output, its skip path the layer's input ``y`` (same width)."""
-        return {f"layer{i}": points for i, points in enumerate(self.points, start=1)}
+        return {f"layer{i}": points for i, points in enumerate(self.points, start=1) if isinstance(points, LayerPoints)}
 
     def log_density(
         self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None
@@ -111,16 +114,21 @@ class EnergyDenoiser(nn.Module):
         keep_graph = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             # Inference-mode tensors cannot enter autograd: clone them outside inference mode.
-            flat, sigma, labels = (
-                t.clone() if t is not None and t.is_inference() else t for t in self._inputs(x, sigma, labels)
-            )
+            flat, sigmas, label_rows = self._inputs(x, sigma, labels)
+            flat, sigmas = _outside_inference(flat), _outside_inference(sigmas)
+            label_rows = _outside_inference(label_rows) if label_rows is not None else None
             point = flat if keep_graph and flat.requires_grad else flat.detach().requires_grad_(True)
-            log_p = self._log_density(point, sigma, labels)
+            log_p = self._log_density(point, sigmas, label_rows)
             (score,) = torch.autograd.grad(log_p.sum(), point, create_graph=keep_graph)
-            denoised = flat + sigma[:, None] ** 2 * score
+            denoised = flat + sigmas[:, None] ** 2 * score
             if not keep_graph:
                 denoised = denoised.detach()
             if return_logvar:
-                logvar = self.logvar_linear(self.logvar_fourier(sigma.log() / 4)).reshape(-1, 1)
+                logvar = self.logvar_linear(self.logvar_fourier(sigmas.log() / 4)).reshape(-1, 1)
         denoised = denoised.reshape(shape)
         return (denoised, logvar) if return_logvar else denoised
+
+
+def _outside_inference(t: torch.Tensor) -> torch.Tensor:
+    """``t``, cloned if it is an inference-mode tensor (those cannot enter autograd)."""
+    return t.clone() if t.is_inference() else t

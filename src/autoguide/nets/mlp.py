@@ -53,6 +53,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
+            if class_labels is None:
+                raise ValueError("this MLP is class-conditional (label_dim > 0): class_labels are required")
             emb = mp_sum(emb, self.emb_label(class_labels * math.sqrt(class_labels.shape[1])), t=self.label_balance)
         emb = mp_silu(emb)
         x = self.lin_in(torch.cat([x, torch.ones_like(x[:, :1])], dim=1))

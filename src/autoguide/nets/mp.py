@@ -66,6 +66,9 @@ class MPFourier(nn.Module):
     unit magnitude for any input (EDM2 Sec. 3.3, "magnitude-preserving Fourier features").
     """
 
+    freqs: torch.Tensor
+    phases: torch.Tensor
+
     def __init__(self, num_channels: int, bandwidth: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)

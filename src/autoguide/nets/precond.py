@@ -40,6 +40,9 @@ class Precond(nn.Module):
     conditional model means the null label (all zeros), as used by CFG.
     """
 
+    card: dict[str, Any]
+    """The model card, on a network read from a model file (``io.load_denoiser``)."""
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -109,4 +112,6 @@ class Precond(nn.Module):
 
     def attention_ops(self) -> dict[str, AttentionOp]:
         """Every self-attention op by block name, e.g. ``{"dec.16x16_block1": op, ...}``."""
-        return {name: block.attn_op for name, block in self.blocks().items() if getattr(block, "num_heads", 0)}
+        return {
+            name: block.attn_op for name, block in self.blocks().items() if isinstance(block, Block) and block.num_heads
+        }

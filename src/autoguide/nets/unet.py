@@ -197,7 +197,7 @@ class UNet(nn.Module):
                 )
 
         self.dec = nn.ModuleDict()
-        skips = [block.out_channels for block in self.enc.values()]
+        skips = [block.out_channels for block in self.enc.values() if isinstance(block, MPConv | Block)]
         for level, channels in reversed(list(enumerate(cblock))):
             res = img_resolution >> level
             if level == len(cblock) - 1:
@@ -228,6 +228,8 @@ class UNet(nn.Module):
         """Embedding: ``mp_silu(mp_sum(emb_noise(fourier(c_noise)), emb_label(onehot sqrt(L)), 0.5))``."""
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
+            if class_labels is None:
+                raise ValueError("this UNet is class-conditional (label_dim > 0): class_labels are required")
             labels = class_labels * math.sqrt(class_labels.shape[1])
             emb = mp_sum(emb, self.emb_label(labels), t=self.label_balance)
         return mp_silu(emb)
