@@ -28,9 +28,13 @@ def source_kind(src: Path) -> str:
     raise ValueError(f"{src}: expected an image folder or an .npz file (or image shards, .tar)")
 
 
+SourceDataset = ImageFolderDataset | NpzDataset | IndexedShardDataset
+"""A dataset of source images with labels: ``len``, ``label_dim``, ``read_uint8(i)``, ``header(i)``, ``where(i)``."""
+
+
 def open_source(
     src: Path, labels_json: Path | None = None, shards: bool = False, same_size: bool = True, convert_rgb: bool = False
-) -> ImageFolderDataset | NpzDataset | IndexedShardDataset:
+) -> SourceDataset:
     """The dataset stored at ``src`` (a folder or an ``.npz`` file; with ``shards`` also image
     shards). ``same_size=False`` lets the images of a folder differ in size; ``convert_rgb``
     reads a folder's images as RGB."""

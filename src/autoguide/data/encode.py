@@ -36,16 +36,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from autoguide.data.convert import open_source, source_kind
+from autoguide.data.convert import SourceDataset, open_source, source_kind
 from autoguide.data.images import adm_center_crop, uint8_to_float
 from autoguide.data.latents import DTYPES, FORMAT, LATENT_KEY, MANIFEST_NAME, PREFIX, npy_bytes, shard_record_path
 from autoguide.data.scan import BadImages, ImageProblem, scan_images
 from autoguide.data.shards import LABEL_KEY, encode_label, shard_name, write_tar
-from autoguide.data.vae import downsampling, load_vae, vae_identity
+from autoguide.data.vae import DiffusersVAE, downsampling, load_vae, vae_identity
 from autoguide.io.atomic import write_json_atomic
 from autoguide.io.records import bind_spec_file, fingerprint, read_json, spec_digest, unchanged
 from autoguide.runtime.claim import claim_folder
@@ -99,7 +98,7 @@ class CroppedImages(Dataset):
 
     def __init__(
         self,
-        source: Dataset,
+        source: SourceDataset,
         resolution: int,
         pixels: str = "float",
         convert_rgb: bool = False,
@@ -136,7 +135,7 @@ class CroppedImages(Dataset):
 
 def open_images(
     path: str | os.PathLike, labels_json: str | os.PathLike | None = None, convert_rgb: bool = False
-) -> Dataset:
+) -> SourceDataset:
     """The source images at ``path`` (folder of any sizes, ``.npz`` or image shards)."""
     labels = None if labels_json is None else Path(labels_json)
     return open_source(Path(path), labels, shards=True, same_size=False, convert_rgb=convert_rgb)
@@ -179,7 +178,7 @@ class EncoderReads(Dataset):
 
 
 @torch.no_grad()
-def encode_pixels(vae: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_pixels(vae: DiffusersVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior ``(mean, std)`` (float32 ``[N, C, h, w]``) of uint8 images ``[N, 3, H, W]``,
     which the VAE sees as ``pixels / 255``."""
     posterior = vae.encode(pixels.to(torch.float32) / 255).latent_dist
@@ -243,7 +242,7 @@ class LatentEncoder:
     def __init__(
         self,
         images: CroppedImages,
-        vae: nn.Module,
+        vae: DiffusersVAE,
         plan: dict[str, Any],
         out_dir: Path,
         settings: EncodeSettings,
@@ -275,7 +274,7 @@ class LatentEncoder:
         the source), then its record."""
         self.pin_spec(write=True)
         labeled = self.plan["label_dim"] > 0
-        records = []
+        records: list[dict[str, bytes | str]] = []
         for offset, (array, label) in enumerate(zip(stored, labels, strict=True)):
             key = f"{self.images.indices[shard.first + offset]:09d}"
             records.append({"__key__": key, LATENT_KEY: npy_bytes(array)})
@@ -315,6 +314,7 @@ class LatentEncoder:
                 arrays.append(torch.cat([mean, std], dim=1).cpu().numpy().astype(self.settings.dtype))
                 labels += label.tolist()
                 bar.update(len(pixels))
+                assert shard is not None, "the loader's batches cover exactly the shards to write"
                 if len(labels) == shard.count:
                     self.write_shard(shard, np.concatenate(arrays), labels)
                     shard, arrays, labels = next(pending, None), [], []
@@ -332,8 +332,9 @@ class LatentEncoder:
 
     def write_manifest(self) -> dict[str, Any] | None:
         """``manifest.json`` once every shard is complete (``None`` while some are missing)."""
-        records = [shard_record(self.out_dir, s, self.digest) for s in self.shards]
-        if any(r is None for r in records):
+        found = [shard_record(self.out_dir, s, self.digest) for s in self.shards]
+        records = [r for r in found if r is not None]
+        if len(records) < len(found):
             return None
         manifest = {
             **self.plan,
@@ -357,7 +358,7 @@ class LatentEncoder:
 def encode_plan(
     images: CroppedImages,
     source: Mapping[str, Any],
-    vae: nn.Module,
+    vae: DiffusersVAE,
     identity: Mapping[str, Any],
     settings: EncodeSettings,
     skipped: Sequence[ImageProblem] = (),

@@ -24,9 +24,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 class _Uint8ImageDataset(Dataset, abc.ABC):
     """Shared ``__getitem__``/shape attributes over ``read_uint8``; subclasses set
-    ``shape`` (H, W, C), ``labels`` (int64 array) and ``label_dim``."""
+    ``shape`` (H, W, C; ``None`` for a folder of images of different sizes), ``labels`` (int64
+    array) and ``label_dim``."""
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, int, int] | None
     labels: np.ndarray
     label_dim: int
 
@@ -36,11 +37,18 @@ class _Uint8ImageDataset(Dataset, abc.ABC):
 
     @property
     def img_channels(self) -> int:
-        return self.shape[2]
+        return self.shared_shape[2]
 
     @property
     def img_resolution(self) -> int:
-        return self.shape[0]
+        return self.shared_shape[0]
+
+    @property
+    def shared_shape(self) -> tuple[int, int, int]:
+        """``shape``; a ``ValueError`` when the images differ in size."""
+        if self.shape is None:
+            raise ValueError(f"{type(self).__name__}: the images differ in size; they share no shape")
+        return self.shape
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,8 +104,9 @@ class ImageFolderDataset(_Uint8ImageDataset):
         )
         if not self.files:
             raise ValueError(f"{self.root}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-        self.shape = self._check_headers() if same_size else None
+        self.shape = None
         if same_size:
+            self.shape = self._check_headers()
             check_square(self.shape, str(self.root / self.files[0]))
         if labels_json is not None:
             self.labels = _labels_from_json(Path(labels_json), self.files)
@@ -136,6 +145,8 @@ class ImageFolderDataset(_Uint8ImageDataset):
                     f"{self.root / name}: image shape (H, W, C) {this} differs from "
                     f"{shape} of {self.root / self.files[0]}"
                 )
+        if shape is None:
+            raise ValueError(f"{self.root}: no images to read headers from")
         return shape
 
     def where(self, index: int) -> str:
@@ -225,5 +236,5 @@ class NpzDataset(_Uint8ImageDataset):
 
     def header(self, index: int) -> ImageHeader:
         """Image ``index`` described like a file header (format ``npz``, mode ``L`` or ``RGB``)."""
-        height, width, channels = self.shape
+        height, width, channels = self.shared_shape
         return ImageHeader("npz", "L" if channels == 1 else "RGB", height, width)

@@ -79,14 +79,13 @@ def decode_image(data: bytes | str, where: str, convert_rgb: bool = False) -> np
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            if image.mode == "P" or (convert_rgb and image.mode != "RGB"):
-                image = image.convert("RGB")
-            if image.mode not in ("L", "RGB"):
+            decoded = image.convert("RGB") if image.mode == "P" or (convert_rgb and image.mode != "RGB") else image
+            if decoded.mode not in ("L", "RGB"):
                 raise ValueError(
-                    f"{where}: image mode {image.mode!r} is not supported; expected 'L' "
+                    f"{where}: image mode {decoded.mode!r} is not supported; expected 'L' "
                     f"(grayscale) or 'RGB' (to make it RGB: {CONVERT_RGB_HINT})"
                 )
-            array = np.array(image, dtype=np.uint8)
+            array = np.array(decoded, dtype=np.uint8)
     except OSError as error:
         raise ValueError(f"{where}: cannot decode image: {error}") from error
     return check_uint8_hwc(array, where)
@@ -158,9 +157,9 @@ def adm_center_crop(pixels: np.ndarray, resolution: int, where: str) -> np.ndarr
         )
     image = Image.fromarray(pixels)
     while min(image.size) >= 2 * resolution:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
     scale = resolution / min(image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
     array = np.asarray(image)
     top, left = (array.shape[0] - resolution) // 2, (array.shape[1] - resolution) // 2
     return np.ascontiguousarray(array[top : top + resolution, left : left + resolution])

@@ -253,8 +253,8 @@ class LatentShardDataset(Dataset):
         array = np.frombuffer(data, dtype=self.dtype, offset=len(self.header)).reshape(
             2 * self.img_channels, self.img_resolution, -1
         )
-        array = torch.from_numpy(array.astype(np.float32))
-        return array[: self.img_channels], array[self.img_channels :]
+        values = torch.from_numpy(array.astype(np.float32))
+        return values[: self.img_channels], values[self.img_channels :]
 
     def read(self, index: int, seed: int) -> tuple[torch.Tensor, int]:
         """Item ``index`` with its latent drawn from ``seed``: ``(mean + std * eps) * scale + bias``."""

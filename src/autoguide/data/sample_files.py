@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ def write_npz(path: Path, samples: torch.Tensor, seeds: Sequence[int], classes: 
     """``.npz`` with ``seeds`` [N], ``labels`` [N] (class index, -1 if unconditional) and either
     ``images`` (uint8 [N, H, W, C]) for images with 1 or 3 channels or ``samples`` (float32,
     as generated) otherwise (2D points, latents)."""
-    arrays = {
+    arrays: dict[str, Any] = {
         "seeds": np.asarray(seeds, dtype=np.int64),
         "labels": np.asarray(classes if classes is not None else [-1] * len(seeds), dtype=np.int64),
     }
@@ -144,13 +145,13 @@ def write_scatter(path: Path, points: torch.Tensor, classes: Sequence[int] | Non
     """Scatter plot PNG of 2D samples ``[N, 2]``, coloured by class."""
     from matplotlib.figure import Figure
 
-    points = points.to(torch.float32).numpy()
+    xy = points.to(torch.float32).numpy()
     fig = Figure(figsize=(6, 6), dpi=120)
     ax = fig.add_subplot()
     style = (
         {"c": np.asarray(classes), "cmap": "tab10", "vmin": 0, "vmax": 9} if classes is not None else {"c": "tab:blue"}
     )
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6, linewidths=0, **style)
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.6, linewidths=0, **style)
     ax.set_aspect("equal")
     ax.set_title(title)
     with atomic_path(path) as tmp:

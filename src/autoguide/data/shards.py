@@ -71,7 +71,7 @@ def encode_label(label: int) -> bytes:
 
 def _write_one_shard(path: Path, samples: list[tuple[str, np.ndarray, int | None]]) -> None:
     """Write ``samples`` (key, uint8 HWC, label or None) to ``path`` atomically."""
-    records = []
+    records: list[dict[str, bytes | str]] = []
     for key, image, label in samples:
         records.append({"__key__": key, IMAGE_KEY: encode_png(image)})
         if label is not None:
@@ -153,7 +153,10 @@ def read_shard_index(path: str | Path, data_key: str = IMAGE_KEY) -> list[ShardR
                 key = f"{folder}/{stem}" if folder else stem
                 grouped.setdefault(key, {})[extension] = member
                 if extension == LABEL_KEY:
-                    label_bytes[key] = archive.extractfile(member).read()
+                    label_file = archive.extractfile(member)
+                    if label_file is None:
+                        raise ValueError(f"{path}: member {member.name} is not a regular file")
+                    label_bytes[key] = label_file.read()
     except (OSError, tarfile.TarError) as error:
         raise ValueError(f"{path}: cannot read the shard: {error}") from error
     records = []
@@ -203,7 +206,7 @@ class _ShardSet:
         labeled = {r.label is not None for r in records}
         if len(labeled) > 1:
             raise ValueError(f"{self.paths[0]}...: some samples have a '{LABEL_KEY}' and some do not")
-        self.label_dim = max(r.label for r in records) + 1 if labeled == {True} else 0
+        self.label_dim = max(r.label for r in records if r.label is not None) + 1 if labeled == {True} else 0
         first = records[0]
         self.shape = decode_image(read_member(first), f"{first.path}:{first.key}").shape
         check_square(self.shape, f"{first.path}:{first.key}")

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -34,6 +35,24 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
     generator = torch.Generator().manual_seed(int(state) >> 1)
     return torch.randperm(n, generator=generator)
+
+
+class ItemSource(Protocol):
+    """A training dataset: ``len`` items ``(tensor, label)``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+@runtime_checkable
+class StochasticSource(ItemSource, Protocol):
+    """A dataset whose items are random draws (``stochastic`` true): ``read(index, seed)``
+    draws item ``index`` from ``seed`` (``autoguide.data.latents``)."""
+
+    stochastic: bool
+
+    def read(self, index: int, seed: int) -> tuple[torch.Tensor, int]: ...
 
 
 ITEM_DRAW = 1  # spawn key of the per-item draws, apart from the epoch permutations
@@ -53,7 +72,7 @@ class TrainStream(IterableDataset):
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: ItemSource,
         batch_size: int,
         label_dim: int,
         seed: int,
@@ -95,7 +114,7 @@ class TrainStream(IterableDataset):
         """The item at global stream position ``position`` (drawn from ``item_seed`` if the
         dataset is stochastic)."""
         index = self.dataset_index(position)
-        if getattr(self.dataset, "stochastic", False):
+        if isinstance(self.dataset, StochasticSource) and self.dataset.stochastic:
             return self.dataset.read(index, item_seed(self.seed, position))
         return self.dataset[index]
 

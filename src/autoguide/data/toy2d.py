@@ -196,6 +196,11 @@ class ExactToyDenoiser(torch.nn.Module):
     img_resolution = 0
     sigma_data = 0.5
 
+    weights: torch.Tensor
+    means: torch.Tensor
+    covs: torch.Tensor
+    classes: torch.Tensor
+
     def __init__(self, classes: str = "A") -> None:
         super().__init__()
         mixture = toy_mixture(classes)

@@ -129,7 +129,12 @@ def check_same_latent_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | 
         raise ValueError(f"{what_a} works in {describe_latent_space(a)}, but {what_b} in {describe_latent_space(b)}")
 
 
-def _autoencoder_class() -> type:
+DiffusersVAE = Any
+"""A diffusers ``AutoencoderKL`` (an ``nn.Module`` with ``config``, ``encode(x).latent_dist``
+and ``decode(z).sample``); diffusers ships no type information, so it is typed ``Any``."""
+
+
+def _autoencoder_class() -> DiffusersVAE:
     try:
         from diffusers import AutoencoderKL
     except ImportError as err:
@@ -157,7 +162,7 @@ def _vae_files(vae_path: str | os.PathLike, vae_name: str | None) -> tuple[Path,
     return folder / "config.json", folder / VAE_WEIGHTS
 
 
-def load_vae(vae_path: str | os.PathLike, vae_name: str | None = None) -> nn.Module:
+def load_vae(vae_path: str | os.PathLike, vae_name: str | None = None) -> DiffusersVAE:
     """The diffusers ``AutoencoderKL`` in local folder ``vae_path`` (``config.json`` and
     safetensors weights; nothing is downloaded), in eval mode without gradients."""
     _vae_files(vae_path, vae_name)
@@ -236,7 +241,7 @@ def check_raw_std(raw_std: Sequence[float], where: str) -> None:
         )
 
 
-def downsampling(vae: nn.Module) -> int:
+def downsampling(vae: DiffusersVAE) -> int:
     """How many pixels a latent pixel covers per side: 2 per down block after the first."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -266,9 +271,13 @@ class LatentCodec(nn.Module):
     ``factor``: image pixels per latent pixel and side.
     """
 
+    vae: DiffusersVAE
+    scale: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(
         self,
-        vae: nn.Module,
+        vae: DiffusersVAE,
         raw_mean: Sequence[float] = EDM2_RAW_MEAN,
         raw_std: Sequence[float] = EDM2_RAW_STD,
         final_mean: float = EDM2_FINAL_MEAN,
