@@ -51,6 +51,8 @@ from autoguide.runtime.claim import claim_folder
 from autoguide.runtime.process import RankInfo, rank_slice
 
 SPEC_NAME = "encode.json"
+ONE_PROCESS = RankInfo()
+"""The whole shard range, for a single process."""
 CROP = "adm-center"
 
 
@@ -402,7 +404,7 @@ def encode_dataset(
     settings: EncodeSettings = EncodeSettings(),
     labels_json: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-    part: RankInfo = RankInfo(),
+    part: RankInfo = ONE_PROCESS,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Encode the images at ``src`` into the latent set ``out_dir`` with the VAE in local folder

@@ -179,7 +179,7 @@ class NpzDataset(_Uint8ImageDataset):
             if "images" not in archive:
                 raise ValueError(f"{self.path}: missing key 'images' (found {sorted(archive)})")
             images = archive["images"]
-            labels = archive["labels"] if "labels" in archive else None
+            labels = archive.get("labels")
         self.images = self._to_nhwc(images, layout)
         self.shape = tuple(self.images.shape[1:])
         check_square(self.shape, f"{self.path}['images']")

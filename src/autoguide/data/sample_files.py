@@ -58,7 +58,8 @@ def write_outputs(
     toy = samples.ndim == 2
     if toy and set(output.formats) - set(TOY_FORMATS):
         raise ConfigError(
-            f"output.formats={list(output.formats)}: png and shards need images; 2D samples take {list(TOY_FORMATS)} (grid is a scatter plot)"
+            f"output.formats={list(output.formats)}: png and shards need images; "
+            f"2D samples take {list(TOY_FORMATS)} (grid is a scatter plot)"
         )
     if "grid" in output.formats:
         if toy:

@@ -288,7 +288,8 @@ class LatentCodec(nn.Module):
         channels = int(vae.config.latent_channels)
         if len(raw_mean) != channels or len(raw_std) != channels:
             raise ValueError(
-                f"raw_mean/raw_std need {channels} values (the VAE's latent channels), got {len(raw_mean)}/{len(raw_std)}"
+                f"raw_mean/raw_std need {channels} values (the VAE's latent channels), "
+                f"got {len(raw_mean)}/{len(raw_std)}"
             )
         scale, bias = standardisation(raw_mean, raw_std, final_mean, final_std)
         self.vae = vae.eval().requires_grad_(False)
@@ -303,7 +304,8 @@ class LatentCodec(nn.Module):
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing or spec["type"] != LATENT_TYPE:
             raise ValueError(
-                f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} (missing {missing})"
+                f"latent spec {dict(spec)}: expected type {LATENT_TYPE!r} with keys {list(SPEC_KEYS)} "
+                f"(missing {missing})"
             )
         check_vae_path(spec, vae_path)
         vae = load_vae(vae_path, spec["vae_name"])

@@ -401,7 +401,8 @@ class PosthocEMA:
             times = sorted({s.nimg for s in self.found.snapshots})
             if target not in times:
                 after = [t for t in times if t > target][:1]
-                hint += f"; nimg {target} is not a snapshot time (nearest: {', '.join(str(t) for t in [int(in_nimg.max()), *after])})"
+                nearest = ", ".join(str(t) for t in [int(in_nimg.max()), *after])
+                hint += f"; nimg {target} is not a snapshot time (nearest: {nearest})"
             raise ValueError(
                 f"cannot represent EMA std {', '.join(bad)} at nimg {target} with the stored stds "
                 f"{sorted(set(in_std.tolist()))} ({len(used)} snapshots up to nimg {int(in_nimg.max())}): the relative "

@@ -116,7 +116,7 @@ def term_option_keys(term: Mapping[str, Any]) -> list[str]:
 def option_product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the values of ``axes`` (``{key: values}``), in ``itertools.product``
     order; ``[{}]`` for no axes."""
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
 def variant_label(variant: Mapping[str, Any]) -> str:

@@ -449,7 +449,8 @@ def edm2_network_config(ema: PersistentObject) -> dict[str, Any]:
         mode = "down" if key.endswith("_down") else "up" if key.endswith("_up") else "keep"
         if (block.state.get("flavor"), block.state.get("resample_mode")) != (key[:3], mode):
             raise EDM2ImportError(
-                f"ema.unet.{key}: flavor/resample_mode {block.state.get('flavor')!r}/{block.state.get('resample_mode')!r}, expected {key[:3]!r}/{mode!r}"
+                f"ema.unet.{key}: flavor/resample_mode {block.state.get('flavor')!r}/"
+                f"{block.state.get('resample_mode')!r}, expected {key[:3]!r}/{mode!r}"
             )
     init_kwargs = dict(_attr(ema, "_init_kwargs", "ema") or {})
     init_kwargs.update(_attr(unet, "_init_kwargs", "ema.unet") or {})

@@ -118,6 +118,7 @@ def read_pair(path: str | os.PathLike, check_hashes: bool = False) -> SimsPair:
         for role in ("positive", "negative"):
             if file_sha256(getattr(pair, role)) != data["sha256"][role]:
                 raise ValueError(
-                    f"{path}: the {role} model {getattr(pair, role)} changed since the pair was written (SHA-256 differs)"
+                    f"{path}: the {role} model {getattr(pair, role)} changed since the pair was written "
+                    "(SHA-256 differs)"
                 )
     return pair

@@ -1,1 +1,2 @@
-"""Where and how this process runs: rank and device, model loading, one writer per folder (claims), stopping on a cluster signal."""
+"""Where and how this process runs: rank and device, model loading, one writer per folder
+(claims), stopping on a cluster signal."""
