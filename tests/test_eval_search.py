@@ -145,7 +145,13 @@ def measure(params, images):
     if images == 9 and slow != "-" and not Path(slow).exists():
         Path(slow).write_text(str(os.getpid()))
         time.sleep(600)  # killed here
-    time.sleep(0.3)  # a trial holds no lock while it measures: the other worker takes the next one
+    mine = log.parent / f"measuring-{{worker}}"
+    if slow == "-" and not mine.exists():  # both workers are inside a trial at once before either goes on, so
+        mine.touch()  # a worker that starts late under load still gets one: a trial holds no lock while it measures
+        deadline = time.time() + 120
+        while len(list(log.parent.glob("measuring-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    time.sleep(0.3)
     return bowl(params, images)
 search = settings(storage, budget, worker=worker, lease_s=600.0, heartbeat_s=0.5)
 study = open_study(search, {{"objective": "bowl"}}, minimize=True, lock_folder=log.parent)
