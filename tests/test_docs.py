@@ -10,7 +10,7 @@ from pathlib import Path
 from test_architecture import import_graph, package_graph
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 TABLE_HEADER = "| package | job | imports (besides torch, numpy) |"
 # A cited file: a path under one of the repository's folders, ending in a known suffix.
 CITED_PATH = re.compile(r"(?<![\w/.-])((?:src|conf|docs|benchmarks|slurm|tests)/[\w./*-]+\.(?:py|yaml|md|sh))\b")

@@ -56,7 +56,10 @@ def float64_sum(states, std, at):
     """sum_i c_i theta_i over the fp16 snapshots, in float64."""
     used = [key for key in states if key[0] <= at]
     c = solve_coefficients([t for t, _ in used], [s for _, s in used], [at], [std])[:, 0]
-    return {k: sum(float(ci) * states[key][k].half().double() for ci, key in zip(c, used)) for k in states[used[0]]}
+    return {
+        k: sum(float(ci) * states[key][k].half().double() for ci, key in zip(c, used, strict=True))
+        for k in states[used[0]]
+    }
 
 
 def rel_l2(a, b):
@@ -89,7 +92,7 @@ def test_raw_folder_reconstructs_to_the_float64_coefficient_sum(raw, tmp_path):
         assert card["latent"]["type"] == "stability_vae"
         used = [(t, s) for t in TIMES if t <= at for s in STDS]
         assert [(i["nimg"], i["std"]) for i in card["inputs"]] == used
-        for item, (t, s) in zip(card["inputs"], used):
+        for item, (t, s) in zip(card["inputs"], used, strict=True):
             assert item["file"] == str((folder / raw_snapshot_name(t, s)).resolve())
             assert item["sha256"] == file_sha256(item["file"])
         assert "EDM2 raw snapshots" in card["source"]

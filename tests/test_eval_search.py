@@ -400,7 +400,7 @@ def test_search_cli_errors(runs, tmp_path):
     with pytest.raises(ConfigError, match=r"grid.weight has 5 values; a search takes one fixed value"):
         sweep(search_cfg(runs, tmp_path, "search.space.weight=null"))
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    main, guide = runs
+    main, _guide = runs
     result = subprocess.run(
         [
             sys.executable,

@@ -158,13 +158,13 @@ def test_sweep_errors(runs, tmp_path):
 
 def test_sweep_with_a_fixed_main_model(runs, tmp_path):
     """``main.model``: one main file (an imported release) against the guide runs' EMAs."""
-    main, guide = runs
+    main, _guide = runs
     (main_file,) = PosthocEMA(main).write([0.07], out_dir=tmp_path / "main")
     best = sweep(sweep_cfg(runs, tmp_path / "out", "main.run=null", f"main.model={main_file}", "grid.interval=[null]"))
     rows = read_rows(tmp_path / "out" / "sweep.csv")
     assert {(r["main_model"], r["main_std"], r["main_nimg"]) for r in rows} == {(str(main_file), "0.07", "4000")}
     assert len(rows) == 2 * 2 and best["main_model"] == str(main_file)  # guide time x weight
-    with pytest.raises(ValueError, match="set exactly one of main.run"):
+    with pytest.raises(ValueError, match=r"set exactly one of main.run"):
         sweep(sweep_cfg(runs, tmp_path / "both", f"main.model={main_file}"))
 
 
@@ -207,7 +207,7 @@ def test_sweep_over_term_options_and_a_guide_from_the_main_run(runs, tmp_path):
         ValueError, match=r"grid.term.weight: not an option to sweep for guidance kind=dropout; valid: \[.*'p'"
     ):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={weight:[2]}"))
-    with pytest.raises(ValueError, match="grid.term.q: not an option"):
+    with pytest.raises(ValueError, match=r"grid.term.q: not an option"):
         sweep(sweep_cfg(runs, tmp_path / "bad", "guidance=dropout", "guides.runs=[]", "grid.term={q:[2]}"))
 
 

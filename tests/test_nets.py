@@ -159,17 +159,17 @@ def test_preconditioning_coefficients_match_edm_table():
 
 def tiny_unet(label_dim=10):
     return build_network(
-        dict(
-            arch="unet",
-            img_resolution=16,
-            img_channels=3,
-            label_dim=label_dim,
-            model_channels=16,
-            channel_mult=[1, 2],
-            num_blocks=1,
-            attn_resolutions=[8],
-            channels_per_head=16,
-        )
+        {
+            "arch": "unet",
+            "img_resolution": 16,
+            "img_channels": 3,
+            "label_dim": label_dim,
+            "model_channels": 16,
+            "channel_mult": [1, 2],
+            "num_blocks": 1,
+            "attn_resolutions": [8],
+            "channels_per_head": 16,
+        }
     )
 
 

@@ -88,17 +88,17 @@ def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_pa
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
-TINY = dict(
-    arch="unet",
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [4],
+    "channels_per_head": 8,
+}
 
 
 @pytest.mark.slow
