@@ -147,6 +147,7 @@ def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets,
         )
 
 
+@pytest.mark.slow  # about 17 s; test_train_resume kills and resumes on pixels by default (.ci/run runs -m slow)
 @pytest.mark.timeout(900)
 def test_sigkill_and_resume_on_latent_data_is_bit_exact(straight_run, latent_assets, tmp_path):
     killed = tmp_path / "killed"
@@ -277,6 +278,7 @@ def set64(latent_assets, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # about 50 s: the full-size EDM2-XS on a CPU (.ci/run runs -m slow)
 @pytest.mark.timeout(600)
 def test_img512_xs_guide_debug_fast_on_latents(set64, latent_assets, tmp_path):
     """``python train.py experiment=img512-xs-guide data=latents data.path=<tiny set> debug=fast``,
