@@ -188,7 +188,7 @@ def sims_lines(runs: Path) -> list[str]:
         "| method | budget (images) | negative EMA | omega / w' | FD | precision | recall |",
         "|---|---|---|---|---|---|---|",
     ]
-    best = dict(report["best"].items())
+    best = dict(report["best"])
     for row in report["rows"]:
         knob = row.get("omega") if row["method"] == "sims" else row.get("weight")
         mark = " **(best)**" if row == best.get(row["method"]) and row["method"] != "unguided" else ""
@@ -560,8 +560,7 @@ def setup_lines(runs: Path, rows: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"Evaluation: seeds {any_row['seeds']} (one image each, class `{any_row['class_labels']}` per seed), "
             f"EDM {s['solver']} sampler, {s['num_steps']} steps, sigma {s['sigma_min']}-{s['sigma_max']}, rho "
-            f"{s['rho']}; "
-            "main model = post-hoc EMA std "
+            f"{s['rho']}; main model = post-hoc EMA std "
             f"{rows.get('unguided', any_row).get('main_model', '').rsplit('-', 1)[-1].removesuffix('.safetensors')}"
         )
     return lines
