@@ -1,6 +1,6 @@
 """What the benchmarks share: the training step and eval forward being timed, interleaved
-timing (A B A B ..., medians), the top operators of one call (``torch.profiler``), and worker processes that let two code versions be timed side by
-side in one run (``--baseline-src``: an older checkout's ``src``).
+timing (A B A B ..., medians), the top operators of one call (``torch.profiler``), and worker
+processes that let two code versions be timed side by side in one run (``--baseline-src``: an older checkout's ``src``).
 
 The training step is the one ``autoguide.train.module.DiffusionModule`` takes, outside
 Lightning: ``edm2_loss`` (EDM2's P_mean/P_std of the preset's data), backward, non-finite

@@ -157,13 +157,15 @@ def main() -> None:
         dataset = LatentShardDataset(path)
         shape = [2 * dataset.img_channels, dataset.img_resolution, dataset.img_resolution]
         print(
-            f"latent set {path}: {len(dataset)} images, stored {dataset.dtype.name} {shape}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+            f"latent set {path}: {len(dataset)} images, stored {dataset.dtype.name} {shape}; {os.cpu_count()} CPUs, "
+            f"load {os.getloadavg()[0]:.2f}"
         )
         if encode_rate:
             print(f"encode (tiny VAE, 64x64 images -> 64x64x4, 1 thread): {encode_rate:.0f} images/s")
         if args.sd_images:
             print(
-                f"encode (SD-VAE architecture, 512x512 -> 64x64x4, CPU, {torch.get_num_threads()} threads): {sd_vae_rate(args.sd_images):.2f} images/s"
+                f"encode (SD-VAE architecture, 512x512 -> 64x64x4, CPU, {torch.get_num_threads()} threads): "
+                f"{sd_vae_rate(args.sd_images):.2f} images/s"
             )
         rates = {w: loader_rate(dataset, w, args.batches) for w in (1, 4)}
     for workers, rate in rates.items():
@@ -172,7 +174,8 @@ def main() -> None:
         return
     train = train_rate(args.train_steps, args.warmup, args.micro_batch)
     print(
-        f"training img512-xs, batch {BATCH}, fp32 CPU ({torch.get_num_threads()} threads): {train:.3f} images/s ({BATCH / train:.1f} s/step)"
+        f"training img512-xs, batch {BATCH}, fp32 CPU ({torch.get_num_threads()} threads): {train:.3f} images/s "
+        f"({BATCH / train:.1f} s/step)"
     )
     for workers, rate in rates.items():
         print(f"ratio loader ({workers} worker(s)) / training: {rate / train:.0f}")

@@ -67,12 +67,13 @@ def write_native(folder: Path, files: int) -> None:
     from autoguide.io import save_model
 
     folder.mkdir(parents=True)
-    entries = []
+    entries, buffers = [], []
     for net, (nimg, std), state in random_walk(files):
         path = folder / snapshot_filename(nimg, std)
         save_model(path, state, {"network": NETWORK, "nimg": nimg, "ema_std": std, "source": "benchmark"})
         entries.append(Snapshot(path, nimg, std))
-    write_index(folder, NETWORK, [k for k, _ in net.named_buffers()], entries)
+        buffers = [k for k, _ in net.named_buffers()]
+    write_index(folder, NETWORK, buffers, entries)
 
 
 def write_raw(folder: Path, files: int) -> None:
@@ -106,12 +107,16 @@ def max_error(ema, solution, written: list[Path]) -> float:
     sums: list[dict[str, torch.Tensor]] = [{} for _ in picks]
     for i, snap in enumerate(solution.used):
         state = ema.source.read(snap)
-        for sum_, j in zip(sums, picks):
+        for sum_, j in zip(sums, picks, strict=True):
             for key, value in state.items():
                 if key not in ema.found.buffers and value.is_floating_point():
                     term = float(solution.coefs[i, j]) * value.double()
                     sum_[key] = sum_[key] + term if key in sum_ else term
-    errors = [(out[k].double() - r).norm() / r.norm() for out, sum_ in zip(outputs, sums) for k, r in sum_.items()]
+    errors = [
+        (out[k].double() - r).norm() / r.norm()
+        for out, sum_ in zip(outputs, sums, strict=True)
+        for k, r in sum_.items()
+    ]
     return float(max(errors))
 
 

@@ -102,12 +102,14 @@ def main() -> None:
     times = {name: median(values) for name, values in interleave(timers, args.rounds).items()}
 
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {torch.get_num_threads()} threads), "
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+        f"{torch.get_num_threads()} threads), "
         f"precision {args.precision}, batch {args.batch}, {args.steps} Heun steps ({2 * args.steps - 1} evaluations), "
         f"{args.rounds} interleaved rounds, medians"
     )
     print(
-        f"forward: main {args.net} {times['forward main'] * 1e3:.1f} ms, guide {args.guide} {times['forward guide'] * 1e3:.1f} ms"
+        f"forward: main {args.net} {times['forward main'] * 1e3:.1f} ms, guide {args.guide} "
+        f"{times['forward guide'] * 1e3:.1f} ms"
     )
     print(f"{'term':<16}{'images/s':>10}{'ratio':>8}{'ideal':>8}{'excess':>9}")
     print(f"{'unguided':<16}{args.batch / times['unguided']:>10.2f}{1.0:>8.2f}{1.0:>8.2f}")

@@ -4,7 +4,8 @@ classes), every variant side by side in one run: each variant in its own process
 interleaved (A B C A B C ...), medians, and each variant's speed-up over eager fp32.
 
     python benchmarks/train_step.py [--variants eager,compile] [--precision fp32,bf16] [--channels-last]
-        [--baseline-src /path/to/older/checkout/src] [--rounds 5] [--batch 16] [--eval-batch 64] [--threads N] [--profile]
+        [--baseline-src /path/to/older/checkout/src] [--rounds 5] [--batch 16] [--eval-batch 64] [--threads N]
+        [--profile]
 
 ``--baseline-src`` adds the eager fp32 step and forward of another checkout of autoguide (e.g.
 ``git worktree add /tmp/before <commit>``: ``/tmp/before/src``), and every ratio is then also
@@ -40,7 +41,8 @@ def main() -> None:
     parser.add_argument(
         "--channels-last",
         action="store_true",
-        help="each variant with channels-last (NHWC) and with NCHW activations and weights (default: the code's choice, NHWC)",
+        help="each variant with channels-last (NHWC) and with NCHW activations and weights "
+        "(default: the code's choice, NHWC)",
     )
     parser.add_argument(
         "--baseline-src", default=None, help="src folder of another checkout to compare against (eager fp32)"
@@ -83,10 +85,11 @@ def main() -> None:
     print(header)
     for name in specs:
         row = f"{name:<32}{medians[name, 'train']:>10.3f}{medians[name, 'eval']:>10.3f}"
-        row += f"{medians[reference, 'train'] / medians[name, 'train']:>10.2f}{medians[reference, 'eval'] / medians[name, 'eval']:>10.2f}"
+        row += "".join(f"{medians[reference, p] / medians[name, p]:>10.2f}" for p in ("train", "eval"))
         if args.baseline_src:
             base_name = "baseline eager fp32"
-            row += f"{medians[base_name, 'train'] / medians[name, 'train']:>14.2f}{medians[base_name, 'eval'] / medians[name, 'eval']:>13.2f}"
+            row += f"{medians[base_name, 'train'] / medians[name, 'train']:>14.2f}"
+            row += f"{medians[base_name, 'eval'] / medians[name, 'eval']:>13.2f}"
         print(row)
     for name, ops in profiles.items():
         print(f"\ntop operators of one training step, {name} (self CPU time)")

@@ -92,7 +92,7 @@ def fake_edm2_modules(sentinel: Path) -> Iterator[types.SimpleNamespace]:
         """Pickles exactly like a reference persistent object."""
 
         def __init__(self, class_name, state):
-            self.meta = dict(type="class", version=6, module_src=poison, class_name=class_name, state=state)
+            self.meta = {"type": "class", "version": 6, "module_src": poison, "class_name": class_name, "state": state}
 
         def __reduce__(self):
             return reconstruct, (self.meta,)
@@ -150,32 +150,32 @@ def reference_tree(fake, module, init_kwargs=None):
 def vae_encoder(fake, raw_mean=(5.81, 3.25, 0.12, -2.15), raw_std=(4.17, 4.62, 3.71, 3.28)):
     scale = np.float32(0.5) / np.float32(raw_std)
     bias = np.float32(0) - np.float32(raw_mean) * scale
-    state = dict(
-        vae_name="stabilityai/sd-vae-ft-mse",
-        scale=scale,
-        bias=bias,
-        batch_size=8,
-        _vae=None,
-        _init_args=(),
-        _init_kwargs={},
-    )
+    state = {
+        "vae_name": "stabilityai/sd-vae-ft-mse",
+        "scale": scale,
+        "bias": bias,
+        "batch_size": 8,
+        "_vae": None,
+        "_init_args": (),
+        "_init_kwargs": {},
+    }
     return fake.Persistent("StabilityVAEEncoder", state)
 
 
 def write_release(fake, path, net, encoder="vae", protocol=pickle.DEFAULT_PROTOCOL, **extra):
     cfg = net.config
-    precond_kwargs = dict(
-        img_resolution=cfg["img_resolution"],
-        img_channels=cfg["img_channels"],
-        label_dim=cfg["label_dim"],
-        model_channels=cfg["model_channels"],
-        dropout=cfg["dropout"],
-        use_fp16=True,
-    )
+    precond_kwargs = {
+        "img_resolution": cfg["img_resolution"],
+        "img_channels": cfg["img_channels"],
+        "label_dim": cfg["label_dim"],
+        "model_channels": cfg["model_channels"],
+        "dropout": cfg["dropout"],
+        "use_fp16": True,
+    }
     enc = (
         vae_encoder(fake)
         if encoder == "vae"
-        else fake.Persistent("StandardRGBEncoder", dict(_init_args=(), _init_kwargs={}))
+        else fake.Persistent("StandardRGBEncoder", {"_init_args": (), "_init_kwargs": {}})
     )
     data = fake.EasyDict(
         encoder=enc,
@@ -183,7 +183,7 @@ def write_release(fake, path, net, encoder="vae", protocol=pickle.DEFAULT_PROTOC
             class_name="training.dataset.ImageFolderDataset", path="img512-sd.zip", use_labels=True
         ),
         loss_fn=fake.Persistent(
-            "EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs={})
+            "EDM2Loss", {"P_mean": -0.4, "P_std": 1.0, "sigma_data": 0.5, "_init_args": (), "_init_kwargs": {}}
         ),
         ema=reference_tree(fake, net, precond_kwargs),
     )

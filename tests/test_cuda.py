@@ -16,17 +16,17 @@ from autoguide.train.run import train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 DEVICE = torch.device("cuda")
-TINY = dict(
-    arch="unet",
-    img_resolution=16,
-    img_channels=3,
-    label_dim=4,
-    model_channels=32,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[8],
-    channels_per_head=16,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 16,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 32,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [8],
+    "channels_per_head": 16,
+}
 
 
 def batch(net: torch.nn.Module, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ def test_compiled_training_on_cuda_matches_eager():
     compiled.load_state_dict(eager.state_dict())
     compiled.compile()
     a, b = losses(eager, 5), losses(compiled, 5)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert abs(x - y) <= 1e-3 * abs(x), (a, b)
     assert eager.state_dict().keys() == compiled.state_dict().keys()
 

@@ -44,7 +44,7 @@ def test_ranks_interleave_into_epochs_that_cover_the_data():
     """Merging the ranks' items in global order gives, epoch by epoch, each index once."""
     n, world, batch, steps = 10, 2, 3, 10
     per_rank = [_ids(TrainStream(Numbers(n), batch, 3, seed=1, rank=r, world_size=world), steps) for r in range(world)]
-    flat = [sum(ids, []) for ids in per_rank]
+    flat = [[i for batch in ids for i in batch] for ids in per_rank]
     merged = [flat[g % world][g // world] for g in range(world * batch * steps)]
     for e in range(len(merged) // n):
         assert sorted(merged[e * n : (e + 1) * n]) == list(range(n))
@@ -124,7 +124,7 @@ def test_datamodule_mnist_and_npz(tmp_path):
     }
     np.savez(tmp_path / "u.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
     dm = DiffusionDataModule({"name": "npz", "path": str(tmp_path / "u.npz"), "batch_size": 2, "conditional": True})
-    with pytest.raises(ValueError, match="conditional: true.*no labels"):
+    with pytest.raises(ValueError, match=r"conditional: true.*no labels"):
         dm.dataset_info()
 
 
@@ -172,14 +172,14 @@ def test_lightning_resume_continues_exactly(tmp_path):
             self.nimg = checkpoint["nimg"]
 
     cfg = {"name": "toy2d", "num_samples": 50, "batch_size": 8, "seed": 1, "conditional": True}
-    options = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-    )
+    options = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "default_root_dir": tmp_path,
+    }
 
     def fit(max_steps, ckpt_path=None):
         module, trainer = Recorder(), L.Trainer(max_steps=max_steps, **options)

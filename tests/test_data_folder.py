@@ -83,7 +83,7 @@ def test_npz_errors_name_the_key(tmp_path, arrays, message):
 
 
 def test_npz_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.npz"):
+    with pytest.raises(FileNotFoundError, match=r"nope.npz"):
         NpzDataset(tmp_path / "nope.npz")
 
 
@@ -130,7 +130,7 @@ def test_folder_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         ImageFolderDataset(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty.*no"):
+    with pytest.raises(ValueError, match=r"empty.*no"):
         ImageFolderDataset(tmp_path / "empty")
     _save_png(tmp_path / "mixed" / "a" / "0.png", _images(1)[0])
     _save_png(tmp_path / "mixed" / "a" / "1.png", _images(1, size=16)[0])

@@ -86,7 +86,7 @@ def test_bad_file_format_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(mnist, "mnist5k_path", lambda: path)
     mnist.load_mnist5k.cache_clear()
     try:
-        with pytest.raises(ValueError, match="bad.csv.gz.*785"):
+        with pytest.raises(ValueError, match=r"bad.csv.gz.*785"):
             mnist.load_mnist5k()
     finally:
         mnist.load_mnist5k.cache_clear()

@@ -94,17 +94,17 @@ def test_too_few_samples_for_ranks_is_an_error(tmp_path, monkeypatch):
     paths = write_shards(((img, 0) for img in _images(3)), tmp_path, "s", 3)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="1 shards.*2 ranks"):
+    with pytest.raises(ValueError, match=r"1 shards.*2 ranks"):
         list(ShardDataset(paths))
 
 
 def test_write_errors(tmp_path):
     images = _images(2)
-    with pytest.raises(ValueError, match="sample 1.*label all samples or none"):
+    with pytest.raises(ValueError, match=r"sample 1.*label all samples or none"):
         write_shards([(images[0], 1), (images[1], None)], tmp_path, "x", 5)
-    with pytest.raises(ValueError, match="sample 0.*uint8"):
+    with pytest.raises(ValueError, match=r"sample 0.*uint8"):
         write_shards([(images[0].astype(np.float32), 1)], tmp_path, "y", 5)
-    with pytest.raises(ValueError, match="sample 0.*integer >= 0"):
+    with pytest.raises(ValueError, match=r"sample 0.*integer >= 0"):
         write_shards([(images[0], -2)], tmp_path, "z", 5)
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
 
@@ -114,5 +114,5 @@ def test_read_errors_name_the_shard(tmp_path):
         archive.add(__file__, arcname="000.txt")
     with pytest.raises(ValueError, match=r"bad\.tar.*'000'.*'png'"):
         IndexedShardDataset(tmp_path / "bad.tar")
-    with pytest.raises(FileNotFoundError, match="absent.tar"):
+    with pytest.raises(FileNotFoundError, match=r"absent.tar"):
         ShardDataset([tmp_path / "absent.tar"])

@@ -148,7 +148,7 @@ def test_chunking_does_not_change_results(ab, monkeypatch):
     assert ab.rows_per_chunk(torch.device("meta")) == toy2d.CHUNK
     chunked = (ab.log_prob(x, sigma), ab.score(x, sigma), ab.denoise(x, sigma))
     monkeypatch.setattr(toy2d, "CPU_CHUNK_ELEMENTS", 7 * len(ab.weights))  # 7 rows: a ragged last chunk
-    for got, expected in zip((ab.log_prob(x, sigma), ab.score(x, sigma), ab.denoise(x, sigma)), chunked):
+    for got, expected in zip((ab.log_prob(x, sigma), ab.score(x, sigma), ab.denoise(x, sigma)), chunked, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -158,7 +158,7 @@ def test_samples_follow_the_mixture(ab):
     torch.testing.assert_close(x.mean(0), expected_mean, atol=0.02, rtol=0)
     share_a = ab.weights[ab.classes == 0].sum().item()
     assert abs((labels == 0).double().mean().item() - share_a) < 0.015
-    b_only, b_labels = toy_mixture("B").sample(500, torch.Generator().manual_seed(0), return_labels=True)
+    _b_only, b_labels = toy_mixture("B").sample(500, torch.Generator().manual_seed(0), return_labels=True)
     assert (b_labels == 1).all()
     # Samples sit where the density is high: far higher mean log-density than a shifted copy.
     assert ab.log_prob(x[:2000]).mean() > ab.log_prob(x[:2000] + 0.2).mean() + 2
@@ -172,7 +172,7 @@ def test_exact_denoiser_module(ab, points):
     out = net(x, sigma)
     assert out.dtype == torch.float32 and out.shape == x.shape
     torch.testing.assert_close(out, ab.denoise(points.float(), 0.2).float())
-    d, logvar = net(x, 0.2, return_logvar=True)
+    _d, logvar = net(x, 0.2, return_logvar=True)
     assert logvar.shape == (len(x), 1)
     a_only = ExactToyDenoiser("A")(x, sigma)
     assert not torch.allclose(a_only, out)

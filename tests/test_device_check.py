@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 45 s: two training and two generation timings (.ci/run runs -m slow)
 def test_device_check_runs_on_the_cpu(tmp_path):
     out = tmp_path / "check.json"
     done = subprocess.run(

@@ -89,7 +89,7 @@ def test_edm_weighting_drops_the_learned_uncertainty():
 
 
 def test_learning_rate_schedule():
-    ref = dict(ref_lr=0.01, ref_batches=70_000, batch_size=2048)
+    ref = {"ref_lr": 0.01, "ref_batches": 70_000, "batch_size": 2048}
     ramp = 10 * 2**20
     for nimg in [0, 1000, ramp // 2, ramp, 70_000 * 2048, 4 * 70_000 * 2048, 10**11]:
         t_iter = nimg / 2048

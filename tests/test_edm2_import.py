@@ -156,7 +156,7 @@ def test_poisoned_payloads_inside_the_network_are_refused(fake_release, tmp_path
             ),
             f,
         )
-    with pytest.raises(EDM2ImportError, match="refusing global posix.system"):
+    with pytest.raises(EDM2ImportError, match=r"refusing global posix.system"):
         read_edm2_pickle(bad_kwargs)
     # The protocol-2 bytes helper accepts latin1 only, not other codecs.
     import _codecs
@@ -212,7 +212,7 @@ def test_wrong_top_level_is_a_clear_error(fake_release, tmp_path, extra, message
 def test_not_a_pickle_and_missing_file(tmp_path):
     path = tmp_path / "junk.pkl"
     path.write_bytes(b"PK\x03\x04 not a pickle")
-    with pytest.raises(EDM2ImportError, match="junk.pkl: not a readable EDM2 network pickle"):
+    with pytest.raises(EDM2ImportError, match=r"junk.pkl: not a readable EDM2 network pickle"):
         read_edm2_pickle(path)
     with pytest.raises(EDM2ImportError, match="not found"):
         read_edm2_pickle(tmp_path / "absent.pkl")

@@ -2,6 +2,8 @@
 gradient accumulation and random batch sizes, snapshot timing and files, resume, rank 0
 only, and post-hoc reconstruction of a directly tracked third EMA."""
 
+import itertools
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -66,18 +68,18 @@ class TinyDiffusion(pl.LightningModule):
 
 
 def trainer(root, max_steps, callbacks, **kwargs):
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        callbacks=callbacks,
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "callbacks": callbacks,
+        "default_root_dir": root,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+    }
     return pl.Trainer(**{**options, **kwargs})
 
 
@@ -105,7 +107,7 @@ def test_emas_and_snapshots_with_accumulation_and_random_batches(tmp_path):
         for k, v in callback.ema.modules[std].named_parameters():
             torch.testing.assert_close(v.double(), expected[k], rtol=1e-5, atol=1e-6)
     # snapshot times: the first update at or past each multiple of 400 images, plus the end
-    crossing = [t for prev, t in zip([0] + times, times) if t // 400 > prev // 400]
+    crossing = [t for prev, t in itertools.pairwise([0, *times]) if t // 400 > prev // 400]
     expected_times = sorted(set(crossing) | {times[-1]})
     index = read_index(tmp_path / "phema")
     assert [(e.nimg, e.std) for e in index.entries] == [(t, s) for t in expected_times for s in (0.05, 0.1)]
@@ -149,12 +151,12 @@ def test_resume_continues_emas_and_never_duplicates_snapshots(tmp_path):
 
     assert b2.nimg == a.nimg
     for std in (0.05, 0.1):
-        for pa, pb in zip(cb_a.ema.modules[std].parameters(), cb_b.ema.modules[std].parameters()):
+        for pa, pb in zip(cb_a.ema.modules[std].parameters(), cb_b.ema.modules[std].parameters(), strict=True):
             torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
     ia, ib = read_index(tmp_path / "a"), read_index(tmp_path / "b")
     assert [(e.nimg, e.std) for e in ia.entries] == [(e.nimg, e.std) for e in ib.entries]
     assert sorted(p.name for p in (tmp_path / "b").glob("*.safetensors")) == [e.path.name for e in ib.entries]
-    for ea, eb in zip(ia.entries, ib.entries):
+    for ea, eb in zip(ia.entries, ib.entries, strict=True):
         sa, sb = read_model_file(ea.path)[0], read_model_file(eb.path)[0]
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-6, atol=1e-7)
@@ -213,8 +215,8 @@ def test_reconstruction_after_a_short_training_run(tmp_path):
     )
     [out] = reconstruct([only_two], [0.075], out_dir=tmp_path / "out", progress=False)
     rebuilt = autoguide.load_denoiser(out).state_dict()
-    tracked = {k: v for k, v in cb.ema.modules[0.075].state_dict().items()}
-    short = {k: v for k, v in cb.ema.modules[0.05].state_dict().items()}
+    tracked = dict(cb.ema.modules[0.075].state_dict().items())
+    short = dict(cb.ema.modules[0.05].state_dict().items())
     keys = [k for k, _ in module.net.named_parameters()]
     diff = torch.cat([(rebuilt[k] - tracked[k]).flatten() for k in keys]).norm()
     gap = torch.cat([(short[k] - tracked[k]).flatten() for k in keys]).norm()

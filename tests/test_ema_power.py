@@ -20,7 +20,10 @@ from autoguide.ema.power import (
 
 def numeric_sigma_rel(gamma: float) -> float:
     """Std of tau/t under the density (g+1) x^g on [0, 1], by quadrature."""
-    dens = lambda x: (gamma + 1) * x**gamma
+
+    def dens(x: float) -> float:
+        return (gamma + 1) * x**gamma
+
     mean = integrate.quad(lambda x: x * dens(x), 0, 1)[0]
     second = integrate.quad(lambda x: x * x * dens(x), 0, 1)[0]
     return math.sqrt(second - mean**2)
@@ -59,7 +62,7 @@ def test_update_equals_direct_weighted_average():
     for gamma in [sigma_rel_to_gamma(0.05), sigma_rel_to_gamma(0.1), 0.3]:
         ema = np.zeros(5)
         prev = 0.0
-        for t, theta in zip(times, thetas):
+        for t, theta in zip(times, thetas, strict=True):
             beta = ema_beta(t, t - prev, gamma)
             ema = beta * ema + (1 - beta) * theta
             prev = t
@@ -73,7 +76,10 @@ def test_update_spacing_does_not_change_the_profile():
     """On a smooth trajectory, updating every step or every 8th step (dt = images since the
     last update) both approach the continuous average integral p_T(tau) theta(tau) dtau;
     a port that used the batch size as dt while updating every 8th step would not."""
-    theta = lambda t: np.sin(3e-4 * t) + 1e-4 * t
+
+    def theta(t):
+        return np.sin(3e-4 * t) + 1e-4 * t
+
     batch, steps = 64, 4000
     gamma = sigma_rel_to_gamma(0.1)
     T = batch * steps
@@ -104,9 +110,12 @@ def test_update_spacing_does_not_change_the_profile():
 def test_inner_product_matches_quadrature(t_a, s_a, t_b, s_b):
     g_a, g_b = sigma_rel_to_gamma(s_a), sigma_rel_to_gamma(s_b)
     m = min(t_a, t_b)
+
     # substitute tau = m u so the integrand is O(1) on [0, 1]
-    f = lambda u: power_profile(m * u, t_a, g_a) * power_profile(m * u, t_b, g_b) * m
-    numeric = integrate.quad(f, 0, 1, limit=200, epsabs=0, epsrel=1e-11)[0]
+    def integrand(u: float) -> float:
+        return power_profile(m * u, t_a, g_a) * power_profile(m * u, t_b, g_b) * m
+
+    numeric = integrate.quad(integrand, 0, 1, limit=200, epsabs=0, epsrel=1e-11)[0]
     assert profile_inner(t_a, g_a, t_b, g_b) == pytest.approx(numeric, rel=1e-8)
 
 
@@ -151,7 +160,7 @@ def test_reconstructed_profile_against_discretised_least_squares():
     c = solve_coefficients(in_nimg, in_std, [T], [s])[:, 0]
     tau = (np.arange(200000) + 0.5) / 200000 * T
     dtau = T / 200000
-    basis = np.stack([power_profile(tau, t, sigma_rel_to_gamma(v)) for t, v in zip(in_nimg, in_std)], 1)
+    basis = np.stack([power_profile(tau, t, sigma_rel_to_gamma(v)) for t, v in zip(in_nimg, in_std, strict=True)], 1)
     target = power_profile(tau, T, sigma_rel_to_gamma(s))
     x = np.linalg.lstsq(basis, target, rcond=None)[0]
     numeric_fit = basis @ (x / x.sum())

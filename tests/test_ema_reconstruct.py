@@ -64,7 +64,7 @@ def direct_sum(folder, std, at):
     entries = [e for e in read_index(folder).entries if e.nimg <= at]
     c = solve_coefficients([e.nimg for e in entries], [e.std for e in entries], [at], [std])[:, 0]
     states = [read_model_file(e.path)[0] for e in entries]
-    return {k: sum(float(ci) * s[k].double() for ci, s in zip(c, states)) for k in states[0]}
+    return {k: sum(float(ci) * s[k].double() for ci, s in zip(c, states, strict=True)) for k in states[0]}
 
 
 def test_parse_stds_lists_and_inclusive_ranges():
@@ -126,7 +126,7 @@ def test_earlier_time_equals_truncated_run(run, tmp_path):
 def test_resumed_run_split_over_two_folders(run, tmp_path):
     index = read_index(run)
     halves = [tmp_path / "one", tmp_path / "two"]
-    for half, keep in zip(halves, [lambda e: e.nimg <= 80 * STEP, lambda e: e.nimg > 80 * STEP]):
+    for half, keep in zip(halves, [lambda e: e.nimg <= 80 * STEP, lambda e: e.nimg > 80 * STEP], strict=True):
         half.mkdir()
         chosen = [e for e in index.entries if keep(e)]
         for e in chosen:

@@ -24,7 +24,7 @@ def drive(trajectory: np.ndarray, times: np.ndarray, stds, snapshot_every: int |
     net = Toy(trajectory.shape[1])
     ema = PowerEMA(net, stds)
     snaps = []
-    for k, (t, theta) in enumerate(zip(times, trajectory)):
+    for k, (t, theta) in enumerate(zip(times, trajectory, strict=True)):
         with torch.no_grad():
             net.w.copy_(torch.from_numpy(theta))
             net.step.fill_(k)
@@ -40,7 +40,7 @@ def test_update_matches_direct_weighted_average_and_copies_buffers():
     times = np.cumsum(rng.choice([3, 16, 64, 250], size=300))
     traj = np.cumsum(rng.normal(size=(300, 6)), axis=0)
     stds = (0.05, 0.1)
-    net, ema, _ = drive(traj, times, stds)
+    _net, ema, _ = drive(traj, times, stds)
     edges = np.concatenate([[0], times]).astype(np.float64)
     for s in stds:
         g = sigma_rel_to_gamma(s)
@@ -87,7 +87,7 @@ def test_state_round_trip_and_std_mismatch():
     resumed = PowerEMA(Toy(), (0.05, 0.1))
     resumed.load_state_dict(first.state_dict())
     net = Toy()
-    for t, theta in zip(times[20:], traj[20:]):
+    for t, theta in zip(times[20:], traj[20:], strict=True):
         with torch.no_grad():
             net.w.copy_(torch.from_numpy(theta))
         resumed.update(net, int(t))
@@ -101,7 +101,7 @@ def reconstruct(snaps, target_nimg, std):
     nimg = np.array([t for t, _, _ in snaps], dtype=np.float64)
     stds = np.array([s for _, s, _ in snaps])
     c = solve_coefficients(nimg, stds, [target_nimg], [std])[:, 0]
-    return sum(ci * w for ci, (_, _, w) in zip(c, snaps) if ci != 0)
+    return sum(ci * w for ci, (_, _, w) in zip(c, snaps, strict=True) if ci != 0)
 
 
 def test_reconstruction_matches_directly_tracked_ema_on_synthetic_trajectory():

@@ -152,9 +152,9 @@ def test_the_header_scan_tells_truncated_files_from_trailing_bytes(tmp_path):
     (tmp_path / "trailing.jpg").write_bytes(data + b"\0\0junk")
     assert read_header(str(tmp_path / "trailing.jpg"), "x").mode == "RGB"  # decodes in full: fine
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.jpg: the image data is truncated or broken: "):
+    with pytest.raises(ValueError, match=r"cut.jpg: the image data is truncated or broken: "):
         read_header(str(tmp_path / "cut.jpg"), str(tmp_path / "cut.jpg"))
-    with pytest.raises(ValueError, match="not.png: cannot read the image: cannot identify image file"):
+    with pytest.raises(ValueError, match=r"not.png: cannot read the image: cannot identify image file"):
         read_header(b"hello", "not.png")
 
 

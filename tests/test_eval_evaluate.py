@@ -250,7 +250,7 @@ def test_fd_infinity_settings_name_the_bad_value():
     assert fd_infinity_settings({"points": 15, "min_fraction": 0.2}) == {"points": 15, "min_fraction": 0.2}
     with pytest.raises(ValueError, match="exactly the keys points and min_fraction"):
         fd_infinity_settings({"points": 3})
-    with pytest.raises(ValueError, match="got 1 and 0.5"):
+    with pytest.raises(ValueError, match=r"got 1 and 0.5"):
         fd_infinity_settings({"points": 1, "min_fraction": 0.5})
 
 

@@ -136,7 +136,7 @@ def test_fd_infinity_errors_name_the_setting():
         subset_sizes(200, 5, 0.2, 64)
     with pytest.raises(ValueError, match="points must be >= 2"):
         subset_sizes(1000, 1, 0.2, 4)
-    with pytest.raises(ValueError, match="min_fraction in \\(0, 1\\), got 5 and 1.5"):
+    with pytest.raises(ValueError, match=r"min_fraction in \(0, 1\), got 5 and 1.5"):
         subset_sizes(1000, 5, 1.5, 4)
     with pytest.raises(ValueError, match="need two sizes"):  # 3 samples: every size rounds to 3
         subset_sizes(3, 5, 0.9, 1)

@@ -88,7 +88,7 @@ def test_training_is_reproducible_from_its_seed():
     torch.manual_seed(123)
     outside = torch.rand(1)
     (a, _), (b, _) = train(steps=5, batch_size=8, seed=3), train(steps=5, batch_size=8, seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     (c, _) = train(steps=5, batch_size=8, seed=4)
     assert not torch.equal(a.head.weight, c.head.weight)
     torch.manual_seed(123)

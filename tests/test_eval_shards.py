@@ -95,7 +95,7 @@ def test_edm2_protocol_config(setup):
         cfg.sampler.rho,
     ) == ("heun", 32, 0.002, 80.0, 7.0)
     assert list(cfg.metrics.features) == ["inception", "dinov2"] and cfg.metrics.reference == "refs/img512.pkl"
-    with pytest.raises(ValueError, match="metrics.reference: the features .* need a statistics file"):
+    with pytest.raises(ValueError, match=r"metrics.reference: the features .* need a statistics file"):
         run(
             compose_config(
                 "eval",
@@ -145,7 +145,7 @@ def test_a_shard_of_another_configuration_is_refused_by_name(setup, one_process,
 
 
 def test_array_workers_need_a_shard_size(setup, tmp_path):
-    with pytest.raises(ConfigError, match="set shards.images"):
+    with pytest.raises(ConfigError, match=r"set shards.images"):
         run(
             compose_config(
                 "eval", overrides(setup, tmp_path, "shards.images=null", "shards.worker=0", "shards.workers=2")

@@ -18,7 +18,7 @@ def scipy_log_density(classes: str, x: np.ndarray) -> np.ndarray:
     m = toy_mixture(classes)
     terms = [
         np.log(w) + multivariate_normal(mu, c).logpdf(x)
-        for w, mu, c in zip(m.weights.numpy(), m.means.numpy(), m.covs.numpy())
+        for w, mu, c in zip(m.weights.numpy(), m.means.numpy(), m.covs.numpy(), strict=True)
     ]
     return logsumexp(np.stack(terms, -1), axis=-1)
 

@@ -26,18 +26,18 @@ def test_round_trip(tmp_path):
 
 
 def test_errors_name_the_file(tmp_path):
-    with pytest.raises(ModelFileError, match="missing.safetensors"):
+    with pytest.raises(ModelFileError, match=r"missing.safetensors"):
         load_denoiser(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelFileError, match="bad.safetensors"):
+    with pytest.raises(ModelFileError, match=r"bad.safetensors"):
         load_denoiser(bad)
     net = build_network(get_preset("toy-mlp"))
     good = tmp_path / "good.safetensors"
     save_model(good, net, {"network": net.config})
     truncated = tmp_path / "trunc.safetensors"
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(ModelFileError, match="trunc.safetensors"):
+    with pytest.raises(ModelFileError, match=r"trunc.safetensors"):
         load_denoiser(truncated)
     wrong = tmp_path / "wrong.safetensors"
     save_model(wrong, net, {"network": {**net.config, "width": 32}})

@@ -25,17 +25,17 @@ from autoguide.data.vae import (
 from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
 
-SMALL_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 2,
-    up_block_types=["UpDecoderBlock2D"] * 2,
-    block_out_channels=[8, 16],
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=32,
-)
+SMALL_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+}
 RAW_MEAN = torch.tensor([5.81, 3.25, 0.12, -2.15], dtype=torch.float64)
 RAW_STD = torch.tensor([4.17, 4.62, 3.71, 3.28], dtype=torch.float64)
 
@@ -94,7 +94,7 @@ def test_codec_from_card_and_local_folder(vae, tmp_path):
     assert load_latent_codec({"latent": None}, None) is None
     with pytest.raises(ValueError, match="latent space of VAE 'stabilityai/sd-vae-ft-mse': pass vae_path="):
         load_latent_codec(card, None)
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config.json"):
         load_latent_codec(card, tmp_path)
     with pytest.raises(ValueError, match="expected type 'stability_vae'"):
         load_latent_codec({"latent": {**stability_vae_spec(), "type": "other"}}, tmp_path / "vae")
@@ -151,7 +151,7 @@ def test_the_vae_is_identified_by_hashes_and_checked_before_decoding(vae, tmp_pa
 def test_a_folder_that_is_no_vae_is_named_without_a_download_hint(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")  # an image folder given as vae_path
     with pytest.raises(
-        FileNotFoundError, match="no config.json there; expected a diffusers AutoencoderKL folder"
+        FileNotFoundError, match=r"no config.json there; expected a diffusers AutoencoderKL folder"
     ) as error:
         vae_identity(tmp_path)
     assert "huggingface-cli" not in str(error.value)
@@ -165,10 +165,10 @@ def test_main_and_guide_of_different_vaes_are_refused_together():
     check_same_latent_space(a, dict(a), "main", "guide")
     check_same_latent_space(a, stability_vae_spec(), "main", "guide")  # an imported release has no hashes to compare
     with pytest.raises(
-        ValueError, match="main works in the latent space of VAE 'a' .*, but guide in the latent space of VAE 'b'"
+        ValueError, match=r"main works in the latent space of VAE 'a' .*, but guide in the latent space of VAE 'b'"
     ):
         check_same_latent_space(a, b, "main", "guide")
-    with pytest.raises(ValueError, match="main works in the latent space .* but guide in pixel space"):
+    with pytest.raises(ValueError, match=r"main works in the latent space .* but guide in pixel space"):
         check_same_latent_space(a, None, "main", "guide")
 
 
@@ -199,7 +199,7 @@ def test_a_guide_of_another_vae_cannot_guide_the_main(tmp_path):
     Autoguidance(guide=load_denoiser(tmp_path / "main.safetensors"), weight=2.0).validate(main, False)
     with pytest.raises(
         ValueError,
-        match="the main model works in the latent space of VAE 'main' .* but autoguidance's negative "
+        match=r"the main model works in the latent space of VAE 'main' .* but autoguidance's negative "
         "model in the latent space of VAE 'guide'",
     ):
         Autoguidance(guide=guide, weight=2.0).validate(main, False)

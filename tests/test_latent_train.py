@@ -147,6 +147,7 @@ def test_generate_eval_and_sweep_refuse_another_vae(straight_run, latent_assets,
         )
 
 
+@pytest.mark.slow  # about 17 s; test_train_resume kills and resumes on pixels by default (.ci/run runs -m slow)
 @pytest.mark.timeout(900)
 def test_sigkill_and_resume_on_latent_data_is_bit_exact(straight_run, latent_assets, tmp_path):
     killed = tmp_path / "killed"
@@ -277,6 +278,7 @@ def set64(latent_assets, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # about 50 s: the full-size EDM2-XS on a CPU (.ci/run runs -m slow)
 @pytest.mark.timeout(600)
 def test_img512_xs_guide_debug_fast_on_latents(set64, latent_assets, tmp_path):
     """``python train.py experiment=img512-xs-guide data=latents data.path=<tiny set> debug=fast``,
@@ -363,11 +365,11 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
     with pytest.raises(
-        ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"
+        ConfigError, match=r"main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"
     ):
         check(main, "data.standardize=dataset")
     with pytest.raises(
-        ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"
+        ConfigError, match=r"main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"
     ):
         check(main_file("small.safetensors", 10))
     with pytest.raises(
@@ -381,13 +383,13 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
 def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
     cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}"])
     with pytest.raises(
-        ConfigError, match="net.img_resolution=64 does not match data 'latents', which has 32x32 images"
+        ConfigError, match=r"net.img_resolution=64 does not match data 'latents', which has 32x32 images"
     ):
         check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})
     cfg = compose(
         "train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"]
     )
     with pytest.raises(
-        ConfigError, match="net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
+        ConfigError, match=r"net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
     ):
         check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})

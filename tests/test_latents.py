@@ -73,7 +73,7 @@ def test_each_draw_depends_on_seed_and_position_only(latent_assets):
     torch.manual_seed(0)
     first = TrainStream(data, 4, 10, seed=3).batch(0)
     torch.manual_seed(1)  # the global RNG plays no part
-    assert all(torch.equal(a, b) for a, b in zip(first, TrainStream(data, 4, 10, seed=3).batch(0)))
+    assert all(torch.equal(a, b) for a, b in zip(first, TrainStream(data, 4, 10, seed=3).batch(0), strict=True))
     # two ranks read the positions 0, 2 and 1, 3 of the same global stream
     ranks = [TrainStream(data, 2, 10, seed=3, rank=r, world_size=2).batch(0)[0] for r in (0, 1)]
     assert torch.equal(torch.stack([ranks[0][0], ranks[1][0], ranks[0][1], ranks[1][1]]), first[0])
@@ -143,7 +143,8 @@ def test_parts_split_the_shards_and_the_last_part_writes_the_manifest(latent_ass
 def test_wrong_vae_is_refused(latent_assets):
     with pytest.raises(
         ValueError,
-        match=r"vae1: the latent set .*set32/manifest.json works in the latent space of VAE 'vae2' \(folder 'vae2', config sha256 "
+        match=r"vae1: the latent set .*set32/manifest.json works in the latent space of VAE 'vae2' "
+        r"\(folder 'vae2', config sha256 "
         r"[0-9a-f]{12}, .* but that folder holds VAE 'vae1'",
     ):
         build_dataset({"name": "latents", "path": str(latent_assets["set32"]), "vae_path": str(latent_assets["vae1"])})
@@ -154,7 +155,7 @@ def test_truncated_shard_is_refused(latent_assets, tmp_path, verify):
     folder = copy_set(latent_assets, tmp_path)
     shard = folder / "latents-000001.tar"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    with pytest.raises(ValueError, match="latents-000001.tar: (its SHA-256 differs|cannot read the shard|holds)"):
+    with pytest.raises(ValueError, match=r"latents-000001.tar: (its SHA-256 differs|cannot read the shard|holds)"):
         LatentShardDataset(folder, verify=verify)
 
 
@@ -164,10 +165,10 @@ def test_changed_shards_are_hashed_and_untouched_ones_are_not_read(latent_assets
     data = bytearray(shard.read_bytes())
     data[5000] ^= 1  # one bit, same size: the modification time changes
     shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="latents-000002.tar: its SHA-256 differs"):
+    with pytest.raises(ValueError, match=r"latents-000002.tar: its SHA-256 differs"):
         LatentShardDataset(folder)
     shutil.rmtree(folder / "parts")  # without the encoder's records every shard is hashed
-    with pytest.raises(ValueError, match="latents-000002.tar: its SHA-256 differs"):
+    with pytest.raises(ValueError, match=r"latents-000002.tar: its SHA-256 differs"):
         LatentShardDataset(folder)
     import autoguide.io.records as records
 
@@ -190,7 +191,7 @@ def test_mismatched_labels_are_refused(latent_assets, tmp_path):
     folder = copy_set(latent_assets, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**manifest, "label_dim": 5}))
-    with pytest.raises(ValueError, match="set/manifest.json: label 9 is out of range for label_dim 5"):
+    with pytest.raises(ValueError, match=r"set/manifest.json: label 9 is out of range for label_dim 5"):
         LatentShardDataset(folder)
     pixels = np.zeros((6, 64, 64, 3), dtype=np.uint8)
     np.savez(tmp_path / "bad.npz", images=pixels, labels=np.arange(5))
@@ -206,7 +207,7 @@ def test_mismatched_labels_are_refused(latent_assets, tmp_path):
             labels_json=tmp_path / "labels.json",
             progress=False,
         )
-    with pytest.raises(ValueError, match="num_classes=3, but .*digits has labels up to 9"):
+    with pytest.raises(ValueError, match=r"num_classes=3, but .*digits has labels up to 9"):
         encode_dataset(
             latent_assets["src"],
             tmp_path / "out",

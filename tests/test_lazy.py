@@ -14,7 +14,7 @@ def test_lazy_getattr_imports_on_first_use():
     from autoguide.core.typed_settings import ConfigError
 
     assert getattr_("ConfigError") is ConfigError
-    with pytest.raises(AttributeError, match="module 'autoguide.train' has no attribute 'train'"):
+    with pytest.raises(AttributeError, match=r"module 'autoguide.train' has no attribute 'train'"):
         getattr_("train")
 
 

@@ -89,7 +89,7 @@ def test_training_loss_reaches_every_parameter():
 
 def test_labels_condition_and_none_is_the_null_label():
     net = make_net()
-    x, sigma, labels = inputs()
+    x, sigma, _labels = inputs()
     with torch.no_grad():
         a = net(x, sigma, torch.eye(2)[[0] * 6])
         b = net(x, sigma, torch.eye(2)[[1] * 6])

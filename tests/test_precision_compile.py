@@ -1,5 +1,5 @@
 """Training precision and compilation on the CPU: bf16-mixed keeps weights, optimizer state and
-EMAs in float32 and ends within a stated tolerance of float32's loss; a compiled run gives the
+EMAs in float32, starts with float32's losses and ends within a stated distance of them; a compiled run gives the
 same losses as an eager one and their checkpoints resume in each other; compiled sampling keeps
 the guidance hooks (PAG, SEG, TSG) and refuses SAG."""
 
@@ -19,9 +19,21 @@ from autoguide.sample import APG, PAG, SAG, SEG, TSG, Dropout, LayerSkip, genera
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.run import train
 
-BF16_LOSS_TOLERANCE = 0.03
-"""bf16-mixed vs float32 from the same seed: relative difference of the mean loss over the last
-steps (the same batches and noise, so only the arithmetic differs)."""
+BF16_EARLY_TOLERANCE = 0.01
+"""bf16-mixed vs float32 from the same seed, mean loss of the first third of the steps: relative
+difference. Both runs see the same batches and noise, so while their weights are still close only
+the arithmetic differs (300 steps of batch 8: the first 100 steps' means agree within 0.03%)."""
+
+BF16_TAIL_TOLERANCE = 0.04
+"""The same, mean loss of the last third of the steps: absolute difference. The EDM2 loss with
+learned uncertainty, ``lambda / exp(u) * (D - y)^2 + u``, is about ``1 + ln(weighted error)`` once
+``u`` fits, so it falls through zero as training goes on (near step 250 here) and a relative
+difference means nothing there; an absolute difference ``d`` is a factor ``exp(d)`` on the
+weighted error. Two runs whose rounding differs drift apart after about 200 steps like any two
+trainings: measured at 300 steps, the last 100 steps' means are 0.0612 (float32) and 0.0517
+(bf16), their 25-step windows differ by -0.046 to +0.038 with changing sign, and the standard
+error of the 100-step mean difference is 0.005. A defect (updates lost to bf16 master weights,
+a stalled or diverged run) moves the loss by tenths."""
 
 
 def run(run_dir: Path, steps: int, *extra: str, batch: int = 16) -> list[float]:
@@ -56,9 +68,11 @@ def test_bf16_mixed_training_on_the_cpu_stays_float32_and_close_to_float32(tmp_p
     fp32 = run(tmp_path / "fp32", steps, batch=8)
     bf16 = run(tmp_path / "bf16", steps, "trainer.precision=bf16-mixed", batch=8)
     assert len(fp32) == len(bf16) == steps and all(math.isfinite(v) for v in bf16)
-    tail = steps // 3
-    tail32, tail16 = sum(fp32[-tail:]) / tail, sum(bf16[-tail:]) / tail
-    assert abs(tail16 - tail32) / tail32 < BF16_LOSS_TOLERANCE, (tail32, tail16)
+    third = steps // 3
+    early32, early16 = sum(fp32[:third]) / third, sum(bf16[:third]) / third
+    assert abs(early16 - early32) / early32 < BF16_EARLY_TOLERANCE, (early32, early16)
+    tail32, tail16 = sum(fp32[-third:]) / third, sum(bf16[-third:]) / third
+    assert abs(tail16 - tail32) < BF16_TAIL_TOLERANCE, (tail32, tail16)
     weights, _ = read_model_file(tmp_path / "bf16" / "final.safetensors")
     assert {v.dtype for v in weights.values()} == {torch.float32} and all(
         torch.isfinite(v).all() for v in weights.values()
@@ -88,17 +102,17 @@ def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_pa
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
-TINY = dict(
-    arch="unet",
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [4],
+    "channels_per_head": 8,
+}
 
 
 @pytest.mark.slow

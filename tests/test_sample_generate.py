@@ -17,17 +17,17 @@ from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
 from autoguide.sample import Autoguidance, generate_images
 
-TINY = dict(
-    arch="unet",
-    img_resolution=8,
-    img_channels=3,
-    label_dim=3,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 3,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [4],
+    "channels_per_head": 8,
+}
 FAST = ["sampler.num_steps=3", "progress=false", "batch_size=3"]
 
 
@@ -48,7 +48,7 @@ def files(tmp_path_factory):
         "main": save_tiny(folder / "main.safetensors", TINY, 1),
         "guide": save_tiny(folder / "guide.safetensors", TINY, 2),
         "toy": save_tiny(
-            folder / "toy.safetensors", dict(arch="mlp", img_channels=2, label_dim=2, width=16, depth=2), 3
+            folder / "toy.safetensors", {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": 16, "depth": 2}, 3
         ),
     }
 
@@ -147,7 +147,7 @@ def test_toy_model_writes_a_scatter_plot(files, tmp_path, monkeypatch):
 def test_config_errors_name_the_key(files, tmp_path):
     with pytest.raises(ValueError, match="class_labels=none"):
         run(config([f"model={files['main']}", "class_labels=none", f"output.dir={tmp_path}", *FAST]))
-    with pytest.raises(ValueError, match="output.formats"):
+    with pytest.raises(ValueError, match=r"output.formats"):
         run(config([f"model={files['main']}", "seeds=0", "output.formats=[gif]", f"output.dir={tmp_path}", *FAST]))
     with pytest.raises(ValueError, match="needs a model file"):
         run(config([f"model={files['main']}", "guidance.weight=2.0", f"output.dir={tmp_path}", *FAST]))

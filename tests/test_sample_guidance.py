@@ -18,17 +18,17 @@ from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.seeds import SeedStreams, stream_seed
 
-TINY = dict(
-    arch="unet",
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[8, 4],
-    channels_per_head=8,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [8, 4],
+    "channels_per_head": 8,
+}
 SEEDS = [3, 17, 40]
 N = len(SEEDS)
 
@@ -77,7 +77,7 @@ def numpy_blur(grid: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian over the last two axes: np.pad(reflect) and an explicit correlation."""
     if math.isinf(sigma):
         return np.broadcast_to(grid.mean(axis=(-2, -1), keepdims=True), grid.shape).copy()
-    size = int(math.ceil(6 * sigma))
+    size = math.ceil(6 * sigma)
     size = size + 1 - size % 2
     r = (size - 1) // 2
     taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
@@ -330,13 +330,13 @@ def test_wrong_block_name_lists_valid_names(net, inputs):
     x, labels = inputs
     with pytest.raises(ValueError, match=r"dec\.16x16_block1.*valid names: enc\.8x8_block0, .*dec\.4x4_in0"):
         guided(net, [PAG(weight=2.0, blocks=["dec.16x16_block1"])], labels, x, 1.0)
-    mlp = build_network(dict(arch="mlp", img_channels=2, label_dim=0))
+    mlp = build_network({"arch": "mlp", "img_channels": 2, "label_dim": 0})
     with pytest.raises(ValueError, match="no attention ops"):
         GuidedDenoiser(mlp, [SEG(weight=2.0)])
 
 
 def test_terms_that_need_labels_refuse_unconditional_use(net, inputs):
-    x, _ = inputs
+    _x, _ = inputs
     for term in (CFG(weight=2.0), ICG(weight=2.0)):
         with pytest.raises(ValueError, match="class-conditional"):
             GuidedDenoiser(net, [term], None)

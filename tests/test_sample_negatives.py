@@ -135,8 +135,8 @@ def test_negatives_act_on_their_rows_only_and_leave_the_net_as_it_was(net, input
 
 def test_mlp_and_energy_nets_list_their_blocks():
     torch.manual_seed(0)
-    mlp = build_network(dict(arch="mlp", img_channels=2, label_dim=0, width=16, depth=3)).eval()
-    energy = build_network(dict(arch="energy_mlp", img_channels=2, label_dim=0, width=16, depth=3)).eval()
+    mlp = build_network({"arch": "mlp", "img_channels": 2, "label_dim": 0, "width": 16, "depth": 3}).eval()
+    energy = build_network({"arch": "energy_mlp", "img_channels": 2, "label_dim": 0, "width": 16, "depth": 3}).eval()
     for p in [*mlp.parameters(), *energy.parameters()]:
         if p.ndim == 0:
             p.data.fill_(0.8)

@@ -25,7 +25,7 @@ def rows(t: torch.Tensor) -> np.ndarray:
 
 
 def numpy_project(delta: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    parallel = np.stack([(d @ u) / (u @ u) * u for d, u in zip(delta, direction)])
+    parallel = np.stack([(d @ u) / (u @ u) * u for d, u in zip(delta, direction, strict=True)])
     return parallel, delta - parallel
 
 
@@ -35,7 +35,7 @@ def test_apg_parallel_part_is_parallel_to_d_pos_per_image():
     ref_par, ref_orth = numpy_project(rows(delta), rows(d_pos))
     np.testing.assert_allclose(rows(parallel), ref_par, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(rows(orthogonal), ref_orth, rtol=1e-12, atol=1e-12)
-    for p, o, u in zip(rows(parallel), rows(orthogonal), rows(d_pos)):
+    for p, o, u in zip(rows(parallel), rows(orthogonal), rows(d_pos), strict=True):
         cosine = p @ u / (np.linalg.norm(p) * np.linalg.norm(u))
         assert abs(abs(cosine) - 1) < 1e-12  # parallel to D_pos
         assert abs(o @ u) < 1e-10  # the rest is orthogonal to it
@@ -78,7 +78,7 @@ def test_apg_matches_its_formula_with_momentum(momentum):
 def test_cfg_zero_star_scale_minimises_the_distance():
     d_pos, d_neg, _ = tensors(4)
     scale = optimized_scale(d_pos, d_neg)
-    for a, b, s in zip(rows(d_pos), rows(d_neg), scale.numpy()):
+    for a, b, s in zip(rows(d_pos), rows(d_neg), scale.numpy(), strict=True):
         lstsq = np.linalg.lstsq(b[:, None], a, rcond=None)[0][0]  # argmin_s ||a - s b||
         assert s == pytest.approx(lstsq, rel=1e-12)
         best = np.linalg.norm(a - s * b)
@@ -120,7 +120,7 @@ def test_cfg_zero_star_spaces(sigma):
         ),
     ]:
         out = GuidanceRule(zero_star=ZeroStar(space=space)).change(w, x, d_pos, d_neg, {}, sigma)
-        s = np.array([(ai @ bi) / (bi @ bi) for ai, bi in zip(a, b)])
+        s = np.array([(ai @ bi) / (bi @ bi) for ai, bi in zip(a, b, strict=True)])
         np.testing.assert_allclose(rows(out), (w - 1) * (rows(d_pos) - scaled(s)), rtol=1e-10, atol=1e-10)
     assert ZeroStar().space == "flow"
 
@@ -168,11 +168,11 @@ def test_identity_cases_give_plain_guidance(rule):
 
 
 def test_invalid_options_are_named():
-    with pytest.raises(ValueError, match="apg.r must be > 0"):
+    with pytest.raises(ValueError, match=r"apg.r must be > 0"):
         APG(r=0)
     with pytest.raises(ValueError, match=r"rescale \(phi\) must be in \[0, 1\]"):
         GuidanceRule(rescale=1.5)
-    with pytest.raises(ValueError, match="zero_star.zero_steps must be an integer"):
+    with pytest.raises(ValueError, match=r"zero_star.zero_steps must be an integer"):
         ZeroStar(zero_steps=-1)
     with pytest.raises(
         ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'momentum'"

@@ -45,7 +45,7 @@ class Table(torch.nn.Module):
 
     def __init__(self, outputs: list[torch.Tensor]) -> None:
         super().__init__()
-        self.outputs = dict(zip(SIGMAS, outputs))
+        self.outputs = dict(zip(SIGMAS, outputs, strict=True))
 
     def forward(self, x, sigma, labels=None):
         return self.outputs[float(sigma[0])]
@@ -76,7 +76,7 @@ def compare(rule: dict, guider, space: str, weight: float, seed: int = 0, flat: 
     on 4-dim tensors with torch 2.13: ``torch.norm`` over three dims)."""
     xs, pos, neg = inputs(seed)
     denoise = GuidedDenoiser(Table(list(pos)), [Autoguidance(guide=Table(list(neg)), weight=weight, **rule)])
-    for step, (x, d_pos, d_neg, sigma) in enumerate(zip(xs, pos, neg, SIGMAS)):
+    for step, (x, d_pos, d_neg, sigma) in enumerate(zip(xs, pos, neg, SIGMAS, strict=True)):
         ours = denoise(x, sigma)
         sigma_next = SIGMAS[step + 1] if step + 1 < len(SIGMAS) else 0.0
         denoise.end_step(x, sigma, x, sigma_next)

@@ -123,17 +123,17 @@ def test_interval_switches_guidance_off_outside():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
-TINY = dict(
-    arch="unet",
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [4],
+    "channels_per_head": 8,
+}
 
 
 def test_seeds_make_images_batch_size_invariant():
@@ -143,7 +143,7 @@ def test_seeds_make_images_batch_size_invariant():
         if p.ndim == 0:
             p.data.fill_(0.8)
     seeds, labels = [5, 9, 2, 31, 7], [0, 1, 2, 3, 1]
-    kwargs = dict(guidance=[CFG(weight=1.5), ICG(weight=1.3), TSG(weight=1.4)], num_steps=4, S_churn=5.0)
+    kwargs = {"guidance": [CFG(weight=1.5), ICG(weight=1.3), TSG(weight=1.4)], "num_steps": 4, "S_churn": 5.0}
     full = generate_images(net, seeds, labels, batch_size=5, **kwargs)
     for batch_size in (2, 1):
         torch.testing.assert_close(

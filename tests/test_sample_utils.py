@@ -109,7 +109,7 @@ def test_rank_from_env_and_slices():
     with pytest.raises(ValueError, match="outside"):
         rank_from_env({"RANK": "4", "WORLD_SIZE": "4"})
     parts = [list(range(10))[rank_slice(10, RankInfo(r, 3))] for r in range(3)]
-    assert sum(parts, []) == list(range(10)) and {len(p) for p in parts} == {3, 4}
+    assert [i for part in parts for i in part] == list(range(10)) and {len(p) for p in parts} == {3, 4}
     assert RankInfo(0, 1).suffix == "" and RankInfo(3, 8).suffix == "-rank003"
 
 

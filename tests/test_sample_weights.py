@@ -4,6 +4,7 @@ pyramid against kornia, and the options' bad-input messages."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_feedback_guidance_follows_the_paper_over_heun_steps(weight):
     g = torch.Generator().manual_seed(7)
     ell, spread = np.zeros(SHAPE[0]), []
     lowest = math.log((1 - pi) * max_weight / (max_weight - 1))
-    for s, s_next in zip(sigmas, sigmas[1:]):
+    for s, s_next in itertools.pairwise(sigmas):
         lam = np.exp(ell) / (np.exp(ell) - (1 - pi))
         w = (weight + lam - 1)[:, None, None, None]
         x = s * torch.randn(SHAPE, generator=g, dtype=torch.float64)
@@ -109,7 +110,7 @@ def test_laplacian_pyramid_matches_kornia_and_inverts():
     kornia = pytest.importorskip("kornia")
     x = torch.randn(2, 3, 16, 32, dtype=torch.float64)
     bands = laplacian_pyramid(x, 4)
-    for ours, theirs in zip(bands, kornia.geometry.transform.build_laplacian_pyramid(x, 4)):
+    for ours, theirs in zip(bands, kornia.geometry.transform.build_laplacian_pyramid(x, 4), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(from_pyramid(bands), x, rtol=1e-12, atol=1e-12)
 

@@ -13,25 +13,25 @@ from autoguide.io.sims_pair import SimsPair, write_pair
 from autoguide.nets import build_network
 from autoguide.sims.weightspace import write_weightspace_model
 
-NET = dict(
-    arch="unet",
-    img_resolution=32,
-    img_channels=1,
-    label_dim=10,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[],
-    channels_per_head=8,
-    dropout=0.0,
-)
+NET = {
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
 
 
 def make_sims_dir(root):
     """base + negative + weight-space models (w' = 0 and 1) + pair.json + summary.json."""
     torch.manual_seed(0)
     nets = [build_network(NET), build_network(NET)]
-    for net, gain in zip(nets, (1.0, 0.6)):
+    for net, gain in zip(nets, (1.0, 0.6), strict=True):
         with torch.no_grad():
             net.unet.out_gain.fill_(gain)
     save_model(root / "base.safetensors", nets[0], {"network": NET})

@@ -13,18 +13,18 @@ from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance_spec import build_guidance
 from autoguide.sims.weightspace import extrapolate, frozen_buffers, write_weightspace_model
 
-NET = dict(
-    arch="unet",
-    img_resolution=32,
-    img_channels=1,
-    label_dim=10,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[],
-    channels_per_head=8,
-    dropout=0.0,
-)
+NET = {
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
 
 
 def _model_pair(tmp_path):
@@ -123,7 +123,7 @@ def test_pair_round_trip_and_guided_sampling(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
     (moved / "synth.safetensors").write_bytes((moved / "base.safetensors").read_bytes())
-    with pytest.raises(ValueError, match="negative model .* changed"):
+    with pytest.raises(ValueError, match=r"negative model .* changed"):
         read_pair(moved / "pairs" / "b1" / "pair.json", check_hashes=True)
     (moved / "synth.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="negative model"):
@@ -189,5 +189,5 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
 
     with pytest.raises(ValueError, match="remove model="):
         apply_pair(config(f"model={tmp_path / 'synth.safetensors'}"))
-    with pytest.raises(ValueError, match="guidance.kind='cfg'"):
+    with pytest.raises(ValueError, match=r"guidance.kind='cfg'"):
         apply_pair(config("guidance=cfg", "guidance.weight=2"))

@@ -23,18 +23,18 @@ from autoguide.sims.synthesize import (
     verify_manifest,
 )
 
-NET = dict(
-    arch="unet",
-    img_resolution=16,
-    img_channels=1,
-    label_dim=3,
-    model_channels=8,
-    channel_mult=[1],
-    num_blocks=1,
-    attn_resolutions=[],
-    channels_per_head=8,
-    dropout=0.0,
-)
+NET = {
+    "arch": "unet",
+    "img_resolution": 16,
+    "img_channels": 1,
+    "label_dim": 3,
+    "model_channels": 8,
+    "channel_mult": [1],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
 SAMPLER = {"num_steps": 2, "solver": "euler"}
 
 
@@ -135,7 +135,7 @@ def test_stage_output_resume_and_tasks(tmp_path, model):
     data = bytearray(untouched.read_bytes())
     data[700] ^= 0xFF  # inside the first PNG
     untouched.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="synth-000001.tar"):
+    with pytest.raises(ValueError, match=r"synth-000001.tar"):
         verify_manifest(folder)
 
     # Two array tasks: the first leaves the set incomplete, the second finishes it.

@@ -90,7 +90,7 @@ def test_scripts_pass_shellcheck():
 def sbatch_options(name: str) -> dict[str, str]:
     """The ``#SBATCH --key=value`` header lines of a script."""
     found = re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", (SLURM / name).read_text(), flags=re.M)
-    return {key: value for key, value in found}
+    return dict(found)
 
 
 @pytest.mark.parametrize("name", TRAIN_SCRIPTS)

@@ -116,7 +116,7 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
 
     monkeypatch.setattr(module_lib, "edm2_loss", loss_turning_nan)
     run = tmp_path / "run"
-    cfg = compose("train", toy(run, steps=10, every_steps=1) + ["train.max_nonfinite_steps=1"])
+    cfg = compose("train", [*toy(run, steps=10, every_steps=1), "train.max_nonfinite_steps=1"])
     with pytest.raises(NonFiniteTraining) as info:
         train(cfg)
     message = str(info.value)
@@ -133,7 +133,7 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
 def test_loss_non_finite_from_the_first_step_stops_after_the_patience(tmp_path, override):
     """EDM2's zeroing alone would let these runs "finish" with untrained weights."""
     run = tmp_path / "run"
-    cfg = compose("train", toy(run, steps=10, every_steps=1) + [override, "train.max_nonfinite_steps=2"])
+    cfg = compose("train", [*toy(run, steps=10, every_steps=1), override, "train.max_nonfinite_steps=2"])
     with pytest.raises(
         NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"
     ):

@@ -30,7 +30,7 @@ def test_views_have_the_parameters_layout_and_hold_autograds_gradients():
     for _ in range(2):  # accumulation into the views, then a zeroed second step
         flat.zero_()
         loss_of(params, x).backward()
-    for p, q in zip(params, plain):
+    for p, q in zip(params, plain, strict=True):
         assert p.grad.stride() == p.stride()
         assert p.grad.data_ptr() >= flat.buffer.data_ptr()
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)

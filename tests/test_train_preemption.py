@@ -47,7 +47,8 @@ def env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+# SIGUSR2 is the same path with the other default signal: about 20 s, so -m slow (.ci/run runs it)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, pytest.param(signal.SIGUSR2, marks=pytest.mark.slow)])
 def test_signal_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path, sig):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     proc = subprocess.Popen(

@@ -72,10 +72,10 @@ def test_changed_rerun_is_refused_and_resumable_changes_continue(tmp_path):
         assert folder_state(run) == before, f"{extra}: the refused rerun changed the run folder"
 
     # longer, other sample grid and log interval: resumable
-    train(compose("train", toy(run, steps=4) + ["callbacks.sample_grid.num_images=4", "train.log_kimg=1"]))
+    train(compose("train", [*toy(run, steps=4), "callbacks.sample_grid.num_images=4", "train.log_kimg=1"]))
     assert [n for n, _ in list_checkpoints(run)] == [64, 128]
 
-    train(compose("train", toy(run, steps=6) + ["train.lr_ref=0.02", "resume_changed=true"]))
+    train(compose("train", [*toy(run, steps=6), "train.lr_ref=0.02", "resume_changed=true"]))
     assert read_card(run / "final.safetensors")["nimg"] == 192
     assert "lr_ref: 0.02" in (run / "config.yaml").read_text()
 

@@ -42,8 +42,13 @@ def test_mnist_run_writes_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run = tmp_path / "mnist"
     cfg = make_config(
-        tiny(run, batch=8, steps=3, checkpoint_steps=2)
-        + ["net=mnist-xs", "logger=wandb", "callbacks.sample_grid.num_images=10", "callbacks.sample_grid.batch_size=10"]
+        [
+            *tiny(run, batch=8, steps=3, checkpoint_steps=2),
+            "net=mnist-xs",
+            "logger=wandb",
+            "callbacks.sample_grid.num_images=10",
+            "callbacks.sample_grid.batch_size=10",
+        ]
     )
     final = train(cfg)
 
@@ -87,7 +92,7 @@ def test_toy2d_run_scatter_and_rerun_continues(tmp_path):
     assert [n for n, _ in list_checkpoints(run)] == [128, 160]
     assert read_card(run / "final.safetensors")["nimg"] == 160
 
-    with pytest.raises(ConfigError, match="resume=never: run_dir .* already has checkpoints"):
+    with pytest.raises(ConfigError, match=r"resume=never: run_dir .* already has checkpoints"):
         train(make_config(base + tiny(run, batch=32, steps=8, checkpoint_steps=2) + ["resume=never"]))
 
 
@@ -108,7 +113,7 @@ def test_toy2d_exact_target_run_learns_the_posterior_mean(tmp_path):
         "net.depth=2",
         "callbacks.sample_grid.num_images=16",
     ]
-    config = tiny(run, batch=256, steps=150, checkpoint_steps=150) + ["train.target=exact", "train.lr_rampup_mi=0"]
+    config = [*tiny(run, batch=256, steps=150, checkpoint_steps=150), "train.target=exact", "train.lr_rampup_mi=0"]
     train(make_config(base + config))
     trained = load_denoiser(run / "final.safetensors").eval()
     untrained = make_config(base + config)

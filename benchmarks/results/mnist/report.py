@@ -188,7 +188,7 @@ def sims_lines(runs: Path) -> list[str]:
         "| method | budget (images) | negative EMA | omega / w' | FD | precision | recall |",
         "|---|---|---|---|---|---|---|",
     ]
-    best = {m: r for m, r in report["best"].items()}
+    best = dict(report["best"])
     for row in report["rows"]:
         knob = row.get("omega") if row["method"] == "sims" else row.get("weight")
         mark = " **(best)**" if row == best.get(row["method"]) and row["method"] != "unguided" else ""
@@ -197,7 +197,7 @@ def sims_lines(runs: Path) -> list[str]:
             f"{'' if knob is None else f'{float(knob):g}'} | {float(row['fd_mnist']):.2f} | "
             f"{float(row['precision_mnist']):.3f} | {float(row['recall_mnist']):.3f} |"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def heldout_folder(runs: Path, method: str, prefix: str = "sweep", family: str = "heldout") -> Path:
@@ -318,7 +318,7 @@ def final_lines(rows: dict[str, dict[str, Any]], title: str) -> list[str]:
             f"| {TITLES[method]} | {setting_text(row)} | {held} | {' | '.join(cells)} | "
             f"{f['precision_mnist']:.3f} | {f['recall_mnist']:.3f} |"
         )
-    return out + [""]
+    return [*out, ""]
 
 
 def setting_text(row: dict[str, Any]) -> str:
@@ -496,7 +496,8 @@ def markdown(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
             + (f"{held['images']} (seeds {held['seeds']})" if held else "(not measured yet)")
             + "; FD is biased upward at small sample counts (128-dimensional features), so compare rows "
             "measured on the same seeds, not FDs from different sample sizes.",
-            "- Weights were swept on a coarse grid (listed under *tried*); a method's best may lie between grid points.",
+            "- Weights were swept on a coarse grid (listed under *tried*); a method's best may lie between grid "
+            "points.",
             "",
         ]
     out += sims_lines(info["runs"])
@@ -558,8 +559,9 @@ def setup_lines(runs: Path, rows: dict[str, dict[str, Any]]) -> list[str]:
         s = any_row["sampler"]
         lines.append(
             f"Evaluation: seeds {any_row['seeds']} (one image each, class `{any_row['class_labels']}` per seed), "
-            f"EDM {s['solver']} sampler, {s['num_steps']} steps, sigma {s['sigma_min']}-{s['sigma_max']}, rho {s['rho']}; "
-            f"main model = post-hoc EMA std {rows.get('unguided', any_row).get('main_model', '').rsplit('-', 1)[-1].removesuffix('.safetensors')}"
+            f"EDM {s['solver']} sampler, {s['num_steps']} steps, sigma {s['sigma_min']}-{s['sigma_max']}, rho "
+            f"{s['rho']}; main model = post-hoc EMA std "
+            f"{rows.get('unguided', any_row).get('main_model', '').rsplit('-', 1)[-1].removesuffix('.safetensors')}"
         )
     return lines
 
@@ -581,7 +583,7 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
     load = ModelLoader(torch.device("cpu"))
     methods = [m for m in METHODS if m in rows]
     fig, axes = plt.subplots(1, len(methods), figsize=(1.1 * seeds_per_class * len(methods) + 0.5, 11.5))
-    for ax, method in zip(axes if len(methods) > 1 else [axes], methods):
+    for ax, method in zip(axes if len(methods) > 1 else [axes], methods, strict=True):
         row = rows[method]
         net = load(row["main_model"])
         terms = [] if method == "unguided" else build_guidance(row["guidance"], load)

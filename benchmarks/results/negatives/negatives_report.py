@@ -67,7 +67,8 @@ def table(dataset: str, results: Result) -> list[str]:
             continue
         held = entry["heldout"]
         lines.append(
-            f"| {entry['label']} | {apg} | {setting_text(entry['selection'])} | {cell(entry['selection'][select_key], select_key)} | "
+            f"| {entry['label']} | {apg} | {setting_text(entry['selection'])} | "
+            f"{cell(entry['selection'][select_key], select_key)} | "
             + " | ".join(cell(held.get(c), c) for c in columns)
             + f" | {entry['evaluations']} |"
         )
@@ -110,10 +111,11 @@ SECTIONS = {
     "mnist": (
         "MNIST-5k",
         (
-            "Main model `mnist-s-cfg` trained for half its recipe (16.8 kimg), post-hoc EMA 0.10; guide `mnist-xs-guide-cfg` "
-            "trained to T/2 of that main. Weights 1.5 and 2.5. Selection: seeds 0-249 (FD of 250 images, lowest wins); held-out: "
-            "seeds 1000-1499, FD / precision / recall of 500 images and FD_inf (FD extrapolated to infinitely many images "
-            "from 10 subsets of 50-100%: 250-500 images). EDM Heun sampler, 8 steps, a random class per seed."
+            "Main model `mnist-s-cfg` trained for half its recipe (16.8 kimg), post-hoc EMA 0.10; guide "
+            "`mnist-xs-guide-cfg` trained to T/2 of that main. Weights 1.5 and 2.5. Selection: seeds 0-249 (FD of 250 "
+            "images, lowest wins); held-out: seeds 1000-1499, FD / precision / recall of 500 images and FD_inf (FD "
+            "extrapolated to infinitely many images from 10 subsets of 50-100%: 250-500 images). EDM Heun sampler, 8 "
+            "steps, a random class per seed."
         ),
     ),
     "toy": (
@@ -121,8 +123,8 @@ SECTIONS = {
         (
             "Main model `toy2d-main` (the paper's toy recipe: width 64, 16 Mi samples), post-hoc EMA 0.05; guide "
             "`toy2d-guide` (width 32, T/8). Weights 1.1, 1.25, 1.5, 2 and 3. Selection: seeds 0-9999; held-out: seeds "
-            "10000-19999; exact metrics (`autoguide.eval.toy_metrics`); pick = the highest log-density that keeps 95% of the "
-            "unguided recall (`benchmarks/results/toy2d/selection.py`). EDM Heun sampler, 32 steps."
+            "10000-19999; exact metrics (`autoguide.eval.toy_metrics`); pick = the highest log-density that keeps "
+            "95% of the unguided recall (`benchmarks/results/toy2d/selection.py`). EDM Heun sampler, 32 steps."
         ),
     ),
 }
@@ -139,11 +141,11 @@ def markdown(results: Mapping[str, Result], revision: str) -> str:
         "Each negative is swept over weights and its options on the selection seeds, without and with APG "
         "(`apg: {eta: 0}`: the part of `D_pos - D_neg` parallel to `D_pos` removed, per image); the pick is measured "
         "once more on held-out seeds. Cost: every guided denoiser call evaluates the positive and the negative (the "
-        "same-network ones in one batch of twice the images), Heun's sampler makes 2 calls per step (1 on the last), so "
-        "each guided row costs 2 network evaluations per call where unguided costs 1; the XS guide's forward costs about "
-        "a third of the main's (`benchmarks/sample.py`: 48 vs 150 ms). The wall seconds of every setting are in "
-        "`results-<dataset>.json` and the sweeps' `sweep.csv`, but were measured with two to four processes sharing the "
-        "2 cores, so they do not rank the costs.",
+        "same-network ones in one batch of twice the images), Heun's sampler makes 2 calls per step (1 on the last), "
+        "so each guided row costs 2 network evaluations per call where unguided costs 1; the XS guide's forward costs "
+        "about a third of the main's (`benchmarks/sample.py`: 48 vs 150 ms). The wall seconds of every setting are in "
+        "`results-<dataset>.json` and the sweeps' `sweep.csv`, but were measured with two to four processes sharing "
+        "the 2 cores, so they do not rank the costs.",
         "",
     ]
     for name in SECTIONS:

@@ -111,7 +111,9 @@ def test_rules_report_ranks_every_rule_against_plain_at_each_weight():
             "tag": tag,
             "label": tag,
             "term": {},
-            "rows": [{"weight": w, "fd_inf_mnist": fd, "fd_mnist": fd + 10} for w, fd in zip((2.5, 4.0), fds)],
+            "rows": [
+                {"weight": w, "fd_inf_mnist": fd, "fd_mnist": fd + 10} for w, fd in zip((2.5, 4.0), fds, strict=True)
+            ],
         }
 
     results = {
