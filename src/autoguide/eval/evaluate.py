@@ -26,12 +26,13 @@ from autoguide.core.typed_settings import ConfigError, positive_int
 from autoguide.data.vae import codec_for
 from autoguide.eval.evaluator import (
     Evaluator,
+    MetricsSettings,
     SampleChunk,
     best_value,
     check_image_side,
     check_model,
-    metric_names,
 )
+from autoguide.eval.extractors import ExtractorFiles
 from autoguide.eval.statistics import Statistics, write_statistics
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
@@ -149,23 +150,23 @@ def evaluate_model(
 
 class Evaluation:
     """Measures models the same way: samples of the ``plan``'s seed sets made with
-    ``generation`` on ``device`` (latent models decoded with the VAE at ``vae_path``), scored by
-    the ``metrics`` config with the feature networks of ``extractors``. The ``Evaluator`` (and
+    ``generation`` on ``device`` (latent models decoded with the VAE at ``vae_path``), scored as
+    ``metrics`` says with the feature networks of ``extractors``. The ``Evaluator`` (and
     with it the reference statistics) is built on first use, after the first model was checked."""
 
     def __init__(
         self,
         plan: EvalPlan,
         generation: GenerationSettings,
-        metrics: Mapping[str, Any],
-        extractors: Mapping[str, Any],
+        metrics: MetricsSettings,
+        extractors: ExtractorFiles,
         device: torch.device,
         vae_path: str | None = None,
     ) -> None:
         self.plan = plan
         self.generation = generation
-        self.metrics = dict(metrics)
-        self.extractors = dict(extractors)
+        self.metrics = metrics
+        self.extractors = extractors
         self.device = device
         self.vae_path = vae_path
 
@@ -175,7 +176,7 @@ class Evaluation:
 
     def metric_names(self) -> list[str]:
         """The metrics measured, in report order."""
-        return metric_names(self.metrics)
+        return self.metrics.names()
 
     def __call__(self, net: nn.Module, terms: Sequence[GuidanceTerm], stats_dir: Path | None = None) -> dict[str, Any]:
         """``evaluate_model`` of ``net`` guided by ``terms`` (the model checked against the metrics first)."""

@@ -40,6 +40,13 @@ from autoguide.sample.weights import Feedback, MamboG, WeightSchedule
 LabelRule = Literal["same", "null", "random"]
 
 
+def changes_output(weight: float, fbg: object | None = None) -> bool:
+    """The one rule for "a weight of 1 is off": with ``D = D_neg + w (D_pos - D_neg)`` a term of
+    ``w = 1`` gives ``D = D_pos`` and changes nothing, unless it carries feedback guidance (FBG,
+    Koulischer et al. 2025), which adds a weight of its own."""
+    return weight != 1 or fbg is not None
+
+
 @dataclass(frozen=True)
 class SameNetwork:
     """Negative = the positive network with other labels and/or a perturbation, same input.
@@ -155,8 +162,8 @@ class GuidanceTerm(ABC):
 
     @property
     def guides(self) -> bool:
-        """Whether the term can change ``D`` at all: ``w != 1``, or FBG (which adds its own weight)."""
-        return self.weight != 1 or self.fbg is not None
+        """Whether the term can change ``D`` at all (``changes_output``)."""
+        return changes_output(self.weight, self.fbg)
 
     @abstractmethod
     def negative(self) -> NegativeRequest:
