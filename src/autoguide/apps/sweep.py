@@ -34,7 +34,7 @@ from autoguide.eval.evaluator import lower_is_better
 from autoguide.eval.guide_search import GuideSearch, finish_search
 from autoguide.eval.search import finished, open_study, run_worker
 from autoguide.eval.search_space import SearchSpace
-from autoguide.eval.sweep import SETTING_KEYS, run_sweep, term_option_keys
+from autoguide.eval.sweep import SETTING_KEYS, run_sweep, sweep_term, term_option_keys
 from autoguide.io import write_text_atomic
 from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import resolve_device
@@ -67,19 +67,18 @@ def run_search(settings: SweepConfig, search_node: SearchNode, cfg: DictConfig) 
     """One worker of the search; the best record once the study is finished, else ``None``."""
     out = Path(settings.output.dir)
     sweep = settings.sweep_settings()
-    term = settings.guidance_settings
-    space = SearchSpace.from_config(search_node.space, term_option_keys(term))
+    guidance = settings.guidance_settings
+    space = SearchSpace.from_config(search_node.space, term_option_keys(sweep_term(guidance)))
     measure = evaluation(settings, resolve_device(settings.device))
     if sweep.select not in measure.metric_names():
         raise ConfigError(f"select={sweep.select!r} is not measured here; the metrics are {measure.metric_names()}")
     search = search_node.settings(len(measure.plan.seeds), settings.output.dir)
     max_gb = search_node.cache.max_gb
     cache = ReconstructionCache(search_node.cache.dir, None if max_gb is None else int(max_gb * 2**30))
-    guide_search = GuideSearch(sweep, term, space, cache, measure)
+    guide_search = GuideSearch(sweep, guidance, space, cache, measure)
+    given = search_node.holdout_seeds
     try:
-        holdout = (
-            measure.plan.set_seeds(1) if search_node.holdout_seeds is None else parse_seeds(search_node.holdout_seeds)
-        )
+        holdout = measure.plan.set_seeds(1) if given is None else parse_seeds(given)
     except ValueError as err:
         raise ConfigError(f"search.holdout_seeds: {err}") from None
     minimize = lower_is_better(sweep.select)
