@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.dinov2 import DinoV2Features
-from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.eval.extractors import ExtractorFiles, build_extractor
 from autoguide.eval.features import FeatureExtractor, as_rgb, images_to_uint8
 from autoguide.eval.reference import reference_stats

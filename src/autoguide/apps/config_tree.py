@@ -28,6 +28,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.apps.sampling_configs import PRIMARY_CONFIGS
+from autoguide.core.typed_settings import plain
 from autoguide.nets.architectures import ARCHS
 from autoguide.sample.sampler_settings import SamplerSettings
 from autoguide.train.recipe import TrainSettings
@@ -44,7 +45,8 @@ def config_dir() -> Path:
     if not path.is_dir():
         where = "AUTOGUIDE_CONFIG_DIR" if env else "the installed package"
         raise FileNotFoundError(
-            f"autoguide config folder not found at {path} (from {where}); reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR"
+            f"autoguide config folder not found at {path} (from {where}); "
+            "reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR"
         )
     return path
 
@@ -112,4 +114,4 @@ def get_preset(name: str) -> dict[str, Any]:
     schema); ``KeyError`` listing the valid names."""
     if name not in group_options("net"):
         raise KeyError(f"unknown network preset {name!r}; valid presets: {', '.join(group_options('net'))}")
-    return OmegaConf.to_container(compose(PRESET_PROBE, [f"net={name}"]).net, resolve=True)
+    return plain(compose(PRESET_PROBE, [f"net={name}"]).net)

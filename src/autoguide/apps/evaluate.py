@@ -56,7 +56,7 @@ from autoguide.runtime.process import (
 )
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.guidance_spec import build_guidance
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 from autoguide.sample.seeds import format_seeds
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def write_preview(settings: EvalConfig, net: nn.Module, terms: list[GuidanceTerm
     count, output = settings.preview_images, settings.output
     if count <= 0 or not output.formats:
         return
-    seeds, classes = class_labels(measure.plan.class_labels, list(measure.plan.seeds[:count]), int(net.label_dim))
+    seeds, classes = class_labels(measure.plan.class_labels, list(measure.plan.seeds[:count]), model_label_dim(net))
     codec = codec_for(net, measure.vae_path, measure.device)
     samples, _ = next(sample_chunks(net, terms, seeds, classes, measure.generation, measure.device, len(seeds), codec))
     write_outputs(output, samples, seeds, classes, title=settings.model_file())

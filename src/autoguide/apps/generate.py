@@ -27,7 +27,7 @@ from autoguide.io import write_text_atomic
 from autoguide.runtime.process import ModelLoader, rank_from_env, rank_slice, resolve_device
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance_spec import build_guidance
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> Path:
     terms = build_guidance(settings.guidance_settings, load)
     if settings.guide is not None and settings.guide not in load.models:
         log.warning("guide=%s is unused: no active term needs it (a weight of 1 is no guidance)", settings.guide)
-    all_seeds, all_classes = class_labels(settings.class_labels, settings.seeds, int(net.label_dim))
+    all_seeds, all_classes = class_labels(settings.class_labels, settings.seeds, model_label_dim(net))
     part = rank_slice(len(all_seeds), info)
     seeds = all_seeds[part]
     classes = None if all_classes is None else all_classes[part]

@@ -38,6 +38,7 @@ def pair_sampling(pair_path: str, model: str | None, guidance: GuidanceSettings)
     else:
         kind = term.kind if term is not None else None
         raise ConfigError(
-            f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} (use guidance=sims guidance.omega=...)"
+            f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} "
+            "(use guidance=sims guidance.omega=...)"
         )
     return str(pair.positive), GuidanceSettings.from_mapping(pair.guidance(omega, interval))

@@ -3,9 +3,9 @@
 With ``seed_sets = K`` the metrics are measured K times on disjoint seeds (set ``j`` uses every
 seed plus ``j * (max(seeds) + 1)``); the result holds the best value of each metric over the
 sets (the minimum FID over repeated evaluations, as the EDM2 papers report), their mean, min,
-max and std and every set's seeds and values (``summarize``). Images are generated and measured ``chunk_images`` at a time, so
-memory does not grow with the number of images; latent models' samples are decoded to pixels
-by their VAE codec first.
+max and std and every set's seeds and values (``summarize``). Images are generated and measured
+``chunk_images`` at a time, so memory does not grow with the number of images; latent models'
+samples are decoded to pixels by their VAE codec first.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from autoguide.core.typed_settings import ConfigError, positive_int
-from autoguide.data.vae import codec_for
+from autoguide.data.vae import LatentCodec, codec_for
 from autoguide.eval.evaluator import (
     Evaluator,
     MetricsSettings,
@@ -36,7 +36,7 @@ from autoguide.eval.extractors import ExtractorFiles
 from autoguide.eval.statistics import Statistics, write_statistics
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 from autoguide.sample.sampler_settings import GenerationSettings
 from autoguide.sample.seeds import format_seeds
 
@@ -75,7 +75,7 @@ def sample_chunks(
     generation: GenerationSettings,
     device: torch.device,
     chunk: int,
-    codec: nn.Module | None = None,
+    codec: LatentCodec | None = None,
 ) -> Iterator[SampleChunk]:
     """Samples of ``seeds`` (class ``classes[i]``), ``chunk`` images at a time, so that only
     one chunk of images is ever held; each image depends on its own seed only. Latent
@@ -132,7 +132,7 @@ def evaluate_model(
     evaluator: Evaluator,
     generation: GenerationSettings,
     device: torch.device,
-    codec: nn.Module | None = None,
+    codec: LatentCodec | None = None,
     stats_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` guided by ``terms`` over the plan's seed sets (``summarize``), every set
@@ -141,7 +141,7 @@ def evaluate_model(
     sets = []
     for index in range(plan.seed_sets):
         started = time.time()
-        seeds, classes = class_labels(plan.class_labels, plan.set_seeds(index), int(net.label_dim))
+        seeds, classes = class_labels(plan.class_labels, plan.set_seeds(index), model_label_dim(net))
         chunks = sample_chunks(net, terms, seeds, classes, generation, device, plan.chunk_images, codec)
         metrics, stats = evaluator.measure(chunks)
         sets.append(set_record(plan, index, len(seeds), metrics, started, stats, stats_dir))

@@ -203,7 +203,8 @@ class Evaluator:
             return
         if metrics.reference is None:
             raise ConfigError(
-                f"metrics.reference: the features {names} need a statistics file (e.g. EDM2's img512.pkl) or a dataset config"
+                f"metrics.reference: the features {names} need a statistics file (e.g. EDM2's img512.pkl) "
+                "or a dataset config"
             )
         if metrics.reference_is_file:
             self.stats_file = Path(str(metrics.reference)).expanduser()
@@ -293,12 +294,13 @@ class Evaluator:
         """``(metrics, statistics of the generated features)`` of the samples of ``chunks``."""
         if self.toy is None:
             return self.feature_metrics(self.feature_sums(chunks))
-        points, classes = [], []
+        points: list[torch.Tensor] = []
+        classes: list[list[int] | None] = []
         for samples, labels in chunks:
             points.append(samples)
             classes.append(None if labels is None else list(labels))
-        labels = None if any(c is None for c in classes) else [c for part in classes for c in part]
-        return toy_metrics(torch.cat(points), labels, self.toy), {}
+        every = [c for part in classes if part is not None for c in part]
+        return toy_metrics(torch.cat(points), None if None in classes else every, self.toy), {}
 
     def __call__(self, chunks: Iterable[SampleChunk]) -> dict[str, float]:
         return self.measure(chunks)[0]

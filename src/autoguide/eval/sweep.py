@@ -6,10 +6,10 @@ values (``{p: [0.1, 0.3], apg: [null, {eta: 0.0}], blocks: [[block0], [block1]]}
 parameters, which blocks, dropout rate ...), swept as their product (the ``variant`` column).
 A guide from the same run as the main model (a shorter EMA, an earlier snapshot) is a guide run
 equal to the main run. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
-e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per (run, std, nimg) and then reused from
-``<run>/reconstructed`` (``autoguide.ema.PosthocEMA.cached``). Settings without an active
-guidance term (weight 1) give the same samples whatever the guide, so they are evaluated once
-per main model.
+e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per
+(run, std, nimg) and then reused from ``<run>/reconstructed`` (``autoguide.ema.PosthocEMA.cached``).
+Settings without an active guidance term (``autoguide.sample.guidance.changes_output``: weight 1)
+give the same samples whatever the guide, so they are evaluated once per main model.
 
 Outputs in the output folder: ``sweep.csv`` (one row per setting, rewritten after each one),
 ``weight.png`` (metric vs weight per guide), ``ema.png`` (metric over main x guide EMA std) and
@@ -81,10 +81,10 @@ class SweepSettings:
 
 def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, Path]]:
     """``(nimg, {main EMA std: model file})``: the run's post-hoc EMAs, or the one main file."""
-    if settings.main_model is None:
-        return PosthocEMA(settings.main_run).cached(
-            settings.main_std, settings.main_time, settings.max_error, settings.batch
-        )
+    if settings.main_model is None:  # then main_run is set (SweepSettings)
+        ema = PosthocEMA(str(settings.main_run))
+        nimg, files = ema.cached(settings.main_std, settings.main_time, settings.max_error, settings.batch)
+        return nimg, dict(files.items())
     card = read_card(settings.main_model)
     return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
@@ -124,7 +124,7 @@ def term_option_keys(term: TermSettings) -> list[str]:
 def option_product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the values of ``axes`` (``{key: values}``), in ``itertools.product``
     order; ``[{}]`` for no axes."""
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
 def variant_label(variant: Mapping[str, Any]) -> str:
@@ -165,7 +165,7 @@ def guide_axis(
     axis: list[tuple[str, int | None, dict[float | None, Path | None]]] = []
     for run, when in itertools.product(settings.guide_runs, settings.guide_times):
         nimg, files = PosthocEMA(run).cached(settings.guide_std, when, settings.max_error, settings.batch)
-        axis.append((f"{Path(run).name}@{nimg}", nimg, dict(files)))
+        axis.append((f"{Path(run).name}@{nimg}", nimg, dict(files.items())))
     return axis
 
 

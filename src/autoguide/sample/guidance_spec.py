@@ -139,7 +139,8 @@ def build_term(term: TermSettings, load_model: Callable[[str], nn.Module]) -> Gu
         kwargs[MODEL_FIELDS[term.kind]] = load_model(term.model)
     elif term.kind in REQUIRED_MODEL:
         raise ConfigError(
-            f"{term.where}: kind={term.kind} needs a model file ({term.where}.model=<file>; for autoguidance guide=<file>)"
+            f"{term.where}: kind={term.kind} needs a model file "
+            f"({term.where}.model=<file>; for autoguidance guide=<file>)"
         )
     try:
         return TERMS[term.kind](**kwargs)
