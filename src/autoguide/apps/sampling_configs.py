@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from autoguide.core.typed_settings import ConfigError, from_mapping, number, plain, positive_int
 from autoguide.data.sample_files import OutputSettings
@@ -35,18 +36,26 @@ C = TypeVar("C")
 def read_config(cls: type[C], cfg: Any) -> C:
     """The composed config ``cfg`` (a DictConfig or a mapping; interpolations resolved, Hydra's
     own node left out) as the typed primary config ``cls``; a value left ``???`` is refused naming its key."""
-    if OmegaConf.is_config(cfg):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if OmegaConf.is_dict(cfg):
+        keys = [str(k) for k in cfg if k != "hydra"]
+        missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+        if missing:
+            raise ConfigError(f"{missing[0]} is not set (??? in the config; required: {missing})")
+        try:
+            cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None)
+            raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from None
     values = {k: v for k, v in plain(cfg).items() if k != "hydra"}
     return from_mapping(cls, values, "")
 
 
-def _seeds(value: Any, key: str) -> tuple[int, ...]:
-    """A seed spec (``"0-63"``, ``"0,5,10-12"``, a list) as a tuple; ``ConfigError`` naming ``key``."""
+def _seeds(value: Any) -> tuple[int, ...]:
+    """A seed spec (``"0-63"``, ``"0,5,10-12"``, a list) as a tuple; ``ConfigError`` naming ``seeds``."""
     try:
         return tuple(parse_seeds(value))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{key}={value!r}: {err}") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _settings(cls: type[C], value: Any, key: str) -> C:
@@ -77,7 +86,7 @@ class GenerateConfig:
     guidance: Any = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", _seeds(self.seeds, "seeds"))
+        object.__setattr__(self, "seeds", _seeds(self.seeds))
         if not isinstance(self.guidance, GuidanceSettings):
             object.__setattr__(self, "guidance", GuidanceSettings.from_mapping(self.guidance))
         self.generation()  # batch_size and precision checked

@@ -74,9 +74,8 @@ class TermSettings:
         values = plain(values)
         options = {k: v for k, v in values.items() if k not in ("kind", "model")}
         model = values.get("model")
-        return cls(
-            kind=str(values.get("kind")), options=options, model=None if model is None else str(model), where=where
-        )
+        unset = model is None or model == "???"  # ???: not given (guidance=sims before pair= sets it)
+        return cls(kind=str(values.get("kind")), options=options, model=None if unset else str(model), where=where)
 
     @property
     def weight(self) -> float | None:
