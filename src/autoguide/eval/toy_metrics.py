@@ -73,7 +73,7 @@ def _groups(classes: Sequence[int] | None, n: int, default: str) -> dict[str, np
 
 
 def toy_metrics(
-    points: torch.Tensor, classes: Sequence[int] | None, cfg: ToyMetricsConfig = ToyMetricsConfig()
+    points: torch.Tensor, classes: Sequence[int] | None, settings: ToyMetricsConfig = ToyMetricsConfig()
 ) -> dict[str, float]:
     """Exact toy metrics of ``points [N, 2]`` sampled with class indices ``classes`` (or None)."""
     points = torch.as_tensor(points).to(torch.float64).reshape(len(points), -1)
@@ -81,17 +81,19 @@ def toy_metrics(
         raise ValueError(f"toy metrics need 2D points [N, 2], got {list(points.shape)}")
     if not torch.isfinite(points).all():
         raise ValueError("toy metrics: some generated points are not finite")
-    groups = _groups(classes, len(points), cfg.classes)
+    groups = _groups(classes, len(points), settings.classes)
     log_p = torch.empty(len(points), dtype=torch.float64)
     outlier = torch.empty(len(points), dtype=torch.bool)
     reference = []
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(settings.seed + 1)
     for name, rows in groups.items():
         mixture: ToyMixture = toy_mixture(name)
         log_p[rows] = mixture.log_prob(points[rows])
-        outlier[rows] = log_p[rows] < density_level(name, cfg.outlier_quantile, cfg.num_density_samples, cfg.seed)
+        outlier[rows] = log_p[rows] < density_level(
+            name, settings.outlier_quantile, settings.num_density_samples, settings.seed
+        )
         reference.append(exact_samples(mixture, len(rows), generator))
-    precision, recall = precision_recall(torch.cat(reference), points, cfg.k)
+    precision, recall = precision_recall(torch.cat(reference), points, settings.k)
     return {
         "toy_logp": float(log_p.mean()),
         "toy_outliers": float(outlier.to(torch.float64).mean()),
