@@ -48,7 +48,8 @@ def test_generate_reads_its_config_into_typed_settings():
     assert (generation.batch_size, generation.precision, generation.sampler.num_steps) == (64, "fp32", 32)
     two = settings("generate", "model=m", "guidance=autoguidance_cfg").guidance_settings
     assert two.several and [t.kind for t in two.terms] == ["autoguidance", "cfg"]
-    assert two.to_dict() == OmegaConf.to_container(compose("generate", ["guidance=autoguidance_cfg"]).guidance, resolve=True)
+    composed = compose("generate", ["guidance=autoguidance_cfg"]).guidance
+    assert two.to_dict() == OmegaConf.to_container(composed, resolve=True)
 
 
 def test_eval_protocol_and_sweep_settings_come_from_the_yaml():

@@ -80,13 +80,13 @@ def files(**nodes) -> ExtractorFiles:
 
 
 def test_build_extractor_errors(tmp_path):
-    with pytest.raises(ConfigError, match="metrics.features: feature extractor 'clip' is unknown"):
+    with pytest.raises(ConfigError, match=r"metrics\.features: feature extractor 'clip' is unknown"):
         build_extractor("clip", ExtractorFiles())
     with pytest.raises(ConfigError, match=r"extractors.inception.weights is not set"):
         build_extractor("inception", ExtractorFiles())
-    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05.*never downloaded"):
+    with pytest.raises(FileNotFoundError, match=r"weights-inception-2015-12-05.*never downloaded"):
         build_extractor("inception", files(inception={"weights": str(tmp_path / "nope.pth")}))
-    with pytest.raises(FileNotFoundError, match="hubconf.py.*facebookresearch/dinov2"):
+    with pytest.raises(FileNotFoundError, match=r"hubconf\.py.*facebookresearch/dinov2"):
         build_extractor("dinov2", files(dinov2={"repo": str(tmp_path), "weights": str(tmp_path / "w.pth")}))
 
 
@@ -145,7 +145,7 @@ class Payload:
 def test_dinov2_weights_are_never_unpickled_freely(fake_hub):
     repo, weights, _ = fake_hub
     torch.save({"proj.weight": Payload()}, weights)
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(Exception, match=r"[Ww]eights only"):
         DinoV2Features(repo, weights)
 
 
@@ -161,7 +161,7 @@ def test_inception_reads_local_weights_weights_only(tmp_path, monkeypatch):
     extractor = build_extractor("inception", files(inception={"weights": str(tmp_path / "inception.pth")}))
     assert extractor(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)).shape == (2, 2048)
     torch.save({"Conv2d_1a_3x3.conv.weight": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(Exception, match=r"[Ww]eights only"):
         build_extractor("inception", files(inception={"weights": str(tmp_path / "evil.pth")}))
 
 
