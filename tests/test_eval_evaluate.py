@@ -12,9 +12,10 @@ import torch
 
 from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run
+from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.evaluate import EvalPlan
-from autoguide.eval.evaluator import fd_infinity_settings
+from autoguide.eval.evaluator import FdInfinitySettings, MetricsSettings
 from autoguide.eval.frechet import frechet_distance_infinity
 from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
@@ -246,12 +247,17 @@ def test_latent_models_are_decoded_before_measuring(tmp_path, monkeypatch):
 
 
 def test_fd_infinity_settings_name_the_bad_value():
-    assert fd_infinity_settings(None) is None
-    assert fd_infinity_settings({"points": 15, "min_fraction": 0.2}) == {"points": 15, "min_fraction": 0.2}
-    with pytest.raises(ValueError, match="exactly the keys points and min_fraction"):
-        fd_infinity_settings({"points": 3})
-    with pytest.raises(ValueError, match=r"got 1 and 0.5"):
-        fd_infinity_settings({"points": 1, "min_fraction": 0.5})
+    def metrics(fd_infinity):
+        return from_mapping(MetricsSettings, {"features": ["mnist"], "fd_infinity": fd_infinity}, "metrics")
+
+    assert metrics(None).fd_infinity is None
+    assert metrics({"points": 15, "min_fraction": 0.2}).fd_infinity == FdInfinitySettings(points=15, min_fraction=0.2)
+    with pytest.raises(ConfigError, match=r"metrics.fd_infinity.min_fraction is not set"):
+        metrics({"points": 3})
+    with pytest.raises(ConfigError, match=r"metrics.fd_infinity: unknown key\(s\) \['pts'\]"):
+        metrics({"pts": 3, "min_fraction": 0.5})
+    with pytest.raises(ConfigError, match=r"got 1 and 0\.5"):
+        metrics({"points": 1, "min_fraction": 0.5})
 
 
 def test_too_few_images_for_fd_infinity_fail_before_sampling(tmp_path, monkeypatch):

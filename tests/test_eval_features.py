@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.data.mnist import MNIST5k
 from autoguide.eval.dinov2 import DinoV2Features
-from autoguide.eval.extractors import build_extractor
+from autoguide.eval.extractors import ExtractorFiles, build_extractor
 from autoguide.eval.features import FeatureExtractor, as_rgb, images_to_uint8
 from autoguide.eval.reference import reference_stats
 from autoguide.io import file_sha256
@@ -73,15 +74,20 @@ def test_reference_stats_cached_and_keyed_by_extractor_file(tmp_path):
     assert renewed.path != stats.path and len(list((tmp_path / "refs").glob("*.npz"))) == 2
 
 
+def files(**nodes) -> ExtractorFiles:
+    """An ``extractors`` node with ``nodes`` (``inception={...}`` ...), as the apps read it."""
+    return from_mapping(ExtractorFiles, nodes, "extractors")
+
+
 def test_build_extractor_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown"):
-        build_extractor("clip", {})
-    with pytest.raises(ValueError, match=r"missing key\(s\) \['weights'\]"):
-        build_extractor("inception", {})
+    with pytest.raises(ConfigError, match=r"metrics\.features: feature extractor 'clip' is unknown"):
+        build_extractor("clip", ExtractorFiles())
+    with pytest.raises(ConfigError, match=r"extractors.inception.weights is not set"):
+        build_extractor("inception", ExtractorFiles())
     with pytest.raises(FileNotFoundError, match=r"weights-inception-2015-12-05.*never downloaded"):
-        build_extractor("inception", {"weights": str(tmp_path / "nope.pth")})
-    with pytest.raises(FileNotFoundError, match=r"hubconf.py.*facebookresearch/dinov2"):
-        build_extractor("dinov2", {"repo": str(tmp_path), "weights": str(tmp_path / "w.pth")})
+        build_extractor("inception", files(inception={"weights": str(tmp_path / "nope.pth")}))
+    with pytest.raises(FileNotFoundError, match=r"hubconf\.py.*facebookresearch/dinov2"):
+        build_extractor("dinov2", files(dinov2={"repo": str(tmp_path), "weights": str(tmp_path / "w.pth")}))
 
 
 HUBCONF = textwrap.dedent(
@@ -118,7 +124,7 @@ def fake_hub(tmp_path):
 
 def test_dinov2_from_local_hub_folder(fake_hub):
     repo, weights, state = fake_hub
-    extractor = build_extractor("dinov2", {"repo": str(repo), "weights": str(weights)})
+    extractor = build_extractor("dinov2", files(dinov2={"repo": str(repo), "weights": str(weights)}))
     assert isinstance(extractor, DinoV2Features)
     images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     features = extractor(images)
@@ -152,11 +158,11 @@ def test_inception_reads_local_weights_weights_only(tmp_path, monkeypatch):
         tmp_path / "inception.pth",
     )
     monkeypatch.undo()
-    extractor = build_extractor("inception", {"weights": str(tmp_path / "inception.pth")})
+    extractor = build_extractor("inception", files(inception={"weights": str(tmp_path / "inception.pth")}))
     assert extractor(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)).shape == (2, 2048)
     torch.save({"Conv2d_1a_3x3.conv.weight": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match=r"[Ww]eights only"):
-        build_extractor("inception", {"weights": str(tmp_path / "evil.pth")})
+        build_extractor("inception", files(inception={"weights": str(tmp_path / "evil.pth")}))
 
 
 def _empty(folder):

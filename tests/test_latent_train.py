@@ -203,9 +203,8 @@ class PooledPixels(FeatureExtractor):
 
 def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, latent_assets, tmp_path, monkeypatch):
     (tmp_path / "pooled.weights").write_bytes(b"pooled pixels, no weights")
-    monkeypatch.setitem(
-        extractors.EXTRACTORS, "pooled", (lambda cfg, device: PooledPixels(Path(cfg["weights"]), device), ("weights",))
-    )
+    weights = tmp_path / "pooled.weights"
+    monkeypatch.setitem(extractors.EXTRACTORS, "pooled", lambda files, device: PooledPixels(weights, device))
     model = straight_run / "final.safetensors"
     report = evaluate(
         compose(
@@ -218,7 +217,6 @@ def test_eval_measures_decoded_pixels_against_the_source_images(straight_run, la
                 f"metrics.reference={{name:latents,path:{latent_assets['set32']}}}",
                 "metrics.precision_recall=false",
                 "metrics.num_workers=0",
-                f"+extractors.pooled.weights={tmp_path / 'pooled.weights'}",
                 "seeds=0-59",
                 "sampler.num_steps=2",
                 "device=cpu",

@@ -17,7 +17,7 @@ from autoguide.io import save_model
 from autoguide.nets import build_network
 from autoguide.nets.mp import normalize
 from autoguide.sample.guidance import APG, PAG, Dropout, LayerSkip
-from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.seeds import SeedStreams, stream_seed
 
@@ -175,7 +175,7 @@ def test_config_groups_build_the_terms_with_their_rules():
             "generate",
             ["model=m.safetensors", f"guidance={group}", "guidance.apg={eta:0.0,r:2.0}", "guidance.rescale=0.5"],
         )
-        (term,) = build_guidance(cfg.guidance, lambda path: None)
+        (term,) = build_guidance(GuidanceSettings.from_mapping(cfg.guidance), lambda path: None)
         assert isinstance(term, cls) and term.apg == APG(eta=0.0, r=2.0) and term.rule.rescale == 0.5
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoguide.sample.guidance import CFG, Autoguidance
-from autoguide.sample.guidance_spec import build_term
+from autoguide.sample.guidance_spec import TermSettings, build_term
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.rules import APG, GuidanceRule, ZeroStar, norm_threshold, optimized_scale, project
 
@@ -177,9 +177,9 @@ def test_invalid_options_are_named():
     with pytest.raises(
         ValueError, match=r"cfg: apg: unknown key\(s\) \['gamma'\]; valid keys: \['beta', 'eta', 'momentum'"
     ):
-        build_term({"kind": "cfg", "weight": 2.0, "apg": {"gamma": 1.0}}, lambda path: None)
+        build_term(TermSettings.from_mapping({"kind": "cfg", "weight": 2.0, "apg": {"gamma": 1.0}}), lambda path: None)
     with pytest.raises(ValueError, match="cfg: cap must be > 0"):
-        build_term({"kind": "cfg", "weight": 2.0, "cap": 0.0}, lambda path: None)
+        build_term(TermSettings.from_mapping({"kind": "cfg", "weight": 2.0, "cap": 0.0}), lambda path: None)
 
 
 class Affine(torch.nn.Module):

@@ -10,7 +10,7 @@ import torch
 from autoguide.runtime.process import RankInfo, rank_from_env, rank_slice
 from autoguide.sample.blur import gaussian_blur_2d, gaussian_kernel, gaussian_kernel_size, reflect_indices
 from autoguide.sample.guidance import CFG, PAG, SEG, Autoguidance, SIMSNegative
-from autoguide.sample.guidance_spec import build_guidance, term_keys
+from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance, term_keys
 from autoguide.sample.labels import as_one_hot, class_labels
 from autoguide.sample.seeds import SeedStreams, parse_seeds, seed_noise
 
@@ -120,9 +120,12 @@ def test_guidance_from_config():
         loaded.append(path)
         return torch.nn.Identity()
 
-    assert build_guidance({"kind": "none"}, load) == []
-    assert build_guidance({"kind": "autoguidance", "weight": 1.0, "model": None}, load) == []  # w = 1: nothing to load
-    terms = build_guidance(
+    def build(mapping):
+        return build_guidance(GuidanceSettings.from_mapping(mapping), load)
+
+    assert build({"kind": "none"}) == []
+    assert build({"kind": "autoguidance", "weight": 1.0, "model": None}) == []  # w = 1: nothing to load
+    terms = build(
         {
             "terms": [
                 {"kind": "autoguidance", "weight": 2.2, "interval": [0.1, 5.0], "model": "g.safetensors"},
@@ -131,8 +134,7 @@ def test_guidance_from_config():
                 {"kind": "seg", "weight": 2.0, "blur_sigma": float("inf"), "blocks": None},
                 {"kind": "sims", "omega": 0.5, "model": "s.safetensors"},
             ]
-        },
-        load,
+        }
     )
     assert loaded == ["g.safetensors", "s.safetensors"]
     ag, cfg, pag, seg, sims = terms
@@ -142,11 +144,11 @@ def test_guidance_from_config():
     assert isinstance(seg, SEG) and math.isinf(seg.blur_sigma)
     assert isinstance(sims, SIMSNegative) and sims.weight == 1.5
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['scale'\].*valid keys"):
-        build_guidance({"kind": "pag", "weight": 2.0, "scale": 1.0}, load)
+        build({"kind": "pag", "weight": 2.0, "scale": 1.0})
     with pytest.raises(ValueError, match="kind='foo'"):
-        build_guidance({"kind": "foo"}, load)
+        build({"kind": "foo"})
     with pytest.raises(ValueError, match="needs a model file"):
-        build_guidance({"kind": "autoguidance", "weight": 2.0, "model": None}, load)
+        build({"kind": "autoguidance", "weight": 2.0, "model": None})
     assert term_keys("sims") == [
         "kind",
         "interval",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoguide.sample.guidance import Autoguidance
-from autoguide.sample.guidance_spec import build_term
+from autoguide.sample.guidance_spec import TermSettings, build_term
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.pyramid import from_pyramid, laplacian_pyramid
 from autoguide.sample.rules import GuidanceRule
@@ -101,9 +101,17 @@ def test_feedback_weight_is_capped_and_its_term_is_kept_at_weight_one():
     fbg = Feedback(pi=0.5, max_weight=3.0)
     assert fbg.weight(torch.tensor([fbg.min_log_posterior])).item() == pytest.approx(3.0)
     assert fbg.weight(torch.tensor([0.0])).item() == pytest.approx(2.0)  # l = 0: 1 / pi
-    term = build_term({"kind": "autoguidance", "weight": 1.0, "fbg": {"pi": 0.5}, "model": "g"}, lambda path: Table(0))
+    term = build_term(
+        TermSettings.from_mapping({"kind": "autoguidance", "weight": 1.0, "fbg": {"pi": 0.5}, "model": "g"}),
+        lambda path: Table(0),
+    )
     assert term is not None and term.is_active(1.0)
-    assert build_term({"kind": "autoguidance", "weight": 1.0, "model": "g"}, lambda path: Table(0)) is None
+    assert (
+        build_term(
+            TermSettings.from_mapping({"kind": "autoguidance", "weight": 1.0, "model": "g"}), lambda path: Table(0)
+        )
+        is None
+    )
 
 
 def test_laplacian_pyramid_matches_kornia_and_inverts():
@@ -138,7 +146,7 @@ def test_laplacian_pyramid_matches_kornia_and_inverts():
 )
 def test_bad_rule_options_name_the_key(options, message):
     with pytest.raises(ValueError, match=message):
-        build_term({"kind": "cfg", "weight": 2.0, **options}, lambda path: None)
+        build_term(TermSettings.from_mapping({"kind": "cfg", "weight": 2.0, **options}), lambda path: None)
 
 
 def test_options_that_do_not_fit_the_samples_are_refused_before_sampling():

@@ -10,7 +10,7 @@ from autoguide.io import read_card, save_model
 from autoguide.io.sims_pair import SimsPair, read_pair, write_pair
 from autoguide.nets import build_network
 from autoguide.sample.batch import generate_images
-from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 from autoguide.sims.weightspace import extrapolate, frozen_buffers, write_weightspace_model
 
 NET = {
@@ -111,7 +111,7 @@ def test_pair_round_trip_and_guided_sampling(tmp_path):
     omega = 0.7
     models = {}
     load = lambda p: models.setdefault(p, load_denoiser(p))  # noqa: E731
-    (term,) = build_guidance(loaded.guidance(omega), load)
+    (term,) = build_guidance(GuidanceSettings.from_mapping(loaded.guidance(omega)), load)
     assert term.weight == pytest.approx(1 + omega)
     pos = load(str(loaded.positive))
     seeds, labels = [3, 4], [1, 7]
@@ -135,11 +135,11 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
     (omega from guidance.omega with guidance=sims, else 1); the generated images equal sampling
     the two files directly; a conflicting model or guidance is refused."""
     import numpy as np
-    from omegaconf import open_dict
 
-    from autoguide.apps.common import apply_pair
+    from autoguide.apps.common import with_pair
     from autoguide.apps.config_tree import compose as compose_config
     from autoguide.apps.generate import run as generate_run
+    from autoguide.apps.sampling_configs import GenerateConfig, read_config
     from autoguide.data.sample_files import to_uint8
 
     _model_pair(tmp_path)
@@ -148,7 +148,7 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
 
     def config(*overrides):
         cfg = compose_config(
-            "eval",
+            "generate",
             [
                 f"pair={pair_path}",
                 "seeds=0-3",
@@ -160,34 +160,33 @@ def test_generate_and_eval_read_a_pair_file(tmp_path):
                 *overrides,
             ],
         )
-        with open_dict(cfg):
-            cfg.pop("metrics")
         return cfg
 
-    cfg = config()
-    apply_pair(cfg)
-    assert cfg.model == str((tmp_path / "base.safetensors").resolve())
-    assert dict(cfg.guidance) == {
+    def paired(*overrides):
+        return with_pair(read_config(GenerateConfig, config(*overrides)))
+
+    settings = paired()
+    assert settings.model == str((tmp_path / "base.safetensors").resolve())
+    assert settings.guidance_settings.to_dict() == {
         "kind": "sims",
         "omega": 1.0,
         "interval": None,
         "model": str((tmp_path / "synth.safetensors").resolve()),
     }
-    chosen = config("guidance=sims", "guidance.omega=0.5", "guidance.model=ignored")
-    apply_pair(chosen)
-    assert chosen.guidance.omega == 0.5 and chosen.guidance.model.endswith("synth.safetensors")
+    chosen = paired("guidance=sims", "guidance.omega=0.5", "guidance.model=ignored")
+    (term,) = chosen.guidance_settings.terms
+    assert term.options["omega"] == 0.5 and term.model is not None and term.model.endswith("synth.safetensors")
 
     out = generate_run(config("guidance=sims", "guidance.omega=0.5", "guidance.model=ignored"))
     written = np.load(out / "samples.npz")
     base, synth = load_denoiser(tmp_path / "base.safetensors"), load_denoiser(tmp_path / "synth.safetensors")
-    terms = build_guidance(
-        {"kind": "sims", "omega": 0.5, "model": str(tmp_path / "synth.safetensors")}, lambda p: synth
-    )
+    sims = {"kind": "sims", "omega": 0.5, "model": str(tmp_path / "synth.safetensors")}
+    terms = build_guidance(GuidanceSettings.from_mapping(sims), lambda p: synth)
     direct = generate_images(base, range(4), written["labels"].tolist(), terms, batch_size=4, num_steps=3)
     expected = to_uint8(direct)
     assert np.abs(written["images"].astype(int) - expected.astype(int)).max() <= 1  # uint8 rounding only
 
     with pytest.raises(ValueError, match="remove model="):
-        apply_pair(config(f"model={tmp_path / 'synth.safetensors'}"))
-    with pytest.raises(ValueError, match=r"guidance.kind='cfg'"):
-        apply_pair(config("guidance=cfg", "guidance.weight=2"))
+        paired(f"model={tmp_path / 'synth.safetensors'}")
+    with pytest.raises(ValueError, match=r"guidance\.kind='cfg'"):
+        paired("guidance=cfg", "guidance.weight=2")

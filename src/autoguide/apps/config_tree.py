@@ -11,7 +11,10 @@ The settings dataclasses are registered as Hydra structured configs in the group
 (``schema/train``, ``schema/sampler``, ``schema/unet``, ``schema/mlp``, ``schema/energy_mlp``)
 and the YAML nodes start from them (``defaults: [/schema/unet@_here_]``), so composition
 rejects unknown keys and values of the wrong type, and the dataclass defaults are the
-defaults. ``AUTOGUIDE_CONFIG_DIR`` points the apps at another tree.
+defaults. The sampling apps' primary configs (``autoguide.apps.sampling_configs``:
+``schema/generate``, ``schema/eval``, ``schema/sweep``, ``schema/sims_compare``) are chosen as
+``/schema@_here_: generate``, which a config that extends another overrides
+(``override /schema@_here_: eval``). ``AUTOGUIDE_CONFIG_DIR`` points the apps at another tree.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.apps.sampling_configs import PRIMARY_CONFIGS
+from autoguide.core.typed_settings import plain
 from autoguide.nets.architectures import ARCHS
 from autoguide.sample.sampler_settings import SamplerSettings
 from autoguide.train.recipe import TrainSettings
 
-SCHEMAS: dict[str, type] = {"train": TrainSettings, "sampler": SamplerSettings, **ARCHS}
+SCHEMAS: dict[str, type] = {"train": TrainSettings, "sampler": SamplerSettings, **ARCHS, **PRIMARY_CONFIGS}
 PRESET_PROBE = "_net_preset"
 
 
@@ -40,7 +45,8 @@ def config_dir() -> Path:
     if not path.is_dir():
         where = "AUTOGUIDE_CONFIG_DIR" if env else "the installed package"
         raise FileNotFoundError(
-            f"autoguide config folder not found at {path} (from {where}); reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR"
+            f"autoguide config folder not found at {path} (from {where}); "
+            "reinstall autoguide or fix AUTOGUIDE_CONFIG_DIR"
         )
     return path
 
@@ -108,4 +114,4 @@ def get_preset(name: str) -> dict[str, Any]:
     schema); ``KeyError`` listing the valid names."""
     if name not in group_options("net"):
         raise KeyError(f"unknown network preset {name!r}; valid presets: {', '.join(group_options('net'))}")
-    return OmegaConf.to_container(compose(PRESET_PROBE, [f"net={name}"]).net, resolve=True)
+    return plain(compose(PRESET_PROBE, [f"net={name}"]).net)

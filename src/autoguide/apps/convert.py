@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoguide.data.convert import convert_to_shards, open_source
+from autoguide.data.shards import IndexedShardDataset
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,11 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         dataset = open_source(args.src, args.labels_json)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    assert not isinstance(dataset, IndexedShardDataset)  # open_source opens shards only when asked
     written = convert_to_shards(dataset, args.out_dir, args.prefix, args.maxcount)
     for path, count in written:
         print(f"wrote {path} ({count} samples)")
     print(
-        f"{len(dataset)} images {dataset.shape} ({dataset.label_dim} classes) from {args.src} -> {len(written)} shards in {args.out_dir}"
+        f"{len(dataset)} images {dataset.shape} ({dataset.label_dim} classes) from {args.src} "
+        f"-> {len(written)} shards in {args.out_dir}"
     )
 
 

@@ -29,9 +29,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from autoguide.apps.common import apply_pair, evaluation, output_settings, plain
+from autoguide.apps.common import evaluation, with_pair
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.core.typed_settings import ConfigError
+from autoguide.apps.sampling_configs import EvalConfig, ShardSettings, read_config
+from autoguide.core.typed_settings import ConfigError, plain
 from autoguide.data.sample_files import write_outputs
 from autoguide.data.vae import codec_for
 from autoguide.eval.evaluate import Evaluation, sample_chunks
@@ -55,74 +56,81 @@ from autoguide.runtime.process import (
 )
 from autoguide.sample.guidance import GuidanceTerm
 from autoguide.sample.guidance_spec import build_guidance
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 from autoguide.sample.seeds import format_seeds
 
 log = logging.getLogger(__name__)
 
 
-def write_preview(cfg: DictConfig, net: nn.Module, terms: list[GuidanceTerm], measure: Evaluation) -> None:
+def write_preview(settings: EvalConfig, net: nn.Module, terms: list[GuidanceTerm], measure: Evaluation) -> None:
     """The first ``preview_images`` samples of seed set 0, in ``output.formats``."""
-    count = int(cfg.preview_images)
-    output = output_settings(cfg)
+    count, output = settings.preview_images, settings.output
     if count <= 0 or not output.formats:
         return
-    seeds, classes = class_labels(measure.plan.class_labels, list(measure.plan.seeds[:count]), int(net.label_dim))
+    seeds, classes = class_labels(measure.plan.class_labels, list(measure.plan.seeds[:count]), model_label_dim(net))
     codec = codec_for(net, measure.vae_path, measure.device)
     samples, _ = next(sample_chunks(net, terms, seeds, classes, measure.generation, measure.device, len(seeds), codec))
-    write_outputs(output, samples, seeds, classes, title=str(cfg.model))
+    write_outputs(output, samples, seeds, classes, title=settings.model_file())
 
 
-def worker_info(cfg: DictConfig) -> RankInfo:
+def worker_info(shards: ShardSettings) -> RankInfo:
     """This process's share of the shards: ``shards.worker`` of ``shards.workers`` (SLURM array
     tasks), else the launcher's rank (torchrun), else all of them."""
     launched = rank_from_env()
-    worker, workers = cfg.shards.worker, cfg.shards.workers
+    worker, workers = shards.worker, shards.workers
     if worker is None and workers is None:
-        if launched.world_size > 1 and cfg.shards.images is not None and "MASTER_ADDR" not in os.environ:
+        if launched.world_size > 1 and shards.images is not None and "MASTER_ADDR" not in os.environ:
             raise ConfigError(
                 "sharded evaluation over several ranks needs torchrun (its ranks meet at MASTER_ADDR); "
                 "under SLURM use array tasks (slurm/eval.sbatch)"
             )
         return launched
-    if worker is None or workers is None or not 0 <= int(worker) < int(workers):
+    if worker is None or workers is None or not 0 <= worker < workers:
         raise ConfigError(f"shards.worker={worker}, shards.workers={workers}: give both, with 0 <= worker < workers")
     if launched.world_size > 1:
         raise ConfigError(
             "shards.worker/workers: this process was started as one of several ranks; let the launcher share the work"
         )
-    if cfg.shards.images is None:
+    if shards.images is None:
         raise ConfigError(
             "shards.worker/workers share shards: set shards.images (images per shard), e.g. with protocol=edm2"
         )
-    return RankInfo(int(worker), int(workers))
+    return RankInfo(worker, workers)
 
 
-def fingerprint(cfg: DictConfig, measure: Evaluation, load: ModelLoader) -> dict[str, Any]:
+def fingerprint(settings: EvalConfig, measure: Evaluation, load: ModelLoader) -> dict[str, Any]:
     """Everything a shard's sums depend on: models (with hashes), guidance, sampler, seeds, detectors."""
     return {
         "models": {path: file_sha256(path) for path in load.models},
-        "guidance": plain(cfg.guidance),
-        "sampler": plain(cfg.sampler),
-        "precision": str(cfg.precision),
-        "class_labels": plain(cfg.class_labels),
+        "guidance": settings.guidance_settings.to_dict(),
+        "sampler": plain(settings.sampler),
+        "precision": settings.precision,
+        "class_labels": plain(settings.class_labels),
         "seeds": format_seeds(measure.plan.seeds),
         "seed_sets": measure.plan.seed_sets,
-        "vae_path": cfg.get("vae_path"),
+        "vae_path": settings.vae_path,
         "extractors": {e.name: e.sha256 for e in measure.evaluator.extractors},
     }
 
 
 def measure_sharded(
-    cfg: DictConfig, measure: Evaluation, net: nn.Module, terms: list[GuidanceTerm], load: ModelLoader, stats_dir: Path
+    settings: EvalConfig,
+    measure: Evaluation,
+    net: nn.Module,
+    terms: list[GuidanceTerm],
+    load: ModelLoader,
+    stats_dir: Path,
 ) -> dict[str, Any] | None:
     """This process's shards, then the merged result if every shard is finished (torchrun: rank 0
     after all ranks; array tasks: whichever task finds the last shard done), else ``None``."""
-    worker = worker_info(cfg)
+    shards = settings.shards
+    if shards.images is None:
+        raise ConfigError("shards.images: not set; a sharded evaluation needs the images per shard")
+    worker = worker_info(shards)
     sharded = ShardedEvaluation(
-        measure, net, terms, Path(cfg.shards.dir), int(cfg.shards.images), fingerprint(cfg, measure, load)
+        measure, net, terms, Path(shards.dir), shards.images, fingerprint(settings, measure, load)
     )
-    with claim_folder(cfg.shards.dir, role=f"worker{worker.rank}of{worker.world_size}"):
+    with claim_folder(shards.dir, role=f"worker{worker.rank}of{worker.world_size}"):
         done = sharded.run(worker)
     print(json.dumps({"worker": f"{worker.rank}/{worker.world_size}", **done}))
     launched = rank_from_env()
@@ -135,10 +143,10 @@ def measure_sharded(
             len(sharded.shards),
         )
         return None
-    with claim_folder(cfg.output.dir, role="merge", wait_s=600):
+    with claim_folder(settings.output.dir, role="merge", wait_s=600):
         return {
             **sharded.merge(stats_dir),
-            "shards": {"folder": str(cfg.shards.dir), "count": len(sharded.shards), **done},
+            "shards": {"folder": shards.dir, "count": len(sharded.shards), **done},
         }
 
 
@@ -165,30 +173,31 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
-    """Evaluate ``cfg.model`` (guided as ``cfg.guidance`` says); returns and writes the report
-    (``None`` from a sharded worker that leaves the merge to another)."""
-    worker_info(cfg)  # the sharding options checked before anything is loaded
-    device = resolve_device(str(cfg.device))
-    apply_pair(cfg)
-    measure = evaluation(cfg, device)
+    """Evaluate the model of ``cfg`` (``conf/eval.yaml``; guided as its ``guidance`` says);
+    returns and writes the report (``None`` from a sharded worker that leaves the merge to another)."""
+    settings = with_pair(read_config(EvalConfig, cfg))
+    worker_info(settings.shards)  # the sharding options checked before anything is loaded
+    device = resolve_device(settings.device)
+    measure = evaluation(settings, device)
     load = ModelLoader(device)
-    net = load(str(cfg.model))
-    terms = build_guidance(plain(cfg.guidance), load)
-    out = Path(cfg.output.dir)
+    model = settings.model_file()
+    net = load(model)
+    terms = build_guidance(settings.guidance_settings, load)
+    out = Path(settings.output.dir)
     stats_dir = out / "statistics"
-    if cfg.shards.images is None:
+    if settings.shards.images is None:
         result = measure(net, terms, stats_dir)
     else:
-        merged = measure_sharded(cfg, measure, net, terms, load, stats_dir)
+        merged = measure_sharded(settings, measure, net, terms, load, stats_dir)
         if merged is None:
             return None
         result = merged
     report = {
-        "model": str(cfg.model),
-        "guide": None if cfg.get("guide") is None else str(cfg.guide),
-        "guidance": plain(cfg.guidance),
-        "sampler": plain(cfg.sampler),
-        "class_labels": plain(cfg.class_labels),
+        "model": model,
+        "guide": settings.guide,
+        "guidance": settings.guidance_settings.to_dict(),
+        "sampler": plain(settings.sampler),
+        "class_labels": plain(settings.class_labels),
         "seed_sets": measure.plan.seed_sets,
         **result,
         "feature_networks": measure.evaluator.info(),
@@ -202,7 +211,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         write_csv(out / "metrics.csv", result)
     write_text_atomic(out / "evaluate.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank_from_env().rank == 0:
-        write_preview(cfg, net, terms, measure)
+        write_preview(settings, net, terms, measure)
     print(json.dumps({"metrics": result["metrics"], "report": str(out / "metrics.json")}))
     return report
 

@@ -51,9 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             net, card = load_classifier(args.path)
             test_set = MNIST5k("test")
             print(json.dumps(card, indent=2))
-            print(
-                f"test accuracy {accuracy(net, test_set.images, test_set.labels):.4f} on {len(test_set)} held-out images"
-            )
+            test_accuracy = accuracy(net, test_set.images, test_set.labels)
+            print(f"test accuracy {test_accuracy:.4f} on {len(test_set)} held-out images")
     except (FileNotFoundError, ValueError) as err:
         print(f"autoguide-mnist-classifier: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -140,8 +140,9 @@ def reconstruct_command(args: argparse.Namespace) -> list[Path]:
     if args.plot is not None:
         from autoguide.ema.plot import plot_profiles
 
-        plot_profiles(args.plot, solution.in_nimg, solution.in_std, solution.coefs, float(solution.nimg), solution.stds)
-    for std, error in zip(solution.stds, solution.errors):
+        in_nimg, in_std = solution.in_nimg.tolist(), solution.in_std.tolist()
+        plot_profiles(args.plot, in_nimg, in_std, solution.coefs, float(solution.nimg), solution.stds)
+    for std, error in zip(solution.stds, solution.errors, strict=True):
         print(f"std {std:.4f} at nimg {solution.nimg}: profile error {error:.2e}, {len(solution.used)} snapshots")
     if args.dry_run:
         return []

@@ -15,21 +15,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autoguide.apps.common import evaluation, plain
+from autoguide.apps.common import evaluation
 from autoguide.apps.hydra_app import run_hydra_app
+from autoguide.apps.sampling_configs import SimsCompareConfig, read_config
 from autoguide.io import write_text_atomic
 from autoguide.runtime.process import resolve_device
 from autoguide.sims.compare import markdown, run_compare
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate every setting; returns ``{"select", "best": {method: row}, "rows"}``."""
-    out = Path(cfg.output.dir)
-    measure = evaluation(cfg, resolve_device(str(cfg.device)))
-    iterations = None if cfg.iterations is None else [int(k) for k in cfg.iterations]
+    """Evaluate every setting of ``cfg`` (``conf/sims_compare.yaml``); returns
+    ``{"select", "best": {method: row}, "rows"}``."""
+    settings = read_config(SimsCompareConfig, cfg)
+    out = Path(settings.output.dir)
+    measure = evaluation(settings, resolve_device(settings.device))
     write_text_atomic(out / "compare.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     report = run_compare(
-        Path(cfg.sims_dir), [float(o) for o in plain(cfg.omega)], iterations, str(cfg.select), measure, out
+        Path(settings.sims_dir), list(settings.omega), settings.iterations, settings.select, measure, out
     )
     print(markdown(report["best"], measure.metric_names()))
     return report

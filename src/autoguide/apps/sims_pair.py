@@ -14,31 +14,31 @@ The pair's model files are checked against the SHA-256 hashes it recorded. ``ome
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from autoguide.core.typed_settings import ConfigError
 from autoguide.io.sims_pair import read_pair
+from autoguide.sample.guidance_spec import GuidanceSettings
 
 DEFAULT_OMEGA = 1.0
 
 
-def pair_sampling(pair_path: str, model: str | None, guidance: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(model file, guidance term)`` that sample with the pair at ``pair_path``.
+def pair_sampling(pair_path: str, model: str | None, guidance: GuidanceSettings) -> tuple[str, GuidanceSettings]:
+    """``(model file, guidance)`` that sample with the pair at ``pair_path``.
 
     ``model`` and ``guidance`` are what the config says besides: a ``model`` other than the
-    pair's base, and guidance other than SIMS or the default (autoguidance at weight 1, i.e.
-    none), are refused, naming the key."""
+    pair's base, and guidance other than SIMS or the default (one autoguidance term without
+    effect, ``TermSettings.active``), are refused, naming the key."""
     pair = read_pair(pair_path, check_hashes=True)
     if model is not None and str(model) != str(pair.positive):
         raise ConfigError(f"pair={pair_path} sets the model to its base {pair.positive}; remove model={model}")
-    kind = guidance.get("kind")
-    if kind == "sims":
-        omega, interval = float(guidance["omega"]), guidance.get("interval")
-    elif kind == "autoguidance" and float(guidance.get("weight", 1.0)) == 1.0:
+    term = guidance.terms[0] if len(guidance.terms) == 1 and not guidance.several else None
+    if term is not None and term.kind == "sims":
+        omega, interval = float(term.options["omega"]), term.options.get("interval")
+    elif term is not None and term.kind == "autoguidance" and not term.active:
         omega, interval = DEFAULT_OMEGA, None
     else:
+        kind = term.kind if term is not None else None
         raise ConfigError(
-            f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} (use guidance=sims guidance.omega=...)"
+            f"pair={pair_path} samples with guidance=sims; got guidance.kind={kind!r} "
+            "(use guidance=sims guidance.omega=...)"
         )
-    return str(pair.positive), pair.guidance(omega, interval)
+    return str(pair.positive), GuidanceSettings.from_mapping(pair.guidance(omega, interval))

@@ -25,140 +25,88 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autoguide.apps.common import evaluation, plain
+from autoguide.apps.common import evaluation
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.core.typed_settings import ConfigError
+from autoguide.apps.sampling_configs import SearchNode, SweepConfig, read_config
+from autoguide.core.typed_settings import ConfigError, plain
 from autoguide.ema.cache import ReconstructionCache
 from autoguide.eval.evaluator import lower_is_better
 from autoguide.eval.guide_search import GuideSearch, finish_search
-from autoguide.eval.search import SearchSettings, finished, open_study, run_worker
+from autoguide.eval.search import finished, open_study, run_worker
 from autoguide.eval.search_space import SearchSpace
-from autoguide.eval.sweep import (
-    SETTING_KEYS,
-    SweepSettings,
-    run_sweep,
-    term_option_keys,
-)
+from autoguide.eval.sweep import SETTING_KEYS, run_sweep, sweep_term, term_option_keys
 from autoguide.io import write_text_atomic
 from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import resolve_device
-from autoguide.sample.seeds import parse_seeds
+from autoguide.sample.seeds import format_seeds, parse_seeds
 
-STUDY_KEYS = (
-    "main",
-    "guides",
-    "grid",
-    "guidance",
-    "select",
-    "seeds",
-    "class_labels",
-    "sampler",
-    "metrics",
-    "precision",
-)
 WORKER_KEYS = ("worker", "storage", "heartbeat_s", "lease_s", "max_retry", "cache")  # may differ between workers
 REPORT_WAIT_S = 3600.0
 
 
-def _items(value: Any) -> tuple:
-    """A config list as a tuple; a single value as a one-element tuple."""
-    value = plain(value)
-    return tuple(value) if isinstance(value, list) else (value,)
+def study_config(settings: SweepConfig, search: SearchNode) -> dict[str, Any]:
+    """What every worker of one study must agree on (the study's fingerprint): the models,
+    grid, guidance, seeds, sampling and metrics, and the search less its ``WORKER_KEYS``."""
+    return {
+        "main": plain(settings.main),
+        "guides": plain(settings.guides),
+        "grid": plain(settings.grid),
+        "guidance": settings.guidance_settings.to_dict(),
+        "select": settings.select,
+        "seeds": format_seeds(settings.seeds),
+        "class_labels": plain(settings.class_labels),
+        "sampler": plain(settings.sampler),
+        "metrics": plain(settings.metrics_settings),
+        "precision": settings.precision,
+        "max_error": settings.reconstruct.max_error,
+        "search": {k: v for k, v in plain(search).items() if k not in WORKER_KEYS},
+    }
 
 
-def sweep_settings(cfg: DictConfig) -> SweepSettings:
-    """The ``main``, ``guides``, ``grid``, ``select`` and ``reconstruct`` nodes."""
-    return SweepSettings(
-        main_run=None if cfg.main.run is None else str(cfg.main.run),
-        main_time=plain(cfg.main.time),
-        main_model=None if cfg.main.get("model") is None else str(cfg.main.model),
-        guide_runs=tuple(str(r) for r in _items(cfg.guides.runs or [])),
-        guide_times=_items(cfg.guides.times),
-        weight=_items(cfg.grid.weight),
-        main_std=_items(cfg.grid.main_std),
-        guide_std=_items(cfg.grid.guide_std),
-        interval=tuple(None if i is None else tuple(i) for i in _items(cfg.grid.interval)),
-        term=tuple((str(key), _items(values)) for key, values in (plain(cfg.grid.get("term")) or {}).items()),
-        select=str(cfg.select),
-        max_error=float(cfg.reconstruct.max_error),
-        batch=int(cfg.reconstruct.batch),
-    )
-
-
-def search_settings(cfg: DictConfig, images: int) -> SearchSettings:
-    """The ``search`` node; ``images``: the number of seeds (the last rung)."""
-    node = cfg.search
-    if node.budget is None:
-        raise ConfigError("search.budget: give the study's budget in image evaluations (every worker together)")
-    storage = node.storage or f"sqlite:///{Path(cfg.output.dir).expanduser().resolve() / 'study.db'}"
-    return SearchSettings(
-        sampler=str(node.sampler),
-        pruner=str(node.pruner),
-        seed=int(node.seed),
-        worker=int(node.worker),
-        study=str(node.study),
-        storage=str(storage),
-        budget=node.budget,
-        min_images=node.rungs.min_images,
-        factor=node.rungs.factor,
-        max_images=images,
-        startup_trials=int(node.startup_trials),
-        heartbeat_s=float(node.heartbeat_s),
-        lease_s=float(node.lease_s),
-        max_retry=int(node.max_retry),
-    )
-
-
-def study_config(cfg: DictConfig) -> dict[str, Any]:
-    """What every worker of one study must agree on (the study's fingerprint)."""
-    config = {key: plain(cfg.get(key)) for key in STUDY_KEYS}
-    config["max_error"] = float(cfg.reconstruct.max_error)
-    config["search"] = {k: v for k, v in plain(cfg.search).items() if k not in WORKER_KEYS}
-    return config
-
-
-def run_search(cfg: DictConfig) -> dict[str, Any] | None:
+def run_search(settings: SweepConfig, search_node: SearchNode, cfg: DictConfig) -> dict[str, Any] | None:
     """One worker of the search; the best record once the study is finished, else ``None``."""
-    out = Path(cfg.output.dir)
-    sweep = sweep_settings(cfg)
-    term = plain(cfg.guidance)
-    space = SearchSpace.from_config(plain(cfg.search.space), term_option_keys(term))
-    measure = evaluation(cfg, resolve_device(str(cfg.device)))
+    out = Path(settings.output.dir)
+    sweep = settings.sweep_settings()
+    guidance = settings.guidance_settings
+    space = SearchSpace.from_config(search_node.space, term_option_keys(sweep_term(guidance)))
+    measure = evaluation(settings, resolve_device(settings.device))
     if sweep.select not in measure.metric_names():
         raise ConfigError(f"select={sweep.select!r} is not measured here; the metrics are {measure.metric_names()}")
-    settings = search_settings(cfg, len(measure.plan.seeds))
-    max_gb = cfg.search.cache.max_gb
-    cache = ReconstructionCache(cfg.search.cache.dir, None if max_gb is None else int(float(max_gb) * 2**30))
-    search = GuideSearch(sweep, term, space, cache, measure)
-    given = plain(cfg.search.holdout_seeds)
+    search = search_node.settings(len(measure.plan.seeds), settings.output.dir)
+    max_gb = search_node.cache.max_gb
+    cache = ReconstructionCache(search_node.cache.dir, None if max_gb is None else int(max_gb * 2**30))
+    guide_search = GuideSearch(sweep, guidance, space, cache, measure)
+    given = search_node.holdout_seeds
     try:
         holdout = measure.plan.set_seeds(1) if given is None else parse_seeds(given)
     except ValueError as err:
         raise ConfigError(f"search.holdout_seeds: {err}") from None
     minimize = lower_is_better(sweep.select)
-    study = open_study(settings, study_config(cfg), minimize, out)
-    write_text_atomic(out / f"sweep-worker{settings.worker}.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    ran = run_worker(study, space, search.measure, settings, out)
+    study = open_study(search, study_config(settings, search_node), minimize, out)
+    write_text_atomic(out / f"sweep-worker{search.worker}.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    ran = run_worker(study, space, guide_search.measure, search, out)
     if not finished(study):
-        print(json.dumps({"trials_here": ran, "study": settings.study, "finished": False}))
+        print(json.dumps({"trials_here": ran, "study": search.study, "finished": False}))
         return None
     with claim_folder(out, role="report", wait_s=REPORT_WAIT_S):
-        best = finish_search(study, search, settings, minimize, holdout, out)
+        best = finish_search(study, guide_search, search, minimize, holdout, out)
     summary = best and {k: best[k] for k in ("trial", "setting", "search", "holdout")}
     print(json.dumps({"trials_here": ran, "best": summary, "json": str(out / "best.json")}))
     return best
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
-    """Evaluate every grid point and return the best row (by ``cfg.select``); with ``search``
-    set, run one worker of the search (``run_search``)."""
-    if cfg.get("search") is not None:
-        return run_search(cfg)
-    settings = sweep_settings(cfg)
-    out = Path(cfg.output.dir)
+    """Evaluate every grid point of ``cfg`` (``conf/sweep.yaml``) and return the best row (by
+    ``select``); with ``search`` set, run one worker of the search (``run_search``)."""
+    settings = read_config(SweepConfig, cfg)
+    if settings.search is not None:
+        return run_search(settings, settings.search, cfg)
+    sweep = settings.sweep_settings()
+    out = Path(settings.output.dir)
     write_text_atomic(out / "sweep.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    best = run_sweep(settings, plain(cfg.guidance), evaluation(cfg, resolve_device(str(cfg.device))), out)
-    print(json.dumps({"best": {k: best[k] for k in [*SETTING_KEYS, settings.select]}, "csv": str(out / "sweep.csv")}))
+    measure = evaluation(settings, resolve_device(settings.device))
+    best = run_sweep(sweep, settings.guidance_settings, measure, out)
+    print(json.dumps({"best": {k: best[k] for k in [*SETTING_KEYS, sweep.select]}, "csv": str(out / "sweep.csv")}))
     return best
 
 

@@ -76,8 +76,10 @@ def _nested_class(annotation: Any) -> type | None:
 def from_mapping(cls: type[T], values: Mapping[str, Any], where: str, context: str = "") -> T:
     """Build the settings dataclass ``cls`` from a plain mapping (a composed config node,
     ``OmegaConf.to_container``'d, or JSON). Unknown and missing keys are ``ConfigError``s naming
-    ``<where>.<key>``; nested settings dataclasses are built the same way; ``__post_init__`` then
-    checks the values. ``context`` follows the unknown keys in that message."""
+    ``<where>.<key>`` (``<key>`` for ``where=""``, a primary config); nested settings dataclasses are
+    built the same way; ``__post_init__`` then checks the values. ``context`` follows the unknown
+    keys in that message."""
+    prefix = f"{where}." if where else ""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings, got {values!r}")
     if not dataclasses.is_dataclass(cls):
@@ -85,37 +87,42 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], where: str, context: s
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}{context}; valid keys: {sorted(fields)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}{context}; valid keys: {sorted(fields)}")
     missing = sorted(
         name
         for name, f in fields.items()
         if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     if missing:
-        raise ConfigError(f"{where}.{missing[0]} is not set (required: {missing})")
+        raise ConfigError(f"{prefix}{missing[0]} is not set (required: {missing})")
     types = _field_types(cls)
     kwargs = {}
     for name, value in values.items():
         nested = _nested_class(types.get(name))
         if nested is not None and isinstance(value, Mapping):
-            value = from_mapping(nested, value, f"{where}.{name}")
+            value = from_mapping(nested, value, f"{prefix}{name}")
         elif isinstance(value, str) and value == "???":
-            raise ConfigError(f"{where}.{name} is not set (??? in the config)")
+            raise ConfigError(f"{prefix}{name} is not set (??? in the config)")
         kwargs[name] = value
     return cls(**kwargs)
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON-ready data: settings dataclasses and mappings (OmegaConf's too,
+    interpolations resolved) become dicts, sequences other than strings (tuples, OmegaConf
+    lists) lists; anything else unchanged. The one plain conversion of the package."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
+
+
 def to_dict(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as plain JSON-ready data (tuples become lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(settings))
+    """A settings dataclass as plain JSON-ready data (``plain``)."""
+    return plain(settings)
 
 
 def interval_images(kimg: Any, key: str) -> int:

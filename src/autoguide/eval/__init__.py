@@ -1,7 +1,8 @@
 """Evaluation: feature extractors (Inception-v3, DINOv2, the project's MNIST classifier),
 Fréchet distance, improved precision/recall, exact 2D-toy metrics, cached reference
-statistics, statistics files (EDM2 ``.pkl``, EDM ``.npz``), model evaluation over seed sets (``evaluate``) and guidance sweeps (``sweep``);
-the apps ``autoguide-eval`` / ``autoguide-sweep`` sit on top (``autoguide.apps``)."""
+statistics, statistics files (EDM2 ``.pkl``, EDM ``.npz``), model evaluation over seed sets
+(``evaluate``) and guidance sweeps (``sweep``); the apps ``autoguide-eval`` /
+``autoguide-sweep`` sit on top (``autoguide.apps``)."""
 
 from autoguide.eval.evaluator import Evaluator, lower_is_better
 from autoguide.eval.extractors import build_extractor

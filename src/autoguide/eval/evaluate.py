@@ -3,9 +3,9 @@
 With ``seed_sets = K`` the metrics are measured K times on disjoint seeds (set ``j`` uses every
 seed plus ``j * (max(seeds) + 1)``); the result holds the best value of each metric over the
 sets (the minimum FID over repeated evaluations, as the EDM2 papers report), their mean, min,
-max and std and every set's seeds and values (``summarize``). Images are generated and measured ``chunk_images`` at a time, so
-memory does not grow with the number of images; latent models' samples are decoded to pixels
-by their VAE codec first.
+max and std and every set's seeds and values (``summarize``). Images are generated and measured
+``chunk_images`` at a time, so memory does not grow with the number of images; latent models'
+samples are decoded to pixels by their VAE codec first.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ import torch
 from torch import nn
 
 from autoguide.core.typed_settings import ConfigError, positive_int
-from autoguide.data.vae import codec_for
+from autoguide.data.vae import LatentCodec, codec_for
 from autoguide.eval.evaluator import (
     Evaluator,
+    MetricsSettings,
     SampleChunk,
     best_value,
     check_image_side,
     check_model,
-    metric_names,
 )
+from autoguide.eval.extractors import ExtractorFiles
 from autoguide.eval.statistics import Statistics, write_statistics
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 from autoguide.sample.sampler_settings import GenerationSettings
 from autoguide.sample.seeds import format_seeds
 
@@ -74,7 +75,7 @@ def sample_chunks(
     generation: GenerationSettings,
     device: torch.device,
     chunk: int,
-    codec: nn.Module | None = None,
+    codec: LatentCodec | None = None,
 ) -> Iterator[SampleChunk]:
     """Samples of ``seeds`` (class ``classes[i]``), ``chunk`` images at a time, so that only
     one chunk of images is ever held; each image depends on its own seed only. Latent
@@ -131,7 +132,7 @@ def evaluate_model(
     evaluator: Evaluator,
     generation: GenerationSettings,
     device: torch.device,
-    codec: nn.Module | None = None,
+    codec: LatentCodec | None = None,
     stats_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` guided by ``terms`` over the plan's seed sets (``summarize``), every set
@@ -140,7 +141,7 @@ def evaluate_model(
     sets = []
     for index in range(plan.seed_sets):
         started = time.time()
-        seeds, classes = class_labels(plan.class_labels, plan.set_seeds(index), int(net.label_dim))
+        seeds, classes = class_labels(plan.class_labels, plan.set_seeds(index), model_label_dim(net))
         chunks = sample_chunks(net, terms, seeds, classes, generation, device, plan.chunk_images, codec)
         metrics, stats = evaluator.measure(chunks)
         sets.append(set_record(plan, index, len(seeds), metrics, started, stats, stats_dir))
@@ -149,23 +150,23 @@ def evaluate_model(
 
 class Evaluation:
     """Measures models the same way: samples of the ``plan``'s seed sets made with
-    ``generation`` on ``device`` (latent models decoded with the VAE at ``vae_path``), scored by
-    the ``metrics`` config with the feature networks of ``extractors``. The ``Evaluator`` (and
+    ``generation`` on ``device`` (latent models decoded with the VAE at ``vae_path``), scored as
+    ``metrics`` says with the feature networks of ``extractors``. The ``Evaluator`` (and
     with it the reference statistics) is built on first use, after the first model was checked."""
 
     def __init__(
         self,
         plan: EvalPlan,
         generation: GenerationSettings,
-        metrics: Mapping[str, Any],
-        extractors: Mapping[str, Any],
+        metrics: MetricsSettings,
+        extractors: ExtractorFiles,
         device: torch.device,
         vae_path: str | None = None,
     ) -> None:
         self.plan = plan
         self.generation = generation
-        self.metrics = dict(metrics)
-        self.extractors = dict(extractors)
+        self.metrics = metrics
+        self.extractors = extractors
         self.device = device
         self.vae_path = vae_path
 
@@ -175,7 +176,7 @@ class Evaluation:
 
     def metric_names(self) -> list[str]:
         """The metrics measured, in report order."""
-        return metric_names(self.metrics)
+        return self.metrics.names()
 
     def __call__(self, net: nn.Module, terms: Sequence[GuidanceTerm], stats_dir: Path | None = None) -> dict[str, Any]:
         """``evaluate_model`` of ``net`` guided by ``terms`` (the model checked against the metrics first)."""

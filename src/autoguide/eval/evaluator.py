@@ -12,6 +12,7 @@ when lower, everything else when higher (``lower_is_better``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoguide.core.typed_settings import ConfigError, number, positive_int
 from autoguide.data.mnist import RESOLUTION as MNIST_RESOLUTION
-from autoguide.eval.extractors import build_extractor, check_detectors
+from autoguide.eval.extractors import ExtractorFiles, build_extractor, check_detectors
 from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import (
     GaussianAccumulator,
@@ -56,32 +58,81 @@ def best_value(metric: str, values: Iterable[float]) -> float:
     return (min if lower_is_better(metric) else max)(values)
 
 
-def reference_is_file(metrics: Mapping[str, Any]) -> bool:
-    """Whether ``metrics.reference`` names a statistics file (a path) rather than a dataset config."""
-    return isinstance(metrics.get("reference"), (str, Path))
+@dataclass(frozen=True, kw_only=True)
+class FdInfinitySettings:
+    """``metrics.fd_infinity``: FD at ``points`` subset sizes from ``min_fraction`` of the samples
+    to all of them, extrapolated to infinitely many (``autoguide.eval.frechet``)."""
+
+    points: int
+    min_fraction: float
+
+    def __post_init__(self) -> None:
+        positive_int(self.points, "metrics.fd_infinity.points", "an integer >= 2")
+        number(self.min_fraction, "metrics.fd_infinity.min_fraction", 0, 1, low_open=True, high_open=True)
+        try:
+            check_fd_infinity(self.points, self.min_fraction)
+        except ValueError as error:
+            raise ConfigError(f"metrics.{error}") from None
 
 
-def metric_names(metrics: Mapping[str, Any]) -> list[str]:
-    """Names of the metrics the ``metrics`` config measures, in report order."""
-    features = metrics.get("features") or []
-    pr = (
-        ("precision", "recall") if (features and metrics["precision_recall"] and not reference_is_file(metrics)) else ()
-    )
-    fd_inf = ("fd_inf",) if (features and metrics.get("fd_infinity") is not None) else ()
-    names = [f"{kind}_{name}" for name in features for kind in ("fd", *fd_inf, *pr)]
-    return names + (
-        ["toy_logp", "toy_outliers", "toy_precision", "toy_recall"] if metrics.get("toy") is not None else []
-    )
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings:
+    """The ``metrics`` node: ``toy`` (the 2D toy's exact metrics, or ``None``) or ``features``
+    (extractor names); with features also ``reference`` (a dataset config of
+    ``autoguide.data.registry``, or the path of a statistics file: ``autoguide.eval.statistics``),
+    ``precision_recall``, ``k``, ``max_reference_features``, ``batch_size`` (images per
+    feature-network batch), ``num_workers`` (reading the reference), ``cache_dir`` (reference
+    statistics) and ``fd_infinity``."""
+
+    features: tuple[str, ...] = ()
+    reference: Any = None
+    precision_recall: bool = True
+    fd_infinity: FdInfinitySettings | None = None
+    k: int = 3
+    max_reference_features: int = 50_000
+    batch_size: int = 250
+    num_workers: int = 0
+    cache_dir: str = "refs"
+    toy: ToyMetricsConfig | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if self.reference == "???":
+            object.__setattr__(self, "reference", None)
+        if self.toy is None and not self.features:
+            raise ConfigError("metrics: nothing to measure; set metrics.features (e.g. [mnist]) or metrics.toy")
+        positive_int(self.k, "metrics.k")
+        positive_int(self.max_reference_features, "metrics.max_reference_features")
+        positive_int(self.batch_size, "metrics.batch_size")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"metrics.num_workers={self.num_workers!r}: expected an integer >= 0")
+        if not (self.reference is None or isinstance(self.reference, (str, Path, Mapping))):
+            raise ConfigError(
+                f"metrics.reference={self.reference!r}: expected a statistics file or a dataset config {{name: ...}}"
+            )
+
+    @property
+    def reference_is_file(self) -> bool:
+        """Whether ``reference`` names a statistics file (a path) rather than a dataset config."""
+        return isinstance(self.reference, (str, Path))
+
+    def names(self) -> list[str]:
+        """Names of the metrics measured, in report order."""
+        features = self.features
+        pr = ("precision", "recall") if (features and self.precision_recall and not self.reference_is_file) else ()
+        fd_inf = ("fd_inf",) if (features and self.fd_infinity is not None) else ()
+        names = [f"{kind}_{name}" for name in features for kind in ("fd", *fd_inf, *pr)]
+        return names + (["toy_logp", "toy_outliers", "toy_precision", "toy_recall"] if self.toy is not None else [])
 
 
-def check_model(net: torch.nn.Module, metrics: Mapping[str, Any]) -> None:
+def check_model(net: torch.nn.Module, metrics: MetricsSettings) -> None:
     """Refuse a 2D model without toy metrics and an image model with them."""
     toy_model = int(getattr(net, "img_resolution", 0)) == 0
-    if toy_model and (metrics.get("toy") is None or metrics.get("features")):
+    if toy_model and (metrics.toy is None or metrics.features):
         raise ValueError(
             "the model makes 2D points (img_resolution 0): use metrics=toy2d (metrics.toy set, no metrics.features)"
         )
-    if not toy_model and metrics.get("toy") is not None:
+    if not toy_model and metrics.toy is not None:
         raise ValueError("metrics.toy is set, but the model makes images; use image metrics (e.g. metrics=mnist)")
 
 
@@ -89,10 +140,10 @@ FIXED_SIDES = {"mnist": MNIST_RESOLUTION}
 """Feature networks that take one image size only (side in pixels)."""
 
 
-def check_image_side(side: int, metrics: Mapping[str, Any]) -> None:
+def check_image_side(side: int, metrics: MetricsSettings) -> None:
     """Refuse, before any reference statistics are computed, a feature network of
     ``metrics.features`` that cannot take the model's ``side`` x ``side`` images."""
-    for name in metrics.get("features") or []:
+    for name in metrics.features:
         need = FIXED_SIDES.get(name)
         if need is not None and side != need:
             raise ValueError(
@@ -100,19 +151,6 @@ def check_image_side(side: int, metrics: Mapping[str, Any]) -> None:
                 f"{side}x{side} images; choose features for that size "
                 "(e.g. metrics=images 'metrics.features=[inception]')"
             )
-
-
-def fd_infinity_settings(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``metrics.fd_infinity`` checked: null, or exactly ``points`` (>= 2) and ``min_fraction`` in (0, 1)."""
-    if config is None:
-        return None
-    if not isinstance(config, Mapping) or set(config) != {"points", "min_fraction"}:
-        raise ValueError(
-            f"metrics.fd_infinity must be null or have exactly the keys points and min_fraction, got {config!r}"
-        )
-    points, min_fraction = int(config["points"]), float(config["min_fraction"])
-    check_fd_infinity(points, min_fraction)
-    return {"points": points, "min_fraction": min_fraction}
 
 
 @dataclass
@@ -141,45 +179,35 @@ class FeatureSums:
 
 
 class Evaluator:
-    """``evaluator(chunks) -> {metric: value}`` for chunks ``(samples, class indices or None)``.
-
-    ``metrics``: the ``metrics`` config: ``toy`` (``ToyMetricsConfig`` keys, or null) and
-    ``features`` (extractor names); with features also ``reference`` (a dataset config, or the
-    path of a statistics file: ``autoguide.eval.statistics``), ``precision_recall``, ``k``,
-    ``max_reference_features``, ``batch_size``, ``num_workers``, ``cache_dir`` and optionally
-    ``fd_infinity`` (null, or ``points`` and ``min_fraction``). ``extractors``: the ``extractors``
-    config (each network's files). A statistics file holds no features: precision/recall are
+    """``evaluator(chunks) -> {metric: value}`` for chunks ``(samples, class indices or None)``,
+    measuring what ``metrics`` (``MetricsSettings``) asks with the feature networks of
+    ``extractors`` (their files). A statistics file holds no features: precision/recall are
     skipped with one logged line.
     """
 
     def __init__(
-        self, metrics: Mapping[str, Any], extractors: Mapping[str, Any], device: torch.device | str = "cpu"
+        self, metrics: MetricsSettings, extractors: ExtractorFiles, device: torch.device | str = "cpu"
     ) -> None:
         self.device = torch.device(device)
-        toy = metrics.get("toy")
-        self.toy = ToyMetricsConfig(**dict(toy)) if toy is not None else None
-        names = list(metrics.get("features") or [])
-        if self.toy is None and not names:
-            raise ValueError("metrics: nothing to measure; set metrics.features (e.g. [mnist]) or metrics.toy")
-        unknown = [n for n in names if n not in extractors]
-        if unknown:
-            raise ValueError(f"metrics.features names {unknown}, but extractors has only {sorted(extractors)}")
-        check_detectors(names, extractors)
-        self.extractors: list[FeatureExtractor] = [build_extractor(n, extractors[n], self.device) for n in names]
+        self.toy = metrics.toy
+        names = list(metrics.features)
+        check_detectors(names)
+        self.extractors: list[FeatureExtractor] = [build_extractor(n, extractors, self.device) for n in names]
         self.references: dict[str, ReferenceStats] = {}
-        self.fd_infinity = fd_infinity_settings(metrics.get("fd_infinity"))
+        self.fd_infinity = None if metrics.fd_infinity is None else dataclasses.asdict(metrics.fd_infinity)
         self.stats_file: Path | None = None
+        self.batch_size = metrics.batch_size
+        self.precision_recall = metrics.precision_recall
+        self.k = metrics.k
         if not names:
             return
-        if metrics.get("reference") in (None, "???"):
-            raise ValueError(
-                f"metrics.reference: the features {names} need a statistics file (e.g. EDM2's img512.pkl) or a dataset config"
+        if metrics.reference is None:
+            raise ConfigError(
+                f"metrics.reference: the features {names} need a statistics file (e.g. EDM2's img512.pkl) "
+                "or a dataset config"
             )
-        self.batch_size = int(metrics["batch_size"])
-        self.precision_recall = bool(metrics["precision_recall"])
-        self.k = int(metrics["k"])
-        if reference_is_file(metrics):
-            self.stats_file = Path(str(metrics["reference"])).expanduser()
+        if metrics.reference_is_file:
+            self.stats_file = Path(str(metrics.reference)).expanduser()
             stats = read_statistics(self.stats_file)
             self.references = {e.name: reference_from_file(stats, self.stats_file, e) for e in self.extractors}
             unused = sorted(set(stats) - {stats_key(e.name) for e in self.extractors})
@@ -199,12 +227,12 @@ class Evaluator:
             return
         for e in self.extractors:
             self.references[e.name] = reference_stats(
-                metrics["reference"],
+                metrics.reference,
                 e,
-                Path(str(metrics["cache_dir"])),
-                int(metrics["max_reference_features"]),
+                Path(metrics.cache_dir),
+                metrics.max_reference_features,
                 self.batch_size,
-                int(metrics["num_workers"]),
+                metrics.num_workers,
             )
 
     def info(self) -> dict[str, Any]:
@@ -266,12 +294,13 @@ class Evaluator:
         """``(metrics, statistics of the generated features)`` of the samples of ``chunks``."""
         if self.toy is None:
             return self.feature_metrics(self.feature_sums(chunks))
-        points, classes = [], []
+        points: list[torch.Tensor] = []
+        classes: list[list[int] | None] = []
         for samples, labels in chunks:
             points.append(samples)
             classes.append(None if labels is None else list(labels))
-        labels = None if any(c is None for c in classes) else [c for part in classes for c in part]
-        return toy_metrics(torch.cat(points), labels, self.toy), {}
+        every = [c for part in classes if part is not None for c in part]
+        return toy_metrics(torch.cat(points), None if None in classes else every, self.toy), {}
 
     def __call__(self, chunks: Iterable[SampleChunk]) -> dict[str, float]:
         return self.measure(chunks)[0]

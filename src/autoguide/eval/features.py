@@ -3,7 +3,7 @@
 An extractor maps uint8 images ``[N, C, H, W]`` (C = 1 or 3, values 0..255) to feature rows
 ``[N, D]``. Every extractor is defined by one weights file; its SHA-256 keys the cached
 reference statistics, so new weights never meet stale statistics. Registered extractors
-(``autoguide.eval.extractors.build_extractor(name, cfg, device)``):
+(``autoguide.eval.extractors.build_extractor(name, files, device)``):
 
 | name      | features                                   | config keys          |
 |-----------|--------------------------------------------|----------------------|

@@ -97,7 +97,8 @@ def check_fd_infinity(points: int, min_fraction: float) -> None:
     """Refuse ``fd_infinity`` settings that cannot define a line: ``points >= 2``, ``0 < min_fraction < 1``."""
     if points < 2 or not 0 < min_fraction < 1:
         raise ValueError(
-            f"fd_infinity: points must be >= 2 (a line needs two sizes) and min_fraction in (0, 1), got {points} and {min_fraction}"
+            "fd_infinity: points must be >= 2 (a line needs two sizes) and min_fraction in (0, 1), "
+            f"got {points} and {min_fraction}"
         )
 
 
@@ -110,8 +111,9 @@ def subset_sizes(num_rows: int, points: int, min_fraction: float, dim: int) -> n
     sizes = np.unique(np.linspace(min_fraction * num_rows, num_rows, points).round().astype(int))
     if sizes[0] <= dim or len(sizes) < 2:
         raise ValueError(
-            f"fd_infinity: the subsets of {num_rows} samples ({min_fraction} x {num_rows} to {num_rows}) need two sizes "
-            f"above the feature dimension {dim}, got {sizes.tolist()}; generate more samples or raise fd_infinity.min_fraction"
+            f"fd_infinity: the subsets of {num_rows} samples ({min_fraction} x {num_rows} to {num_rows}) need "
+            f"two sizes above the feature dimension {dim}, got {sizes.tolist()}; "
+            "generate more samples or raise fd_infinity.min_fraction"
         )
     return sizes
 

@@ -30,10 +30,10 @@ from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.search import Infeasible, SearchSettings, best_trials, spent_images
 from autoguide.eval.search_report import plot_study, write_trials
 from autoguide.eval.search_space import SearchSpace
-from autoguide.eval.sweep import SweepSettings, guidance_config, variant_label
+from autoguide.eval.sweep import SweepSettings, guidance_config, sweep_term, variant_label
 from autoguide.io import file_sha256, read_card, write_json_atomic
 from autoguide.runtime.process import ModelLoader
-from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.guidance_spec import MODEL_FIELDS, GuidanceSettings, build_guidance
 from autoguide.sample.seeds import format_seeds
 
 HOLDOUT_ATTR = "holdout"
@@ -73,25 +73,31 @@ class Point:
 
 class GuideSearch:
     """Measures search settings with ``evaluation``: models of the sweep's runs (``sweep``),
-    rebuilt through ``cache``, guided by ``term``."""
+    rebuilt through ``cache``, guided by the one term of ``guidance`` (``sweep_term``)."""
 
     def __init__(
         self,
         sweep: SweepSettings,
-        term: Mapping[str, Any],
+        guidance: GuidanceSettings,
         space: SearchSpace,
         cache: ReconstructionCache,
         evaluation: Evaluation,
     ) -> None:
-        self.sweep, self.term, self.space, self.cache, self.evaluation = sweep, dict(term), space, cache, evaluation
+        self.sweep, self.term, self.space, self.cache, self.evaluation = (
+            sweep,
+            sweep_term(guidance),
+            space,
+            cache,
+            evaluation,
+        )
         names = set(space.names)
         if len(sweep.guide_runs) > 1:
             raise ConfigError(
                 f"guides.runs: a search takes one guide run, got {len(sweep.guide_runs)}; "
                 "search each in a study of its own"
             )
-        if sweep.guide_runs and "model" not in self.term:
-            raise ConfigError(f"guides.runs is set, but guidance kind={self.term.get('kind')} takes no guide model")
+        if sweep.guide_runs and self.term.kind not in MODEL_FIELDS:
+            raise ConfigError(f"guides.runs is set, but guidance kind={self.term.kind} takes no guide model")
         if not sweep.guide_runs and names & {"guide_std", "guide_time"}:
             raise ConfigError("search.space.guide_std/guide_time: no guide run to search (set guides.runs)")
         self.fixed = {

@@ -47,7 +47,8 @@ def inception_problem() -> str | None:
             FeatureExtractorInceptionV3,  # noqa: F401
         )
     except Exception as err:
-        return f"torch-fidelity's Inception-v3 does not import ({type(err).__name__}: {err}); install it with `{install_line()}`"
+        why = f"{type(err).__name__}: {err}"
+        return f"torch-fidelity's Inception-v3 does not import ({why}); install it with `{install_line()}`"
     return None
 
 

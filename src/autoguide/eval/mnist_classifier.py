@@ -166,7 +166,7 @@ class MnistFeatures(FeatureExtractor):
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         net, self.card = load_classifier(path)
         super().__init__(Path(path).expanduser(), torch.device(device))
-        self.dim = int(net.arch["feature_dim"])
+        self.dim = int(self.card["arch"]["feature_dim"])
         self.net = net.to(self.device)
 
     @torch.no_grad()

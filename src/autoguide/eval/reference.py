@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -97,13 +97,18 @@ def _load(path: Path, dataset_json: str, sha256: str, num_images: int) -> Refere
         return ReferenceStats(data["mu"], data["sigma"], data["features"], int(data["num_images"]), path)
 
 
+def dataset_size(dataset: Dataset) -> int:
+    """The number of images of a map-style ``dataset`` (every reference dataset has a length)."""
+    return len(cast(Sized, dataset))
+
+
 def compute_reference(
     dataset: Dataset, extractor: FeatureExtractor, max_features: int, batch_size: int, num_workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mu, sigma, features subset)`` of every image of ``dataset`` (items ``(float image
     in [-1, 1], label)``), streamed in batches."""
-    keep = np.zeros(len(dataset), dtype=bool)
-    keep[np.random.RandomState(0).permutation(len(dataset))[:max_features]] = True
+    keep = np.zeros(dataset_size(dataset), dtype=np.bool_)
+    keep[np.random.RandomState(0).permutation(dataset_size(dataset))[:max_features]] = True
     accumulator: GaussianAccumulator | None = None
     kept, start = [], 0
     for images, _labels in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
@@ -130,13 +135,14 @@ def reference_stats(
     ``extractor``; computed and written on the first call."""
     dataset_cfg = dict(dataset_cfg)
     dataset = build_reference_dataset(dataset_cfg)
+    num_images = dataset_size(dataset)
     path = cache_path(cache_dir, dataset_cfg, max_features, extractor)
     dataset_json = json.dumps(dataset_cfg, sort_keys=True)
-    cached = _load(path, dataset_json, extractor.sha256, len(dataset))
+    cached = _load(path, dataset_json, extractor.sha256, num_images)
     if cached is not None:
         return cached
     log.info(
-        "computing %s reference statistics of %s (%d images) -> %s", extractor.name, dataset_json, len(dataset), path
+        "computing %s reference statistics of %s (%d images) -> %s", extractor.name, dataset_json, num_images, path
     )
     mu, sigma, features = compute_reference(dataset, extractor, max_features, batch_size, num_workers)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -145,8 +151,8 @@ def reference_stats(
             mu=mu,
             sigma=sigma,
             features=features.astype(np.float32),
-            num_images=len(dataset),
+            num_images=num_images,
             dataset=dataset_json,
             extractor_sha256=extractor.sha256,
         )
-    return ReferenceStats(mu, sigma, features, len(dataset), path)
+    return ReferenceStats(mu, sigma, features, num_images, path)

@@ -39,7 +39,7 @@ from autoguide.eval.evaluator import FeatureSums, GaussianAccumulator, check_mod
 from autoguide.io import atomic_path
 from autoguide.runtime.process import RankInfo, rank_slice
 from autoguide.sample.guidance import GuidanceTerm
-from autoguide.sample.labels import class_labels
+from autoguide.sample.labels import class_labels, model_label_dim
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ShardedEvaluation:
             )
         self.evaluation, self.net, self.terms = evaluation, net, list(terms)
         self.folder = Path(folder)
-        self.shards = plan_shards(evaluation, int(net.label_dim), shard_images)
+        self.shards = plan_shards(evaluation, model_label_dim(net), shard_images)
         self.sample_rows = evaluation.evaluator.sample_rows()
         self.fingerprint = {**fingerprint, "shard_images": shard_images, "sample_rows": self.sample_rows}
         self.names = [e.name for e in evaluation.evaluator.extractors]

@@ -8,8 +8,8 @@ A guide from the same run as the main model (a shorter EMA, an earlier snapshot)
 equal to the main run. The main model is a run's post-hoc EMAs or one fixed file (``main_model``,
 e.g. an imported EDM2 release whose guide is being chosen). Post-hoc EMAs are rebuilt once per
 (run, std, nimg) and then reused from ``<run>/reconstructed`` (``autoguide.ema.cache``).
-Settings without an active guidance term (weight 1) give the same samples whatever the guide,
-so they are evaluated once per main model.
+Settings without an active guidance term (``autoguide.sample.guidance.changes_output``: weight 1)
+give the same samples whatever the guide, so they are evaluated once per main model.
 
 Outputs in the output folder: ``sweep.csv`` (one row per setting, rewritten after each one),
 ``weight.png`` (metric vs weight per guide), ``ema.png`` (metric over main x guide EMA std) and
@@ -34,7 +34,7 @@ from autoguide.eval.evaluate import Evaluation
 from autoguide.eval.sweep_plots import best_row, plot_ema, plot_weight
 from autoguide.io import read_card, write_csv_atomic, write_json_atomic
 from autoguide.runtime.process import ModelLoader
-from autoguide.sample.guidance_spec import TERMS, build_guidance, term_keys
+from autoguide.sample.guidance_spec import MODEL_FIELDS, GuidanceSettings, TermSettings, build_guidance, term_keys
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +82,35 @@ class SweepSettings:
 
 def main_axis(settings: SweepSettings) -> tuple[int | None, dict[float | None, Path]]:
     """``(nimg, {main EMA std: model file})``: the run's post-hoc EMAs, or the one main file."""
-    if settings.main_model is None:
-        ema = PosthocEMA(settings.main_run)
-        cache = ReconstructionCache(ema.default_dir)
-        return cache.files(ema, settings.main_std, settings.main_time, settings.max_error, settings.batch)
+    if settings.main_model is None:  # then main_run is set (SweepSettings)
+        ema = PosthocEMA(str(settings.main_run))
+        nimg, files = ReconstructionCache(ema.default_dir).files(
+            ema, settings.main_std, settings.main_time, settings.max_error, settings.batch
+        )
+        return nimg, dict(files.items())
     card = read_card(settings.main_model)
     return card.get("nimg"), {card.get("ema_std"): Path(settings.main_model)}
 
 
-def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict[str, Any]]:
+def sweep_term(guidance: GuidanceSettings) -> TermSettings:
+    """The one guidance term a sweep or search varies; ``ConfigError`` for several terms or
+    none, and for a term without a weight and an interval."""
+    if guidance.several or len(guidance.terms) != 1:
+        raise ConfigError("guidance: a sweep varies one guidance term; give a single term (e.g. guidance=autoguidance)")
+    term = guidance.terms[0]
+    if term.kind == "none" or "omega" in term.options:
+        raise ConfigError(f"guidance kind={term.kind} has no weight/interval to sweep")
+    return term
+
+
+def term_variants(settings: SweepSettings, term: TermSettings) -> list[dict[str, Any]]:
     """Every combination of the ``term`` axis values (one empty variant without that axis);
     names a key the term does not take, or one with its own axis."""
-    kind = str(term.get("kind"))
     valid = term_option_keys(term)
     for key, values in settings.term:
         if key not in valid:
             raise ConfigError(
-                f"grid.term.{key}: not an option to sweep for guidance kind={kind}; valid: {valid} "
+                f"grid.term.{key}: not an option to sweep for guidance kind={term.kind}; valid: {valid} "
                 f"(weight, interval and the guide have their own grid axes)"
             )
         if not values:
@@ -106,11 +118,10 @@ def term_variants(settings: SweepSettings, term: Mapping[str, Any]) -> list[dict
     return option_product(dict(settings.term))
 
 
-def term_option_keys(term: Mapping[str, Any]) -> list[str]:
+def term_option_keys(term: TermSettings) -> list[str]:
     """The options of the guidance ``term`` that a sweep or search may vary (all its keys but
     those with their own axis: kind, weight, interval, the guide model)."""
-    kind = str(term.get("kind"))
-    return [k for k in term_keys(kind) if k not in OWN_AXES] if kind in TERMS else []
+    return [k for k in term_keys(term.kind) if k not in OWN_AXES] if term.kind != "none" else []
 
 
 def option_product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -125,53 +136,51 @@ def variant_label(variant: Mapping[str, Any]) -> str:
 
 
 def guidance_config(
-    term: Mapping[str, Any],
+    term: TermSettings,
     weight: float,
     interval: Sequence[float] | None,
     guide: Path | None,
     variant: Mapping[str, Any],
-) -> dict[str, Any]:
+) -> GuidanceSettings:
     """The guidance term ``term`` with this grid point's weight, interval, guide model and
     term variant."""
-    if "weight" not in term or "interval" not in term:
-        raise ConfigError(f"guidance kind={term.get('kind')} has no weight/interval to sweep")
-    point = {
-        **term,
+    options = {
+        **term.options,
         **variant,
         "weight": float(weight),
         "interval": None if interval is None else [float(v) for v in interval],
     }
-    if guide is not None:
-        point["model"] = str(guide)
-    return point
+    model = term.model if guide is None else str(guide)
+    return GuidanceSettings((TermSettings(kind=term.kind, options=options, model=model, where=term.where),))
 
 
 def guide_axis(
-    settings: SweepSettings, term: Mapping[str, Any]
+    settings: SweepSettings, term: TermSettings
 ) -> list[tuple[str, int | None, dict[float | None, Path | None]]]:
     """``[(label, nimg, {guide std: model file})]`` for every guide run x time; one entry
     ``(guidance kind, None, {None: None})`` when no guide runs are given."""
     if not settings.guide_runs:
-        return [(str(term.get("kind")), None, {None: None})]
-    if "model" not in term:
+        return [(term.kind, None, {None: None})]
+    if term.kind not in MODEL_FIELDS:
         raise ConfigError(
-            f"guides.runs is set, but guidance kind={term.get('kind')} takes no guide model; use guidance=autoguidance"
+            f"guides.runs is set, but guidance kind={term.kind} takes no guide model; use guidance=autoguidance"
         )
-    axis = []
+    axis: list[tuple[str, int | None, dict[float | None, Path | None]]] = []
     for run, when in itertools.product(settings.guide_runs, settings.guide_times):
         ema = PosthocEMA(run)
         nimg, files = ReconstructionCache(ema.default_dir).files(
             ema, settings.guide_std, when, settings.max_error, settings.batch
         )
-        axis.append((f"{Path(run).name}@{nimg}", nimg, files))
+        axis.append((f"{Path(run).name}@{nimg}", nimg, dict(files.items())))
     return axis
 
 
 def run_sweep(
-    settings: SweepSettings, term: Mapping[str, Any], evaluation: Evaluation, out_dir: Path
+    settings: SweepSettings, guidance: GuidanceSettings, evaluation: Evaluation, out_dir: Path
 ) -> dict[str, Any]:
-    """Evaluate every grid point of ``settings`` with the guidance ``term`` (its weight,
+    """Evaluate every grid point of ``settings`` with the one term of ``guidance`` (its weight,
     interval and guide model set per point); write the outputs; return the best row."""
+    term = sweep_term(guidance)
     names = evaluation.metric_names()
     if settings.select not in names:
         raise ConfigError(f"select={settings.select!r} is not measured here; the metrics are {names}")

@@ -45,28 +45,35 @@ class ToyMetricsConfig:
             raise ValueError(f"toy.num_density_samples must be >= 100, got {self.num_density_samples}")
 
 
+def exact_samples(mixture: ToyMixture, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` exact samples ``[n, 2]`` of ``mixture`` (no labels)."""
+    points = mixture.sample(n, generator)
+    assert isinstance(points, torch.Tensor)  # without return_labels: the points alone
+    return points
+
+
 @functools.lru_cache(maxsize=8)
 def density_level(classes: str, quantile: float, num_samples: int, seed: int) -> float:
     """``tau``: the ``quantile`` of ``log p(X)`` over ``num_samples`` exact samples of ``classes``."""
     mixture = toy_mixture(classes)
     generator = torch.Generator().manual_seed(seed)
-    return float(torch.quantile(mixture.log_prob(mixture.sample(num_samples, generator)), quantile))
+    return float(torch.quantile(mixture.log_prob(exact_samples(mixture, num_samples, generator)), quantile))
 
 
 def _groups(classes: Sequence[int] | None, n: int, default: str) -> dict[str, np.ndarray]:
     """Row indices of the points of each ground-truth distribution name ("A", "B", "AB")."""
     if classes is None:
         return {default: np.arange(n)}
-    classes = np.asarray(classes)
-    if len(classes) != n:
-        raise ValueError(f"got {len(classes)} class labels for {n} points")
-    if classes.min() < 0 or classes.max() >= len(CLASS_NAMES):
-        raise ValueError(f"toy2d class labels must be in [0, {len(CLASS_NAMES)}), got {sorted(set(classes.tolist()))}")
-    return {CLASS_NAMES[c]: np.flatnonzero(classes == c) for c in sorted(set(classes.tolist()))}
+    labels = np.asarray(classes)
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} class labels for {n} points")
+    if labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f"toy2d class labels must be in [0, {len(CLASS_NAMES)}), got {sorted(set(labels.tolist()))}")
+    return {CLASS_NAMES[c]: np.flatnonzero(labels == c) for c in sorted(set(labels.tolist()))}
 
 
 def toy_metrics(
-    points: torch.Tensor, classes: Sequence[int] | None, cfg: ToyMetricsConfig = ToyMetricsConfig()
+    points: torch.Tensor, classes: Sequence[int] | None, settings: ToyMetricsConfig = ToyMetricsConfig()
 ) -> dict[str, float]:
     """Exact toy metrics of ``points [N, 2]`` sampled with class indices ``classes`` (or None)."""
     points = torch.as_tensor(points).to(torch.float64).reshape(len(points), -1)
@@ -74,17 +81,19 @@ def toy_metrics(
         raise ValueError(f"toy metrics need 2D points [N, 2], got {list(points.shape)}")
     if not torch.isfinite(points).all():
         raise ValueError("toy metrics: some generated points are not finite")
-    groups = _groups(classes, len(points), cfg.classes)
+    groups = _groups(classes, len(points), settings.classes)
     log_p = torch.empty(len(points), dtype=torch.float64)
     outlier = torch.empty(len(points), dtype=torch.bool)
     reference = []
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(settings.seed + 1)
     for name, rows in groups.items():
         mixture: ToyMixture = toy_mixture(name)
         log_p[rows] = mixture.log_prob(points[rows])
-        outlier[rows] = log_p[rows] < density_level(name, cfg.outlier_quantile, cfg.num_density_samples, cfg.seed)
-        reference.append(mixture.sample(len(rows), generator))
-    precision, recall = precision_recall(torch.cat(reference), points, cfg.k)
+        outlier[rows] = log_p[rows] < density_level(
+            name, settings.outlier_quantile, settings.num_density_samples, settings.seed
+        )
+        reference.append(exact_samples(mixture, len(rows), generator))
+    precision, recall = precision_recall(torch.cat(reference), points, settings.k)
     return {
         "toy_logp": float(log_p.mean()),
         "toy_outliers": float(outlier.to(torch.float64).mean()),

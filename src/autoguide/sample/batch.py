@@ -51,9 +51,8 @@ def generate_images(
                 "sampler.compile=true cannot run SAG: its negative reads the attention map out of the positive's "
                 "forward through a hook with a side effect, which compiled code does not replay; sample SAG uncompiled"
             )
-        for model in dict.fromkeys(
-            [net, *(t.negative().model for t in guidance if isinstance(t.negative(), OtherNetwork))]
-        ):
+        others = [request.model for t in guidance if isinstance(request := t.negative(), OtherNetwork)]
+        for model in dict.fromkeys([net, *others]):
             compile_network(model)
     seeds = [int(s) for s in seeds]
     if batch_size < 1:

@@ -16,6 +16,7 @@ requests are evaluated once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -38,6 +39,13 @@ from autoguide.sample.rules import APG, FDG, TCFG, GuidanceRule, ZeroStar
 from autoguide.sample.weights import Feedback, MamboG, WeightSchedule
 
 LabelRule = Literal["same", "null", "random"]
+
+
+def changes_output(weight: float, fbg: object | None = None) -> bool:
+    """The one rule for "a weight of 1 is off": with ``D = D_neg + w (D_pos - D_neg)`` a term of
+    ``w = 1`` gives ``D = D_pos`` and changes nothing, unless it carries feedback guidance (FBG,
+    Koulischer et al. 2025), which adds a weight of its own."""
+    return weight != 1 or fbg is not None
 
 
 @dataclass(frozen=True)
@@ -85,21 +93,26 @@ def _check_weight(value: float, what: str) -> None:
         raise ValueError(f"{what} must be finite, got {value}")
 
 
+def _field_names(cls: type) -> list[str]:
+    """The sorted field names of the dataclass ``cls``."""
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
 def _option(cls: type, value: Any, what: str) -> Any:
     """A rule option given as a mapping (config) built into ``cls``; ``None`` and instances pass."""
     if value is None or isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise ValueError(f"{what} must be a mapping of {sorted(cls.__dataclass_fields__)}, got {value!r}")
-    unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        raise ValueError(f"{what} must be a mapping of {_field_names(cls)}, got {value!r}")
+    unknown = sorted(set(value) - set(_field_names(cls)))
     if unknown:
-        raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}")
+        raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {_field_names(cls)}")
     return cls(**value)
 
 
 def sample_shape(net: nn.Module) -> tuple[int, ...]:
     """Shape of one sample: ``(C, R, R)`` for images, ``(C,)`` for 2D/vector data (resolution 0)."""
-    channels, resolution = int(net.img_channels), int(net.img_resolution)
+    channels, resolution = (int(getattr(net, name)) for name in ("img_channels", "img_resolution"))
     return (channels, resolution, resolution) if resolution > 0 else (channels,)
 
 
@@ -131,9 +144,9 @@ class GuidanceTerm(ABC):
     schedule: WeightSchedule | None = None
     fbg: Feedback | None = None
     mambo: MamboG | None = None
+    weight: float  # the Karras weight; each concrete term declares it again (SIMS derives it from omega)
     rule: GuidanceRule = field(init=False, repr=False, compare=False)  # built from the options above
     kind: ClassVar[str]
-    weight: ClassVar[float]  # a dataclass field of every concrete term
 
     def __post_init__(self) -> None:
         _check_weight(self.weight, f"{self.kind}: weight")
@@ -155,8 +168,8 @@ class GuidanceTerm(ABC):
 
     @property
     def guides(self) -> bool:
-        """Whether the term can change ``D`` at all: ``w != 1``, or FBG (which adds its own weight)."""
-        return self.weight != 1 or self.fbg is not None
+        """Whether the term can change ``D`` at all (``changes_output``)."""
+        return changes_output(self.weight, self.fbg)
 
     @abstractmethod
     def negative(self) -> NegativeRequest:
@@ -192,7 +205,7 @@ def _check_compatible(model: nn.Module, net: nn.Module, what: str) -> None:
                 f"has {attr}={getattr(net, attr, None)}"
             )
     if hasattr(model, "card") and hasattr(net, "card"):
-        main, negative = net.card.get("latent"), model.card.get("latent")
+        main, negative = (getattr(m, "card", {}).get("latent") for m in (net, model))
         check_same_latent_space(main, negative, "the main model", f"{what}'s negative model")
 
 

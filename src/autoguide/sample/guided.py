@@ -89,16 +89,17 @@ class GuidedDenoiser:
         with autocast:
             return model(x, sigma, labels).to(torch.float64)
 
-    def _labels_for(self, rule: str) -> torch.Tensor | None:
+    def _labels_for(self, labels: torch.Tensor, rule: str) -> torch.Tensor:
+        """The labels ``rule`` gives the positive's one-hot ``labels``."""
         if rule == "same":
-            return self.labels
+            return labels
         if rule == "null":
-            return torch.zeros_like(self.labels)
+            return torch.zeros_like(labels)
         if self._random_labels is None:
             if self.streams is None:
                 raise ValueError("ICG draws a random class per image: pass the images' seeds to the sampler")
-            classes = self.streams.randint(ICG_STREAM, self.labels.shape[1], device=self.labels.device)
-            self._random_labels = F.one_hot(classes, self.labels.shape[1]).to(self.labels.dtype)
+            classes = self.streams.randint(ICG_STREAM, labels.shape[1], device=labels.device)
+            self._random_labels = F.one_hot(classes, labels.shape[1]).to(labels.dtype)
         return self._random_labels
 
     def _batched_forward(
@@ -110,20 +111,22 @@ class GuidedDenoiser:
         n, k = x.shape[0], 1 + len(in_batch)
         labels = None
         if self.labels is not None:
-            labels = torch.cat([self.labels] + [self._labels_for(r.labels) for r in in_batch])
+            labels = torch.cat([self.labels] + [self._labels_for(self.labels, r.labels) for r in in_batch])
         captures: dict[str, dict] = {}
         with ExitStack() as stack:
             for j, request in enumerate(in_batch, start=1):
                 if request.perturbation is not None:
                     rows = slice(j * n, (j + 1) * n)
                     stack.enter_context(request.perturbation.apply(self.net, rows, sigma, self.streams))
-            for request in degraded:
-                block = self._attention_block(request)
+            for sag in degraded:
+                block = self._attention_block(sag)
                 if block not in captures:
                     captures[block] = stack.enter_context(capture_attention(self.net, block, slice(0, n)))
             xs = x if k == 1 else x.repeat(k, *([1] * (x.ndim - 1)))
             out = self._call(self.net, xs, sigma.repeat(k), labels)
-        negatives = {request: out[j * n : (j + 1) * n] for j, request in enumerate(in_batch, start=1)}
+        negatives: dict[NegativeRequest, torch.Tensor] = {
+            request: out[j * n : (j + 1) * n] for j, request in enumerate(in_batch, start=1)
+        }
         return out[:n], negatives, captures
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:

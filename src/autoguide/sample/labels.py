@@ -6,10 +6,17 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from autoguide.sample.seeds import SeedStreams
 
 LABEL_STREAM = "labels"
+
+
+def model_label_dim(net: nn.Module) -> int:
+    """The number of classes a denoiser network is conditioned on (its ``label_dim``; 0:
+    unconditional, also for a network that does not say)."""
+    return int(getattr(net, "label_dim", 0))
 
 
 def as_one_hot(labels: torch.Tensor | Sequence[int] | None, label_dim: int, n: int) -> torch.Tensor | None:
@@ -47,7 +54,8 @@ def class_labels(
         return seeds, None
     if policy == "none":
         raise ValueError(
-            f"class_labels=none: the model is class-conditional (label_dim {label_dim}); use random, all, an index or a list"
+            f"class_labels=none: the model is class-conditional (label_dim {label_dim}); "
+            "use random, all, an index or a list"
         )
     if policy == "random":
         return seeds, SeedStreams(seeds).randint(LABEL_STREAM, label_dim).tolist()

@@ -6,8 +6,9 @@ a context manager that registers forward hooks on the network, perturbs only bat
 removes every hook on exit, leaving the network exactly as it was.
 
 Hook points (docs/design.md, "Contracts between parts"): the residual blocks
-``net.blocks()`` (their ``branch_point`` / ``output_point``, ``nets.hooks``), the attention ops ``net.attention_ops()`` (``forward(q, k, v,
-grid_hw)``, q/k/v ``[N, heads, tokens, ch]``) and the Fourier noise embedding
+``net.blocks()`` (their ``branch_point`` / ``output_point``, ``nets.hooks``), the attention
+ops ``net.attention_ops()`` (``forward(q, k, v, grid_hw)``, q/k/v ``[N, heads, tokens, ch]``)
+and the Fourier noise embedding
 ``net.backbone.emb_fourier`` (``net.unet.emb_fourier`` for the UNet).
 
 - ``IdentityAttention`` (PAG, Ahn et al. 2024, "Self-Rectifying Diffusion Sampling with
@@ -37,10 +38,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -104,18 +105,18 @@ def noise_embedding(net: nn.Module) -> nn.Module:
 
 def _attention_args(args: tuple, kwargs: dict) -> dict[str, Any]:
     """The ``q, k, v, grid_hw`` arguments of an attention op call, by name."""
-    named = dict(zip(("q", "k", "v", "grid_hw"), args))
+    named = dict(zip(("q", "k", "v", "grid_hw"), args, strict=False))  # args: a prefix of the four
     named.update(kwargs)
     return named
 
 
 @contextmanager
-def _registered(handles: Iterator[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
-    handles = list(handles)
+def _registered(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    registered = list(handles)
     try:
         yield
     finally:
-        for handle in handles:
+        for handle in registered:
             handle.remove()
 
 
@@ -202,7 +203,7 @@ class NoisyEmbedding:
     def apply(self, net: nn.Module, rows: slice, sigma: torch.Tensor, streams: SeedStreams | None):
         if streams is None:
             raise ValueError("TSG draws per-image noise: pass the images' seeds to the sampler")
-        std = self.noise_std(sigma.to(torch.float64), float(net.sigma_data))
+        std = self.noise_std(sigma.to(torch.float64), float(cast(float, net.sigma_data)))
 
         def hook(module, args, output):
             out = output.clone()
@@ -213,12 +214,17 @@ class NoisyEmbedding:
         return _registered([noise_embedding(net).register_forward_hook(hook)])
 
 
+def listed_blocks(net: nn.Module) -> dict[str, Any]:
+    """``net.blocks()``: the residual blocks by name (``nets.hooks``), or none."""
+    listed = getattr(net, "blocks", None)
+    return dict(listed()) if callable(listed) else {}
+
+
 def resolve_blocks(net: nn.Module, blocks: Sequence[str] | None, what: str) -> tuple[str, ...]:
     """Validate block names against ``net.blocks()``; ``None`` gives the UNet's bottleneck block
     (as PAG's default: ``dec.8x8_in0`` in EDM2) or the middle block of an MLP. Raises
     ``ValueError`` listing the valid names."""
-    listed = getattr(net, "blocks", None)
-    names = list(listed()) if callable(listed) else []
+    names = list(listed_blocks(net))
     if not names:
         raise ValueError(
             f"{what} acts on residual blocks, but the network ({type(net).__name__}) lists none (net.blocks())"
@@ -243,7 +249,7 @@ class SkippedBlocks:
             out[rows] = args[0][rows].to(out.dtype)
             return out
 
-        listed = net.blocks()
+        listed = listed_blocks(net)
         return _registered(
             listed[b].output_point.register_forward_hook(hook) for b in resolve_blocks(net, self.blocks, "layer skip")
         )
@@ -264,7 +270,7 @@ class KeptDropout:
     def names(self, net: nn.Module) -> tuple[str, ...]:
         """The blocks to drop in (checked against ``net.blocks()``)."""
         chosen = resolve_blocks(net, self.blocks, "dropout")
-        return tuple(net.blocks()) if self.blocks is None else chosen
+        return tuple(listed_blocks(net)) if self.blocks is None else chosen
 
     def validate(self, net: nn.Module) -> None:
         self.names(net)
@@ -281,7 +287,7 @@ class KeptDropout:
             out[rows] = out[rows] * (keep.to(out.dtype) / (1 - self.p))
             return out
 
-        listed = net.blocks()
+        listed = listed_blocks(net)
         return _registered(listed[b].branch_point.register_forward_hook(hook) for b in self.names(net))
 
 

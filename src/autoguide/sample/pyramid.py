@@ -12,6 +12,8 @@ from the last band, returns ``x`` exactly for any bands of a pyramid and is line
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -53,7 +55,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     gaussians = [x]
     for _ in range(levels - 1):
         gaussians.append(_down(gaussians[-1]))
-    return [g - _up(coarser) for g, coarser in zip(gaussians, gaussians[1:])] + [gaussians[-1]]
+    return [g - _up(coarser) for g, coarser in itertools.pairwise(gaussians)] + [gaussians[-1]]
 
 
 def from_pyramid(bands: list[torch.Tensor]) -> torch.Tensor:

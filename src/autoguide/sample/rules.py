@@ -266,8 +266,8 @@ class FDG:
         levels = len(self.weights)
         parallel = self.parallel or (1.0,) * levels
         bands = []
-        bands_of = zip(laplacian_pyramid(delta, levels), laplacian_pyramid(d_pos, levels))
-        for f, eta, (band, direction) in zip(self.weights, parallel, bands_of):
+        bands_of = zip(laplacian_pyramid(delta, levels), laplacian_pyramid(d_pos, levels), strict=True)
+        for f, eta, (band, direction) in zip(self.weights, parallel, bands_of, strict=True):
             if eta != 1:
                 par, orth = project(band, direction)
                 band = orth + eta * par

@@ -20,6 +20,7 @@ image's ``churn`` stream (``streams``, see ``autoguide.sample.seeds``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -48,11 +49,11 @@ def edm_sampler(
     t_steps = edm_sigma_steps(settings.num_steps, settings.sigma_min, settings.sigma_max, settings.rho).tolist()
     x_next = noise.to(torch.float64) * t_steps[0]
     end_step = getattr(denoise, "end_step", None)
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
         x_cur = x_next
         gamma = settings.churn_gamma(t_cur)
         t_hat = t_cur + gamma * t_cur
-        if gamma > 0:
+        if gamma > 0 and streams is not None:  # churn needs the streams (checked above)
             eps = streams.randn(CHURN_STREAM, x_cur.shape[1:], device=x_cur.device).to(torch.float64)
             x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * settings.S_noise * eps
         else:

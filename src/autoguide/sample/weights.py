@@ -29,6 +29,7 @@ with the noise level, the predictions or the sample's own trajectory (docs/desig
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -167,9 +168,9 @@ def feedback_from_times(
     levels = [float(s) for s in sigma_steps if s > 0]
     n = len(levels)
     variances = [0.0] * n  # index j: the j-th step from the end (0: the final step to sigma 0)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+    for i, (s, s_next) in enumerate(itertools.pairwise(levels)):
         variances[n - i - 1] = (s**2 - s_next**2) * s_next**2 / s**2
     offset = math.log((1 - pi) * weight_ref / (weight_ref - 1)) / ((1 - t0) * n)
-    lower, frac = int(math.floor(t1 * n)), t1 * n - math.floor(t1 * n)
+    lower, frac = math.floor(t1 * n), t1 * n - math.floor(t1 * n)
     variance = (1 - frac) * variances[lower] + frac * variances[min(lower + 1, n - 1)]
     return Feedback(pi=pi, temp=abs(2 * variance * offset / alpha), offset=offset, max_weight=max_weight)

@@ -24,7 +24,7 @@ from autoguide.eval.sweep_plots import best_row
 from autoguide.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from autoguide.io.sims_pair import read_pair
 from autoguide.runtime.process import ModelLoader
-from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 from autoguide.sims.pipeline import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def run_compare(
     for setting in todo:
         load = ModelLoader(evaluation.device)  # per row: only this row's models stay in memory
         net = load(setting["model"])
-        terms = build_guidance(setting["guidance"], load)
+        terms = build_guidance(GuidanceSettings.from_mapping(setting["guidance"]), load)
         result = evaluation(net, terms)["metrics"]
         negative = setting["guidance"]["model"] if setting["guidance"] else None
         rows.append(

@@ -39,7 +39,7 @@ from autoguide.io import read_card, write_text_atomic
 from autoguide.io.digest import file_sha256
 from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance import GuidanceTerm
-from autoguide.sample.guidance_spec import build_guidance
+from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 from autoguide.sample.labels import class_labels
 from autoguide.sample.sampler_settings import GenerationSettings
 from autoguide.sample.seeds import format_seeds
@@ -266,7 +266,7 @@ def make_chunks(
         if chunk.kind == "synthetic":
             if net is None:
                 net = load_model(str(source))
-                terms = build_guidance(settings.guidance, load_model)
+                terms = build_guidance(GuidanceSettings.from_mapping(settings.guidance), load_model)
             pixels = synthetic_pixels(net, terms, chunk, settings, device)
         else:
             pixels = real_pixels(real, chunk)
