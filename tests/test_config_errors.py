@@ -28,7 +28,7 @@ def make_config(overrides: list[str]):
         (["train.duration_mi=-1"], r"^train\.duration_mi=-1(\.0)?: expected a positive number$"),
         (["train.duration_fraction=0"], r"^train\.duration_fraction=0"),
         (["train.batch_size=0"], r"^train\.batch_size=0"),
-        (["train.batch_size=64", "train.batch_per_device=24"], r"^train\.batch_per_device=24 does not divide"),
+        (["train.batch_size=64", "train.micro_batch=24"], r"^train\.micro_batch=24 does not divide"),
         (["trainer=ddp_cpu", "train.batch_size=63"], r"^train\.batch_size=63 is not divisible by the world size 2"),
         (["train.P_std=0"], r"^train\.P_std=0"),
         (["train.cond_drop_prob=1.0"], r"^train\.cond_drop_prob=1\.0"),

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from autoguide.apps.config_tree import compose
 from autoguide.ema.snapshots import Snapshot, write_index
 from autoguide.io import save_model
-from autoguide.nets import build_network, config_dict
+from autoguide.nets import build_network, config_dict, network_config
 from autoguide.sims.init_callback import InitFromModel
 from autoguide.sims.retrain import (
     RetrainSettings,
@@ -18,7 +18,7 @@ from autoguide.sims.retrain import (
     training_overrides,
 )
 from autoguide.train.module import DiffusionModule
-from autoguide.train.recipe import TrainSettings
+from autoguide.train.recipe import RunSettings, TrainSettings
 
 NET = dict(
     arch="unet",
@@ -123,7 +123,7 @@ def test_init_from_model_loads_the_weights(tmp_path):
         sample_kimg=1,
         snapshot_kimg=1,
     )
-    module = DiffusionModule(NET, recipe, seed=7)
+    module = DiffusionModule(RunSettings(network_config(NET), recipe, seed=7))
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     InitFromModel(str(tmp_path / "m.safetensors")).setup(None, module, "validate")  # only at fit
     assert all(torch.equal(before[k], v) for k, v in module.net.state_dict().items())
@@ -131,7 +131,7 @@ def test_init_from_model_loads_the_weights(tmp_path):
     for key, value in source.state_dict().items():
         assert torch.equal(module.net.state_dict()[key], value), key
     assert not torch.equal(before["unet.out_conv.weight"], module.net.state_dict()["unet.out_conv.weight"])
-    other = DiffusionModule({**NET, "model_channels": 16}, recipe)
+    other = DiffusionModule(RunSettings(network_config({**NET, "model_channels": 16}), recipe))
     with pytest.raises(ValueError, match="differs from the training config"):
         InitFromModel(str(tmp_path / "m.safetensors")).setup(None, other, "fit")
     InitFromModel(str(tmp_path / "m.safetensors"), budgets=[8, 16]).setup(None, module, "fit")  # batch 4 divides both

@@ -32,7 +32,7 @@ def test_ddp_cpu_two_ranks(tmp_path):
             "net.width=8",
             "net.depth=1",
             f"train.batch_size={batch}",
-            "train.batch_per_device=8",
+            "train.micro_batch=8",
             f"train.duration_mi={steps * batch / 2**20}",
             f"train.checkpoint_kimg={3 * batch / 1000}",
             "callbacks.sample_grid.num_images=32",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 from torch.utils.data import Dataset
 
@@ -29,6 +30,19 @@ from autoguide.data.latents import LatentShardDataset, read_manifest
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.data.toy2d import Toy2DDataset
+
+
+class TrainingSet(Protocol):
+    """What every dataset of ``BUILDERS`` has (see the module docstring)."""
+
+    label_dim: int
+    img_channels: int
+    img_resolution: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
 
 BUILDERS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": lambda split="all", channels=1: MNIST5k(split, channels),
@@ -42,7 +56,7 @@ BUILDERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def build_dataset(cfg: Mapping) -> Dataset:
+def build_dataset(cfg: Mapping) -> TrainingSet:
     """The dataset ``cfg["name"]`` with the remaining keys as its arguments; an unknown name,
     unknown key or missing key is an error that lists what is accepted."""
     cfg = dict(cfg)
@@ -55,10 +69,10 @@ def build_dataset(cfg: Mapping) -> Dataset:
         inspect.signature(builder).bind(**cfg)
     except TypeError as error:
         raise ValueError(f"dataset {name!r}: {error}; its keys are {accepted} (got {sorted(cfg)})") from error
-    return builder(**cfg)
+    return cast(TrainingSet, builder(**cfg))
 
 
-def build_reference_dataset(cfg: Mapping) -> Dataset:
+def build_reference_dataset(cfg: Mapping) -> Dataset | TrainingSet:
     """The images of dataset ``cfg`` in pixel space: ``build_dataset(cfg)``, or for ``latents``
     the set's source images, center-cropped as they were for encoding (float CHW in [-1, 1])."""
     if cfg.get("name") != "latents":

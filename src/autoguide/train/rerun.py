@@ -32,7 +32,7 @@ RESUMABLE_KEYS = (
     "train.log_kimg",
     "train.checkpoint_kimg",
     "train.sample_kimg",
-    "train.batch_per_device",
+    "train.micro_batch",
     "train.compile",
     "train.max_nonfinite_steps",
     "trainer.devices",
