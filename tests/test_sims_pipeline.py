@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from autoguide.apps import generate as generate_cli
 from autoguide.apps.config_tree import compose
+from autoguide.apps.sims import sims_settings
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
@@ -24,6 +25,7 @@ from autoguide.io import read_card, read_model_file, save_model
 from autoguide.io.sims_pair import read_pair
 from autoguide.nets import build_network, network_config
 from autoguide.sims.pipeline import run_sims
+from autoguide.sims.sims_settings import SimsSettings
 from autoguide.sims.synthesize import verify_manifest
 
 NET = dict(
@@ -71,9 +73,10 @@ def make_base_run(folder: Path) -> None:
         ["unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"],
         entries,
     )
+    recipe = ["train.batch_size=16", "train.lr_ref=0.01", "train.lr_ref_batches=1000", "train.lr_rampup_mi=0.01"]
     config = {
         "name": "tiny",
-        "train": {"batch_size": 16, "lr_ref": 0.01, "lr_ref_batches": 1000, "lr_rampup_mi": 0.01},
+        "train": OmegaConf.to_container(compose("train", ["experiment=mnist-xs-guide", *recipe]).train, resolve=True),
         "data": {"name": "mnist5k", "split": "test", "channels": 1, "conditional": True, "seed": 0, "num_workers": 0},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -88,7 +91,7 @@ def make_base_run(folder: Path) -> None:
     (folder / "logs" / "hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
-def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
+def sims_config(out: Path, base_run: Path, crash: Path) -> SimsSettings:
     overrides = [
         f"out_dir={out}",
         f"base_run={base_run}",
@@ -103,7 +106,7 @@ def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
         'retrain.overrides=["logger=none","data.num_workers=0","~callbacks.sample_grid","~callbacks.progress_bar",'
         f'"+callbacks.crash._target_=sims_crash.CrashOnce","+callbacks.crash.after=64","+callbacks.crash.marker={crash}"]',
     ]
-    return OmegaConf.to_container(compose("sims", overrides), resolve=True)
+    return sims_settings(compose("sims", overrides))
 
 
 def test_sims_end_to_end(tmp_path, monkeypatch):

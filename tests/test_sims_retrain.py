@@ -1,4 +1,4 @@
-"""SIMS retrain stage: budgets, the fine-tune's training overrides (parsed by Hydra against the
+"""SIMS retrain stage: budgets, the fine-tune's training config (composed and checked against the
 real training config tree), weight initialisation from a model file, snapshot checks."""
 
 import pytest
@@ -12,11 +12,11 @@ from autoguide.nets import build_network, config_dict, network_config
 from autoguide.sims.init_callback import InitFromModel
 from autoguide.sims.retrain import (
     RetrainSettings,
-    budgets_from_mi,
     carried_base_overrides,
     check_snapshots,
-    training_overrides,
+    fine_tune_config,
 )
+from autoguide.sims.sims_settings import budgets_from_mi
 from autoguide.train.module import DiffusionModule
 from autoguide.train.recipe import RunSettings, TrainSettings
 
@@ -79,7 +79,7 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
         ),
     )
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
-    overrides = training_overrides(
+    cfg = fine_tune_config(
         tmp_path / "run",
         "s-sims0",
         model,
@@ -88,7 +88,6 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
         settings,
         ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"],
     )
-    cfg = compose("train", overrides)
     assert OmegaConf.to_container(cfg.net) == config_dict(NET)
     assert cfg.run_dir == str(tmp_path / "run") and cfg.name == "s-sims0" and cfg.resume == "auto"
     assert cfg.data.name == "shards" and cfg.data.path == str(tmp_path / "shards") and cfg.data.conditional is True
@@ -154,15 +153,15 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     """A toy base trained with ``train.target=exact`` is fine-tuned on synthetic shards, which
     have no closed-form target: SIMS sets ``train.target=data``."""
     settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
-    overrides = training_overrides(
+    toy_net = {"arch": "mlp", "img_channels": 2, "label_dim": 2}
+    cfg = fine_tune_config(
         tmp_path / "run",
         "toy-sims0",
         tmp_path / "m.safetensors",
-        NET,
+        toy_net,
         tmp_path / "shards",
         settings,
         ["experiment=toy2d-main"],
     )
     base = compose("train", ["experiment=toy2d-main"])
-    cfg = compose("train", overrides)
     assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"

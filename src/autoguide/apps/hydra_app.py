@@ -83,12 +83,13 @@ def run_hydra_app(
     config_name: str,
     task: Callable[[DictConfig], Any],
     errors: Mapping[type[Exception], str | tuple[str, int]] | None = None,
-    precheck: bool = True,
+    before_start: Callable[[DictConfig], None] | None = None,
 ) -> None:
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``; ``errors``
     maps exception types to the prefix of their one-line message, or to ``(prefix, exit
-    status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``precheck=False``
-    skips the composition check (for an app that made it itself)."""
+    status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``before_start``
+    gets the checked composition of a single run (with Hydra's node) before Hydra starts, e.g.
+    to claim the folder Hydra will write; its exceptions are reported as ``errors`` says."""
     import hydra
 
     errors = dict(errors or {ConfigError: "config error"})
@@ -97,19 +98,25 @@ def run_hydra_app(
     conf = config_dir()
     register_schemas()
     try:
-        if precheck:
-            compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
-        else:
-            check_group_choices(sys.argv[1:], conf)
+        cfg = compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
     except ConfigError as error:
         exit_with(error, _prefix(errors.get(ConfigError, "config error")))
+    if before_start is not None and cfg is not None:
+        call_reporting(before_start, cfg, errors)
     sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
 
-    def guarded(cfg: DictConfig) -> Any:
-        try:
-            return task(cfg)
-        except tuple(errors) as error:
-            how = next(how for kind, how in errors.items() if isinstance(error, kind))
-            exit_with(error, *((how,) if isinstance(how, str) else how))
+    hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(
+        lambda cfg: call_reporting(task, cfg, errors)
+    )()
 
-    hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(guarded)()
+
+def call_reporting(
+    task: Callable[[DictConfig], Any], cfg: DictConfig, errors: Mapping[type[Exception], str | tuple[str, int]]
+) -> Any:
+    """``task(cfg)``; an exception of a type in ``errors`` becomes one line on stderr and the
+    exit status ``errors`` gives it (``exit_with``)."""
+    try:
+        return task(cfg)
+    except tuple(errors) as error:
+        how = next(how for kind, how in errors.items() if isinstance(error, kind))
+        exit_with(error, *((how,) if isinstance(how, str) else how))
