@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 def sims_settings(cfg: DictConfig) -> SimsSettings:
     """The composed ``sims`` config as typed settings (``ConfigError`` naming the key)."""
-    return from_mapping(SimsSettings, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), "sims")
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(values, dict)  # the primary config is a mapping
+    return from_mapping(SimsSettings, {str(k): v for k, v in values.items()}, "sims")
 
 
 def run(cfg: DictConfig) -> None:

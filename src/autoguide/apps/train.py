@@ -126,6 +126,7 @@ def train_resolved(config_file: Path) -> None:
     cfg = OmegaConf.load(config_file)
     if not isinstance(cfg, DictConfig):
         exit_with(ConfigError(f"{config_file}: expected a mapping (a resolved training config)"), "config error")
+        return
     log_like_hydra(Path(str(cfg.run_dir)))
     call_reporting(task, cfg, {**dict.fromkeys(FILE_ERRORS, "autoguide-train: error"), **ERRORS})
 

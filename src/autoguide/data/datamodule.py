@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from autoguide.data.registry import TrainingSet, build_dataset
 from autoguide.data.stream import TrainStream
@@ -126,7 +126,7 @@ class DiffusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world_size, start_nimg = self._position()
         stream = TrainStream(
-            self.dataset,
+            cast(Dataset, self.dataset),  # a TrainingSet is a map-style dataset
             self.micro_batch,
             self.label_dim,
             self.data.seed,

@@ -1,13 +1,13 @@
 """Datasets by name, built from a config mapping ``{"name": ..., <that dataset's keys>}``.
 
-| name      | keys (defaults)                                   | item                          |
-|-----------|---------------------------------------------------|-------------------------------|
-| mnist5k   | split ("all"), channels (1)                       | [C, 32, 32], label 0..9       |
-| toy2d     | classes ("AB"), num_samples (65536), data_seed (0)| [2], label A=0 / B=1          |
-| folder    | path, labels_json (null)                          | [C, H, H], label or 0         |
-| npz       | path, layout (null)                               | [C, H, H], label or 0         |
-| shards    | path (folder, brace pattern or list of .tar)      | [C, H, H], label or 0         |
-| latents   | path (set folder or manifest), standardize ("edm2"), vae_path (null), verify (true) | [C, h, h] latent, label or 0 |
+| name    | keys (defaults)                                                  | item                         |
+|---------|------------------------------------------------------------------|------------------------------|
+| mnist5k | split ("all"), channels (1)                                      | [C, 32, 32], label 0..9      |
+| toy2d   | classes ("AB"), num_samples (65536), data_seed (0)               | [2], label A=0 / B=1         |
+| folder  | path, labels_json (null)                                         | [C, H, H], label or 0        |
+| npz     | path, layout (null)                                              | [C, H, H], label or 0        |
+| shards  | path (folder, brace pattern or list of .tar)                     | [C, H, H], label or 0        |
+| latents | path (set or manifest), standardize ("edm2"), vae_path, verify   | [C, h, h] latent, label or 0 |
 
 Every dataset has ``label_dim`` (0 when unlabeled), ``img_channels``, ``img_resolution``
 (0 for toy2d) and ``__len__``; items are ``(float32 tensor, int label)``. ``latents`` items are

@@ -17,7 +17,7 @@ from typing import Any
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.io import file_sha256, save_model
 from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
-from autoguide.sims.records import run_stage
+from autoguide.sims.records import run_whole_stage
 from autoguide.sims.weightspace import write_weightspace_model
 
 STAGE = "register"
@@ -57,7 +57,7 @@ def register_stage(
         "iteration": iteration,
     }
 
-    def work():
+    def work() -> tuple[list[Path], dict[str, Any]]:
         """Every (budget, std) pair: the negative (its card's ``sims`` entry: iteration, budget,
         std, base and ``provenance``), the weight-space models and ``pair.json``."""
         outputs: list[Path] = []
@@ -84,4 +84,4 @@ def register_stage(
                 outputs += [negative, *spaces.values(), target / PAIR_NAME]
         return outputs, {"pairs": [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]}
 
-    return run_stage(folder, STAGE, spec, work)
+    return run_whole_stage(folder, STAGE, spec, work)

@@ -46,7 +46,7 @@ from autoguide.data.datamodule import DataSettings
 from autoguide.ema.snapshots import INDEX_NAME, read_index
 from autoguide.io import write_text_atomic
 from autoguide.nets import config_dict
-from autoguide.sims.records import file_sha256, run_stage
+from autoguide.sims.records import file_sha256, run_whole_stage
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ class RetrainSettings:
     def __post_init__(self) -> None:
         if not self.budgets or any(int(b) != b or b < 1 for b in self.budgets):
             raise ValueError(
-                f"budget_mi gives budgets of {list(self.budgets)} images: each must be a positive whole number of images"
+                f"budget_mi gives budgets of {list(self.budgets)} images: "
+                "each must be a positive whole number of images"
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"retrain.lr={self.lr!r}: expected a positive learning rate")
@@ -195,13 +196,14 @@ def fine_tune_config(
         del cfg["net"]  # replaced whole: the card's network, whatever the preset was
         for key, value in managed_values(run_dir, name, init_model, network, shards, settings).items():
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    run_settings(cfg)
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    assert isinstance(resolved, DictConfig)
+    run_settings(resolved)
     try:
-        DataSettings.from_mapping(plain_node(cfg, "data"))
+        DataSettings.from_mapping(plain_node(resolved, "data"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return cfg
+    return resolved
 
 
 def check_snapshots(run_dir: Path, settings: RetrainSettings) -> list[Path]:
@@ -268,6 +270,4 @@ def retrain_stage(
             "config": CONFIG_NAME,
         }
 
-    record = run_stage(folder, STAGE, spec, work)
-    assert record is not None  # the whole stage runs in one process
-    return record
+    return run_whole_stage(folder, STAGE, spec, work)

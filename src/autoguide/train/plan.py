@@ -11,6 +11,7 @@ pass), each step accumulates ``B / (W b)`` micro-batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from autoguide.core.typed_settings import ConfigError
 
@@ -49,6 +50,21 @@ def batch_plan(batch_size: int, world_size: int, micro_batch: int | None) -> Bat
             f"train.batch_size={batch_size} over {world_size} device(s)"
         )
     return BatchPlan(batch_size, world_size, micro_batch, device_share // micro_batch)
+
+
+class ImageCount(Protocol):
+    """What the callbacks read from the training module (``autoguide.train.module.DiffusionModule``):
+    the global image count ``nimg``, the global ``batch_size`` and the network ``net``."""
+
+    nimg: int
+    batch_size: int
+    net: Any
+
+
+def image_count(module: object) -> ImageCount:
+    """``module`` (a Lightning module, whose attributes Lightning types as tensors or modules) as
+    the training module whose image count it holds."""
+    return cast(ImageCount, module)
 
 
 def crossed(before: int, after: int, every: int) -> bool:

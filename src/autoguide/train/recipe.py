@@ -17,6 +17,7 @@ EDM2's Adam.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,14 +49,17 @@ class OptimizerSettings:
     def __post_init__(self) -> None:
         self.resolve()
 
-    def resolve(self, device: torch.device | None = None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    def resolve(
+        self, device: torch.device | None = None
+    ) -> tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]]:
         """``(optimizer class, its keyword arguments)``; ``ConfigError`` naming the bad key.
         On a CPU or CUDA ``device`` Adam and AdamW run their fused kernel (one pass over every
         parameter) unless ``kwargs`` choose ``fused`` or ``foreach`` themselves."""
         cls = getattr(torch.optim, str(self.name), None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ConfigError(
-                f"train.optimizer.name={self.name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'"
+                f"train.optimizer.name={self.name!r}: "
+                "expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'"
             )
         if "lr" in self.kwargs:
             raise ConfigError(

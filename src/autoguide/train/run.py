@@ -145,9 +145,9 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for conf in (cfg.get("logger") or {}).values():
         if not conf or "_target_" not in conf:
             continue
-        extra = {}
+        extra: dict[str, Any] = {}
         if issubclass(hydra.utils.get_class(conf._target_), WandbLogger):
-            extra = {"id": wandb_run_id(cfg.run_dir) if rank_zero_only.rank == 0 else None, "resume": "allow"}
+            extra = {"id": wandb_run_id(cfg.run_dir) if rank_from_env().rank == 0 else None, "resume": "allow"}
         loggers.append(hydra.utils.instantiate(conf, **extra))
     return loggers
 
@@ -172,7 +172,7 @@ def _trainer(
     cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any], slurm: list[Any]
 ) -> L.Trainer:
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **plain_node(cfg, "trainer"),
         max_steps=train.total_steps,
         max_epochs=-1,
         callbacks=callbacks,
@@ -256,7 +256,7 @@ def _fit(
         log.warning("SIGTERM before training started: stopped without a new checkpoint; rerun to continue")
         raise SystemExit(EXIT_PREEMPTED) from None
     finally:  # Lightning's signal teardown after an exception reinstates the flags' handlers
-        for callback in trainer.callbacks:
+        for callback in getattr(trainer, "callbacks", []):
             if isinstance(callback, ImageCheckpoint):
                 callback.flag.restore()
 
@@ -273,7 +273,7 @@ def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data: Training
     datamodule = DiffusionDataModule(data.settings, plan.micro_batch, dataset=data.dataset)
     module = DiffusionModule(settings, data.exact_target)
     _prepare_run_dir(cfg, run_dir, latent)
-    if rank_zero_only.rank == 0:
+    if trainer.is_global_zero:
         log.info(
             "run %s: %d images = %d steps of %d (%d device(s) x micro-batch %d x %d accumulation)%s",
             run_dir,

@@ -52,7 +52,8 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError(
-            f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)"
+            f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} "
+            "(bf16-mixed keeps weights, optimizer state and EMAs in float32)"
         )
 
 
@@ -128,7 +129,8 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
     if net.arch in VECTOR_ARCHS:
         if info["img_resolution"] != 0:
             raise ConfigError(
-                f"net.arch={net.arch!r} takes vectors, but {where} has {info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
+                f"net.arch={net.arch!r} takes vectors, but {where} has "
+                f"{info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
             )
     elif isinstance(net, UNetConfig) and net.img_resolution != info["img_resolution"]:
         got = (
@@ -147,14 +149,15 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
             + (" or data.conditional=true" if info["label_dim"] == 0 else "")
         )
         raise ConfigError(
-            f"net.label_dim={net.label_dim} does not match {where}, which feeds {info['label_dim']} label classes; {hint}"
+            f"net.label_dim={net.label_dim} does not match {where}, "
+            f"which feeds {info['label_dim']} label classes; {hint}"
         )
 
 
 def main_model(cfg: DictConfig) -> str | None:
     """The ``main_model`` a guide is trained for (absent: none); an experiment that needs one
     (``main_model: ???``) and was not given it is an error."""
-    if "main_model" not in cfg.keys():
+    if "main_model" not in cfg:
         return None
     if OmegaConf.is_missing(cfg, "main_model"):
         raise ConfigError(
