@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
@@ -101,13 +101,28 @@ def run_hydra_app(
         cfg = compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
     except ConfigError as error:
         exit_with(error, _prefix(errors.get(ConfigError, "config error")))
-    if before_start is not None and cfg is not None:
-        call_reporting(before_start, cfg, errors)
+    if cfg is not None:  # a single run: Hydra's job on this composition, not a second one
+        if before_start is not None:
+            call_reporting(before_start, cfg, errors)
+        run_composed(cfg, lambda job_cfg: call_reporting(task, job_cfg, errors))
+        return
     sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
-
     hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(
         lambda cfg: call_reporting(task, cfg, errors)
     )()
+
+
+def run_composed(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
+    """Run ``task`` as Hydra's job on ``cfg``, a command line composed once with Hydra's node
+    (``compose_or_refuse``): output folder, ``HydraConfig``, job logging, config copies and
+    callbacks as ``hydra.main`` makes them for a single run, without composing again."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    context = HydraContext(config_loader=cast(Any, None), callbacks=Callbacks(cfg))  # run_job needs no loader
+    job = run_job(task, cfg, job_dir_key="hydra.run.dir", job_subdir_key=None, hydra_context=context)
+    return job.return_value  # re-raises what the task raised
 
 
 def call_reporting(
