@@ -34,7 +34,7 @@ from autoguide.sims.base import base_stage
 from autoguide.sims.base_run import BaseRun, read_base_run
 from autoguide.sims.register import NEGATIVE_NAME, pair_folder, register_stage
 from autoguide.sims.retrain import RetrainSettings, retrain_stage
-from autoguide.sims.sims_settings import SimsSettings, SynthesizeOptions
+from autoguide.sims.sims_settings import STAGES, SimsSettings, SynthesizeOptions
 from autoguide.sims.synthesize import MANIFEST_NAME, SHARD_DIR, SynthesisSettings, synthesize_stage
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,75 @@ def write_summary(layout: Layout, base: Path, iterations: list[dict[str, Any]]) 
     return summary
 
 
+class Rounds:
+    """The SIMS rounds after the base stage: what they share (the base, the stage settings,
+    the real data, the model loader) and one method per stage of round ``k``."""
+
+    def __init__(self, settings: SimsSettings, layout: Layout, base: Path, base_run: BaseRun | None) -> None:
+        self.settings, self.layout, self.base = settings, layout, base
+        self.base_overrides = base_run.overrides if base_run else ()
+        self.name = f"{base_run.config.get('name', 'base')}-sims" if base_run else "sims"
+        card = read_card(base)
+        self.label_dim = int(card["network"].get("label_dim", 0))
+        self.real = RealData(settings.real_data, base_run)
+        self.synth = synthesis_settings(settings.synthesize, self.real)
+        self.retrain = retrain_settings(settings, base_run, card.get("nimg"))
+        if base_run is None and not any(o.startswith("experiment=") for o in self.retrain.overrides):
+            log.warning(
+                "retrain: no base_run and no experiment= in retrain.overrides: "
+                "the fine-tune starts from the training config's defaults"
+            )
+        self.load = ModelLoader(resolve_device(settings.device))
+
+    def synthesize(self, k: int, source: Path, array_task: bool) -> Path | None:
+        """Round ``k``'s synthetic set from ``source`` (only this task's chunks if ``array_task``);
+        its folder once complete, else ``None``."""
+        folder = self.layout.stage(k, "synthesize")
+        options, real = self.settings.synthesize, self.synth.num_real > 0
+        manifest = synthesize_stage(
+            folder,
+            source,
+            self.synth,
+            self.label_dim,
+            self.load,
+            self.load.device,
+            real=self.real.dataset if real else None,
+            real_data=self.real.cfg if real else None,
+            task=options.task if array_task else 0,
+            num_tasks=options.num_tasks if array_task else 1,
+        )
+        return None if manifest is None else folder
+
+    def fine_tune(self, k: int, source: Path, synthetic: Path) -> Path:
+        """Round ``k``'s fine-tune of ``source`` on the set in ``synthetic``; its run folder."""
+        run = self.layout.stage(k, "retrain")
+        network = read_card(source)["network"]
+        manifest, shards = synthetic / MANIFEST_NAME, synthetic / SHARD_DIR
+        retrain_stage(run, source, network, manifest, shards, self.retrain, self.base_overrides, f"{self.name}{k}")
+        return run
+
+    def register(self, k: int, source: Path, synthetic: Path, run: Path) -> tuple[dict[str, Any], Path]:
+        """Round ``k``'s pairs from the fine-tune ``run``: the summary entry and the next
+        round's source (the negative at the largest budget and the first EMA std)."""
+        folder, options = self.layout.stage(k, "register"), self.settings.register
+        provenance = {"synthetic_set": str(synthetic / MANIFEST_NAME), "retrain_run": str(run)}
+        budgets = self.retrain.budgets
+        record = register_stage(
+            folder,
+            self.base,
+            run,
+            budgets,
+            options.ema_stds,
+            options.weight_space,
+            k,
+            self.layout.root,
+            {**provenance, "initialised_from": str(source)},
+        )
+        pairs = [str(folder / p) for p in record["info"]["pairs"]]
+        entry = {"iteration": k, "manifest": provenance["synthetic_set"], "retrain_run": str(run), "pairs": pairs}
+        return entry, pair_folder(folder, max(budgets), options.ema_stds[0]) / NEGATIVE_NAME
+
+
 def run_sims(settings: SimsSettings) -> dict[str, Any] | None:
     """Run the configured SIMS stages (see ``conf/sims.yaml``); returns the summary, or ``None``
     when stopped early (``stop_after``) or when other array tasks still owe chunks."""
@@ -139,69 +208,18 @@ def run_sims(settings: SimsSettings) -> dict[str, Any] | None:
     stop_iteration, stop_stage = settings.stop_point
     base_run = read_base_run(settings.base_run) if settings.base_run else None
     base = base_stage(layout.base, settings.base, base_run, settings.base_ema_std, settings.base_at_nimg)
-    if stop_stage == 0:
+    if stop_stage == STAGES.index("base"):
         return None
-    card = read_card(base)
-    real = RealData(settings.real_data, base_run)
-    synth = synthesis_settings(settings.synthesize, real)
-    retrain = retrain_settings(settings, base_run, card.get("nimg"))
-    if base_run is None and not any(o.startswith("experiment=") for o in retrain.overrides):
-        log.warning(
-            "retrain: no base_run and no experiment= in retrain.overrides: "
-            "the fine-tune starts from the training config's defaults"
-        )
-    load = ModelLoader(resolve_device(settings.device))
-    name = f"{base_run.config.get('name', 'base')}-sims" if base_run else "sims"
+    rounds = Rounds(settings, layout, base, base_run)
     source, done = base, []
     for k in range(stop_iteration + 1):
-        last = k == stop_iteration
-        folder = layout.stage(k, "synthesize")
-        manifest = synthesize_stage(
-            folder,
-            source,
-            synth,
-            int(card["network"].get("label_dim", 0)),
-            load,
-            load.device,
-            real=real.dataset if synth.num_real else None,
-            real_data=real.cfg if synth.num_real else None,
-            task=settings.synthesize.task if last else 0,
-            num_tasks=settings.synthesize.num_tasks if last else 1,
-        )
-        if manifest is None or (last and stop_stage == 1):
+        last = STAGES[stop_stage] if k == stop_iteration else STAGES[-1]
+        synthetic = rounds.synthesize(k, source, array_task=k == stop_iteration)
+        if synthetic is None or last == "synthesize":
             return None
-        run = layout.stage(k, "retrain")
-        network = read_card(source)["network"]
-        retrain_stage(
-            run,
-            source,
-            network,
-            folder / MANIFEST_NAME,
-            folder / SHARD_DIR,
-            retrain,
-            base_run.overrides if base_run else (),
-            f"{name}{k}",
-        )
-        if last and stop_stage == 2:
+        run = rounds.fine_tune(k, source, synthetic)
+        if last == "retrain":
             return None
-        provenance = {
-            "synthetic_set": str(folder / MANIFEST_NAME),
-            "retrain_run": str(run),
-            "initialised_from": str(source),
-        }
-        register = settings.register
-        record = register_stage(
-            layout.stage(k, "register"),
-            base,
-            run,
-            retrain.budgets,
-            register.ema_stds,
-            register.weight_space,
-            k,
-            layout.root,
-            provenance,
-        )
-        pairs = [str(layout.stage(k, "register") / p) for p in record["info"]["pairs"]]
-        done.append({"iteration": k, "manifest": str(folder / MANIFEST_NAME), "retrain_run": str(run), "pairs": pairs})
-        source = pair_folder(layout.stage(k, "register"), max(retrain.budgets), register.ema_stds[0]) / NEGATIVE_NAME
+        entry, source = rounds.register(k, source, synthetic, run)
+        done.append(entry)
     return write_summary(layout, base, done)
