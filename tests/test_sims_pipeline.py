@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from autoguide.apps import generate as generate_cli
 from autoguide.apps.config_tree import compose
 from autoguide.apps.sims import sims_settings
+from autoguide.core.typed_settings import ConfigError
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
@@ -247,3 +248,32 @@ def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
             [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True
         ).stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stop_after=sample"], r"^stop_after='sample': expected one of \['base', 'synthesize'"),
+        (["iterations=2", "iteration=2"], r"^iteration=2: expected 0 <= iteration < iterations=2$"),
+        (["budget_mi=[0.5,-1]"], r"^budget_mi=\[0\.5, -1\]: expected positive numbers"),
+        (["synthesize.num_tasks=2", "synthesize.task=2"], r"^synthesize\.task=2: expected 0 <= task < num_tasks=2$"),
+        (["register.ema_stds=[]"], r"^register\.ema_stds is empty"),
+        (["real_data=mnist5k"], r"^real_data='mnist5k': expected a dataset config"),
+    ],
+)
+def test_sims_settings_refuse_bad_values_naming_the_key(tmp_path, overrides, message):
+    cfg = compose("sims", [f"out_dir={tmp_path}", "budget_mi=1", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        sims_settings(cfg)
+
+
+def test_sims_schema_refuses_unknown_keys_at_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="retrain.lr_typo"):
+        compose("sims", [f"out_dir={tmp_path}", "budget_mi=1", "retrain.lr_typo=0.1"])
+    settings = sims_settings(
+        compose("sims", [f"out_dir={tmp_path}", "budget_mi=[0.5,0.25]", "synthesize.sampler.num_steps=3"])
+    )
+    assert settings.budgets == (2**18, 2**19) and settings.synthesize.sampler.num_steps == 3
+    assert settings.stop_point == (0, 3)

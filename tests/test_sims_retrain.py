@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from autoguide.apps.config_tree import compose
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.snapshots import Snapshot, write_index
 from autoguide.io import save_model
 from autoguide.nets import build_network, config_dict, network_config
@@ -165,3 +166,15 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     )
     base = compose("train", ["experiment=toy2d-main"])
     assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"
+
+
+def test_the_fine_tune_config_is_checked_in_the_parent(tmp_path):
+    """A value of ``retrain.overrides`` that the training recipe refuses is a one-line
+    ``ConfigError`` before any training process starts; the config handed to the child is
+    resolved (no interpolations left)."""
+    settings = RetrainSettings(budgets=(128,), lr=0.001, overrides=("train.P_std=-1",))
+    args = (tmp_path / "run", "x", tmp_path / "m.safetensors", NET, tmp_path / "shards")
+    with pytest.raises(ConfigError, match=r"^train\.P_std=-1\.0: expected"):
+        fine_tune_config(*args, settings, ["experiment=mnist-xs-guide"])
+    cfg = fine_tune_config(*args, RetrainSettings(budgets=(128,), lr=0.001), ["experiment=mnist-xs-guide"])
+    assert "${" not in OmegaConf.to_yaml(cfg) and cfg.callbacks.phema.out_dir == str(tmp_path / "run" / "phema")
