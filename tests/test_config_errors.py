@@ -45,7 +45,8 @@ def make_config(overrides: list[str]):
         (["train.target=clean"], r"^train\.target='clean': expected one of \['data', 'exact'\]$"),
         (
             ["train.target=exact"],
-            r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); data 'mnist5k' has no exact denoiser$",
+            r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); "
+            r"data 'mnist5k' has no exact denoiser$",
         ),
         (["train.sample_kimg=0"], r"^train\.sample_kimg=0"),
         (["+trainer.max_epochs=3"], r"^trainer\.max_epochs is derived by autoguide; set train\.duration_mi"),
@@ -80,7 +81,7 @@ def make_config(overrides: list[str]):
     ],
 )
 def test_config_error_names_the_key(tmp_path, overrides, message):
-    cfg = make_config(overrides + [f"run_dir={tmp_path / 'run'}", "logger=none"])
+    cfg = make_config([*overrides, f"run_dir={tmp_path / 'run'}", "logger=none"])
     with pytest.raises(ConfigError, match=message) as info:
         train(cfg)
     assert "\n" not in str(info.value)
@@ -148,7 +149,8 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
     [
         (
             ["train.batch_size=abc"],
-            r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$",
+            r"^Error merging override train\.batch_size=abc: "
+            r"Value 'abc' of type 'str' could not be converted to Integer$",
         ),
         (["+trainer.foo=1", "seed=[1"], r"^no viable alternative at input '\[1'; See https://hydra\.cc"),
     ],

@@ -45,7 +45,7 @@ def test_ranks_interleave_into_epochs_that_cover_the_data():
     """Merging the ranks' items in global order gives, epoch by epoch, each index once."""
     n, world, batch, steps = 10, 2, 3, 10
     per_rank = [_ids(TrainStream(Numbers(n), batch, 3, seed=1, rank=r, world_size=world), steps) for r in range(world)]
-    flat = [sum(ids, []) for ids in per_rank]
+    flat = [[i for batch_ids in ids for i in batch_ids] for ids in per_rank]
     merged = [flat[g % world][g // world] for g in range(world * batch * steps)]
     for e in range(len(merged) // n):
         assert sorted(merged[e * n : (e + 1) * n]) == list(range(n))
@@ -126,7 +126,7 @@ def test_datamodule_mnist_and_npz(tmp_path):
         "num_images": 500,
     }
     np.savez(tmp_path / "u.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
-    with pytest.raises(ValueError, match="conditional: true.*no labels"):
+    with pytest.raises(ValueError, match=r"conditional: true.*no labels"):
         training_dataset(
             DataSettings.from_mapping({"name": "npz", "path": str(tmp_path / "u.npz"), "conditional": True})
         )
@@ -176,14 +176,14 @@ def test_lightning_resume_continues_exactly(tmp_path):
             self.nimg = checkpoint["nimg"]
 
     data = DataSettings.from_mapping({"name": "toy2d", "num_samples": 50, "seed": 1, "conditional": True})
-    options = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-    )
+    options = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "default_root_dir": tmp_path,
+    }
 
     def fit(max_steps, ckpt_path=None):
         module, trainer = Recorder(), L.Trainer(max_steps=max_steps, **options)

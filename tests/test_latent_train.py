@@ -366,11 +366,11 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
     with pytest.raises(
-        ConfigError, match="main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"
+        ConfigError, match=r"main_model=.*main.safetensors works in the latent space of VAE .*data.standardize=edm2"
     ):
         check(main, "data.standardize=dataset")
     with pytest.raises(
-        ConfigError, match="main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"
+        ConfigError, match=r"main_model=.*small.safetensors has label_dim 10, but data 'latents' has 1000"
     ):
         check(main_file("small.safetensors", 10))
     with pytest.raises(
@@ -384,13 +384,13 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
 def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
     cfg = compose("train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}"])
     with pytest.raises(
-        ConfigError, match="net.img_resolution=64 does not match data 'latents', which has 32x32 images"
+        ConfigError, match=r"net.img_resolution=64 does not match data 'latents', which has 32x32 images"
     ):
         check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))
     cfg = compose(
         "train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"]
     )
     with pytest.raises(
-        ConfigError, match="net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
+        ConfigError, match=r"net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
     ):
         check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))

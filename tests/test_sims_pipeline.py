@@ -29,18 +29,18 @@ from autoguide.sims.pipeline import run_sims
 from autoguide.sims.sims_settings import SimsSettings
 from autoguide.sims.synthesize import verify_manifest
 
-NET = dict(
-    arch="unet",
-    img_resolution=32,
-    img_channels=1,
-    label_dim=10,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[],
-    channels_per_head=8,
-    dropout=0.0,
-)
+NET = {
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
 BASE_NIMG = 32000
 CRASH = '''
 import os
@@ -175,7 +175,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     base_state, _ = read_model_file(base)
     pairs = summary["iterations"][0]["pairs"]
     assert [Path(p).parent.name for p in pairs] == ["b000000000064-std0.1000", "b000000000128-std0.1000"]
-    for path, budget in zip(pairs, (64, 128)):
+    for path, budget in zip(pairs, (64, 128), strict=False):
         pair = read_pair(path, check_hashes=True)
         assert pair.positive == base and pair.budget_nimg == budget and set(pair.weight_space) == {1.0}
         card = read_card(pair.negative)
@@ -270,7 +270,7 @@ def test_sims_settings_refuse_bad_values_naming_the_key(tmp_path, overrides, mes
 def test_sims_schema_refuses_unknown_keys_at_composition(tmp_path):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException, match="retrain.lr_typo"):
+    with pytest.raises(ConfigCompositionException, match=r"retrain.lr_typo"):
         compose("sims", [f"out_dir={tmp_path}", "budget_mi=1", "retrain.lr_typo=0.1"])
     settings = sims_settings(
         compose("sims", [f"out_dir={tmp_path}", "budget_mi=[0.5,0.25]", "synthesize.sampler.num_steps=3"])

@@ -21,18 +21,18 @@ from autoguide.sims.sims_settings import budgets_from_mi
 from autoguide.train.module import DiffusionModule
 from autoguide.train.recipe import RunSettings, TrainSettings
 
-NET = dict(
-    arch="unet",
-    img_resolution=32,
-    img_channels=1,
-    label_dim=10,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[],
-    channels_per_head=8,
-    dropout=0.0,
-)
+NET = {
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
 
 
 def test_budgets_and_snapshot_interval():
@@ -41,7 +41,7 @@ def test_budgets_and_snapshot_interval():
     assert RetrainSettings(budgets=(768, 1024, 2048), lr=1e-3).snapshot_nimg == 256
     with pytest.raises(ValueError, match="budget_mi"):
         budgets_from_mi([0.1, -1])
-    with pytest.raises(ValueError, match="retrain.lr"):
+    with pytest.raises(ValueError, match=r"retrain.lr"):
         RetrainSettings(budgets=(64,), lr=0.0)
     for bad in ("data=folder", "++run_dir=x", "net.model_channels=4", "+callbacks.init_from.path=m", "train.lr_ref=1"):
         with pytest.raises(ValueError, match="SIMS manages"):
