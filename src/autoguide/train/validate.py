@@ -157,12 +157,12 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
 def main_model(cfg: DictConfig) -> str | None:
     """The ``main_model`` a guide is trained for (absent: none); an experiment that needs one
     (``main_model: ???``) and was not given it is an error."""
-    if "main_model" not in cfg:
-        return None
-    if OmegaConf.is_missing(cfg, "main_model"):
+    if OmegaConf.is_missing(cfg, "main_model"):  # checked first: a ??? key is not "in" cfg
         raise ConfigError(
             f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)"
         )
+    if "main_model" not in cfg:
+        return None
     return None if cfg.main_model is None else str(cfg.main_model)
 
 
