@@ -73,7 +73,7 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
     ``config.yaml``, except the ``RESUMABLE_KEYS`` or with ``resume_changed=true``. A folder
     without ``config.yaml`` has nothing to compare."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file() or cfg.get("resume_changed", False) is True:
+    if not path.is_file() or cfg.resume_changed is True:
         return
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
