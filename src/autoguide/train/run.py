@@ -46,6 +46,7 @@ from autoguide.runtime.process import rank_from_env
 from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints, newest_intact_checkpoint
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.module import DiffusionModule
+from autoguide.train.plan import BatchPlan
 from autoguide.train.recipe import RunSettings, TrainSettings
 from autoguide.train.rerun import check_unchanged
 from autoguide.train.validate import (
@@ -261,6 +262,15 @@ def _fit(
                 callback.flag.restore()
 
 
+def describe_plan(train: TrainSettings, plan: BatchPlan) -> str:
+    """The run's length and batch split in words, e.g. ``4096 images = 128 steps of 32 (2
+    device(s) x micro-batch 8 x 2 accumulation)``."""
+    return (
+        f"{train.total_nimg} images = {train.total_steps} steps of {plan.batch_size} "
+        f"({plan.world_size} device(s) x micro-batch {plan.micro_batch} x {plan.accumulate} accumulation)"
+    )
+
+
 def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data: TrainingData) -> Path:
     """The run itself, once the run folder is claimed."""
     ckpt = resume_checkpoint(cfg.resume, run_dir)
@@ -275,15 +285,7 @@ def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data: Training
     _prepare_run_dir(cfg, run_dir, latent)
     if trainer.is_global_zero:
         log.info(
-            "run %s: %d images = %d steps of %d (%d device(s) x micro-batch %d x %d accumulation)%s",
-            run_dir,
-            settings.train.total_nimg,
-            settings.train.total_steps,
-            plan.batch_size,
-            plan.world_size,
-            plan.micro_batch,
-            plan.accumulate,
-            f", resuming from {ckpt}" if ckpt else "",
+            "run %s: %s%s", run_dir, describe_plan(settings.train, plan), f", resuming from {ckpt}" if ckpt else ""
         )
     _fit(trainer, module, datamodule, ckpt, run_dir)
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
