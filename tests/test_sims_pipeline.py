@@ -92,6 +92,10 @@ def make_base_run(folder: Path) -> None:
     (folder / "logs" / "hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
+def compose_training(overrides):
+    return compose("train", overrides)
+
+
 def sims_config(out: Path, base_run: Path, crash: Path) -> SimsSettings:
     overrides = [
         f"out_dir={out}",
@@ -120,7 +124,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
 
     # First run: base and synthesize complete, the fine-tune is killed after its first checkpoint.
     with pytest.raises(RuntimeError, match="exited with status 3"):
-        run_sims(cfg)
+        run_sims(cfg, compose_training)
     run = out / "iter-00" / "retrain"
     assert (out / "base" / "stage.json").exists() and (out / "iter-00" / "synthesize" / "stage.json").exists()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -132,7 +136,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     }
 
     # Second run (same command): resumes in the retrain stage, from the checkpoint.
-    summary = run_sims(cfg)
+    summary = run_sims(cfg, compose_training)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished stages were not redone
     assert (
         "resuming from" in (run / "logs" / "train.log").read_text()

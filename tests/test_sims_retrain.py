@@ -35,6 +35,10 @@ NET = {
 }
 
 
+def compose_training(overrides):
+    return compose("train", overrides)
+
+
 def test_budgets_and_snapshot_interval():
     assert budgets_from_mi([2**-12, 2**-13, 2**-12]) == (128, 256)
     assert budgets_from_mi(0.5) == (2**19,)
@@ -81,6 +85,7 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
     )
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
     cfg = fine_tune_config(
+        compose_training,
         tmp_path / "run",
         "s-sims0",
         model,
@@ -156,6 +161,7 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
     toy_net = {"arch": "mlp", "img_channels": 2, "label_dim": 2}
     cfg = fine_tune_config(
+        compose_training,
         tmp_path / "run",
         "toy-sims0",
         tmp_path / "m.safetensors",
@@ -175,6 +181,8 @@ def test_the_fine_tune_config_is_checked_in_the_parent(tmp_path):
     settings = RetrainSettings(budgets=(128,), lr=0.001, overrides=("train.P_std=-1",))
     args = (tmp_path / "run", "x", tmp_path / "m.safetensors", NET, tmp_path / "shards")
     with pytest.raises(ConfigError, match=r"^train\.P_std=-1\.0: expected"):
-        fine_tune_config(*args, settings, ["experiment=mnist-xs-guide"])
-    cfg = fine_tune_config(*args, RetrainSettings(budgets=(128,), lr=0.001), ["experiment=mnist-xs-guide"])
+        fine_tune_config(compose_training, *args, settings, ["experiment=mnist-xs-guide"])
+    cfg = fine_tune_config(
+        compose_training, *args, RetrainSettings(budgets=(128,), lr=0.001), ["experiment=mnist-xs-guide"]
+    )
     assert "${" not in OmegaConf.to_yaml(cfg) and cfg.callbacks.phema.out_dir == str(tmp_path / "run" / "phema")

@@ -12,6 +12,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.apps.config_tree import compose
 from autoguide.apps.hydra_app import run_hydra_app
 from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.runtime.claim import FolderBusy
@@ -31,7 +32,7 @@ def sims_settings(cfg: DictConfig) -> SimsSettings:
 
 def run(cfg: DictConfig) -> None:
     """Run the stages ``cfg`` asks for and log where the pairs are."""
-    summary = run_sims(sims_settings(cfg))
+    summary = run_sims(sims_settings(cfg), lambda overrides: compose("train", overrides))
     if summary is not None:
         for entry in summary["iterations"]:
             for pair in entry["pairs"]:

@@ -33,7 +33,7 @@ from autoguide.sample.sampler_settings import GenerationSettings
 from autoguide.sims.base import base_stage
 from autoguide.sims.base_run import BaseRun, read_base_run
 from autoguide.sims.register import NEGATIVE_NAME, pair_folder, register_stage
-from autoguide.sims.retrain import RetrainSettings, retrain_stage
+from autoguide.sims.retrain import ComposeTraining, RetrainSettings, retrain_stage
 from autoguide.sims.sims_settings import STAGES, SimsSettings, SynthesizeOptions
 from autoguide.sims.synthesize import MANIFEST_NAME, SHARD_DIR, SynthesisSettings, synthesize_stage
 
@@ -134,10 +134,19 @@ def write_summary(layout: Layout, base: Path, iterations: list[dict[str, Any]]) 
 
 class Rounds:
     """The SIMS rounds after the base stage: what they share (the base, the stage settings,
-    the real data, the model loader) and one method per stage of round ``k``."""
+    the real data, the model loader, how the training config is composed) and one method per
+    stage of round ``k``."""
 
-    def __init__(self, settings: SimsSettings, layout: Layout, base: Path, base_run: BaseRun | None) -> None:
+    def __init__(
+        self,
+        settings: SimsSettings,
+        layout: Layout,
+        base: Path,
+        base_run: BaseRun | None,
+        compose_training: ComposeTraining,
+    ) -> None:
         self.settings, self.layout, self.base = settings, layout, base
+        self.compose_training = compose_training
         self.base_overrides = base_run.overrides if base_run else ()
         self.name = f"{base_run.config.get('name', 'base')}-sims" if base_run else "sims"
         card = read_card(base)
@@ -176,7 +185,17 @@ class Rounds:
         run = self.layout.stage(k, "retrain")
         network = read_card(source)["network"]
         manifest, shards = synthetic / MANIFEST_NAME, synthetic / SHARD_DIR
-        retrain_stage(run, source, network, manifest, shards, self.retrain, self.base_overrides, f"{self.name}{k}")
+        retrain_stage(
+            self.compose_training,
+            run,
+            source,
+            network,
+            manifest,
+            shards,
+            self.retrain,
+            self.base_overrides,
+            f"{self.name}{k}",
+        )
         return run
 
     def register(self, k: int, source: Path, synthetic: Path, run: Path) -> tuple[dict[str, Any], Path]:
@@ -201,16 +220,17 @@ class Rounds:
         return entry, pair_folder(folder, max(budgets), options.ema_stds[0]) / NEGATIVE_NAME
 
 
-def run_sims(settings: SimsSettings) -> dict[str, Any] | None:
-    """Run the configured SIMS stages (see ``conf/sims.yaml``); returns the summary, or ``None``
-    when stopped early (``stop_after``) or when other array tasks still owe chunks."""
+def run_sims(settings: SimsSettings, compose_training: ComposeTraining) -> dict[str, Any] | None:
+    """Run the configured SIMS stages (see ``conf/sims.yaml``; the fine-tunes' training config
+    from ``compose_training``); returns the summary, or ``None`` when stopped early
+    (``stop_after``) or when other array tasks still owe chunks."""
     layout = Layout(Path(settings.out_dir).resolve())
     stop_iteration, stop_stage = settings.stop_point
     base_run = read_base_run(settings.base_run) if settings.base_run else None
     base = base_stage(layout.base, settings.base, base_run, settings.base_ema_std, settings.base_at_nimg)
     if stop_stage == STAGES.index("base"):
         return None
-    rounds = Rounds(settings, layout, base, base_run)
+    rounds = Rounds(settings, layout, base, base_run, compose_training)
     source, done = base, []
     for k in range(stop_iteration + 1):
         last = STAGES[stop_stage] if k == stop_iteration else STAGES[-1]

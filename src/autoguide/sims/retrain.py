@@ -32,7 +32,7 @@ import logging
 import math
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -56,6 +56,9 @@ TRAIN_COMMAND = (sys.executable, "-m", "autoguide.apps.train", "--resolved-confi
 training from a resolved config file."""
 CONFIG_NAME = "fine_tune.yaml"
 """The fine-tune's resolved training config, in the stage folder."""
+ComposeTraining = Callable[[Sequence[str]], DictConfig]
+"""``conf/train.yaml`` composed with the given overrides: the app's
+``autoguide.apps.config_tree.compose`` (the library does not import the apps)."""
 MANAGED_KEYS = (
     "name",
     "run_dir",
@@ -177,6 +180,7 @@ def managed_values(
 
 
 def fine_tune_config(
+    compose_training: ComposeTraining,
     run_dir: Path,
     name: str,
     init_model: Path,
@@ -185,13 +189,12 @@ def fine_tune_config(
     settings: RetrainSettings,
     base_overrides: Sequence[str],
 ) -> DictConfig:
-    """The fine-tune's training config, resolved: ``conf/train.yaml`` with ``data=shards``, the
-    base run's carried overrides and ``retrain.overrides``, then ``managed_values`` set; checked
-    as typed settings (``ConfigError`` naming the key)."""
-    from autoguide.apps.config_tree import compose
+    """The fine-tune's training config, resolved: ``conf/train.yaml`` (``compose_training``) with
+    ``data=shards``, the base run's carried overrides and ``retrain.overrides``, then
+    ``managed_values`` set; checked as typed settings (``ConfigError`` naming the key)."""
     from autoguide.train.validate import plain_node, run_settings
 
-    cfg = compose("train", [*carried_base_overrides(base_overrides), *settings.overrides, "data=shards"])
+    cfg = compose_training([*carried_base_overrides(base_overrides), *settings.overrides, "data=shards"])
     with open_dict(cfg):
         del cfg["net"]  # replaced whole: the card's network, whatever the preset was
         for key, value in managed_values(run_dir, name, init_model, network, shards, settings).items():
@@ -233,6 +236,7 @@ def run_training(config_file: Path, launcher: Sequence[str], run_dir: Path) -> N
 
 
 def retrain_stage(
+    compose_training: ComposeTraining,
     folder: Path,
     init_model: Path,
     network: Mapping[str, Any],
@@ -259,7 +263,14 @@ def retrain_stage(
 
     def work() -> tuple[list[Path], dict[str, Any]]:
         cfg = fine_tune_config(
-            folder.resolve(), name, init_model.resolve(), network, shards.resolve(), settings, base_overrides
+            compose_training,
+            folder.resolve(),
+            name,
+            init_model.resolve(),
+            network,
+            shards.resolve(),
+            settings,
+            base_overrides,
         )
         config_file = folder / CONFIG_NAME
         write_text_atomic(config_file, OmegaConf.to_yaml(cfg))
