@@ -28,7 +28,7 @@ def make_config(overrides: list[str]):
         (["train.duration_mi=-1"], r"^train\.duration_mi=-1(\.0)?: expected a positive number$"),
         (["train.duration_fraction=0"], r"^train\.duration_fraction=0"),
         (["train.batch_size=0"], r"^train\.batch_size=0"),
-        (["train.batch_size=64", "train.batch_per_device=24"], r"^train\.batch_per_device=24 does not divide"),
+        (["train.batch_size=64", "train.micro_batch=24"], r"^train\.micro_batch=24 does not divide"),
         (["trainer=ddp_cpu", "train.batch_size=63"], r"^train\.batch_size=63 is not divisible by the world size 2"),
         (["train.P_std=0"], r"^train\.P_std=0"),
         (["train.cond_drop_prob=1.0"], r"^train\.cond_drop_prob=1\.0"),
@@ -45,8 +45,8 @@ def make_config(overrides: list[str]):
         (["train.target=clean"], r"^train\.target='clean': expected one of \['data', 'exact'\]$"),
         (
             ["train.target=exact"],
-            r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); data "
-            r"'mnist5k' has no exact denoiser$",
+            r"^train\.target=exact needs a dataset whose distribution is known in closed form \(toy2d\); "
+            r"data 'mnist5k' has no exact denoiser$",
         ),
         (["train.sample_kimg=0"], r"^train\.sample_kimg=0"),
         (["+trainer.max_epochs=3"], r"^trainer\.max_epochs is derived by autoguide; set train\.duration_mi"),
@@ -149,8 +149,8 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path, args, line):
     [
         (
             ["train.batch_size=abc"],
-            r"^Error merging override train\.batch_size=abc: Value 'abc' of type 'str' could not be converted to "
-            r"Integer$",
+            r"^Error merging override train\.batch_size=abc: "
+            r"Value 'abc' of type 'str' could not be converted to Integer$",
         ),
         (["+trainer.foo=1", "seed=[1"], r"^no viable alternative at input '\[1'; See https://hydra\.cc"),
     ],

@@ -1,6 +1,7 @@
 """The training index stream and DiffusionDataModule: exact resume, rank slicing, worker
 independence, label encoding, dataset configs."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from autoguide.data.datamodule import DiffusionDataModule
+from autoguide.data.datamodule import DataSettings, DiffusionDataModule, dataset_info, training_dataset
 from autoguide.data.stream import TrainStream, epoch_permutation
 
 
@@ -44,7 +45,7 @@ def test_ranks_interleave_into_epochs_that_cover_the_data():
     """Merging the ranks' items in global order gives, epoch by epoch, each index once."""
     n, world, batch, steps = 10, 2, 3, 10
     per_rank = [_ids(TrainStream(Numbers(n), batch, 3, seed=1, rank=r, world_size=world), steps) for r in range(world)]
-    flat = [[i for batch in ids for i in batch] for ids in per_rank]
+    flat = [[i for batch_ids in ids for i in batch_ids] for ids in per_rank]
     merged = [flat[g % world][g // world] for g in range(world * batch * steps)]
     for e in range(len(merged) // n):
         assert sorted(merged[e * n : (e + 1) * n]) == list(range(n))
@@ -80,17 +81,19 @@ def test_labels_one_hot_or_empty():
     assert empty.shape == (6, 0)
 
 
+def test_data_settings_split_the_loader_keys_from_the_dataset_keys():
+    data = DataSettings.from_mapping({"name": "toy2d", "num_samples": 64, "seed": 3, "conditional": True})
+    assert data == DataSettings({"name": "toy2d", "num_samples": 64}, num_workers=0, seed=3, conditional=True)
+    with pytest.raises(ValueError, match=r"data\.batch_size: .*train\.batch_size .*train\.micro_batch"):
+        DataSettings.from_mapping({"name": "toy2d", "batch_size": 8})
+
+
 def test_datamodule_toy2d_info_and_batches():
-    cfg = {
-        "name": "toy2d",
-        "num_samples": 64,
-        "classes": "AB",
-        "batch_size": 8,
-        "seed": 3,
-        "conditional": True,
-    }
-    dm = DiffusionDataModule(cfg)
-    assert dm.dataset_info() == {
+    data = DataSettings.from_mapping(
+        {"name": "toy2d", "num_samples": 64, "classes": "AB", "seed": 3, "conditional": True}
+    )
+    dm = DiffusionDataModule(data, micro_batch=8)
+    assert dataset_info(dm.dataset, data) == {
         "img_channels": 2,
         "img_resolution": 0,
         "label_dim": 2,
@@ -99,13 +102,13 @@ def test_datamodule_toy2d_info_and_batches():
     x, labels = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 2) and x.dtype == torch.float32 and labels.shape == (8, 2)
     assert torch.equal(x[0], dm.dataset[epoch_permutation(64, 3, 0)[0].item()][0])
-    unconditional = DiffusionDataModule({**cfg, "conditional": False})
-    assert unconditional.dataset_info()["label_dim"] == 0
-    assert next(iter(unconditional.train_dataloader()))[1].shape == (8, 0)
+    unconditional = dataclasses.replace(data, conditional=False)
+    assert dataset_info(dm.dataset, unconditional)["label_dim"] == 0
+    assert next(iter(DiffusionDataModule(unconditional, 8).train_dataloader()))[1].shape == (8, 0)
 
 
 def test_datamodule_takes_rank_and_nimg_from_the_trainer():
-    dm = DiffusionDataModule({"name": "toy2d", "num_samples": 40, "batch_size": 4, "seed": 5})
+    dm = DiffusionDataModule(DataSettings.from_mapping({"name": "toy2d", "num_samples": 40, "seed": 5}), 4)
     dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(nimg=24), global_rank=1, world_size=2)
     stream = dm.train_dataloader().dataset
     assert (stream.rank, stream.world_size, stream.start_nimg) == (1, 2, 24)
@@ -115,35 +118,36 @@ def test_datamodule_takes_rank_and_nimg_from_the_trainer():
 
 
 def test_datamodule_mnist_and_npz(tmp_path):
-    dm = DiffusionDataModule({"name": "mnist5k", "split": "test", "channels": 3, "batch_size": 2, "conditional": True})
-    assert dm.dataset_info() == {
+    data = DataSettings.from_mapping({"name": "mnist5k", "split": "test", "channels": 3, "conditional": True})
+    assert dataset_info(training_dataset(data), data) == {
         "img_channels": 3,
         "img_resolution": 32,
         "label_dim": 10,
         "num_images": 500,
     }
     np.savez(tmp_path / "u.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
-    dm = DiffusionDataModule({"name": "npz", "path": str(tmp_path / "u.npz"), "batch_size": 2, "conditional": True})
     with pytest.raises(ValueError, match=r"conditional: true.*no labels"):
-        dm.dataset_info()
+        training_dataset(
+            DataSettings.from_mapping({"name": "npz", "path": str(tmp_path / "u.npz"), "conditional": True})
+        )
 
 
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"name": "imagenet", "batch_size": 2}, "'imagenet' is unknown.*mnist5k"),
+        ({"name": "imagenet"}, "'imagenet' is unknown.*mnist5k"),
         (
-            {"name": "mnist5k", "batch_size": 2, "resolution": 64},
+            {"name": "mnist5k", "resolution": 64},
             "'mnist5k'.*resolution.*'split', 'channels'",
         ),
-        ({"name": "npz", "batch_size": 2}, "'npz'.*path"),
+        ({"name": "npz"}, "'npz'.*path"),
     ],
 )
 def test_config_errors(cfg, message):
     with pytest.raises(ValueError, match=message):
-        _ = DiffusionDataModule(cfg).dataset
-    with pytest.raises(ValueError, match="batch_size"):
-        DiffusionDataModule({"name": "mnist5k"})
+        training_dataset(DataSettings.from_mapping(cfg))
+    with pytest.raises(ValueError, match="micro_batch=0"):
+        DiffusionDataModule(DataSettings.from_mapping({"name": "mnist5k"}), 0)
 
 
 def test_lightning_resume_continues_exactly(tmp_path):
@@ -171,7 +175,7 @@ def test_lightning_resume_continues_exactly(tmp_path):
         def on_load_checkpoint(self, checkpoint):
             self.nimg = checkpoint["nimg"]
 
-    cfg = {"name": "toy2d", "num_samples": 50, "batch_size": 8, "seed": 1, "conditional": True}
+    data = DataSettings.from_mapping({"name": "toy2d", "num_samples": 50, "seed": 1, "conditional": True})
     options = {
         "logger": False,
         "enable_checkpointing": False,
@@ -183,7 +187,7 @@ def test_lightning_resume_continues_exactly(tmp_path):
 
     def fit(max_steps, ckpt_path=None):
         module, trainer = Recorder(), L.Trainer(max_steps=max_steps, **options)
-        trainer.fit(module, DiffusionDataModule(cfg), ckpt_path=ckpt_path)
+        trainer.fit(module, DiffusionDataModule(data, 8), ckpt_path=ckpt_path)
         return module, trainer
 
     full, _ = fit(10)

@@ -5,7 +5,7 @@ test writes; nothing in the package knows about them):
 - both ranks end with bit-identical weights, equal to the run's ``final.safetensors``, and
   different from the initial weights (the run trained);
 - the global batch is split as configured: every rank takes the same number of micro-batches
-  (``accumulate`` per optimizer step) of ``batch_per_device`` images, different images on the
+  (``accumulate`` per optimizer step) of ``micro_batch`` images, different images on the
   two ranks, and the image count ends at ``steps * batch_size``;
 - only rank 0 writes into the run folder (checkpoints, snapshots, samples, logs, config): the
   other rank opens no file there for writing and renames nothing there.
@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32  # global images per optimizer step
-PER_DEVICE = 8  # micro-batch per device -> 32 / (2 x 8) = 2 accumulation rounds
+MICRO_BATCH = 8  # micro-batch per device -> 32 / (2 x 8) = 2 accumulation rounds
 STEPS = 4
 INTERVAL_KIMG = 2 * BATCH / 1000  # checkpoints, snapshots and samples every 2 steps
 
@@ -126,7 +126,7 @@ def train_overrides(run_dir: Path, probe_out: Path) -> list[str]:
         "net.width=16",
         "net.depth=2",
         f"train.batch_size={BATCH}",
-        f"train.batch_per_device={PER_DEVICE}",
+        f"train.micro_batch={MICRO_BATCH}",
         f"train.duration_mi={STEPS * BATCH / 2**20}",
         "train.lr_rampup_mi=0.0001",
         f"train.checkpoint_kimg={INTERVAL_KIMG}",
@@ -142,7 +142,7 @@ def train_overrides(run_dir: Path, probe_out: Path) -> list[str]:
     ]
 
 
-def check_ranks(run_dir: Path, out: Path, world_size: int, per_device: int, accumulate: int) -> None:
+def check_ranks(run_dir: Path, out: Path, world_size: int, micro_batch: int, accumulate: int) -> None:
     """The checks of the module docstring on a finished run with the probe's records in ``out``."""
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world_size)]
     assert {r["world_size"] for r in ranks} == {world_size}
@@ -160,7 +160,7 @@ def check_ranks(run_dir: Path, out: Path, world_size: int, per_device: int, accu
 
     batches = [torch.load(out / f"batches-rank{r}.pt", weights_only=True) for r in range(world_size)]
     for b in batches:
-        assert b.shape[:2] == (STEPS * accumulate, per_device)
+        assert b.shape[:2] == (STEPS * accumulate, micro_batch)
     for r in range(1, world_size):
         assert not torch.equal(batches[0][0], batches[r][0]), f"ranks 0 and {r} trained on the same images"
 
@@ -192,4 +192,4 @@ def test_two_process_ddp_identical_weights_and_rank0_writes(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    check_ranks(run_dir, out, world_size=2, per_device=PER_DEVICE, accumulate=BATCH // (2 * PER_DEVICE))
+    check_ranks(run_dir, out, world_size=2, micro_batch=MICRO_BATCH, accumulate=BATCH // (2 * MICRO_BATCH))

@@ -27,6 +27,7 @@ from autoguide.apps.config_tree import compose
 from autoguide.apps.evaluate import run as evaluate
 from autoguide.apps.generate import run as generate
 from autoguide.core.typed_settings import ConfigError
+from autoguide.data.datamodule import DataSettings
 from autoguide.data.encode import EncodeSettings, encode_dataset, source_images
 from autoguide.data.latents import read_manifest
 from autoguide.data.vae import load_latent_codec, stability_vae_spec
@@ -358,7 +359,9 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
         cfg = compose(
             "train", ["experiment=img512-xs-guide-for-imported", f"data.path={set64}", f"main_model={main}", *overrides]
         )
-        check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0}, str(main))
+        check_data(
+            run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}), str(main)
+        )
 
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
@@ -383,11 +386,11 @@ def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
     with pytest.raises(
         ConfigError, match=r"net.img_resolution=64 does not match data 'latents', which has 32x32 images"
     ):
-        check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})
+        check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))
     cfg = compose(
         "train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"]
     )
     with pytest.raises(
         ConfigError, match=r"net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
     ):
-        check_data(run_settings(cfg), {**dict(cfg.data), "vae_path": None, "seed": 0})
+        check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))

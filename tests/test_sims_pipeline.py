@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 
 from autoguide.apps import generate as generate_cli
 from autoguide.apps.config_tree import compose
+from autoguide.apps.sims import sims_settings
+from autoguide.core.typed_settings import ConfigError
 from autoguide.data.mnist import MNIST5k
 from autoguide.data.shards import IndexedShardDataset
 from autoguide.ema.snapshots import Snapshot, snapshot_filename, write_index
@@ -24,6 +26,7 @@ from autoguide.io import read_card, read_model_file, save_model
 from autoguide.io.sims_pair import read_pair
 from autoguide.nets import build_network, network_config
 from autoguide.sims.pipeline import run_sims
+from autoguide.sims.sims_settings import SimsSettings
 from autoguide.sims.synthesize import verify_manifest
 
 NET = {
@@ -71,9 +74,10 @@ def make_base_run(folder: Path) -> None:
         ["unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases"],
         entries,
     )
+    recipe = ["train.batch_size=16", "train.lr_ref=0.01", "train.lr_ref_batches=1000", "train.lr_rampup_mi=0.01"]
     config = {
         "name": "tiny",
-        "train": {"batch_size": 16, "lr_ref": 0.01, "lr_ref_batches": 1000, "lr_rampup_mi": 0.01},
+        "train": OmegaConf.to_container(compose("train", ["experiment=mnist-xs-guide", *recipe]).train, resolve=True),
         "data": {"name": "mnist5k", "split": "test", "channels": 1, "conditional": True, "seed": 0, "num_workers": 0},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -88,7 +92,11 @@ def make_base_run(folder: Path) -> None:
     (folder / "logs" / "hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
-def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
+def compose_training(overrides):
+    return compose("train", overrides)
+
+
+def sims_config(out: Path, base_run: Path, crash: Path) -> SimsSettings:
     overrides = [
         f"out_dir={out}",
         f"base_run={base_run}",
@@ -103,7 +111,7 @@ def sims_config(out: Path, base_run: Path, crash: Path) -> dict:
         'retrain.overrides=["logger=none","data.num_workers=0","~callbacks.sample_grid","~callbacks.progress_bar",'
         f'"+callbacks.crash._target_=sims_crash.CrashOnce","+callbacks.crash.after=64","+callbacks.crash.marker={crash}"]',
     ]
-    return OmegaConf.to_container(compose("sims", overrides), resolve=True)
+    return sims_settings(compose("sims", overrides))
 
 
 def test_sims_end_to_end(tmp_path, monkeypatch):
@@ -116,7 +124,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
 
     # First run: base and synthesize complete, the fine-tune is killed after its first checkpoint.
     with pytest.raises(RuntimeError, match="exited with status 3"):
-        run_sims(cfg)
+        run_sims(cfg, compose_training)
     run = out / "iter-00" / "retrain"
     assert (out / "base" / "stage.json").exists() and (out / "iter-00" / "synthesize" / "stage.json").exists()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -128,7 +136,7 @@ def test_sims_end_to_end(tmp_path, monkeypatch):
     }
 
     # Second run (same command): resumes in the retrain stage, from the checkpoint.
-    summary = run_sims(cfg)
+    summary = run_sims(cfg, compose_training)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished stages were not redone
     assert (
         "resuming from" in (run / "logs" / "train.log").read_text()
@@ -244,3 +252,32 @@ def test_cli_records_the_base_and_refuses_other_inputs(tmp_path):
             [sys.executable, "-m", "autoguide.apps.sims", f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True
         ).stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stop_after=sample"], r"^stop_after='sample': expected one of \['base', 'synthesize'"),
+        (["iterations=2", "iteration=2"], r"^iteration=2: expected 0 <= iteration < iterations=2$"),
+        (["budget_mi=[0.5,-1]"], r"^budget_mi=\[0\.5, -1\]: expected positive numbers"),
+        (["synthesize.num_tasks=2", "synthesize.task=2"], r"^synthesize\.task=2: expected 0 <= task < num_tasks=2$"),
+        (["register.ema_stds=[]"], r"^register\.ema_stds is empty"),
+        (["real_data=mnist5k"], r"^real_data='mnist5k': expected a dataset config"),
+    ],
+)
+def test_sims_settings_refuse_bad_values_naming_the_key(tmp_path, overrides, message):
+    cfg = compose("sims", [f"out_dir={tmp_path}", "budget_mi=1", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        sims_settings(cfg)
+
+
+def test_sims_schema_refuses_unknown_keys_at_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"retrain.lr_typo"):
+        compose("sims", [f"out_dir={tmp_path}", "budget_mi=1", "retrain.lr_typo=0.1"])
+    settings = sims_settings(
+        compose("sims", [f"out_dir={tmp_path}", "budget_mi=[0.5,0.25]", "synthesize.sampler.num_steps=3"])
+    )
+    assert settings.budgets == (2**18, 2**19) and settings.synthesize.sampler.num_steps == 3
+    assert settings.stop_point == (0, 3)

@@ -1,4 +1,4 @@
-"""SIMS retrain stage: budgets, the fine-tune's training overrides (parsed by Hydra against the
+"""SIMS retrain stage: budgets, the fine-tune's training config (composed and checked against the
 real training config tree), weight initialisation from a model file, snapshot checks."""
 
 import pytest
@@ -6,19 +6,20 @@ import torch
 from omegaconf import OmegaConf
 
 from autoguide.apps.config_tree import compose
+from autoguide.core.typed_settings import ConfigError
 from autoguide.ema.snapshots import Snapshot, write_index
 from autoguide.io import save_model
-from autoguide.nets import build_network, config_dict
+from autoguide.nets import build_network, config_dict, network_config
 from autoguide.sims.init_callback import InitFromModel
 from autoguide.sims.retrain import (
     RetrainSettings,
-    budgets_from_mi,
     carried_base_overrides,
     check_snapshots,
-    training_overrides,
+    fine_tune_config,
 )
+from autoguide.sims.sims_settings import budgets_from_mi
 from autoguide.train.module import DiffusionModule
-from autoguide.train.recipe import TrainSettings
+from autoguide.train.recipe import RunSettings, TrainSettings
 
 NET = {
     "arch": "unet",
@@ -32,6 +33,10 @@ NET = {
     "channels_per_head": 8,
     "dropout": 0.0,
 }
+
+
+def compose_training(overrides):
+    return compose("train", overrides)
 
 
 def test_budgets_and_snapshot_interval():
@@ -79,7 +84,8 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
         ),
     )
     model = tmp_path / "my model=1.safetensors"  # a path the override grammar must quote
-    overrides = training_overrides(
+    cfg = fine_tune_config(
+        compose_training,
         tmp_path / "run",
         "s-sims0",
         model,
@@ -88,7 +94,6 @@ def test_overrides_compose_to_the_fine_tune_config(tmp_path):
         settings,
         ["experiment=mnist-xs-guide", "train.batch_size=16", "run_dir=/elsewhere", "data.split=train"],
     )
-    cfg = compose("train", overrides)
     assert OmegaConf.to_container(cfg.net) == config_dict(NET)
     assert cfg.run_dir == str(tmp_path / "run") and cfg.name == "s-sims0" and cfg.resume == "auto"
     assert cfg.data.name == "shards" and cfg.data.path == str(tmp_path / "shards") and cfg.data.conditional is True
@@ -123,7 +128,7 @@ def test_init_from_model_loads_the_weights(tmp_path):
         sample_kimg=1,
         snapshot_kimg=1,
     )
-    module = DiffusionModule(NET, recipe, seed=7)
+    module = DiffusionModule(RunSettings(network_config(NET), recipe, seed=7))
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     InitFromModel(str(tmp_path / "m.safetensors")).setup(None, module, "validate")  # only at fit
     assert all(torch.equal(before[k], v) for k, v in module.net.state_dict().items())
@@ -131,7 +136,7 @@ def test_init_from_model_loads_the_weights(tmp_path):
     for key, value in source.state_dict().items():
         assert torch.equal(module.net.state_dict()[key], value), key
     assert not torch.equal(before["unet.out_conv.weight"], module.net.state_dict()["unet.out_conv.weight"])
-    other = DiffusionModule({**NET, "model_channels": 16}, recipe)
+    other = DiffusionModule(RunSettings(network_config({**NET, "model_channels": 16}), recipe))
     with pytest.raises(ValueError, match="differs from the training config"):
         InitFromModel(str(tmp_path / "m.safetensors")).setup(None, other, "fit")
     InitFromModel(str(tmp_path / "m.safetensors"), budgets=[8, 16]).setup(None, module, "fit")  # batch 4 divides both
@@ -154,15 +159,30 @@ def test_fine_tune_of_an_exact_target_base_regresses_its_samples(tmp_path):
     """A toy base trained with ``train.target=exact`` is fine-tuned on synthetic shards, which
     have no closed-form target: SIMS sets ``train.target=data``."""
     settings = RetrainSettings(budgets=(128,), lr=0.001, ema_stds=(0.05,))
-    overrides = training_overrides(
+    toy_net = {"arch": "mlp", "img_channels": 2, "label_dim": 2}
+    cfg = fine_tune_config(
+        compose_training,
         tmp_path / "run",
         "toy-sims0",
         tmp_path / "m.safetensors",
-        NET,
+        toy_net,
         tmp_path / "shards",
         settings,
         ["experiment=toy2d-main"],
     )
     base = compose("train", ["experiment=toy2d-main"])
-    cfg = compose("train", overrides)
     assert base.train.target == "exact" and cfg.train.target == "data" and cfg.data.name == "shards"
+
+
+def test_the_fine_tune_config_is_checked_in_the_parent(tmp_path):
+    """A value of ``retrain.overrides`` that the training recipe refuses is a one-line
+    ``ConfigError`` before any training process starts; the config handed to the child is
+    resolved (no interpolations left)."""
+    settings = RetrainSettings(budgets=(128,), lr=0.001, overrides=("train.P_std=-1",))
+    args = (tmp_path / "run", "x", tmp_path / "m.safetensors", NET, tmp_path / "shards")
+    with pytest.raises(ConfigError, match=r"^train\.P_std=-1\.0: expected"):
+        fine_tune_config(compose_training, *args, settings, ["experiment=mnist-xs-guide"])
+    cfg = fine_tune_config(
+        compose_training, *args, RetrainSettings(budgets=(128,), lr=0.001), ["experiment=mnist-xs-guide"]
+    )
+    assert "${" not in OmegaConf.to_yaml(cfg) and cfg.callbacks.phema.out_dir == str(tmp_path / "run" / "phema")

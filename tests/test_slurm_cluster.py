@@ -300,7 +300,7 @@ def test_srun_ddp_two_tasks_identical_weights_and_rank0_writes(cluster, tmp_path
     )
     [info] = wait_finished(job, 600, log)
     assert info["JobState"] == "COMPLETED", log.read_text()[-3000:]
-    check_ranks(run_dir, out, world_size=2, per_device=8, accumulate=2)
+    check_ranks(run_dir, out, world_size=2, micro_batch=8, accumulate=2)
 
 
 def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):

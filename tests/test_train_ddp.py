@@ -32,7 +32,7 @@ def test_ddp_cpu_two_ranks(tmp_path):
             "net.width=8",
             "net.depth=1",
             f"train.batch_size={batch}",
-            "train.batch_per_device=8",
+            "train.micro_batch=8",
             f"train.duration_mi={steps * batch / 2**20}",
             f"train.checkpoint_kimg={3 * batch / 1000}",
             "callbacks.sample_grid.num_images=32",
@@ -44,7 +44,7 @@ def test_ddp_cpu_two_ranks(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 device(s) x 8 per device x 2 accumulation" in result.stderr + result.stdout
+    assert "2 device(s) x micro-batch 8 x 2 accumulation" in result.stderr + result.stdout
     assert [n for n, _ in list_checkpoints(run)] == [3 * batch, 6 * batch]
     assert read_card(run / "final.safetensors")["nimg"] == steps * batch
     assert (run / "config.yaml").is_file()

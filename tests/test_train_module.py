@@ -11,9 +11,10 @@ import lightning as L
 import pytest
 import torch
 
-from autoguide.data.datamodule import DiffusionDataModule
+from autoguide.data.datamodule import DataSettings, DiffusionDataModule
+from autoguide.nets import network_config
 from autoguide.train.module import DiffusionModule, step_seed
-from autoguide.train.recipe import OptimizerSettings, TrainSettings
+from autoguide.train.recipe import OptimizerSettings, RunSettings, TrainSettings
 
 TOY_NET = {"arch": "mlp", "img_channels": 2, "label_dim": 2, "width": 8, "depth": 1}
 LR_REF, T_REF, RAMPUP_IMG = 0.01, 3, 40
@@ -43,7 +44,7 @@ def make_module(batch: int, net: dict = TOY_NET, optimizer: dict | None = None, 
     recipe.update(overrides)
     if optimizer is not None:
         recipe["optimizer"] = OptimizerSettings(**optimizer)
-    return DiffusionModule(net, TrainSettings(**recipe), seed=3)
+    return DiffusionModule(RunSettings(network_config(net), TrainSettings(**recipe), seed=3))
 
 
 class StepRecorder(L.Callback):
@@ -60,17 +61,17 @@ class StepRecorder(L.Callback):
             self.last = pl_module.nimg
 
 
-def fit(batch: int, per_device: int, steps: int) -> tuple[DiffusionModule, StepRecorder]:
+def fit(batch: int, micro_batch: int, steps: int) -> tuple[DiffusionModule, StepRecorder]:
     module = make_module(batch)
     data = DiffusionDataModule(
-        {"name": "toy2d", "num_samples": 256, "conditional": True, "batch_size": per_device, "seed": 0}
+        DataSettings.from_mapping({"name": "toy2d", "num_samples": 256, "conditional": True, "seed": 0}), micro_batch
     )
     recorder = StepRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_steps=steps,
-        accumulate_grad_batches=batch // per_device,
+        accumulate_grad_batches=batch // micro_batch,
         callbacks=[recorder],
         logger=False,
         enable_checkpointing=False,
@@ -87,7 +88,7 @@ def fit(batch: int, per_device: int, steps: int) -> tuple[DiffusionModule, StepR
 
 
 def test_lr_schedule_and_nimg_match_edm2_formula():
-    module, recorder = fit(batch=16, per_device=16, steps=8)
+    module, recorder = fit(batch=16, micro_batch=16, steps=8)
     assert module.nimg == 8 * 16
     assert [n for n, _ in recorder.steps] == [16 * k for k in range(8)]
     for nimg, lr in recorder.steps:
@@ -98,8 +99,8 @@ def test_lr_schedule_and_nimg_match_edm2_formula():
 
 
 def test_gradient_accumulation_keeps_the_big_batch_schedule():
-    single, rec_single = fit(batch=16, per_device=16, steps=6)
-    accum, rec_accum = fit(batch=16, per_device=4, steps=6)  # 4 micro-batches per step
+    single, rec_single = fit(batch=16, micro_batch=16, steps=6)
+    accum, rec_accum = fit(batch=16, micro_batch=4, steps=6)  # 4 micro-batches per step
     assert accum.nimg == single.nimg == 96
     assert rec_accum.steps == rec_single.steps
 

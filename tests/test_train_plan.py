@@ -30,7 +30,7 @@ def recipe(**changes) -> TrainSettings:
 
 
 @pytest.mark.parametrize(
-    ("batch", "world", "per_device", "expected"),
+    ("batch", "world", "micro_batch", "expected"),
     [
         (2048, 8, None, (256, 1)),
         (2048, 8, 64, (64, 4)),
@@ -38,26 +38,26 @@ def recipe(**changes) -> TrainSettings:
         (12, 3, 2, (2, 2)),
     ],
 )
-def test_batch_plan_splits_global_batch(batch, world, per_device, expected):
-    plan = batch_plan(batch, world, per_device)
-    assert (plan.per_device, plan.accumulate) == expected
-    assert plan.world_size * plan.per_device * plan.accumulate == batch
+def test_batch_plan_splits_global_batch(batch, world, micro_batch, expected):
+    plan = batch_plan(batch, world, micro_batch)
+    assert (plan.micro_batch, plan.accumulate) == expected
+    assert plan.world_size * plan.micro_batch * plan.accumulate == batch
 
 
 @pytest.mark.parametrize(
-    ("batch", "world", "per_device", "key"),
+    ("batch", "world", "micro_batch", "key"),
     [
         (10, 4, None, "train.batch_size=10"),
-        (64, 2, 12, "train.batch_per_device=12"),
+        (64, 2, 12, "train.micro_batch=12"),
         (0, 1, None, "train.batch_size=0"),
-        (64, 1, 0, "train.batch_per_device=0"),
+        (64, 1, 0, "train.micro_batch=0"),
         (12.5, 1, None, "train.batch_size=12.5"),
-        (64, 1, 8.0, "train.batch_per_device=8.0"),
+        (64, 1, 8.0, "train.micro_batch=8.0"),
     ],
 )
-def test_batch_plan_errors_name_the_key(batch, world, per_device, key):
+def test_batch_plan_errors_name_the_key(batch, world, micro_batch, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        recipe(batch_size=batch, batch_per_device=per_device).batch_plan(world)
+        recipe(batch_size=batch, micro_batch=micro_batch).batch_plan(world)
 
 
 def test_duration_in_images_and_steps():

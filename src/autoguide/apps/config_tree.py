@@ -8,7 +8,8 @@ groups shared by them: ``data``, ``net``, ``trainer``, ``logger``, ``callbacks``
 ``hydra``, ``experiment``, ``debug``, ``sampler``, ``guidance``, ``metrics``.
 
 The settings dataclasses are registered as Hydra structured configs in the group ``schema``
-(``schema/train``, ``schema/sampler``, ``schema/unet``, ``schema/mlp``, ``schema/energy_mlp``)
+(``schema/train``, ``schema/sampler``, ``schema/sims``, ``schema/unet``, ``schema/mlp``,
+``schema/energy_mlp``)
 and the YAML nodes start from them (``defaults: [/schema/unet@_here_]``), so composition
 rejects unknown keys and values of the wrong type, and the dataclass defaults are the
 defaults. The sampling apps' primary configs (``autoguide.apps.sampling_configs``:
@@ -31,9 +32,16 @@ from autoguide.apps.sampling_configs import PRIMARY_CONFIGS
 from autoguide.core.typed_settings import plain
 from autoguide.nets.architectures import ARCHS
 from autoguide.sample.sampler_settings import SamplerSettings
+from autoguide.sims.sims_settings import SimsSettings
 from autoguide.train.recipe import TrainSettings
 
-SCHEMAS: dict[str, type] = {"train": TrainSettings, "sampler": SamplerSettings, **ARCHS, **PRIMARY_CONFIGS}
+SCHEMAS: dict[str, type] = {
+    "train": TrainSettings,
+    "sampler": SamplerSettings,
+    "sims": SimsSettings,
+    **ARCHS,
+    **PRIMARY_CONFIGS,
+}
 PRESET_PROBE = "_net_preset"
 
 

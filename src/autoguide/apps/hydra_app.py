@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
@@ -83,12 +83,13 @@ def run_hydra_app(
     config_name: str,
     task: Callable[[DictConfig], Any],
     errors: Mapping[type[Exception], str | tuple[str, int]] | None = None,
-    precheck: bool = True,
+    before_start: Callable[[DictConfig], None] | None = None,
 ) -> None:
     """Run ``task`` as the Hydra app ``conf/<config_name>.yaml`` with ``sys.argv``; ``errors``
     maps exception types to the prefix of their one-line message, or to ``(prefix, exit
-    status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``precheck=False``
-    skips the composition check (for an app that made it itself)."""
+    status)`` (default: a ``ConfigError`` is a ``config error``, status 2). ``before_start``
+    gets the checked composition of a single run (with Hydra's node) before Hydra starts, e.g.
+    to claim the folder Hydra will write; its exceptions are reported as ``errors`` says."""
     import hydra
 
     errors = dict(errors or {ConfigError: "config error"})
@@ -97,19 +98,40 @@ def run_hydra_app(
     conf = config_dir()
     register_schemas()
     try:
-        if precheck:
-            compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
-        else:
-            check_group_choices(sys.argv[1:], conf)
+        cfg = compose_or_refuse(config_name, sys.argv[1:])  # checks the group choices first
     except ConfigError as error:
         exit_with(error, _prefix(errors.get(ConfigError, "config error")))
+    if cfg is not None:  # a single run: Hydra's job on this composition, not a second one
+        if before_start is not None:
+            call_reporting(before_start, cfg, errors)
+        run_composed(cfg, lambda job_cfg: call_reporting(task, job_cfg, errors))
+        return
     sys.argv[1:] = replace_whole_nodes(sys.argv[1:])  # e.g. metrics.reference={...}: another dataset, not merged keys
+    hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(
+        lambda cfg: call_reporting(task, cfg, errors)
+    )()
 
-    def guarded(cfg: DictConfig) -> Any:
-        try:
-            return task(cfg)
-        except tuple(errors) as error:
-            how = next(how for kind, how in errors.items() if isinstance(error, kind))
-            exit_with(error, *((how,) if isinstance(how, str) else how))
 
-    hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(guarded)()
+def run_composed(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
+    """Run ``task`` as Hydra's job on ``cfg``, a command line composed once with Hydra's node
+    (``compose_or_refuse``): output folder, ``HydraConfig``, job logging, config copies and
+    callbacks as ``hydra.main`` makes them for a single run, without composing again."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    context = HydraContext(config_loader=cast(Any, None), callbacks=Callbacks(cfg))  # run_job needs no loader
+    job = run_job(task, cfg, job_dir_key="hydra.run.dir", job_subdir_key=None, hydra_context=context)
+    return job.return_value  # re-raises what the task raised
+
+
+def call_reporting(
+    task: Callable[[DictConfig], Any], cfg: DictConfig, errors: Mapping[type[Exception], str | tuple[str, int]]
+) -> Any:
+    """``task(cfg)``; an exception of a type in ``errors`` becomes one line on stderr and the
+    exit status ``errors`` gives it (``exit_with``)."""
+    try:
+        return task(cfg)
+    except tuple(errors) as error:
+        how = next(how for kind, how in errors.items() if isinstance(error, kind))
+        exit_with(error, *((how,) if isinstance(how, str) else how))

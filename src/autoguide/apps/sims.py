@@ -12,18 +12,27 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoguide.apps.config_tree import compose
 from autoguide.apps.hydra_app import run_hydra_app
-from autoguide.core.typed_settings import ConfigError
+from autoguide.core.typed_settings import ConfigError, from_mapping
 from autoguide.runtime.claim import FolderBusy
 from autoguide.sims.pipeline import run_sims
 from autoguide.sims.records import SpecConflict
+from autoguide.sims.sims_settings import SimsSettings
 
 log = logging.getLogger(__name__)
 
 
+def sims_settings(cfg: DictConfig) -> SimsSettings:
+    """The composed ``sims`` config as typed settings (``ConfigError`` naming the key)."""
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(values, dict)  # the primary config is a mapping
+    return from_mapping(SimsSettings, {str(k): v for k, v in values.items()}, "sims")
+
+
 def run(cfg: DictConfig) -> None:
     """Run the stages ``cfg`` asks for and log where the pairs are."""
-    summary = run_sims(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    summary = run_sims(sims_settings(cfg), lambda overrides: compose("train", overrides))
     if summary is not None:
         for entry in summary["iterations"]:
             for pair in entry["pairs"]:

@@ -1,7 +1,9 @@
 """``autoguide-train`` / ``python train.py``: train one model as ``conf/train.yaml`` and the
 command line say (``autoguide.train.run.train``).
 
-Usage: ``autoguide-train [experiment=<name>] [key=value ...]``. A config error (an unknown
+Usage: ``autoguide-train [experiment=<name>] [key=value ...]``, or ``autoguide-train
+--resolved-config <file>`` for a config that was composed and checked elsewhere (SIMS's
+fine-tunes, ``autoguide.sims.retrain``). A config error (an unknown
 group option such as ``net=nope``, a bad value, a network that does not fit the data) prints
 one line naming the key and exits with status 2.
 
@@ -26,13 +28,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from autoguide.apps.hydra_app import compose_or_refuse, exit_with, run_hydra_app
+from autoguide.apps.hydra_app import FILE_ERRORS, call_reporting, exit_with, run_hydra_app
 from autoguide.core.typed_settings import ConfigError
 from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import rank_from_env
 from autoguide.train.finite import NonFiniteTraining
+from autoguide.train.logfile import FolderFileHandler
 from autoguide.train.validate import check_run_dir
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
@@ -43,6 +46,15 @@ NON_ZERO_RANK_OVERRIDES = (
     "hydra.job_logging.root.handlers=[console]",
 )
 """Keep Hydra from writing into the run folder on ranks > 0: its config copies and the log file."""
+RESOLVED_CONFIG_FLAG = "--resolved-config"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+"""Hydra's default job log format."""
+ERRORS: dict[type[Exception], str | tuple[str, int]] = {
+    ConfigError: "config error",
+    FolderBusy: "autoguide-train: error",
+    NonFiniteTraining: ("autoguide-train: stopped", EXIT_NONFINITE),
+}
+"""How the app reports each refusal: the prefix of its one line on stderr (and exit status)."""
 
 
 def _log_once() -> None:
@@ -91,34 +103,43 @@ def task(cfg: DictConfig) -> Path:
     return train(cfg)
 
 
-def claim_hydra_output(args: Sequence[str]) -> None:
+def claim_hydra_output(cfg: DictConfig) -> None:
     """Claim the folder Hydra is about to write (``hydra.run.dir``, the run folder) before it
-    writes its log there. A command line that does not compose, or a run folder that is a file,
-    is a ``ConfigError``; a multirun's points claim theirs in ``train``."""
-    cfg = compose_or_refuse("train", args)
-    if cfg is None:
-        return
+    writes its log there (``cfg``: the command line's composition with Hydra's node); a run
+    folder that is a file is a ``ConfigError``. A multirun's points claim theirs in ``train``."""
     check_run_dir(cfg.hydra.run.dir)
     claim_folder(Path(cfg.hydra.run.dir))  # held until the process exits
 
 
+def log_like_hydra(run_dir: Path) -> None:
+    """Without Hydra: the console log, and on rank 0 ``<run_dir>/logs/train.log``
+    (``FolderFileHandler``, as ``conf/hydra/default.yaml`` sets it up for a Hydra run)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank_from_env().rank == 0:
+        handlers.append(FolderFileHandler(str(run_dir / "logs" / "train.log")))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def train_resolved(config_file: Path) -> None:
+    """Train from a resolved, checked config file (a SIMS fine-tune, ``autoguide.sims.retrain``):
+    no composition and no Hydra job; the same checks, claim and exit statuses."""
+    cfg = OmegaConf.load(config_file)
+    if not isinstance(cfg, DictConfig):
+        exit_with(ConfigError(f"{config_file}: expected a mapping (a resolved training config)"), "config error")
+        return
+    log_like_hydra(Path(str(cfg.run_dir)))
+    call_reporting(task, cfg, {**dict.fromkeys(FILE_ERRORS, "autoguide-train: error"), **ERRORS})
+
+
 def main() -> None:
-    """Console entry point ``autoguide-train``."""
+    """Console entry point ``autoguide-train``; ``autoguide-train --resolved-config <file>``
+    trains from a resolved config file (``train_resolved``)."""
+    if len(sys.argv) == 3 and sys.argv[1] == RESOLVED_CONFIG_FLAG:
+        train_resolved(Path(sys.argv[2]))
+        return
     if rank_from_env().rank > 0:
         sys.argv += NON_ZERO_RANK_OVERRIDES
-    else:
-        try:
-            claim_hydra_output(sys.argv[1:])
-        except ConfigError as error:
-            exit_with(error, "config error")
-        except FolderBusy as error:
-            exit_with(error, "autoguide-train: error")
-    errors: dict[type[Exception], str | tuple[str, int]] = {
-        ConfigError: "config error",
-        FolderBusy: "autoguide-train: error",
-        NonFiniteTraining: ("autoguide-train: stopped", EXIT_NONFINITE),
-    }
-    run_hydra_app("train", task, errors=errors, precheck=False)
+    run_hydra_app("train", task, errors=ERRORS, before_start=claim_hydra_output if rank_from_env().rank == 0 else None)
 
 
 if __name__ == "__main__":

@@ -66,22 +66,23 @@ def item_seed(seed: int, position: int) -> int:
 
 
 class TrainStream(IterableDataset):
-    """Infinite batches ``(images [B, ...] float32, labels [B, label_dim] float32 one-hot)`` of
-    ``dataset`` for one rank. With ``label_dim = 0`` (unconditional) labels are the empty
-    tensor [B, 0]; pass ``None`` to the network in that case."""
+    """Infinite micro-batches ``(images [b, ...] float32, labels [b, label_dim] float32
+    one-hot)`` of ``dataset`` for one rank, ``b = micro_batch`` (images per device and forward
+    pass, not the global ``train.batch_size``). With ``label_dim = 0`` (unconditional) labels
+    are the empty tensor [b, 0]; pass ``None`` to the network in that case."""
 
     def __init__(
         self,
         dataset: ItemSource,
-        batch_size: int,
+        micro_batch: int,
         label_dim: int,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
         start_nimg: int = 0,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if micro_batch <= 0:
+            raise ValueError(f"micro_batch must be positive, got {micro_batch}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if start_nimg < 0 or start_nimg % world_size:
@@ -89,7 +90,7 @@ class TrainStream(IterableDataset):
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.micro_batch = micro_batch
         self.label_dim = label_dim
         self.seed = seed
         self.rank = rank
@@ -99,8 +100,8 @@ class TrainStream(IterableDataset):
 
     def global_positions(self, batch: int) -> range:
         """Global stream positions of this rank's local batch number ``batch``."""
-        first = self.start_nimg + self.rank + self.world_size * batch * self.batch_size
-        return range(first, first + self.world_size * self.batch_size, self.world_size)
+        first = self.start_nimg + self.rank + self.world_size * batch * self.micro_batch
+        return range(first, first + self.world_size * self.micro_batch, self.world_size)
 
     def dataset_index(self, position: int) -> int:
         """Dataset index at global stream position ``position``."""

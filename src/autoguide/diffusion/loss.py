@@ -22,6 +22,7 @@ low noise (the toy) that moves the gradient to the levels that are already fitte
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def edm2_loss(
     noisy = images + noise
     target = images if exact_target is None else exact_target(noisy, sigma, labels)
     denoised, logvar = net(noisy, sigma, labels, return_logvar=True)
-    weight = loss_weight(sigma, net.sigma_data).reshape(logvar.shape)
+    weight = loss_weight(sigma, cast(float, net.sigma_data)).reshape(logvar.shape)
     if weighting == "edm":
         # 0 * u keeps the uncertainty head in the graph with zero gradient: DDP expects every
         # parameter to take part in the loss.

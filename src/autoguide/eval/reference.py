@@ -31,7 +31,7 @@ from typing import Any, cast
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from autoguide.data.registry import build_reference_dataset
+from autoguide.data.registry import TrainingSet, build_reference_dataset
 from autoguide.eval.features import FeatureExtractor, extract, images_to_uint8
 from autoguide.eval.frechet import GaussianAccumulator
 from autoguide.eval.statistics import Statistics, StatisticsError, stats_key
@@ -97,13 +97,17 @@ def _load(path: Path, dataset_json: str, sha256: str, num_images: int) -> Refere
         return ReferenceStats(data["mu"], data["sigma"], data["features"], int(data["num_images"]), path)
 
 
-def dataset_size(dataset: Dataset) -> int:
+def dataset_size(dataset: Dataset | TrainingSet) -> int:
     """The number of images of a map-style ``dataset`` (every reference dataset has a length)."""
     return len(cast(Sized, dataset))
 
 
 def compute_reference(
-    dataset: Dataset, extractor: FeatureExtractor, max_features: int, batch_size: int, num_workers: int = 0
+    dataset: Dataset | TrainingSet,
+    extractor: FeatureExtractor,
+    max_features: int,
+    batch_size: int,
+    num_workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mu, sigma, features subset)`` of every image of ``dataset`` (items ``(float image
     in [-1, 1], label)``), streamed in batches."""
@@ -111,7 +115,9 @@ def compute_reference(
     keep[np.random.RandomState(0).permutation(dataset_size(dataset))[:max_features]] = True
     accumulator: GaussianAccumulator | None = None
     kept, start = [], 0
-    for images, _labels in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+    for images, _labels in DataLoader(
+        cast(Dataset, dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    ):
         features = extract(extractor, [images_to_uint8(images)])
         accumulator = accumulator or GaussianAccumulator(features.shape[1])
         accumulator.update(features)

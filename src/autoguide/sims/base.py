@@ -9,11 +9,12 @@ stage folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.io import file_sha256, read_card
 from autoguide.sims.base_run import BaseRun
-from autoguide.sims.records import run_stage
+from autoguide.sims.records import run_stage, run_whole_stage
 
 STAGE = "base"
 
@@ -25,8 +26,7 @@ def base_stage(
     if model is not None:
         path = Path(model).resolve()
         read_card(path)  # an autoguide model file, or a clear error naming it
-        spec = {"model": str(path), "sha256": file_sha256(path)}
-        run_stage(folder, STAGE, spec, lambda: ([], {"model": str(path)}))
+        run_stage(folder, STAGE, {"model": str(path), "sha256": file_sha256(path)}, lambda: ([], {"model": str(path)}))
         return path
     if run is None:
         raise ValueError(
@@ -35,16 +35,16 @@ def base_stage(
     index = run.phema / "index.json"
     if not index.is_file():
         raise FileNotFoundError(f"base_run={run.folder}: no post-hoc EMA index {index}; give base=<model file> instead")
-    spec = {
+    spec: dict[str, Any] = {
         "run": str(run.folder),
         "phema_index_sha256": file_sha256(index),
         "ema_std": float(ema_std),
         "at_nimg": at_nimg,
     }
 
-    def work():
+    def work() -> tuple[list[Path], dict[str, Any]]:
         (path,) = PosthocEMA(run.phema).write([float(ema_std)], at_nimg, out_dir=folder)
         return [path], {"model": path.name}
 
-    record = run_stage(folder, STAGE, spec, work)
+    record = run_whole_stage(folder, STAGE, spec, work)
     return folder / record["info"]["model"]

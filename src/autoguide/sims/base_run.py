@@ -7,8 +7,10 @@ A run folder written by ``autoguide-train`` holds ``config.yaml`` (the resolved 
   fine-tune uses the base's recipe (loss, batch, trainer, callbacks) on the synthetic data;
 - the base run's learning rate at the end of its training, EDM2's
   ``alpha = alpha_ref / sqrt(max(nimg / (t_ref B), 1)) * min(nimg / rampup, 1)`` at the base
-  model's ``nimg`` (``autoguide.diffusion.learning_rate``): the default fine-tune rate;
-- the real training set (the ``data`` section without the datamodule's own keys).
+  model's ``nimg`` (its recipe, ``autoguide.train.recipe.TrainSettings.learning_rate``): the
+  default fine-tune rate;
+- the real training set (the ``data`` section without the loader's own keys,
+  ``autoguide.data.datamodule.DataSettings``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from autoguide.core.units import MI
-from autoguide.diffusion import learning_rate
+from autoguide.core.typed_settings import from_mapping
+from autoguide.data.datamodule import DataSettings
+from autoguide.train.recipe import TrainSettings
 
 CONFIG_NAME = "config.yaml"
 OVERRIDES_PATH = "logs/hydra/overrides.yaml"
@@ -39,31 +42,23 @@ class BaseRun:
     def phema(self) -> Path:
         return self.folder / "phema"
 
-    def final_learning_rate(self, nimg: int) -> float:
-        """The run's learning rate after ``nimg`` training images."""
-        train = self.config.get("train") or {}
+    def recipe(self) -> TrainSettings:
+        """The run's ``train`` section as typed settings; errors name the file."""
         try:
-            return learning_rate(
-                int(nimg),
-                float(train["lr_ref"]),
-                float(train["lr_ref_batches"]),
-                int(train["batch_size"]),
-                float(train["lr_rampup_mi"]) * MI,
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{self.folder / CONFIG_NAME}: cannot compute the final learning rate from train.lr_ref, "
-                f"lr_ref_batches, batch_size, lr_rampup_mi ({err!r}); set retrain.lr"
-            ) from err
+            return from_mapping(TrainSettings, self.config.get("train") or {}, f"{self.folder / CONFIG_NAME}: train")
+        except ValueError as err:
+            raise ValueError(f"{err}; cannot take the base run's final learning rate: set retrain.lr") from err
+
+    def final_learning_rate(self, nimg: int) -> float:
+        """The run's learning rate after ``nimg`` training images (its recipe's schedule)."""
+        return self.recipe().learning_rate(int(nimg))
 
     def real_data(self) -> dict[str, Any]:
         """The dataset config of the run's training data (``name`` and that dataset's keys)."""
-        from autoguide.data.datamodule import DiffusionDataModule
-
         data = self.config.get("data")
         if not isinstance(data, Mapping):
             raise ValueError(f"{self.folder / CONFIG_NAME}: no 'data' section; set real_data=<dataset config>")
-        return dict(DiffusionDataModule({**data, "batch_size": 1}).dataset_cfg)
+        return DataSettings.from_mapping(data).dataset
 
 
 def read_base_run(folder: str | Path) -> BaseRun:

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 
 from autoguide.io import read_model_file
 from autoguide.nets import network_config
+from autoguide.train.plan import image_count
 
 
 class InitFromModel(pl.Callback):
@@ -30,14 +31,16 @@ class InitFromModel(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        batch = int(pl_module.batch_size)
+        module = image_count(pl_module)
+        batch = module.batch_size
         uneven = [b for b in self.budgets if b % batch]
         if uneven:
             raise ValueError(
-                f"SIMS budgets {uneven} (images) are not multiples of train.batch_size={batch}; change budget_mi or the batch size"
+                f"SIMS budgets {uneven} (images) are not multiples of train.batch_size={batch}; "
+                "change budget_mi or the batch size"
             )
         state, card = read_model_file(self.path)
-        net = pl_module.net
+        net = module.net
         if network_config(card["network"]) != network_config(net.config):
             raise ValueError(
                 f"callbacks.init_from.path={self.path}: its network {card['network']} differs from the "

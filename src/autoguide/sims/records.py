@@ -115,6 +115,15 @@ def run_stage(
         return _run_claimed_stage(folder, stage, spec, work)
 
 
+def run_whole_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork) -> dict[str, Any]:
+    """``run_stage`` for a stage that one process does whole (its ``work`` never returns
+    ``None``): the record."""
+    record = run_stage(folder, stage, spec, work)
+    if record is None:
+        raise RuntimeError(f"{stage}: the stage in {folder} ended without a record")
+    return record
+
+
 def _run_claimed_stage(folder: Path, stage: str, spec: Mapping[str, Any], work: StageWork) -> dict[str, Any] | None:
     record = complete_record(folder, stage, spec)
     if record is not None:

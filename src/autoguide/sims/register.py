@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from autoguide.ema.posthoc import PosthocEMA
 from autoguide.io import file_sha256, save_model
 from autoguide.io.sims_pair import PAIR_NAME, SimsPair, write_pair
-from autoguide.sims.records import run_stage
+from autoguide.sims.records import run_whole_stage
 from autoguide.sims.weightspace import write_weightspace_model
 
 STAGE = "register"
@@ -45,8 +47,6 @@ def register_stage(
     provenance: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Run (or skip) the register stage; the record's ``info.pairs`` lists the pair files."""
-    if not ema_stds:
-        raise ValueError("register.ema_stds is empty: give the EMA length(s) of the negative model")
     phema = retrain_run / "phema"
     spec = {
         "positive_sha256": file_sha256(positive),
@@ -57,31 +57,43 @@ def register_stage(
         "iteration": iteration,
     }
 
-    def work():
-        """Every (budget, std) pair: the negative (its card's ``sims`` entry: iteration, budget,
-        std, base and ``provenance``), the weight-space models and ``pair.json``."""
+    def work() -> tuple[list[Path], dict[str, Any]]:
+        """Every (budget, std) pair (``write_pair_files``); the negative's card has a ``sims``
+        entry: iteration, budget, std, base and ``provenance``."""
         outputs: list[Path] = []
         snapshots = PosthocEMA(phema)
         for budget in budgets:
             for std, state, card in snapshots.models(list(ema_stds), int(budget)):
-                target = pair_folder(folder, budget, std)
                 sims = {
                     "iteration": iteration,
                     "budget_nimg": int(budget),
                     "ema_std": float(std),
                     "base": str(positive),
-                    **provenance,
                 }
-                negative = target / NEGATIVE_NAME
-                save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": sims})
-                spaces = {
-                    float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims)
-                    for w in weight_space
-                }
-                write_pair(
-                    target / PAIR_NAME, SimsPair(positive, negative, int(budget), float(std), iteration, spaces), root
-                )
-                outputs += [negative, *spaces.values(), target / PAIR_NAME]
+                target = pair_folder(folder, budget, std)
+                outputs += write_pair_files(target, positive, state, card, {**sims, **provenance}, weight_space, root)
         return outputs, {"pairs": [p.relative_to(folder).as_posix() for p in outputs if p.name == PAIR_NAME]}
 
-    return run_stage(folder, STAGE, spec, work)
+    return run_whole_stage(folder, STAGE, spec, work)
+
+
+def write_pair_files(
+    target: Path,
+    positive: Path,
+    state: Mapping[str, torch.Tensor],
+    card: Mapping[str, Any],
+    sims: Mapping[str, Any],
+    weight_space: Sequence[float],
+    root: Path,
+) -> list[Path]:
+    """One pair in ``target``: the negative model (weights ``state``, its EMA ``card`` with the
+    ``sims`` entry), a weight-space model per ``w'`` and ``pair.json``; returns their paths."""
+    negative = target / NEGATIVE_NAME
+    save_model(negative, state, {**card, "source": f"SIMS negative: {card.get('source')}", "sims": dict(sims)})
+    spaces = {
+        float(w): write_weightspace_model(target / weightspace_name(w), positive, negative, float(w), sims)
+        for w in weight_space
+    }
+    pair = SimsPair(positive, negative, sims["budget_nimg"], sims["ema_std"], sims["iteration"], spaces)
+    write_pair(target / PAIR_NAME, pair, root)
+    return [negative, *spaces.values(), target / PAIR_NAME]

@@ -1,8 +1,13 @@
 """SIMS stage 3: fine-tune the model on its synthetic set for the budgets ``B``.
 
-The fine-tune is an ordinary ``autoguide-train`` run in the stage folder, started as its own
-process (so multi-GPU strategies launch as for any run): the base run's command-line
-overrides, then the user's ``retrain.overrides``, then these, which SIMS manages:
+The fine-tune is an ordinary training run in the stage folder, started as its own process (so
+multi-GPU strategies launch as for any run). Its config is built here, in the parent, once:
+``conf/train.yaml`` composed with the base run's command-line overrides and the user's
+``retrain.overrides`` (``fine_tune_config``), then the keys SIMS manages set as values; it is
+checked as typed settings (``autoguide.train.validate.run_settings``, ``DataSettings``) and
+written, resolved, to ``<stage>/fine_tune.yaml``, which the child trains from
+(``autoguide-train --resolved-config <file>``: no override strings, no second composition).
+The keys SIMS manages:
 
 - ``data=shards`` on the synthetic shards, conditional iff the network is, regressing the
   samples themselves (``train.target=data``, also for a base trained on exact toy targets);
@@ -23,26 +28,37 @@ every budget.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from autoguide.core.typed_settings import ConfigError
+from autoguide.core.units import MI
+from autoguide.data.datamodule import DataSettings
 from autoguide.ema.snapshots import INDEX_NAME, read_index
+from autoguide.io import write_text_atomic
 from autoguide.nets import config_dict
-from autoguide.sims.records import file_sha256, run_stage
+from autoguide.sims.records import file_sha256, run_whole_stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "retrain"
-TRAIN_COMMAND = (sys.executable, "-m", "autoguide.apps.train")
-"""``autoguide-train`` in the running interpreter (also where the console script is not installed)."""
+TRAIN_COMMAND = (sys.executable, "-m", "autoguide.apps.train", "--resolved-config")
+"""``autoguide-train`` in the running interpreter (also where the console script is not installed),
+training from a resolved config file."""
+CONFIG_NAME = "fine_tune.yaml"
+"""The fine-tune's resolved training config, in the stage folder."""
+ComposeTraining = Callable[[Sequence[str]], DictConfig]
+"""``conf/train.yaml`` composed with the given overrides: the app's
+``autoguide.apps.config_tree.compose`` (the library does not import the apps)."""
 MANAGED_KEYS = (
     "name",
     "run_dir",
@@ -115,7 +131,8 @@ class RetrainSettings:
     def __post_init__(self) -> None:
         if not self.budgets or any(int(b) != b or b < 1 for b in self.budgets):
             raise ValueError(
-                f"budget_mi gives budgets of {list(self.budgets)} images: each must be a positive whole number of images"
+                f"budget_mi gives budgets of {list(self.budgets)} images: "
+                "each must be a positive whole number of images"
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"retrain.lr={self.lr!r}: expected a positive learning rate")
@@ -132,60 +149,25 @@ class RetrainSettings:
         return reduce(math.gcd, (int(b) for b in self.budgets))
 
 
-def budgets_from_mi(budget_mi: float | Sequence[float]) -> tuple[int, ...]:
-    """Budgets in images, ``round(B_mi * 2**20)``, sorted and unique."""
-    values = [budget_mi] if isinstance(budget_mi, (int, float)) else list(budget_mi)
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"budget_mi={budget_mi!r}: expected positive numbers of Mi images")
-        out.append(round(value * 2**20))
-    return tuple(sorted(set(out)))
-
-
-def hydra_value(value: Any) -> str:
-    """``value`` in Hydra's override grammar (strings quoted, lists in brackets)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as a Hydra override value")
-
-
-def training_overrides(
-    run_dir: Path,
-    name: str,
-    init_model: Path,
-    network: Mapping[str, Any],
-    shards: Path,
-    settings: RetrainSettings,
-    base_overrides: Sequence[str],
-) -> list[str]:
-    """The command-line overrides of the fine-tune (see the module docstring)."""
+def managed_values(
+    run_dir: Path, name: str, init_model: Path, network: Mapping[str, Any], shards: Path, settings: RetrainSettings
+) -> dict[str, Any]:
+    """The values of the keys SIMS manages in the fine-tune's config (see the module docstring)."""
     every_kimg = settings.snapshot_nimg / 1000
-    managed = {
+    return {
         "name": name,
         "run_dir": str(run_dir),
         "resume": "auto",
-        "data": "shards",
         "data.path": str(shards),
         "data.conditional": bool(network.get("label_dim")),
-        **{f"net.{k}": v for k, v in config_dict(network).items()},
+        "net": config_dict(network),
         "callbacks.init_from": {
             "_target_": "autoguide.sims.init_callback.InitFromModel",
             "path": str(init_model),
             "budgets": list(settings.budgets),
         },
         "callbacks.phema.stds": list(settings.ema_stds),
-        "train.duration_mi": max(settings.budgets) / 2**20,
+        "train.duration_mi": max(settings.budgets) / MI,
         "train.duration_fraction": 1.0,
         "train.lr_ref": settings.lr,
         "train.lr_ref_batches": settings.lr_ref_batches,
@@ -195,8 +177,36 @@ def training_overrides(
         "train.sample_kimg": max(settings.budgets) / 1000,
         "train.target": "data",  # the synthetic set is samples: no closed-form target
     }
-    mine = [f"data={managed.pop('data')}"] + [f"++{k}={hydra_value(v)}" for k, v in managed.items()]
-    return [*carried_base_overrides(base_overrides), *settings.overrides, *mine]
+
+
+def fine_tune_config(
+    compose_training: ComposeTraining,
+    run_dir: Path,
+    name: str,
+    init_model: Path,
+    network: Mapping[str, Any],
+    shards: Path,
+    settings: RetrainSettings,
+    base_overrides: Sequence[str],
+) -> DictConfig:
+    """The fine-tune's training config, resolved: ``conf/train.yaml`` (``compose_training``) with
+    ``data=shards``, the base run's carried overrides and ``retrain.overrides``, then
+    ``managed_values`` set; checked as typed settings (``ConfigError`` naming the key)."""
+    from autoguide.train.validate import plain_node, run_settings
+
+    cfg = compose_training([*carried_base_overrides(base_overrides), *settings.overrides, "data=shards"])
+    with open_dict(cfg):
+        del cfg["net"]  # replaced whole: the card's network, whatever the preset was
+        for key, value in managed_values(run_dir, name, init_model, network, shards, settings).items():
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    assert isinstance(resolved, DictConfig)
+    run_settings(resolved)
+    try:
+        DataSettings.from_mapping(plain_node(resolved, "data"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return resolved
 
 
 def check_snapshots(run_dir: Path, settings: RetrainSettings) -> list[Path]:
@@ -212,19 +222,21 @@ def check_snapshots(run_dir: Path, settings: RetrainSettings) -> list[Path]:
     return [e.path for e in index.entries if e.nimg <= max(settings.budgets)] + [index.folder / INDEX_NAME]
 
 
-def run_training(overrides: Sequence[str], launcher: Sequence[str], run_dir: Path) -> None:
-    """Run ``autoguide-train`` with ``overrides`` as a child process (after ``launcher``)."""
-    command = [*launcher, *TRAIN_COMMAND, *overrides]
+def run_training(config_file: Path, launcher: Sequence[str], run_dir: Path) -> None:
+    """Train from the resolved config ``config_file`` in a child process (after ``launcher``)."""
+    command = [*launcher, *TRAIN_COMMAND, str(config_file)]
     log.info("retrain: %s", " ".join(command))
     status = subprocess.run(command, check=False).returncode
     if status != 0:
         raise RuntimeError(
-            f"retrain: the training run exited with status {status} (its messages are above); if it was interrupted, "
-            f"run the same autoguide-sims command again to resume from its newest checkpoint in {run_dir / 'checkpoints'}"
+            f"retrain: the training run exited with status {status} (its messages are above); if it was "
+            "interrupted, run the same autoguide-sims command again to resume from its newest checkpoint in "
+            f"{run_dir / 'checkpoints'}"
         )
 
 
 def retrain_stage(
+    compose_training: ComposeTraining,
     folder: Path,
     init_model: Path,
     network: Mapping[str, Any],
@@ -235,9 +247,6 @@ def retrain_stage(
     name: str,
 ) -> dict[str, Any]:
     """Run (or skip) the fine-tune in ``folder`` (a training run folder); returns the record."""
-    overrides = training_overrides(
-        folder.resolve(), name, init_model.resolve(), network, shards.resolve(), settings, base_overrides
-    )
     spec = {
         "init_sha256": file_sha256(init_model),
         "manifest_sha256": file_sha256(manifest_path),
@@ -252,12 +261,24 @@ def retrain_stage(
         "overrides": [o for o in settings.overrides if override_key(o) not in RESOURCE_KEYS],
     }
 
-    def work():
-        run_training(overrides, settings.launcher, folder)
+    def work() -> tuple[list[Path], dict[str, Any]]:
+        cfg = fine_tune_config(
+            compose_training,
+            folder.resolve(),
+            name,
+            init_model.resolve(),
+            network,
+            shards.resolve(),
+            settings,
+            base_overrides,
+        )
+        config_file = folder / CONFIG_NAME
+        write_text_atomic(config_file, OmegaConf.to_yaml(cfg))
+        run_training(config_file, settings.launcher, folder)
         return check_snapshots(folder, settings), {
             "budgets": list(settings.budgets),
             "lr": settings.lr,
-            "command": overrides,
+            "config": CONFIG_NAME,
         }
 
-    return run_stage(folder, STAGE, spec, work)
+    return run_whole_stage(folder, STAGE, spec, work)

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from autoguide.core.typed_settings import to_dict
+from autoguide.data.registry import TrainingSet
 from autoguide.data.sample_files import to_uint8
 from autoguide.data.shards import read_shard_index, write_shards
 from autoguide.io import read_card, write_text_atomic
@@ -127,7 +127,7 @@ def real_selection(num_available: int, count: int, seed: int) -> list[int]:
     return np.random.RandomState(seed).permutation(num_available)[:count].tolist()
 
 
-def plan_chunks(settings: SynthesisSettings, label_dim: int, real: Dataset | None) -> list[Chunk]:
+def plan_chunks(settings: SynthesisSettings, label_dim: int, real: TrainingSet | None) -> list[Chunk]:
     """All chunks of the set: the synthetic ones, then the real ones (if any)."""
     seeds = list(range(settings.first_seed, settings.first_seed + settings.num_synthetic))
     policy = (
@@ -178,7 +178,7 @@ def write_chunk(folder: Path, chunk: Chunk, pixels: np.ndarray, digest: str) -> 
     parts = folder / "tmp" / chunk.name
     shutil.rmtree(parts, ignore_errors=True)
     labels = chunk.classes if chunk.classes is not None else [None] * len(pixels)
-    (written,) = write_shards(zip(pixels, labels), parts, prefix=chunk.name, maxcount=len(pixels))
+    (written,) = write_shards(zip(pixels, labels, strict=True), parts, prefix=chunk.name, maxcount=len(pixels))
     shard = _shard(folder, chunk)
     shard.parent.mkdir(parents=True, exist_ok=True)
     os.replace(written, shard)
@@ -211,7 +211,7 @@ def synthetic_pixels(
     return to_uint8(images)
 
 
-def real_pixels(real: Dataset, chunk: Chunk) -> np.ndarray:
+def real_pixels(real: TrainingSet, chunk: Chunk) -> np.ndarray:
     """The chunk's real images (already uint8-exact for image datasets)."""
     return to_uint8(torch.stack([real[i][0] for i in chunk.items]))
 
@@ -242,7 +242,7 @@ def make_chunks(
     settings: SynthesisSettings,
     load_model: Callable[[str], nn.Module],
     source: Path,
-    real: Dataset | None,
+    real: TrainingSet | None,
     device: torch.device,
     task: int = 0,
     num_tasks: int = 1,
@@ -261,7 +261,8 @@ def make_chunks(
         num_tasks,
         len(todo),
     )
-    net = terms = None
+    net: nn.Module | None = None
+    terms: list[GuidanceTerm] = []
     for chunk in todo:
         if chunk.kind == "synthetic":
             if net is None:
@@ -269,6 +270,7 @@ def make_chunks(
                 terms = build_guidance(GuidanceSettings.from_mapping(settings.guidance), load_model)
             pixels = synthetic_pixels(net, terms, chunk, settings, device)
         else:
+            assert real is not None  # plan_chunks made real chunks only with the real set
             pixels = real_pixels(real, chunk)
         write_chunk(folder, chunk, pixels, digest)
         log.info("synthesize: wrote %s (%d images)", chunk.name, len(chunk.items))
@@ -348,7 +350,7 @@ def synthesize_stage(
     label_dim: int,
     load_model: Callable[[str], nn.Module],
     device: torch.device,
-    real: Dataset | None = None,
+    real: TrainingSet | None = None,
     real_data: Mapping[str, Any] | None = None,
     task: int = 0,
     num_tasks: int = 1,

@@ -58,7 +58,8 @@ def write_weightspace_model(
     synth, synth_card = read_model_file(synth_path)
     if network_config(base_card["network"]) != network_config(synth_card["network"]):
         raise ValueError(
-            f"{synth_path}: its network differs from the base model {base_path}; weight-space SIMS needs one architecture"
+            f"{synth_path}: its network differs from the base model {base_path}; "
+            "weight-space SIMS needs one architecture"
         )
     card = {
         "network": base_card["network"],

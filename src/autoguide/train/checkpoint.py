@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -34,7 +34,7 @@ from autoguide.io import atomic_path, write_text_atomic
 from autoguide.io.digest import read_sha256
 from autoguide.io.integrity import IntegrityError, check_finite, tensors_in
 from autoguide.runtime.preemption import STOP_SIGNALS, Preempted, SignalFlag, parse_signals, requeue_slurm_job
-from autoguide.train.plan import IntervalTrigger
+from autoguide.train.plan import IntervalTrigger, image_count
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with open(tmp, "wb") as f:
                 writer = _ErrorKeepingWriter(f)
                 try:
-                    torch.save(checkpoint, writer)
+                    torch.save(checkpoint, cast(IO[bytes], writer))  # torch.save only writes and flushes
                 except RuntimeError as error:
                     if writer.error is not None:  # the real cause, e.g. ENOSPC
                         raise writer.error from error
@@ -163,7 +163,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         try:
             verify_checkpoint(path)
-            return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+            on_cpu = map_location or (lambda storage, _location: storage)  # torch.load's idiom for the CPU
+            return super().load_checkpoint(path, map_location=on_cpu, weights_only=True)
         except IntegrityError as error:
             raise CheckpointError(str(error)) from None
         except Exception as error:  # torch.load fails in many ways on a damaged file
@@ -210,13 +211,13 @@ class ImageCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flag.reinstall()  # over Lightning's SIGTERM handler, set after setup
-        self.trigger.start(pl_module.nimg)
-        self._step_nimg = int(pl_module.nimg)
+        self._step_nimg = image_count(pl_module).nimg
+        self.trigger.start(self._step_nimg)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        nimg = int(pl_module.nimg)
+        nimg = image_count(pl_module).nimg
         if nimg == self._step_nimg:  # inside gradient accumulation: no step boundary
             return
         self._step_nimg = nimg

@@ -17,7 +17,8 @@ Main models, autoguidance guides and SIMS-retrained models differ only in config
   label (all zeros) with probability ``cond_drop_prob``;
 - ``target="exact"`` regresses the data's exact posterior mean ``E[y | y + n]`` instead of the
   sample ``y`` (datasets with a closed-form distribution, i.e. the 2D toy; see
-  ``autoguide.diffusion.loss``).
+  ``autoguide.diffusion.loss``): the run hands the module that target
+  (``autoguide.train.validate.exact_target``).
 
 ``nimg`` is the global number of training images after the latest optimizer step; it is
 stored in the Lightning checkpoint. Every micro-batch reseeds the global RNG from
@@ -28,7 +29,6 @@ noise, dropout masks and label drops as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -39,10 +39,10 @@ from autoguide.core.typed_settings import to_dict
 from autoguide.core.units import KIMG
 from autoguide.diffusion import edm2_loss
 from autoguide.diffusion.loss import ExactTarget
-from autoguide.nets import NetworkConfig, build_network, compile_network, config_dict, network_config
+from autoguide.nets import build_network, compile_network, config_dict
 from autoguide.train.finite import FiniteGuard, max_norm
 from autoguide.train.gradients import FlatGradients
-from autoguide.train.recipe import TrainSettings, check_conditioning
+from autoguide.train.recipe import RunSettings
 
 CHECKPOINT_KEY = "autoguide_train"
 log = logging.getLogger(__name__)
@@ -55,26 +55,27 @@ def step_seed(seed: int, rank: int, nimg: int) -> int:
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``self.net`` (built from the network config ``net``) with the EDM2 recipe of
-    ``train`` (``autoguide.train.recipe.TrainSettings``: global batch, learning-rate
-    schedule, noise levels, label dropout, target, loss weighting, optimizer). ``seed`` seeds
-    the network initialisation and, with rank and image count, every step."""
+    """Trains ``self.net`` (built from ``run.net``) with the EDM2 recipe of ``run.train``
+    (``autoguide.train.recipe.TrainSettings``: global batch, learning-rate schedule, noise
+    levels, label dropout, target, loss weighting, optimizer). ``run.seed`` seeds the network
+    initialisation and, with rank and image count, every step. ``exact_target``: the data's
+    ``E[y | y + n]`` for ``train.target=exact`` (``autoguide.train.validate.exact_target``);
+    ``None`` regresses the sample. ``batch_size`` is the global batch (images per optimizer
+    step, all devices)."""
 
-    def __init__(self, net: NetworkConfig | Mapping[str, Any], train: TrainSettings, seed: int = 0) -> None:
+    def __init__(self, run: RunSettings, exact_target: ExactTarget | None = None) -> None:
         super().__init__()
-        net = network_config(net)
-        check_conditioning(net, train)
-        self.save_hyperparameters({"net": config_dict(net), "train": to_dict(train), "seed": int(seed)})
-        self.settings = train
-        self.batch_size = train.batch_size
-        self._exact_target: ExactTarget | None = None  # set by on_fit_start for target="exact"
-        self.seed = int(seed)
+        self.save_hyperparameters({"net": config_dict(run.net), "train": to_dict(run.train), "seed": run.seed})
+        self.settings = run.train
+        self.batch_size = run.train.batch_size
+        self._exact_target = exact_target
+        self.seed = run.seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.net = build_network(net)
+            self.net = build_network(run.net)
         self.nimg = 0
         self._step_images = 0
-        self.finite_guard = FiniteGuard(train.max_nonfinite_steps)
+        self.finite_guard = FiniteGuard(run.train.max_nonfinite_steps)
         self._loss_max: torch.Tensor | None = None  # max |loss| over the micro-batches of this step
         self._grad_max: torch.Tensor | None = None  # max |gradient| of this step, before zeroing
 
@@ -92,16 +93,7 @@ class DiffusionModule(L.LightningModule):
         return labels
 
     def on_fit_start(self) -> None:
-        """Look up the regression target once: the datamodule's dataset's ``exact_denoiser``
-        when ``target="exact"`` (else it stays ``None``: the sample itself); compile the network
-        if ``train.compile``."""
-        if self.settings.target == "exact":
-            dataset = self.trainer.datamodule.dataset
-            if not hasattr(dataset, "exact_denoiser"):
-                raise ValueError(
-                    f"target='exact' needs a dataset with an exact denoiser (toy2d); {type(dataset).__name__} has none"
-                )
-            self._exact_target = dataset.exact_denoiser
+        """Compile the network if ``train.compile``."""
         if self.settings.compile:  # after the callbacks' on_fit_start: the EMA copies stay plain modules
             compile_network(self.net)
 

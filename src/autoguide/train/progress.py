@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
 from autoguide.core.units import KIMG
+from autoguide.train.plan import image_count
 
 
 class ImageProgressBar(ProgressBar):
@@ -35,10 +36,10 @@ class ImageProgressBar(ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        total = trainer.max_steps * pl_module.batch_size / KIMG
+        total = trainer.max_steps * image_count(pl_module).batch_size / KIMG
         self._bar = tqdm(
             total=total,
-            initial=pl_module.nimg / KIMG,
+            initial=image_count(pl_module).nimg / KIMG,
             desc="train ",
             bar_format=self.BAR_FORMAT,
             file=sys.stderr,
@@ -52,23 +53,27 @@ class ImageProgressBar(ProgressBar):
     ) -> None:
         if self._bar is None:
             return
-        kimg = pl_module.nimg / KIMG
+        kimg = image_count(pl_module).nimg / KIMG
         if kimg == self._bar.n:
             return
         now = time.monotonic()
         if now - self._postfix_time >= self._bar.mininterval:  # reading the loss waits for the device: not every step
             self._postfix_time = now
-            self._set_postfix(trainer, pl_module)
+            self._set_postfix(self._bar, trainer, pl_module)
         self._bar.update(kimg - self._bar.n)
 
-    def _set_postfix(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _set_postfix(self, bar: tqdm, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Loss and learning rate of the latest step (the first step's rate is 0 with a ramp-up, as in EDM2)."""
         metrics = self.get_metrics(trainer, pl_module)
-        shown = {k.split("/")[-1]: f"{float(v):.4g}" for k, v in metrics.items() if k in ("train/loss", "train/lr")}
-        self._bar.set_postfix(shown, refresh=False)
+        shown = {
+            k.split("/")[-1]: f"{float(v):.4g}"
+            for k, v in metrics.items()
+            if k in ("train/loss", "train/lr") and isinstance(v, (int, float))
+        }
+        bar.set_postfix(shown, refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
-            self._set_postfix(trainer, pl_module)  # the last line shows the last step's values
+            self._set_postfix(self._bar, trainer, pl_module)  # the last line shows the last step's values
             self._bar.close()
             self._bar = None

@@ -4,7 +4,9 @@ EDM2 (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diff
 Models"): the loss draws ``ln sigma ~ N(P_mean, P_std^2)``; Adam with betas (0.9, 0.99) and
 eps 1e-8; the learning rate ``alpha_ref / sqrt(max(nimg / (t_ref B), 1))`` with a linear
 warm-up (``autoguide.diffusion.learning_rate``). Every length and interval is counted in images
-(``autoguide.core.units``): the duration in Mi, intervals in kimg; ``batch_size`` is the global batch.
+(``autoguide.core.units``): the duration in Mi, intervals in kimg; ``batch_size`` is the global
+batch (images per optimizer step, all devices and accumulation rounds), ``micro_batch`` the
+images one device takes per forward pass (``autoguide.train.plan``).
 
 The recipe values (batch, duration, learning rate, noise levels, intervals) have no default:
 each experiment states its own. The rest defaults to neutral values: no accumulation, the full
@@ -15,6 +17,7 @@ EDM2's Adam.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,14 +49,17 @@ class OptimizerSettings:
     def __post_init__(self) -> None:
         self.resolve()
 
-    def resolve(self, device: torch.device | None = None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    def resolve(
+        self, device: torch.device | None = None
+    ) -> tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]]:
         """``(optimizer class, its keyword arguments)``; ``ConfigError`` naming the bad key.
         On a CPU or CUDA ``device`` Adam and AdamW run their fused kernel (one pass over every
         parameter) unless ``kwargs`` choose ``fused`` or ``foreach`` themselves."""
         cls = getattr(torch.optim, str(self.name), None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ConfigError(
-                f"train.optimizer.name={self.name!r}: expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'"
+                f"train.optimizer.name={self.name!r}: "
+                "expected a torch.optim optimizer class such as 'Adam', 'AdamW' or 'SGD'"
             )
         if "lr" in self.kwargs:
             raise ConfigError(
@@ -77,7 +83,8 @@ class TrainSettings:
     """One training run's recipe (the ``train`` config node); see the module docstring.
 
     ``batch_size``: images per optimizer step, all devices and accumulation rounds;
-    ``batch_per_device``: the largest micro-batch one device takes (None: no accumulation);
+    ``micro_batch``: the largest batch one device takes per forward pass (None: the device's
+    whole share of ``batch_size``, no accumulation);
     ``duration_mi`` x ``duration_fraction``: the length (a guide: a fraction of its main run);
     ``lr_ref``, ``lr_ref_batches`` (t_ref in steps; 0: no decay), ``lr_rampup_mi`` (0: none);
     ``P_mean``, ``P_std``: the loss's noise levels; ``cond_drop_prob``: label dropout to the
@@ -91,7 +98,7 @@ class TrainSettings:
     """
 
     batch_size: int
-    batch_per_device: int | None = None
+    micro_batch: int | None = None
     duration_mi: float
     duration_fraction: float = 1.0
     lr_ref: float
@@ -112,8 +119,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         positive_int(self.batch_size, "train.batch_size", "a positive integer (images per optimizer step, all devices)")
-        if self.batch_per_device is not None:
-            positive_int(self.batch_per_device, "train.batch_per_device", "a positive integer or null")
+        if self.micro_batch is not None:
+            positive_int(self.micro_batch, "train.micro_batch", "a positive integer or null (images per device)")
         for key in ("duration_mi", "duration_fraction"):
             number(getattr(self, key), f"train.{key}", 0, low_open=True, expected="a positive number")
         number(self.lr_ref, "train.lr_ref", 0, low_open=True)
@@ -153,12 +160,22 @@ class TrainSettings:
 
     def batch_plan(self, world_size: int) -> BatchPlan:
         """How the global batch splits over ``world_size`` devices (``autoguide.train.plan``)."""
-        return batch_plan(self.batch_size, world_size, self.batch_per_device)
+        return batch_plan(self.batch_size, world_size, self.micro_batch)
 
 
-def check_conditioning(net: NetworkConfig, train: TrainSettings) -> None:
-    """Label dropout needs labels to drop: ``cond_drop_prob > 0`` only with ``label_dim > 0``."""
-    if train.cond_drop_prob > 0 and not net.label_dim:
-        raise ConfigError(
-            f"train.cond_drop_prob={train.cond_drop_prob} needs a conditional network, but net.label_dim=0"
-        )
+@dataclass(frozen=True)
+class RunSettings:
+    """A training run's checked settings: the network, the recipe and the seed. The recipe's
+    label dropout needs labels to drop: ``cond_drop_prob > 0`` only with ``net.label_dim > 0``."""
+
+    net: NetworkConfig
+    train: TrainSettings
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r}: expected an integer >= 0")
+        if self.train.cond_drop_prob > 0 and not self.net.label_dim:
+            raise ConfigError(
+                f"train.cond_drop_prob={self.train.cond_drop_prob} needs a conditional network, but net.label_dim=0"
+            )

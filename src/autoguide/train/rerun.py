@@ -32,7 +32,7 @@ RESUMABLE_KEYS = (
     "train.log_kimg",
     "train.checkpoint_kimg",
     "train.sample_kimg",
-    "train.batch_per_device",
+    "train.micro_batch",
     "train.compile",
     "train.max_nonfinite_steps",
     "trainer.devices",
@@ -73,7 +73,7 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
     ``config.yaml``, except the ``RESUMABLE_KEYS`` or with ``resume_changed=true``. A folder
     without ``config.yaml`` has nothing to compare."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file() or cfg.get("resume_changed", False) is True:
+    if not path.is_file() or cfg.resume_changed is True:
         return
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)

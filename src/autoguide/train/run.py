@@ -19,6 +19,7 @@ import os
 import uuid
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import Dataset
 
 from autoguide.core.typed_settings import ConfigError
-from autoguide.data.datamodule import DiffusionDataModule
+from autoguide.data.datamodule import DataSettings, DiffusionDataModule, dataset_info, training_dataset
+from autoguide.data.registry import TrainingSet
 from autoguide.data.vae import write_run_latent
+from autoguide.diffusion.loss import ExactTarget
 from autoguide.io import save_model, write_text_atomic
 from autoguide.runtime.claim import claim_folder
 from autoguide.runtime.preemption import EXIT_PREEMPTED
@@ -44,14 +46,16 @@ from autoguide.runtime.process import rank_from_env
 from autoguide.train.checkpoint import AtomicCheckpointIO, ImageCheckpoint, list_checkpoints, newest_intact_checkpoint
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.module import DiffusionModule
-from autoguide.train.recipe import TrainSettings
+from autoguide.train.plan import BatchPlan
+from autoguide.train.recipe import RunSettings, TrainSettings
 from autoguide.train.rerun import check_unchanged
 from autoguide.train.validate import (
-    RunSettings,
     check_accelerator,
     check_against_data,
     check_against_main,
+    exact_target,
     main_model,
+    plain_node,
     run_settings,
 )
 
@@ -98,24 +102,28 @@ def _instantiate_all(group: Mapping[str, Any] | None, where: str) -> list[Any]:
     return found
 
 
-def check_data(settings: RunSettings, data_cfg: dict[str, Any], main_file: str | None = None) -> Dataset:
-    """The dataset of ``data_cfg``, checked against the network, the loss target and the main
-    model a guide is trained for (``main_file``)."""
-    name = data_cfg.get("name", "?")
+@dataclass(frozen=True)
+class TrainingData:
+    """The run's data, checked: its settings, the dataset and the loss's regression target."""
+
+    settings: DataSettings
+    dataset: TrainingSet
+    exact_target: ExactTarget | None
+
+
+def check_data(settings: RunSettings, data: DataSettings, main_file: str | None = None) -> TrainingData:
+    """The dataset of ``data``, checked against the network, the loss target and the main model
+    a guide is trained for (``main_file``)."""
+    name = str(data.dataset.get("name", "?"))
     try:
-        datamodule = DiffusionDataModule({**data_cfg, "batch_size": 1})  # the batch is not used here
-        info = datamodule.dataset_info()
+        dataset = training_dataset(data)
+        info = dataset_info(dataset, data)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         raise ConfigError(f"data: {error}") from None
     check_against_data(settings.net, name, info)
     if main_file is not None:
-        check_against_main(main_file, name, info, getattr(datamodule.dataset, "latent_spec", None))
-    if settings.train.target == "exact" and not hasattr(datamodule.dataset, "exact_denoiser"):
-        raise ConfigError(
-            f"train.target=exact needs a dataset whose distribution is known in closed form (toy2d); "
-            f"data {name!r} has no exact denoiser"
-        )
-    return datamodule.dataset
+        check_against_main(main_file, name, info, getattr(dataset, "latent_spec", None))
+    return TrainingData(data, dataset, exact_target(settings.train, dataset, name))
 
 
 WANDB_RUN_ID_FILE = "logs/wandb_run_id"
@@ -138,9 +146,9 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for conf in (cfg.get("logger") or {}).values():
         if not conf or "_target_" not in conf:
             continue
-        extra = {}
+        extra: dict[str, Any] = {}
         if issubclass(hydra.utils.get_class(conf._target_), WandbLogger):
-            extra = {"id": wandb_run_id(cfg.run_dir) if rank_zero_only.rank == 0 else None, "resume": "allow"}
+            extra = {"id": wandb_run_id(cfg.run_dir) if rank_from_env().rank == 0 else None, "resume": "allow"}
         loggers.append(hydra.utils.instantiate(conf, **extra))
     return loggers
 
@@ -165,7 +173,7 @@ def _trainer(
     cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any], slurm: list[Any]
 ) -> L.Trainer:
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **plain_node(cfg, "trainer"),
         max_steps=train.total_steps,
         max_epochs=-1,
         callbacks=callbacks,
@@ -216,10 +224,13 @@ def train(cfg: DictConfig) -> Path:
     the final model file. ``ConfigError`` (one line naming the key) for an unusable config."""
     settings = run_settings(cfg)
     run_dir = Path(cfg.run_dir)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    dataset = check_data(settings, data_cfg, main_model(cfg))
+    try:
+        data_settings = DataSettings.from_mapping(plain_node(cfg, "data"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    data = check_data(settings, data_settings, main_model(cfg))
     with claim_run_dir(run_dir):
-        return _train(cfg, settings, run_dir, data_cfg, dataset)
+        return _train(cfg, settings, run_dir, data)
 
 
 def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
@@ -246,34 +257,35 @@ def _fit(
         log.warning("SIGTERM before training started: stopped without a new checkpoint; rerun to continue")
         raise SystemExit(EXIT_PREEMPTED) from None
     finally:  # Lightning's signal teardown after an exception reinstates the flags' handlers
-        for callback in trainer.callbacks:
+        for callback in getattr(trainer, "callbacks", []):
             if isinstance(callback, ImageCheckpoint):
                 callback.flag.restore()
 
 
-def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data_cfg: dict[str, Any], dataset: Dataset) -> Path:
+def describe_plan(train: TrainSettings, plan: BatchPlan) -> str:
+    """The run's length and batch split in words, e.g. ``4096 images = 128 steps of 32 (2
+    device(s) x micro-batch 8 x 2 accumulation)``."""
+    return (
+        f"{train.total_nimg} images = {train.total_steps} steps of {plan.batch_size} "
+        f"({plan.world_size} device(s) x micro-batch {plan.micro_batch} x {plan.accumulate} accumulation)"
+    )
+
+
+def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data: TrainingData) -> Path:
     """The run itself, once the run folder is claimed."""
-    ckpt = resume_checkpoint(cfg.get("resume"), run_dir)
+    ckpt = resume_checkpoint(cfg.resume, run_dir)
     if ckpt is not None:
         check_unchanged(cfg, run_dir)
-    latent = getattr(dataset, "latent_spec", None)
+    latent = getattr(data.dataset, "latent_spec", None)
     trainer = build_trainer(cfg, settings.train)
     plan = settings.train.batch_plan(trainer.world_size)
     trainer.accumulate_grad_batches = plan.accumulate
-    datamodule = DiffusionDataModule({**data_cfg, "batch_size": plan.per_device}, dataset=dataset)
-    module = DiffusionModule(settings.net, settings.train, settings.seed)
+    datamodule = DiffusionDataModule(data.settings, plan.micro_batch, dataset=data.dataset)
+    module = DiffusionModule(settings, data.exact_target)
     _prepare_run_dir(cfg, run_dir, latent)
-    if rank_zero_only.rank == 0:
+    if trainer.is_global_zero:
         log.info(
-            "run %s: %d images = %d steps of %d (%d device(s) x %d per device x %d accumulation)%s",
-            run_dir,
-            settings.train.total_nimg,
-            settings.train.total_steps,
-            plan.batch_size,
-            plan.world_size,
-            plan.per_device,
-            plan.accumulate,
-            f", resuming from {ckpt}" if ckpt else "",
+            "run %s: %s%s", run_dir, describe_plan(settings.train, plan), f", resuming from {ckpt}" if ckpt else ""
         )
     _fit(trainer, module, datamodule, ckpt, run_dir)
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):

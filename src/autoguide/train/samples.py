@@ -25,9 +25,11 @@ from lightning.pytorch.loggers import WandbLogger
 from autoguide.core.typed_settings import interval_images
 from autoguide.core.units import KIMG
 from autoguide.data.sample_files import write_grid, write_scatter
-from autoguide.data.vae import load_latent_codec
+from autoguide.data.vae import LatentCodec, load_latent_codec
+from autoguide.nets.energy import EnergyDenoiser
+from autoguide.nets.precond import Precond
 from autoguide.sample import generate_images
-from autoguide.train.plan import IntervalTrigger
+from autoguide.train.plan import IntervalTrigger, image_count
 
 MAX_CLASS_COLUMNS = 16
 log = logging.getLogger(__name__)
@@ -62,12 +64,13 @@ class SampleGridCallback(pl.Callback):
         self.batch_size = int(batch_size)
         self.vae_path = vae_path
         self.latent: dict[str, Any] | None = None  # the data's latent space, read at the start of training
-        self._codec: torch.nn.Module | None = None
+        self._codec: LatentCodec | None = None
         self._noted = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.trigger.start(pl_module.nimg)
-        self.latent = getattr(getattr(trainer.datamodule, "dataset", None), "latent_spec", None)
+        self.trigger.start(image_count(pl_module).nimg)
+        datamodule = getattr(trainer, "datamodule", None)
+        self.latent = getattr(getattr(datamodule, "dataset", None), "latent_spec", None)
 
     def to_pixels(self, samples: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Samples as images: latents decoded with the VAE (or their first three channels)."""
@@ -80,20 +83,20 @@ class SampleGridCallback(pl.Callback):
             return samples[:, :3].clamp(-1, 1)
         if self._codec is None:
             self._codec = load_latent_codec({"latent": self.latent}, self.vae_path, device)
+            assert self._codec is not None  # a latent space and a VAE folder give a codec
         return self._codec.decode(samples.to(device)).cpu()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.trigger.due(pl_module.nimg, final=trainer.global_step >= trainer.max_steps) and trainer.is_global_zero:
-            path = self.write(
-                pl_module.net, int(pl_module.nimg), precision="bf16" if "bf16" in str(trainer.precision) else "fp32"
-            )
+        module = image_count(pl_module)
+        if self.trigger.due(module.nimg, final=trainer.global_step >= trainer.max_steps) and trainer.is_global_zero:
+            path = self.write(module.net, module.nimg, precision="bf16" if "bf16" in str(trainer.precision) else "fp32")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
 
-    def write(self, net: torch.nn.Module, nimg: int, precision: str = "fp32") -> Path:
+    def write(self, net: Precond | EnergyDenoiser, nimg: int, precision: str = "fp32") -> Path:
         """Sample with ``net`` (temporarily in eval mode) and write the picture for ``nimg``."""
         device = next(net.parameters()).device
         labels = sample_labels(self.num_images, int(net.label_dim))

@@ -10,17 +10,18 @@ with the main model it is trained for (``main_model``, e.g. an imported EDM2 rel
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from autoguide.core.typed_settings import ConfigError, from_mapping
+from autoguide.data.registry import TrainingSet
 from autoguide.data.vae import check_same_latent_space
+from autoguide.diffusion.loss import ExactTarget
 from autoguide.io import ModelFileError, read_card
 from autoguide.nets.architectures import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
-from autoguide.train.recipe import TrainSettings, check_conditioning
+from autoguide.train.recipe import RunSettings, TrainSettings
 
 MANAGED_TRAINER_KEYS = {
     "max_steps": "train.duration_mi",
@@ -28,7 +29,7 @@ MANAGED_TRAINER_KEYS = {
     "min_steps": "train.duration_mi",
     "min_epochs": "train.duration_mi",
     "max_time": "train.duration_mi",
-    "accumulate_grad_batches": "train.batch_per_device",
+    "accumulate_grad_batches": "train.micro_batch",
     "log_every_n_steps": "train.log_kimg",
     "callbacks": "the callbacks group",
     "logger": "the logger group",
@@ -42,15 +43,6 @@ PRECISIONS = ("32-true", "32", "bf16-mixed")
 gradient clean-up of EDM2 would hide from the scaler; bf16-true would average EMAs in bf16."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """A training run's checked settings: the network, the recipe and the seed."""
-
-    net: NetworkConfig
-    train: TrainSettings
-    seed: int
-
-
 def check_trainer(trainer: Mapping[str, Any]) -> None:
     """Trainer keys that autoguide derives itself must not be set by hand; the precision is one
     of ``PRECISIONS``."""
@@ -60,7 +52,8 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError(
-            f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} (bf16-mixed keeps weights, optimizer state and EMAs in float32)"
+            f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)} "
+            "(bf16-mixed keeps weights, optimizer state and EMAs in float32)"
         )
 
 
@@ -94,30 +87,50 @@ def check_run_dir(run_dir: str | Path) -> None:
             )
 
 
+def plain_node(cfg: DictConfig, key: str) -> dict[str, Any]:
+    """The mapping ``cfg.<key>`` as plain, resolved Python data."""
+    node = OmegaConf.to_container(cfg[key], resolve=True)
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
+    return {str(k): v for k, v in node.items()}
+
+
 def run_settings(cfg: DictConfig) -> RunSettings:
     """Everything that can be checked from the config alone, as typed settings."""
     if OmegaConf.is_missing(cfg, "name"):
         raise ConfigError("name is not set: choose an experiment (experiment=...) or set name=<run name>")
-    train = from_mapping(TrainSettings, OmegaConf.to_container(cfg.train, resolve=True), "train")
-    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
-    net = network_config(OmegaConf.to_container(cfg.net, resolve=True))
-    check_conditioning(net, train)
-    check_resume(cfg.get("resume"), cfg.get("resume_changed", False))
+    train = from_mapping(TrainSettings, plain_node(cfg, "train"), "train")
+    check_trainer(plain_node(cfg, "trainer"))
+    net = network_config(plain_node(cfg, "net"))
+    check_resume(cfg.resume, cfg.resume_changed)
     check_run_dir(cfg.run_dir)
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r}: expected an integer >= 0")
-    return RunSettings(net, train, seed)
+    return RunSettings(net, train, cfg.seed)
+
+
+def exact_target(train: TrainSettings, dataset: TrainingSet, data_name: str) -> ExactTarget | None:
+    """The loss's regression target: ``None`` for the sample itself (``train.target=data``), the
+    dataset's closed-form ``E[y | y + n]`` for ``train.target=exact`` (``ConfigError`` if it has
+    none)."""
+    if train.target != "exact":
+        return None
+    denoiser = getattr(dataset, "exact_denoiser", None)
+    if denoiser is None:
+        raise ConfigError(
+            f"train.target=exact needs a dataset whose distribution is known in closed form (toy2d); "
+            f"data {data_name!r} has no exact denoiser"
+        )
+    return denoiser
 
 
 def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, int]) -> None:
     """The network takes the data's samples and labels (``info`` from
-    ``DiffusionDataModule.dataset_info``)."""
+    ``autoguide.data.datamodule.dataset_info``)."""
     where = f"data {data_name!r}"
     if net.arch in VECTOR_ARCHS:
         if info["img_resolution"] != 0:
             raise ConfigError(
-                f"net.arch={net.arch!r} takes vectors, but {where} has {info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
+                f"net.arch={net.arch!r} takes vectors, but {where} has "
+                f"{info['img_resolution']}x{info['img_resolution']} images; use a UNet preset"
             )
     elif isinstance(net, UNetConfig) and net.img_resolution != info["img_resolution"]:
         got = (
@@ -136,19 +149,20 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
             + (" or data.conditional=true" if info["label_dim"] == 0 else "")
         )
         raise ConfigError(
-            f"net.label_dim={net.label_dim} does not match {where}, which feeds {info['label_dim']} label classes; {hint}"
+            f"net.label_dim={net.label_dim} does not match {where}, "
+            f"which feeds {info['label_dim']} label classes; {hint}"
         )
 
 
 def main_model(cfg: DictConfig) -> str | None:
     """The ``main_model`` a guide is trained for (absent: none); an experiment that needs one
     (``main_model: ???``) and was not given it is an error."""
-    if "main_model" not in cfg.keys():
-        return None
-    if OmegaConf.is_missing(cfg, "main_model"):
+    if OmegaConf.is_missing(cfg, "main_model"):  # checked first: a ??? key is not "in" cfg
         raise ConfigError(
             f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)"
         )
+    if "main_model" not in cfg:
+        return None
     return None if cfg.main_model is None else str(cfg.main_model)
 
 
