@@ -91,8 +91,12 @@ def interval_text(bounds: list[float] | None) -> str:
 
 
 def guide_name(model: str) -> str:
-    """``<run>`` of a reconstructed guide file ``<run>/reconstructed/ema-*.safetensors``."""
-    return Path(model).parent.parent.name if model else ""
+    """``<run>`` of a reconstructed guide file: ``<run>/reconstructed/<entry>/ema-*.safetensors``
+    (the reconstruction cache), or ``<run>/reconstructed/ema-*.safetensors`` (older results)."""
+    if not model:
+        return ""
+    folder = Path(model).parent
+    return (folder.parent if folder.name == "reconstructed" else folder.parent.parent).name
 
 
 def sweep_row(runs: Path, method: str, prefix: str = "sweep") -> dict[str, Any] | None:

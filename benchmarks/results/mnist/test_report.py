@@ -89,6 +89,7 @@ def test_every_method_collects_its_base_and_part_folders(tmp_path):
     assert sorted(t["weight"] for t in rows["cfg"]["tried"]) == [1.125, 1.25, 1.5]
     assert rows["autoguidance"]["weight"] == 1.5 and report.guide_name(rows["autoguidance"]["guide_model"]) == "b"
     assert rows["autoguidance"]["guidance"]["interval"] is None
+    assert report.guide_name("runs/c/reconstructed/0a1b2c/ema-000000004000-0.0500.safetensors") == "c"  # cache entry
 
 
 def test_a_pick_with_an_interval_carries_it_to_the_measurement_and_the_text(tmp_path):

@@ -192,8 +192,10 @@ def cfg_negatives(run_dir: Path) -> tuple[int, dict[float, Path]]:
     """``(nimg, {std: file})``: post-hoc EMAs ``NEGATIVE_STDS`` of the unconditional run at its
     end (reconstructed once, cached in ``<run>/reconstructed``)."""
     from autoguide.ema import PosthocEMA
+    from autoguide.ema.cache import ReconstructionCache
 
-    return PosthocEMA(run_dir).cached(NEGATIVE_STDS)
+    ema = PosthocEMA(run_dir)
+    return ReconstructionCache(ema.default_dir).files(ema, NEGATIVE_STDS)
 
 
 def headline(runs: Mapping[str, Path], steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
