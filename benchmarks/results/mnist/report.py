@@ -580,7 +580,7 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
 
     from autoguide.runtime.process import ModelLoader
     from autoguide.sample import generate_images
-    from autoguide.sample.guidance_spec import build_guidance
+    from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 
     seeds = list(range(10 * seeds_per_class))
     classes = [s % 10 for s in seeds]
@@ -590,7 +590,7 @@ def sample_grids(rows: dict[str, dict[str, Any]], out: Path, seeds_per_class: in
     for ax, method in zip(axes if len(methods) > 1 else [axes], methods, strict=True):
         row = rows[method]
         net = load(row["main_model"])
-        terms = [] if method == "unguided" else build_guidance(row["guidance"], load)
+        terms = [] if method == "unguided" else build_guidance(GuidanceSettings.from_mapping(row["guidance"]), load)
         images = generate_images(net, seeds, classes, terms, batch_size=len(seeds), **row["sampler"])
         grid = images.clamp(-1, 1).add(1).div(2)[:, 0]  # [N, H, W]
         h, w = grid.shape[1:]
