@@ -8,8 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from autoguide.apps.config_tree import compose, config_dir
+from autoguide.core.typed_settings import ConfigError
 from autoguide.core.units import MI
-from autoguide.train.validate import run_settings
+from autoguide.train.run_config import read_train_config
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 GUIDES = {  # guide: (main run, network preset, share of the main run's duration)
@@ -47,7 +48,12 @@ def test_the_expected_experiments_exist():
 @pytest.mark.parametrize("debug", [None, "fast"])
 def test_experiment_composes_and_passes_checks(experiment, debug):
     cfg = make_config([f"experiment={experiment}"] + ([f"debug={debug}"] if debug else []))
-    run_settings(cfg)
+    if OmegaConf.is_missing(cfg, "main_model"):  # a guide for a given main model: it must be named
+        with pytest.raises(ConfigError, match=f"^main_model is not set: experiment {experiment} trains a guide"):
+            read_train_config(cfg)
+        cfg.main_model = "main.safetensors"  # read (and checked against the data) when training starts
+    job = read_train_config(cfg)
+    assert job.name == experiment and job.run_dir.name == experiment
     assert cfg.name == experiment
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert not [k for k in all_keys(resolved) if "epoch" in k.lower()]

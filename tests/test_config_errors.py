@@ -14,6 +14,7 @@ from autoguide.apps.config_tree import compose, config_dir
 from autoguide.apps.hydra_app import check_group_choices
 from autoguide.core.typed_settings import ConfigError
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def make_config(overrides: list[str]):
 def test_config_error_names_the_key(tmp_path, overrides, message):
     cfg = make_config([*overrides, f"run_dir={tmp_path / 'run'}", "logger=none"])
     with pytest.raises(ConfigError, match=message) as info:
-        train(cfg)
+        train(read_train_config(cfg))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists(), "training started"
 
@@ -93,17 +94,21 @@ def test_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
     with pytest.raises(
         ConfigError, match=r"^trainer\.accelerator=gpu: no CUDA GPU is visible on this machine; use trainer=cpu$"
     ):
-        train(make_config(["trainer=gpu", f"run_dir={tmp_path / 'run'}", "logger=none"]))
+        train(read_train_config(make_config(["trainer=gpu", f"run_dir={tmp_path / 'run'}", "logger=none"])))
 
 
 def test_run_dir_that_is_a_file_and_resume_from_a_text_file(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"^run_dir=.*/file: run_dir is a file, expected a folder"):
-        train(make_config([f"run_dir={tmp_path / 'file'}", "logger=none"]))
+        train(read_train_config(make_config([f"run_dir={tmp_path / 'file'}", "logger=none"])))
     with pytest.raises(ConfigError, match=r"^run_dir=.*/file/run: the folder .*/file above run_dir is a file"):
-        train(make_config([f"paths.runs_dir={tmp_path / 'file'}", "name=run", "logger=none"]))
+        train(read_train_config(make_config([f"paths.runs_dir={tmp_path / 'file'}", "name=run", "logger=none"])))
     with pytest.raises(ConfigError, match=r"^resume=.*/file: not a checkpoint \(expected a \.ckpt"):
-        train(make_config([f"run_dir={tmp_path / 'run'}", f"resume={tmp_path / 'file'}", "logger=none"]))
+        train(
+            read_train_config(
+                make_config([f"run_dir={tmp_path / 'run'}", f"resume={tmp_path / 'file'}", "logger=none"])
+            )
+        )
 
 
 def test_unknown_preset_is_caught_before_hydra():

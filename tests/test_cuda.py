@@ -13,6 +13,7 @@ from autoguide.nets import build_network
 from autoguide.sample import PAG, SEG, TSG, Dropout, LayerSkip, generate_images
 from autoguide.train.gradients import FlatGradients
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 DEVICE = torch.device("cuda")
@@ -85,7 +86,7 @@ def test_ddp_with_one_gpu(tmp_path):
             "callbacks.sample_grid.num_steps=2",
         ],
     )
-    final = train(cfg)
+    final = train(read_train_config(cfg))
     assert final.is_file()
 
 

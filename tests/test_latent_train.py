@@ -41,7 +41,7 @@ from autoguide.sample.batch import generate_images
 from autoguide.sample.labels import class_labels
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.run import check_data
-from autoguide.train.validate import run_settings
+from autoguide.train.run_config import read_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, CHECKPOINT_STEPS = 16, 8, 4
@@ -359,9 +359,8 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
         cfg = compose(
             "train", ["experiment=img512-xs-guide-for-imported", f"data.path={set64}", f"main_model={main}", *overrides]
         )
-        check_data(
-            run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}), str(main)
-        )
+        job = read_train_config(cfg)
+        check_data(job.settings, job.data, job.main_model)
 
     main = main_file("main.safetensors", 1000)
     check(main)  # EDM2's standardisation, 64x64x4, 1000 classes: the released main's
@@ -376,9 +375,7 @@ def test_a_guide_for_a_main_model_must_share_its_latent_space(set64, latent_asse
     with pytest.raises(
         ConfigError, match="main_model is not set: experiment img512-xs-guide-for-imported trains a guide for it"
     ):
-        from autoguide.train.validate import main_model
-
-        main_model(compose("train", ["experiment=img512-xs-guide-for-imported"]))
+        read_train_config(compose("train", ["experiment=img512-xs-guide-for-imported"]))
 
 
 def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
@@ -386,11 +383,15 @@ def test_the_network_check_names_a_latent_shape_mismatch(latent_assets):
     with pytest.raises(
         ConfigError, match=r"net.img_resolution=64 does not match data 'latents', which has 32x32 images"
     ):
-        check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))
+        check_data(
+            read_train_config(cfg).settings, DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0})
+        )
     cfg = compose(
         "train", ["experiment=img512-xs-guide", f"data.path={latent_assets['set32']}", "net.img_resolution=32"]
     )
     with pytest.raises(
         ConfigError, match=r"net.label_dim=1000 does not match data 'latents', which feeds 10 label classes"
     ):
-        check_data(run_settings(cfg), DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0}))
+        check_data(
+            read_train_config(cfg).settings, DataSettings.from_mapping({**dict(cfg.data), "vae_path": None, "seed": 0})
+        )

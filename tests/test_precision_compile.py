@@ -18,6 +18,7 @@ from autoguide.nets import build_network, is_compiled
 from autoguide.sample import APG, PAG, SAG, SEG, TSG, Dropout, LayerSkip, generate_images
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 BF16_EARLY_TOLERANCE = 0.01
 """bf16-mixed vs float32 from the same seed, mean loss of the first third of the steps: relative
@@ -55,7 +56,7 @@ def run(run_dir: Path, steps: int, *extra: str, batch: int = 16) -> list[float]:
             *extra,
         ],
     )
-    train(cfg)
+    train(read_train_config(cfg))
     newest = max(run_dir.glob("logs/csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     with open(newest) as f:
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]

@@ -19,6 +19,7 @@ from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.finite import FiniteGuard, NonFiniteTraining, max_norm
 from autoguide.train.gradients import FlatGradients
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -118,7 +119,7 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
     run = tmp_path / "run"
     cfg = compose("train", [*toy(run, steps=10, every_steps=1), "train.max_nonfinite_steps=1"])
     with pytest.raises(NonFiniteTraining) as info:
-        train(cfg)
+        train(read_train_config(cfg))
     message = str(info.value)
     assert message.startswith("non-finite loss at optimizer step 5 (nimg 128): 2 such steps in a row exceed"), message
     assert message.endswith(f"the last checkpoint, at nimg 128: {run / 'checkpoints' / 'nimg-000000000128.ckpt'}")
@@ -137,5 +138,5 @@ def test_loss_non_finite_from_the_first_step_stops_after_the_patience(tmp_path, 
     with pytest.raises(
         NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"
     ):
-        train(cfg)
+        train(read_train_config(cfg))
     assert all(all_finite(p) for _, p in list_checkpoints(run)) and not (run / "final.safetensors").exists()

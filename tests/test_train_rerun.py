@@ -16,6 +16,7 @@ from autoguide.io import read_card
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.rerun import changed_keys, flatten, resumable
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -57,7 +58,7 @@ def test_changed_keys_and_the_resumable_list():
 
 def test_changed_rerun_is_refused_and_resumable_changes_continue(tmp_path):
     run = tmp_path / "run"
-    train(compose("train", toy(run, steps=2)))
+    train(read_train_config(compose("train", toy(run, steps=2))))
     before = folder_state(run)
 
     for extra, named in (
@@ -67,15 +68,19 @@ def test_changed_rerun_is_refused_and_resumable_changes_continue(tmp_path):
         (["net.width=16"], r"net\.width 8 -> 16"),
     ):
         with pytest.raises(ConfigError, match=rf"^run_dir {run} holds a run with other settings: {named}; ") as info:
-            train(compose("train", toy(run, steps=4) + extra))
+            train(read_train_config(compose("train", toy(run, steps=4) + extra)))
         assert "resume_changed=true" in str(info.value) and "\n" not in str(info.value)
         assert folder_state(run) == before, f"{extra}: the refused rerun changed the run folder"
 
     # longer, other sample grid and log interval: resumable
-    train(compose("train", [*toy(run, steps=4), "callbacks.sample_grid.num_images=4", "train.log_kimg=1"]))
+    train(
+        read_train_config(
+            compose("train", [*toy(run, steps=4), "callbacks.sample_grid.num_images=4", "train.log_kimg=1"])
+        )
+    )
     assert [n for n, _ in list_checkpoints(run)] == [64, 128]
 
-    train(compose("train", [*toy(run, steps=6), "train.lr_ref=0.02", "resume_changed=true"]))
+    train(read_train_config(compose("train", [*toy(run, steps=6), "train.lr_ref=0.02", "resume_changed=true"])))
     assert read_card(run / "final.safetensors")["nimg"] == 192
     assert "lr_ref: 0.02" in (run / "config.yaml").read_text()
 

@@ -16,6 +16,7 @@ from autoguide.core.typed_settings import ConfigError
 from autoguide.io import read_card, read_model_file
 from autoguide.train.checkpoint import list_checkpoints
 from autoguide.train.run import train
+from autoguide.train.run_config import read_train_config
 
 
 def make_config(overrides: list[str]):
@@ -50,7 +51,7 @@ def test_mnist_run_writes_the_run_folder(tmp_path, monkeypatch):
             "callbacks.sample_grid.batch_size=10",
         ]
     )
-    final = train(cfg)
+    final = train(read_train_config(cfg))
 
     assert final == run / "final.safetensors"
     recorded = OmegaConf.load(run / "config.yaml")
@@ -74,26 +75,28 @@ def test_mnist_run_writes_the_run_folder(tmp_path, monkeypatch):
 def test_toy2d_run_scatter_and_rerun_continues(tmp_path):
     run = tmp_path / "toy"
     base = ["experiment=toy2d-main", "logger=none", "net.width=8", "net.depth=1", "callbacks.sample_grid.num_images=64"]
-    train(make_config(base + tiny(run, batch=32, steps=4, checkpoint_steps=2)))
+    train(read_train_config(make_config(base + tiny(run, batch=32, steps=4, checkpoint_steps=2))))
     assert [n for n, _ in list_checkpoints(run)] == [64, 128]
     assert read_card(run / "final.safetensors")["network"]["arch"] == "energy_mlp"
     plot = Image.open(run / "samples" / "nimg-000000000128.png")
     assert plot.size[0] > 200 and plot.size[1] > 200
 
     # the same run folder with a longer duration: resume=auto continues from nimg 128
-    train(make_config(base + tiny(run, batch=32, steps=6, checkpoint_steps=2)))
+    train(read_train_config(make_config(base + tiny(run, batch=32, steps=6, checkpoint_steps=2))))
     assert [n for n, _ in list_checkpoints(run)] == [128, 192]  # keep=2; 160 is not a multiple of 64
     assert read_card(run / "final.safetensors")["nimg"] == 192
     assert (run / "samples" / "nimg-000000000192.png").is_file()
 
     # resuming from an older checkpoint abandons the newer one: 192 is deleted at the next save
     older = run / "checkpoints" / "nimg-000000000128.ckpt"
-    train(make_config(base + tiny(run, batch=32, steps=5, checkpoint_steps=2) + [f"resume={older}"]))
+    train(read_train_config(make_config(base + tiny(run, batch=32, steps=5, checkpoint_steps=2) + [f"resume={older}"])))
     assert [n for n, _ in list_checkpoints(run)] == [128, 160]
     assert read_card(run / "final.safetensors")["nimg"] == 160
 
     with pytest.raises(ConfigError, match=r"resume=never: run_dir .* already has checkpoints"):
-        train(make_config(base + tiny(run, batch=32, steps=8, checkpoint_steps=2) + ["resume=never"]))
+        train(
+            read_train_config(make_config(base + tiny(run, batch=32, steps=8, checkpoint_steps=2) + ["resume=never"]))
+        )
 
 
 @pytest.mark.timeout(300)
@@ -114,7 +117,7 @@ def test_toy2d_exact_target_run_learns_the_posterior_mean(tmp_path):
         "callbacks.sample_grid.num_images=16",
     ]
     config = [*tiny(run, batch=256, steps=150, checkpoint_steps=150), "train.target=exact", "train.lr_rampup_mi=0"]
-    train(make_config(base + config))
+    train(read_train_config(make_config(base + config)))
     trained = load_denoiser(run / "final.safetensors").eval()
     untrained = make_config(base + config)
     mixture = toy_mixture("A")

@@ -36,6 +36,7 @@ from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import rank_from_env
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.logfile import FolderFileHandler
+from autoguide.train.run_config import read_train_config
 from autoguide.train.validate import check_run_dir
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
@@ -95,12 +96,13 @@ def separate_sweep_points(cfg: DictConfig) -> None:
 
 
 def task(cfg: DictConfig) -> Path:
-    """Train one run (one multirun point) as ``cfg`` says."""
+    """Train one run (one multirun point) as ``cfg`` says: the composed config becomes the typed
+    ``TrainRunConfig`` here, once (``read_train_config``), and the library takes only that."""
     from autoguide.train.run import train
 
     _log_once()
     separate_sweep_points(cfg)
-    return train(cfg)
+    return train(read_train_config(cfg))
 
 
 def claim_hydra_output(cfg: DictConfig) -> None:
@@ -122,13 +124,22 @@ def log_like_hydra(run_dir: Path) -> None:
 
 def train_resolved(config_file: Path) -> None:
     """Train from a resolved, checked config file (a SIMS fine-tune, ``autoguide.sims.retrain``):
-    no composition and no Hydra job; the same checks, claim and exit statuses."""
+    no composition and no Hydra job; the same checks, claim and exit statuses. The log goes to
+    the run folder once the config passed its checks."""
+    from autoguide.train.run import train
+
     cfg = OmegaConf.load(config_file)
     if not isinstance(cfg, DictConfig):
         exit_with(ConfigError(f"{config_file}: expected a mapping (a resolved training config)"), "config error")
         return
-    log_like_hydra(Path(str(cfg.run_dir)))
-    call_reporting(task, cfg, {**dict.fromkeys(FILE_ERRORS, "autoguide-train: error"), **ERRORS})
+
+    def train_logged(resolved: DictConfig) -> Path:
+        job = read_train_config(resolved)
+        log_like_hydra(job.run_dir)
+        _log_once()
+        return train(job)
+
+    call_reporting(train_logged, cfg, {**dict.fromkeys(FILE_ERRORS, "autoguide-train: error"), **ERRORS})
 
 
 def main() -> None:

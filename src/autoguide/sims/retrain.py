@@ -4,7 +4,7 @@ The fine-tune is an ordinary training run in the stage folder, started as its ow
 multi-GPU strategies launch as for any run). Its config is built here, in the parent, once:
 ``conf/train.yaml`` composed with the base run's command-line overrides and the user's
 ``retrain.overrides`` (``fine_tune_config``), then the keys SIMS manages set as values; it is
-checked as typed settings (``autoguide.train.validate.run_settings``, ``DataSettings``) and
+checked as the typed training config (``autoguide.train.run_config.read_train_config``) and
 written, resolved, to ``<stage>/fine_tune.yaml``, which the child trains from
 (``autoguide-train --resolved-config <file>``: no override strings, no second composition).
 The keys SIMS manages:
@@ -40,13 +40,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from autoguide.core.typed_settings import ConfigError
 from autoguide.core.units import MI
-from autoguide.data.datamodule import DataSettings
 from autoguide.ema.snapshots import INDEX_NAME, read_index
 from autoguide.io import write_text_atomic
 from autoguide.nets import config_dict
 from autoguide.sims.records import file_sha256, run_whole_stage
+from autoguide.train.run_config import read_train_config
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +191,6 @@ def fine_tune_config(
     """The fine-tune's training config, resolved: ``conf/train.yaml`` (``compose_training``) with
     ``data=shards``, the base run's carried overrides and ``retrain.overrides``, then
     ``managed_values`` set; checked as typed settings (``ConfigError`` naming the key)."""
-    from autoguide.train.validate import plain_node, run_settings
-
     cfg = compose_training([*carried_base_overrides(base_overrides), *settings.overrides, "data=shards"])
     with open_dict(cfg):
         del cfg["net"]  # replaced whole: the card's network, whatever the preset was
@@ -201,11 +198,7 @@ def fine_tune_config(
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     assert isinstance(resolved, DictConfig)
-    run_settings(resolved)
-    try:
-        DataSettings.from_mapping(plain_node(resolved, "data"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    read_train_config(resolved)
     return resolved
 
 

@@ -12,12 +12,12 @@ over devices) or the command says ``resume_changed=true``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from autoguide.core.typed_settings import ConfigError
+from autoguide.train.run_config import TrainRunConfig
 
 CONFIG_FILE = "config.yaml"
 RESUMABLE_KEYS = (
@@ -67,13 +67,14 @@ def changed_keys(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     return sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
 
 
-def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
+def check_unchanged(job: TrainRunConfig) -> None:
     """Refuse (``ConfigError``, one line naming each changed key with its recorded and new
-    value) a run that continues ``run_dir`` with settings other than those in its
-    ``config.yaml``, except the ``RESUMABLE_KEYS`` or with ``resume_changed=true``. A folder
-    without ``config.yaml`` has nothing to compare."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file() or cfg.resume_changed is True:
+    value) a run that continues ``job.run_dir`` with settings (``job.resolved``) other than
+    those in its ``config.yaml``, except the ``RESUMABLE_KEYS`` or with ``resume_changed=true``.
+    A folder without ``config.yaml`` has nothing to compare."""
+    run_dir = job.run_dir
+    path = run_dir / CONFIG_FILE
+    if not path.is_file() or job.resume_changed:
         return
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -83,9 +84,7 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
         ) from None
     if not isinstance(recorded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(recorded).__name__}")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    current = {str(k): v for k, v in resolved.items() if k != "hydra"}
+    current = {k: v for k, v in job.resolved.items() if k != "hydra"}
     before = {str(k): v for k, v in recorded.items()}
     old, new = flatten(before), flatten(current)
     changed = [k for k in changed_keys(before, current) if not resumable(k)]

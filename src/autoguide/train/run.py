@@ -1,4 +1,5 @@
-"""One training job from a resolved Hydra config: run folder, data, model, Trainer, fit, final model.
+"""One training job from its typed config (``autoguide.train.run_config.TrainRunConfig``): run
+folder, data, model, Trainer, fit, final model.
 
 Run folder ``run_dir``: ``config.yaml`` (the resolved config), ``checkpoints/``, ``phema/``
 (post-hoc EMA snapshots), ``samples/``, ``logs/`` (with ``logs/hydra/``: Hydra's record of the
@@ -32,7 +33,7 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from autoguide.core.typed_settings import ConfigError
 from autoguide.data.datamodule import DataSettings, DiffusionDataModule, dataset_info, training_dataset
@@ -49,15 +50,8 @@ from autoguide.train.module import DiffusionModule
 from autoguide.train.plan import BatchPlan
 from autoguide.train.recipe import RunSettings, TrainSettings
 from autoguide.train.rerun import check_unchanged
-from autoguide.train.validate import (
-    check_accelerator,
-    check_against_data,
-    check_against_main,
-    exact_target,
-    main_model,
-    plain_node,
-    run_settings,
-)
+from autoguide.train.run_config import TrainRunConfig
+from autoguide.train.validate import check_accelerator, check_against_data, check_against_main, exact_target
 
 log = logging.getLogger(__name__)
 
@@ -140,45 +134,44 @@ def wandb_run_id(run_dir: str | os.PathLike) -> str:
     return run_id
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    """The loggers of ``cfg.logger``; a wandb logger resumes the run folder's wandb run (rank 0)."""
+def build_loggers(job: TrainRunConfig) -> list[Any]:
+    """The loggers of ``job.logger``; a wandb logger resumes the run folder's wandb run (rank 0)."""
     loggers = []
-    for conf in (cfg.get("logger") or {}).values():
+    for conf in job.logger.values():
         if not conf or "_target_" not in conf:
             continue
         extra: dict[str, Any] = {}
-        if issubclass(hydra.utils.get_class(conf._target_), WandbLogger):
-            extra = {"id": wandb_run_id(cfg.run_dir) if rank_from_env().rank == 0 else None, "resume": "allow"}
+        if issubclass(hydra.utils.get_class(conf["_target_"]), WandbLogger):
+            extra = {"id": wandb_run_id(job.run_dir) if rank_from_env().rank == 0 else None, "resume": "allow"}
         loggers.append(hydra.utils.instantiate(conf, **extra))
     return loggers
 
 
-def build_trainer(cfg: DictConfig, train: TrainSettings) -> L.Trainer:
+def build_trainer(job: TrainRunConfig) -> L.Trainer:
     """A Trainer for the run's optimizer steps with the configured callbacks and loggers."""
-    if any(conf and conf.get("offline", False) for conf in (cfg.get("logger") or {}).values()):
+    if any(conf and conf.get("offline", False) for conf in job.logger.values()):
         os.environ["WANDB_MODE"] = "offline"
-    check_accelerator(cfg.trainer)
-    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
-    loggers = build_loggers(cfg)
+    check_accelerator(job.trainer)
+    callbacks = _instantiate_all(job.callbacks, "callbacks")
+    loggers = build_loggers(job)
     # Signals are handled by ImageCheckpoint (autoguide.runtime.preemption), not by Lightning's
     # SLURM plugin, which would save a mid-step hpc_ckpt from inside its handler.
     slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     try:
-        return _trainer(cfg, train, callbacks, loggers, slurm)
+        return _trainer(job, callbacks, loggers, slurm)
     except MisconfigurationException as error:  # a trainer setting Lightning refuses, as one line
         raise ConfigError(f"trainer: {' '.join(str(error).split())}") from None
 
 
-def _trainer(
-    cfg: DictConfig, train: TrainSettings, callbacks: list[Any], loggers: list[Any], slurm: list[Any]
-) -> L.Trainer:
+def _trainer(job: TrainRunConfig, callbacks: list[Any], loggers: list[Any], slurm: list[Any]) -> L.Trainer:
+    train = job.settings.train
     return L.Trainer(
-        **plain_node(cfg, "trainer"),
+        **job.trainer,
         max_steps=train.total_steps,
         max_epochs=-1,
         callbacks=callbacks,
         logger=loggers or False,
-        default_root_dir=cfg.run_dir,
+        default_root_dir=job.run_dir,
         plugins=[AtomicCheckpointIO(), *slurm],
         log_every_n_steps=max(1, round(train.interval_images("log_kimg") / train.batch_size)),
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
@@ -193,18 +186,21 @@ HYDRA_RECORD_DIR = "logs/hydra"
 
 
 @rank_zero_only
-def _prepare_run_dir(cfg: DictConfig, run_dir: Path, latent: dict[str, Any] | None = None) -> None:
+def _prepare_run_dir(job: TrainRunConfig, latent: dict[str, Any] | None = None) -> None:
+    """The run folder's subfolders and records: ``config.yaml`` (the resolved config) and Hydra's."""
+    run_dir = job.run_dir
     for sub in RUN_SUBDIRS:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    _write_hydra_record(cfg)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job.resolved))
+    _write_hydra_record(job.composed)
     if latent is not None:  # the latent space of the run's models, for their cards (latent.json)
         write_run_latent(run_dir, latent)
 
 
-def _write_hydra_record(cfg: DictConfig) -> None:
+def _write_hydra_record(composed: dict[str, Any]) -> None:
     """Inside a Hydra app: what Hydra itself would write into ``logs/hydra`` of its output folder
-    (the run folder; a multirun point's own folder) -- the task's config, Hydra's config, the
+    (the run folder; a multirun point's own folder) -- the task's config as composed
+    (``composed``, interpolations kept), Hydra's config, the
     command-line overrides -- written here, after every check passed, instead of by Hydra before
     the task starts (``hydra.output_subdir: null``); this also creates the folder of the job's
     log file (``autoguide.train.logfile``)."""
@@ -214,23 +210,18 @@ def _write_hydra_record(cfg: DictConfig) -> None:
         return
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir) / HYDRA_RECORD_DIR
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(composed))
     write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
     write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train as ``cfg`` says (continuing a previous run per ``cfg.resume``); returns the path of
-    the final model file. ``ConfigError`` (one line naming the key) for an unusable config."""
-    settings = run_settings(cfg)
-    run_dir = Path(cfg.run_dir)
-    try:
-        data_settings = DataSettings.from_mapping(plain_node(cfg, "data"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    data = check_data(settings, data_settings, main_model(cfg))
-    with claim_run_dir(run_dir):
-        return _train(cfg, settings, run_dir, data)
+def train(job: TrainRunConfig) -> Path:
+    """Train as ``job`` says (continuing a previous run per ``job.resume``); returns the path of
+    the final model file. ``ConfigError`` (one line naming the key) for data that does not fit
+    the config (the config's own checks ran in ``read_train_config``)."""
+    data = check_data(job.settings, job.data, job.main_model)
+    with claim_run_dir(job.run_dir):
+        return _train(job, data)
 
 
 def claim_run_dir(run_dir: Path) -> contextlib.AbstractContextManager:
@@ -271,18 +262,19 @@ def describe_plan(train: TrainSettings, plan: BatchPlan) -> str:
     )
 
 
-def _train(cfg: DictConfig, settings: RunSettings, run_dir: Path, data: TrainingData) -> Path:
+def _train(job: TrainRunConfig, data: TrainingData) -> Path:
     """The run itself, once the run folder is claimed."""
-    ckpt = resume_checkpoint(cfg.resume, run_dir)
+    settings, run_dir = job.settings, job.run_dir
+    ckpt = resume_checkpoint(job.resume, run_dir)
     if ckpt is not None:
-        check_unchanged(cfg, run_dir)
+        check_unchanged(job)
     latent = getattr(data.dataset, "latent_spec", None)
-    trainer = build_trainer(cfg, settings.train)
+    trainer = build_trainer(job)
     plan = settings.train.batch_plan(trainer.world_size)
     trainer.accumulate_grad_batches = plan.accumulate
     datamodule = DiffusionDataModule(data.settings, plan.micro_batch, dataset=data.dataset)
     module = DiffusionModule(settings, data.exact_target)
-    _prepare_run_dir(cfg, run_dir, latent)
+    _prepare_run_dir(job, latent)
     if trainer.is_global_zero:
         log.info(
             "run %s: %s%s", run_dir, describe_plan(settings.train, plan), f", resuming from {ckpt}" if ckpt else ""

@@ -1,8 +1,9 @@
 """The checks of a training config, before anything is built; each failure is one line naming
 the key.
 
-``run_settings`` turns the composed config into the typed settings the run uses (validating
-every value once); ``check_against_data`` compares the network with the dataset it will be
+``autoguide.train.run_config.read_train_config`` runs the checks of the config alone
+(``check_trainer``, ``check_resume``, ``check_run_dir``) while it builds the typed config;
+``check_against_data`` compares the network with the dataset it will be
 trained on (resolution, channels, label width); ``check_against_main`` compares a guide's data
 with the main model it is trained for (``main_model``, e.g. an imported EDM2 release).
 """
@@ -13,15 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from autoguide.core.typed_settings import ConfigError, from_mapping
+from autoguide.core.typed_settings import ConfigError
 from autoguide.data.registry import TrainingSet
 from autoguide.data.vae import check_same_latent_space
 from autoguide.diffusion.loss import ExactTarget
 from autoguide.io import ModelFileError, read_card
 from autoguide.nets.architectures import VECTOR_ARCHS, NetworkConfig, UNetConfig, network_config
-from autoguide.train.recipe import RunSettings, TrainSettings
+from autoguide.train.recipe import TrainSettings
 
 MANAGED_TRAINER_KEYS = {
     "max_steps": "train.duration_mi",
@@ -87,26 +86,6 @@ def check_run_dir(run_dir: str | Path) -> None:
             )
 
 
-def plain_node(cfg: DictConfig, key: str) -> dict[str, Any]:
-    """The mapping ``cfg.<key>`` as plain, resolved Python data."""
-    node = OmegaConf.to_container(cfg[key], resolve=True)
-    if not isinstance(node, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
-    return {str(k): v for k, v in node.items()}
-
-
-def run_settings(cfg: DictConfig) -> RunSettings:
-    """Everything that can be checked from the config alone, as typed settings."""
-    if OmegaConf.is_missing(cfg, "name"):
-        raise ConfigError("name is not set: choose an experiment (experiment=...) or set name=<run name>")
-    train = from_mapping(TrainSettings, plain_node(cfg, "train"), "train")
-    check_trainer(plain_node(cfg, "trainer"))
-    net = network_config(plain_node(cfg, "net"))
-    check_resume(cfg.resume, cfg.resume_changed)
-    check_run_dir(cfg.run_dir)
-    return RunSettings(net, train, cfg.seed)
-
-
 def exact_target(train: TrainSettings, dataset: TrainingSet, data_name: str) -> ExactTarget | None:
     """The loss's regression target: ``None`` for the sample itself (``train.target=data``), the
     dataset's closed-form ``E[y | y + n]`` for ``train.target=exact`` (``ConfigError`` if it has
@@ -152,18 +131,6 @@ def check_against_data(net: NetworkConfig, data_name: str, info: Mapping[str, in
             f"net.label_dim={net.label_dim} does not match {where}, "
             f"which feeds {info['label_dim']} label classes; {hint}"
         )
-
-
-def main_model(cfg: DictConfig) -> str | None:
-    """The ``main_model`` a guide is trained for (absent: none); an experiment that needs one
-    (``main_model: ???``) and was not given it is an error."""
-    if OmegaConf.is_missing(cfg, "main_model"):  # checked first: a ??? key is not "in" cfg
-        raise ConfigError(
-            f"main_model is not set: experiment {cfg.name} trains a guide for it (main_model=<model file>)"
-        )
-    if "main_model" not in cfg:
-        return None
-    return None if cfg.main_model is None else str(cfg.main_model)
 
 
 def check_against_main(
