@@ -4,6 +4,8 @@ Hydra's output folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -103,3 +105,15 @@ def test_trainer_groups():
         trainer = make_config([f"trainer={name}"]).trainer
         assert (trainer.accelerator, trainer.precision) == (accelerator, precision)
     assert make_config(["trainer=ddp_cpu"]).trainer.strategy == "ddp"
+
+
+def test_the_typed_config_keeps_the_composed_record():
+    cfg = make_config(["experiment=toy2d-main", "logger=none", "seed=3"])
+    job = read_train_config(cfg)
+    assert job.composed["run_dir"] == "${paths.runs_dir}/${name}"  # Hydra's record: as composed
+    assert job.resolved == OmegaConf.to_container(cfg, resolve=True)  # the run folder's config.yaml
+    assert job.run_dir == Path(OmegaConf.select(cfg, "run_dir")) and job.settings.seed == 3
+    assert job.trainer == plain(cfg, "trainer") and job.logger == {} and job.main_model is None
+    assert job.settings.train.batch_size == cfg.train.batch_size and job.data.dataset["name"] == "toy2d"
+    again = read_train_config(OmegaConf.to_container(cfg, resolve=True))  # a resolved file (SIMS) reads the same
+    assert again.resolved == job.resolved and again.settings == job.settings

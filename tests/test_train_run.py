@@ -54,6 +54,7 @@ def test_mnist_run_writes_the_run_folder(tmp_path, monkeypatch):
     final = train(read_train_config(cfg))
 
     assert final == run / "final.safetensors"
+    assert (run / "config.yaml").read_text() == OmegaConf.to_yaml(cfg, resolve=True)  # the composed config, whole
     recorded = OmegaConf.load(run / "config.yaml")
     assert recorded.net.model_channels == 16 and recorded.train.batch_size == 8
     assert recorded.run_dir == str(run)  # resolved, not an interpolation
