@@ -36,7 +36,7 @@ from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import rank_from_env
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.logfile import FolderFileHandler
-from autoguide.train.run_config import read_train_config
+from autoguide.train.run_config import HydraRecord, read_train_config
 from autoguide.train.validate import check_run_dir
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
@@ -95,6 +95,19 @@ def separate_sweep_points(cfg: DictConfig) -> None:
         cfg.run_dir = str(Path(cfg.run_dir) / sweep_point_folder(overrides))
 
 
+def hydra_record() -> HydraRecord | None:
+    """Inside a Hydra app: Hydra's own node for the run's ``logs/hydra`` record (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    node = OmegaConf.to_container(hydra_cfg, resolve=False)
+    assert isinstance(node, dict)  # Hydra's node is a mapping
+    overrides = tuple(str(o) for o in hydra_cfg.overrides.task)
+    return HydraRecord(Path(hydra_cfg.runtime.output_dir), {str(k): v for k, v in node.items()}, overrides)
+
+
 def task(cfg: DictConfig) -> Path:
     """Train one run (one multirun point) as ``cfg`` says: the composed config becomes the typed
     ``TrainRunConfig`` here, once (``read_train_config``), and the library takes only that."""
@@ -102,7 +115,7 @@ def task(cfg: DictConfig) -> Path:
 
     _log_once()
     separate_sweep_points(cfg)
-    return train(read_train_config(cfg))
+    return train(read_train_config(cfg, hydra_record()))
 
 
 def claim_hydra_output(cfg: DictConfig) -> None:

@@ -192,27 +192,24 @@ def _prepare_run_dir(job: TrainRunConfig, latent: dict[str, Any] | None = None) 
     for sub in RUN_SUBDIRS:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job.resolved))
-    _write_hydra_record(job.composed)
+    _write_hydra_record(job)
     if latent is not None:  # the latent space of the run's models, for their cards (latent.json)
         write_run_latent(run_dir, latent)
 
 
-def _write_hydra_record(composed: dict[str, Any]) -> None:
-    """Inside a Hydra app: what Hydra itself would write into ``logs/hydra`` of its output folder
-    (the run folder; a multirun point's own folder) -- the task's config as composed
-    (``composed``, interpolations kept), Hydra's config, the
-    command-line overrides -- written here, after every check passed, instead of by Hydra before
-    the task starts (``hydra.output_subdir: null``); this also creates the folder of the job's
-    log file (``autoguide.train.logfile``)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+def _write_hydra_record(job: TrainRunConfig) -> None:
+    """Inside a Hydra app (``job.hydra`` set): what Hydra itself would write into ``logs/hydra``
+    of its output folder (the run folder; a multirun point's own folder) -- the task's config as
+    composed (``job.composed``, interpolations kept), Hydra's config, the command-line overrides
+    -- written here, after every check passed, instead of by Hydra before the task starts
+    (``hydra.output_subdir: null``); this also creates the folder of the job's log file
+    (``autoguide.train.logfile``)."""
+    if job.hydra is None:
         return
-    hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir) / HYDRA_RECORD_DIR
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(composed))
-    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
-    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
+    folder = job.hydra.output_dir / HYDRA_RECORD_DIR
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(job.composed))
+    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": job.hydra.config}))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(job.hydra.overrides)))
 
 
 def train(job: TrainRunConfig) -> Path:

@@ -28,6 +28,18 @@ from autoguide.train.validate import check_resume, check_run_dir, check_trainer
 
 
 @dataclass(frozen=True)
+class HydraRecord:
+    """Inside a Hydra app: Hydra's own node, read by the app (``autoguide.apps.train``) for the
+    record the run writes into ``<output_dir>/logs/hydra``: ``output_dir`` (Hydra's output folder:
+    the run folder, a multirun point's own folder), ``config`` (Hydra's config as composed,
+    interpolations kept) and ``overrides`` (the task's command-line overrides)."""
+
+    output_dir: Path
+    config: dict[str, Any]
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TrainRunConfig:
     """One training run's config, checked (see the module docstring).
 
@@ -42,7 +54,8 @@ class TrainRunConfig:
     typed object existed: ``resolved`` (every interpolation resolved) is the run folder's
     ``config.yaml``, which the changed-rerun check, post-hoc EMA and SIMS read back;
     ``composed`` (interpolations kept, as Hydra composed it) is Hydra's own record,
-    ``logs/hydra/config.yaml``.
+    ``logs/hydra/config.yaml``, written next to ``hydra`` (``None`` outside a Hydra app: no
+    such record).
     """
 
     settings: RunSettings
@@ -57,6 +70,7 @@ class TrainRunConfig:
     callbacks: dict[str, Any]
     resolved: dict[str, Any]
     composed: dict[str, Any]
+    hydra: HydraRecord | None = None
 
 
 def _as_dict(node: Any, key: str) -> dict[str, Any]:
@@ -81,9 +95,10 @@ def _main_model(resolved: Mapping[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def read_train_config(cfg: Any) -> TrainRunConfig:
+def read_train_config(cfg: Any, hydra: HydraRecord | None = None) -> TrainRunConfig:
     """The composed ``train`` config ``cfg`` (a ``DictConfig`` or a plain mapping) as a checked
-    ``TrainRunConfig``; ``ConfigError`` (one line naming the key) for an unusable value."""
+    ``TrainRunConfig`` (with Hydra's record ``hydra`` inside a Hydra app); ``ConfigError`` (one
+    line naming the key) for an unusable value."""
     node = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg)
     composed = _as_dict(OmegaConf.to_container(node, resolve=False), "config")
     if composed.get("name", MISSING) == MISSING:  # checked first: run_dir and loggers interpolate it
@@ -118,4 +133,5 @@ def read_train_config(cfg: Any) -> TrainRunConfig:
         callbacks=_group(resolved, "callbacks"),
         resolved=resolved,
         composed=composed,
+        hydra=hydra,
     )
