@@ -27,6 +27,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -36,8 +37,10 @@ from autoguide.runtime.claim import FolderBusy, claim_folder
 from autoguide.runtime.process import rank_from_env
 from autoguide.train.finite import NonFiniteTraining
 from autoguide.train.logfile import FolderFileHandler
-from autoguide.train.run_config import HydraRecord, read_train_config
 from autoguide.train.validate import check_run_dir
+
+if TYPE_CHECKING:
+    from autoguide.train.run_config import HydraRecord
 
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 EXIT_NONFINITE = 4
@@ -99,6 +102,8 @@ def hydra_record() -> HydraRecord | None:
     """Inside a Hydra app: Hydra's own node for the run's ``logs/hydra`` record (None outside one)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from autoguide.train.run_config import HydraRecord
+
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
@@ -110,8 +115,10 @@ def hydra_record() -> HydraRecord | None:
 
 def task(cfg: DictConfig) -> Path:
     """Train one run (one multirun point) as ``cfg`` says: the composed config becomes the typed
-    ``TrainRunConfig`` here, once (``read_train_config``), and the library takes only that."""
+    ``TrainRunConfig`` here, once (``read_train_config``), and the library takes only that.
+    The library is imported here, not at the top: the app module loads without Lightning."""
     from autoguide.train.run import train
+    from autoguide.train.run_config import read_train_config
 
     _log_once()
     separate_sweep_points(cfg)
@@ -140,6 +147,7 @@ def train_resolved(config_file: Path) -> None:
     no composition and no Hydra job; the same checks, claim and exit statuses. The log goes to
     the run folder once the config passed its checks."""
     from autoguide.train.run import train
+    from autoguide.train.run_config import read_train_config
 
     cfg = OmegaConf.load(config_file)
     if not isinstance(cfg, DictConfig):
