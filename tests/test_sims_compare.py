@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_MNIST_UNET
 
 from autoguide.apps import sims_compare as compare
 from autoguide.apps.config_tree import compose
@@ -13,18 +14,7 @@ from autoguide.io.sims_pair import SimsPair, write_pair
 from autoguide.nets import build_network
 from autoguide.sims.weightspace import write_weightspace_model
 
-NET = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 1,
-    "label_dim": 10,
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [],
-    "channels_per_head": 8,
-    "dropout": 0.0,
-}
+NET = TINY_MNIST_UNET
 
 
 def make_sims_dir(root):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_MNIST_UNET
 
 from autoguide import load_denoiser
 from autoguide.io import read_card, save_model
@@ -13,18 +14,7 @@ from autoguide.sample.batch import generate_images
 from autoguide.sample.guidance_spec import GuidanceSettings, build_guidance
 from autoguide.sims.weightspace import extrapolate, frozen_buffers, write_weightspace_model
 
-NET = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 1,
-    "label_dim": 10,
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [],
-    "channels_per_head": 8,
-    "dropout": 0.0,
-}
+NET = TINY_MNIST_UNET
 
 
 def _model_pair(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
+from tiny import TINY_MNIST_UNET
 
 from autoguide.apps import generate as generate_cli
 from autoguide.apps.config_tree import compose
@@ -29,18 +30,7 @@ from autoguide.sims.pipeline import run_sims
 from autoguide.sims.sims_settings import SimsSettings
 from autoguide.sims.synthesize import verify_manifest
 
-NET = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 1,
-    "label_dim": 10,
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [],
-    "channels_per_head": 8,
-    "dropout": 0.0,
-}
+NET = TINY_MNIST_UNET
 BASE_NIMG = 32000
 CRASH = '''
 import os

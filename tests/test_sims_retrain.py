@@ -4,6 +4,7 @@ real training config tree), weight initialisation from a model file, snapshot ch
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny import TINY_MNIST_UNET
 
 from autoguide.apps.config_tree import compose
 from autoguide.core.typed_settings import ConfigError
@@ -21,18 +22,7 @@ from autoguide.sims.sims_settings import budgets_from_mi
 from autoguide.train.module import DiffusionModule
 from autoguide.train.recipe import RunSettings, TrainSettings
 
-NET = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 1,
-    "label_dim": 10,
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [],
-    "channels_per_head": 8,
-    "dropout": 0.0,
-}
+NET = TINY_MNIST_UNET
 
 
 def compose_training(overrides):

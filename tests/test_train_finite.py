@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import toy_run
 
 from autoguide.apps.config_tree import compose
 from autoguide.train import module as module_lib
@@ -22,26 +23,6 @@ from autoguide.train.run import train
 from autoguide.train.run_config import read_train_config
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH = 32
-
-
-def toy(run_dir: Path, steps: int, every_steps: int) -> list[str]:
-    kimg = every_steps * BATCH / 1000
-    return [
-        "experiment=toy2d-main",
-        "logger=none",
-        f"run_dir={run_dir}",
-        "net.width=8",
-        "net.depth=1",
-        f"train.batch_size={BATCH}",
-        f"train.duration_mi={steps * BATCH / 2**20}",
-        f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}",
-        "train.sample_kimg=1000",
-        "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2",
-        "callbacks.progress_bar=null",
-    ]
 
 
 def all_finite(path: Path) -> bool:
@@ -90,7 +71,7 @@ def test_max_norm_is_finite_exactly_when_every_value_is():
 def test_absurd_learning_rate_stops_at_the_first_step_with_one_line(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *toy(run, steps=8, every_steps=1), "train.lr_ref=1e38"],
+        [sys.executable, str(REPO / "train.py"), *toy_run(run, steps=8, every_steps=1), "train.lr_ref=1e38"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -117,7 +98,7 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
 
     monkeypatch.setattr(module_lib, "edm2_loss", loss_turning_nan)
     run = tmp_path / "run"
-    cfg = compose("train", [*toy(run, steps=10, every_steps=1), "train.max_nonfinite_steps=1"])
+    cfg = compose("train", [*toy_run(run, steps=10, every_steps=1), "train.max_nonfinite_steps=1"])
     with pytest.raises(NonFiniteTraining) as info:
         train(read_train_config(cfg))
     message = str(info.value)
@@ -134,7 +115,7 @@ def test_loss_turning_nan_stops_before_the_callbacks_write(tmp_path, monkeypatch
 def test_loss_non_finite_from_the_first_step_stops_after_the_patience(tmp_path, override):
     """EDM2's zeroing alone would let these runs "finish" with untrained weights."""
     run = tmp_path / "run"
-    cfg = compose("train", [*toy(run, steps=10, every_steps=1), override, "train.max_nonfinite_steps=2"])
+    cfg = compose("train", [*toy_run(run, steps=10, every_steps=1), override, "train.max_nonfinite_steps=2"])
     with pytest.raises(
         NonFiniteTraining, match=r"^non-finite (loss|gradient) at optimizer step 3 \(nimg 64\): 3 such steps"
     ):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import toy_run
 
 from autoguide.apps.config_tree import compose
 from autoguide.core.typed_settings import ConfigError
@@ -23,22 +24,7 @@ BATCH = 32
 
 
 def toy(run_dir: Path, steps: int) -> list[str]:
-    kimg = 2 * BATCH / 1000
-    return [
-        "experiment=toy2d-main",
-        "logger=none",
-        f"run_dir={run_dir}",
-        "net.width=8",
-        "net.depth=1",
-        f"train.batch_size={BATCH}",
-        f"train.duration_mi={steps * BATCH / 2**20}",
-        f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}",
-        "train.sample_kimg=1000",
-        "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2",
-        "callbacks.progress_bar=null",
-    ]
+    return toy_run(run_dir, steps, every_steps=2, batch=BATCH)
 
 
 def folder_state(run: Path) -> dict[str, bytes]:

@@ -1,0 +1,41 @@
+"""Small configurations several test files train or build: a tiny MNIST UNet and the command-line
+overrides of a few-step 2D toy run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_MNIST_UNET = {
+    "arch": "unet",
+    "img_resolution": 32,
+    "img_channels": 1,
+    "label_dim": 10,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [],
+    "channels_per_head": 8,
+    "dropout": 0.0,
+}
+"""A 32x32 one-channel class-conditional UNet of two levels, eight channels wide."""
+
+
+def toy_run(run_dir: Path, steps: int, every_steps: int, batch: int = 32) -> list[str]:
+    """Overrides of a ``toy2d-main`` run of ``steps`` steps of ``batch`` images, no logger, a
+    checkpoint and a snapshot every ``every_steps`` steps, no sample grid before the end."""
+    kimg = every_steps * batch / 1000
+    return [
+        "experiment=toy2d-main",
+        "logger=none",
+        f"run_dir={run_dir}",
+        "net.width=8",
+        "net.depth=1",
+        f"train.batch_size={batch}",
+        f"train.duration_mi={steps * batch / 2**20}",
+        f"train.checkpoint_kimg={kimg}",
+        f"train.snapshot_kimg={kimg}",
+        "train.sample_kimg=1000",
+        "callbacks.sample_grid.num_images=8",
+        "callbacks.sample_grid.num_steps=2",
+        "callbacks.progress_bar=null",
+    ]
