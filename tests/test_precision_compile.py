@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_RGB_UNET
 
 from autoguide.apps.config_tree import compose
 from autoguide.io import read_model_file
@@ -103,23 +104,10 @@ def test_compiled_training_matches_eager_and_checkpoints_resume_both_ways(tmp_pa
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
-TINY = {
-    "arch": "unet",
-    "img_resolution": 8,
-    "img_channels": 3,
-    "label_dim": 4,
-    "model_channels": 16,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [4],
-    "channels_per_head": 8,
-}
-
-
 @pytest.mark.slow
 def test_compiled_sampling_keeps_the_guidance_hooks():
     torch.manual_seed(0)
-    net = build_network(TINY).eval().requires_grad_(False)
+    net = build_network(TINY_RGB_UNET).eval().requires_grad_(False)
     for p in net.parameters():
         if p.ndim == 0:
             p.data.fill_(0.8)

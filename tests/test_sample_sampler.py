@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_RGB_UNET
 from torch import nn
 
 from autoguide.data.toy2d import ExactToyDenoiser, toy_mixture
@@ -123,22 +124,9 @@ def test_interval_switches_guidance_off_outside():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
-TINY = {
-    "arch": "unet",
-    "img_resolution": 8,
-    "img_channels": 3,
-    "label_dim": 4,
-    "model_channels": 16,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [4],
-    "channels_per_head": 8,
-}
-
-
 def test_seeds_make_images_batch_size_invariant():
     torch.manual_seed(0)
-    net = build_network(TINY).eval()
+    net = build_network(TINY_RGB_UNET).eval()
     for p in net.parameters():
         if p.ndim == 0:
             p.data.fill_(0.8)

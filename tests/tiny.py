@@ -1,4 +1,4 @@
-"""Small configurations several test files train or build: a tiny MNIST UNet and the command-line
+"""Small configurations several test files train or build: a tiny MNIST UNet, a tiny RGB UNet and the command-line
 overrides of a few-step 2D toy run."""
 
 from __future__ import annotations
@@ -18,6 +18,20 @@ TINY_MNIST_UNET = {
     "dropout": 0.0,
 }
 """A 32x32 one-channel class-conditional UNet of two levels, eight channels wide."""
+
+
+TINY_RGB_UNET = {
+    "arch": "unet",
+    "img_resolution": 8,
+    "img_channels": 3,
+    "label_dim": 4,
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [4],
+    "channels_per_head": 8,
+}
+"""An 8x8 RGB UNet of two levels with attention at 4x4 and four classes."""
 
 
 def toy_run(run_dir: Path, steps: int, every_steps: int, batch: int = 32) -> list[str]:
