@@ -381,6 +381,33 @@ def test_chain_runs_main_guide_reconstruct_generate_in_order(cluster, tmp_path):
     assert seeds == list(range(10))
 
 
+RENDEZVOUS = """
+import importlib, os, sys, time
+from pathlib import Path
+
+assert sys.argv[1] == "-m", sys.argv
+app = importlib.import_module(sys.argv[2])  # the slow imports happen before the wait
+folder = Path(__file__).parent
+(folder / f"ready-{{os.environ['SLURM_ARRAY_TASK_ID']}}").touch()
+deadline = time.time() + 300
+while len(list(folder.glob("ready-*"))) < {tasks} and time.time() < deadline:
+    time.sleep(0.1)
+sys.argv = [app.__file__, *sys.argv[3:]]  # what `python -m` sets
+app.main()
+"""
+
+
+def rendezvous_python(folder: Path, tasks: int) -> str:
+    """An interpreter for ``AUTOGUIDE_PYTHON`` that runs ``-m <app>`` only once ``tasks`` array
+    tasks have imported it, so that no task can spend a shared budget before the others start."""
+    folder.mkdir()
+    (folder / "rendezvous.py").write_text(RENDEZVOUS.format(tasks=tasks))
+    launcher = folder / "python"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{folder / "rendezvous.py"}" "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
 def test_search_array_tasks_share_one_study(cluster, tmp_path):
     """``slurm/search.sbatch`` with two array tasks on tiny toy runs: both tasks work on the one
     journal study in OUT_DIR, the budget is respected, one task writes best.json."""
@@ -406,9 +433,8 @@ def test_search_array_tasks_share_one_study(cluster, tmp_path):
         "search.space.weight={low:1,high:3}",
         "search.space.guide_std={choices:[0.05,0.1]}",
     ]
-    job = sbatch(
-        [*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], job_env(tmp_path, OUT_DIR=str(out)), tmp_path
-    )
+    env = job_env(tmp_path, OUT_DIR=str(out), AUTOGUIDE_PYTHON=rendezvous_python(tmp_path / "rendezvous", 2))
+    job = sbatch([*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], env, tmp_path)
     infos = wait_finished(job, 900)
     logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("slurm-ag-search-*.out"))
     assert [i["JobState"] for i in infos] == ["COMPLETED", "COMPLETED"], logs
