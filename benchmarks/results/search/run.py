@@ -162,9 +162,12 @@ def heldout(data: Dataset, best: dict[str, Any], images: int) -> dict[str, float
     return json.loads((out / "metrics.json").read_text())["metrics"]
 
 
-def search(data: Dataset, main: Path, guide: Path, images: int, budget: int, seed: int) -> dict[str, Any]:
-    """One search over the grid's ranges with ``budget`` image evaluations; its ``best.json``."""
-    out = RUNS / f"{data.prefix}search-{seed}"
+def search(
+    data: Dataset, main: Path, guide: Path, images: int, budget: int, min_images: int, seed: int
+) -> dict[str, Any]:
+    """One search over the grid's ranges with ``budget`` image evaluations, rungs from
+    ``min_images`` (factor 3); its ``best.json``."""
+    out = RUNS / f"{data.prefix}search{variant(images, min_images)}-{seed}"
     g = data.grid
     space = {
         "main_std": f"{{low:{min(g['main_std'])},high:{max(g['main_std'])},scale:log}}",
@@ -180,7 +183,7 @@ def search(data: Dataset, main: Path, guide: Path, images: int, budget: int, see
             "search=tpe",
             f"search.seed={seed}",
             f"search.budget={budget}",
-            f"search.rungs.min_images={images // 9}",
+            f"search.rungs.min_images={min_images}",
             "search.rungs.factor=3",
             f"search.cache.dir={RUNS / 'ema-cache'}",
             *(f"search.space.{k}={v}" for k, v in space.items()),
@@ -218,6 +221,11 @@ def spread(
     return {"mean": report["mean"], "std": report["std"], "seeds": [s["seeds"] for s in report["sets"]]}
 
 
+def variant(images: int, min_images: int) -> str:
+    """The suffix of the folders and files of a search whose rungs do not start at images/9."""
+    return "" if min_images == images // 9 else f"-from{min_images}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="toy")
@@ -225,6 +233,7 @@ def main() -> None:
     parser.add_argument("--guide", type=Path, required=True, help="the guide run (toy2d-guide, mnist-xs-guide)")
     parser.add_argument("--images", type=int, default=None, help="images per setting (a multiple of 9)")
     parser.add_argument("--share", type=float, default=0.25, help="the search's budget as a share of the grid's")
+    parser.add_argument("--min-images", type=int, default=None, help="the first rung (default: images/9)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
     parser.add_argument("--fresh", action="store_true", help="delete runs/ first")
     args = parser.parse_args()
@@ -232,6 +241,8 @@ def main() -> None:
         shutil.rmtree(RUNS, ignore_errors=True)
     data = DATASETS[args.dataset]
     images = args.images or data.images
+    min_images = args.min_images or images // 9
+    tag = variant(images, min_images)
     rows, best = grid(data, args.main.resolve(), args.guide.resolve(), images)
     grid_images = len(rows) * images
     budget = int(args.share * grid_images)
@@ -240,11 +251,11 @@ def main() -> None:
     sign = 1 if lower_is_better(data.select) else -1  # gap > 0: the search's pick is worse
     searches = []
     for seed in args.seeds:
-        found = search(data, args.main.resolve(), args.guide.resolve(), images, budget, seed)
+        found = search(data, args.main.resolve(), args.guide.resolve(), images, budget, min_images, seed)
         value = found["holdout"]["metrics"][data.select]
         again = spread(
             data,
-            f"search-{seed}",
+            f"search{tag}-{seed}",
             found["models"]["main"]["file"],
             found["models"]["guide"]["file"],
             found["setting"]["weight"],
@@ -280,12 +291,13 @@ def main() -> None:
         },
         "searches": searches,
     }
-    (HERE / f"results-{data.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (HERE / f"results-{data.name}.md").write_text(report(result))
+    (HERE / f"results-{data.name}{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / f"results-{data.name}{tag}.md").write_text(report(result))
+    first = RUNS / f"{data.prefix}search{tag}-{args.seeds[0]}"
     for name in ("history.png", "contour.png", "importances.png"):
-        if (RUNS / f"{data.prefix}search-{args.seeds[0]}" / name).exists():
-            shutil.copyfile(RUNS / f"{data.prefix}search-{args.seeds[0]}" / name, HERE / f"{data.name}-{name}")
-    print((HERE / f"results-{data.name}.md").read_text())
+        if (first / name).exists():
+            shutil.copyfile(first / name, HERE / f"{data.name}{tag}-{name}")
+    print((HERE / f"results-{data.name}{tag}.md").read_text())
 
 
 if __name__ == "__main__":
