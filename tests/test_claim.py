@@ -199,7 +199,9 @@ TOY = [
 def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp_path):
     """Two ``python train.py`` on one run folder: the second exits non-zero naming the first
     (host, pid) without waiting for it; the first finishes normally. Meanwhile a reader always
-    sees an index and a checkpoint list whose files are complete."""
+    sees an index and a checkpoint list whose files are complete. The first is paused (SIGSTOP,
+    as Ctrl-Z would) while the second starts, so that it cannot finish first on a busy machine:
+    a paused holder keeps its claim."""
     run_dir = tmp_path / "run"
     args = [sys.executable, str(REPO / "train.py"), *TOY, f"run_dir={run_dir}"]
     env = {**os.environ, **clean_env()}
@@ -208,8 +210,10 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
         deadline = time.monotonic() + 300
         while not (run_dir / "phema" / "index.json").exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        # the timeout only ends a hang; a second run that waited for the claim would then train and exit 0
-        second = subprocess.run([*args, "seed=7"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        with paused(first):  # the timeout only ends a hang: one that waited for the claim would train, exit 0
+            second = subprocess.run(
+                [*args, "seed=7"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+            )
         assert second.returncode != 0
         message = second.stderr.strip().splitlines()
         assert len(message) == 1 and f"pid {first.pid}" in message[0] and socket.gethostname() in message[0], (
