@@ -190,7 +190,7 @@ def search(
             f"seeds=0-{images - 1}",
         ],
         out,
-        f"{data.prefix}search-{seed}.log",
+        f"{out.name}.log",
     )
     return json.loads((out / "best.json").read_text())
 
