@@ -9,8 +9,8 @@ MNIST-5k (FD on the MNIST classifier's features). One command per dataset, from 
    settings x images image evaluations.
 2. The search (``autoguide-sweep search=tpe``) over the ranges the grid spans, with a budget of
    ``--share`` (25%) of the grid's image evaluations, rungs of images/9, images/3 and images
-   (successive halving, factor 3), once per search seed (``--seeds``); the three studies share one
-   reconstruction cache.
+   (successive halving, factor 3; ``--min-images`` starts them elsewhere, its files then named
+   ``-from<N>``), once per search seed (``--seeds``); the three studies share one reconstruction cache.
 3. Held out: the grid's best setting is measured once more on the next ``--images`` seeds
    (``autoguide-eval``), as the search measures its own best; the table compares the held-out
    values of the selecting metric (toy: exact log-density, higher is better; MNIST: FD).
