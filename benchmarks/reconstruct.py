@@ -30,17 +30,8 @@ import time
 from pathlib import Path
 
 import torch
+from harness import NETWORK
 
-NETWORK = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 3,
-    "label_dim": 10,
-    "model_channels": 64,
-    "channel_mult": [1, 2, 3, 4],
-    "num_blocks": 3,
-    "attn_resolutions": [16, 8],
-}
 STORED_STDS = (0.05, 0.10)
 STEP_NIMG = 2**24  # one snapshot time per 16 Mi images (EDM2 XS: 8 Mi)
 

@@ -20,18 +20,7 @@ import argparse
 import itertools
 import json
 
-from harness import interleave, median, workers
-
-NETWORK = {
-    "arch": "unet",
-    "img_resolution": 32,
-    "img_channels": 3,
-    "label_dim": 10,
-    "model_channels": 64,
-    "channel_mult": [1, 2, 3, 4],
-    "num_blocks": 3,
-    "attn_resolutions": [16, 8],
-}
+from harness import NETWORK, interleave, median, workers
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import toy_run
 
 import autoguide.runtime.claim as claim_module
 from autoguide.ema.snapshots import read_index
@@ -177,22 +178,16 @@ def test_a_sims_stage_in_use_is_refused(tmp_path):
         holder.communicate("\n", timeout=60)
 
 
-TOY = [
-    "experiment=toy2d-main",
-    "logger=none",
-    "net.width=16",
-    "net.depth=2",
-    "train.batch_size=64",
-    "train.target=data",  # the sample as the target: the exact posterior mean costs a pass over the set per step
-    f"train.duration_mi={160 * 64 / 2**20}",
-    "train.checkpoint_kimg=1.28",
-    "train.snapshot_kimg=0.64",
-    "train.sample_kimg=1000",
-    "callbacks.sample_grid.num_images=8",
-    "callbacks.sample_grid.num_steps=2",
-    "callbacks.checkpoint.keep=3",
-    "hydra.job_logging.root.level=WARNING",
-]
+def train_command(run_dir: Path, steps: int = 160) -> list[str]:
+    """``train.py`` on a toy run: a snapshot every 10 steps, a checkpoint every 20 (3 kept)."""
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        *toy_run(run_dir, steps, 10, batch=64, width=16, depth=2, checkpoint_every_steps=20),
+        "train.target=data",  # the sample as the target: the exact posterior mean costs a pass over the set per step
+        "callbacks.checkpoint.keep=3",
+        "hydra.job_logging.root.level=WARNING",
+    ]
 
 
 @pytest.mark.timeout(600)
@@ -203,7 +198,7 @@ def test_second_training_on_a_run_folder_is_refused_while_the_first_finishes(tmp
     as Ctrl-Z would) while the second starts, so that it cannot finish first on a busy machine:
     a paused holder keeps its claim."""
     run_dir = tmp_path / "run"
-    args = [sys.executable, str(REPO / "train.py"), *TOY, f"run_dir={run_dir}"]
+    args = train_command(run_dir)
     env = {**os.environ, **clean_env()}
     first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -294,8 +289,7 @@ def test_a_paused_run_keeps_its_claim_and_finishes_unmixed(tmp_path):
     against the 300 s lease it had.)"""
     run_dir = tmp_path / "run"
     env = {**os.environ, **clean_env(), **SHORT_LEASE}
-    short = [a if not a.startswith("train.duration_mi=") else f"train.duration_mi={120 * 64 / 2**20}" for a in TOY]
-    args = [sys.executable, str(REPO / "train.py"), *short, f"run_dir={run_dir}"]
+    args = train_command(run_dir, steps=120)
     first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 300

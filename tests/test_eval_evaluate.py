@@ -17,7 +17,7 @@ from autoguide.data.mnist import MNIST5k
 from autoguide.eval.evaluate import EvalPlan
 from autoguide.eval.evaluator import FdInfinitySettings, MetricsSettings
 from autoguide.eval.frechet import frechet_distance_infinity
-from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
+from autoguide.eval.mnist_classifier import FORMAT, MnistClassifier, save_classifier
 from autoguide.eval.toy_metrics import ToyMetricsConfig, toy_metrics
 from autoguide.io import load_denoiser, save_model
 from autoguide.nets import build_network
@@ -55,6 +55,13 @@ def direct_fd(classifier, images):
     gen, real = features_by_hand(classifier, images)
     s1, s2 = np.cov(gen, rowvar=False), np.cov(real, rowvar=False)
     return np.sum((gen.mean(0) - real.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+
+
+def save_untrained_classifier(path, feature_dim: int) -> MnistClassifier:
+    """An untrained MNIST feature classifier (seeded by the caller) saved with its card."""
+    classifier = MnistClassifier(feature_dim=feature_dim).eval()
+    save_classifier(path, classifier, {"format": FORMAT, "arch": classifier.arch})
+    return classifier
 
 
 def save_net(path, config, seed=0):
@@ -125,10 +132,8 @@ def test_toy_model_refuses_image_metrics(toy_model, tmp_path):
 def test_mnist_fd_and_precision_recall_match_direct_computation(tmp_path, fd_infinity):
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
-    classifier = MnistClassifier(feature_dim=24).eval()  # fewer features than images: regular covariances
-    save_classifier(
-        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
-    )
+    # fewer features than images: regular covariances
+    classifier = save_untrained_classifier(tmp_path / "clf.safetensors", 24)
     cfg = compose_config(
         "eval",
         [
@@ -213,10 +218,7 @@ def test_latent_models_are_decoded_before_measuring(tmp_path, monkeypatch):
         net,
         {"network": net.config, "nimg": 0, "ema_std": None, "source": "test", "latent": spec},
     )
-    classifier = MnistClassifier(feature_dim=16).eval()
-    save_classifier(
-        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
-    )
+    classifier = save_untrained_classifier(tmp_path / "clf.safetensors", 16)
     report = run(
         compose_config(
             "eval",
@@ -263,10 +265,7 @@ def test_fd_infinity_settings_name_the_bad_value():
 def test_too_few_images_for_fd_infinity_fail_before_sampling(tmp_path, monkeypatch):
     # 40 images, subsets from 20: not above the 24 features; refused before any image is made
     model = save_net(tmp_path / "mnist.safetensors", MNIST_NET)
-    classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(
-        tmp_path / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
-    )
+    save_untrained_classifier(tmp_path / "clf.safetensors", 24)
     cfg = compose_config(
         "eval",
         [

@@ -322,6 +322,23 @@ def test_cache_evicts_least_recently_used(run, tmp_path):
     assert a.exists() and c.exists() and not b.exists()
 
 
+TOY_SEARCH = [
+    "search.rungs.min_images=20",
+    "search.rungs.factor=2",
+    "seeds=0-79",
+    "metrics=toy2d",
+    "metrics.toy.num_density_samples=2000",
+    "select=toy_logp",
+    "sampler.num_steps=3",
+    "class_labels=0",
+    "device=cpu",
+    "grid.main_std=[0.1]",
+    "search.space.weight={low:1,high:3}",
+    "search.space.guide_std={choices:[0.05,0.1]}",
+]
+"""A toy search's overrides: rungs of 20, 40 and 80 images, exact metrics, weight and guide EMA searched."""
+
+
 def search_cfg(runs, out, *extra):
     from autoguide.apps.config_tree import compose
 
@@ -333,19 +350,8 @@ def search_cfg(runs, out, *extra):
             f"guides.runs=[{guide}]",
             "search=tpe",
             "search.budget=300",
-            "search.rungs.min_images=20",
-            "search.rungs.factor=2",
-            "seeds=0-79",
-            "metrics=toy2d",
-            "metrics.toy.num_density_samples=2000",
-            "select=toy_logp",
-            "sampler.num_steps=3",
-            "class_labels=0",
-            "device=cpu",
+            *TOY_SEARCH,
             f"output.dir={out}",
-            "grid.main_std=[0.1]",
-            "search.space.weight={low:1,high:3}",
-            "search.space.guide_std={choices:[0.05,0.1]}",
             "search.space.guide_time={low:0.3,high:1}",
             "search.space.term={apg:{choices:[null,{eta:0.0}]}}",
             *extra,

@@ -19,9 +19,8 @@ from autoguide.apps.config_tree import compose as compose_config
 from autoguide.apps.evaluate import run
 from autoguide.core.typed_settings import ConfigError
 from autoguide.eval import read_statistics
-from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.shards import ShardError
-from tests.test_eval_evaluate import MNIST_NET, save_net
+from tests.test_eval_evaluate import MNIST_NET, save_net, save_untrained_classifier
 from tests.test_slurm_cluster import (  # noqa: F401 (cluster: a fixture)
     CPU_JOB,
     SLURM,
@@ -41,10 +40,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     save_net(root / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
-    classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(
-        root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
-    )
+    save_untrained_classifier(root / "clf.safetensors", 24)
     return root
 
 

@@ -21,12 +21,11 @@ from autoguide.eval import read_statistics, write_statistics
 from autoguide.eval.dinov2 import MEAN, STD, dinov2_input
 from autoguide.eval.frechet import frechet_distance
 from autoguide.eval.inception import install_line
-from autoguide.eval.mnist_classifier import MnistClassifier, save_classifier
 from autoguide.eval.statistics import StatisticsError
 from autoguide.io import load_denoiser
 from autoguide.sample import batch
 from autoguide.sample.labels import class_labels
-from tests.test_eval_evaluate import MNIST_NET, save_net
+from tests.test_eval_evaluate import MNIST_NET, save_net, save_untrained_classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 
@@ -179,10 +178,7 @@ def mnist_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("stats")
     model = save_net(root / "mnist.safetensors", MNIST_NET)
     torch.manual_seed(1)
-    classifier = MnistClassifier(feature_dim=24).eval()
-    save_classifier(
-        root / "clf.safetensors", classifier, {"format": "autoguide-mnist-classifier/1", "arch": classifier.arch}
-    )
+    classifier = save_untrained_classifier(root / "clf.safetensors", 24)
     with torch.no_grad():
         real = classifier.features(MNIST5k("test").images).double().numpy()
     reference = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False)}

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_RGB_UNET
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL
@@ -36,6 +37,8 @@ SMALL_VAE = {
     "norm_num_groups": 4,
     "sample_size": 32,
 }
+LATENT_UNET = {**TINY_RGB_UNET, "img_channels": 4, "label_dim": 0, "channels_per_head": 16}
+"""An unconditional 8x8 UNet on four latent channels."""
 RAW_MEAN = torch.tensor([5.81, 3.25, 0.12, -2.15], dtype=torch.float64)
 RAW_STD = torch.tensor([4.17, 4.62, 3.71, 3.28], dtype=torch.float64)
 
@@ -104,19 +107,8 @@ def test_codec_from_card_and_local_folder(vae, tmp_path):
 
 def test_latent_model_output_decodes_to_rgb(vae, tmp_path):
     """The path generate takes for a latent model: denoise latents, then decode to RGB."""
-    cfg = {
-        "arch": "unet",
-        "img_resolution": 8,
-        "img_channels": 4,
-        "label_dim": 0,
-        "model_channels": 16,
-        "channel_mult": [1, 2],
-        "num_blocks": 1,
-        "attn_resolutions": [4],
-        "channels_per_head": 16,
-    }
-    card = {"network": cfg, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec()}
-    save_model(tmp_path / "m.safetensors", build_network(cfg), card)
+    card = {"network": LATENT_UNET, "nimg": 0, "ema_std": None, "source": "test", "latent": stability_vae_spec()}
+    save_model(tmp_path / "m.safetensors", build_network(LATENT_UNET), card)
     net = load_denoiser(tmp_path / "m.safetensors")
     vae.save_pretrained(tmp_path / "vae")
     codec = load_latent_codec(net.card, tmp_path / "vae")
@@ -175,26 +167,16 @@ def test_main_and_guide_of_different_vaes_are_refused_together():
 def test_a_guide_of_another_vae_cannot_guide_the_main(tmp_path):
     from autoguide.sample.guidance import Autoguidance
 
-    cfg = {
-        "arch": "unet",
-        "img_resolution": 8,
-        "img_channels": 4,
-        "label_dim": 0,
-        "model_channels": 16,
-        "channel_mult": [1],
-        "num_blocks": 1,
-        "attn_resolutions": [],
-    }
     for name, weights in (("main", "2"), ("guide", "3")):
         vae = {"name": name, "folder": name, "config_sha256": "1" * 64, "weights_sha256": weights * 64}
         card = {
-            "network": cfg,
+            "network": LATENT_UNET,
             "nimg": 0,
             "ema_std": None,
             "source": "test",
             "latent": stability_vae_spec(name, vae=vae),
         }
-        save_model(tmp_path / f"{name}.safetensors", build_network(cfg), card)
+        save_model(tmp_path / f"{name}.safetensors", build_network(LATENT_UNET), card)
     main, guide = (load_denoiser(tmp_path / f"{n}.safetensors") for n in ("main", "guide"))
     Autoguidance(guide=load_denoiser(tmp_path / "main.safetensors"), weight=2.0).validate(main, False)
     with pytest.raises(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import TINY_RGB_UNET
 from torch import nn
 
 from autoguide.nets import build_network
@@ -18,17 +19,7 @@ from autoguide.sample.guidance import CFG, ICG, PAG, SAG, SEG, TSG, Autoguidance
 from autoguide.sample.guided import GuidedDenoiser
 from autoguide.sample.seeds import SeedStreams, stream_seed
 
-TINY = {
-    "arch": "unet",
-    "img_resolution": 8,
-    "img_channels": 3,
-    "label_dim": 4,
-    "model_channels": 16,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [8, 4],
-    "channels_per_head": 8,
-}
+TINY = {**TINY_RGB_UNET, "attn_resolutions": [8, 4]}  # attention at both levels
 SEEDS = [3, 17, 40]
 N = len(SEEDS)
 

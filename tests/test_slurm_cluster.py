@@ -412,6 +412,7 @@ def test_search_array_tasks_share_one_study(cluster, tmp_path):
     """``slurm/search.sbatch`` with two array tasks on tiny toy runs: both tasks work on the one
     journal study in OUT_DIR, the budget is respected, one task writes best.json."""
     import optuna
+    from test_eval_search import TOY_SEARCH
     from test_eval_sweep import make_run
 
     main, guide = make_run(tmp_path / "main", 16, 0), make_run(tmp_path / "guide", 8, 1)
@@ -420,18 +421,7 @@ def test_search_array_tasks_share_one_study(cluster, tmp_path):
         f"main.run={main}",
         f"guides.runs=[{guide}]",
         "search.budget=700",
-        "search.rungs.min_images=20",
-        "search.rungs.factor=2",
-        "seeds=0-79",
-        "metrics=toy2d",
-        "metrics.toy.num_density_samples=2000",
-        "select=toy_logp",
-        "sampler.num_steps=3",
-        "class_labels=0",
-        "device=cpu",
-        "grid.main_std=[0.1]",
-        "search.space.weight={low:1,high:3}",
-        "search.space.guide_std={choices:[0.05,0.1]}",
+        *TOY_SEARCH,
     ]
     env = job_env(tmp_path, OUT_DIR=str(out), AUTOGUIDE_PYTHON=rendezvous_python(tmp_path / "rendezvous", 2))
     job = sbatch([*CPU_JOB, "--array=0-1", str(SLURM / "search.sbatch"), *args], env, tmp_path)

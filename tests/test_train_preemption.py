@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import toy_run
 
 from autoguide.runtime.preemption import EXIT_PREEMPTED, Preempted, SignalFlag, parse_signals, slurm_job_key
 
@@ -24,23 +25,10 @@ STEPS = 300
 
 
 def command(run_dir: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(REPO / "train.py"),
-        "experiment=toy2d-main",
-        "logger=none",
-        f"run_dir={run_dir}",
-        "net.width=16",
-        "net.depth=2",
-        f"train.batch_size={BATCH}",
-        f"train.duration_mi={STEPS * BATCH / 2**20}",
-        "train.checkpoint_kimg=100000",
-        f"train.snapshot_kimg={10 * BATCH / 1000}",
-        "train.sample_kimg=100000",
-        "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2",
-        "callbacks.progress_bar=null",
-    ]
+    """A snapshot every 10 steps and no checkpoint before the end: any other is the preemption's."""
+    only_final = 10 * STEPS
+    run = toy_run(run_dir, STEPS, 10, batch=BATCH, width=16, depth=2, checkpoint_every_steps=only_final)
+    return [sys.executable, str(REPO / "train.py"), *run]
 
 
 def env() -> dict[str, str]:

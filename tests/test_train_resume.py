@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import kill_at_first_checkpoint
 from safetensors.torch import load_file
+from tiny import toy_run
 
 from autoguide.train.checkpoint import list_checkpoints
 
@@ -22,29 +23,17 @@ CHECKPOINT_STEPS = 20
 
 
 def command(run_dir: Path) -> list[str]:
-    kimg = CHECKPOINT_STEPS * BATCH / 1000
     return [
         sys.executable,
         str(REPO / "train.py"),
-        "experiment=toy2d-main",
-        "logger=none",
-        f"run_dir={run_dir}",
-        "net.width=16",
-        "net.depth=2",
+        *toy_run(run_dir, STEPS, CHECKPOINT_STEPS, batch=BATCH, width=16, depth=2),
         # class-conditional (both trees, labels) so that label dropout's randomness is resumed too
         "data.classes=AB",
         "data.conditional=true",
         "net.label_dim=2",
-        f"train.batch_size={BATCH}",
-        f"train.duration_mi={STEPS * BATCH / 2**20}",
         "train.lr_rampup_mi=0.001",
         "train.lr_ref_batches=20",
         "train.cond_drop_prob=0.1",
-        f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}",
-        "train.sample_kimg=1000",
-        "callbacks.sample_grid.num_images=8",
-        "callbacks.sample_grid.num_steps=2",
         "callbacks.checkpoint.keep=0",
         "hydra.job_logging.root.level=WARNING",
     ]

@@ -34,20 +34,28 @@ TINY_RGB_UNET = {
 """An 8x8 RGB UNet of two levels with attention at 4x4 and four classes."""
 
 
-def toy_run(run_dir: Path, steps: int, every_steps: int, batch: int = 32) -> list[str]:
-    """Overrides of a ``toy2d-main`` run of ``steps`` steps of ``batch`` images, no logger, a
-    checkpoint and a snapshot every ``every_steps`` steps, no sample grid before the end."""
-    kimg = every_steps * batch / 1000
+def toy_run(
+    run_dir: Path,
+    steps: int,
+    every_steps: int,
+    batch: int = 32,
+    width: int = 8,
+    depth: int = 1,
+    checkpoint_every_steps: int | None = None,
+) -> list[str]:
+    """Overrides of a ``toy2d-main`` run of ``steps`` steps of ``batch`` images with an MLP of
+    ``width`` x ``depth``, no logger, a snapshot every ``every_steps`` steps and a checkpoint every
+    ``checkpoint_every_steps`` (default: ``every_steps``), no sample grid before the end."""
     return [
         "experiment=toy2d-main",
         "logger=none",
         f"run_dir={run_dir}",
-        "net.width=8",
-        "net.depth=1",
+        f"net.width={width}",
+        f"net.depth={depth}",
         f"train.batch_size={batch}",
         f"train.duration_mi={steps * batch / 2**20}",
-        f"train.checkpoint_kimg={kimg}",
-        f"train.snapshot_kimg={kimg}",
+        f"train.checkpoint_kimg={(checkpoint_every_steps or every_steps) * batch / 1000}",
+        f"train.snapshot_kimg={every_steps * batch / 1000}",
         "train.sample_kimg=1000",
         "callbacks.sample_grid.num_images=8",
         "callbacks.sample_grid.num_steps=2",
